@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Runs the whole Serval test suite: formatting, lints, and every test tier that runs here
+# (unit, datastore conformance against sqlite and a real etcd, privileged network tests).
+# Installs missing packages first. Run as root (the network tests need it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/install-deps.sh
+
+export CARGO_TERM_COLOR=never
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked 2>&1 | tee target/test-output.txt
