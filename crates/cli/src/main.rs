@@ -1,1 +1,78 @@
-fn main() {}
+//! `serval`: the command line of the Serval container-networking dataplane.
+
+mod cmd;
+mod datastore;
+mod input;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Serval: container networking with iptables and eBPF dataplanes.
+#[derive(Debug, Parser)]
+#[command(name = "serval", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Datastore URL: sqlite:///path/to/file.db or etcd://host:port.
+    /// Default: sqlite:///var/lib/serval/serval.db.
+    #[arg(long, global = true, env = "SERVAL_DATASTORE", conflicts_with = "lab")]
+    datastore: Option<String>,
+
+    /// Use the datastore of the lab with this name.
+    #[arg(long, global = true)]
+    lab: Option<String>,
+
+    /// Log level (error, warn, info, debug, trace) or a tracing filter.
+    #[arg(long, global = true, default_value = "warn", env = "SERVAL_LOG_LEVEL")]
+    log_level: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or update resources from files, a directory or stdin (-).
+    Apply(cmd::apply::ApplyArgs),
+    /// Create resources; fails if any already exists.
+    Create(cmd::apply::ApplyArgs),
+    /// List or show resources.
+    Get(cmd::get::GetArgs),
+    /// Delete resources named in files or on the command line.
+    Delete(cmd::delete::DeleteArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ds = datastore::Selection { url: cli.datastore.clone(), lab: cli.lab.clone() };
+    match cli.command {
+        Command::Apply(args) => cmd::apply::run(&ds, args, serval_api::ApplyMode::Apply).await,
+        Command::Create(args) => cmd::apply::run(&ds, args, serval_api::ApplyMode::Create).await,
+        Command::Get(args) => cmd::get::run(&ds, args).await,
+        Command::Delete(args) => cmd::delete::run(&ds, args).await,
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}

@@ -1,0 +1,320 @@
+//! The typed resource client: `serval-model` resources stored in a `serval-store` datastore.
+//!
+//! Every component that reads or writes resources goes through [`Client`]: the CLI's
+//! apply/get/delete, the CNI plugin's workload endpoints, the agent's watch. It owns the
+//! storage conventions (key layout from [`ResourceKey::store_key`], JSON values,
+//! `metadata.resourceVersion` = the key's `mod_revision`) and the apply semantics:
+//! validate everything first, then store everything in one transaction, or nothing.
+
+mod admission;
+mod error;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serval_model::{Kind, Resource, ResourceKey};
+use serval_store::{Datastore, EventKind, KeyValue, Revision, StoreError, TxnOp};
+
+pub use error::ApiError;
+
+pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// Where all resources live in the datastore.
+pub const RESOURCE_PREFIX: &str = "/serval/resources/";
+
+/// How `apply` treats resources that already exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Create or update (`serval apply`).
+    Apply,
+    /// Create only; an existing resource is an error (`serval create`).
+    Create,
+}
+
+/// What `apply` did to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Created => "created",
+            Outcome::Configured => "configured",
+            Outcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// A change seen by [`ResourceWatch`].
+#[derive(Debug, Clone)]
+pub enum ResourceEvent {
+    /// Created or updated.
+    Applied(Resource),
+    /// Deleted; the last stored state where the backend knows it.
+    Deleted { key: ResourceKey, last: Option<Resource> },
+}
+
+/// The typed client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    store: Arc<dyn Datastore>,
+}
+
+impl Client {
+    pub fn new(store: Arc<dyn Datastore>) -> Self {
+        Client { store }
+    }
+
+    /// Open the datastore at `url` (`sqlite:///path`, `etcd://host:port`).
+    pub async fn open(url: &str) -> Result<Self> {
+        Ok(Client::new(serval_store::open(url).await?))
+    }
+
+    pub fn store(&self) -> &Arc<dyn Datastore> {
+        &self.store
+    }
+
+    /// One resource, or `None`.
+    pub async fn get(&self, key: &ResourceKey) -> Result<Option<Resource>> {
+        match self.store.get(&key.store_key()).await? {
+            Some(kv) => Ok(Some(decode(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every resource of `kind` (in `namespace`, or in all namespaces with `None`), sorted by
+    /// namespace and name, and the revision the list was read at.
+    pub async fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Resource>, Revision)> {
+        let (kvs, rev) = self.store.list(&ResourceKey::prefix(kind, namespace)).await?;
+        let items = kvs.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        Ok((items, rev))
+    }
+
+    /// Every resource of every kind, and the revision it was read at (the agent's initial sync).
+    pub async fn list_all(&self) -> Result<(Vec<Resource>, Revision)> {
+        let (kvs, rev) = self.store.list(RESOURCE_PREFIX).await?;
+        let items = kvs.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        Ok((items, rev))
+    }
+
+    /// Validate `resources` against each other and the stored state, then store all of them in
+    /// one transaction. On any error nothing is stored. A concurrent writer touching the same
+    /// keys makes the whole apply retry from a fresh read.
+    pub async fn apply(&self, resources: Vec<Resource>, mode: ApplyMode) -> Result<Vec<(ResourceKey, Outcome)>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_apply(resources.clone(), mode).await {
+                Err(ApiError::Store(StoreError::TxnFailed { source, .. }))
+                    if matches!(*source, StoreError::Conflict { .. } | StoreError::AlreadyExists { .. })
+                        && attempt < 5 =>
+                {
+                    tracing::debug!(attempt, "apply raced a concurrent writer; retrying");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_apply(&self, mut resources: Vec<Resource>, mode: ApplyMode) -> Result<Vec<(ResourceKey, Outcome)>> {
+        // Existing state of every kind involved, for cross-resource validation and CAS.
+        let kinds: BTreeSet<Kind> = resources.iter().map(|r| r.kind()).collect();
+        let mut existing: BTreeMap<String, (Resource, Revision)> = BTreeMap::new();
+        let mut existing_list = Vec::new();
+        for kind in &kinds {
+            let (kvs, _) = self.store.list(&ResourceKey::prefix(*kind, None)).await?;
+            for kv in &kvs {
+                let r = decode(kv)?;
+                existing_list.push(r.clone());
+                existing.insert(kv.key.clone(), (r, kv.mod_revision));
+            }
+        }
+        serval_model::validate_set(&resources, &existing_list)?;
+        admission::bind_pods(self, &mut resources, &existing).await?;
+
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let mut ops = Vec::with_capacity(resources.len());
+        let mut outcomes = Vec::with_capacity(resources.len());
+        for mut r in resources {
+            let key = r.key();
+            let skey = key.store_key();
+            match existing.get(&skey) {
+                Some((old, rev)) => {
+                    if mode == ApplyMode::Create {
+                        return Err(ApiError::AlreadyExists { key });
+                    }
+                    // A resourceVersion in the input is a precondition, as in Kubernetes.
+                    let expected = match &r.meta().resource_version {
+                        Some(v) => v.parse::<Revision>().map_err(|_| ApiError::BadResourceVersion {
+                            key: key.clone(),
+                            value: v.clone(),
+                        })?,
+                        None => *rev,
+                    };
+                    let meta = r.meta_mut();
+                    meta.uid = old.meta().uid.clone();
+                    meta.creation_timestamp = old.meta().creation_timestamp.clone();
+                    meta.resource_version = None;
+                    if same_content(&r, old) {
+                        outcomes.push((key, Outcome::Unchanged));
+                        continue;
+                    }
+                    ops.push(TxnOp::Update { key: skey, value: r.to_json(), expected });
+                    outcomes.push((key, Outcome::Configured));
+                }
+                None => {
+                    let meta = r.meta_mut();
+                    meta.resource_version = None;
+                    meta.uid = Some(new_uid(&skey, &now));
+                    meta.creation_timestamp = Some(now.clone());
+                    ops.push(TxnOp::Create { key: skey, value: r.to_json() });
+                    outcomes.push((key, Outcome::Created));
+                }
+            }
+        }
+        if !ops.is_empty() {
+            self.store.txn(ops).await?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Write one resource written by Serval itself (a workload endpoint, a status), bypassing
+    /// user admission but not validation of its shape. With `expected`, compare-and-swap.
+    pub async fn put(&self, mut resource: Resource, expected: Option<Revision>) -> Result<Revision> {
+        let skey = resource.key().store_key();
+        resource.meta_mut().resource_version = None;
+        let value = resource.to_json();
+        let rev = match expected {
+            Some(0) => self.store.create(&skey, value).await?,
+            Some(rev) => self.store.update(&skey, value, rev).await?,
+            None => self.store.txn(vec![TxnOp::Put { key: skey, value }]).await?,
+        };
+        Ok(rev)
+    }
+
+    /// Delete resources in one transaction. Deleting a Namespace deletes everything in it, as
+    /// Kubernetes does. A missing resource is an error unless `ignore_not_found`.
+    pub async fn delete(&self, keys: &[ResourceKey], ignore_not_found: bool) -> Result<Vec<ResourceKey>> {
+        let mut ops = Vec::new();
+        let mut deleted = Vec::new();
+        let mut seen = BTreeSet::new();
+        for key in keys {
+            let skey = key.store_key();
+            if !seen.insert(skey.clone()) {
+                continue;
+            }
+            match self.store.get(&skey).await? {
+                Some(kv) => {
+                    ops.push(TxnOp::Delete { key: skey, expected: Some(kv.mod_revision) });
+                    deleted.push(key.clone());
+                }
+                None if ignore_not_found => {}
+                None => return Err(ApiError::NotFound { key: key.clone() }),
+            }
+            if key.kind == Kind::Namespace {
+                for info in serval_model::kind::KINDS.iter().filter(|i| i.namespaced) {
+                    let (kvs, _) = self.store.list(&ResourceKey::prefix(info.kind, Some(&key.name))).await?;
+                    for kv in kvs {
+                        if seen.insert(kv.key.clone()) {
+                            deleted.push(decode(&kv)?.key());
+                            ops.push(TxnOp::Delete { key: kv.key, expected: Some(kv.mod_revision) });
+                        }
+                    }
+                }
+            }
+        }
+        if !ops.is_empty() {
+            self.store.txn(ops).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Follow every resource change after `after` (typically the revision of a `list_all`).
+    pub async fn watch(&self, after: Revision) -> Result<ResourceWatch> {
+        Ok(ResourceWatch { inner: self.store.watch(RESOURCE_PREFIX, after).await? })
+    }
+}
+
+/// Typed resource events, in revision order.
+#[derive(Debug)]
+pub struct ResourceWatch {
+    inner: serval_store::Watch,
+}
+
+impl ResourceWatch {
+    /// The next change and its revision; `None` when the watch ended. An
+    /// `Err(ApiError::Store(StoreError::Compacted{..}))` means: list again and resync.
+    pub async fn next(&mut self) -> Option<Result<(ResourceEvent, Revision)>> {
+        let ev = match self.inner.next().await? {
+            Ok(ev) => ev,
+            Err(e) => return Some(Err(e.into())),
+        };
+        let out = match ev.kind {
+            EventKind::Put => decode(&ev.kv).map(ResourceEvent::Applied),
+            EventKind::Delete => {
+                let last = ev.prev.as_ref().map(decode).transpose();
+                match (last, key_from_store_key(&ev.kv.key)) {
+                    (Ok(last), Some(key)) => Ok(ResourceEvent::Deleted { key, last }),
+                    (Ok(Some(last)), None) => Ok(ResourceEvent::Deleted { key: last.key(), last: Some(last) }),
+                    (Ok(None), None) => Err(ApiError::BadKey { key: ev.kv.key.clone() }),
+                    (Err(e), _) => Err(e),
+                }
+            }
+        };
+        Some(out.map(|e| (e, ev.revision)))
+    }
+}
+
+/// Decode a stored resource and stamp its resourceVersion.
+pub fn decode(kv: &KeyValue) -> Result<Resource> {
+    let mut r = Resource::from_json(&kv.value).map_err(|source| ApiError::Corrupt {
+        key: kv.key.clone(),
+        reason: source.to_string(),
+    })?;
+    r.meta_mut().resource_version = Some(kv.mod_revision.to_string());
+    Ok(r)
+}
+
+/// The resource key a datastore key names (inverse of [`ResourceKey::store_key`]).
+pub fn key_from_store_key(skey: &str) -> Option<ResourceKey> {
+    let rest = skey.strip_prefix(RESOURCE_PREFIX)?;
+    let mut parts = rest.split('/');
+    let plural = parts.next()?;
+    let info = serval_model::kind::KINDS.iter().find(|i| i.plural == plural)?;
+    let (namespace, name) = if info.namespaced {
+        (Some(parts.next()?.to_string()), parts.next()?.to_string())
+    } else {
+        (None, parts.next()?.to_string())
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(ResourceKey { kind: info.kind, namespace, name })
+}
+
+fn same_content(new: &Resource, old: &Resource) -> bool {
+    let strip = |r: &Resource| {
+        let mut r = r.clone();
+        r.meta_mut().resource_version = None;
+        r.to_json()
+    };
+    strip(new) == strip(old)
+}
+
+/// A stable, unique-enough uid: a hash of the key and creation time (no RNG needed).
+fn new_uid(key: &str, now: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    now.hash(&mut h);
+    std::process::id().hash(&mut h);
+    let a = h.finish();
+    a.hash(&mut h);
+    let b = h.finish();
+    let x = format!("{a:016x}{b:016x}");
+    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
+}
