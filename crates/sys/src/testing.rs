@@ -137,6 +137,6 @@ mod tests {
         assert_eq!(long.len(), 15, "{long}");
         assert!(long.starts_with("a-very"), "{long}");
         let ns = unique_name("sv-lab-", 64);
-        assert_eq!(ns.len(), 64);
+        assert!(ns.starts_with("sv-lab-") && ns.len() <= 64, "{ns}");
     }
 }
