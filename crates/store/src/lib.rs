@@ -15,6 +15,7 @@ pub mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use etcd::EtcdStore;
 pub use sqlite::SqliteStore;
 
 /// A global, monotonically increasing store revision (as etcd's). 0 means "none yet".
@@ -221,11 +222,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Datastore>> {
         let store = SqliteStore::open_url_path(url, rest).await?;
         Ok(Arc::new(store))
     } else if url.starts_with("etcd://") || url.starts_with("http://") {
-        Err(StoreError::BadUrl {
-            url: url.to_string(),
-            reason: "the etcd backend is not built yet (work in progress); use sqlite:///abs/path"
-                .to_string(),
-        })
+        let store = EtcdStore::connect(url).await?;
+        Ok(Arc::new(store))
     } else {
         Err(StoreError::BadUrl {
             url: url.to_string(),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
 use common::{assert_quiet, next_event};
-use serval_store::testing::SqliteFile;
+use serval_store::testing::{EtcdServer, SqliteFile};
 use serval_store::{Datastore, EventKind, Revision, StoreError, TxnOp};
 
 /// A store plus whatever keeps it alive (temp file, etcd process).
@@ -22,6 +22,15 @@ async fn sqlite() -> Result<Fixture> {
     Ok(Fixture {
         store,
         _guard: Box::new(file),
+    })
+}
+
+async fn etcd() -> Result<Fixture> {
+    let server = EtcdServer::start().await?;
+    let store = server.open().await?;
+    Ok(Fixture {
+        store,
+        _guard: Box::new(server),
     })
 }
 
@@ -635,3 +644,4 @@ macro_rules! suite {
 }
 
 suite!(sqlite);
+suite!(etcd);
