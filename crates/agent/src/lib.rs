@@ -1,1 +1,133 @@
-//! serval-agent
+//! `serval-agent`: the per-node daemon. Data flows one way:
+//!
+//! ```text
+//! datastore ──syncer──▶ cache ──routes::compute──▶ desired routing ──routing::Programmer──▶ kernel
+//!                         └────runtime (lab only)──▶ pod netns + CNI ADD/DEL + pod servers
+//! ```
+//!
+//! - [`syncer`]: lists then watches every resource ([`serval_api::Client`]) and every IPAM
+//!   block affinity ([`serval_ipam::AFFINITY_PREFIX`]) into the [`cache`]; resyncs after
+//!   compaction, reconnects with backoff.
+//! - [`cache`]: the current resources and affinities; wakes the calculators on change.
+//! - [`routes`]: pure desired routing state (routes, blackholes, VXLAN devices, neighbour and
+//!   FDB entries, pod MTU) for this node.
+//! - [`routing`]: diffs desired against the kernel (only what Serval owns) and applies it
+//!   through `serval-sys`, logging every change; runs on change and every
+//!   [`AgentConfig::resync_interval`], which repairs drift.
+//! - [`runtime`]: in a lab only, the kubelet + container runtime for this node's Pods.
+//! - [`podserver`]: `serval pod-server`, the server inside each lab pod.
+//!
+//! # Entry points (wired into the `serval` CLI)
+//!
+//! - `serval agent --node NAME --datastore URL [--lab-dir DIR --netns-prefix sv-L]
+//!   [--log-level info]` → [`run`]`(AgentConfig)` (async; or [`run_blocking`] from a plain
+//!   `main`). Runs in the network namespace it is started in (the node's); returns only on a
+//!   fatal error. Logging is the caller's (a `tracing` subscriber writing to stderr).
+//! - `serval pod-server --name NS/POD [--tcp P1,P2] [--udp P1,P2] [--ready-file PATH]`
+//!   (hidden) → [`podserver::run`]`(PodServerConfig)`, blocking, never returns `Ok`. The
+//!   agent's runtime starts it with exactly these flags (see [`runtime`]).
+//!
+//! # Files (with a lab dir `L` = `/var/lib/serval/labs/NAME`)
+//!
+//! - `L/nodes/<node>/agent.ready`: written (JSON: node, pid, time) once the first full sync
+//!   is programmed; removed at start. Without a lab dir, only [`AgentConfig::ready_file`].
+//! - `L/nodes/<node>/cni/net.d/*.conflist` (first by name) and `L/nodes/<node>/cni/bin/`:
+//!   the CNI configuration the runtime executes.
+//! - `L/nodes/<node>/pods/<ns>_<pod>.{json,pid,log,ready}`: per pod: runtime state (container
+//!   id, netns, pid, CNI result), the pod server's pid, its output, its ready marker.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod cache;
+pub mod cni;
+pub mod podserver;
+pub mod routes;
+pub mod routing;
+pub mod runtime;
+pub mod syncer;
+
+mod daemon;
+
+pub use daemon::{run, run_blocking};
+pub use podserver::PodServerConfig;
+
+/// How often the programmers resync with the kernel even when nothing changed.
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Configuration of `serval agent` (no clap here; the CLI fills it).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's name (its Node resource's name).
+    pub node: String,
+    /// Datastore URL (`sqlite:///path`, `etcd://host:port`).
+    pub datastore: String,
+    /// The lab's directory (`/var/lib/serval/labs/NAME`). Enables the pod runtime.
+    pub lab_dir: Option<PathBuf>,
+    /// Prefix of pod netns names (`sv-NAME`): pod `ns/pod` lives in `<prefix>-<ns>-<pod>`.
+    /// Required with `lab_dir`.
+    pub netns_prefix: Option<String>,
+    /// Periodic resync of routes and pods with the kernel.
+    pub resync_interval: Duration,
+    /// Where to write the health file; default `<lab_dir>/nodes/<node>/agent.ready`.
+    pub ready_file: Option<PathBuf>,
+    /// The pod server command: program and leading arguments, to which the runtime appends
+    /// `--name NS/POD --tcp … --udp … --ready-file …`. Default: this executable +
+    /// `pod-server`.
+    pub pod_server_command: Option<Vec<OsString>>,
+}
+
+impl AgentConfig {
+    /// An agent for `node` on the datastore at `datastore`, without a lab.
+    pub fn new(node: impl Into<String>, datastore: impl Into<String>) -> AgentConfig {
+        AgentConfig {
+            node: node.into(),
+            datastore: datastore.into(),
+            lab_dir: None,
+            netns_prefix: None,
+            resync_interval: DEFAULT_RESYNC_INTERVAL,
+            ready_file: None,
+            pod_server_command: None,
+        }
+    }
+
+    /// The health file: [`AgentConfig::ready_file`], or `<lab_dir>/nodes/<node>/agent.ready`.
+    pub fn ready_path(&self) -> Option<PathBuf> {
+        self.ready_file.clone().or_else(|| {
+            self.lab_dir
+                .as_ref()
+                .map(|d| d.join("nodes").join(&self.node).join("agent.ready"))
+        })
+    }
+}
+
+/// Fatal agent errors (everything else is logged and retried).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("opening datastore {url}: {source}")]
+    Datastore {
+        url: String,
+        #[source]
+        source: serval_api::ApiError,
+    },
+    #[error(
+        "agent for node {node}: opening netlink in this network namespace: {source}; is the agent running as root?"
+    )]
+    Netlink {
+        node: String,
+        #[source]
+        source: serval_sys::Error,
+    },
+    #[error("agent config: --lab-dir needs --netns-prefix (e.g. sv-LAB) to name pod namespaces")]
+    MissingNetnsPrefix,
+    #[error("agent config: node name {node:?} is empty or not a valid node name")]
+    BadNode { node: String },
+    #[error("starting the agent's async runtime: {source}")]
+    Runtime {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the agent's {task} task stopped unexpectedly: {reason}")]
+    TaskEnded { task: &'static str, reason: String },
+}

@@ -1,0 +1,263 @@
+//! The composition root: opens the datastore and netlink, starts the syncer, and runs the
+//! routing calculator/programmer loop (and, in a lab, the pod runtime).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use serval_api::Client;
+use serval_model::{Kind, Resource, ResourceKey};
+use serval_sys::Netlink;
+use tokio::sync::watch;
+
+use crate::cache::Cache;
+use crate::routes::{self, Family, Inputs, Skipped};
+use crate::routing::{Programmer, UnderlayLink};
+use crate::{AgentConfig, AgentError, runtime, syncer};
+
+/// Bursts of datastore events (a lab applying many pods) are coalesced this long.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Runs the agent until a fatal error. Must run in the node's network namespace (the netlink
+/// socket is opened here, on the calling thread).
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    if config.node.is_empty() || config.node.contains('/') {
+        return Err(AgentError::BadNode {
+            node: config.node.clone(),
+        });
+    }
+    if config.lab_dir.is_some() && config.netns_prefix.is_none() {
+        return Err(AgentError::MissingNetnsPrefix);
+    }
+    let nl = Netlink::current().map_err(|source| AgentError::Netlink {
+        node: config.node.clone(),
+        source,
+    })?;
+    let client = Client::open(&config.datastore)
+        .await
+        .map_err(|source| AgentError::Datastore {
+            url: config.datastore.clone(),
+            source,
+        })?;
+    if let Some(path) = config.ready_path() {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!(
+        node = %config.node,
+        datastore = %config.datastore,
+        lab_dir = ?config.lab_dir,
+        resync = ?config.resync_interval,
+        "agent starting"
+    );
+    let cache = Cache::new();
+    let mut syncer = tokio::spawn(syncer::run(client.clone(), cache.clone()));
+    let (routed_tx, routed_rx) = watch::channel(false);
+    let mut routing = tokio::spawn(routing_loop(
+        config.clone(),
+        cache.clone(),
+        Programmer::new(nl),
+        routed_tx,
+    ));
+    let mut pods = match (&config.lab_dir, &config.netns_prefix) {
+        (Some(_), Some(_)) => {
+            let rt = runtime::Runtime::new(&config, client.clone());
+            Some(tokio::spawn(rt.run(cache.clone(), config.resync_interval)))
+        }
+        _ => None,
+    };
+    tokio::spawn(ready_writer(config.clone(), routed_rx));
+
+    let pods_done = async {
+        match pods.as_mut() {
+            Some(h) => h.await,
+            None => std::future::pending().await,
+        }
+    };
+    let ended = |task: &'static str, r: Result<(), tokio::task::JoinError>| AgentError::TaskEnded {
+        task,
+        reason: match r {
+            Ok(()) => "returned".into(),
+            Err(e) => e.to_string(),
+        },
+    };
+    let err = tokio::select! {
+        r = &mut syncer => ended("syncer", r),
+        r = &mut routing => ended("routing", r),
+        r = pods_done => ended("pod runtime", r),
+    };
+    syncer.abort();
+    routing.abort();
+    if let Some(p) = pods {
+        p.abort();
+    }
+    Err(err)
+}
+
+/// [`run`] on a runtime of its own, for callers without one.
+pub fn run_blocking(config: AgentConfig) -> Result<(), AgentError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| AgentError::Runtime { source })?;
+    rt.block_on(run(config))
+}
+
+/// Writes the health file once routing has been programmed from a full sync.
+async fn ready_writer(config: AgentConfig, mut routed: watch::Receiver<bool>) {
+    if routed.wait_for(|r| *r).await.is_err() {
+        return;
+    }
+    let Some(path) = config.ready_path() else {
+        tracing::info!(node = %config.node, "agent ready");
+        return;
+    };
+    let now = serde_json::to_value(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    )
+    .unwrap_or_default();
+    let body =
+        serde_json::json!({ "node": config.node, "pid": std::process::id(), "since_unix": now });
+    match write_atomic(&path, body.to_string().as_bytes()) {
+        Ok(()) => tracing::info!(node = %config.node, file = %path.display(), "agent ready"),
+        Err(e) => {
+            tracing::warn!(file = %path.display(), error = %e, "cannot write the agent's ready file")
+        }
+    }
+}
+
+/// Writes `path` via a temporary file and a rename, so readers never see half a file.
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// This node's underlay links (one per family it has an address of) and their MTU.
+async fn underlay_links(
+    programmer: &Programmer,
+    inputs: &Inputs,
+) -> (BTreeMap<Family, UnderlayLink>, u32) {
+    let mut links = BTreeMap::new();
+    if let Some(me) = inputs.nodes.get(&inputs.node) {
+        for family in [Family::V4, Family::V6] {
+            let Some(addr) = me.underlay(family) else {
+                continue;
+            };
+            match programmer.underlay_link(addr.addr()).await {
+                Ok(Some(l)) => {
+                    links.insert(family, l);
+                }
+                Ok(None) => tracing::warn!(
+                    node = %inputs.node,
+                    addr = %addr,
+                    "no link in this namespace holds the node's underlay address; routes of its family wait"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot look up the underlay link"),
+            }
+        }
+    }
+    let mtu = links
+        .values()
+        .filter_map(|l| l.mtu)
+        .min()
+        .unwrap_or(routes::DEFAULT_UNDERLAY_MTU);
+    (links, mtu)
+}
+
+/// Recomputes and programs routing on every cache change (debounced) and every resync
+/// interval.
+async fn routing_loop(
+    config: AgentConfig,
+    cache: Cache,
+    programmer: Programmer,
+    routed: watch::Sender<bool>,
+) {
+    let mut changes = cache.subscribe();
+    let mut last_skipped: BTreeSet<Skipped> = BTreeSet::new();
+    let mut last_mtu = None;
+    let mut warned_no_node = false;
+    loop {
+        let snapshot = {
+            let st = cache.read();
+            st.in_sync().then(|| {
+                let inputs = Inputs::from_state(&st, &config.node, 0);
+                let has_node =
+                    st.resources
+                        .contains_key(&ResourceKey::new(Kind::Node, None, &config.node));
+                (inputs, has_node)
+            })
+        };
+        if let Some((mut inputs, has_node)) = snapshot {
+            if !has_node && !warned_no_node {
+                tracing::warn!(node = %config.node, "there is no Node resource named {}; routing only this node's own blocks until it appears", config.node);
+                warned_no_node = true;
+            }
+            let (links, mtu) = underlay_links(&programmer, &inputs).await;
+            inputs.underlay_mtu = mtu;
+            let desired = routes::compute(&inputs);
+            let skipped: BTreeSet<Skipped> = desired.skipped.iter().cloned().collect();
+            for s in skipped.difference(&last_skipped) {
+                tracing::warn!("{s}");
+            }
+            last_skipped = skipped;
+            if last_mtu != Some(desired.pod_mtu) {
+                tracing::info!(
+                    pod_mtu = desired.pod_mtu,
+                    underlay_mtu = mtu,
+                    "pod MTU for this node's encapsulation"
+                );
+                last_mtu = Some(desired.pod_mtu);
+            }
+            match programmer.sync(&desired, &links).await {
+                Ok(report) => {
+                    if report.changes() > 0 || report.failures > 0 {
+                        tracing::info!(%report, routes = desired.routes.len(), "routing programmed");
+                    } else {
+                        tracing::debug!(routes = desired.routes.len(), "routing in sync");
+                    }
+                    routed.send_if_modified(|r| !std::mem::replace(r, true));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "routing sync failed; retrying at the next change or resync")
+                }
+            }
+        }
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+            }
+            _ = tokio::time::sleep(config.resync_interval) => {
+                tracing::debug!("periodic routing resync");
+            }
+        }
+        changes.mark_unchanged();
+    }
+}
+
+/// The Pods bound to `node`, by (namespace, name).
+pub(crate) fn pods_on(
+    resources: &BTreeMap<ResourceKey, Resource>,
+    node: &str,
+) -> Vec<serval_model::k8s::Pod> {
+    resources
+        .values()
+        .filter_map(|r| match r {
+            Resource::Pod(p)
+                if p.spec.node_name.as_deref() == Some(node) && !p.spec.host_network =>
+            {
+                Some(p.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
