@@ -3,6 +3,7 @@
 mod cmd;
 mod datastore;
 mod input;
+mod lab;
 mod output;
 
 use std::process::ExitCode;
@@ -40,12 +41,69 @@ enum Command {
     Get(cmd::get::GetArgs),
     /// Delete resources named in files or on the command line.
     Delete(cmd::delete::DeleteArgs),
+    /// A cluster on this host: nodes as network namespaces with their own agents.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
+    /// The per-node agent (run inside the node's network namespace).
+    Agent(AgentArgs),
+    /// The server inside each lab pod (started by the agent).
+    #[command(hide = true)]
+    PodServer(PodServerArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentArgs {
+    /// This node's name (its Node resource).
+    #[arg(long)]
+    node: String,
+    /// The lab directory (/var/lib/serval/labs/NAME): enables the pod runtime.
+    #[arg(long, requires = "netns_prefix")]
+    lab_dir: Option<std::path::PathBuf>,
+    /// Prefix of pod network namespace names (sv-NAME).
+    #[arg(long)]
+    netns_prefix: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct PodServerArgs {
+    /// NS/POD: what the server answers.
+    #[arg(long)]
+    name: String,
+    /// TCP ports, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tcp: Vec<u16>,
+    /// UDP ports, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    udp: Vec<u16>,
+    /// Created once every port is bound.
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_level);
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // The pod server is plain threads: no async runtime in every pod.
+    if let Command::PodServer(args) = cli.command {
+        let config = serval_agent::PodServerConfig {
+            name: args.name,
+            tcp_ports: args.tcp,
+            udp_ports: args.udp,
+            ready_file: args.ready_file,
+        };
+        return match serval_agent::podserver::run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -62,17 +120,34 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let ds = datastore::Selection { url: cli.datastore.clone(), lab: cli.lab.clone() };
+    let ds = datastore::Selection {
+        url: cli.datastore.clone(),
+        lab: cli.lab.clone(),
+    };
     match cli.command {
         Command::Apply(args) => cmd::apply::run(&ds, args, serval_api::ApplyMode::Apply).await,
         Command::Create(args) => cmd::apply::run(&ds, args, serval_api::ApplyMode::Create).await,
         Command::Get(args) => cmd::get::run(&ds, args).await,
         Command::Delete(args) => cmd::delete::run(&ds, args).await,
+        Command::Lab(cmd) => lab::run(cmd).await,
+        Command::Agent(args) => {
+            let mut config = serval_agent::AgentConfig::new(args.node, ds.url()?);
+            config.lab_dir = args.lab_dir;
+            config.netns_prefix = args.netns_prefix;
+            serval_agent::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PodServer(_) => {
+            anyhow::bail!("pod-server is handled before the async runtime starts")
+        }
     }
 }
 
 fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
