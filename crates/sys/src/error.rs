@@ -62,9 +62,10 @@ pub enum Error {
         object: String,
         /// Where.
         netns: NsLabel,
-        /// rtnetlink's error (carries the kernel's errno for refusals).
+        /// rtnetlink's error (carries the kernel's errno for refusals); boxed because it can
+        /// hold a whole netlink message.
         #[source]
-        source: rtnetlink::Error,
+        source: Box<rtnetlink::Error>,
     },
     /// A system call failed.
     #[error("{op} {object}{netns}: {}", io::Error::from(*source))]
@@ -124,10 +125,12 @@ impl Error {
     /// The kernel's errno behind this error, when there is one.
     pub fn errno(&self) -> Option<Errno> {
         match self {
-            Self::Netlink {
-                source: rtnetlink::Error::NetlinkError(msg),
-                ..
-            } => msg.code.map(|code| Errno::from_raw(code.get().abs())),
+            Self::Netlink { source, .. } => match &**source {
+                rtnetlink::Error::NetlinkError(msg) => {
+                    msg.code.map(|code| Errno::from_raw(code.get().abs()))
+                }
+                _ => None,
+            },
             Self::Sys { source, .. } => Some(*source),
             Self::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
             _ => None,
@@ -172,7 +175,7 @@ mod tests {
             op: "adding route",
             object: "10.0.0.0/26 via 192.168.0.2".into(),
             netns: NsLabel::named("sv-lab-n1"),
-            source: rtnetlink::Error::NetlinkError(msg),
+            source: Box::new(rtnetlink::Error::NetlinkError(msg)),
         }
     }
 

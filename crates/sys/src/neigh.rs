@@ -57,6 +57,15 @@ fn ip_of(addr: &NeighbourAddress) -> Option<IpAddr> {
     match addr {
         NeighbourAddress::Inet(a) => Some(IpAddr::V4(*a)),
         NeighbourAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        // In AF_BRIDGE (FDB) messages the VTEP address arrives unparsed; its length says
+        // which family it is.
+        NeighbourAddress::Other(bytes) => match bytes.len() {
+            4 => <[u8; 4]>::try_from(bytes.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(bytes.as_slice())
+                .ok()
+                .map(IpAddr::from),
+            _ => None,
+        },
         _ => None,
     }
 }

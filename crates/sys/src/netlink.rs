@@ -77,7 +77,7 @@ impl Netlink {
             op,
             object,
             netns,
-            source,
+            source: Box::new(source),
         }
     }
 

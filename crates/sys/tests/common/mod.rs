@@ -84,3 +84,21 @@ pub fn net(s: &str) -> ipnet::IpNet {
 pub fn ip(s: &str) -> IpAddr {
     s.parse().expect("test IP")
 }
+
+/// True when a TCP connection from `client` to a listener on `ip` in `server` cannot be set
+/// up (one attempt, `timeout_ms` to give up; a listener completes handshakes on its own).
+pub fn tcp_blocked(
+    client: &NetNs,
+    server: &NetNs,
+    ip: IpAddr,
+    timeout_ms: u64,
+) -> anyhow::Result<bool> {
+    let listener = server
+        .run(move || TcpListener::bind(SocketAddr::new(ip, 0)))?
+        .with_context(|| format!("binding {ip}"))?;
+    let addr = listener.local_addr()?;
+    let attempt =
+        client.run(move || TcpStream::connect_timeout(&addr, Duration::from_millis(timeout_ms)))?;
+    drop(listener);
+    Ok(attempt.is_err())
+}
