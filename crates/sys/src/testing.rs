@@ -37,14 +37,15 @@ fn random_u64() -> u64 {
 /// a recycled pid. Use `max_len` 15 for interface names.
 ///
 /// # Panics
-/// When `max_len` < 10: the pid, counter and randomness need 9 bytes plus one of prefix.
+/// When `max_len` < 10: the pid (5 base-36 digits), counter (3, unique for 46656 names per
+/// process) and at least one random digit need 9 bytes, plus one of prefix.
 pub fn unique_name(prefix: &str, max_len: usize) -> String {
     assert!(
         max_len >= 10,
         "unique_name needs max_len >= 10, got {max_len}"
     );
     let pid = base36(u64::from(std::process::id()), 5);
-    let count = base36(u64::from(COUNTER.fetch_add(1, Ordering::Relaxed)), 2);
+    let count = base36(u64::from(COUNTER.fetch_add(1, Ordering::Relaxed)), 3);
     let prefix_len = prefix.len().min(max_len - 9);
     let prefix: String = prefix
         .chars()
