@@ -52,6 +52,10 @@ pub struct WorkloadEndpointSpec {
     /// Named container ports copied from the pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<EndpointPort>,
+    /// Set by the node agent once the pod's server listens on every declared port; service
+    /// endpoints are derived from ready endpoints only.
+    #[serde(default)]
+    pub ready: bool,
 }
 
 fn eth0() -> String {
@@ -106,6 +110,7 @@ impl WorkloadEndpoint {
                 ip_networks,
                 profiles: vec![namespace_profile(&ns)],
                 ports,
+                ready: false,
             },
         }
     }

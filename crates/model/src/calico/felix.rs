@@ -489,9 +489,9 @@ impl FelixConfigurationSpec {
         }
     }
 
-    /// The spec with every field set from `effective()` (what the `default` config shows).
-    pub fn with_defaults(&self) -> FelixConfigurationSpec {
-        let e = self.effective();
+    /// Calico's defaults for every field, as a spec.
+    pub fn calico_defaults() -> FelixConfigurationSpec {
+        let e = FelixSettings::default();
         FelixConfigurationSpec {
             bpf_enabled: Some(e.bpf_enabled),
             bpf_external_service_mode: Some(e.bpf_external_service_mode),
@@ -506,11 +506,7 @@ impl FelixConfigurationSpec {
             bpf_map_size_nat_affinity: Some(i64::from(e.bpf_map_size_nat_affinity)),
             bpf_map_size_route: Some(i64::from(e.bpf_map_size_route)),
             bpf_map_size_conntrack: Some(i64::from(e.bpf_map_size_conntrack)),
-            bpf_psnat_ports: Some(
-                self.bpf_psnat_ports
-                    .clone()
-                    .unwrap_or(CalicoPort::Range(e.bpf_psnat_ports.0, e.bpf_psnat_ports.1)),
-            ),
+            bpf_psnat_ports: Some(CalicoPort::Range(e.bpf_psnat_ports.0, e.bpf_psnat_ports.1)),
             bpf_dsr_optout_cidrs: Some(e.bpf_dsr_optout_cidrs),
             bpf_host_networked_nat_without_ctlb: Some(e.bpf_host_networked_nat_without_ctlb),
             xdp_enabled: Some(e.xdp_enabled),
@@ -526,6 +522,12 @@ impl FelixConfigurationSpec {
             prometheus_metrics_enabled: Some(e.prometheus_metrics_enabled),
             prometheus_metrics_port: Some(Port(e.prometheus_metrics_port)),
         }
+    }
+
+    /// Every field set: what this spec sets, Calico's default for the rest (what the
+    /// `default` configuration shows). Values are kept as written, valid or not.
+    pub fn with_defaults(&self) -> FelixConfigurationSpec {
+        FelixConfigurationSpec::calico_defaults().overlay(self)
     }
 }
 
