@@ -13,6 +13,9 @@
 //!   derived from its name ([`vtep_mac`]), so no node has to publish it;
 //! - `VXLANCrossSubnet`: VXLAN towards nodes outside this node's underlay subnet, `None`
 //!   semantics towards nodes inside it;
+//! - over an IPv6 underlay the VXLAN next hop is the remote VTEP's link-local address instead
+//!   of its underlay address ([`vxlan_next_hop`]: the kernel refuses IPv6 `onlink` gateways
+//!   inside a subnet connected on another device);
 //! - one VXLAN device per underlay family: [`VXLAN_V4_DEVICE`] over IPv4, [`VXLAN_V6_DEVICE`]
 //!   over IPv6. A pool's blocks travel over the underlay of the pool's own family.
 
@@ -346,6 +349,49 @@ pub fn vtep_mac(node: &str, family: Family) -> [u8; 6] {
     [0x0e, b[3], b[4], b[5], b[6], b[7]]
 }
 
+/// The IPv6 link-local address (`fe80::/64` + modified EUI-64) of a MAC: the address the
+/// kernel gives a device with that MAC.
+pub fn link_local_of_mac(mac: &[u8; 6]) -> std::net::Ipv6Addr {
+    let [a, b, c, d, e, f] = *mac;
+    std::net::Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        a ^ 0x02,
+        b,
+        c,
+        0xff,
+        0xfe,
+        d,
+        e,
+        f,
+    ])
+}
+
+/// The next hop of a VXLAN route towards `node`, whose underlay address is `underlay`, and
+/// whether it needs `onlink`.
+///
+/// Over IPv4 it is the remote underlay address itself, `onlink` (the brief's scheme). Over
+/// IPv6 the kernel refuses an `onlink` gateway that a connected route places on another
+/// device (the underlay subnet is connected on eth0), so the next hop is the remote VTEP's
+/// link-local address (from its MAC, [`link_local_of_mac`]), which needs no `onlink`; the
+/// neighbour entry maps that address to the VTEP MAC and the FDB entry the MAC to the
+/// underlay address, as over IPv4.
+pub fn vxlan_next_hop(node: &str, family: Family, underlay: IpAddr) -> (IpAddr, bool) {
+    match family {
+        Family::V4 => (underlay, true),
+        Family::V6 => (
+            IpAddr::V6(link_local_of_mac(&vtep_mac(node, Family::V6))),
+            false,
+        ),
+    }
+}
+
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn mac_string(mac: &[u8; 6]) -> String {
     let [a, b, c, d, e, g] = mac;
@@ -415,7 +461,7 @@ pub fn compute(inputs: &Inputs) -> Desired {
                 let mac = vtep_mac(&node.name, *family);
                 out.neighbours.insert(Neighbour {
                     dev,
-                    ip: addr.addr(),
+                    ip: vxlan_next_hop(&node.name, *family, addr.addr()).0,
                     mac,
                     node: node.name.clone(),
                 });
@@ -474,10 +520,11 @@ pub fn compute(inputs: &Inputs) -> Desired {
             }
         };
         let target = if vxlan && vxlan_families.contains(&family) {
+            let (gateway, onlink) = vxlan_next_hop(&node, family, gateway);
             RouteTarget::Via {
                 gateway,
                 dev: RouteDev::Vxlan(family.vxlan_device()),
-                onlink: true,
+                onlink,
             }
         } else if vxlan {
             // No local VTEP of this family (reported above); nothing can carry the block.
@@ -684,7 +731,7 @@ mod tests {
         ));
         assert_eq!(
             d.routes[&net("fd00:10:244::40/122")].target,
-            via("fd00:5e:7::12", RouteDev::Vxlan(VXLAN_V6_DEVICE), true)
+            node2_v6_vxlan()
         );
         assert_eq!(
             d.routes[&net("fd00:10:244::/122")].target,
@@ -698,6 +745,33 @@ mod tests {
         assert_eq!(d.pod_mtu, 1430);
         assert!(!d.vxlan_devices.contains_key(VXLAN_V4_DEVICE));
         assert_eq!(d.neighbours.len(), 1);
+        let n = d.neighbours.iter().next().unwrap();
+        let fdb = d.fdb.iter().next().unwrap();
+        // Next hop = node2's VTEP link-local; the FDB sends its MAC to the underlay address.
+        assert_eq!(
+            (n.ip, n.mac),
+            (
+                IpAddr::V6(link_local_of_mac(&n.mac)),
+                vtep_mac("node2", Family::V6)
+            )
+        );
+        assert_eq!((fdb.mac, fdb.dst), (n.mac, ip("fd00:5e:7::12")));
+    }
+
+    fn node2_v6_vxlan() -> RouteTarget {
+        RouteTarget::Via {
+            gateway: IpAddr::V6(link_local_of_mac(&vtep_mac("node2", Family::V6))),
+            dev: RouteDev::Vxlan(VXLAN_V6_DEVICE),
+            onlink: false,
+        }
+    }
+
+    #[test]
+    fn link_local_follows_modified_eui64() {
+        assert_eq!(
+            link_local_of_mac(&[0x0e, 1, 2, 3, 4, 5]).to_string(),
+            "fe80::c01:2ff:fe03:405"
+        );
     }
 
     #[test]
@@ -744,7 +818,7 @@ mod tests {
         );
         assert_eq!(
             d.routes[&net("fd00:10:244::40/122")].target,
-            via("fd00:5e:7::12", RouteDev::Vxlan(VXLAN_V6_DEVICE), true)
+            node2_v6_vxlan()
         );
         assert_eq!(d.vxlan_devices.len(), 2);
         assert_eq!(d.pod_mtu, 1430, "the smaller of 1450 and 1430");
