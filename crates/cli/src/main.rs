@@ -129,7 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Create(args) => cmd::apply::run(&ds, args, serval_api::ApplyMode::Create).await,
         Command::Get(args) => cmd::get::run(&ds, args).await,
         Command::Delete(args) => cmd::delete::run(&ds, args).await,
-        Command::Lab(cmd) => lab::run(cmd).await,
+        Command::Lab(cmd) => lab::run(cmd, cli.datastore.clone()).await,
         Command::Agent(args) => {
             let mut config = serval_agent::AgentConfig::new(args.node, ds.url()?);
             config.lab_dir = args.lab_dir;

@@ -55,9 +55,23 @@ pub enum LabCommand {
     Exec(exec::ExecArgs),
 }
 
-pub async fn run(cmd: LabCommand) -> anyhow::Result<ExitCode> {
+/// Runs a lab command. `datastore` is the global `--datastore` flag, which for `lab up`
+/// names the kind of datastore to create (`sqlite` or `etcd`).
+pub async fn run(cmd: LabCommand, datastore: Option<String>) -> anyhow::Result<ExitCode> {
     let result = match cmd {
-        LabCommand::Up(a) => up::run(a).await,
+        LabCommand::Up(mut a) => match datastore.as_deref() {
+            None | Some("sqlite") => up::run(a).await,
+            Some("etcd") => {
+                a.datastore = state::DatastoreKind::Etcd;
+                up::run(a).await
+            }
+            // A URL here comes from SERVAL_DATASTORE, meant for other commands.
+            Some(url) if url.contains("://") => {
+                eprintln!("note: ignoring datastore URL {url} for `lab up`; the lab creates its own (--datastore sqlite|etcd)");
+                up::run(a).await
+            }
+            Some(other) => Err(Usage(format!("`lab up --datastore {other}`: use sqlite or etcd (the lab creates its own datastore)")).into()),
+        },
         LabCommand::Down(a) => down::run(a).await,
         LabCommand::Status(a) => status::run(a).await,
         LabCommand::Probe(a) => probe::run_probe(a).await,

@@ -34,7 +34,8 @@ pub struct UpArgs {
     /// Recorded in FelixConfiguration `bpfEnabled`; honoured by the dataplane.
     #[arg(long, value_enum, default_value_t = Dataplane::Iptables)]
     pub dataplane: Dataplane,
-    #[arg(long, value_enum, default_value_t = DatastoreKind::Sqlite)]
+    /// `--datastore sqlite|etcd` is the global `--datastore` flag, read by `lab::run`.
+    #[arg(skip = DatastoreKind::Sqlite)]
     pub datastore: DatastoreKind,
     /// Apply these files (pods, namespaces, …) once the lab is up. Repeatable.
     #[arg(short = 'f', long = "filename")]
