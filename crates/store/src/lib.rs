@@ -202,6 +202,10 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn txn(&self, ops: Vec<TxnOp>) -> Result<Revision>;
 
     /// Every change under `prefix` with a revision greater than `after`, in order.
+    ///
+    /// Both backends report a compacted start (or a resume point compacted while the watch was
+    /// reconnecting) as an `Err(StoreError::Compacted)` item, after which the watch ends; other
+    /// item errors also end the watch.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<Watch>;
 
     /// The current store revision.

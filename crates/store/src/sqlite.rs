@@ -31,8 +31,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long we keep retrying `SQLITE_BUSY` on top of `BUSY_TIMEOUT` before giving up.
 const BUSY_RETRY_FOR: Duration = Duration::from_secs(60);
-/// A watch reads at most this many revisions of history per query.
-const WATCH_WINDOW: Revision = 1000;
+/// A watch reads at most this many log rows per query (bounds memory for huge histories).
+const WATCH_BATCH: i64 = 2000;
 /// Events buffered between a watch's reader task and its consumer.
 const WATCH_BUFFER: usize = 1024;
 /// Idle read connections kept per store.
@@ -387,14 +387,41 @@ fn apply_txn(conn: &mut Connection, ops: &[TxnOp]) -> rusqlite::Result<Result<Re
     Ok(Ok(revision))
 }
 
+/// Where a watch has read the log up to: every row at or before `(revision, idx)`.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    revision: Revision,
+    idx: i64,
+}
+
+impl Cursor {
+    /// Everything up to and including `revision`.
+    fn after(revision: Revision) -> Self {
+        Cursor {
+            revision,
+            idx: i64::MAX,
+        }
+    }
+
+    /// The last revision whose rows have all been read.
+    fn complete(self) -> Revision {
+        if self.idx == i64::MAX {
+            self.revision
+        } else {
+            self.revision - 1
+        }
+    }
+}
+
 /// One watch query's result.
 enum Window {
     Compacted(Revision),
     Events {
         events: Vec<WatchEvent>,
         /// Everything up to here has been read.
-        upper: Revision,
-        head: Revision,
+        cursor: Cursor,
+        /// More rows may be waiting beyond `cursor` (the batch was full).
+        more: bool,
     },
 }
 
@@ -402,37 +429,48 @@ fn read_window(
     conn: &mut Connection,
     prefix: &[u8],
     end: Option<&[u8]>,
-    last: Revision,
+    cursor: Cursor,
 ) -> rusqlite::Result<Window> {
     let tx = conn.transaction()?;
     let head = meta(&tx, "revision")?;
     let compacted = meta(&tx, "compacted")?;
-    if last < compacted {
+    if cursor.complete() < compacted {
         return Ok(Window::Compacted(compacted));
     }
-    let upper = head.min(last.saturating_add(WATCH_WINDOW));
     let mut events = Vec::new();
-    if upper > last {
+    let mut last_row = None;
+    {
         let mut stmt = tx.prepare_cached(
-            "SELECT revision, key, kind, value, create_revision, prev_value, prev_create, prev_mod
-             FROM log WHERE revision > ?1 AND revision <= ?2 AND key >= ?3 AND (?4 IS NULL OR key < ?4)
-             ORDER BY revision, idx",
+            "SELECT revision, idx, key, kind, value, create_revision, prev_value, prev_create, prev_mod
+             FROM log
+             WHERE revision >= ?1 AND (revision > ?1 OR idx > ?2) AND revision <= ?3
+               AND key >= ?4 AND (?5 IS NULL OR key < ?5)
+             ORDER BY revision, idx LIMIT ?6",
         )?;
-        let rows = stmt.query_map(params![last, upper, prefix, end], |r| {
+        let mut rows = stmt.query(params![
+            cursor.revision,
+            cursor.idx,
+            head,
+            prefix,
+            end,
+            WATCH_BATCH
+        ])?;
+        while let Some(r) = rows.next()? {
             let revision: Revision = r.get(0)?;
-            let key = key_string(r.get(1)?);
-            let kind: i64 = r.get(2)?;
-            let prev_value: Option<Vec<u8>> = r.get(5)?;
+            let idx: i64 = r.get(1)?;
+            let key = key_string(r.get(2)?);
+            let kind: i64 = r.get(3)?;
+            let prev_value: Option<Vec<u8>> = r.get(6)?;
             let prev = match prev_value {
                 Some(value) => Some(KeyValue {
                     key: key.clone(),
                     value,
-                    create_revision: r.get(6)?,
-                    mod_revision: r.get(7)?,
+                    create_revision: r.get(7)?,
+                    mod_revision: r.get(8)?,
                 }),
                 None => None,
             };
-            Ok(WatchEvent {
+            events.push(WatchEvent {
                 kind: if kind == KIND_DELETE {
                     EventKind::Delete
                 } else {
@@ -440,24 +478,28 @@ fn read_window(
                 },
                 kv: KeyValue {
                     key,
-                    value: r.get(3)?,
-                    create_revision: r.get(4)?,
+                    value: r.get(4)?,
+                    create_revision: r.get(5)?,
                     mod_revision: revision,
                 },
                 prev,
                 revision,
-            })
-        })?;
-        for row in rows {
-            events.push(row?);
+            });
+            last_row = Some(Cursor { revision, idx });
         }
     }
     // Read-only: a rollback just releases the snapshot.
     tx.rollback()?;
+    let more = events.len() as i64 >= WATCH_BATCH;
+    let cursor = match last_row {
+        Some(c) if more => c,
+        // Fewer rows than a batch: this snapshot has nothing more up to `head`.
+        _ => Cursor::after(head.max(cursor.complete())),
+    };
     Ok(Window::Events {
         events,
-        upper: upper.max(last),
-        head,
+        cursor,
+        more,
     })
 }
 
@@ -497,29 +539,30 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String) {
 async fn watch_task(
     shared: Arc<Shared>,
     prefix: String,
-    mut last: Revision,
+    after: Revision,
     mut head_rx: tokio::sync::watch::Receiver<Revision>,
     tx: tokio::sync::mpsc::Sender<Result<WatchEvent>>,
 ) {
     let end = prefix_end(prefix.as_bytes());
     let prefix = Arc::new((prefix.into_bytes(), end));
+    let mut cursor = Cursor::after(after);
     loop {
         head_rx.borrow_and_update();
         let s = shared.clone();
         let p = prefix.clone();
         let window =
-            run_blocking(move || s.read(|conn| read_window(conn, &p.0, p.1.as_deref(), last)))
+            run_blocking(move || s.read(|conn| read_window(conn, &p.0, p.1.as_deref(), cursor)))
                 .await;
-        let (events, upper, head) = match window {
+        let (events, next, more) = match window {
             Ok(Window::Events {
                 events,
-                upper,
-                head,
-            }) => (events, upper, head),
+                cursor,
+                more,
+            }) => (events, cursor, more),
             Ok(Window::Compacted(compacted)) => {
                 let _ = tx
                     .send(Err(StoreError::Compacted {
-                        requested: last + 1,
+                        requested: cursor.complete() + 1,
                         compacted,
                     }))
                     .await;
@@ -536,13 +579,13 @@ async fn watch_task(
                 return;
             }
         }
-        last = upper;
-        if upper < head {
+        cursor = next;
+        if more {
             continue;
         }
         // Caught up: wait until someone publishes a newer revision.
         loop {
-            if *head_rx.borrow_and_update() > last {
+            if *head_rx.borrow_and_update() > cursor.complete() {
                 break;
             }
             tokio::select! {
