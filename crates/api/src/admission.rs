@@ -1,10 +1,11 @@
 //! What the API server's admission and the scheduler would do before a resource is stored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
-use serval_model::{Kind, Resource};
+use serval_model::{Kind, Resource, ResourceKey};
 
-use crate::{Client, Result};
+use crate::{ApiError, Client, Result};
 
 /// Bind every Pod without `spec.nodeName` to a node, round-robin: the node with the fewest
 /// pods (stored ones plus those bound earlier in this apply), ties broken by name. With no
@@ -58,7 +59,7 @@ pub(crate) async fn bind_pods(
             if p.spec.node_name.is_none() {
                 let (node, count) = load
                     .iter_mut()
-                    .min_by(|a, b| a.1.cmp(b.1).then(a.0.cmp(b.0)))
+                    .min_by(|a, b| (*a.1).cmp(&*b.1).then(a.0.cmp(b.0)))
                     .expect("nodes is not empty");
                 *count += 1;
                 p.spec.node_name = Some(node.clone());
@@ -66,4 +67,237 @@ pub(crate) async fn bind_pods(
         }
     }
     Ok(())
+}
+
+/// The service address ranges cluster IPs are allocated from (kind's defaults; the API
+/// server's `--service-cluster-ip-range`).
+pub const SERVICE_CIDR_V4: &str = "10.96.0.0/12";
+pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
+
+/// What the API server does for Services: allocate cluster IPs (one per family the service
+/// asks for, from [`SERVICE_CIDR_V4`] / [`SERVICE_CIDR_V6`]) and node ports (30000-32767),
+/// keep the ones already allocated, and reject a clusterIP change or a node port that another
+/// service holds.
+pub(crate) async fn allocate_services(
+    client: &Client,
+    resources: &mut [Resource],
+    existing: &BTreeMap<String, (Resource, serval_store::Revision)>,
+) -> Result<()> {
+    use serval_model::k8s::service::{IpFamilyPolicy, NODE_PORT_RANGE, ServiceIpFamily};
+    use serval_model::types::Port;
+
+    if !resources.iter().any(|r| matches!(r, Resource::Service(_))) {
+        return Ok(());
+    }
+    // Addresses and node ports in use by stored services other than the ones being applied.
+    let applying: BTreeSet<String> = resources.iter().map(|r| r.key().store_key()).collect();
+    let mut used_ips: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut used_ports: BTreeMap<(u16, String), ResourceKey> = BTreeMap::new();
+    let (services, _) = client.list(Kind::Service, None).await?;
+    for s in &services {
+        let Resource::Service(svc) = s else { continue };
+        if applying.contains(&s.key().store_key()) {
+            continue;
+        }
+        used_ips.extend(svc.spec.cluster_addrs());
+        for p in &svc.spec.ports {
+            if let Some(np) = p.node_port {
+                used_ports.insert((np.0, format!("{:?}", p.protocol)), s.key());
+            }
+        }
+    }
+    // Families the cluster has pools for decide the default family order.
+    let (pools, _) = client.list(Kind::IPPool, None).await?;
+    let mut cluster_families: Vec<ServiceIpFamily> = Vec::new();
+    for p in pools.iter().chain(resources.iter().filter(|r| r.kind() == Kind::IPPool)) {
+        if let Resource::IPPool(p) = p {
+            let f = if p.spec.cidr.addr().is_ipv4() { ServiceIpFamily::IPv4 } else { ServiceIpFamily::IPv6 };
+            if !cluster_families.contains(&f) {
+                cluster_families.push(f);
+            }
+        }
+    }
+    cluster_families.sort();
+    if cluster_families.is_empty() {
+        cluster_families.push(ServiceIpFamily::IPv4);
+    }
+
+    // First pass: explicit addresses and ports of the applied services claim their values.
+    for r in resources.iter() {
+        let Resource::Service(svc) = r else { continue };
+        let key = r.key();
+        let old = match existing.get(&key.store_key()) {
+            Some((Resource::Service(old), _)) => Some(old),
+            _ => None,
+        };
+        let wanted: Vec<String> = if !svc.spec.cluster_ips.is_empty() {
+            svc.spec.cluster_ips.clone()
+        } else {
+            svc.spec.cluster_ip.iter().cloned().collect()
+        };
+        if let Some(old) = old {
+            let old_ips = &old.spec.cluster_ips;
+            if !wanted.is_empty() && !old_ips.is_empty() && wanted.first() != old_ips.first() {
+                return Err(ApiError::Immutable {
+                    key,
+                    field: "spec.clusterIP".into(),
+                    reason: format!("is immutable (allocated {}); delete and recreate the service to change it", old_ips[0]),
+                });
+            }
+        }
+        for ip in wanted.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
+            if !used_ips.insert(ip) {
+                return Err(ApiError::Allocation {
+                    key,
+                    field: "spec.clusterIP".into(),
+                    reason: format!("{ip} is already allocated to another service"),
+                });
+            }
+        }
+        for p in &svc.spec.ports {
+            if let Some(np) = p.node_port {
+                let proto = format!("{:?}", p.protocol);
+                if let Some(holder) = used_ports.insert((np.0, proto.clone()), key.clone()) {
+                    if holder != key {
+                        return Err(ApiError::Allocation {
+                            key,
+                            field: "spec.ports.nodePort".into(),
+                            reason: format!("node port {np}/{proto} is already allocated to {holder}"),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    // Second pass: allocate what is missing.
+    let mut cursor = BTreeMap::new();
+    for r in resources.iter_mut() {
+        let key = r.key();
+        let Resource::Service(svc) = r else { continue };
+        let old = match existing.get(&key.store_key()) {
+            Some((Resource::Service(old), _)) => Some(old.clone()),
+            _ => None,
+        };
+        let spec = &mut svc.spec;
+        if !spec.is_headless() {
+            let mut ips: Vec<IpAddr> = spec.cluster_ips.iter().filter_map(|s| s.parse().ok()).collect();
+            if ips.is_empty() {
+                if let Some(ip) = spec.cluster_ip.as_deref().and_then(|s| s.parse().ok()) {
+                    ips.push(ip);
+                }
+            }
+            if ips.is_empty() {
+                if let Some(old) = &old {
+                    ips = old.spec.cluster_addrs();
+                }
+            }
+            // Families wanted, in order.
+            let mut families: Vec<ServiceIpFamily> = if !spec.ip_families.is_empty() {
+                spec.ip_families.clone()
+            } else if !ips.is_empty() {
+                ips.iter().map(|ip| if ip.is_ipv4() { ServiceIpFamily::IPv4 } else { ServiceIpFamily::IPv6 }).collect()
+            } else {
+                vec![cluster_families[0]]
+            };
+            if matches!(spec.ip_family_policy, Some(IpFamilyPolicy::PreferDualStack | IpFamilyPolicy::RequireDualStack)) {
+                for f in &cluster_families {
+                    if !families.contains(f) {
+                        families.push(*f);
+                    }
+                }
+            }
+            if families.len() > 1 && spec.ip_family_policy.is_none() && spec.ip_families.len() < 2 {
+                families.truncate(ips.len().max(1));
+            }
+            for f in &families {
+                if ips.iter().any(|ip| ip.is_ipv4() == (*f == ServiceIpFamily::IPv4)) {
+                    continue;
+                }
+                let ip = next_free_ip(*f, &used_ips, &mut cursor).ok_or_else(|| ApiError::Allocation {
+                    key: key.clone(),
+                    field: "spec.clusterIP".into(),
+                    reason: format!("the {f:?} service range is full"),
+                })?;
+                used_ips.insert(ip);
+                ips.push(ip);
+            }
+            spec.cluster_ips = ips.iter().map(ToString::to_string).collect();
+            spec.cluster_ip = spec.cluster_ips.first().cloned();
+            spec.ip_families = ips
+                .iter()
+                .map(|ip| if ip.is_ipv4() { ServiceIpFamily::IPv4 } else { ServiceIpFamily::IPv6 })
+                .collect();
+            if spec.ip_family_policy.is_none() {
+                spec.ip_family_policy = Some(IpFamilyPolicy::SingleStack);
+            }
+        }
+        if spec.has_node_ports() {
+            for i in 0..spec.ports.len() {
+                if spec.ports[i].node_port.is_some() {
+                    continue;
+                }
+                let proto = format!("{:?}", spec.ports[i].protocol);
+                // Keep the port allocated before for the same port/protocol.
+                let kept = old.as_ref().and_then(|o| {
+                    o.spec
+                        .ports
+                        .iter()
+                        .find(|op| op.port == spec.ports[i].port && op.protocol == spec.ports[i].protocol)
+                        .and_then(|op| op.node_port)
+                });
+                let np = match kept {
+                    Some(np) if !used_ports.contains_key(&(np.0, proto.clone())) => np.0,
+                    _ => NODE_PORT_RANGE
+                        .clone()
+                        .find(|p| !used_ports.contains_key(&(*p, proto.clone())))
+                        .ok_or_else(|| ApiError::Allocation {
+                            key: key.clone(),
+                            field: "spec.ports.nodePort".into(),
+                            reason: "every node port in 30000-32767 is allocated".into(),
+                        })?,
+                };
+                used_ports.insert((np, proto), key.clone());
+                spec.ports[i].node_port = Some(Port(np));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The lowest free address of the family's service range at or after `cursor` (the last
+/// address handed out in this apply, so a batch allocation is linear), skipping the network
+/// address and the first host (kept for the API server's own service, as Kubernetes does).
+fn next_free_ip(
+    family: serval_model::k8s::service::ServiceIpFamily,
+    used: &BTreeSet<IpAddr>,
+    cursor: &mut BTreeMap<serval_model::k8s::service::ServiceIpFamily, IpAddr>,
+) -> Option<IpAddr> {
+    use serval_model::k8s::service::ServiceIpFamily;
+    let cidr: ipnet::IpNet = match family {
+        ServiceIpFamily::IPv4 => SERVICE_CIDR_V4,
+        ServiceIpFamily::IPv6 => SERVICE_CIDR_V6,
+    }
+    .parse()
+    .expect("constant service CIDRs parse");
+    let to_u128 = |ip: IpAddr| match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    let from_u128 = |n: u128| -> IpAddr {
+        match family {
+            ServiceIpFamily::IPv4 => IpAddr::V4(std::net::Ipv4Addr::from(n as u32)),
+            ServiceIpFamily::IPv6 => IpAddr::V6(std::net::Ipv6Addr::from(n)),
+        }
+    };
+    // First usable: network + 2; last: the broadcast address - 1 for IPv4, the last for IPv6.
+    let first = to_u128(cidr.network()) + 2;
+    let last = to_u128(cidr.broadcast()) - u128::from(family == ServiceIpFamily::IPv4);
+    let start = cursor.get(&family).map(|a| to_u128(*a) + 1).unwrap_or(first).clamp(first, last + 1);
+    let found = (start..=last)
+        .chain(first..start)
+        .map(from_u128)
+        .find(|ip| !used.contains(ip))?;
+    cursor.insert(family, found);
+    Some(found)
 }

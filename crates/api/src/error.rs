@@ -15,6 +15,10 @@ pub enum ApiError {
     BadResourceVersion { key: ResourceKey, value: String },
     #[error("stored value at {key} does not decode ({reason}); the datastore holds data this version does not understand")]
     Corrupt { key: String, reason: String },
+    #[error("{key}: {field} {reason}")]
+    Immutable { key: ResourceKey, field: String, reason: String },
+    #[error("{key}: {field}: {reason}")]
+    Allocation { key: ResourceKey, field: String, reason: String },
     #[error("datastore key {key} is not a resource key")]
     BadKey { key: String },
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use serval_model::{Kind, Resource, ResourceKey};
 use serval_store::{Datastore, EventKind, KeyValue, Revision, StoreError, TxnOp};
 
+pub use admission::{SERVICE_CIDR_V4, SERVICE_CIDR_V6};
 pub use error::ApiError;
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
@@ -135,6 +136,7 @@ impl Client {
         }
         serval_model::validate_set(&resources, &existing_list)?;
         admission::bind_pods(self, &mut resources, &existing).await?;
+        admission::allocate_services(self, &mut resources, &existing).await?;
 
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let mut ops = Vec::with_capacity(resources.len());

@@ -15,7 +15,7 @@ use serval_model::{Kind, Resource, ResourceKey};
 pub fn key_display(key: &ResourceKey) -> String {
     let info = key.kind.info();
     let group = info.api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
-    let kind = if group.is_empty() || key.kind == Kind::NetworkPolicy {
+    let kind = if group.is_empty() {
         info.name.to_ascii_lowercase()
     } else {
         format!("{}.{group}", info.name.to_ascii_lowercase())
@@ -66,7 +66,7 @@ impl Extra {
             let (weps, _) = client.list(Kind::WorkloadEndpoint, None).await?;
             for w in &weps {
                 let v = value_of(w);
-                let ns = str_at(&v, "spec.namespace");
+                let ns = str_at(&v, "metadata.namespace");
                 let pod = str_at(&v, "spec.pod");
                 extra.endpoints.insert(format!("{ns}/{pod}"), v);
             }
@@ -295,6 +295,10 @@ fn value_str(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
+        // Calico orders are floats; print 10.0 as 10.
+        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) && !n.is_i64() && !n.is_u64() => {
+            format!("{}", n.as_f64().unwrap_or_default() as i64)
+        }
         other => other.to_string(),
     }
 }
