@@ -41,7 +41,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod cache;
-pub mod cni;
 pub mod podserver;
 pub mod routes;
 pub mod routing;

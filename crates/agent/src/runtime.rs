@@ -37,8 +37,9 @@ use serval_store::StoreError;
 use serval_sys::NetNs;
 
 use crate::AgentConfig;
+use serval_cni::{Conflist, RuntimeConf};
+
 use crate::cache::Cache;
-use crate::cni::{self, Attachment, ConfList};
 use crate::daemon::{pods_on, write_atomic};
 
 /// How long a new pod server may take to bind its ports.
@@ -64,7 +65,7 @@ pub enum RuntimeError {
         pod: String,
         command: &'static str,
         #[source]
-        source: cni::CniError,
+        source: serval_cni::RuntimeError,
     },
     #[error("pod {pod}: starting the pod server {program}: {source}")]
     Spawn {
@@ -248,21 +249,25 @@ impl Runtime {
         self.pods_dir.join(format!("{namespace}_{pod}.{ext}"))
     }
 
-    fn attachment(&self, rec: &PodRecord) -> Attachment {
-        Attachment {
-            container_id: rec.container_id.clone(),
-            netns: Path::new(serval_sys::NETNS_RUN_DIR).join(&rec.netns),
-            ifname: POD_IFNAME.into(),
-            args: format!(
-                "K8S_POD_NAMESPACE={};K8S_POD_NAME={}",
-                rec.namespace, rec.pod
-            ),
-            cni_path: self.node_dir.join("cni").join("bin"),
-        }
+    fn attachment(&self, rec: &PodRecord) -> RuntimeConf {
+        let netns = Path::new(serval_sys::NETNS_RUN_DIR).join(&rec.netns);
+        RuntimeConf::for_pod(
+            &rec.container_id,
+            &netns.to_string_lossy(),
+            POD_IFNAME,
+            &rec.namespace,
+            &rec.pod,
+        )
     }
 
-    fn conflist(&self) -> Result<ConfList, cni::CniError> {
-        ConfList::load_dir(&self.node_dir.join("cni").join("net.d"))
+    /// The CNI executor: plugins from `cni/bin`, ADD results cached in `cni/cache`.
+    fn cni(&self) -> serval_cni::Runtime {
+        let cni = self.node_dir.join("cni");
+        serval_cni::Runtime::new(vec![cni.join("bin")]).with_cache_dir(cni.join("cache"))
+    }
+
+    fn conflist(&self) -> Result<Conflist, serval_cni::RuntimeError> {
+        Conflist::load_dir(&self.node_dir.join("cni").join("net.d"))
     }
 
     fn save(&self, rec: &PodRecord) -> Result<(), RuntimeError> {
@@ -489,7 +494,9 @@ impl Runtime {
             source,
         })?;
         let att = self.attachment(rec);
-        let result = cni::add(&list, &att)
+        let result = self
+            .cni()
+            .add(&list, &att)
             .await
             .map_err(|source| RuntimeError::Cni {
                 pod: id.clone(),
@@ -689,7 +696,7 @@ impl Runtime {
             let att = self.attachment(rec);
             let prev = (!rec.cni_result.is_null()).then_some(&rec.cni_result);
             match self.conflist() {
-                Ok(list) => match cni::del(&list, &att, prev).await {
+                Ok(list) => match self.cni().del(&list, &att, prev).await {
                     Ok(()) => {
                         tracing::info!(pod = %id, container_id = %rec.container_id, "pod network removed (CNI DEL)")
                     }

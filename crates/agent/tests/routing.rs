@@ -293,7 +293,10 @@ async fn vxlan_devices_neighbours_and_fdb_follow_the_encapsulation() -> Result<(
         let route = n.route_to(block).await?.context("vxlan route")?;
         // IPv4: the remote underlay address; IPv6: the remote VTEP's link-local address.
         let next_hop = routes::vxlan_next_hop("node2", family, ip(gw)).0;
-        assert_eq!((route.gateway, route.oif), (Some(next_hop), Some(link.index)));
+        assert_eq!(
+            (route.gateway, route.oif),
+            (Some(next_hop), Some(link.index))
+        );
         let neigh = n.nl.neighbours(Some(dev)).await?;
         let want_mac = MacAddr(routes::vtep_mac("node2", family));
         assert!(
