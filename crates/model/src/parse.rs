@@ -132,6 +132,32 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, Validati
                 break;
             }
         };
+        if let Some(items) = list_items(&value) {
+            // `kind: List` (as `kubectl get -o yaml` writes several objects): each item is a
+            // resource; errors name it as `items[i]`.
+            for (j, item) in items.iter().enumerate() {
+                let mut cx = DocContext {
+                    file,
+                    document: i + 1,
+                    kind: None,
+                    namespace: None,
+                    name: None,
+                };
+                match parse_value(&mut cx, item.clone()) {
+                    Ok(Some(r)) => out.push(r),
+                    Ok(None) => {}
+                    Err(errs) => errors.extend(errs.into_iter().map(|mut e| {
+                        e.path = if e.path.is_empty() {
+                            format!("items[{j}]")
+                        } else {
+                            format!("items[{j}].{}", e.path)
+                        };
+                        e
+                    })),
+                }
+            }
+            continue;
+        }
         match parse_value(&mut cx, value) {
             Ok(Some(r)) => out.push(r),
             Ok(None) => {}
@@ -142,6 +168,15 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, Validati
         Ok(out)
     } else {
         Err(ValidationErrors(errors))
+    }
+}
+
+/// The items of a `v1` `List` document.
+fn list_items(v: &Value) -> Option<&Vec<Value>> {
+    if str_field(v, "apiVersion") == Some("v1") && str_field(v, "kind") == Some("List") {
+        v.get("items").and_then(Value::as_sequence)
+    } else {
+        None
     }
 }
 

@@ -379,3 +379,30 @@ fn workload_endpoint_from_pod_round_trips_but_is_not_appliable() {
     let err = parse_documents("w.yaml", &r.to_yaml()).unwrap_err();
     assert!(err.to_string().contains("internal record"), "{err}");
 }
+
+#[test]
+fn v1_list_documents_are_flattened() {
+    let text = "apiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n  - {apiVersion: v1, kind: Namespace, metadata: {name: b}}\n";
+    let rs = parse_documents("list.yaml", text).unwrap();
+    assert_eq!(rs.len(), 2);
+    let bad = "apiVersion: v1\nkind: List\nitems:\n  - {apiVersion: v1, kind: Namespace, metadata: {name: a}}\n  - {apiVersion: v1, kind: Service, metadata: {name: s}, spec: {ports: [{port: 0}]}}\n";
+    let errs = parse_documents("list.yaml", bad).unwrap_err();
+    assert_eq!(
+        errs.to_string(),
+        "list.yaml: document 1 (Service default/s): items[1].spec.ports[0].port: 0 is out of range 1-65535"
+    );
+}
+
+#[test]
+fn empty_cluster_ip_means_allocate() {
+    let rs = parse_documents(
+        "s.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {clusterIP: '', ports: [{port: 80}]}\n",
+    )
+    .unwrap();
+    let Resource::Service(s) = &rs[0] else {
+        unreachable!()
+    };
+    assert_eq!(s.spec.cluster_ip, None);
+    assert!(s.spec.cluster_ips.is_empty());
+}

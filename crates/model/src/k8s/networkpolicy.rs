@@ -7,6 +7,9 @@ use crate::meta::ObjectMeta;
 use crate::net::{self, IpNet};
 use crate::types::{FieldErrors, IntOrString, PolicyType, Protocol};
 
+/// Kubernetes NetworkPolicies are evaluated in Calico's `default` tier at this order.
+pub const K8S_POLICY_ORDER: f64 = 1000.0;
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct K8sNetworkPolicy {

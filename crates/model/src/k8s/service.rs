@@ -218,6 +218,10 @@ impl Service {
     /// timeout.
     pub(crate) fn apply_defaults(&mut self) {
         let s = &mut self.spec;
+        if s.cluster_ip.as_deref() == Some("") {
+            // "" means "allocate one", as in Kubernetes.
+            s.cluster_ip = None;
+        }
         for p in &mut s.ports {
             if p.target_port.is_none() {
                 p.target_port = Some(IntOrString::Int(i32::from(p.port.0)));
