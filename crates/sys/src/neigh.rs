@@ -148,6 +148,56 @@ impl Netlink {
         .map_err(self.err("deleting neighbour", format!("{ip} dev {link}")))
     }
 
+    /// Adds a proxy neighbour entry (`ip -6 neigh add proxy IP dev LINK`): with `proxy_ndp`
+    /// (and forwarding) on, the link answers neighbour solicitations for `ip`, e.g. a pod's
+    /// `fe80::1` gateway on the host-side veth. Also works for IPv4 (`ip neigh add proxy`).
+    /// Idempotent: the kernel accepts re-adding an existing proxy entry.
+    pub async fn neigh_proxy_add(&self, link: &str, ip: IpAddr) -> Result<()> {
+        let index = self.link_index(link).await?;
+        let mut msg = neighbour_message(index, ip, None);
+        msg.header.flags = NeighbourFlags::Proxy;
+        self.request_ack(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_CREATE)
+            .await
+            .map_err(self.err("adding proxy neighbour", format!("{ip} dev {link}")))
+    }
+
+    /// Deletes a proxy neighbour entry. [`crate::Error::is_not_found`] when there is none.
+    pub async fn neigh_proxy_del(&self, link: &str, ip: IpAddr) -> Result<()> {
+        let index = self.link_index(link).await?;
+        let mut msg = neighbour_message(index, ip, None);
+        msg.header.flags = NeighbourFlags::Proxy;
+        self.request_ack(RouteNetlinkMessage::DelNeighbour(msg), 0)
+            .await
+            .map_err(self.err("deleting proxy neighbour", format!("{ip} dev {link}")))
+    }
+
+    /// The proxy neighbour entries (IPv4 and IPv6) as (interface index, address).
+    pub async fn neigh_proxies(&self) -> Result<Vec<(u32, IpAddr)>> {
+        let mut out = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let msgs: Vec<NeighbourMessage> = self
+                .handle()
+                .neighbours()
+                .get()
+                .set_address_family(family)
+                .proxies()
+                .execute()
+                .try_collect()
+                .await
+                .map_err(self.err("listing proxy neighbours", "(all)"))?;
+            for msg in msgs {
+                let ip = msg.attributes.iter().find_map(|a| match a {
+                    NeighbourAttribute::Destination(addr) => ip_of(addr),
+                    _ => None,
+                });
+                if let Some(ip) = ip {
+                    out.push((msg.header.ifindex, ip));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// IPv4 and IPv6 neighbour entries, of one link when `link` is given.
     pub async fn neighbours(&self, link: Option<&str>) -> Result<Vec<Neighbour>> {
         let index = match link {

@@ -2,7 +2,7 @@
 //! operation (links, addresses, routes, neighbours, VXLAN, bridges) is a method on it, in the
 //! file named after the object.
 
-use std::fmt::Display;
+use std::{fmt::Display, sync::Arc};
 
 use futures::StreamExt;
 use rtnetlink::{
@@ -13,15 +13,31 @@ use rtnetlink::{
 
 use crate::error::{Error, NsLabel, Result};
 
-/// An rtnetlink handle plus the task driving its connection. Dropping it closes the socket.
+/// An rtnetlink handle plus the task driving its connection. Clones share the connection;
+/// dropping the last one closes the socket.
 ///
 /// Get one for a namespace with [`crate::NetNs::netlink`], or for the calling thread's own
 /// namespace with [`Netlink::current`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Netlink {
     handle: rtnetlink::Handle,
     netns: NsLabel,
-    connection: tokio::task::JoinHandle<()>,
+    /// Held only for its `Drop`.
+    #[expect(
+        dead_code,
+        reason = "kept alive for Drop, which aborts the connection task"
+    )]
+    connection: Arc<ConnectionTask>,
+}
+
+/// Aborts the connection task when the last [`Netlink`] clone goes away.
+#[derive(Debug)]
+struct ConnectionTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ConnectionTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Netlink {
@@ -51,7 +67,7 @@ impl Netlink {
         Self {
             handle,
             netns,
-            connection: tokio::spawn(connection),
+            connection: Arc::new(ConnectionTask(tokio::spawn(connection))),
         }
     }
 
@@ -101,11 +117,5 @@ impl Netlink {
             }
         }
         Ok(())
-    }
-}
-
-impl Drop for Netlink {
-    fn drop(&mut self) {
-        self.connection.abort();
     }
 }

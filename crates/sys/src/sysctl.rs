@@ -129,6 +129,25 @@ pub fn disable_ipv6(iface: &str) -> Result<String> {
     iface_key("ipv6", iface, "disable_ipv6")
 }
 
+/// `net/ipv4/neigh/IFACE/proxy_delay`: how long (in jiffies, up to a random amount) proxy ARP
+/// waits before answering; the default (80, i.e. up to 0.8 s) delays a pod's first packet, so
+/// host-side veths set it to 0.
+pub fn ipv4_proxy_delay(iface: &str) -> Result<String> {
+    neigh_key("ipv4", iface, "proxy_delay")
+}
+
+/// `net/ipv6/neigh/IFACE/proxy_delay`: as [`ipv4_proxy_delay`] for proxy NDP.
+pub fn ipv6_proxy_delay(iface: &str) -> Result<String> {
+    neigh_key("ipv6", iface, "proxy_delay")
+}
+
+fn neigh_key(family: &str, iface: &str, leaf: &str) -> Result<String> {
+    if iface != "default" {
+        validate_ifname(iface)?;
+    }
+    Ok(format!("net/{family}/neigh/{iface}/{leaf}"))
+}
+
 /// `net/ipv4/conf/IFACE/rp_filter`: 0 off, 1 strict, 2 loose.
 pub fn rp_filter(iface: &str) -> Result<String> {
     iface_key("ipv4", iface, "rp_filter")
