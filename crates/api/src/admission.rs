@@ -26,7 +26,10 @@ pub(crate) async fn bind_pods(
             }
         }
     }
-    if !resources.iter().any(|r| matches!(r, Resource::Pod(p) if p.spec.node_name.is_none())) {
+    if !resources
+        .iter()
+        .any(|r| matches!(r, Resource::Pod(p) if p.spec.node_name.is_none()))
+    {
         return Ok(());
     }
     let (nodes, _) = client.list(Kind::Node, None).await?;
@@ -109,9 +112,16 @@ pub(crate) async fn allocate_services(
     // Families the cluster has pools for decide the default family order.
     let (pools, _) = client.list(Kind::IPPool, None).await?;
     let mut cluster_families: Vec<ServiceIpFamily> = Vec::new();
-    for p in pools.iter().chain(resources.iter().filter(|r| r.kind() == Kind::IPPool)) {
+    for p in pools
+        .iter()
+        .chain(resources.iter().filter(|r| r.kind() == Kind::IPPool))
+    {
         if let Resource::IPPool(p) = p {
-            let f = if p.spec.cidr.addr().is_ipv4() { ServiceIpFamily::IPv4 } else { ServiceIpFamily::IPv6 };
+            let f = if p.spec.cidr.addr().is_ipv4() {
+                ServiceIpFamily::IPv4
+            } else {
+                ServiceIpFamily::IPv6
+            };
             if !cluster_families.contains(&f) {
                 cluster_families.push(f);
             }
@@ -141,7 +151,10 @@ pub(crate) async fn allocate_services(
                 return Err(ApiError::Immutable {
                     key,
                     field: "spec.clusterIP".into(),
-                    reason: format!("is immutable (allocated {}); delete and recreate the service to change it", old_ips[0]),
+                    reason: format!(
+                        "is immutable (allocated {}); delete and recreate the service to change it",
+                        old_ips[0]
+                    ),
                 });
             }
         }
@@ -162,7 +175,9 @@ pub(crate) async fn allocate_services(
                         return Err(ApiError::Allocation {
                             key,
                             field: "spec.ports.nodePort".into(),
-                            reason: format!("node port {np}/{proto} is already allocated to {holder}"),
+                            reason: format!(
+                                "node port {np}/{proto} is already allocated to {holder}"
+                            ),
                         });
                     }
                 }
@@ -181,7 +196,11 @@ pub(crate) async fn allocate_services(
         };
         let spec = &mut svc.spec;
         if !spec.is_headless() {
-            let mut ips: Vec<IpAddr> = spec.cluster_ips.iter().filter_map(|s| s.parse().ok()).collect();
+            let mut ips: Vec<IpAddr> = spec
+                .cluster_ips
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect();
             if ips.is_empty() {
                 if let Some(ip) = spec.cluster_ip.as_deref().and_then(|s| s.parse().ok()) {
                     ips.push(ip);
@@ -196,11 +215,22 @@ pub(crate) async fn allocate_services(
             let mut families: Vec<ServiceIpFamily> = if !spec.ip_families.is_empty() {
                 spec.ip_families.clone()
             } else if !ips.is_empty() {
-                ips.iter().map(|ip| if ip.is_ipv4() { ServiceIpFamily::IPv4 } else { ServiceIpFamily::IPv6 }).collect()
+                ips.iter()
+                    .map(|ip| {
+                        if ip.is_ipv4() {
+                            ServiceIpFamily::IPv4
+                        } else {
+                            ServiceIpFamily::IPv6
+                        }
+                    })
+                    .collect()
             } else {
                 vec![cluster_families[0]]
             };
-            if matches!(spec.ip_family_policy, Some(IpFamilyPolicy::PreferDualStack | IpFamilyPolicy::RequireDualStack)) {
+            if matches!(
+                spec.ip_family_policy,
+                Some(IpFamilyPolicy::PreferDualStack | IpFamilyPolicy::RequireDualStack)
+            ) {
                 for f in &cluster_families {
                     if !families.contains(f) {
                         families.push(*f);
@@ -211,13 +241,18 @@ pub(crate) async fn allocate_services(
                 families.truncate(ips.len().max(1));
             }
             for f in &families {
-                if ips.iter().any(|ip| ip.is_ipv4() == (*f == ServiceIpFamily::IPv4)) {
+                if ips
+                    .iter()
+                    .any(|ip| ip.is_ipv4() == (*f == ServiceIpFamily::IPv4))
+                {
                     continue;
                 }
-                let ip = next_free_ip(*f, &used_ips, &mut cursor).ok_or_else(|| ApiError::Allocation {
-                    key: key.clone(),
-                    field: "spec.clusterIP".into(),
-                    reason: format!("the {f:?} service range is full"),
+                let ip = next_free_ip(*f, &used_ips, &mut cursor).ok_or_else(|| {
+                    ApiError::Allocation {
+                        key: key.clone(),
+                        field: "spec.clusterIP".into(),
+                        reason: format!("the {f:?} service range is full"),
+                    }
                 })?;
                 used_ips.insert(ip);
                 ips.push(ip);
@@ -226,7 +261,13 @@ pub(crate) async fn allocate_services(
             spec.cluster_ip = spec.cluster_ips.first().cloned();
             spec.ip_families = ips
                 .iter()
-                .map(|ip| if ip.is_ipv4() { ServiceIpFamily::IPv4 } else { ServiceIpFamily::IPv6 })
+                .map(|ip| {
+                    if ip.is_ipv4() {
+                        ServiceIpFamily::IPv4
+                    } else {
+                        ServiceIpFamily::IPv6
+                    }
+                })
                 .collect();
             if spec.ip_family_policy.is_none() {
                 spec.ip_family_policy = Some(IpFamilyPolicy::SingleStack);
@@ -243,7 +284,9 @@ pub(crate) async fn allocate_services(
                     o.spec
                         .ports
                         .iter()
-                        .find(|op| op.port == spec.ports[i].port && op.protocol == spec.ports[i].protocol)
+                        .find(|op| {
+                            op.port == spec.ports[i].port && op.protocol == spec.ports[i].protocol
+                        })
                         .and_then(|op| op.node_port)
                 });
                 let np = match kept {
@@ -293,7 +336,11 @@ fn next_free_ip(
     // First usable: network + 2; last: the broadcast address - 1 for IPv4, the last for IPv6.
     let first = to_u128(cidr.network()) + 2;
     let last = to_u128(cidr.broadcast()) - u128::from(family == ServiceIpFamily::IPv4);
-    let start = cursor.get(&family).map(|a| to_u128(*a) + 1).unwrap_or(first).clamp(first, last + 1);
+    let start = cursor
+        .get(&family)
+        .map(|a| to_u128(*a) + 1)
+        .unwrap_or(first)
+        .clamp(first, last + 1);
     let found = (start..=last)
         .chain(first..start)
         .map(from_u128)

@@ -13,12 +13,22 @@ pub enum ApiError {
     NotFound { key: ResourceKey },
     #[error("{key}: metadata.resourceVersion {value:?} is not a revision number")]
     BadResourceVersion { key: ResourceKey, value: String },
-    #[error("stored value at {key} does not decode ({reason}); the datastore holds data this version does not understand")]
+    #[error(
+        "stored value at {key} does not decode ({reason}); the datastore holds data this version does not understand"
+    )]
     Corrupt { key: String, reason: String },
     #[error("{key}: {field} {reason}")]
-    Immutable { key: ResourceKey, field: String, reason: String },
+    Immutable {
+        key: ResourceKey,
+        field: String,
+        reason: String,
+    },
     #[error("{key}: {field}: {reason}")]
-    Allocation { key: ResourceKey, field: String, reason: String },
+    Allocation {
+        key: ResourceKey,
+        field: String,
+        reason: String,
+    },
     #[error("datastore key {key} is not a resource key")]
     BadKey { key: String },
 }

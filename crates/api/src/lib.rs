@@ -56,7 +56,10 @@ pub enum ResourceEvent {
     /// Created or updated.
     Applied(Resource),
     /// Deleted; the last stored state where the backend knows it.
-    Deleted { key: ResourceKey, last: Option<Resource> },
+    Deleted {
+        key: ResourceKey,
+        last: Option<Resource>,
+    },
 }
 
 /// The typed client.
@@ -89,8 +92,15 @@ impl Client {
 
     /// Every resource of `kind` (in `namespace`, or in all namespaces with `None`), sorted by
     /// namespace and name, and the revision the list was read at.
-    pub async fn list(&self, kind: Kind, namespace: Option<&str>) -> Result<(Vec<Resource>, Revision)> {
-        let (kvs, rev) = self.store.list(&ResourceKey::prefix(kind, namespace)).await?;
+    pub async fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Resource>, Revision)> {
+        let (kvs, rev) = self
+            .store
+            .list(&ResourceKey::prefix(kind, namespace))
+            .await?;
         let items = kvs.iter().map(decode).collect::<Result<Vec<_>>>()?;
         Ok((items, rev))
     }
@@ -105,14 +115,20 @@ impl Client {
     /// Validate `resources` against each other and the stored state, then store all of them in
     /// one transaction. On any error nothing is stored. A concurrent writer touching the same
     /// keys makes the whole apply retry from a fresh read.
-    pub async fn apply(&self, resources: Vec<Resource>, mode: ApplyMode) -> Result<Vec<(ResourceKey, Outcome)>> {
+    pub async fn apply(
+        &self,
+        resources: Vec<Resource>,
+        mode: ApplyMode,
+    ) -> Result<Vec<(ResourceKey, Outcome)>> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.try_apply(resources.clone(), mode).await {
                 Err(ApiError::Store(StoreError::TxnFailed { source, .. }))
-                    if matches!(*source, StoreError::Conflict { .. } | StoreError::AlreadyExists { .. })
-                        && attempt < 5 =>
+                    if matches!(
+                        *source,
+                        StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }
+                    ) && attempt < 5 =>
                 {
                     tracing::debug!(attempt, "apply raced a concurrent writer; retrying");
                 }
@@ -121,7 +137,11 @@ impl Client {
         }
     }
 
-    async fn try_apply(&self, mut resources: Vec<Resource>, mode: ApplyMode) -> Result<Vec<(ResourceKey, Outcome)>> {
+    async fn try_apply(
+        &self,
+        mut resources: Vec<Resource>,
+        mode: ApplyMode,
+    ) -> Result<Vec<(ResourceKey, Outcome)>> {
         // Existing state of every kind involved, for cross-resource validation and CAS.
         let kinds: BTreeSet<Kind> = resources.iter().map(|r| r.kind()).collect();
         let mut existing: BTreeMap<String, (Resource, Revision)> = BTreeMap::new();
@@ -151,10 +171,13 @@ impl Client {
                     }
                     // A resourceVersion in the input is a precondition, as in Kubernetes.
                     let expected = match &r.meta().resource_version {
-                        Some(v) => v.parse::<Revision>().map_err(|_| ApiError::BadResourceVersion {
-                            key: key.clone(),
-                            value: v.clone(),
-                        })?,
+                        Some(v) => {
+                            v.parse::<Revision>()
+                                .map_err(|_| ApiError::BadResourceVersion {
+                                    key: key.clone(),
+                                    value: v.clone(),
+                                })?
+                        }
                         None => *rev,
                     };
                     let meta = r.meta_mut();
@@ -165,7 +188,11 @@ impl Client {
                         outcomes.push((key, Outcome::Unchanged));
                         continue;
                     }
-                    ops.push(TxnOp::Update { key: skey, value: r.to_json(), expected });
+                    ops.push(TxnOp::Update {
+                        key: skey,
+                        value: r.to_json(),
+                        expected,
+                    });
                     outcomes.push((key, Outcome::Configured));
                 }
                 None => {
@@ -173,7 +200,10 @@ impl Client {
                     meta.resource_version = None;
                     meta.uid = Some(new_uid(&skey, &now));
                     meta.creation_timestamp = Some(now.clone());
-                    ops.push(TxnOp::Create { key: skey, value: r.to_json() });
+                    ops.push(TxnOp::Create {
+                        key: skey,
+                        value: r.to_json(),
+                    });
                     outcomes.push((key, Outcome::Created));
                 }
             }
@@ -186,21 +216,33 @@ impl Client {
 
     /// Write one resource written by Serval itself (a workload endpoint, a status), bypassing
     /// user admission but not validation of its shape. With `expected`, compare-and-swap.
-    pub async fn put(&self, mut resource: Resource, expected: Option<Revision>) -> Result<Revision> {
+    pub async fn put(
+        &self,
+        mut resource: Resource,
+        expected: Option<Revision>,
+    ) -> Result<Revision> {
         let skey = resource.key().store_key();
         resource.meta_mut().resource_version = None;
         let value = resource.to_json();
         let rev = match expected {
             Some(0) => self.store.create(&skey, value).await?,
             Some(rev) => self.store.update(&skey, value, rev).await?,
-            None => self.store.txn(vec![TxnOp::Put { key: skey, value }]).await?,
+            None => {
+                self.store
+                    .txn(vec![TxnOp::Put { key: skey, value }])
+                    .await?
+            }
         };
         Ok(rev)
     }
 
     /// Delete resources in one transaction. Deleting a Namespace deletes everything in it, as
     /// Kubernetes does. A missing resource is an error unless `ignore_not_found`.
-    pub async fn delete(&self, keys: &[ResourceKey], ignore_not_found: bool) -> Result<Vec<ResourceKey>> {
+    pub async fn delete(
+        &self,
+        keys: &[ResourceKey],
+        ignore_not_found: bool,
+    ) -> Result<Vec<ResourceKey>> {
         let mut ops = Vec::new();
         let mut deleted = Vec::new();
         let mut seen = BTreeSet::new();
@@ -211,7 +253,10 @@ impl Client {
             }
             match self.store.get(&skey).await? {
                 Some(kv) => {
-                    ops.push(TxnOp::Delete { key: skey, expected: Some(kv.mod_revision) });
+                    ops.push(TxnOp::Delete {
+                        key: skey,
+                        expected: Some(kv.mod_revision),
+                    });
                     deleted.push(key.clone());
                 }
                 None if ignore_not_found => {}
@@ -219,11 +264,17 @@ impl Client {
             }
             if key.kind == Kind::Namespace {
                 for info in serval_model::kind::KINDS.iter().filter(|i| i.namespaced) {
-                    let (kvs, _) = self.store.list(&ResourceKey::prefix(info.kind, Some(&key.name))).await?;
+                    let (kvs, _) = self
+                        .store
+                        .list(&ResourceKey::prefix(info.kind, Some(&key.name)))
+                        .await?;
                     for kv in kvs {
                         if seen.insert(kv.key.clone()) {
                             deleted.push(decode(&kv)?.key());
-                            ops.push(TxnOp::Delete { key: kv.key, expected: Some(kv.mod_revision) });
+                            ops.push(TxnOp::Delete {
+                                key: kv.key,
+                                expected: Some(kv.mod_revision),
+                            });
                         }
                     }
                 }
@@ -237,7 +288,9 @@ impl Client {
 
     /// Follow every resource change after `after` (typically the revision of a `list_all`).
     pub async fn watch(&self, after: Revision) -> Result<ResourceWatch> {
-        Ok(ResourceWatch { inner: self.store.watch(RESOURCE_PREFIX, after).await? })
+        Ok(ResourceWatch {
+            inner: self.store.watch(RESOURCE_PREFIX, after).await?,
+        })
     }
 }
 
@@ -261,8 +314,13 @@ impl ResourceWatch {
                 let last = ev.prev.as_ref().map(decode).transpose();
                 match (last, key_from_store_key(&ev.kv.key)) {
                     (Ok(last), Some(key)) => Ok(ResourceEvent::Deleted { key, last }),
-                    (Ok(Some(last)), None) => Ok(ResourceEvent::Deleted { key: last.key(), last: Some(last) }),
-                    (Ok(None), None) => Err(ApiError::BadKey { key: ev.kv.key.clone() }),
+                    (Ok(Some(last)), None) => Ok(ResourceEvent::Deleted {
+                        key: last.key(),
+                        last: Some(last),
+                    }),
+                    (Ok(None), None) => Err(ApiError::BadKey {
+                        key: ev.kv.key.clone(),
+                    }),
                     (Err(e), _) => Err(e),
                 }
             }
@@ -286,7 +344,9 @@ pub fn key_from_store_key(skey: &str) -> Option<ResourceKey> {
     let rest = skey.strip_prefix(RESOURCE_PREFIX)?;
     let mut parts = rest.split('/');
     let plural = parts.next()?;
-    let info = serval_model::kind::KINDS.iter().find(|i| i.plural == plural)?;
+    let info = serval_model::kind::KINDS
+        .iter()
+        .find(|i| i.plural == plural)?;
     let (namespace, name) = if info.namespaced {
         (Some(parts.next()?.to_string()), parts.next()?.to_string())
     } else {
@@ -295,7 +355,11 @@ pub fn key_from_store_key(skey: &str) -> Option<ResourceKey> {
     if parts.next().is_some() {
         return None;
     }
-    Some(ResourceKey { kind: info.kind, namespace, name })
+    Some(ResourceKey {
+        kind: info.kind,
+        namespace,
+        name,
+    })
 }
 
 fn same_content(new: &Resource, old: &Resource) -> bool {
@@ -318,5 +382,12 @@ fn new_uid(key: &str, now: &str) -> String {
     a.hash(&mut h);
     let b = h.finish();
     let x = format!("{a:016x}{b:016x}");
-    format!("{}-{}-{}-{}-{}", &x[0..8], &x[8..12], &x[12..16], &x[16..20], &x[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[0..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..32]
+    )
 }

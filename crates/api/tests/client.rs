@@ -1,0 +1,177 @@
+//! The typed client against a real sqlite datastore (and etcd for the watch): atomic apply,
+//! pod binding, typed watch events.
+
+use serval_api::{ApplyMode, Client, Outcome, ResourceEvent, key_from_store_key};
+use serval_model::{Kind, Resource, ResourceKey, parse_documents};
+use serval_store::testing::{EtcdServer, SqliteFile};
+
+fn parse(text: &str) -> Vec<Resource> {
+    parse_documents("test.yaml", text).expect("valid test input")
+}
+
+const NODES: &str = "
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node1}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node2}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node3}
+";
+
+fn pod(name: &str, node: Option<&str>) -> String {
+    let node = node
+        .map(|n| format!("  nodeName: {n}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{node}  containers:\n    - name: c\n"
+    )
+}
+
+async fn client(f: &SqliteFile) -> Client {
+    Client::new(f.open().await.expect("open sqlite"))
+}
+
+#[tokio::test]
+async fn apply_is_all_or_nothing_across_documents() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    let pools = parse(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: a}\nspec: {cidr: 10.0.0.0/16}\n",
+    );
+    c.apply(pools, ApplyMode::Apply).await.expect("first pool");
+    // A namespace plus a pool overlapping the stored one: neither is stored.
+    let batch = parse(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: b}\nspec: {cidr: 10.0.128.0/17}\n",
+    );
+    let err = c
+        .apply(batch, ApplyMode::Apply)
+        .await
+        .expect_err("overlap must be refused");
+    assert!(err.to_string().contains("overlaps"), "{err}");
+    let (nss, _) = c.list(Kind::Namespace, None).await.unwrap();
+    assert!(nss.is_empty(), "nothing of a failed apply is stored");
+}
+
+#[tokio::test]
+async fn pods_without_a_node_are_bound_round_robin_and_keep_their_node() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    c.apply(parse(NODES), ApplyMode::Apply).await.unwrap();
+    let text: Vec<String> = (0..6).map(|i| pod(&format!("p{i}"), None)).collect();
+    c.apply(parse(&text.join("---\n")), ApplyMode::Apply)
+        .await
+        .unwrap();
+    let (pods, _) = c.list(Kind::Pod, Some("default")).await.unwrap();
+    let mut per_node = std::collections::BTreeMap::new();
+    for p in &pods {
+        let Resource::Pod(p) = p else { unreachable!() };
+        *per_node
+            .entry(p.spec.node_name.clone().expect("bound"))
+            .or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        vec![2, 2, 2],
+        "{per_node:?}"
+    );
+
+    // Re-applying a pod without nodeName keeps its binding (and is unchanged).
+    let before = match c.get(&pods[0].key()).await.unwrap().unwrap() {
+        Resource::Pod(p) => p.spec.node_name,
+        _ => unreachable!(),
+    };
+    let out = c
+        .apply(parse(&pod(&pods[0].meta().name, None)), ApplyMode::Apply)
+        .await
+        .unwrap();
+    assert_eq!(out[0].1, Outcome::Unchanged);
+    let after = match c.get(&pods[0].key()).await.unwrap().unwrap() {
+        Resource::Pod(p) => p.spec.node_name,
+        _ => unreachable!(),
+    };
+    assert_eq!(before, after);
+
+    // An explicit node is respected.
+    c.apply(parse(&pod("fixed", Some("node3"))), ApplyMode::Apply)
+        .await
+        .unwrap();
+    let key = ResourceKey {
+        kind: Kind::Pod,
+        namespace: Some("default".into()),
+        name: "fixed".into(),
+    };
+    match c.get(&key).await.unwrap().unwrap() {
+        Resource::Pod(p) => assert_eq!(p.spec.node_name.as_deref(), Some("node3")),
+        _ => unreachable!(),
+    }
+}
+
+async fn watch_sees_applies_and_deletes(c: Client) {
+    let (_, rev) = c.list_all().await.unwrap();
+    let mut w = c.watch(rev).await.unwrap();
+    c.apply(parse(NODES), ApplyMode::Apply).await.unwrap();
+    let key = ResourceKey {
+        kind: Kind::Node,
+        namespace: None,
+        name: "node2".into(),
+    };
+    c.delete(std::slice::from_ref(&key), false).await.unwrap();
+    let mut applied = Vec::new();
+    let mut last_rev = rev;
+    while applied.len() < 3 {
+        let (ev, r) = w.next().await.expect("watch open").expect("event");
+        assert!(r >= last_rev);
+        last_rev = r;
+        match ev {
+            ResourceEvent::Applied(res) => applied.push(res.meta().name.clone()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(applied, ["node1", "node2", "node3"]);
+    match w.next().await.expect("watch open").expect("event").0 {
+        ResourceEvent::Deleted { key: k, .. } => assert_eq!(k, key),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn typed_watch_on_sqlite() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    watch_sees_applies_and_deletes(client(&f).await).await;
+}
+
+#[tokio::test]
+async fn typed_watch_on_etcd() {
+    let etcd = EtcdServer::start().await.expect("start etcd");
+    watch_sees_applies_and_deletes(Client::new(etcd.open().await.unwrap())).await;
+}
+
+#[test]
+fn store_keys_map_back_to_resource_keys() {
+    for key in [
+        ResourceKey {
+            kind: Kind::Pod,
+            namespace: Some("ns".into()),
+            name: "p".into(),
+        },
+        ResourceKey {
+            kind: Kind::IPPool,
+            namespace: None,
+            name: "pool".into(),
+        },
+        ResourceKey {
+            kind: Kind::K8sNetworkPolicy,
+            namespace: Some("x".into()),
+            name: "np".into(),
+        },
+    ] {
+        assert_eq!(key_from_store_key(&key.store_key()), Some(key));
+    }
+    assert_eq!(key_from_store_key("/serval/ipam/blocks/x"), None);
+    assert_eq!(key_from_store_key("/serval/resources/pods/ns"), None);
+}
