@@ -53,6 +53,32 @@ pub enum LabCommand {
     Matrix(probe::MatrixArgs),
     /// Run a command inside a pod's network namespace.
     Exec(exec::ExecArgs),
+    /// Wait until every pod is ready and every node has routes to every pod (after an apply).
+    Wait(WaitArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    #[arg(long, default_value = layout::DEFAULT_NAME)]
+    pub name: String,
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+}
+
+async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
+    let layout = load_layout(&args.name)?;
+    let st = state::LabState::load(&layout).map_err(|e| Usage(format!("{e:#}")))?;
+    let client = serval_api::Client::open(&st.datastore_url).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout_secs);
+    let n = pods::wait_ready(&client, deadline).await?;
+    let node_ns = st
+        .nodes
+        .iter()
+        .map(|n| serval_sys::NetNs::open(&n.host.netns).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    pods::wait_routes(&client, &node_ns, deadline).await?;
+    println!("{n} pods ready and routed");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Runs a lab command. `datastore` is the global `--datastore` flag, which for `lab up`
@@ -77,6 +103,7 @@ pub async fn run(cmd: LabCommand, datastore: Option<String>) -> anyhow::Result<E
         LabCommand::Probe(a) => probe::run_probe(a).await,
         LabCommand::Matrix(a) => probe::run_matrix(a).await,
         LabCommand::Exec(a) => exec::run(a).await,
+        LabCommand::Wait(a) => wait(a).await,
     };
     match result {
         Err(e) if e.downcast_ref::<Usage>().is_some() => {

@@ -100,6 +100,59 @@ pub async fn list(client: &Client) -> anyhow::Result<Vec<PodEndpoint>> {
     Ok(out)
 }
 
+/// Whether the most specific route to `ip` in `routes` forwards (not blackhole/unreachable).
+fn forwards(routes: &[serval_sys::Route], ip: IpAddr) -> bool {
+    routes
+        .iter()
+        .filter(|r| r.dst.contains(&ip))
+        .max_by_key(|r| r.dst.prefix_len())
+        .is_some_and(|r| r.kind == serval_sys::RouteKind::Unicast)
+}
+
+/// Waits until every node has a forwarding route to every pod address (the agents program
+/// routes to other nodes' blocks asynchronously, after the pods became ready), so that a
+/// probe right after `lab up` sees the converged network.
+pub async fn wait_routes(
+    client: &Client,
+    node_netns: &[serval_sys::NetNs],
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let ips: Vec<(String, IpAddr)> = list(client)
+        .await?
+        .iter()
+        .flat_map(|p| p.ips.iter().map(move |ip| (p.id(), *ip)))
+        .collect();
+    let netlinks = node_netns
+        .iter()
+        .map(|ns| ns.netlink().map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    loop {
+        let mut missing = Vec::new();
+        for (ns, nl) in node_netns.iter().zip(&netlinks) {
+            let mut routes = nl.routes(serval_sys::IpFamily::V4, None).await?;
+            routes.extend(nl.routes(serval_sys::IpFamily::V6, None).await?);
+            for (pod, ip) in &ips {
+                if !forwards(&routes, *ip) {
+                    missing.push(format!(
+                        "{} has no route to {pod} ({ip})",
+                        ns.name().unwrap_or("?")
+                    ));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "routes did not converge in time: {}; see the agents' logs",
+                missing.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until every pod is ready; returns how many there are.
 pub async fn wait_ready(client: &Client, deadline: Instant) -> anyhow::Result<usize> {
     loop {

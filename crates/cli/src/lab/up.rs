@@ -407,7 +407,10 @@ async fn bring_up(
             .await
             .context("applying the extra resources")?;
         let ready = pods::wait_ready(&client, deadline).await?;
-        p.done(&format!("applied {count} resources; {ready} pods ready"));
+        pods::wait_routes(&client, &node_ns, deadline).await?;
+        p.done(&format!(
+            "applied {count} resources; {ready} pods ready, routes to them on every node"
+        ));
     }
     Ok(st)
 }
