@@ -523,10 +523,24 @@ fn hygiene() {
         .chain([&st["outside"], &st["router"]])
         .map(|h| h["host_veth"].as_str().expect("host_veth").to_string())
         .collect();
+    // Cross-subnet VXLAN over the routed underlay, etcd datastore: still every pod to every pod.
+    for fam in ["4", "6"] {
+        let m = lab.matrix_json(&["--family", fam]);
+        let n = m["pods"].as_array().expect("pods").len();
+        assert_eq!(n, 4, "{m:#}");
+        assert!(
+            m["results"]
+                .as_array()
+                .expect("results")
+                .iter()
+                .all(|r| r["reached"] == true),
+            "{m:#}"
+        );
+    }
     let mut pids = Vec::new();
     pids_under(&lab.dir(), &mut pids);
     assert!(
-        pids.len() >= 2 + 4 + 1,
+        pids.len() >= 7, // 2 agents, 4 pod servers, etcd
         "agents, pod servers and etcd have pid files: {pids:?}"
     );
     assert!(pids.iter().all(|p| alive(*p)), "{pids:?}");
@@ -577,4 +591,45 @@ fn hygiene() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(netns_of(&lab.name), Vec::<String>::new());
     assert!(!lab.dir().exists());
+}
+
+/// An `up` that fails after the agents started (a pod that never becomes ready) removes
+/// everything it made.
+#[test]
+fn failed_up_cleans_up() {
+    require_root!();
+    ensure_cni();
+    let name = unique("fail");
+    let _ = serval(&["lab", "down", "--name", &name]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pod = tmp.path().join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: lost\n  namespace: default\nspec:\n  nodeName: node9\n  \
+         containers:\n    - name: c\n",
+    )
+    .expect("write");
+    let o = serval(&[
+        "lab",
+        "up",
+        "--name",
+        &name,
+        "--timeout-secs",
+        "2",
+        "-f",
+        pod.to_str().expect("utf8"),
+    ]);
+    let guard = Lab { name: name.clone() };
+    assert!(!o.status.success(), "up should fail: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("did not come up"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(netns_of(&name), Vec::<String>::new());
+    assert!(!guard.dir().exists(), "lab dir left after a failed up");
+    // Files are checked before anything is made.
+    let o = serval(&["lab", "up", "--name", &name, "-f", "/nonexistent/pods.yaml"]);
+    assert!(!o.status.success());
+    assert!(!guard.dir().exists());
 }

@@ -68,9 +68,9 @@ impl Progress {
     }
 }
 
-/// The file the agent writes once it has synced and programmed its node (see report: agent
-/// contract). Its absence is also accepted after the agent has been up for a while? No: we
-/// wait for it, and fail with the agent's log when the agent exits.
+/// The file the agent writes once it has synced and programmed its node
+/// (`serval_agent::AgentConfig::ready_path`); `up` waits for it, and fails with the end of
+/// the agent's log when the agent exits first.
 pub fn agent_ready_file(layout: &Layout, node: &str) -> PathBuf {
     layout.node_dir(node).join("agent.ready")
 }
@@ -89,6 +89,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
     let cni_bin = cni_binary()?;
     let layout = Layout::new(&args.name);
+    // Read and validate the files before anything is made.
+    let mut extra = Vec::new();
+    if !args.files.is_empty() {
+        extra.extend(crate::input::read_resources(&args.files)?);
+    }
 
     let index = reserve(&layout)?;
     eprintln!(
@@ -96,7 +101,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         args.name, args.nodes, args.ip_family, args.encapsulation, args.dataplane, args.datastore
     );
     let mut progress = Progress::new();
-    match bring_up(&layout, &args, index, &cni_bin, &mut progress).await {
+    match bring_up(&layout, &args, index, &cni_bin, extra, &mut progress).await {
         Ok(st) => {
             print_usage(&st, progress.start.elapsed());
             Ok(ExitCode::SUCCESS)
@@ -247,6 +252,7 @@ async fn bring_up(
     args: &UpArgs,
     index: u16,
     cni_bin: &Path,
+    mut extra: Vec<serval_model::Resource>,
     p: &mut Progress,
 ) -> anyhow::Result<LabState> {
     let (mut st, plan) = plan_state(layout, args, index);
@@ -390,10 +396,6 @@ async fn bring_up(
     }
     p.done(&format!("{} agents running and ready", st.nodes.len()));
 
-    let mut extra = Vec::new();
-    if !args.files.is_empty() {
-        extra.extend(crate::input::read_resources(&args.files)?);
-    }
     if args.demo {
         extra.extend(resources::parse(
             "demo pods",
