@@ -18,12 +18,11 @@ pub(crate) async fn bind_pods(
 ) -> Result<()> {
     for r in resources.iter_mut() {
         let skey = r.key().store_key();
-        if let Resource::Pod(p) = r {
-            if p.spec.node_name.is_none() {
-                if let Some((Resource::Pod(old), _)) = existing.get(&skey) {
-                    p.spec.node_name = old.spec.node_name.clone();
-                }
-            }
+        if let Resource::Pod(p) = r
+            && p.spec.node_name.is_none()
+            && let Some((Resource::Pod(old), _)) = existing.get(&skey)
+        {
+            p.spec.node_name = old.spec.node_name.clone();
         }
     }
     if !resources
@@ -38,35 +37,29 @@ pub(crate) async fn bind_pods(
     }
     let mut load: BTreeMap<String, usize> =
         nodes.iter().map(|n| (n.meta().name.clone(), 0)).collect();
-    let (pods, _) = client.list(Kind::Pod, None).await?;
-    for p in &pods {
-        if let Resource::Pod(p) = p {
-            if let Some(n) = &p.spec.node_name {
-                if let Some(c) = load.get_mut(n) {
-                    *c += 1;
-                }
-            }
+    let (stored, _) = client.list(Kind::Pod, None).await?;
+    let applying: BTreeSet<String> = resources.iter().map(|r| r.key().store_key()).collect();
+    let bound = stored
+        .iter()
+        .filter(|p| !applying.contains(&p.key().store_key()))
+        .chain(resources.iter());
+    for p in bound {
+        if let Resource::Pod(p) = p
+            && let Some(c) = p.spec.node_name.as_ref().and_then(|n| load.get_mut(n))
+        {
+            *c += 1;
         }
     }
     for r in resources.iter_mut() {
-        if let Resource::Pod(p) = r {
-            if let Some(n) = &p.spec.node_name {
-                if let Some(c) = load.get_mut(n) {
-                    *c += 1;
-                }
-            }
-        }
-    }
-    for r in resources.iter_mut() {
-        if let Resource::Pod(p) = r {
-            if p.spec.node_name.is_none() {
-                let (node, count) = load
-                    .iter_mut()
-                    .min_by(|a, b| (*a.1).cmp(&*b.1).then(a.0.cmp(b.0)))
-                    .expect("nodes is not empty");
-                *count += 1;
-                p.spec.node_name = Some(node.clone());
-            }
+        if let Resource::Pod(p) = r
+            && p.spec.node_name.is_none()
+        {
+            let (node, count) = load
+                .iter_mut()
+                .min_by(|a, b| (*a.1).cmp(&*b.1).then(a.0.cmp(b.0)))
+                .expect("nodes is not empty");
+            *count += 1;
+            p.spec.node_name = Some(node.clone());
         }
     }
     Ok(())
@@ -201,15 +194,15 @@ pub(crate) async fn allocate_services(
                 .iter()
                 .filter_map(|s| s.parse().ok())
                 .collect();
-            if ips.is_empty() {
-                if let Some(ip) = spec.cluster_ip.as_deref().and_then(|s| s.parse().ok()) {
-                    ips.push(ip);
-                }
+            if ips.is_empty()
+                && let Some(ip) = spec.cluster_ip.as_deref().and_then(|s| s.parse().ok())
+            {
+                ips.push(ip);
             }
-            if ips.is_empty() {
-                if let Some(old) = &old {
-                    ips = old.spec.cluster_addrs();
-                }
+            if ips.is_empty()
+                && let Some(old) = &old
+            {
+                ips = old.spec.cluster_addrs();
             }
             // Families wanted, in order.
             let mut families: Vec<ServiceIpFamily> = if !spec.ip_families.is_empty() {
