@@ -9,6 +9,7 @@ use serval_api::Client;
 use serval_model::{Kind, Resource, ResourceKey};
 use serval_sys::Netlink;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::cache::Cache;
 use crate::routes::{self, Family, Inputs, Skipped};
@@ -50,22 +51,32 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         "agent starting"
     );
     let cache = Cache::new();
-    let mut syncer = tokio::spawn(syncer::run(client.clone(), cache.clone()));
+    // Every log line of this agent's tasks carries `node=…` (several agents may share a
+    // process in tests).
+    let span = tracing::info_span!("agent", node = %config.node);
+    let mut syncer =
+        tokio::spawn(syncer::run(client.clone(), cache.clone()).instrument(span.clone()));
     let (routed_tx, routed_rx) = watch::channel(false);
-    let mut routing = tokio::spawn(routing_loop(
-        config.clone(),
-        cache.clone(),
-        Programmer::new(nl),
-        routed_tx,
-    ));
+    let mut routing = tokio::spawn(
+        routing_loop(
+            config.clone(),
+            cache.clone(),
+            Programmer::new(nl),
+            routed_tx,
+        )
+        .instrument(span.clone()),
+    );
     let mut pods = match (&config.lab_dir, &config.netns_prefix) {
         (Some(_), Some(_)) => {
             let rt = runtime::Runtime::new(&config, client.clone());
-            Some(tokio::spawn(rt.run(cache.clone(), config.resync_interval)))
+            Some(tokio::spawn(
+                rt.run(cache.clone(), config.resync_interval)
+                    .instrument(span.clone()),
+            ))
         }
         _ => None,
     };
-    tokio::spawn(ready_writer(config.clone(), routed_rx));
+    tokio::spawn(ready_writer(config.clone(), routed_rx).instrument(span));
 
     let pods_done = async {
         match pods.as_mut() {
