@@ -12,9 +12,9 @@ use tracing::{debug, info, warn};
 use crate::error::{IpamError, Result, store};
 use crate::pool::{IpFamily, PoolSpec, addr_to_u128, net_end};
 use crate::records::{
-    AddrClaim, Affinity, AllocationAttrs, BLOCK_PREFIX, Block, Handle, HeldAddress, affinity_key,
-    block_key, decode, encode, handle_key, node_affinity_prefix, parse_affinity_key,
-    parse_block_key,
+    AddrClaim, Affinity, AllocationAttrs, BLOCK_PREFIX, Block, Handle, HeldAddress, NodeClaims,
+    affinity_key, block_key, decode, encode, handle_key, node_affinity_prefix, node_key,
+    parse_affinity_key, parse_block_key,
 };
 
 /// How often a compare-and-swap loop re-reads and retries before giving up with
@@ -229,8 +229,12 @@ impl Ipam {
                                 holder,
                             });
                         }
+                        // `block_for` returned the block holding the address; kept total.
                         AddrClaim::OutsideBlock => {
-                            unreachable!("block_for returned the block holding the address")
+                            return Err(IpamError::AddressNotInPool {
+                                addr: req.addr,
+                                pools: vec![pool.name.clone()],
+                            });
                         }
                     }
                 }
@@ -275,11 +279,15 @@ impl Ipam {
         }
         let hkey = handle_key(handle);
         let aff_prefix = node_affinity_prefix(node);
+        let nkey = node_key(node);
         let mut attempt = 0;
         let mut failures = 0;
         while attempt < self.max_attempts {
             backoff(failures).await;
             attempt += 1;
+            // Read before the node's blocks: a claim is valid only if no other claim of the
+            // node happened since (see `NodeClaims`).
+            let node_kv = self.get(&nkey).await?;
             let handle_kv = self.get(&hkey).await?;
             if let Some(kv) = &handle_kv {
                 let rec: Handle = decode(kv)?;
@@ -354,7 +362,10 @@ impl Ipam {
             }
 
             // 2. No room in the node's blocks: claim a new one.
-            match self.claim_block(node, family, &enabled).await? {
+            match self
+                .claim_block(node, family, &enabled, node_kv.as_ref())
+                .await?
+            {
                 Claim::Claimed => failures = 0,
                 Claim::Lost => failures += 1,
                 Claim::Exhausted => {
@@ -374,11 +385,13 @@ impl Ipam {
     }
 
     /// Claims the first free block of the first pool that has one, for `node`.
+    /// The claim fails (`Lost`) when the node's claim counter moved past `node_kv`.
     async fn claim_block(
         &self,
         node: &str,
         family: IpFamily,
         pools: &[&PoolSpec],
+        node_kv: Option<&KeyValue>,
     ) -> Result<Claim> {
         let (kvs, _) = self
             .store
@@ -411,13 +424,14 @@ impl Ipam {
                     key: affinity_key(node, &cidr),
                     value: encode(&aff),
                 },
+                claims_op(node, node_kv)?,
             ];
             if self.try_txn(ops).await? {
                 info!(node, block = %cidr, pool = %pool.name, "claimed block");
                 return Ok(Claim::Claimed);
             }
-            // Another node (or another allocator of this node) claimed it first. Look at the
-            // node's blocks again before claiming another: the winner may have been us.
+            // Another node claimed the block first, or another allocator of this node claimed
+            // a block: look at the node's blocks again.
             debug!(node, block = %cidr, "block claim lost a race");
             return Ok(Claim::Lost);
         }
@@ -462,6 +476,29 @@ fn first_free_block(pool: &PoolSpec, taken: &BTreeMap<u128, u128>) -> Option<IpN
             _ => return Some(cand),
         }
     }
+}
+
+/// The write that bumps the node's claim counter from what `existing` says.
+fn claims_op(node: &str, existing: Option<&KeyValue>) -> Result<TxnOp> {
+    let key = node_key(node);
+    Ok(match existing {
+        Some(kv) => {
+            let mut rec: NodeClaims = decode(kv)?;
+            rec.claims += 1;
+            TxnOp::Update {
+                key,
+                value: encode(&rec),
+                expected: kv.mod_revision,
+            }
+        }
+        None => TxnOp::Create {
+            key,
+            value: encode(&NodeClaims {
+                node: node.to_string(),
+                claims: 1,
+            }),
+        },
+    })
 }
 
 /// The handle write that records `addr` (in `block`) for `handle`.

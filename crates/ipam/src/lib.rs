@@ -16,6 +16,7 @@
 //! |---|---|
 //! | `blocks/<addr>-<len>` (e.g. `blocks/10.0.0.64-26`) | [`Block`]: cidr, pool name, affinity node, per-address allocation (handle and attributes; an absent offset is free), round-robin cursor, sequence |
 //! | `affinities/<node>/<addr>-<len>` | [`Affinity`]: node → block; the agent watches [`AFFINITY_PREFIX`] |
+//! | `nodes/<node>` | [`NodeClaims`]: the node's block-claim counter (serializes the node's claims) |
 //! | `handles/<handle>` | [`Handle`]: what one owner (a container) holds: addresses with their blocks, and its attributes (namespace, pod, node, container id) |
 //!
 //! **Allocation** ([`Ipam::auto_assign`]), per address family:
@@ -27,7 +28,10 @@
 //! 3. When every own block is full, *claim* the first free block of the first enabled pool
 //!    that has one, by creating the block record and its affinity in one transaction. A
 //!    create fails when the key exists, so of two nodes racing for one block exactly one wins;
-//!    the loser looks again.
+//!    the loser looks again. The same transaction bumps the node's claim counter by
+//!    compare-and-swap against the revision read before the node's blocks were found full, so
+//!    when many allocators of one node find its blocks full at once, one claims a block and
+//!    the others allocate from it (no node claims more blocks than it needs).
 //! 4. When no enabled pool has a free block: [`IpamError::PoolsExhausted`], naming the pools.
 //!
 //! Every conflict (another writer changed the block or the handle, or created the block
@@ -51,8 +55,7 @@
 //! **Limits.** Claims look for free blocks by listing all blocks, so a claim costs one list of
 //! the block records. Changing a pool's block size while blocks exist is handled (new blocks
 //! skip any overlapping old one), but two nodes claiming overlapping blocks of different sizes
-//! at the same moment are not prevented (their keys differ). Several allocators of one node
-//! that find its blocks full at the same moment may claim a block each.
+//! at the same moment are not prevented (their keys differ).
 
 mod allocator;
 mod error;
@@ -74,8 +77,8 @@ pub use pool::{
 };
 pub use records::{
     AFFINITY_PREFIX, Affinity, Allocation, AllocationAttrs, BLOCK_PREFIX, Block, HANDLE_PREFIX,
-    Handle, HeldAddress, IPAM_PREFIX, affinity_key, block_key, block_key_segment, decode,
-    handle_key, parse_affinity_key, parse_block_key,
+    Handle, HeldAddress, IPAM_PREFIX, NODE_PREFIX, NodeClaims, affinity_key, block_key,
+    block_key_segment, decode, handle_key, node_key, parse_affinity_key, parse_block_key,
 };
 pub use release::{AffinityRelease, KeptBlock};
 pub use report::{BlockReport, IpamReport, Leak, PoolReport};

@@ -225,7 +225,7 @@ pub fn addr_at(block: &IpNet, offset: u32) -> Option<IpAddr> {
     ))
 }
 
-/// The first address after `net` as an integer, or `None` at the end of the address space.
+/// The last address of `net` as an integer.
 pub(crate) fn net_end(net: &IpNet) -> u128 {
     addr_to_u128(net.broadcast())
 }

@@ -18,6 +18,8 @@ pub const BLOCK_PREFIX: &str = "/serval/ipam/blocks/";
 pub const AFFINITY_PREFIX: &str = "/serval/ipam/affinities/";
 /// `HANDLE_PREFIX + handle` → [`Handle`].
 pub const HANDLE_PREFIX: &str = "/serval/ipam/handles/";
+/// `NODE_PREFIX + node` → [`NodeClaims`].
+pub const NODE_PREFIX: &str = "/serval/ipam/nodes/";
 
 /// A block CIDR as one key segment: `10.0.0.64/26` → `10.0.0.64-26`.
 pub fn block_key_segment(cidr: &IpNet) -> String {
@@ -48,6 +50,10 @@ pub fn node_affinity_prefix(node: &str) -> String {
 
 pub fn handle_key(handle: &str) -> String {
     format!("{HANDLE_PREFIX}{handle}")
+}
+
+pub fn node_key(node: &str) -> String {
+    format!("{NODE_PREFIX}{node}")
 }
 
 /// The block CIDR named by a block key (for watchers of [`BLOCK_PREFIX`]).
@@ -246,6 +252,17 @@ pub struct Affinity {
     pub node: String,
     pub block: IpNet,
     pub pool: String,
+}
+
+/// A node's claim counter (`/serval/ipam/nodes/<node>`). Every automatic block claim of the
+/// node bumps it by compare-and-swap against the revision read *before* the allocator found
+/// the node's blocks full, so of several allocators of one node that find its blocks full at
+/// once, only one claims a new block and the others use it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeClaims {
+    pub node: String,
+    /// Number of blocks the node has claimed so far (never decreases).
+    pub claims: u64,
 }
 
 /// One address a handle holds and the block it is in.

@@ -11,7 +11,8 @@ use tracing::{debug, info, warn};
 use crate::allocator::{Ipam, backoff, check_name};
 use crate::error::{IpamError, Result, store};
 use crate::records::{
-    Block, Handle, block_key, decode, encode, handle_key, node_affinity_prefix, parse_affinity_key,
+    Block, Handle, block_key, decode, encode, handle_key, node_affinity_prefix, node_key,
+    parse_affinity_key,
 };
 
 /// What [`Ipam::release_node_affinities`] did.
@@ -176,6 +177,13 @@ impl Ipam {
                     attempts: self.max_attempts,
                 });
             }
+        }
+        if out.kept.is_empty() {
+            let key = node_key(node);
+            self.store
+                .delete(&key, None)
+                .await
+                .map_err(store("delete", &key))?;
         }
         Ok(out)
     }
