@@ -171,6 +171,20 @@ pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, Validati
     }
 }
 
+/// Extra advice for fields users bring from Calico or Kubernetes that Serval spells differently.
+fn hint_for(kind: Kind, path: &str) -> Option<&'static str> {
+    let field = path.rsplit('.').next().unwrap_or(path);
+    match (kind, field) {
+        (Kind::IPPool, "ipipMode" | "vxlanMode") => Some(
+            "Serval sets the mode with spec.encapsulation: None, VXLAN or VXLANCrossSubnet (IPIP is not supported)",
+        ),
+        (Kind::Service, "type") => {
+            Some("Serval supports ClusterIP, NodePort and LoadBalancer services")
+        }
+        _ => None,
+    }
+}
+
 /// The items of a `v1` `List` document.
 fn list_items(v: &Value) -> Option<&Vec<Value>> {
     if str_field(v, "apiVersion") == Some("v1") && str_field(v, "kind") == Some("List") {
@@ -235,7 +249,11 @@ fn parse_value(
     let mut resource = decode_typed(kind, value).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        vec![cx.error(path, e.into_inner().to_string())]
+        let mut reason = e.into_inner().to_string();
+        if let Some(hint) = hint_for(kind, &path) {
+            reason = format!("{reason}; {hint}");
+        }
+        vec![cx.error(path, reason)]
     })?;
     resource.normalize();
     let errs = resource.validate();

@@ -212,7 +212,7 @@ fn ippool() {
         (
             format!("{POOL}spec: {{cidr: 10.0.0.0/16, vxlanMode: Always}}\n"),
             "spec.vxlanMode",
-            "unknown field `vxlanMode`",
+            "unknown field `vxlanMode`, expected one of `cidr`, `blockSize`, `encapsulation`, `natOutgoing`, `nodeSelector`, `disabled`, `disableBGPExport`; Serval sets the mode with spec.encapsulation",
         ),
         (
             format!("{POOL}spec: {{cidr: 10.0.0.0/16, natOutgoing: yes}}\n"),
