@@ -185,9 +185,20 @@ fn retry_busy<T>(name: &str, mut f: impl FnMut() -> rusqlite::Result<T>) -> Resu
     }
 }
 
+/// sqlite's default busy handler sleeps in growing steps (up to 100 ms) while another process
+/// holds the write lock; poll it every millisecond instead so the lock changes hands quickly.
+fn busy_wait(attempt: i32) -> bool {
+    let step = Duration::from_millis(1);
+    if step * attempt.unsigned_abs() >= BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(step);
+    true
+}
+
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mut conn = Connection::open(path)?;
+    conn.busy_handler(Some(busy_wait))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(path = %path.display(), mode, "sqlite refused WAL mode; concurrent readers will block writers");
