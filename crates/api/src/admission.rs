@@ -163,16 +163,14 @@ pub(crate) async fn allocate_services(
         for p in &svc.spec.ports {
             if let Some(np) = p.node_port {
                 let proto = format!("{:?}", p.protocol);
-                if let Some(holder) = used_ports.insert((np.0, proto.clone()), key.clone()) {
-                    if holder != key {
-                        return Err(ApiError::Allocation {
-                            key,
-                            field: "spec.ports.nodePort".into(),
-                            reason: format!(
-                                "node port {np}/{proto} is already allocated to {holder}"
-                            ),
-                        });
-                    }
+                if let Some(holder) = used_ports.insert((np.0, proto.clone()), key.clone())
+                    && holder != key
+                {
+                    return Err(ApiError::Allocation {
+                        key,
+                        field: "spec.ports.nodePort".into(),
+                        reason: format!("node port {np}/{proto} is already allocated to {holder}"),
+                    });
                 }
             }
         }
