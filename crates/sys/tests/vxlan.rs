@@ -15,6 +15,10 @@ const VX: &str = "vxlan.serval";
 struct Node {
     underlay: &'static str,
     underlay_ip: &'static str,
+    underlay_prefix: u8,
+    /// Underlay MTU (1500) minus 50 for an IPv4 underlay, 70 for IPv6: the kernel caps a
+    /// VXLAN device's MTU there.
+    mtu: u32,
     mac: &'static str,
     tunnel4: &'static str,
     block4: &'static str,
@@ -25,6 +29,8 @@ struct Node {
 const N1: Node = Node {
     underlay: "ul1",
     underlay_ip: "192.168.77.1",
+    underlay_prefix: 24,
+    mtu: 1450,
     mac: "02:5e:00:00:00:01",
     tunnel4: "10.244.1.0",
     block4: "10.244.1.0/26",
@@ -35,6 +41,8 @@ const N1: Node = Node {
 const N2: Node = Node {
     underlay: "ul2",
     underlay_ip: "192.168.77.2",
+    underlay_prefix: 24,
+    mtu: 1450,
     mac: "02:5e:00:00:00:02",
     tunnel4: "10.244.2.0",
     block4: "10.244.2.0/26",
@@ -44,8 +52,11 @@ const N2: Node = Node {
 
 /// Local setup of one node: underlay address, VXLAN device, tunnel addresses.
 async fn setup_local(nl: &Netlink, me: &Node) -> anyhow::Result<()> {
-    nl.addr_add(me.underlay, net(&format!("{}/24", me.underlay_ip)))
-        .await?;
+    nl.addr_add(
+        me.underlay,
+        net(&format!("{}/{}", me.underlay_ip, me.underlay_prefix)),
+    )
+    .await?;
     nl.link_set_up(me.underlay).await?;
     nl.link_set_up("lo").await?;
     let index = nl
@@ -53,18 +64,30 @@ async fn setup_local(nl: &Netlink, me: &Node) -> anyhow::Result<()> {
             &Vxlan::new(VX, 4096)
                 .local(ip(me.underlay_ip))
                 .underlay(me.underlay)
-                .mtu(1450)
+                .mtu(me.mtu)
                 .mac(me.mac.parse()?),
         )
         .await?;
     let link = nl.link(VX).await?;
     assert_eq!(link.index, index);
     assert_eq!(link.kind.as_deref(), Some("vxlan"));
-    assert_eq!(link.mtu, Some(1450));
+    assert_eq!(link.mtu, Some(me.mtu));
     assert_eq!(link.mac, Some(me.mac.parse()?));
     nl.addr_add(VX, net(&format!("{}/32", me.tunnel4))).await?;
     nl.addr_add(VX, net(&format!("{}/128", me.tunnel6))).await?;
     nl.link_set_up(VX).await?;
+
+    let info = nl.vxlan_info(VX).await?;
+    assert_eq!(info.vni, 4096);
+    assert_eq!(info.port, VXLAN_PORT);
+    assert_eq!(info.local, Some(ip(me.underlay_ip)));
+    assert_eq!(info.underlay.as_deref(), Some(me.underlay));
+    assert!(!info.learning);
+    assert_eq!(info.mtu, Some(me.mtu));
+    assert!(matches!(
+        nl.vxlan_info("lo").await,
+        Err(serval_sys::Error::Invalid { .. })
+    ));
     Ok(())
 }
 
@@ -177,5 +200,43 @@ async fn vxlan_overlay_carries_tcp_between_namespaces() -> anyhow::Result<()> {
     nl1.neigh_del(VX, ip(N2.tunnel4)).await?;
     let err = nl1.neigh_del(VX, ip(N2.tunnel4)).await.expect_err("gone");
     assert!(err.is_not_found(), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn vxlan_over_ipv6_underlay() -> anyhow::Result<()> {
+    if !require_root("vxlan_over_ipv6_underlay") {
+        return Ok(());
+    }
+    let m1 = Node {
+        underlay_ip: "fd77::1",
+        underlay_prefix: 64,
+        mtu: 1430,
+        ..N1
+    };
+    let m2 = Node {
+        underlay_ip: "fd77::2",
+        underlay_prefix: 64,
+        mtu: 1430,
+        ..N2
+    };
+    let n1 = NetNsGuard::new("svt-vx6-n1")?;
+    let n2 = NetNsGuard::new("svt-vx6-n2")?;
+    let nl1 = n1.netlink()?;
+    let nl2 = n2.netlink()?;
+    nl1.veth_add(&Veth::new(m1.underlay, m2.underlay).peer_netns(&n2))
+        .await?;
+    setup_local(&nl1, &m1).await?;
+    setup_local(&nl2, &m2).await?;
+    program_remote(&nl1, &m2).await?;
+    program_remote(&nl2, &m1).await?;
+    let fdb = nl1.fdb_entries(VX).await?;
+    assert!(
+        fdb.iter()
+            .any(|e| e.mac == m2.mac.parse().unwrap() && e.dst == Some(ip("fd77::2"))),
+        "{fdb:#?}"
+    );
+    tcp_check(&n1, &n2, ip(m2.tunnel4))?;
+    tcp_check(&n2, &n1, ip(m1.tunnel6))?;
     Ok(())
 }
