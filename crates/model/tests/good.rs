@@ -406,3 +406,38 @@ fn empty_cluster_ip_means_allocate() {
     assert_eq!(s.spec.cluster_ip, None);
     assert!(s.spec.cluster_ips.is_empty());
 }
+
+#[test]
+fn felix_default_yaml_shows_calico_defaults() {
+    let rs = parse_documents(
+        "f.yaml",
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\n",
+    )
+    .unwrap();
+    let yaml = rs[0].to_yaml();
+    for line in [
+        "bpfEnabled: false",
+        "bpfExternalServiceMode: Tunnel",
+        "bpfConnectTimeLoadBalancing: TCP",
+        "bpfKubeProxyIptablesCleanupEnabled: true",
+        "bpfLogLevel: Off",
+        "bpfMapSizeNATFrontend: 65536",
+        "bpfMapSizeNATBackend: 262144",
+        "bpfMapSizeNATAffinity: 65536",
+        "bpfMapSizeRoute: 262144",
+        "bpfMapSizeConntrack: 512000",
+        "bpfPSNATPorts: 20000:29999",
+        "bpfDSROptoutCIDRs: []",
+        "bpfHostNetworkedNATWithoutCTLB: Enabled",
+        "xdpEnabled: true",
+        "logSeverityScreen: Info",
+        "- protocol: tcp\n    port: 22\n",
+    ] {
+        assert!(yaml.contains(line), "{line:?} missing from\n{yaml}");
+    }
+    assert_eq!(
+        parse_documents("again.yaml", &yaml).unwrap(),
+        rs,
+        "`Off` reads back as the enum, not a boolean"
+    );
+}
