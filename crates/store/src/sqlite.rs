@@ -27,7 +27,8 @@ use crate::{
 
 /// How often the poller looks for commits made by other connections (other processes).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
-/// sqlite's own wait for a lock before it returns `SQLITE_BUSY`.
+/// How long one lock wait lasts (polled every millisecond by `busy_wait`) before sqlite returns
+/// `SQLITE_BUSY` to us.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long we keep retrying `SQLITE_BUSY` on top of `BUSY_TIMEOUT` before giving up.
 const BUSY_RETRY_FOR: Duration = Duration::from_secs(60);
@@ -731,6 +732,53 @@ mod tests {
             crate::open("sqlite://relative.db").await,
             Err(StoreError::BadUrl { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_revision_split_across_batches_is_resumed_or_reported_compacted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path().join("s.db"))
+            .await
+            .expect("open");
+        let n = WATCH_BATCH as usize + 500;
+        let ops = (0..n)
+            .map(|i| TxnOp::Put {
+                key: format!("/k/{i:05}"),
+                value: vec![],
+            })
+            .collect();
+        let rev = store.txn(ops).await.expect("txn");
+        let shared = store.shared.clone();
+        let read = move |cursor| {
+            shared
+                .read(|conn| read_window(conn, b"/k/", Some(b"/k0"), cursor))
+                .expect("read")
+        };
+        let Window::Events {
+            events,
+            cursor,
+            more: true,
+        } = read(Cursor::after(rev - 1))
+        else {
+            panic!("first batch should be full");
+        };
+        assert_eq!(events.len(), WATCH_BATCH as usize);
+        assert_eq!((cursor.revision, cursor.complete()), (rev, rev - 1));
+        let Window::Events {
+            events: rest,
+            cursor: end,
+            more: false,
+        } = read(cursor)
+        else {
+            panic!("second batch should finish the revision");
+        };
+        assert_eq!(rest.len(), 500);
+        assert_eq!(rest[0].kv.key, format!("/k/{:05}", WATCH_BATCH));
+        assert_eq!(end.complete(), rev);
+        // Compacting the half-read revision away must not silently drop its other half.
+        store.compact(rev).await.expect("compact");
+        assert!(matches!(read(cursor), Window::Compacted(c) if c == rev));
+        assert!(matches!(read(end), Window::Events { ref events, .. } if events.is_empty()));
     }
 
     #[tokio::test]
