@@ -38,7 +38,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         .await
         .map_err(|source| AgentError::Datastore {
             url: config.datastore.clone(),
-            source,
+            source: Box::new(source),
         })?;
     if let Some(path) = config.ready_path() {
         let _ = std::fs::remove_file(path);

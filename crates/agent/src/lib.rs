@@ -108,7 +108,7 @@ pub enum AgentError {
     Datastore {
         url: String,
         #[source]
-        source: serval_api::ApiError,
+        source: Box<serval_api::ApiError>,
     },
     #[error(
         "agent for node {node}: opening netlink in this network namespace: {source}; is the agent running as root?"

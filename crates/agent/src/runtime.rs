@@ -65,7 +65,7 @@ pub enum RuntimeError {
         pod: String,
         command: &'static str,
         #[source]
-        source: serval_cni::RuntimeError,
+        source: Box<serval_cni::RuntimeError>,
     },
     #[error("pod {pod}: starting the pod server {program}: {source}")]
     Spawn {
@@ -92,7 +92,7 @@ pub enum RuntimeError {
     Ready {
         pod: String,
         #[source]
-        source: ApiError,
+        source: Box<ApiError>,
     },
 }
 
@@ -210,7 +210,7 @@ fn is_pod_server(pid: u32, id: &str) -> bool {
     match std::fs::read(format!("/proc/{pid}/cmdline")) {
         Ok(cmdline) => {
             let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.iter().any(|a| *a == b"pod-server") && args.iter().any(|a| *a == id.as_bytes())
+            args.contains(&&b"pod-server"[..]) && args.contains(&id.as_bytes())
         }
         Err(_) => false,
     }
@@ -491,7 +491,7 @@ impl Runtime {
         let list = self.conflist().map_err(|source| RuntimeError::Cni {
             pod: id.clone(),
             command: "ADD",
-            source,
+            source: Box::new(source),
         })?;
         let att = self.attachment(rec);
         let result = self
@@ -501,7 +501,7 @@ impl Runtime {
             .map_err(|source| RuntimeError::Cni {
                 pod: id.clone(),
                 command: "ADD",
-                source,
+                source: Box::new(source),
             })?;
         let ips: Vec<String> = result
             .get("ips")
@@ -625,7 +625,7 @@ impl Runtime {
                 .await
                 .map_err(|source| RuntimeError::Ready {
                     pod: id.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
             let Some(Resource::WorkloadEndpoint(mut wep)) = items
                 .into_iter()
@@ -657,7 +657,12 @@ impl Runtime {
                 Err(ApiError::Store(StoreError::Conflict { .. } | StoreError::NotFound { .. })) => {
                     tracing::debug!(pod = %id, "workload endpoint changed under us; retrying");
                 }
-                Err(source) => return Err(RuntimeError::Ready { pod: id, source }),
+                Err(source) => {
+                    return Err(RuntimeError::Ready {
+                        pod: id,
+                        source: Box::new(source),
+                    });
+                }
             }
         }
         Ok(())
