@@ -84,6 +84,18 @@ async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
 /// Runs a lab command. `datastore` is the global `--datastore` flag, which for `lab up`
 /// names the kind of datastore to create (`sqlite` or `etcd`).
 pub async fn run(cmd: LabCommand, datastore: Option<String>) -> anyhow::Result<ExitCode> {
+    if matches!(
+        cmd,
+        LabCommand::Status(_) | LabCommand::Probe(_) | LabCommand::Matrix(_)
+    ) {
+        // `serval lab matrix | head` should end quietly, not panic in println! (Rust ignores
+        // SIGPIPE by default). Not for `up`/`down`, which must finish what they started.
+        // SAFETY: setting a signal's disposition to SIG_DFL installs no handler and touches
+        // no memory; it only changes how a write to a closed pipe ends this process.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cmd {
         LabCommand::Up(mut a) => match datastore.as_deref() {
             None | Some("sqlite") => up::run(a).await,
