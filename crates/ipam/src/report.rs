@@ -31,7 +31,9 @@ pub struct PoolReport {
     pub family: IpFamily,
     pub block_size: u8,
     pub disabled: bool,
-    /// Addresses in the pool (saturating at `u128::MAX`).
+    /// Addresses in the pool (saturating at `u128::MAX`). IPv6 totals pass `u64::MAX`: they
+    /// serialize as JSON numbers with `serde_json::to_string`/`to_writer`, but
+    /// `serde_json::to_value` cannot hold them.
     pub total: u128,
     /// Addresses allocated in the pool's blocks.
     pub allocated: u128,

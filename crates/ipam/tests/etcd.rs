@@ -62,6 +62,10 @@ async fn scenarios_on_etcd() -> anyhow::Result<()> {
     scenarios::leak_check(open.clone())
         .await
         .context("leak_check")?;
+    wipe(&open).await?;
+    scenarios::agent_watch(open.clone())
+        .await
+        .context("agent_watch")?;
     Ok(())
 }
 

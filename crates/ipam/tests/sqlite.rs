@@ -69,3 +69,9 @@ async fn concurrent_adds_and_dels() -> anyhow::Result<()> {
     let (_file, open) = sqlite();
     scenarios::concurrent_adds_and_dels(open, 200, 3).await
 }
+
+#[tokio::test]
+async fn agent_watch() -> anyhow::Result<()> {
+    let (_file, open) = sqlite();
+    scenarios::agent_watch(open).await
+}

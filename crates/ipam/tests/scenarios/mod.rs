@@ -12,9 +12,10 @@ use std::sync::Arc;
 use anyhow::{Context, ensure};
 use ipnet::IpNet;
 use serval_ipam::{
-    AllocationAttrs, AssignIpRequest, AssignRequest, Block, IpFamily, Ipam, IpamError, PoolSpec,
+    AFFINITY_PREFIX, Affinity, AllocationAttrs, AssignIpRequest, AssignRequest, Block, IpFamily,
+    Ipam, IpamError, PoolSpec, decode, parse_affinity_key,
 };
-use serval_store::Datastore;
+use serval_store::{Datastore, EventKind};
 
 /// Opens a new connection to the scenario's datastore.
 pub type Opener = Arc<
@@ -443,6 +444,9 @@ pub async fn report_numbers(open: Opener) -> anyhow::Result<()> {
     let json = serde_json::to_value(&rep)?;
     assert_eq!(json["pools"][0]["allocated"], 73);
     assert_eq!(json["pools"][0]["blocks"][2]["affinity"], "n2");
+    // IPv6 totals pass u64: they serialize as plain JSON numbers through a writer.
+    let text = serde_json::to_string(&ipam.report(&[v4, v6]).await?)?;
+    assert!(text.contains(r#""total":18446744073709551616"#), "{text}");
     Ok(())
 }
 
@@ -656,5 +660,51 @@ pub async fn concurrent_adds_and_dels(open: Opener, n: usize, nodes: usize) -> a
         ensure!(freed == want, "DEL c{i} freed {freed:?}, held {want:?}");
     }
     check_all_free(&check).await?;
+    Ok(())
+}
+
+/// What the agent does: watch the affinities, learn each node's blocks as they are claimed
+/// and released. Needs a datastore with watches (not the unit tests' in-memory one).
+pub async fn agent_watch(open: Opener) -> anyhow::Result<()> {
+    let store = open().await?;
+    let ipam = Ipam::new(open().await?);
+    let mut w = store
+        .watch(AFFINITY_PREFIX, store.revision().await?)
+        .await?;
+    let next = async |w: &mut serval_store::Watch| -> anyhow::Result<serval_store::WatchEvent> {
+        // A guard against a hang, not a timing assertion.
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(30), w.next())
+            .await
+            .context("no watch event")?
+            .context("watch ended")??;
+        Ok(ev)
+    };
+    let pools = [pool("p", "10.17.0.0/24", 26)];
+    ipam.auto_assign(req("w1", "n1", &pools, &[])).await?;
+    let ev = next(&mut w).await?;
+    assert_eq!(ev.kind, EventKind::Put);
+    assert_eq!(
+        parse_affinity_key(&ev.kv.key)?,
+        ("n1".to_string(), net("10.17.0.0/26"))
+    );
+    let aff: Affinity = decode(&ev.kv)?;
+    assert_eq!(
+        (aff.node.as_str(), aff.block, aff.pool.as_str()),
+        ("n1", net("10.17.0.0/26"), "p")
+    );
+    ipam.release_by_handle("w1").await?;
+    let rel = ipam.release_node_affinities("n1").await?;
+    assert_eq!(rel.released, vec![net("10.17.0.0/26")]);
+    let ev = next(&mut w).await?;
+    assert_eq!(ev.kind, EventKind::Delete);
+    assert_eq!(
+        parse_affinity_key(&ev.kv.key)?,
+        ("n1".to_string(), net("10.17.0.0/26"))
+    );
+    assert!(ipam.blocks_by_node().await?.is_empty());
+    assert!(
+        ipam.blocks().await?.is_empty(),
+        "the block record went with its affinity"
+    );
     Ok(())
 }
