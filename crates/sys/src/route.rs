@@ -266,7 +266,7 @@ fn ip_of(addr: &RouteAddress) -> Option<IpAddr> {
 }
 
 impl Netlink {
-    /// Adds a route (`ip route add`). [`Error::is_exists`] when one to the same destination
+    /// Adds a route (`ip route add`). [`crate::Error::is_exists`] when one to the same destination
     /// (and metric) is already there.
     pub async fn route_add(&self, route: &Route) -> Result<()> {
         self.handle()
@@ -289,7 +289,7 @@ impl Netlink {
     }
 
     /// Deletes a route. Destination, type and protocol must match; gateway, device and metric
-    /// must match when set. [`Error::is_not_found`] when there is no such route.
+    /// must match when set. [`crate::Error::is_not_found`] when there is no such route.
     pub async fn route_del(&self, route: &Route) -> Result<()> {
         self.handle()
             .route()
