@@ -14,7 +14,11 @@ use serval_model::{Kind, Resource, ResourceKey};
 /// `pods/web` or `pods/web -n prod` style identification, as kubectl prints it.
 pub fn key_display(key: &ResourceKey) -> String {
     let info = key.kind.info();
-    let group = info.api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+    let group = info
+        .api_version
+        .split_once('/')
+        .map(|(g, _)| g)
+        .unwrap_or("");
     let kind = if group.is_empty() {
         info.name.to_ascii_lowercase()
     } else {
@@ -97,14 +101,19 @@ pub fn table(kind: Kind, items: &[Resource], with_ns: bool, wide: bool, extra: &
         row.push(r.meta().name.clone());
         for (_, f) in &cols {
             let cell = f(&v, extra);
-            row.push(if cell.is_empty() { "<none>".into() } else { cell });
+            row.push(if cell.is_empty() {
+                "<none>".into()
+            } else {
+                cell
+            });
         }
         row.push(age(r, now));
         rows.push(row);
     }
     let ncols = rows[0].len();
-    let widths: Vec<usize> =
-        (0..ncols).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..ncols)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
         let mut line = String::new();
@@ -122,8 +131,12 @@ pub fn table(kind: Kind, items: &[Resource], with_ns: bool, wide: bool, extra: &
 }
 
 fn age(r: &Resource, now: SystemTime) -> String {
-    let Some(ts) = &r.meta().creation_timestamp else { return "<unknown>".into() };
-    let Ok(t) = humantime::parse_rfc3339(ts) else { return "<unknown>".into() };
+    let Some(ts) = &r.meta().creation_timestamp else {
+        return "<unknown>".into();
+    };
+    let Ok(t) = humantime::parse_rfc3339(ts) else {
+        return "<unknown>".into();
+    };
     let secs = now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
     match secs {
         s if s < 120 => format!("{s}s"),
@@ -143,25 +156,37 @@ fn columns(kind: Kind, wide: bool) -> Vec<Column> {
     let mut c: Vec<Column> = Vec::new();
     match kind {
         Kind::Pod => {
-            c.push(("READY", Box::new(|v, x| pod_ready(v, x))));
+            c.push(("READY", Box::new(pod_ready)));
             if wide {
                 c.push(("NODE", Box::new(|v, _| str_at(v, "spec.nodeName"))));
-                c.push(("IP", Box::new(|v, x| pod_ips(v, x))));
+                c.push(("IP", Box::new(pod_ips)));
             }
         }
         Kind::Service => {
             c.push(col("TYPE", "spec.type"));
-            c.push(("CLUSTER-IP", Box::new(|v, _| {
-                let ips = list_at(v, "spec.clusterIPs");
-                if ips.is_empty() { str_at(v, "spec.clusterIP") } else { ips.join(",") }
-            })));
-            c.push(("EXTERNAL-IP", Box::new(|v, _| {
-                let mut ips = list_at(v, "spec.externalIPs");
-                if let Some(Value::Array(ing)) = at(v, "status.loadBalancer.ingress") {
-                    ips.extend(ing.iter().filter_map(|i| i.get("ip").and_then(Value::as_str).map(str::to_string)));
-                }
-                ips.join(",")
-            })));
+            c.push((
+                "CLUSTER-IP",
+                Box::new(|v, _| {
+                    let ips = list_at(v, "spec.clusterIPs");
+                    if ips.is_empty() {
+                        str_at(v, "spec.clusterIP")
+                    } else {
+                        ips.join(",")
+                    }
+                }),
+            ));
+            c.push((
+                "EXTERNAL-IP",
+                Box::new(|v, _| {
+                    let mut ips = list_at(v, "spec.externalIPs");
+                    if let Some(Value::Array(ing)) = at(v, "status.loadBalancer.ingress") {
+                        ips.extend(ing.iter().filter_map(|i| {
+                            i.get("ip").and_then(Value::as_str).map(str::to_string)
+                        }));
+                    }
+                    ips.join(",")
+                }),
+            ));
             c.push(("PORT(S)", Box::new(|v, _| service_ports(v))));
             if wide {
                 c.push(("SELECTOR", Box::new(|v, _| map_at(v, "spec.selector"))));
@@ -169,26 +194,54 @@ fn columns(kind: Kind, wide: bool) -> Vec<Column> {
         }
         Kind::EndpointSlice => {
             c.push(col("ADDRESSTYPE", "addressType"));
-            c.push(("PORTS", Box::new(|v, _| {
-                let Some(Value::Array(ps)) = at(v, "ports") else { return String::new() };
-                ps.iter().map(|p| p.get("port").map(value_str).unwrap_or_default()).collect::<Vec<_>>().join(",")
-            })));
-            c.push(("ENDPOINTS", Box::new(|v, _| {
-                let Some(Value::Array(es)) = at(v, "endpoints") else { return String::new() };
-                es.iter().flat_map(|e| list_at(e, "addresses")).collect::<Vec<_>>().join(",")
-            })));
+            c.push((
+                "PORTS",
+                Box::new(|v, _| {
+                    let Some(Value::Array(ps)) = at(v, "ports") else {
+                        return String::new();
+                    };
+                    ps.iter()
+                        .map(|p| p.get("port").map(value_str).unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
+            ));
+            c.push((
+                "ENDPOINTS",
+                Box::new(|v, _| {
+                    let Some(Value::Array(es)) = at(v, "endpoints") else {
+                        return String::new();
+                    };
+                    es.iter()
+                        .flat_map(|e| list_at(e, "addresses"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
+            ));
         }
         Kind::K8sNetworkPolicy => {
-            c.push(("POD-SELECTOR", Box::new(|v, _| {
-                let mut parts = vec![map_at(v, "spec.podSelector.matchLabels")];
-                if let Some(Value::Array(es)) = at(v, "spec.podSelector.matchExpressions") {
-                    for e in es {
-                        parts.push(format!("{} {} {}", str_at(e, "key"), str_at(e, "operator"), list_at(e, "values").join(",")).trim().to_string());
+            c.push((
+                "POD-SELECTOR",
+                Box::new(|v, _| {
+                    let mut parts = vec![map_at(v, "spec.podSelector.matchLabels")];
+                    if let Some(Value::Array(es)) = at(v, "spec.podSelector.matchExpressions") {
+                        for e in es {
+                            parts.push(
+                                format!(
+                                    "{} {} {}",
+                                    str_at(e, "key"),
+                                    str_at(e, "operator"),
+                                    list_at(e, "values").join(",")
+                                )
+                                .trim()
+                                .to_string(),
+                            );
+                        }
                     }
-                }
-                parts.retain(|p| !p.is_empty());
-                parts.join(",")
-            })));
+                    parts.retain(|p| !p.is_empty());
+                    parts.join(",")
+                }),
+            ));
         }
         Kind::Tier => c.push(col("ORDER", "spec.order")),
         Kind::NetworkPolicy | Kind::GlobalNetworkPolicy => {
@@ -199,7 +252,10 @@ fn columns(kind: Kind, wide: bool) -> Vec<Column> {
         Kind::HostEndpoint => {
             c.push(col("NODE", "spec.node"));
             c.push(col("INTERFACE", "spec.interfaceName"));
-            c.push(("EXPECTEDIPS", Box::new(|v, _| list_at(v, "spec.expectedIPs").join(","))));
+            c.push((
+                "EXPECTEDIPS",
+                Box::new(|v, _| list_at(v, "spec.expectedIPs").join(",")),
+            ));
         }
         Kind::IPPool => {
             c.push(col("CIDR", "spec.cidr"));
@@ -225,10 +281,18 @@ fn columns(kind: Kind, wide: bool) -> Vec<Column> {
         }
         Kind::BGPPeer => {
             c.push(col("PEERIP", "spec.peerIP"));
-            c.push(("NODE", Box::new(|v, _| {
-                let n = str_at(v, "spec.node");
-                if n.is_empty() { let s = str_at(v, "spec.nodeSelector"); if s.is_empty() { "(global)".into() } else { s } } else { n }
-            })));
+            c.push((
+                "NODE",
+                Box::new(|v, _| {
+                    let n = str_at(v, "spec.node");
+                    if n.is_empty() {
+                        let s = str_at(v, "spec.nodeSelector");
+                        if s.is_empty() { "(global)".into() } else { s }
+                    } else {
+                        n
+                    }
+                }),
+            ));
             c.push(col("ASN", "spec.asNumber"));
         }
         Kind::FelixConfiguration => {
@@ -242,7 +306,10 @@ fn columns(kind: Kind, wide: bool) -> Vec<Column> {
         }
         Kind::WorkloadEndpoint => {
             c.push(col("NODE", "spec.node"));
-            c.push(("NETWORKS", Box::new(|v, _| list_at(v, "spec.ipNetworks").join(","))));
+            c.push((
+                "NETWORKS",
+                Box::new(|v, _| list_at(v, "spec.ipNetworks").join(",")),
+            ));
             c.push(col("INTERFACE", "spec.interfaceName"));
         }
         Kind::Namespace => {}
@@ -251,7 +318,11 @@ fn columns(kind: Kind, wide: bool) -> Vec<Column> {
 }
 
 fn pod_key(v: &Value) -> String {
-    format!("{}/{}", str_at(v, "metadata.namespace"), str_at(v, "metadata.name"))
+    format!(
+        "{}/{}",
+        str_at(v, "metadata.namespace"),
+        str_at(v, "metadata.name")
+    )
 }
 
 fn pod_ready(v: &Value, x: &Extra) -> String {
@@ -273,7 +344,9 @@ fn pod_ips(v: &Value, x: &Extra) -> String {
 }
 
 fn service_ports(v: &Value) -> String {
-    let Some(Value::Array(ps)) = at(v, "spec.ports") else { return String::new() };
+    let Some(Value::Array(ps)) = at(v, "spec.ports") else {
+        return String::new();
+    };
     ps.iter()
         .map(|p| {
             let port = p.get("port").map(value_str).unwrap_or_default();
@@ -296,7 +369,12 @@ fn value_str(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         // Calico orders are floats; print 10.0 as 10.
-        Value::Number(n) if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15) && !n.is_i64() && !n.is_u64() => {
+        Value::Number(n)
+            if n.as_f64()
+                .is_some_and(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                && !n.is_i64()
+                && !n.is_u64() =>
+        {
             format!("{}", n.as_f64().unwrap_or_default() as i64)
         }
         other => other.to_string(),
@@ -316,7 +394,11 @@ fn list_at(v: &Value, path: &str) -> Vec<String> {
 
 fn map_at(v: &Value, path: &str) -> String {
     match at(v, path) {
-        Some(Value::Object(m)) => m.iter().map(|(k, v)| format!("{k}={}", value_str(v))).collect::<Vec<_>>().join(","),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", value_str(v)))
+            .collect::<Vec<_>>()
+            .join(","),
         _ => String::new(),
     }
 }
