@@ -41,6 +41,9 @@ enum Command {
     Get(cmd::get::GetArgs),
     /// Delete resources named in files or on the command line.
     Delete(cmd::delete::DeleteArgs),
+    /// IP address management: pool and block usage, leaked allocations.
+    #[command(subcommand)]
+    Ipam(cmd::ipam::IpamCommand),
     /// A cluster on this host: nodes as network namespaces with their own agents.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -129,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Create(args) => cmd::apply::run(&ds, args, serval_api::ApplyMode::Create).await,
         Command::Get(args) => cmd::get::run(&ds, args).await,
         Command::Delete(args) => cmd::delete::run(&ds, args).await,
+        Command::Ipam(cmd) => cmd::ipam::run(&ds, cmd).await,
         Command::Lab(cmd) => lab::run(cmd, cli.datastore.clone()).await,
         Command::Agent(args) => {
             let mut config = serval_agent::AgentConfig::new(args.node, ds.url()?);

@@ -27,9 +27,15 @@ pub struct DeleteArgs {
 
 pub async fn run(ds: &Selection, args: DeleteArgs) -> anyhow::Result<ExitCode> {
     let keys: Vec<ResourceKey> = if !args.files.is_empty() {
-        crate::input::read_resources(&args.files)?.iter().map(|r| r.key()).collect()
+        crate::input::read_resources(&args.files)?
+            .iter()
+            .map(|r| r.key())
+            .collect()
     } else {
-        let kind_name = args.kind.as_deref().context("give KIND NAME... or -f FILE")?;
+        let kind_name = args
+            .kind
+            .as_deref()
+            .context("give KIND NAME... or -f FILE")?;
         let kind = parse_kind(kind_name)?;
         if args.names.is_empty() {
             anyhow::bail!("give the name(s) of the {kind_name} to delete");
@@ -53,6 +59,9 @@ pub async fn run(ds: &Selection, args: DeleteArgs) -> anyhow::Result<ExitCode> {
 pub fn parse_kind(s: &str) -> anyhow::Result<Kind> {
     Kind::from_cli_name(s).with_context(|| {
         let names: Vec<&str> = serval_model::kind::KINDS.iter().map(|i| i.plural).collect();
-        format!("unknown resource type {s:?}; known types: {}", names.join(", "))
+        format!(
+            "unknown resource type {s:?}; known types: {}",
+            names.join(", ")
+        )
     })
 }

@@ -24,7 +24,12 @@ pub struct GetArgs {
     /// Names to show (default: all).
     pub names: Vec<String>,
     /// Namespace (namespaced kinds).
-    #[arg(short = 'n', long, default_value = "default", conflicts_with = "all_namespaces")]
+    #[arg(
+        short = 'n',
+        long,
+        default_value = "default",
+        conflicts_with = "all_namespaces"
+    )]
     pub namespace: String,
     /// List across all namespaces.
     #[arg(short = 'A', long)]
@@ -40,7 +45,8 @@ pub struct GetArgs {
 pub async fn run(ds: &Selection, args: GetArgs) -> anyhow::Result<ExitCode> {
     let kind = parse_kind(&args.kind)?;
     let client = ds.client().await?;
-    let namespace = (kind.is_namespaced() && !args.all_namespaces).then_some(args.namespace.as_str());
+    let namespace =
+        (kind.is_namespaced() && !args.all_namespaces).then_some(args.namespace.as_str());
     let mut items = Vec::new();
     if args.names.is_empty() {
         items = client.list(kind, namespace).await?.0;
@@ -76,7 +82,13 @@ pub async fn run(ds: &Selection, args: GetArgs) -> anyhow::Result<ExitCode> {
                 let extra = output::Extra::load(&client, kind, args.output == Format::Wide).await?;
                 print!(
                     "{}",
-                    output::table(kind, &items, args.all_namespaces && kind.is_namespaced(), args.output == Format::Wide, &extra)
+                    output::table(
+                        kind,
+                        &items,
+                        args.all_namespaces && kind.is_namespaced(),
+                        args.output == Format::Wide,
+                        &extra
+                    )
                 );
             }
         }

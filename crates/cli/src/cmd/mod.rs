@@ -1,3 +1,4 @@
 pub mod apply;
 pub mod delete;
 pub mod get;
+pub mod ipam;
