@@ -25,15 +25,22 @@ impl Selection {
 
     pub async fn client(&self) -> anyhow::Result<Client> {
         let url = self.url()?;
-        Client::open(&url).await.with_context(|| format!("opening datastore {url}"))
+        Client::open(&url)
+            .await
+            .with_context(|| format!("opening datastore {url}"))
     }
 }
 
 /// The datastore URL recorded by `serval lab up` for lab `name`.
 fn lab_datastore_url(name: &str) -> anyhow::Result<String> {
-    let path = std::path::Path::new("/var/lib/serval/labs").join(name).join("datastore");
+    let path = std::path::Path::new("/var/lib/serval/labs")
+        .join(name)
+        .join("datastore");
     let url = std::fs::read_to_string(&path).with_context(|| {
-        format!("lab {name:?} not found ({} missing); `serval lab status` lists labs", path.display())
+        format!(
+            "lab {name:?} not found ({} missing); `serval lab status` lists labs",
+            path.display()
+        )
     })?;
     Ok(url.trim().to_string())
 }

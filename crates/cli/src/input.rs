@@ -13,7 +13,9 @@ pub fn read_resources(inputs: &[String]) -> anyhow::Result<Vec<Resource>> {
     for input in inputs {
         if input == "-" {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading stdin")?;
             sources.push(("<stdin>".to_string(), text));
             continue;
         }
@@ -25,12 +27,16 @@ pub fn read_resources(inputs: &[String]) -> anyhow::Result<Vec<Resource>> {
                 .filter_map(|e| e.ok().map(|e| e.path()))
                 .filter(|p| {
                     p.is_file()
-                        && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+                        && matches!(
+                            p.extension().and_then(|e| e.to_str()),
+                            Some("yaml" | "yml" | "json")
+                        )
                 })
                 .collect();
             files.sort();
             for f in files {
-                let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+                let text = std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?;
                 sources.push((f.display().to_string(), text));
             }
         } else {

@@ -10,7 +10,9 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        Env { dir: tempfile::tempdir().expect("tempdir") }
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     fn url(&self) -> String {
@@ -25,10 +27,17 @@ impl Env {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_serval"));
         cmd.arg("--datastore").arg(self.url()).args(args);
         cmd.env_remove("SERVAL_DATASTORE");
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn serval");
         if let Some(text) = stdin {
-            child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(text.as_bytes())
+                .expect("write stdin");
         }
         drop(child.stdin.take());
         child.wait_with_output().expect("wait serval")
@@ -47,7 +56,10 @@ impl Env {
 
     fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(!out.status.success(), "serval {args:?} unexpectedly succeeded");
+        assert!(
+            !out.status.success(),
+            "serval {args:?} unexpectedly succeeded"
+        );
         String::from_utf8(out.stderr).expect("utf8")
     }
 
@@ -67,10 +79,16 @@ fn apply_the_examples_then_list_every_kind() {
     let env = Env::new();
     let out = env.ok(&["apply", "-f", &examples_dir()]);
     assert!(out.contains("pod/web-1 (namespace shop) created"), "{out}");
-    assert!(out.contains("ippool.projectcalico.org/default-ipv4-ippool created"), "{out}");
+    assert!(
+        out.contains("ippool.projectcalico.org/default-ipv4-ippool created"),
+        "{out}"
+    );
 
     let pods = env.ok(&["get", "pods", "-A"]);
-    assert!(pods.lines().next().unwrap().starts_with("NAMESPACE"), "{pods}");
+    assert!(
+        pods.lines().next().unwrap().starts_with("NAMESPACE"),
+        "{pods}"
+    );
     for p in ["web-1", "web-2", "client"] {
         assert!(pods.contains(p), "{pods}");
     }
@@ -78,14 +96,26 @@ fn apply_the_examples_then_list_every_kind() {
     for alias in ["po", "pod", "pods"] {
         assert!(env.ok(&["get", alias, "-n", "shop"]).contains("web-1"));
     }
-    assert!(env.ok(&["get", "svc", "-n", "shop"]).contains("web-nodeport"));
-    assert!(env.ok(&["get", "netpol", "-n", "shop"]).contains("web-allow-client"));
-    assert!(env.ok(&["get", "networkpolicies", "-n", "shop"]).contains("allow-web-from-retail"));
+    assert!(
+        env.ok(&["get", "svc", "-n", "shop"])
+            .contains("web-nodeport")
+    );
+    assert!(
+        env.ok(&["get", "netpol", "-n", "shop"])
+            .contains("web-allow-client")
+    );
+    assert!(
+        env.ok(&["get", "networkpolicies", "-n", "shop"])
+            .contains("allow-web-from-retail")
+    );
     assert!(env.ok(&["get", "gnp"]).contains("security.deny-metadata"));
     assert!(env.ok(&["get", "tiers"]).contains("security"));
     assert!(env.ok(&["get", "felixconfigurations"]).contains("default"));
     let pools = env.ok(&["get", "ippools", "-o", "wide"]);
-    assert!(pools.contains("10.244.0.0/16") && pools.contains("fd00:10:244::/112"), "{pools}");
+    assert!(
+        pools.contains("10.244.0.0/16") && pools.contains("fd00:10:244::/112"),
+        "{pools}"
+    );
 
     // Re-applying the same files changes nothing.
     let again = env.ok(&["apply", "-f", &examples_dir()]);
@@ -95,7 +125,11 @@ fn apply_the_examples_then_list_every_kind() {
 #[test]
 fn get_yaml_and_json_show_defaults_and_round_trip_through_apply() {
     let env = Env::new();
-    env.ok(&["apply", "-f", &format!("{}/10-ippools.yaml", examples_dir())]);
+    env.ok(&[
+        "apply",
+        "-f",
+        &format!("{}/10-ippools.yaml", examples_dir()),
+    ]);
     let yaml = env.ok(&["get", "ippool", "default-ipv6-ippool", "-o", "yaml"]);
     assert!(yaml.contains("blockSize: 122"), "{yaml}");
     assert!(yaml.contains("resourceVersion:"), "{yaml}");
@@ -184,28 +218,45 @@ fn stdin_input_and_a_stale_resource_version_is_a_conflict() {
     let env = Env::new();
     let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: s\n";
     let out = env.run_stdin(&["apply", "-f", "-"], Some(ns));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let yaml = env.ok(&["get", "ns", "s", "-o", "yaml"]);
     // Change it once, then apply the old copy with its old resourceVersion: refused.
-    env.run_stdin(&["apply", "-f", "-"], Some(&format!("{ns}  labels:\n    v: '2'\n")));
+    env.run_stdin(
+        &["apply", "-f", "-"],
+        Some(&format!("{ns}  labels:\n    v: '2'\n")),
+    );
     let stale = yaml.replace("name: s", "name: s\n  labels:\n    v: '3'");
     let out = env.run_stdin(&["apply", "-f", "-"], Some(&stale));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("modified concurrently") || err.contains("revision"), "{err}");
+    assert!(
+        err.contains("modified concurrently") || err.contains("revision"),
+        "{err}"
+    );
 }
 
 #[test]
 fn delete_by_name_by_file_and_namespace_cascade() {
     let env = Env::new();
     env.ok(&["apply", "-f", &examples_dir()]);
-    assert!(env.ok(&["delete", "pod", "web-1", "-n", "shop"]).contains("deleted"));
+    assert!(
+        env.ok(&["delete", "pod", "web-1", "-n", "shop"])
+            .contains("deleted")
+    );
     assert!(!env.ok(&["get", "pods", "-n", "shop"]).contains("web-1"));
     let err = env.fails(&["delete", "pod", "web-1", "-n", "shop"]);
     assert!(err.contains("not found"), "{err}");
     env.ok(&["delete", "pod", "web-1", "-n", "shop", "--ignore-not-found"]);
 
-    env.ok(&["delete", "-f", &format!("{}/40-policies.yaml", examples_dir())]);
+    env.ok(&[
+        "delete",
+        "-f",
+        &format!("{}/40-policies.yaml", examples_dir()),
+    ]);
     let out = env.run(&["get", "gnp"]);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("security.deny-metadata"));
 
@@ -222,16 +273,26 @@ fn services_get_cluster_ips_and_node_ports_allocated_and_kept() {
     let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: np\nspec:\n  type: NodePort\n  selector:\n    app: x\n  ports:\n    - port: 80\n";
     let f = env.write("svc.yaml", svc);
     env.ok(&["apply", "-f", &f]);
-    let v: serde_json::Value = serde_json::from_str(&env.ok(&["get", "svc", "np", "-o", "json"])).unwrap();
-    let ip = v["spec"]["clusterIP"].as_str().expect("allocated clusterIP").to_string();
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["get", "svc", "np", "-o", "json"])).unwrap();
+    let ip = v["spec"]["clusterIP"]
+        .as_str()
+        .expect("allocated clusterIP")
+        .to_string();
     assert!(ip.starts_with("10.9"), "{ip}");
-    let np = v["spec"]["ports"][0]["nodePort"].as_u64().expect("allocated nodePort");
+    let np = v["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .expect("allocated nodePort");
     assert!((30000..=32767).contains(&np));
     // Re-applying the same file keeps both.
     env.ok(&["apply", "-f", &f]);
-    let v2: serde_json::Value = serde_json::from_str(&env.ok(&["get", "svc", "np", "-o", "json"])).unwrap();
+    let v2: serde_json::Value =
+        serde_json::from_str(&env.ok(&["get", "svc", "np", "-o", "json"])).unwrap();
     assert_eq!(v2["spec"]["clusterIP"], v["spec"]["clusterIP"]);
-    assert_eq!(v2["spec"]["ports"][0]["nodePort"], v["spec"]["ports"][0]["nodePort"]);
+    assert_eq!(
+        v2["spec"]["ports"][0]["nodePort"],
+        v["spec"]["ports"][0]["nodePort"]
+    );
     // Another service asking for the same node port is refused.
     let other = format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: np2\nspec:\n  type: NodePort\n  ports:\n    - port: 81\n      nodePort: {np}\n"
