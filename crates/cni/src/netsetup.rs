@@ -3,14 +3,17 @@
 //! inspection CHECK does.
 //!
 //! How the link-local gateways work (as Calico, plus static neighbours):
-//! - The host side has the fixed MAC `ee:ee:ee:ee:ee:ee`, `proxy_arp=1` (IPv4) and
-//!   `proxy_ndp=1` (IPv6), forwarding on, and no address of its own.
+//! - The host side has the fixed MAC `ee:ee:ee:ee:ee:ee`, `proxy_arp=1` (IPv4),
+//!   `proxy_ndp=1` and the address `fe80::1/64` (IPv6), forwarding on, no IPv4 address.
 //! - In the pod, `default via 169.254.1.1 dev IFNAME onlink` and `default via fe80::1 dev
-//!   IFNAME`, and permanent neighbour entries `169.254.1.1` / `fe80::1` → `ee:ee:ee:ee:ee:ee`.
-//!   Calico relies on proxy ARP alone for 169.254.1.1, which only answers when the host has a
-//!   route to 169.254.1.1 (normally its default route); a lab node has no default route, and
-//!   nothing on the host owns fe80::1 either. The static neighbours make the gateway resolve
-//!   without asking, whatever the host's routes; proxy ARP still answers for anything else.
+//!   IFNAME onlink`, and permanent neighbour entries `169.254.1.1` / `fe80::1` →
+//!   `ee:ee:ee:ee:ee:ee`. Calico relies on proxy ARP alone for 169.254.1.1, which only
+//!   answers when the host has a route covering 169.254.1.1 (normally its default route); a
+//!   lab node has none. The static neighbours make the gateway resolve without asking,
+//!   whatever the host's routes. If they are flushed (the kernel flushes a link's neighbours,
+//!   permanent ones too, when its MAC changes, e.g. by the `tuning` plugin), IPv6 still
+//!   resolves fe80::1 (the host side owns it) and IPv4 falls back to proxy ARP, which then
+//!   needs a node route covering 169.254.1.1.
 //! - DAD is off on both ends (`accept_dad=0` before the links come up; pod addresses are added
 //!   `nodad`), so IPv6 works the moment ADD returns instead of a second or two later.
 
@@ -114,6 +117,15 @@ pub async fn wire(host: &Netlink, pod_ns: &NetNs, link: &PodLink) -> Result<Wire
     host.link_set_up(h)
         .await
         .map_err(kernel("setting the host side up"))?;
+    if link.has_v6() {
+        // The host side owns fe80::1 itself (a link-local address is per link, so every
+        // host-side veth can carry it): it answers the pod's neighbour solicitations for its
+        // gateway whatever the node's routes are.
+        let gw = IpNet::new(GATEWAY_V6.into(), 64).expect("fe80::1/64 is valid");
+        host.addr_replace(h, gw)
+            .await
+            .map_err(kernel("adding fe80::1 to the host side"))?;
+    }
     let host_index = host
         .link_index(h)
         .await

@@ -93,6 +93,8 @@ impl fmt::Display for Version {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorJson {
+    /// Absent in what some plugins print (the reference plugins omit it).
+    #[serde(default)]
     pub cni_version: String,
     pub code: u32,
     pub msg: String,
