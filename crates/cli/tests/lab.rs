@@ -26,25 +26,27 @@ macro_rules! require_root {
     };
 }
 
-/// `serval-cni` must sit next to `serval`; build it when it does not.
+/// `serval-cni` must sit next to `serval` and be current: `cargo test -p serval` alone does
+/// not build other packages' binaries, so build it (a no-op when it is up to date). If that
+/// fails (another crate mid-edit) an existing binary is used, with a warning.
 fn ensure_cni() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let dir = Path::new(SERVAL).parent().expect("binary dir");
-        if dir.join("serval-cni").is_file() {
-            return;
-        }
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "-p", "serval-cni"]);
+        cmd.args(["build", "--quiet", "-p", "serval-cni"]);
         if dir.ends_with("release") {
             cmd.arg("--release");
         }
-        let st = cmd.status().expect("running cargo build -p serval-cni");
-        assert!(st.success(), "cargo build -p serval-cni failed");
+        let built = cmd.status().is_ok_and(|st| st.success());
+        let present = dir.join("serval-cni").is_file();
         assert!(
-            dir.join("serval-cni").is_file(),
-            "serval-cni not built next to {SERVAL}"
+            present,
+            "serval-cni is not next to {SERVAL} and `cargo build -p serval-cni` failed"
         );
+        if !built {
+            eprintln!("warning: `cargo build -p serval-cni` failed; using the existing binary");
+        }
     });
 }
 
