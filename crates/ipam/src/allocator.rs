@@ -12,9 +12,9 @@ use tracing::{debug, info, warn};
 use crate::error::{IpamError, Result, store};
 use crate::pool::{IpFamily, PoolSpec, addr_to_u128, net_end};
 use crate::records::{
-    AddrClaim, Affinity, AllocationAttrs, BLOCK_PREFIX, Block, Handle, HeldAddress, NodeClaims,
+    AFFINITY_PREFIX, AddrClaim, Affinity, AllocationAttrs, Block, Handle, HeldAddress, NodeClaims,
     affinity_key, block_key, decode, encode, handle_key, node_affinity_prefix, node_key,
-    parse_affinity_key, parse_block_key,
+    parse_affinity_key,
 };
 
 /// How often a compare-and-swap loop re-reads and retries before giving up with
@@ -393,47 +393,58 @@ impl Ipam {
         pools: &[&PoolSpec],
         node_kv: Option<&KeyValue>,
     ) -> Result<Claim> {
+        // Every block has an affinity record, created and deleted with it, and affinity
+        // records are small: list those rather than the blocks with all their allocations.
         let (kvs, _) = self
             .store
-            .list(BLOCK_PREFIX)
+            .list(AFFINITY_PREFIX)
             .await
-            .map_err(store("list", BLOCK_PREFIX))?;
+            .map_err(store("list", AFFINITY_PREFIX))?;
         // Existing blocks of the family as start → last address (they do not overlap).
-        let taken: BTreeMap<u128, u128> = kvs
+        let mut taken: BTreeMap<u128, u128> = kvs
             .iter()
-            .filter_map(|kv| parse_block_key(&kv.key).ok())
+            .filter_map(|kv| parse_affinity_key(&kv.key).ok())
+            .map(|(_, b)| b)
             .filter(|b| IpFamily::of_net(b) == family)
             .map(|b| (addr_to_u128(b.network()), net_end(&b)))
             .collect();
         for pool in pools {
-            let Some(cidr) = first_free_block(pool, &taken) else {
-                continue;
-            };
-            let block = Block::new(cidr, &pool.name, node);
-            let aff = Affinity {
-                node: node.to_string(),
-                block: cidr,
-                pool: pool.name.clone(),
-            };
-            let ops = vec![
-                TxnOp::Create {
-                    key: block_key(&cidr),
-                    value: encode(&block),
-                },
-                TxnOp::Create {
-                    key: affinity_key(node, &cidr),
-                    value: encode(&aff),
-                },
-                claims_op(node, node_kv)?,
-            ];
-            if self.try_txn(ops).await? {
-                info!(node, block = %cidr, pool = %pool.name, "claimed block");
-                return Ok(Claim::Claimed);
+            while let Some(cidr) = first_free_block(pool, &taken) {
+                let block = Block::new(cidr, &pool.name, node);
+                let aff = Affinity {
+                    node: node.to_string(),
+                    block: cidr,
+                    pool: pool.name.clone(),
+                };
+                let ops = vec![
+                    TxnOp::Create {
+                        key: block_key(&cidr),
+                        value: encode(&block),
+                    },
+                    TxnOp::Create {
+                        key: affinity_key(node, &cidr),
+                        value: encode(&aff),
+                    },
+                    claims_op(node, node_kv)?,
+                ];
+                match self.txn_failure(ops).await? {
+                    None => {
+                        info!(node, block = %cidr, pool = %pool.name, "claimed block");
+                        return Ok(Claim::Claimed);
+                    }
+                    // The block (or an affinity to it) exists: another node claimed it since
+                    // the list, or it is a record without affinity. Move on to the next one.
+                    Some(Some(0 | 1)) => {
+                        debug!(node, block = %cidr, "block already claimed; trying the next");
+                        taken.insert(addr_to_u128(cidr.network()), net_end(&cidr));
+                    }
+                    // Another allocator of this node claimed a block: use that one.
+                    _ => {
+                        debug!(node, block = %cidr, "the node claimed a block meanwhile");
+                        return Ok(Claim::Lost);
+                    }
+                }
             }
-            // Another node claimed the block first, or another allocator of this node claimed
-            // a block: look at the node's blocks again.
-            debug!(node, block = %cidr, "block claim lost a race");
-            return Ok(Claim::Lost);
         }
         Ok(Claim::Exhausted)
     }
@@ -442,22 +453,32 @@ impl Ipam {
         self.store.get(key).await.map_err(store("get", key))
     }
 
-    /// Runs a transaction; `Ok(false)` when it failed because another writer got there first
-    /// (a compare-and-swap conflict, a create of an existing key, a delete of a gone one).
-    pub(crate) async fn try_txn(&self, ops: Vec<TxnOp>) -> Result<bool> {
+    /// Runs a transaction; `Ok(None)` when it went through, `Ok(Some(index))` when it failed
+    /// because another writer got there first (see [`Ipam::try_txn`]), with the index of the
+    /// failing operation where the store names it.
+    async fn txn_failure(&self, ops: Vec<TxnOp>) -> Result<Option<Option<usize>>> {
         let first = ops
             .first()
             .map(|op| op.key().to_string())
             .unwrap_or_default();
         match self.store.txn(ops).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_contention(&e) => Ok(false),
+            Ok(_) => Ok(None),
+            Err(e) if is_contention(&e) => Ok(Some(match e {
+                StoreError::TxnFailed { index, .. } => Some(index),
+                _ => None,
+            })),
             Err(source) => Err(IpamError::Store {
                 op: "transaction",
                 key: first,
                 source: Box::new(source),
             }),
         }
+    }
+
+    /// Runs a transaction; `Ok(false)` when it failed because another writer got there first
+    /// (a compare-and-swap conflict, a create of an existing key, a delete of a gone one).
+    pub(crate) async fn try_txn(&self, ops: Vec<TxnOp>) -> Result<bool> {
+        Ok(self.txn_failure(ops).await?.is_none())
     }
 }
 

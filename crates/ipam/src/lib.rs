@@ -52,8 +52,9 @@
 //! Calico's), so the node's routes stay put; [`Ipam::release_node_affinities`] (for a deleted
 //! Node) releases the node's empty blocks and reports those still in use.
 //!
-//! **Limits.** Claims look for free blocks by listing all blocks, so a claim costs one list of
-//! the block records. Changing a pool's block size while blocks exist is handled (new blocks
+//! **Limits.** A claim looks for free blocks by listing all affinity records (small; every
+//! block has one, written and deleted with it), so a claim costs one list of those; a block
+//! record without an affinity (made by hand) is found when its create fails, and skipped. Changing a pool's block size while blocks exist is handled (new blocks
 //! skip any overlapping old one), but two nodes claiming overlapping blocks of different sizes
 //! at the same moment are not prevented (their keys differ).
 

@@ -64,3 +64,8 @@ async fn leak_check() -> anyhow::Result<()> {
 async fn concurrent_adds_and_dels() -> anyhow::Result<()> {
     scenarios::concurrent_adds_and_dels(mem(), 200, 3).await
 }
+
+#[tokio::test]
+async fn odd_records() -> anyhow::Result<()> {
+    scenarios::odd_records(mem()).await
+}

@@ -66,6 +66,10 @@ async fn scenarios_on_etcd() -> anyhow::Result<()> {
     scenarios::agent_watch(open.clone())
         .await
         .context("agent_watch")?;
+    wipe(&open).await?;
+    scenarios::odd_records(open.clone())
+        .await
+        .context("odd_records")?;
     Ok(())
 }
 

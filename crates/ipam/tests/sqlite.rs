@@ -75,3 +75,9 @@ async fn agent_watch() -> anyhow::Result<()> {
     let (_file, open) = sqlite();
     scenarios::agent_watch(open).await
 }
+
+#[tokio::test]
+async fn odd_records() -> anyhow::Result<()> {
+    let (_file, open) = sqlite();
+    scenarios::odd_records(open).await
+}

@@ -13,7 +13,7 @@ use anyhow::{Context, ensure};
 use ipnet::IpNet;
 use serval_ipam::{
     AFFINITY_PREFIX, Affinity, AllocationAttrs, AssignIpRequest, AssignRequest, Block, IpFamily,
-    Ipam, IpamError, PoolSpec, decode, parse_affinity_key,
+    Ipam, IpamError, PoolSpec, affinity_key, block_key, decode, parse_affinity_key,
 };
 use serval_store::{Datastore, EventKind};
 
@@ -706,5 +706,41 @@ pub async fn agent_watch(open: Opener) -> anyhow::Result<()> {
         ipam.blocks().await?.is_empty(),
         "the block record went with its affinity"
     );
+    Ok(())
+}
+
+/// Records made by hand (or left by an older version): a block without affinity is never
+/// claimed over; an affinity without its block gets its block back.
+pub async fn odd_records(open: Opener) -> anyhow::Result<()> {
+    let store = open().await?;
+    let ipam = Ipam::new(open().await?);
+    let pools = [pool("p", "10.18.0.0/24", 26)];
+    let orphan = Block::new(net("10.18.0.0/26"), "p", "elsewhere");
+    store
+        .create(&block_key(&orphan.cidr), serde_json::to_vec(&orphan)?)
+        .await?;
+    let got = ipam.auto_assign(req("o1", "n1", &pools, &[])).await?;
+    assert_eq!(
+        got,
+        vec![ip("10.18.0.64")],
+        "the block without affinity is skipped"
+    );
+
+    let aff = Affinity {
+        node: "n2".into(),
+        block: net("10.18.0.192/26"),
+        pool: "p".into(),
+    };
+    store
+        .create(&affinity_key("n2", &aff.block), serde_json::to_vec(&aff)?)
+        .await?;
+    let got = ipam.auto_assign(req("o2", "n2", &pools, &[])).await?;
+    assert_eq!(
+        got,
+        vec![ip("10.18.0.192")],
+        "the affinity's block is recreated and used"
+    );
+    let b = block_of(&ipam, "10.18.0.192/26").await?;
+    assert_eq!((b.affinity.as_deref(), b.allocated()), (Some("n2"), 1));
     Ok(())
 }
