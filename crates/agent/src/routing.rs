@@ -290,8 +290,33 @@ impl Programmer {
         report: &mut SyncReport,
     ) -> serval_sys::Result<u32> {
         let mac = MacAddr(want.mac);
+        // A VXLAN device whose VNI, port, local address or underlay link differ from what is
+        // wanted (e.g. the node's underlay address changed) cannot be fixed in place.
+        let reusable = match existing {
+            Some(link) if link.kind.as_deref() == Some("vxlan") => {
+                let info = self.nl.vxlan_info(want.name).await?;
+                let same = info.vni == want.vni
+                    && info.port == want.port
+                    && info.local == Some(want.local)
+                    && info.underlay.as_deref() == Some(underlay.name.as_str());
+                if !same {
+                    self.nl.link_del(want.name).await?;
+                    report.devices_changed += 1;
+                    tracing::info!(
+                        dev = want.name,
+                        vni = info.vni,
+                        port = info.port,
+                        local = ?info.local,
+                        underlay = ?info.underlay,
+                        "vxlan device removed: its configuration differs from the wanted one"
+                    );
+                }
+                same
+            }
+            _ => false,
+        };
         if let Some(link) = existing {
-            if link.kind.as_deref() == Some("vxlan") {
+            if reusable {
                 if link.mtu != Some(want.mtu) {
                     self.nl.link_set_mtu(want.name, want.mtu).await?;
                     report.devices_changed += 1;
@@ -309,9 +334,11 @@ impl Programmer {
                 }
                 return Ok(link.index);
             }
-            // Something else took the name: replace it with ours.
-            self.nl.link_del(want.name).await?;
-            tracing::info!(dev = want.name, kind = ?link.kind, "removed a non-VXLAN link holding the vxlan device's name");
+            if link.kind.as_deref() != Some("vxlan") {
+                // Something else took the name: replace it with ours.
+                self.nl.link_del(want.name).await?;
+                tracing::info!(dev = want.name, kind = ?link.kind, "removed a non-VXLAN link holding the vxlan device's name");
+            }
         }
         let spec = Vxlan::new(want.name, want.vni)
             .port(want.port)

@@ -13,7 +13,7 @@ use serval_agent::routes::{
 };
 use serval_agent::routing::{Programmer, UnderlayLink};
 use serval_sys::testing::{NetNsGuard, require_root, unique_name};
-use serval_sys::{IpFamily, MacAddr, Netlink, RTPROT_SERVAL, Route, RouteKind, Veth};
+use serval_sys::{IpFamily, MacAddr, Netlink, RTPROT_SERVAL, Route, RouteKind, Veth, Vxlan};
 
 /// Logs of the code under test, shown for failing tests.
 fn logs() {
@@ -265,9 +265,24 @@ async fn vxlan_devices_neighbours_and_fdb_follow_the_encapsulation() -> Result<(
     logs();
     let n = node("172.31.7.11/24", "fd00:5e:7::11/64").await?;
     let p = Programmer::new(n.ns.netlink()?);
+    // A leftover device of the right name but the wrong VNI is replaced.
+    n.nl.vxlan_add(
+        &Vxlan::new(VXLAN_V4_DEVICE, 1)
+            .local(ip("172.31.7.11"))
+            .underlay(n.ul.clone()),
+    )
+    .await?;
     let d = routes::compute(&cluster(Encapsulation::Vxlan, true));
     let r = sync(&n, &p, &d).await?;
-    assert_eq!(r.devices_changed, 2, "{r}");
+    assert_eq!(r.devices_changed, 3, "one removed, two created: {r}");
+    for dev in [VXLAN_V4_DEVICE, VXLAN_V6_DEVICE] {
+        let info = n.nl.vxlan_info(dev).await?;
+        assert_eq!(
+            (info.vni, info.port, info.underlay.as_deref()),
+            (4096, 4789, Some(n.ul.as_str())),
+            "{dev}"
+        );
+    }
 
     for (dev, family, mtu, gw, block) in [
         (
