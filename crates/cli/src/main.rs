@@ -133,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => cmd::get::run(&ds, args).await,
         Command::Delete(args) => cmd::delete::run(&ds, args).await,
         Command::Ipam(cmd) => cmd::ipam::run(&ds, cmd).await,
-        Command::Lab(cmd) => lab::run(cmd, cli.datastore.clone()).await,
+        Command::Lab(cmd) => lab::run(cmd, cli.datastore.clone(), cli.lab.clone()).await,
         Command::Agent(args) => {
             let mut config = serval_agent::AgentConfig::new(args.node, ds.url()?);
             config.lab_dir = args.lab_dir;

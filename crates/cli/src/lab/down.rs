@@ -15,7 +15,8 @@ use super::{Usage, net, procs};
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
-    #[arg(long, default_value = layout::DEFAULT_NAME)]
+    /// Lab name (default: the global --lab, else "serval").
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
 }
 

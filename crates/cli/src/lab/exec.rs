@@ -15,7 +15,8 @@ use super::state::LabState;
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    #[arg(long, default_value = super::layout::DEFAULT_NAME)]
+    /// Lab name (default: the global --lab, else "serval").
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
     /// NS/POD, `outside`, or a node name.
     pub target: String,

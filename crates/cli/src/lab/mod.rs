@@ -59,7 +59,8 @@ pub enum LabCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct WaitArgs {
-    #[arg(long, default_value = layout::DEFAULT_NAME)]
+    /// Lab name (default: the global --lab, else "serval").
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
     #[arg(long, default_value_t = 60)]
     pub timeout_secs: u64,
@@ -83,7 +84,31 @@ async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
 
 /// Runs a lab command. `datastore` is the global `--datastore` flag, which for `lab up`
 /// names the kind of datastore to create (`sqlite` or `etcd`).
-pub async fn run(cmd: LabCommand, datastore: Option<String>) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    mut cmd: LabCommand,
+    datastore: Option<String>,
+    lab: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    // `--name` defaults to the global `--lab`, else "serval".
+    let name = match &mut cmd {
+        LabCommand::Up(a) => Some(&mut a.name),
+        LabCommand::Down(a) => Some(&mut a.name),
+        LabCommand::Probe(a) => Some(&mut a.name),
+        LabCommand::Matrix(a) => Some(&mut a.name),
+        LabCommand::Exec(a) => Some(&mut a.name),
+        LabCommand::Wait(a) => Some(&mut a.name),
+        LabCommand::Status(a) => {
+            if a.name.is_none() {
+                a.name = lab.clone();
+            }
+            None
+        }
+    };
+    if let Some(name) = name
+        && name.is_empty()
+    {
+        *name = lab.unwrap_or_else(|| layout::DEFAULT_NAME.to_string());
+    }
     if matches!(
         cmd,
         LabCommand::Status(_) | LabCommand::Probe(_) | LabCommand::Matrix(_)

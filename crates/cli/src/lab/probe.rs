@@ -26,7 +26,8 @@ pub enum Proto {
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    #[arg(long, default_value = super::layout::DEFAULT_NAME)]
+    /// Lab name (default: the global --lab, else "serval").
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
     /// NS/POD, `outside`, or a node name (node1, …).
     #[arg(long)]
@@ -49,7 +50,8 @@ pub struct ProbeArgs {
 
 #[derive(Debug, Args)]
 pub struct MatrixArgs {
-    #[arg(long, default_value = super::layout::DEFAULT_NAME)]
+    /// Lab name (default: the global --lab, else "serval").
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
     #[arg(long, default_value_t = 80)]
     pub port: u16,

@@ -21,8 +21,8 @@ use super::{Usage, down, etcd, net, pods, procs, resources};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Lab name: 1-12 of a-z, 0-9, '-'.
-    #[arg(long, default_value = layout::DEFAULT_NAME)]
+    /// Lab name, 1-12 of a-z, 0-9, '-' (default: the global --lab, else "serval").
+    #[arg(long, default_value = "", hide_default_value = true)]
     pub name: String,
     /// Number of nodes.
     #[arg(long, default_value_t = 2)]
