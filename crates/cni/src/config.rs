@@ -330,4 +330,31 @@ mod tests {
             code::INCOMPATIBLE_VERSION
         );
     }
+
+    proptest::proptest! {
+        /// Whatever the runtime sends, parsing answers (a config or a coded error), never panics.
+        #[test]
+        fn any_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            if let Err(e) = NetConf::parse(&bytes) {
+                proptest::prop_assert!([1, 6, 7].contains(&e.code()));
+            }
+        }
+
+        /// Objects with arbitrary field values: any type confusion is a code-7 error naming a field.
+        #[test]
+        fn typed_fields_are_checked(
+            version in proptest::sample::select(vec!["1.0.0", "0.4.0", "1.1.0"]),
+            mtu in proptest::prop_oneof![proptest::strategy::Just(serde_json::json!(1400)), proptest::strategy::Just(serde_json::json!("x")), proptest::strategy::Just(serde_json::json!(-1))],
+            v4 in proptest::prop_oneof![proptest::strategy::Just(serde_json::json!(true)), proptest::strategy::Just(serde_json::json!("yes"))],
+        ) {
+            let conf = serde_json::json!({"cniVersion": version, "name": "n", "type": "serval", "datastore": "sqlite:///x",
+                "mtu": mtu, "ipam": {"assign_ipv4": v4}});
+            let parsed = NetConf::parse(conf.to_string().as_bytes());
+            let valid = conf["mtu"] == 1400 && conf["ipam"]["assign_ipv4"] == true;
+            proptest::prop_assert_eq!(parsed.is_ok(), valid);
+            if let Err(e) = parsed {
+                proptest::prop_assert_eq!(e.code(), code::INVALID_NETWORK_CONFIG);
+            }
+        }
+    }
 }

@@ -238,4 +238,14 @@ mod tests {
             Err(EnvError::BadIfname { .. })
         ));
     }
+
+    proptest::proptest! {
+        /// `K=V;K=V` round-trips for keys and values without ';' and '=' (in keys).
+        #[test]
+        fn cni_args_round_trip(pairs in proptest::collection::btree_map("[A-Za-z_][A-Za-z0-9_]{0,12}", "[a-z0-9./=-]{0,12}", 0..6)) {
+            let text = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";");
+            let parsed = CniArgs::parse(&text).unwrap();
+            proptest::prop_assert_eq!(parsed.pairs, pairs);
+        }
+    }
 }

@@ -64,6 +64,13 @@ async fn add_check_del(test: &str, v4: bool, v6: bool) {
     }
     assert_eq!(result["routes"].as_array().unwrap().len(), ips.len());
 
+    // Logs went to the configured file (stdout carried only the result, parsed above).
+    let log = world.log();
+    assert!(
+        log.contains("CNI invocation") && log.contains("assigned addresses"),
+        "log:\n{log}"
+    );
+
     // The pod side.
     let pod = pod_ns.netlink().expect("pod netlink");
     let eth0 = pod.link("eth0").await.expect("eth0 in pod");
@@ -361,4 +368,90 @@ async fn old_spec_versions_get_old_results() {
     world
         .cni("DEL", "c-old", pod_ns.path(), "ghost", &conf)
         .ok();
+}
+
+/// kubelet replaced the pod's sandbox: the old container's DEL releases only its own
+/// addresses and leaves the new container's veth and endpoint alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn del_of_a_replaced_sandbox_keeps_the_new_one() {
+    if !root("del_of_a_replaced_sandbox_keeps_the_new_one") {
+        return;
+    }
+    let world = World::new(vec![pool("p4", "10.80.0.0/16", 26)]).await;
+    let conf = world.conf("1.0.0", true, false);
+    let old_ns = NetNsGuard::new("svcni-old").unwrap();
+    let new_ns = NetNsGuard::new("svcni-new").unwrap();
+    world.cni("ADD", "c-old", old_ns.path(), "web", &conf).ok();
+    let new = world.cni("ADD", "c-new", new_ns.path(), "web", &conf).ok();
+    world.cni("DEL", "c-old", old_ns.path(), "web", &conf).ok();
+
+    let ipam = serval_ipam::Ipam::new(world.client.store().clone());
+    assert!(ipam.handle("c-old").await.unwrap().is_none());
+    assert!(ipam.handle("c-new").await.unwrap().is_some());
+    let key = ResourceKey::new(
+        Kind::WorkloadEndpoint,
+        Some("default"),
+        &format!("{NODE}-k8s-web-eth0"),
+    );
+    let Some(Resource::WorkloadEndpoint(wep)) = world.client.get(&key).await.unwrap() else {
+        panic!("the new sandbox's endpoint is gone");
+    };
+    assert_eq!(wep.spec.container_id, "c-new");
+    let ip = result_ips(&new)[0].addr();
+    let at = serve(&new_ns, ip, "new");
+    assert_eq!(fetch(&world.node_ns, at).as_deref(), Ok("new"));
+    world.cni("DEL", "c-new", new_ns.path(), "web", &conf).ok();
+    assert!(world.client.get(&key).await.unwrap().is_none());
+}
+
+/// The gateways resolve even without the static neighbour entries (flushed when something
+/// changes the pod interface's MAC): fe80::1 because the host side owns it, 169.254.1.1 by
+/// proxy ARP once the node has a route covering it (as Calico requires).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_resolve_without_static_neighbours() {
+    if !root("gateways_resolve_without_static_neighbours") {
+        return;
+    }
+    let world = World::new(vec![
+        pool("p4", "10.76.0.0/16", 26),
+        pool("p6", "fd00:76::/112", 122),
+    ])
+    .await;
+    let conf = world.conf("1.0.0", true, true);
+    let pod_ns = NetNsGuard::new("svcni-gw").unwrap();
+    world.cni("ADD", "c-gw", pod_ns.path(), "gw", &conf).ok();
+    let pod = pod_ns.netlink().unwrap();
+    let neigh = pod.neighbours(Some("eth0")).await.unwrap();
+    for gw in ["169.254.1.1", "fe80::1"] {
+        let ip: IpAddr = gw.parse().unwrap();
+        let n = neigh
+            .iter()
+            .find(|n| n.ip == ip)
+            .unwrap_or_else(|| panic!("no neighbour {gw}: {neigh:?}"));
+        assert!(n.permanent);
+        assert_eq!(n.mac.unwrap().to_string(), "ee:ee:ee:ee:ee:ee");
+        pod.neigh_del("eth0", ip).await.unwrap();
+    }
+    // IPv6: neighbour discovery for fe80::1 is answered by the host side.
+    let at = serve(&world.node_ns, HOST_V6.parse().unwrap(), "v6");
+    assert_eq!(fetch(&pod_ns, at).as_deref(), Ok("v6"));
+    // IPv4: proxy ARP answers once the node routes 169.254.1.1 somewhere (here: default dev lo).
+    let node = world.node_netlink();
+    let lo = node.link_index("lo").await.unwrap();
+    node.route_add(&serval_sys::Route::new("0.0.0.0/0".parse().unwrap()).dev(lo))
+        .await
+        .unwrap();
+    let at = serve(&world.node_ns, HOST_V4.parse().unwrap(), "v4");
+    assert_eq!(fetch(&pod_ns, at).as_deref(), Ok("v4"));
+    let learned = pod.neighbours(Some("eth0")).await.unwrap();
+    for gw in ["169.254.1.1", "fe80::1"] {
+        let ip: IpAddr = gw.parse().unwrap();
+        let n = learned
+            .iter()
+            .find(|n| n.ip == ip)
+            .unwrap_or_else(|| panic!("{gw} not resolved: {learned:?}"));
+        assert!(!n.permanent);
+        assert_eq!(n.mac.unwrap().to_string(), "ee:ee:ee:ee:ee:ee");
+    }
+    world.cni("DEL", "c-gw", pod_ns.path(), "gw", &conf).ok();
 }
