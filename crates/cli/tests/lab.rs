@@ -635,3 +635,44 @@ fn failed_up_cleans_up() {
     assert!(!o.status.success());
     assert!(!guard.dir().exists());
 }
+
+/// `--dataplane` is recorded (lab.json, FelixConfiguration `bpfEnabled`), and two labs side
+/// by side get their own subnets, bridges and namespaces.
+#[test]
+fn dataplane_recorded_and_labs_side_by_side() {
+    require_root!();
+    let a = Lab::up("sba", &["--nodes", "1", "--dataplane", "bpf"]);
+    let b = Lab::up("sbb", &["--nodes", "1"]);
+    let (sa, sb) = (a.state(), b.state());
+    assert_eq!(sa["dataplane"], "bpf");
+    assert_eq!(sb["dataplane"], "iptables");
+    for (lab, want) in [(&a, true), (&b, false)] {
+        let o = serval(&[
+            "--lab",
+            &lab.name,
+            "get",
+            "felixconfigurations",
+            "default",
+            "-o",
+            "json",
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        let fc: Value = serde_json::from_slice(&o.stdout).expect("json");
+        assert_eq!(fc["spec"]["bpfEnabled"], want, "{fc:#}");
+    }
+    assert_ne!(sa["index"], sb["index"]);
+    assert_ne!(sa["bridge"], sb["bridge"]);
+    assert_ne!(sa["nodes"][0]["addrs"], sb["nodes"][0]["addrs"]);
+    assert!(
+        netns_of(&a.name)
+            .iter()
+            .all(|n| !n.starts_with(&format!("sv-{}-", b.name)))
+    );
+    // Removing one leaves the other working.
+    let bname = b.name.clone();
+    drop(b);
+    assert_eq!(netns_of(&bname), Vec::<String>::new());
+    let o = serval(&["lab", "status", "--name", &a.name, "-o", "json"]);
+    let st: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(st[0]["health"], "up", "{st:#}");
+}
