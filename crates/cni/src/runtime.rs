@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 use tokio::io::AsyncWriteExt;
@@ -79,6 +80,12 @@ pub enum RuntimeError {
         stdout: String,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("CNI plugin {plugin} {command} did not finish within {after:?}; it was killed")]
+    Timeout {
+        plugin: String,
+        command: &'static str,
+        after: Duration,
     },
     #[error("CNI result cache {path}: {source}")]
     Cache {
@@ -228,7 +235,12 @@ pub struct Runtime {
     pub netns: Option<PathBuf>,
     /// Extra environment for every plugin (besides the inherited one and the CNI_ variables).
     pub env: BTreeMap<String, String>,
+    /// How long one plugin run may take before it is killed ([`DEFAULT_PLUGIN_TIMEOUT`]).
+    pub timeout: Duration,
 }
+
+/// How long one plugin run may take by default.
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Runtime {
     pub fn new(bin_dirs: Vec<PathBuf>) -> Runtime {
@@ -237,7 +249,14 @@ impl Runtime {
             cache_dir: None,
             netns: None,
             env: BTreeMap::new(),
+            timeout: DEFAULT_PLUGIN_TIMEOUT,
         }
+    }
+
+    /// Kills a plugin that runs longer than `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Runtime {
+        self.timeout = timeout;
+        self
     }
 
     /// Keep ADD results in `dir` for later CHECK and DEL.
@@ -504,7 +523,15 @@ impl Runtime {
             stdin.write_all(&input).await.map_err(spawn_err)?;
             drop(stdin);
         }
-        let out = child.wait_with_output().await.map_err(spawn_err)?;
+        // On timeout the child is dropped, which kills it (`kill_on_drop`).
+        let out = tokio::time::timeout(self.timeout, child.wait_with_output())
+            .await
+            .map_err(|_| RuntimeError::Timeout {
+                plugin: plugin.to_string(),
+                command,
+                after: self.timeout,
+            })?
+            .map_err(spawn_err)?;
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !stderr.trim().is_empty() {
             tracing::debug!(plugin, command, stderr = %stderr.trim(), "CNI plugin stderr");

@@ -285,3 +285,31 @@ fn serve_on(
         }
     })
 }
+
+/// A plugin that hangs is killed after the runtime's timeout and named in the error.
+#[tokio::test]
+async fn hanging_plugin_times_out() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("sleeper");
+    std::fs::write(&plugin, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let list = Conflist::parse(
+        r#"{"cniVersion":"1.0.0","name":"x","plugins":[{"type":"sleeper"}]}"#,
+        std::path::Path::new("x"),
+    )
+    .unwrap();
+    let err = Runtime::new(vec![dir.path().to_path_buf()])
+        .with_timeout(std::time::Duration::from_millis(300))
+        .check(
+            &list,
+            &RuntimeConf::for_pod("c", "/run/netns/x", "eth0", "default", "p"),
+            Some(&json!({})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RuntimeError::Timeout { plugin, .. } if plugin == "sleeper"),
+        "{err}"
+    );
+}
