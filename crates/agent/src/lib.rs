@@ -32,9 +32,19 @@
 //! - `L/nodes/<node>/agent.ready`: written (JSON: node, pid, time) once the first full sync
 //!   is programmed; removed at start. Without a lab dir, only [`AgentConfig::ready_file`].
 //! - `L/nodes/<node>/cni/net.d/*.conflist` (first by name) and `L/nodes/<node>/cni/bin/`:
-//!   the CNI configuration the runtime executes.
+//!   the CNI configuration the runtime executes (through `serval_cni::Runtime`, ADD results
+//!   cached in `L/nodes/<node>/cni/cache/`).
 //! - `L/nodes/<node>/pods/<ns>_<pod>.{json,pid,log,ready}`: per pod: runtime state (container
 //!   id, netns, pid, CNI result), the pod server's pid, its output, its ready marker.
+//!
+//! # Kernel objects it owns (in the node's namespace)
+//!
+//! Routes with protocol [`serval_sys::RTPROT_SERVAL`] that are blackholes or leave by the
+//! underlay link or a Serval VXLAN device (never the CNI's per-pod routes on host veths, never
+//! another protocol's); the devices `vxlan.serval` / `vxlan-v6.serval` with their permanent
+//! neighbour and FDB entries. Pod MTU: the CNI computes it from the pools (underlay − 50 for
+//! VXLAN over IPv4, − 70 over IPv6); [`routes::Desired::pod_mtu`] applies the same rule and
+//! the agent logs it.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
