@@ -33,12 +33,23 @@ impl Backoff {
     }
 }
 
+/// Why a list-and-watch round failed (logged; the syncer reconnects with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("resource list/watch: {0}")]
+    Resources(#[source] serval_api::ApiError),
+    #[error("IPAM affinity list/watch under {AFFINITY_PREFIX}: {0}")]
+    Affinities(#[source] StoreError),
+    #[error("the {what} watch ended (the datastore closed it); relisting")]
+    WatchEnded { what: &'static str },
+}
+
 /// Why one list-and-watch round ended.
 enum RoundEnd {
     /// The watch start was compacted away: relist at once.
     Compacted,
     /// An error: relist after a backoff.
-    Failed(String),
+    Failed(SyncError),
 }
 
 /// Runs both halves forever (until the task is dropped).
@@ -78,14 +89,14 @@ fn is_compacted(e: &ApiError) -> bool {
 async fn resources_round(client: &Client, cache: &Cache, backoff: &mut Backoff) -> RoundEnd {
     let (items, rev) = match client.list_all().await {
         Ok(x) => x,
-        Err(e) => return RoundEnd::Failed(e.to_string()),
+        Err(e) => return RoundEnd::Failed(SyncError::Resources(e)),
     };
     tracing::debug!(count = items.len(), rev, "listed resources");
     cache.replace_resources(items, rev);
     let mut watch = match client.watch(rev).await {
         Ok(w) => w,
         Err(e) if is_compacted(&e) => return RoundEnd::Compacted,
-        Err(e) => return RoundEnd::Failed(e.to_string()),
+        Err(e) => return RoundEnd::Failed(SyncError::Resources(e)),
     };
     backoff.reset();
     loop {
@@ -93,8 +104,8 @@ async fn resources_round(client: &Client, cache: &Cache, backoff: &mut Backoff) 
             Some(Ok((event, rev))) => cache.apply_resource(event, rev),
             Some(Err(e)) if is_compacted(&e) => return RoundEnd::Compacted,
             // A value this agent cannot decode: resync rather than run with a hole in the cache.
-            Some(Err(e)) => return RoundEnd::Failed(e.to_string()),
-            None => return RoundEnd::Failed("the resource watch ended".into()),
+            Some(Err(e)) => return RoundEnd::Failed(SyncError::Resources(e)),
+            None => return RoundEnd::Failed(SyncError::WatchEnded { what: "resource" }),
         }
     }
 }
@@ -113,13 +124,13 @@ async fn affinities_round(client: &Client, cache: &Cache, backoff: &mut Backoff)
     let store = client.store();
     let (kvs, rev) = match store.list(AFFINITY_PREFIX).await {
         Ok(x) => x,
-        Err(e) => return RoundEnd::Failed(e.to_string()),
+        Err(e) => return RoundEnd::Failed(SyncError::Affinities(e)),
     };
     cache.replace_affinities(kvs.iter().filter_map(decode_affinity).collect(), rev);
     let mut watch = match store.watch(AFFINITY_PREFIX, rev).await {
         Ok(w) => w,
         Err(StoreError::Compacted { .. }) => return RoundEnd::Compacted,
-        Err(e) => return RoundEnd::Failed(e.to_string()),
+        Err(e) => return RoundEnd::Failed(SyncError::Affinities(e)),
     };
     backoff.reset();
     loop {
@@ -139,8 +150,8 @@ async fn affinities_round(client: &Client, cache: &Cache, backoff: &mut Backoff)
                 },
             },
             Some(Err(StoreError::Compacted { .. })) => return RoundEnd::Compacted,
-            Some(Err(e)) => return RoundEnd::Failed(e.to_string()),
-            None => return RoundEnd::Failed("the affinity watch ended".into()),
+            Some(Err(e)) => return RoundEnd::Failed(SyncError::Affinities(e)),
+            None => return RoundEnd::Failed(SyncError::WatchEnded { what: "affinity" }),
         }
     }
 }
