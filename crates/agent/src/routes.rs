@@ -968,4 +968,77 @@ mod tests {
         i.underlay_mtu = 9000;
         assert_eq!(compute(&i).pod_mtu, 8950);
     }
+
+    #[test]
+    fn inputs_come_from_nodes_pools_and_affinities_in_the_cache() {
+        let docs = serval_model::parse_documents(
+            "test",
+            r#"
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node1}
+spec: {bgp: {ipv4Address: 172.31.7.11/24, ipv6Address: "fd00:5e:7::11/64"}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: node2}
+spec: {bgp: {ipv4Address: 172.31.7.12/24}}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: v4}
+spec: {cidr: 10.244.0.0/16, encapsulation: VXLANCrossSubnet}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: v6}
+spec: {cidr: "fd00:10:244::/112", encapsulation: VXLAN}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: default}
+"#,
+        )
+        .unwrap();
+        let mut state = crate::cache::State::default();
+        for r in docs {
+            state.resources.insert(r.key(), r);
+        }
+        let aff = serval_ipam::Affinity {
+            node: "node2".into(),
+            block: net("10.244.0.64/26"),
+            pool: "v4".into(),
+        };
+        state.affinities.insert((aff.node.clone(), aff.block), aff);
+        let i = Inputs::from_state(&state, "node1", 1500);
+        assert_eq!(i.node, "node1");
+        assert_eq!(i.nodes.len(), 2);
+        assert_eq!(
+            i.nodes["node1"].ipv4,
+            Some(net("172.31.7.11/24")),
+            "host bits kept"
+        );
+        assert_eq!(i.nodes["node1"].ipv6, Some(net("fd00:5e:7::11/64")));
+        assert_eq!(i.nodes["node2"].ipv6, None);
+        let mut pools: Vec<_> = i
+            .pools
+            .iter()
+            .map(|p| (p.name.as_str(), p.cidr, p.encapsulation))
+            .collect();
+        pools.sort();
+        assert_eq!(
+            pools,
+            vec![
+                ("v4", net("10.244.0.0/16"), Encapsulation::VxlanCrossSubnet),
+                ("v6", net("fd00:10:244::/112"), Encapsulation::Vxlan),
+            ]
+        );
+        assert_eq!(
+            i.blocks,
+            vec![BlockInfo {
+                node: "node2".into(),
+                block: net("10.244.0.64/26")
+            }]
+        );
+    }
 }
