@@ -179,7 +179,13 @@ fn serve_tcp(listener: TcpListener, answer: std::sync::Arc<[u8]>) {
 fn answer_tcp(mut stream: TcpStream, answer: &[u8]) -> io::Result<()> {
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     stream.write_all(answer)?;
-    stream.shutdown(std::net::Shutdown::Write)
+    stream.shutdown(std::net::Shutdown::Write)?;
+    // Drain whatever the peer sent until it closes: closing with unread data would send a
+    // reset, which can make the peer lose the answer.
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut sink = [0u8; 1024];
+    while matches!(io::Read::read(&mut stream, &mut sink), Ok(n) if n > 0) {}
+    Ok(())
 }
 
 fn serve_udp(socket: UdpSocket, answer: std::sync::Arc<[u8]>) {
@@ -226,6 +232,8 @@ mod tests {
     fn answer_tcp_from(addr: SocketAddr) -> String {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // A client that talks first still gets the whole answer.
+        s.write_all(b"hello\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         out
