@@ -186,6 +186,11 @@ fn retry_busy<T>(name: &str, mut f: impl FnMut() -> rusqlite::Result<T>) -> Resu
     }
 }
 
+/// How many revisions of history the sqlite log keeps (see [`Shared::txn`]).
+pub const RETAINED_REVISIONS: Revision = 10_000;
+/// How often (in revisions) the automatic compaction runs.
+const COMPACT_EVERY: Revision = 1_000;
+
 /// sqlite's default busy handler sleeps in growing steps (up to 100 ms) while another process
 /// holds the write lock; poll it every millisecond instead so the lock changes hands quickly.
 fn busy_wait(attempt: i32) -> bool {
@@ -287,6 +292,15 @@ impl Shared {
         drop(conn);
         let revision = outcome?;
         self.publish(revision);
+        // Automatic compaction keeps the change log bounded: every COMPACT_EVERY revisions,
+        // history older than RETAINED_REVISIONS is discarded (as the API server compacts
+        // etcd). A watcher that far behind gets `Compacted` and resyncs from a list.
+        if revision % COMPACT_EVERY == 0
+            && revision > RETAINED_REVISIONS
+            && let Err(e) = self.compact(revision - RETAINED_REVISIONS)
+        {
+            tracing::warn!(error = %e, "automatic compaction failed; will retry later");
+        }
         Ok(revision)
     }
 
