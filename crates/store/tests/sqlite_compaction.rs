@@ -3,7 +3,7 @@
 
 use serval_store::sqlite::RETAINED_REVISIONS;
 use serval_store::testing::SqliteFile;
-use serval_store::{Datastore, StoreError};
+use serval_store::StoreError;
 
 #[tokio::test]
 async fn old_history_is_compacted_recent_history_kept() {
