@@ -1,0 +1,260 @@
+//! [`Model`]: an indexed snapshot of every resource the calculation reads, updated one
+//! resource at a time.
+
+use std::collections::BTreeMap;
+
+use serval_model::calico::{
+    FelixConfiguration, FelixConfigurationSpec, FelixSettings, GlobalNetworkPolicy, HostEndpoint,
+    IPPool, NetworkPolicy, Node, Tier,
+};
+use serval_model::k8s::{EndpointSlice, K8sNetworkPolicy, Namespace, Pod, Service};
+use serval_model::workloadendpoint::WorkloadEndpoint;
+use serval_model::{Kind, Resource, ResourceKey};
+
+/// `(namespace, name)` of a namespaced resource.
+pub type NsName = (String, String);
+
+/// The label every namespace carries automatically (Kubernetes ≥ 1.21).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+/// Which index of the [`Model`] a change touched, so a caller can tell what may need
+/// recomputing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Index {
+    Namespaces,
+    Pods,
+    WorkloadEndpoints,
+    Services,
+    EndpointSlices,
+    K8sPolicies,
+    Policies,
+    GlobalPolicies,
+    Tiers,
+    HostEndpoints,
+    IpPools,
+    Nodes,
+    FelixConfigurations,
+    /// Kinds the calculation does not read (BGPConfiguration, BGPPeer).
+    Ignored,
+}
+
+/// Every resource the calculation needs, indexed by key. Build with
+/// [`Model::from_resources`]; keep up to date with [`Model::apply`] and [`Model::remove`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Model {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<NsName, Pod>,
+    pub workload_endpoints: BTreeMap<NsName, WorkloadEndpoint>,
+    pub services: BTreeMap<NsName, Service>,
+    pub endpoint_slices: BTreeMap<NsName, EndpointSlice>,
+    pub k8s_policies: BTreeMap<NsName, K8sNetworkPolicy>,
+    pub policies: BTreeMap<NsName, NetworkPolicy>,
+    pub global_policies: BTreeMap<String, GlobalNetworkPolicy>,
+    /// Stored tiers; the `default` tier is implied (see [`Model::tiers`]).
+    pub tiers: BTreeMap<String, Tier>,
+    pub host_endpoints: BTreeMap<String, HostEndpoint>,
+    pub ip_pools: BTreeMap<String, IPPool>,
+    pub nodes: BTreeMap<String, Node>,
+    /// By name: `default` and `node.<name>`.
+    pub felix_configurations: BTreeMap<String, FelixConfiguration>,
+}
+
+fn ns_name(r: &Resource) -> NsName {
+    let m = r.meta();
+    (m.namespace_str().to_string(), m.name.clone())
+}
+
+/// Inserts `v` under `k`; `Some(index)` when the map changed.
+fn put<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, k: K, v: V, idx: Index) -> Option<Index> {
+    match map.get(&k) {
+        Some(old) if *old == v => None,
+        _ => {
+            map.insert(k, v);
+            Some(idx)
+        }
+    }
+}
+
+fn take<K: Ord, V>(map: &mut BTreeMap<K, V>, k: &K, idx: Index) -> Option<Index> {
+    map.remove(k).map(|_| idx)
+}
+
+impl Model {
+    /// A model holding `resources` (later duplicates of a key replace earlier ones).
+    pub fn from_resources(resources: impl IntoIterator<Item = Resource>) -> Model {
+        let mut m = Model::default();
+        for r in resources {
+            m.apply(r);
+        }
+        m
+    }
+
+    /// Adds or replaces one resource. Returns the index that changed, or `None` when the
+    /// resource was already present unchanged (or is of a kind the calculation ignores).
+    pub fn apply(&mut self, r: Resource) -> Option<Index> {
+        let key = ns_name(&r);
+        let (log_ns, log_name) = key.clone();
+        let changed = match r {
+            Resource::Namespace(v) => put(&mut self.namespaces, key.1, v, Index::Namespaces),
+            Resource::Pod(v) => put(&mut self.pods, key, v, Index::Pods),
+            Resource::WorkloadEndpoint(v) => put(
+                &mut self.workload_endpoints,
+                key,
+                v,
+                Index::WorkloadEndpoints,
+            ),
+            Resource::Service(v) => put(&mut self.services, key, v, Index::Services),
+            Resource::EndpointSlice(v) => {
+                put(&mut self.endpoint_slices, key, v, Index::EndpointSlices)
+            }
+            Resource::K8sNetworkPolicy(v) => {
+                put(&mut self.k8s_policies, key, v, Index::K8sPolicies)
+            }
+            Resource::NetworkPolicy(v) => put(&mut self.policies, key, v, Index::Policies),
+            Resource::GlobalNetworkPolicy(v) => {
+                put(&mut self.global_policies, key.1, v, Index::GlobalPolicies)
+            }
+            Resource::Tier(v) => put(&mut self.tiers, key.1, v, Index::Tiers),
+            Resource::HostEndpoint(v) => {
+                put(&mut self.host_endpoints, key.1, v, Index::HostEndpoints)
+            }
+            Resource::IPPool(v) => put(&mut self.ip_pools, key.1, v, Index::IpPools),
+            Resource::Node(v) => put(&mut self.nodes, key.1, v, Index::Nodes),
+            Resource::FelixConfiguration(v) => put(
+                &mut self.felix_configurations,
+                key.1,
+                v,
+                Index::FelixConfigurations,
+            ),
+            Resource::BGPConfiguration(_) | Resource::BGPPeer(_) => None,
+        };
+        if let Some(idx) = changed {
+            tracing::trace!(index = ?idx, namespace = %log_ns, name = %log_name, "model: applied");
+        }
+        changed
+    }
+
+    /// Removes one resource. Returns the index that changed, or `None` when it was absent.
+    pub fn remove(&mut self, key: &ResourceKey) -> Option<Index> {
+        let nn = (key.namespace.clone().unwrap_or_default(), key.name.clone());
+        let name = &key.name;
+        match key.kind {
+            Kind::Namespace => take(&mut self.namespaces, name, Index::Namespaces),
+            Kind::Pod => take(&mut self.pods, &nn, Index::Pods),
+            Kind::WorkloadEndpoint => {
+                take(&mut self.workload_endpoints, &nn, Index::WorkloadEndpoints)
+            }
+            Kind::Service => take(&mut self.services, &nn, Index::Services),
+            Kind::EndpointSlice => take(&mut self.endpoint_slices, &nn, Index::EndpointSlices),
+            Kind::K8sNetworkPolicy => take(&mut self.k8s_policies, &nn, Index::K8sPolicies),
+            Kind::NetworkPolicy => take(&mut self.policies, &nn, Index::Policies),
+            Kind::GlobalNetworkPolicy => {
+                take(&mut self.global_policies, name, Index::GlobalPolicies)
+            }
+            Kind::Tier => take(&mut self.tiers, name, Index::Tiers),
+            Kind::HostEndpoint => take(&mut self.host_endpoints, name, Index::HostEndpoints),
+            Kind::IPPool => take(&mut self.ip_pools, name, Index::IpPools),
+            Kind::Node => take(&mut self.nodes, name, Index::Nodes),
+            Kind::FelixConfiguration => take(
+                &mut self.felix_configurations,
+                name,
+                Index::FelixConfigurations,
+            ),
+            Kind::BGPConfiguration | Kind::BGPPeer => None,
+        }
+    }
+
+    /// A namespace's labels, including the automatic `kubernetes.io/metadata.name`. A
+    /// namespace without a stored resource has only that label.
+    pub fn namespace_labels(&self, ns: &str) -> BTreeMap<String, String> {
+        let mut labels = self
+            .namespaces
+            .get(ns)
+            .map(|n| n.metadata.labels.clone())
+            .unwrap_or_default();
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), ns.to_string());
+        labels
+    }
+
+    /// Every tier, the `default` tier included, sorted in evaluation order (order, then name;
+    /// a tier without order comes last, as in Calico).
+    pub fn tiers(&self) -> Vec<Tier> {
+        let mut tiers: Vec<Tier> = self.tiers.values().cloned().collect();
+        if !self.tiers.contains_key(serval_model::calico::DEFAULT_TIER) {
+            tiers.push(Tier::default_tier());
+        }
+        tiers.sort_by(|a, b| {
+            let oa = a.spec.order.unwrap_or(f64::INFINITY);
+            let ob = b.spec.order.unwrap_or(f64::INFINITY);
+            oa.total_cmp(&ob)
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        });
+        tiers
+    }
+
+    /// The effective Felix settings for `node` (or the cluster-wide `default` when `None`):
+    /// Calico's defaults, overlaid by `default`, overlaid by `node.<name>`.
+    pub fn felix(&self, node: Option<&str>) -> FelixSettings {
+        let mut spec = FelixConfigurationSpec::default();
+        if let Some(d) = self.felix_configurations.get("default") {
+            spec = spec.overlay(&d.spec);
+        }
+        if let Some(n) = node
+            && let Some(c) = self.felix_configurations.get(&format!("node.{n}"))
+        {
+            spec = spec.overlay(&c.spec);
+        }
+        spec.effective()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serval_model::ObjectMeta;
+
+    use super::*;
+
+    fn ns(name: &str, labels: &[(&str, &str)]) -> Resource {
+        let mut n = Namespace::new(name);
+        n.metadata.labels = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Resource::Namespace(n)
+    }
+
+    #[test]
+    fn apply_reports_changes_only() {
+        let mut m = Model::default();
+        assert_eq!(m.apply(ns("x", &[("ns", "x")])), Some(Index::Namespaces));
+        assert_eq!(m.apply(ns("x", &[("ns", "x")])), None);
+        assert_eq!(m.apply(ns("x", &[("ns", "y")])), Some(Index::Namespaces));
+        let key = ResourceKey::new(Kind::Namespace, None, "x");
+        assert_eq!(m.remove(&key), Some(Index::Namespaces));
+        assert_eq!(m.remove(&key), None);
+    }
+
+    #[test]
+    fn namespace_labels_include_the_automatic_name() {
+        let mut m = Model::default();
+        m.apply(ns("x", &[("ns", "x")]));
+        let l = m.namespace_labels("x");
+        assert_eq!(l.get("ns").map(String::as_str), Some("x"));
+        assert_eq!(l.get(NAMESPACE_NAME_LABEL).map(String::as_str), Some("x"));
+        assert_eq!(m.namespace_labels("nope").len(), 1);
+    }
+
+    #[test]
+    fn default_tier_is_always_present_and_last() {
+        let mut m = Model::default();
+        assert_eq!(m.tiers().len(), 1);
+        let mut t = Tier {
+            metadata: ObjectMeta::named("security"),
+            ..Default::default()
+        };
+        t.spec.order = Some(100.0);
+        m.apply(Resource::Tier(t));
+        let names: Vec<String> = m.tiers().into_iter().map(|t| t.metadata.name).collect();
+        assert_eq!(names, ["security", "default"]);
+    }
+}

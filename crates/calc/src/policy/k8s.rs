@@ -1,0 +1,271 @@
+//! Kubernetes NetworkPolicy → Calico rule model, with exact Kubernetes semantics:
+//!
+//! - the policy selects pods of its namespace by `podSelector`, and isolates them for each
+//!   type in `policyTypes` (defaulted by the model: Ingress always, Egress when there are
+//!   egress rules); an isolating policy with no rules allows nothing;
+//! - every rule allows (the union of all rules of all selecting policies is allowed; the
+//!   default tier's end-of-tier deny drops the rest);
+//! - a rule's peers are ORed: one compiled rule per peer (and per port group); an empty
+//!   `from`/`to` means every source/destination;
+//! - a peer is `podSelector` (pods of the policy's namespace), `namespaceSelector` (every pod
+//!   of the matching namespaces, whose labels include `kubernetes.io/metadata.name`), both
+//!   (pods matching podSelector IN the matching namespaces), or `ipBlock` (cidr minus
+//!   except);
+//! - ports are ORed: numbers and `endPort` ranges grouped per protocol, a port entry without
+//!   a port opens the whole protocol, and a named port is a named-port ip set: for ingress the
+//!   DESTINATION (the selected pod) must expose it, for egress the destination pod matched by
+//!   the peer (any pod, for an ipBlock or empty peer list) must expose it. No `ports` means
+//!   every protocol and port.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serval_model::k8s::{K8S_POLICY_ORDER, K8sNetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
+use serval_model::selector::Selector;
+use serval_model::types::{IntOrString, Protocol};
+
+use super::compile::{CompiledPolicy, Selects, SetRegistry};
+use super::{Action, Direction, IpProto, PolicyId, PolicyKind, PortRange, Rule, RuleId, RuleMatch};
+use crate::ipsets::{IpSetId, IpSetSpec, NamespaceScope};
+
+/// A peer compiled to ip sets.
+struct Peer {
+    sets: Vec<IpSetId>,
+    not_sets: Vec<IpSetId>,
+    /// The pods a named port of an egress rule is looked up on.
+    named_port_pods: (Selector, NamespaceScope),
+}
+
+enum PortGroup {
+    /// Every protocol and port.
+    Any,
+    /// One protocol; `ranges` empty means every port.
+    Numeric {
+        protocol: Protocol,
+        ranges: Vec<PortRange>,
+    },
+    Named {
+        protocol: Protocol,
+        name: String,
+    },
+}
+
+fn peer(p: &NetworkPolicyPeer, ns: &str, reg: &mut SetRegistry) -> Peer {
+    if let Some(b) = &p.ip_block {
+        let sets = vec![reg.add(IpSetSpec::Nets(BTreeSet::from([b.cidr])))];
+        let not_sets = if b.except.is_empty() {
+            Vec::new()
+        } else {
+            vec![reg.add(IpSetSpec::Nets(b.except.iter().copied().collect()))]
+        };
+        return Peer {
+            sets,
+            not_sets,
+            named_port_pods: (Selector::all(), NamespaceScope::All),
+        };
+    }
+    let sel = p
+        .pod_selector
+        .as_ref()
+        .map_or_else(Selector::all, |s| s.to_selector());
+    let scope = match &p.namespace_selector {
+        Some(nss) => NamespaceScope::Selector(nss.to_selector().to_string()),
+        None => NamespaceScope::Namespace(ns.to_string()),
+    };
+    Peer {
+        sets: vec![reg.add(IpSetSpec::selector(&sel, scope.clone()))],
+        not_sets: Vec::new(),
+        named_port_pods: (sel, scope),
+    }
+}
+
+fn port_groups(ports: &[NetworkPolicyPort]) -> Vec<PortGroup> {
+    if ports.is_empty() {
+        return vec![PortGroup::Any];
+    }
+    // Per protocol: None = the whole protocol, Some(ranges) otherwise.
+    let mut numeric: BTreeMap<Protocol, Option<Vec<PortRange>>> = BTreeMap::new();
+    let mut named = Vec::new();
+    for p in ports {
+        match &p.port {
+            None => {
+                numeric.insert(p.protocol, None);
+            }
+            Some(IntOrString::Int(n)) => {
+                let first = u16::try_from(*n).unwrap_or(0);
+                let last = p
+                    .end_port
+                    .and_then(|e| u16::try_from(e).ok())
+                    .unwrap_or(first);
+                let entry = numeric
+                    .entry(p.protocol)
+                    .or_insert_with(|| Some(Vec::new()));
+                if let Some(ranges) = entry {
+                    ranges.push(PortRange { first, last });
+                }
+            }
+            Some(IntOrString::String(name)) => named.push(PortGroup::Named {
+                protocol: p.protocol,
+                name: name.clone(),
+            }),
+        }
+    }
+    let mut out: Vec<PortGroup> = numeric
+        .into_iter()
+        .map(|(protocol, ranges)| PortGroup::Numeric {
+            protocol,
+            ranges: ranges
+                .map(|mut r| {
+                    r.sort();
+                    r.dedup();
+                    r
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    out.extend(named);
+    out
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; the pieces of a rule"
+)]
+fn rules_for(
+    id: &RuleId,
+    peers: &[Peer],
+    groups: &[PortGroup],
+    direction: Direction,
+    policy_selector: &Selector,
+    ns: &str,
+    reg: &mut SetRegistry,
+    out: &mut Vec<Rule>,
+) {
+    for peer in peers {
+        for g in groups {
+            let mut m = RuleMatch::default();
+            match direction {
+                Direction::Ingress => {
+                    m.src_sets = peer.sets.clone();
+                    m.not_src_sets = peer.not_sets.clone();
+                }
+                Direction::Egress => {
+                    m.dst_sets = peer.sets.clone();
+                    m.not_dst_sets = peer.not_sets.clone();
+                }
+            }
+            match g {
+                PortGroup::Any => {}
+                PortGroup::Numeric { protocol, ranges } => {
+                    m.protocol = Some(IpProto::from(*protocol));
+                    m.dst_ports = ranges.clone();
+                }
+                PortGroup::Named { protocol, name } => {
+                    m.protocol = Some(IpProto::from(*protocol));
+                    let (selector, scope) = match direction {
+                        Direction::Ingress => (
+                            policy_selector.to_string(),
+                            NamespaceScope::Namespace(ns.to_string()),
+                        ),
+                        Direction::Egress => (
+                            peer.named_port_pods.0.to_string(),
+                            peer.named_port_pods.1.clone(),
+                        ),
+                    };
+                    m.dst_named_port_sets = vec![reg.add(IpSetSpec::NamedPort {
+                        selector,
+                        scope,
+                        name: name.clone(),
+                        protocol: *protocol,
+                    })];
+                }
+            }
+            out.push(Rule {
+                r#match: m,
+                action: Action::Allow,
+                id: id.clone(),
+            });
+        }
+    }
+}
+
+/// Compiles one Kubernetes NetworkPolicy (default tier, order 1000).
+pub fn compile(p: &K8sNetworkPolicy, reg: &mut SetRegistry) -> CompiledPolicy {
+    let ns = p.metadata.namespace_str().to_string();
+    let spec = &p.spec;
+    let id = PolicyId {
+        tier: serval_model::calico::DEFAULT_TIER.to_string(),
+        kind: PolicyKind::K8s,
+        namespace: Some(ns.clone()),
+        name: p.metadata.name.clone(),
+    };
+    let selector = spec.pod_selector.to_selector();
+    let everyone = || Peer {
+        sets: Vec::new(),
+        not_sets: Vec::new(),
+        named_port_pods: (Selector::all(), NamespaceScope::All),
+    };
+    let ingress = spec.applies_to_ingress().then(|| {
+        let mut rules = Vec::new();
+        for (i, r) in spec.ingress.iter().enumerate() {
+            let rid = RuleId {
+                policy: id.clone(),
+                direction: Direction::Ingress,
+                index: i as u32,
+            };
+            let peers: Vec<Peer> = if r.from.is_empty() {
+                vec![everyone()]
+            } else {
+                r.from.iter().map(|p| peer(p, &ns, reg)).collect()
+            };
+            let groups = port_groups(&r.ports);
+            rules_for(
+                &rid,
+                &peers,
+                &groups,
+                Direction::Ingress,
+                &selector,
+                &ns,
+                reg,
+                &mut rules,
+            );
+        }
+        rules
+    });
+    let egress = spec.applies_to_egress().then(|| {
+        let mut rules = Vec::new();
+        for (i, r) in spec.egress.iter().enumerate() {
+            let rid = RuleId {
+                policy: id.clone(),
+                direction: Direction::Egress,
+                index: i as u32,
+            };
+            let peers: Vec<Peer> = if r.to.is_empty() {
+                vec![everyone()]
+            } else {
+                r.to.iter().map(|p| peer(p, &ns, reg)).collect()
+            };
+            let groups = port_groups(&r.ports);
+            rules_for(
+                &rid,
+                &peers,
+                &groups,
+                Direction::Egress,
+                &selector,
+                &ns,
+                reg,
+                &mut rules,
+            );
+        }
+        rules
+    });
+    CompiledPolicy {
+        id,
+        order: K8S_POLICY_ORDER,
+        selects: Selects::Namespaced {
+            namespace: ns,
+            selector,
+        },
+        ingress,
+        egress,
+    }
+}

@@ -1,0 +1,89 @@
+//! [`DesiredState`]: everything a dataplane renders, computed from a [`Model`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::endpoints::{Endpoint, EndpointKey};
+use crate::ipsets::{IpSetId, IpSetMembers, MemberIndex};
+use crate::model::Model;
+use crate::natoutgoing::{NatOutgoing, nat_outgoing};
+use crate::policy::compile::{self, SetRegistry};
+use crate::policy::{EndpointPolicy, Failsafe, HostEndpointState};
+use crate::services::{ServiceState, services};
+
+/// The dataplane-neutral desired state of one node (or of the whole cluster).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// The node this state is for; `None` for the whole cluster.
+    pub node: Option<String>,
+    /// Workload endpoints with their policy: the node's local ones when a node is given,
+    /// every endpoint otherwise.
+    pub endpoints: BTreeMap<EndpointKey, (Endpoint, EndpointPolicy)>,
+    /// Every ip set a rule above (or a host endpoint's rule) refers to, with its members
+    /// drawn from the whole cluster.
+    pub ipsets: BTreeMap<IpSetId, IpSetMembers>,
+    pub services: ServiceState,
+    pub nat_outgoing: NatOutgoing,
+    /// Host endpoints of the node (all of them when no node is given), by name.
+    pub host_endpoints: BTreeMap<String, HostEndpointState>,
+    /// Failsafe ports (from the node's effective FelixConfiguration).
+    pub failsafe: Failsafe,
+}
+
+/// Addresses of `node` (every node when `None`) from Node resources.
+pub fn node_addrs(model: &Model, node: Option<&str>) -> Vec<IpAddr> {
+    let mut v: Vec<IpAddr> = model
+        .nodes
+        .iter()
+        .filter(|(name, _)| node.is_none_or(|n| n == name.as_str()))
+        .flat_map(|(_, n)| n.bgp_addrs())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Computes the desired state for `node` (or the whole cluster when `None`).
+pub fn desired_state(model: &Model, node: Option<&str>) -> DesiredState {
+    let all = model.endpoints();
+    let mut reg = SetRegistry::default();
+    let policies = compile::compile_policies(model, &mut reg);
+    let mut endpoints = BTreeMap::new();
+    for ep in all.iter().filter(|e| node.is_none_or(|n| e.node == n)) {
+        let pol = compile::endpoint_policy(model, &policies, ep);
+        endpoints.insert(ep.key(), (ep.clone(), pol));
+    }
+    let mut host_endpoints = BTreeMap::new();
+    for (name, hep) in &model.host_endpoints {
+        if node.is_some_and(|n| hep.spec.node != n) {
+            continue;
+        }
+        host_endpoints.insert(name.clone(), compile::host_endpoint_state(&policies, hep));
+    }
+    let used: BTreeSet<IpSetId> = endpoints
+        .values()
+        .map(|(_, p)| p)
+        .chain(host_endpoints.values().map(|h| &h.policy))
+        .flat_map(EndpointPolicy::sets)
+        .collect();
+    let index = MemberIndex::new(model, &all);
+    let ipsets = used
+        .into_iter()
+        .filter_map(|id| {
+            let spec = reg.spec(&id)?;
+            Some((id, index.members(spec)))
+        })
+        .collect();
+    let felix = model.felix(node);
+    DesiredState {
+        node: node.map(str::to_string),
+        endpoints,
+        ipsets,
+        services: services(model, node, &node_addrs(model, node)),
+        nat_outgoing: nat_outgoing(model),
+        host_endpoints,
+        failsafe: compile::failsafe(&felix),
+    }
+}
