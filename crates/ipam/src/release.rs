@@ -18,9 +18,9 @@ use crate::records::{
 /// What [`Ipam::release_node_affinities`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct AffinityRelease {
-    /// Empty blocks whose affinity (and block record) were deleted.
+    /// Empty blocks whose affinity (and block record) were deleted, in address order.
     pub released: Vec<IpNet>,
-    /// Blocks that still hold addresses and so keep their affinity.
+    /// Blocks that still hold addresses and so keep their affinity, in address order.
     pub kept: Vec<KeptBlock>,
 }
 
@@ -178,6 +178,8 @@ impl Ipam {
                 });
             }
         }
+        out.released.sort();
+        out.kept.sort_by_key(|k| k.block);
         if out.kept.is_empty() {
             let key = node_key(node);
             self.store

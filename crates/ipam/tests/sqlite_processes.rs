@@ -93,6 +93,7 @@ async fn parent() -> Result<()> {
     let added = run_children("add", &url).await?;
     let ipam = Ipam::new(file.open().await?);
     scenarios::check_concurrent_adds(&ipam, &added, ADDS, NODES).await?;
+    scenarios::check_consistency(&ipam).await?;
     let freed = run_children("del", &url).await?;
     for (i, held) in &added {
         let mut held = held.clone();
@@ -104,6 +105,7 @@ async fn parent() -> Result<()> {
         );
     }
     scenarios::check_all_free(&ipam).await?;
+    scenarios::check_consistency(&ipam).await?;
     println!(
         "ipam sqlite_processes: {ADDS} ADDs and DELs in {PROCS} processes across {NODES} nodes: ok"
     );

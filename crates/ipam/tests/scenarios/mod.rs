@@ -595,6 +595,67 @@ pub async fn check_concurrent_adds(
     Ok(())
 }
 
+/// The records agree with each other: every address a handle lists is allocated to it in its
+/// block, every allocation in a block belongs to a handle that lists it, and every block has
+/// exactly the affinity record of its node.
+pub async fn check_consistency(ipam: &Ipam) -> anyhow::Result<()> {
+    let blocks = ipam.blocks().await?;
+    let handles = ipam.handles().await?;
+    let by_cidr: BTreeMap<IpNet, &Block> = blocks.iter().map(|b| (b.cidr, b)).collect();
+    let mut listed = BTreeSet::new();
+    for h in &handles {
+        ensure!(!h.addresses.is_empty(), "handle {} holds nothing", h.handle);
+        for held in &h.addresses {
+            let b = by_cidr
+                .get(&held.block)
+                .with_context(|| format!("handle {}: block {} missing", h.handle, held.block))?;
+            let holder = b
+                .allocated_addrs()
+                .find(|(a, _)| *a == held.addr)
+                .map(|(_, al)| al.handle.as_str());
+            ensure!(
+                holder == Some(h.handle.as_str()),
+                "handle {} lists {} but its block says {holder:?}",
+                h.handle,
+                held.addr
+            );
+            ensure!(listed.insert(held.addr), "{} listed twice", held.addr);
+        }
+    }
+    for b in &blocks {
+        for (a, al) in b.allocated_addrs() {
+            ensure!(
+                listed.contains(&a),
+                "{a} allocated to {} in {} but no handle lists it",
+                al.handle,
+                b.cidr
+            );
+            // Strict affinity: an address goes only to a pod of the block's node.
+            ensure!(
+                b.affinity.as_deref() == Some(al.attrs.node.as_str()),
+                "{a} of node {} is in block {} of {:?}",
+                al.attrs.node,
+                b.cidr,
+                b.affinity
+            );
+        }
+    }
+    let by_node = ipam.blocks_by_node().await?;
+    let from_affinities: BTreeSet<(String, IpNet)> = by_node
+        .into_iter()
+        .flat_map(|(n, bs)| bs.into_iter().map(move |b| (n.clone(), b)))
+        .collect();
+    let from_blocks: BTreeSet<(String, IpNet)> = blocks
+        .iter()
+        .map(|b| (b.affinity.clone().unwrap_or_default(), b.cidr))
+        .collect();
+    ensure!(
+        from_affinities == from_blocks,
+        "affinity records {from_affinities:?} != blocks' affinities {from_blocks:?}"
+    );
+    Ok(())
+}
+
 /// After the releases: every block empty, no handle left.
 pub async fn check_all_free(ipam: &Ipam) -> anyhow::Result<()> {
     for b in ipam.blocks().await? {
@@ -628,6 +689,7 @@ pub async fn concurrent_adds_and_dels(open: Opener, n: usize, nodes: usize) -> a
     }
     let check = Ipam::new(open().await?);
     check_concurrent_adds(&check, &got, n, nodes).await?;
+    check_consistency(&check).await?;
     let rep = check
         .report(&[
             pool("cc4", CONCURRENT_V4, 26),
@@ -660,6 +722,7 @@ pub async fn concurrent_adds_and_dels(open: Opener, n: usize, nodes: usize) -> a
         ensure!(freed == want, "DEL c{i} freed {freed:?}, held {want:?}");
     }
     check_all_free(&check).await?;
+    check_consistency(&check).await?;
     Ok(())
 }
 
