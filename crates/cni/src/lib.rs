@@ -20,5 +20,5 @@ pub mod pools;
 pub mod runtime;
 pub mod spec;
 
-pub use naming::{host_iface_name, workload_endpoint_name};
+pub use naming::{host_iface_name, host_iface_name_for, workload_endpoint_name};
 pub use runtime::{Conflist, Runtime, RuntimeConf, RuntimeError};

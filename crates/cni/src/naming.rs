@@ -25,6 +25,16 @@ pub fn host_iface_name(namespace: &str, pod: &str) -> String {
     format!("{HOST_IFACE_PREFIX}{}", &hex[..13])
 }
 
+/// The host-side name for the pod interface `ifname`: [`host_iface_name`] for `eth0` (the
+/// pod's main interface), and a hash of `namespace/pod/ifname` for any further interface of
+/// the same pod (a second network), so the two never collide.
+pub fn host_iface_name_for(namespace: &str, pod: &str, ifname: &str) -> String {
+    if ifname == "eth0" {
+        return host_iface_name(namespace, pod);
+    }
+    host_iface_name(namespace, &format!("{pod}/{ifname}"))
+}
+
 /// The WorkloadEndpoint name for a pod's interface, Calico's `<node>-k8s-<pod>-<ifname>`.
 /// (Calico escapes '-' in the parts by doubling it; this keeps the parts as they are, which
 /// is unique enough within one namespace for names that follow DNS label rules.)
@@ -58,6 +68,13 @@ mod tests {
         assert_ne!(host_iface_name("a", "b/c"), host_iface_name("a/b", "c-"));
         let long = host_iface_name(&"n".repeat(63), &"p".repeat(253));
         assert_eq!(long.len(), 15);
+    }
+
+    #[test]
+    fn further_interfaces_get_their_own_names() {
+        assert_eq!(host_iface_name_for("default", "web", "eth0"), host_iface_name("default", "web"));
+        assert_ne!(host_iface_name_for("default", "web", "net1"), host_iface_name("default", "web"));
+        assert_eq!(host_iface_name_for("default", "web", "net1").len(), 15);
     }
 
     #[test]

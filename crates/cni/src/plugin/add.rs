@@ -6,7 +6,7 @@ use serval_sys::{NetNs, Netlink};
 use super::Ctx;
 use crate::endpoint::{self, EndpointInfo};
 use crate::error::{PluginError, Result};
-use crate::naming::{GATEWAY_V4, GATEWAY_V6, host_iface_name};
+use crate::naming::{GATEWAY_V4, GATEWAY_V6, host_iface_name_for};
 use crate::netsetup::{self, PodLink, host_net};
 use crate::pools;
 use crate::spec::{CniResult, Dns, Interface, IpConfig, Route};
@@ -60,7 +60,7 @@ impl Ctx {
             .map_err(ipam_err)?;
         tracing::info!(?addrs, handle = container, "assigned addresses");
 
-        let host_iface = host_iface_name(namespace, pod_name);
+        let host_iface = host_iface_name_for(namespace, pod_name, &self.env.ifname);
         let link = PodLink {
             host_iface: host_iface.clone(),
             ifname: self.env.ifname.clone(),

@@ -8,7 +8,7 @@ use serval_sys::{NetNs, Netlink};
 use super::Ctx;
 use crate::endpoint;
 use crate::error::{PluginError, Result};
-use crate::naming::host_iface_name;
+use crate::naming::host_iface_name_for;
 use crate::netsetup::{self, PodLink, host_net};
 
 impl Ctx {
@@ -53,7 +53,7 @@ impl Ctx {
             .iter()
             .find(|i| i.sandbox.is_none())
             .map(|i| i.name.clone())
-            .unwrap_or_else(|| host_iface_name(namespace, pod_name));
+            .unwrap_or_else(|| host_iface_name_for(namespace, pod_name, &self.env.ifname));
         let pod_mac = pod_if
             .and_then(|i| prev.interfaces.get(i))
             .map(|i| i.mac.clone())

@@ -6,7 +6,7 @@ use serval_sys::{NetNs, Netlink};
 use super::Ctx;
 use crate::endpoint;
 use crate::error::{PluginError, Result};
-use crate::naming::host_iface_name;
+use crate::naming::host_iface_name_for;
 use crate::netsetup;
 
 impl Ctx {
@@ -35,7 +35,7 @@ impl Ctx {
         if ours {
             let host_iface = match (&found, self.pod()) {
                 (Some((_, w)), _) => Some(w.spec.interface_name.clone()),
-                (None, Some((ns, pod))) => Some(host_iface_name(ns, pod)),
+                (None, Some((ns, pod))) => Some(host_iface_name_for(ns, pod, &self.env.ifname)),
                 (None, None) => None,
             };
             // The pod side first, in its namespace, when there still is one.
