@@ -1,0 +1,224 @@
+//! The ipset side: canonical member text, reading `ipset save` back, and writing
+//! `ipset restore` input.
+//!
+//! Sets are per family (`family inet` / `inet6`), named `serval-4-…` / `serval-6-…`. Only
+//! sets with the `serval-` prefix are read or written. Updates are member deltas (`add` /
+//! `del` with `-exist`), so a set referenced by live rules is never emptied in between; sets
+//! no longer wanted are destroyed only after the rules referencing them are gone.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
+
+use ipnet::IpNet;
+
+use crate::rules::{Family, IpSet, SetType, is_our_set};
+
+/// A `hash:net` member as `ipset save` prints it: a host route without its prefix length,
+/// anything else as `addr/len` (network address). A zero-length prefix is not allowed in
+/// hash:net; callers split it with [`split_zero_prefix`].
+pub fn net_member(net: &IpNet) -> String {
+    let net = net.trunc();
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+/// `0.0.0.0/0` → `0.0.0.0/1` + `128.0.0.0/1` (and the IPv6 equivalent): hash:net refuses a
+/// zero prefix. Other nets are returned unchanged.
+pub fn split_zero_prefix(net: &IpNet) -> Vec<IpNet> {
+    if net.prefix_len() != 0 {
+        return vec![*net];
+    }
+    match net {
+        IpNet::V4(_) => vec![
+            "0.0.0.0/1".parse().unwrap_or(*net),
+            "128.0.0.0/1".parse().unwrap_or(*net),
+        ],
+        IpNet::V6(_) => vec![
+            "::/1".parse().unwrap_or(*net),
+            "8000::/1".parse().unwrap_or(*net),
+        ],
+    }
+}
+
+/// A `hash:ip,port` member as `ipset save` prints it: `IP,PROTO:PORT` with `proto` in
+/// lower case (`tcp`, `udp`, `sctp`).
+pub fn ip_port_member(ip: &IpAddr, proto: &str, port: u16) -> String {
+    format!("{ip},{}:{port}", proto.to_ascii_lowercase())
+}
+
+/// Parses `ipset save` output into our sets of one family.
+pub fn parse_save(text: &str, family: Family) -> BTreeMap<String, IpSet> {
+    let mut sets: BTreeMap<String, IpSet> = BTreeMap::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["create", name, set_type, rest @ ..] if is_our_set(name) => {
+                let set_family = rest
+                    .windows(2)
+                    .find(|w| w[0] == "family")
+                    .map_or("inet", |w| w[1]);
+                if set_family == family.ipset_family() {
+                    sets.insert(
+                        (*name).to_owned(),
+                        IpSet {
+                            set_type: SetType::from_name(set_type),
+                            members: Default::default(),
+                        },
+                    );
+                }
+            }
+            ["add", name, member, ..] => {
+                if let Some(set) = sets.get_mut(*name) {
+                    set.members.insert((*member).to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    sets
+}
+
+/// What a set update does, for logs and stats.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetChange {
+    /// Sets created.
+    pub created: Vec<String>,
+    /// Sets whose members changed.
+    pub updated: Vec<String>,
+    /// Members added plus members deleted.
+    pub members_changed: usize,
+    /// Sets to destroy once no rule references them.
+    pub destroy: Vec<String>,
+}
+
+/// The `ipset restore` input that creates and fills the desired sets (run before the
+/// iptables update, so new rules find their sets), plus the names of the sets to destroy
+/// afterwards. A set whose type differs from the desired one is destroyed and re-created
+/// (possible only after outside tampering: names are derived from the type).
+pub fn sets_update(
+    family: Family,
+    desired: &BTreeMap<String, IpSet>,
+    current: &BTreeMap<String, IpSet>,
+) -> (String, SetChange) {
+    let mut out = String::new();
+    let mut change = SetChange::default();
+    for (name, set) in desired {
+        let Some(set_type) = set.set_type else {
+            continue;
+        };
+        let existing = current.get(name);
+        match existing {
+            Some(cur) if cur.set_type == set.set_type => {
+                let adds: Vec<_> = set.members.difference(&cur.members).collect();
+                let dels: Vec<_> = cur.members.difference(&set.members).collect();
+                if adds.is_empty() && dels.is_empty() {
+                    continue;
+                }
+                change.updated.push(name.clone());
+                change.members_changed += adds.len() + dels.len();
+                for member in adds {
+                    let _ = writeln!(out, "add {name} {member} -exist");
+                }
+                for member in dels {
+                    let _ = writeln!(out, "del {name} {member} -exist");
+                }
+            }
+            _ => {
+                if existing.is_some() {
+                    let _ = writeln!(out, "destroy {name}");
+                }
+                change.created.push(name.clone());
+                change.members_changed += set.members.len();
+                let _ = writeln!(
+                    out,
+                    "create {name} {} family {} -exist",
+                    set_type.name(),
+                    family.ipset_family()
+                );
+                for member in &set.members {
+                    let _ = writeln!(out, "add {name} {member} -exist");
+                }
+            }
+        }
+    }
+    change.destroy = current
+        .keys()
+        .filter(|name| !desired.contains_key(*name))
+        .cloned()
+        .collect();
+    (out, change)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_canonical() {
+        assert_eq!(net_member(&"10.0.0.1/32".parse().unwrap()), "10.0.0.1");
+        assert_eq!(net_member(&"10.0.0.7/24".parse().unwrap()), "10.0.0.0/24");
+        assert_eq!(net_member(&"fd00:0::1/128".parse().unwrap()), "fd00::1");
+        assert_eq!(net_member(&"fd00::/64".parse().unwrap()), "fd00::/64");
+        assert_eq!(
+            ip_port_member(&"10.0.0.1".parse().unwrap(), "TCP", 80),
+            "10.0.0.1,tcp:80"
+        );
+        assert_eq!(split_zero_prefix(&"0.0.0.0/0".parse().unwrap()).len(), 2);
+        assert_eq!(
+            split_zero_prefix(&"::/0".parse().unwrap())[1].to_string(),
+            "8000::/1"
+        );
+        assert_eq!(split_zero_prefix(&"10.0.0.0/8".parse().unwrap()).len(), 1);
+    }
+
+    #[test]
+    fn save_is_read_per_family_for_our_sets() {
+        let text = "create serval-4-a hash:net family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x9e8a9bda\n\
+                    add serval-4-a 10.0.0.1\n\
+                    add serval-4-a 10.1.0.0/16\n\
+                    create serval-6-a hash:net family inet6 hashsize 1024\n\
+                    add serval-6-a fd00::1\n\
+                    create other hash:net family inet\n\
+                    add other 1.2.3.4\n\
+                    create serval-4-np hash:ip,port family inet hashsize 1024\n\
+                    add serval-4-np 10.0.0.1,tcp:80\n";
+        let v4 = parse_save(text, Family::V4);
+        assert_eq!(v4.keys().collect::<Vec<_>>(), ["serval-4-a", "serval-4-np"]);
+        assert_eq!(v4["serval-4-a"].members.len(), 2);
+        assert_eq!(v4["serval-4-np"].set_type, Some(SetType::HashIpPort));
+        let v6 = parse_save(text, Family::V6);
+        assert_eq!(v6.keys().collect::<Vec<_>>(), ["serval-6-a"]);
+    }
+
+    #[test]
+    fn update_is_a_member_delta() {
+        let mut a = IpSet::new(SetType::HashNet);
+        a.members
+            .extend(["10.0.0.1".to_owned(), "10.0.0.2".to_owned()]);
+        let mut current = BTreeMap::new();
+        current.insert("serval-4-a".to_owned(), a.clone());
+        current.insert("serval-4-old".to_owned(), IpSet::new(SetType::HashNet));
+        let mut desired = BTreeMap::new();
+        let mut a2 = a.clone();
+        a2.members.remove("10.0.0.1");
+        a2.members.insert("10.0.0.3".to_owned());
+        desired.insert("serval-4-a".to_owned(), a2);
+        desired.insert("serval-4-new".to_owned(), IpSet::new(SetType::HashIpPort));
+        let (text, change) = sets_update(Family::V4, &desired, &current);
+        assert_eq!(
+            text,
+            "add serval-4-a 10.0.0.3 -exist\n\
+             del serval-4-a 10.0.0.1 -exist\n\
+             create serval-4-new hash:ip,port family inet -exist\n"
+        );
+        assert_eq!(change.created, ["serval-4-new"]);
+        assert_eq!(change.updated, ["serval-4-a"]);
+        assert_eq!(change.destroy, ["serval-4-old"]);
+        assert_eq!(change.members_changed, 2);
+
+        let (text, change) = sets_update(Family::V4, &current, &current);
+        assert!(text.is_empty() && change.destroy.is_empty());
+    }
+}
