@@ -14,6 +14,7 @@
 
 pub mod delta;
 pub mod endpoints;
+pub mod evaluator;
 pub mod ipsets;
 pub mod model;
 pub mod natoutgoing;
@@ -23,6 +24,7 @@ pub mod state;
 
 pub use delta::{Delta, EndpointChange, diff};
 pub use endpoints::{Endpoint, EndpointKey};
+pub use evaluator::{Evaluator, Packet, Verdict, evaluate, expected_matrix};
 pub use ipsets::{IpSetId, IpSetMembers};
 pub use model::Model;
 pub use state::{DesiredState, desired_state};
