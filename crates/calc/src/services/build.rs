@@ -1,0 +1,215 @@
+//! Frontends of one service: addresses × ports, with the service's policies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serval_model::k8s::{Service, ServiceSpec, ServiceType, TrafficPolicy};
+use serval_model::net::IpFamily;
+
+use super::{Backend, Frontend, FrontendKey, FrontendKind, backends};
+use crate::endpoints::Endpoint;
+use crate::model::Model;
+
+/// What computing frontends needs besides the service itself: the endpoints indexed by
+/// namespace and address, and the node addresses with their owners.
+pub(super) struct Context<'a> {
+    pub(super) model: &'a Model,
+    endpoints: Vec<Endpoint>,
+    by_ns: BTreeMap<String, Vec<usize>>,
+    by_ip: BTreeMap<IpAddr, usize>,
+    node_addrs: BTreeMap<IpAddr, Option<String>>,
+}
+
+impl<'a> Context<'a> {
+    pub(super) fn new(model: &'a Model, this_node: Option<&str>, node_addrs: &[IpAddr]) -> Self {
+        let endpoints = model.endpoints();
+        let mut by_ns: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        let mut by_ip = BTreeMap::new();
+        for (i, ep) in endpoints.iter().enumerate() {
+            by_ns.entry(ep.namespace.clone()).or_default().push(i);
+            for a in &ep.addrs {
+                by_ip.entry(*a).or_insert(i);
+            }
+        }
+        Context {
+            model,
+            endpoints,
+            by_ns,
+            by_ip,
+            node_addrs: node_addresses(model, this_node, node_addrs),
+        }
+    }
+
+    /// The endpoints in `namespace`, sorted by pod name.
+    pub(super) fn endpoints_in<'s>(
+        &'s self,
+        namespace: &str,
+    ) -> impl Iterator<Item = &'s Endpoint> + 's {
+        self.by_ns
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .map(|&i| &self.endpoints[i])
+    }
+
+    /// The endpoint that owns `ip`.
+    pub(super) fn endpoint_by_ip(&self, ip: IpAddr) -> Option<&Endpoint> {
+        self.by_ip.get(&ip).map(|&i| &self.endpoints[i])
+    }
+
+    /// Every frontend of `svc` (`namespace/name`), sorted by key.
+    pub(super) fn frontends(
+        &self,
+        namespace: &str,
+        name: &str,
+        svc: &Service,
+    ) -> BTreeMap<FrontendKey, Frontend> {
+        let spec = &svc.spec;
+        let mut out = BTreeMap::new();
+        if spec.is_headless() {
+            return out;
+        }
+        let families = service_families(spec);
+        let in_family = |ip: &IpAddr| families.contains(&IpFamily::of_addr(ip));
+        let service = (namespace.to_string(), name.to_string());
+        let affinity_timeout = spec.affinity_timeout_seconds();
+        let internal_local = spec.internal_traffic_policy == Some(TrafficPolicy::Local);
+        let external_local = spec.external_traffic_policy == Some(TrafficPolicy::Local);
+
+        let cluster_ips: Vec<IpAddr> = spec.cluster_addrs().into_iter().filter(in_family).collect();
+        let node_ips: Vec<(IpAddr, Option<String>)> = if spec.has_node_ports() {
+            self.node_addrs
+                .iter()
+                .filter(|(ip, _)| in_family(ip))
+                .map(|(ip, n)| (*ip, n.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let external_ips: Vec<IpAddr> = spec
+            .external_ips
+            .iter()
+            .copied()
+            .filter(in_family)
+            .collect();
+        let lb_ips: Vec<IpAddr> = if spec.type_ == ServiceType::LoadBalancer {
+            svc.status
+                .iter()
+                .filter_map(|s| s.load_balancer.as_ref())
+                .flat_map(|lb| &lb.ingress)
+                .filter_map(|i| i.ip)
+                .filter(in_family)
+                .collect()
+        } else {
+            Vec::new()
+        };
+
+        for port in &spec.ports {
+            let mut by_family: BTreeMap<IpFamily, Vec<Backend>> = BTreeMap::new();
+            let mut backends_for = |ip: &IpAddr| {
+                let fam = IpFamily::of_addr(ip);
+                by_family
+                    .entry(fam)
+                    .or_insert_with(|| backends::backends(self, namespace, name, svc, port, fam))
+                    .clone()
+            };
+            let mut add = |ip: IpAddr, p: u16, kind: FrontendKind, node: Option<String>| {
+                let key = FrontendKey {
+                    ip,
+                    port: p,
+                    protocol: port.protocol,
+                };
+                let external = kind.is_external();
+                let f = Frontend {
+                    service: service.clone(),
+                    port_name: port.name.clone(),
+                    kind,
+                    backends: backends_for(&ip),
+                    affinity_timeout,
+                    external_local: external && external_local,
+                    internal_local,
+                    masquerade: external && !external_local,
+                    node,
+                };
+                // Two frontends of one service on one key (an externalIP equal to a node
+                // address, say): the first kind in this order wins.
+                out.entry(key).or_insert(f);
+            };
+            for ip in &cluster_ips {
+                add(*ip, port.port.get(), FrontendKind::ClusterIP, None);
+            }
+            if let Some(np) = port.node_port {
+                for (ip, node) in &node_ips {
+                    add(*ip, np.get(), FrontendKind::NodePort, node.clone());
+                }
+            }
+            for ip in &external_ips {
+                add(*ip, port.port.get(), FrontendKind::ExternalIP, None);
+            }
+            for ip in &lb_ips {
+                add(*ip, port.port.get(), FrontendKind::LoadBalancer, None);
+            }
+        }
+        out
+    }
+}
+
+/// The IP families a service is served in: `ipFamilies`, else the families of its cluster IPs,
+/// else both (a service whose cluster IP is not allocated yet).
+fn service_families(spec: &ServiceSpec) -> BTreeSet<IpFamily> {
+    let mut f: BTreeSet<IpFamily> = spec.ip_families.iter().map(|f| f.family()).collect();
+    if f.is_empty() {
+        f = spec.cluster_addrs().iter().map(IpFamily::of_addr).collect();
+    }
+    if f.is_empty() {
+        f = [IpFamily::V4, IpFamily::V6].into();
+    }
+    f
+}
+
+/// Every node address that gets NodePort frontends, with the node owning it: each Node's
+/// `spec.bgp` IPv4/IPv6 address (without prefix), plus `node_addrs` owned by `this_node`.
+/// A Node resource's claim on an address wins over `node_addrs`.
+pub fn node_addresses(
+    model: &Model,
+    this_node: Option<&str>,
+    node_addrs: &[IpAddr],
+) -> BTreeMap<IpAddr, Option<String>> {
+    let mut out = BTreeMap::new();
+    for (name, node) in &model.nodes {
+        for a in node.bgp_addrs() {
+            out.entry(a).or_insert_with(|| Some(name.clone()));
+        }
+    }
+    for a in node_addrs {
+        out.entry(*a)
+            .or_insert_with(|| this_node.map(str::to_string));
+    }
+    out
+}
+
+/// The services in `namespace` whose (non-empty) selector matches `labels`, sorted. After a
+/// pod changes, the services to recompute are those selecting its old labels and those
+/// selecting its new ones.
+pub fn services_selecting(
+    model: &Model,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    model
+        .services
+        .iter()
+        .filter(|((ns, _), svc)| {
+            ns == namespace && !svc.spec.selector.is_empty() && selects(&svc.spec.selector, labels)
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// A Service selector: every key present with an equal value.
+pub(super) fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
