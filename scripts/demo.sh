@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# The first demo: installs what is missing, builds Serval, applies the example resources to a
-# fresh datastore and lists them.
+# The first demo: installs what is missing, builds Serval, brings up the default lab (a
+# two-node cluster on this host, with a few example pods) and prints its connectivity matrix.
+# Run as root. Re-running replaces the lab.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/install-deps.sh
-cargo build --release --locked --bin serval
-serval=./target/release/serval
+cargo build --release --locked --bins
+serval="$PWD/target/release/serval"
 
-dir=$(mktemp -d /tmp/serval-demo.XXXXXX)
-export SERVAL_DATASTORE="sqlite://$dir/serval.db"
-echo "== datastore: $SERVAL_DATASTORE"
-$serval apply -f examples/
-for kind in namespaces ippools pods services netpol tiers gnp networkpolicies felixconfigurations; do
-  echo
-  echo "== serval get $kind -A -o wide"
-  $serval get "$kind" -A -o wide
-done
+"$serval" lab down --name serval >/dev/null 2>&1 || true
+"$serval" lab up --name serval --demo
 echo
-echo "Try: SERVAL_DATASTORE=$SERVAL_DATASTORE $serval get ippool default-ipv4-ippool -o yaml"
+"$serval" --lab serval get pods -A -o wide
+echo
+echo "== serval lab matrix --name serval (port 80/TCP; '.' reached, 'X' not)"
+"$serval" lab matrix --name serval
+echo
+echo "The lab stays up. Next: $serval --lab serval apply -f examples/ ;" \
+  "$serval lab down --name serval"
