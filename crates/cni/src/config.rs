@@ -14,7 +14,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::spec::{Attachment, CniResult, VALID_ATTACHMENTS_KEY, Version, code};
+use crate::spec::{Attachment, CniResult, Dns, VALID_ATTACHMENTS_KEY, Version, code};
 
 /// A configuration the plugin cannot use; carries the CNI error code it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +122,8 @@ pub struct NetConf {
     pub prev_result: Option<CniResult>,
     /// GC: attachments still in use.
     pub valid_attachments: Vec<Attachment>,
+    /// DNS settings to hand back in the result (the network configuration's `dns`).
+    pub dns: Dns,
     /// The whole configuration as received.
     pub raw: Value,
 }
@@ -193,6 +195,13 @@ impl NetConf {
                 reason: e.to_string(),
             })?,
         };
+        let dns = match raw.get("dns") {
+            None | Some(Value::Null) => Dns::default(),
+            Some(v) => serde_json::from_value(v.clone()).map_err(|e| ConfigError::Invalid {
+                path: "dns".into(),
+                reason: e.to_string(),
+            })?,
+        };
         let log_level = fields
             .log_level
             .filter(|l| !l.is_empty())
@@ -210,6 +219,7 @@ impl NetConf {
             ipam,
             prev_result,
             valid_attachments,
+            dns,
             raw,
         })
     }

@@ -72,8 +72,14 @@ mod tests {
 
     #[test]
     fn further_interfaces_get_their_own_names() {
-        assert_eq!(host_iface_name_for("default", "web", "eth0"), host_iface_name("default", "web"));
-        assert_ne!(host_iface_name_for("default", "web", "net1"), host_iface_name("default", "web"));
+        assert_eq!(
+            host_iface_name_for("default", "web", "eth0"),
+            host_iface_name("default", "web")
+        );
+        assert_ne!(
+            host_iface_name_for("default", "web", "net1"),
+            host_iface_name("default", "web")
+        );
         assert_eq!(host_iface_name_for("default", "web", "net1").len(), 15);
     }
 

@@ -156,12 +156,6 @@ pub struct Dns {
     pub options: Vec<String>,
 }
 
-impl Dns {
-    fn is_empty(&self) -> bool {
-        self == &Dns::default()
-    }
-}
-
 /// An ADD result (also the `prevResult` of later plugins, CHECK and DEL). Reads every
 /// supported version's format (the 0.3.x/0.4.0 `version` field of an IP is ignored).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,7 +168,8 @@ pub struct CniResult {
     pub ips: Vec<IpConfig>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
-    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    /// Always written (`{}` when empty), as the reference plugins do.
+    #[serde(default)]
     pub dns: Dns,
 }
 

@@ -21,7 +21,9 @@ async fn add_check_del(test: &str, v4: bool, v6: bool) {
     .await;
     world.pod("web", &[("app", "web")]).await;
     let pod_ns = NetNsGuard::new("svcni-pod").expect("pod netns");
-    let conf = world.conf("1.0.0", v4, v6);
+    let mut conf = world.conf("1.0.0", v4, v6);
+    conf["dns"] =
+        serde_json::json!({"nameservers": ["10.96.0.10"], "search": ["default.svc.cluster.local"]});
     let container = "c-web-1";
 
     // ADD
@@ -63,6 +65,10 @@ async fn add_check_del(test: &str, v4: bool, v6: bool) {
         assert!(pool.contains(&ip.addr()), "{ip} not from {pool}");
     }
     assert_eq!(result["routes"].as_array().unwrap().len(), ips.len());
+    assert_eq!(
+        result["dns"]["nameservers"][0], "10.96.0.10",
+        "the config's dns comes back"
+    );
 
     // Logs went to the configured file (stdout carried only the result, parsed above).
     let log = world.log();

@@ -9,7 +9,7 @@ use crate::error::{PluginError, Result};
 use crate::naming::{GATEWAY_V4, GATEWAY_V6, host_iface_name_for};
 use crate::netsetup::{self, PodLink, host_net};
 use crate::pools;
-use crate::spec::{CniResult, Dns, Interface, IpConfig, Route};
+use crate::spec::{CniResult, Interface, IpConfig, Route};
 
 impl Ctx {
     pub(super) async fn add(&self) -> Result<serde_json::Value> {
@@ -128,7 +128,7 @@ impl Ctx {
             ],
             ips: Vec::new(),
             routes: Vec::new(),
-            dns: Dns::default(),
+            dns: self.conf.dns.clone(),
         };
         for addr in &addrs {
             let gw = if addr.is_ipv4() {
