@@ -91,7 +91,8 @@ impl Ipam {
     ///
     /// All or nothing: when the IPv6 assignment fails after the IPv4 one succeeded, the IPv4
     /// address is released again. Idempotent per handle: when the handle already holds an
-    /// address of a family, that address is returned and nothing new is allocated.
+    /// address of a family, that address is returned and nothing new is allocated (also when
+    /// the retry names another node: handles are container IDs, unique per container).
     /// Addresses come back IPv4 first.
     pub async fn auto_assign(&self, req: AssignRequest) -> Result<Vec<IpAddr>> {
         check_name("handle", &req.handle)?;

@@ -58,6 +58,38 @@
 //! skip any overlapping old one), but two nodes claiming overlapping blocks of different sizes
 //! at the same moment are not prevented (their keys differ).
 
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use serval_ipam::{AllocationAttrs, AssignRequest, Ipam, PoolSpec};
+//!
+//! let ipam = Ipam::new(serval_store::open("sqlite:///var/lib/serval/store.db").await?);
+//! let v4 = PoolSpec::new("default-ipv4", "10.244.0.0/16".parse()?, 26);
+//! let addrs = ipam
+//!     .auto_assign(AssignRequest {
+//!         handle: "0123abcd".into(), // the container ID
+//!         node: "node-1".into(),
+//!         attrs: AllocationAttrs {
+//!             namespace: Some("default".into()),
+//!             pod: Some("web-0".into()),
+//!             node: "node-1".into(),
+//!             container_id: Some("0123abcd".into()),
+//!         },
+//!         v4_pools: vec![v4.clone()],
+//!         v6_pools: vec![],
+//!         want_v4: true,
+//!         want_v6: false,
+//!     })
+//!     .await?;
+//! println!("{addrs:?}"); // [10.244.0.0]
+//! let report = ipam.report(&[v4]).await?; // for `serval ipam show`
+//! println!("{}", serde_json::to_string_pretty(&report)?);
+//! ipam.release_by_handle("0123abcd").await?; // CNI DEL
+//! # Ok(())
+//! # }
+//! ```
+
 mod allocator;
 mod error;
 mod pool;
