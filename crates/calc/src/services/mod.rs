@@ -37,13 +37,14 @@
 //!   protocol), the first by (namespace, name) keeps it and the other is logged.
 //! * **Incrementality.** [`frontends_of`] computes one service's frontends alone;
 //!   [`ServiceState::replace_service`] swaps them in and [`ServiceState::diff`] yields the
-//!   changed and removed keys. [`services_selecting`] tells which services a pod's labels
-//!   feed.
+//!   changed and removed keys. [`affected_services`] tells which services a change to one
+//!   resource can affect ([`services_selecting`]: which services a pod's labels feed).
 //!
 //! Not covered: hostNetwork pods as backends (they have no endpoint record), EndpointSlice
 //! `serving`/`terminating` (only `ready` is read), LoadBalancer ingress hostnames,
 //! `loadBalancerSourceRanges`, topology-aware hints.
 
+mod affected;
 mod backends;
 mod build;
 mod resolve;
@@ -58,6 +59,7 @@ use serval_model::types::Protocol;
 
 use crate::model::Model;
 
+pub use affected::affected_services;
 pub use build::{node_addresses, services_selecting};
 pub use resolve::{hairpin_snat, resolve};
 

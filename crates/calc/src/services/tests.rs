@@ -7,7 +7,7 @@ use serval_model::k8s::{
     Container, ContainerPort, Pod, PodCondition, PodIp, PodPhase, PodSpec, PodStatus,
 };
 use serval_model::types::{Port, Protocol};
-use serval_model::{ObjectMeta, Resource, parse_documents};
+use serval_model::{Kind, ObjectMeta, Resource, ResourceKey, parse_documents};
 
 use super::*;
 
@@ -1091,4 +1091,172 @@ fn workload_endpoint_readiness_and_current_labels() {
             .backends
             .is_empty()
     );
+}
+
+/// The stored version of `key` in `m`, for the kinds the sequence test changes.
+fn current(m: &Model, key: &ResourceKey) -> Option<Resource> {
+    let nn = (key.namespace.clone().unwrap_or_default(), key.name.clone());
+    match key.kind {
+        Kind::Pod => m.pods.get(&nn).cloned().map(Resource::Pod),
+        Kind::WorkloadEndpoint => m
+            .workload_endpoints
+            .get(&nn)
+            .cloned()
+            .map(Resource::WorkloadEndpoint),
+        Kind::Service => m.services.get(&nn).cloned().map(Resource::Service),
+        Kind::EndpointSlice => m
+            .endpoint_slices
+            .get(&nn)
+            .cloned()
+            .map(Resource::EndpointSlice),
+        Kind::Node => m.nodes.get(&key.name).cloned().map(Resource::Node),
+        Kind::Namespace => m
+            .namespaces
+            .get(&key.name)
+            .cloned()
+            .map(Resource::Namespace),
+        other => panic!("test helper does not handle {other}"),
+    }
+}
+
+const SLICED: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: manual, namespace: x}
+spec:
+  clusterIP: 10.96.0.80
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: manual-v4, namespace: x, labels: {kubernetes.io/service-name: manual}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.244.2.1]
+"#;
+
+#[test]
+fn incremental_updates_match_a_full_recompute() {
+    enum Step {
+        Apply(Box<Resource>),
+        Remove(ResourceKey),
+    }
+    let k = |kind, ns: Option<&str>, name: &str| ResourceKey::new(kind, ns, name);
+    let svc_web_9090 = WEB.replace("targetPort: 8080", "targetPort: 9090");
+    let steps: Vec<(&str, Step, Vec<&str>)> = vec![
+        (
+            "relabel pod a out of web",
+            Step::Apply(Box::new(pod(P {
+                name: "a",
+                node: "n1",
+                ips: &["10.244.1.1", "fd00::1:1"],
+                labels: &[("app", "api")],
+                ..Default::default()
+            }))),
+            vec!["web"],
+        ),
+        (
+            // b backs web by selector and manual through its slice (by address).
+            "remove pod b",
+            Step::Remove(k(Kind::Pod, Some("x"), "b")),
+            vec!["manual", "web"],
+        ),
+        (
+            "a local pod on n3",
+            Step::Apply(Box::new(pod(P {
+                name: "z",
+                node: "n3",
+                ips: &["10.244.3.30"],
+                labels: &[("app", "local")],
+                ..Default::default()
+            }))),
+            vec!["local"],
+        ),
+        (
+            "change web's targetPort",
+            Step::Apply(Box::new(yaml(&svc_web_9090).remove(0))),
+            vec!["web"],
+        ),
+        (
+            "delete manual's slice",
+            Step::Remove(k(Kind::EndpointSlice, Some("x"), "manual-v4")),
+            vec!["manual"],
+        ),
+        (
+            "a fourth node",
+            Step::Apply(Box::new(
+                yaml(
+                    r#"
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n4}
+spec: {bgp: {ipv4Address: 192.168.0.4/24}}
+"#,
+                )
+                .remove(0),
+            )),
+            vec!["local"],
+        ),
+        (
+            "a pod-less ready endpoint joins web",
+            Step::Apply(Box::new(serde_yaml_ng::from_str(WEP_READY).unwrap())),
+            vec!["web"],
+        ),
+        (
+            "delete service local",
+            Step::Remove(k(Kind::Service, Some("x"), "local")),
+            vec!["local"],
+        ),
+        (
+            "a namespace label changes nothing",
+            Step::Apply(Box::new(
+                yaml("apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {a: b}}")
+                    .remove(0),
+            )),
+            vec![],
+        ),
+    ];
+
+    let mut m = model([
+        yaml(NODES),
+        yaml(WEB),
+        yaml(LOCAL),
+        yaml(SLICED),
+        web_pods(),
+        local_pods(),
+    ]);
+    let mut st = services(&m, None, &[]);
+    assert_eq!(st.frontends_of_service("x", "manual").count(), 1);
+    for (what, step, want) in steps {
+        let (old, new) = match step {
+            Step::Apply(r) => {
+                let old = current(&m, &r.key());
+                m.apply((*r).clone());
+                (old, Some(*r))
+            }
+            Step::Remove(key) => {
+                let old = current(&m, &key);
+                assert!(old.is_some(), "{what}: nothing to remove");
+                m.remove(&key);
+                (old, None)
+            }
+        };
+        let affected = affected_services(&m, old.as_ref(), new.as_ref());
+        let names: Vec<&str> = affected.iter().map(|(_, n)| n.as_str()).collect();
+        assert_eq!(names, want, "{what}");
+        let full = services(&m, None, &[]);
+        let expected = st.diff(&full);
+        let mut delta = FrontendDelta::default();
+        for (ns, name) in &affected {
+            let d = st.replace_service(ns, name, frontends_of(&m, ns, name, None, &[]));
+            delta.changed.extend(d.changed);
+            delta.removed.extend(d.removed);
+        }
+        assert_eq!(st, full, "{what}");
+        assert_eq!(delta, expected, "{what}");
+        if !want.is_empty() {
+            assert!(!delta.is_empty(), "{what}: expected a change");
+        }
+    }
 }
