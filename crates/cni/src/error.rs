@@ -19,6 +19,11 @@ pub enum PluginError {
         #[source]
         source: std::io::Error,
     },
+    #[error("starting the async runtime: {source}")]
+    AsyncRuntime {
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "CNI_ARGS must carry K8S_POD_NAMESPACE and K8S_POD_NAME for {command}; the runtime passed {args:?}"
     )]
@@ -109,7 +114,7 @@ impl PluginError {
         match self {
             PluginError::Env(_) | PluginError::NoPod { .. } => code::INVALID_ENV,
             PluginError::Config(e) => e.code(),
-            PluginError::Stdin { .. } => code::IO_FAILURE,
+            PluginError::Stdin { .. } | PluginError::AsyncRuntime { .. } => code::IO_FAILURE,
             PluginError::Open { .. } | PluginError::Datastore { .. } => code::DATASTORE,
             PluginError::UnknownPool { .. }
             | PluginError::PoolFamily { .. }

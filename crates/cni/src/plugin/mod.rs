@@ -70,7 +70,7 @@ pub fn run(vars: &BTreeMap<String, String>, stdin: &[u8]) -> Outcome {
         .build()
     {
         Ok(rt) => rt,
-        Err(source) => return fail(PluginError::Stdin { source }, &conf.cni_version),
+        Err(source) => return fail(PluginError::AsyncRuntime { source }, &conf.cni_version),
     };
     let cni_version = conf.cni_version.clone();
     let ctx = Ctx { env, conf, node };
