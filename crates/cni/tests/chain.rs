@@ -313,3 +313,18 @@ async fn hanging_plugin_times_out() {
         "{err}"
     );
 }
+
+/// VERSION through the runtime, for serval-cni and (when installed) a reference plugin.
+#[tokio::test]
+async fn runtime_asks_plugin_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    symlink(BIN, dir.path().join("serval")).unwrap();
+    let rt = Runtime::new(vec![dir.path().to_path_buf(), "/usr/lib/cni".into()]);
+    let v = rt.version("serval", "1.1.0").await.unwrap();
+    assert_eq!(v.cni_version, "1.1.0");
+    assert!(v.supported_versions.contains(&"1.0.0".to_string()));
+    if std::path::Path::new(PORTMAP).exists() {
+        let v = rt.version("portmap", "1.0.0").await.unwrap();
+        assert!(v.supported_versions.contains(&"1.0.0".to_string()));
+    }
+}
