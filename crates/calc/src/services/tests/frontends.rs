@@ -341,7 +341,7 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {name: manual-v6, namespace: x, labels: {kubernetes.io/service-name: manual}}
 addressType: IPv6
-ports: [{name: http, port: 8081}]
+ports: [{name: http, port: 8081}, {name: dns, port: 5353, protocol: TCP}]
 endpoints:
 - addresses: ["fd00::2:1"]
 ---
@@ -384,7 +384,7 @@ endpoints:
     assert_eq!(dns4.backends[0].port, 5353);
     let http6 = &st.frontends[&tcp("fd00:96::80", 80)];
     assert_eq!(backend_ips(http6), ["fd00::2:1:8081@n2"]);
-    // The IPv6 slice has no dns port.
+    // The IPv6 slice has no UDP dns port (a TCP port of that name does not count).
     let dns6 = &st.frontends[&key("fd00:96::80", 53, Protocol::Udp)];
     assert!(dns6.backends.is_empty());
     assert_eq!(
