@@ -19,6 +19,7 @@ pub mod ipsets;
 pub mod model;
 pub mod natoutgoing;
 pub mod policy;
+pub mod scenarios;
 pub mod services;
 pub mod state;
 
