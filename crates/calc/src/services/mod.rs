@@ -198,8 +198,10 @@ impl ServiceState {
     }
 
     /// Replaces one service's frontends with `new` (from [`frontends_of`]; empty removes the
-    /// service). A key another service already holds stays with that service, as in
-    /// [`services`]. Returns the keys that changed.
+    /// service). Returns the keys that changed. A key another service holds goes to the first
+    /// of the two by (namespace, name), as in [`services`]. (A key that a removed service held
+    /// does not pass to another claimant until that claimant is recomputed too; such
+    /// conflicts are misconfigurations and are logged.)
     pub fn replace_service(
         &mut self,
         namespace: &str,
@@ -218,7 +220,7 @@ impl ServiceState {
         }
         for (k, f) in new {
             match self.frontends.get(&k) {
-                Some(cur) if cur.service != f.service => {
+                Some(cur) if cur.service < f.service => {
                     tracing::warn!(
                         frontend = %k,
                         holder = ?cur.service,

@@ -84,7 +84,7 @@ spec:
 }
 
 #[test]
-fn replace_service_removes_and_keeps_foreign_keys() {
+fn replace_service_removes_restores_and_resolves_conflicts_by_name() {
     let m = model([yaml(NODES), yaml(WEB), web_pods()]);
     let mut st = services(&m, None, &[]);
     // Removing the service removes its frontends.
@@ -95,14 +95,23 @@ fn replace_service_removes_and_keeps_foreign_keys() {
     let d = st.replace_service("x", "web", frontends_of(&m, "x", "web", None, &[]));
     assert_eq!(d.changed.len(), 1);
     assert_eq!(st, services(&m, None, &[]));
-    // Another service claiming the same frontend does not take it over.
-    let mut theirs = frontends_of(&m, "x", "web", None, &[]);
-    for f in theirs.values_mut() {
-        f.service.1 = "thief".to_string();
-    }
-    let d = st.replace_service("x", "thief", theirs);
+    // Another service claiming the same frontend takes it over only when it sorts first, as
+    // in a full computation.
+    let claim = |name: &str| {
+        let mut theirs = frontends_of(&m, "x", "web", None, &[]);
+        for f in theirs.values_mut() {
+            f.service.1 = name.to_string();
+        }
+        theirs
+    };
+    let d = st.replace_service("x", "zzz", claim("zzz"));
     assert!(d.is_empty());
     assert_eq!(st, services(&m, None, &[]));
+    let d = st.replace_service("x", "aaa", claim("aaa"));
+    assert_eq!(d.changed.len(), 1);
+    assert!(d.removed.is_empty());
+    assert_eq!(st.frontends[&tcp("10.96.0.10", 80)].service.1, "aaa");
+    assert_eq!(st.frontends_of_service("x", "web").count(), 0);
 }
 
 #[test]
