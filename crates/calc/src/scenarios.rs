@@ -163,6 +163,7 @@ pub struct Check {
     pub protocol: String,
     #[serde(default)]
     pub port: u16,
+    /// Default: echo request (8, or 128 for ICMPv6).
     #[serde(default)]
     pub icmp_type: Option<u8>,
     #[serde(default)]
@@ -608,7 +609,8 @@ impl Scenario {
                     .ok_or_else(|| bad(format!("unknown protocol {:?}", c.protocol)))?;
                 let mut p = Packet::l4(src, dst, proto, c.port);
                 if matches!(proto, IpProto::Icmp | IpProto::IcmpV6) {
-                    p.icmp = Some((c.icmp_type.unwrap_or(8), c.icmp_code.unwrap_or(0)));
+                    let echo = if src.is_ipv4() { 8 } else { 128 };
+                    p.icmp = Some((c.icmp_type.unwrap_or(echo), c.icmp_code.unwrap_or(0)));
                 }
                 let v = ev.evaluate(&p);
                 if v.allowed != c.allowed {
