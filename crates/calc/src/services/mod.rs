@@ -138,6 +138,30 @@ impl Frontend {
     pub fn backends_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Backend> + 'a {
         self.backends.iter().filter(move |b| b.node == node)
     }
+
+    /// The backends for traffic from inside the cluster DNATed on `node`: every backend, or
+    /// those on `node` under `internalTrafficPolicy: Local` (all when `node` is unknown).
+    /// What a renderer programs for pod traffic to a ClusterIP, and for pod traffic to an
+    /// external frontend with `externalTrafficPolicy: Local` (kube-proxy's short-circuit).
+    pub fn internal_backends(&self, node: Option<&str>) -> Vec<Backend> {
+        match node {
+            Some(n) if self.internal_local => self.backends_on(n).cloned().collect(),
+            _ => self.backends.clone(),
+        }
+    }
+
+    /// The backends for traffic from outside the cluster received on `node` (for a NodePort
+    /// frontend `None` means the node owning the address; otherwise all): those on the node
+    /// under `externalTrafficPolicy: Local`, else every backend.
+    pub fn external_backends(&self, node: Option<&str>) -> Vec<Backend> {
+        if !self.external_local {
+            return self.backends.clone();
+        }
+        match node.or(self.node.as_deref()) {
+            Some(n) => self.backends_on(n).cloned().collect(),
+            None => self.backends.clone(),
+        }
+    }
 }
 
 /// One backend: where a frontend's traffic is DNATed to.

@@ -1,19 +1,19 @@
 //! Per-packet service decision: which backends a packet to a frontend may go to, and whether
 //! its source is masqueraded. The reference evaluator and the tests use this; the dataplanes
-//! render the same rules from [`Frontend`]'s flags.
+//! render the same rules from [`Frontend`](super::Frontend)'s flags.
 
 use std::net::IpAddr;
 
 use serval_model::types::Protocol;
 
-use super::{Backend, Frontend, FrontendKey, ServiceDecision, ServiceState};
+use super::{Backend, FrontendKey, ServiceDecision, ServiceState};
 
 /// Decides what happens to a packet to `(dst, port, proto)`.
 ///
 /// * `via_node`: the node that DNATs the packet — the client pod's node for traffic from a
 ///   pod, the node the packet arrived at for traffic from outside. `None` when unknown: then
 ///   node-local policies cannot filter, except that a NodePort frontend's own node
-///   ([`Frontend::node`]) stands in for the receiving node.
+///   ([`Frontend::node`](super::Frontend::node)) stands in for the receiving node.
 /// * `src_local`: the source is inside the cluster — a pod, or the DNATing node itself
 ///   (kube-proxy's "local traffic" detector). Outside clients pass `false`.
 ///
@@ -53,16 +53,13 @@ pub fn resolve(
         return ServiceDecision::Reject;
     }
     let (candidates, snat_to_node) = if !f.kind.is_external() {
-        (internal_candidates(f, via_node), !src_local)
+        (f.internal_backends(via_node), !src_local)
     } else if !f.external_local {
         (f.backends.clone(), true)
     } else if src_local {
-        (internal_candidates(f, via_node), false)
+        (f.internal_backends(via_node), false)
     } else {
-        match via_node.or(f.node.as_deref()) {
-            Some(node) => (f.backends_on(node).cloned().collect(), false),
-            None => (f.backends.clone(), false),
-        }
+        (f.external_backends(via_node), false)
     };
     if candidates.is_empty() {
         ServiceDecision::Drop
@@ -72,15 +69,6 @@ pub fn resolve(
             candidates,
             snat_to_node,
         }
-    }
-}
-
-/// Backends for traffic from inside the cluster: all, or node-local under
-/// `internalTrafficPolicy: Local` (when the node is known).
-fn internal_candidates(f: &Frontend, via_node: Option<&str>) -> Vec<Backend> {
-    match via_node {
-        Some(node) if f.internal_local => f.backends_on(node).cloned().collect(),
-        _ => f.backends.clone(),
     }
 }
 

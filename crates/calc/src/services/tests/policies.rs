@@ -50,6 +50,12 @@ fn external_traffic_policy_local() {
     let np1 = &st.frontends[&tcp("192.168.0.1", 30060)];
     assert!(np1.external_local && !np1.masquerade);
     assert_eq!(np1.backends.len(), 2, "the list keeps every backend");
+    // What a renderer on each node programs for outside and inside traffic.
+    let ips = |v: Vec<Backend>| v.into_iter().map(|b| b.ip.to_string()).collect::<Vec<_>>();
+    assert_eq!(ips(np1.external_backends(None)), ["10.244.1.10"]);
+    assert_eq!(ips(np1.external_backends(Some("n2"))), ["10.244.2.10"]);
+    assert!(np1.external_backends(Some("n3")).is_empty());
+    assert_eq!(np1.internal_backends(Some("n3")).len(), 2);
     let cip = &st.frontends[&tcp("10.96.0.60", 80)];
     assert!(!cip.external_local && !cip.masquerade);
 
