@@ -1,5 +1,7 @@
 //! [`IptablesDataplane`]: the driver the agent calls.
 
+use serval_calc::DesiredState;
+
 use crate::{
     exec::Exec,
     kernel::{self, KernelError, KernelState, WriteReport},
@@ -119,6 +121,13 @@ impl IptablesDataplane {
                 Err(err.into())
             }
         }
+    }
+
+    /// Renders `state` ([`crate::render::render`]) and writes it like
+    /// [`apply_rendering`](Self::apply_rendering): only the chains and sets that differ from
+    /// the last applied rendering are written.
+    pub fn apply(&mut self, state: &DesiredState) -> Result<WriteReport, DataplaneError> {
+        self.apply_rendering(crate::render::render(state))
     }
 
     /// Reads the kernel back and repairs drift from the last applied rendering. Before the

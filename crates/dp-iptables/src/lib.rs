@@ -3,6 +3,8 @@
 //! `ipset restore`, updates them partially, repairs drift and cleans up.
 //!
 //! Layers, each usable alone:
+//! - [`render`]: the pure renderer, calc's `DesiredState` → [`Rendering`] (chain layout in
+//!   its docs);
 //! - [`rules`]: the [`Rendering`] (chains, rules, hooks, sets as text) with validation and the
 //!   per-rule `sv:HASH` fingerprints;
 //! - [`restore`] / [`ipset`]: parse `iptables-save` / `ipset save` back into what we own, and
@@ -20,6 +22,7 @@ pub mod exec;
 mod hash;
 pub mod ipset;
 pub mod kernel;
+pub mod render;
 pub mod restore;
 pub mod rules;
 

@@ -30,14 +30,14 @@ pub struct TableState {
     /// Our chains → the `sv:` fingerprint of each rule (`None`: a rule without one, i.e. not
     /// written by us or altered).
     pub chains: BTreeMap<String, Vec<Option<String>>>,
-    /// Jumps from built-in chains into ours, in the order found.
+    /// Jumps from built-in chains into ours, sorted by built-in chain, target and rule.
     pub hooks: Vec<SavedHook>,
 }
 
 impl TableState {
     /// The state a table's rendering leaves behind.
     pub fn from_rules(rules: &TableRules) -> Self {
-        Self {
+        let mut state = Self {
             chains: rules
                 .chains
                 .iter()
@@ -58,7 +58,9 @@ impl TableState {
                     exact: true,
                 })
                 .collect(),
-        }
+        };
+        sort_hooks(&mut state.hooks);
+        state
     }
 
     /// Number of rules in our chains.
@@ -162,7 +164,16 @@ pub fn parse_save(text: &str) -> BTreeMap<Table, TableState> {
             }
         }
     }
+    for t in tables.values_mut() {
+        sort_hooks(&mut t.hooks);
+    }
     tables
+}
+
+/// Hooks in a canonical order (by built-in chain, target, rule): their position among other
+/// rules of the built-in chain is not ours to keep, so states compare regardless of it.
+fn sort_hooks(hooks: &mut [SavedHook]) {
+    hooks.sort_by(|a, b| (&a.builtin, &a.target, &a.rule).cmp(&(&b.builtin, &b.target, &b.rule)));
 }
 
 /// What a table update does, for logs and stats.

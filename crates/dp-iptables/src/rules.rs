@@ -400,8 +400,13 @@ impl Rendering {
     /// `iptables-restore` input that would create it from nothing. This is what golden files
     /// hold.
     pub fn to_text(&self) -> String {
+        Family::ALL.iter().map(|f| self.family_text(*f)).collect()
+    }
+
+    /// One family's part of [`Rendering::to_text`].
+    pub fn family_text(&self, family: Family) -> String {
         let mut out = String::new();
-        for family in Family::ALL {
+        {
             let rules = self.family(family);
             let _ = writeln!(out, "# ===== {family} ipsets =====");
             for (name, set) in &rules.ipsets {

@@ -1,0 +1,597 @@
+//! Policy: per-endpoint chains, per-policy chains, host endpoints and failsafe ports (filter
+//! table). See the module docs of [`crate::render`] for the layout.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serval_calc::{
+    DesiredState, IpSetId,
+    policy::{
+        Action, Direction, EndOfTier, EndpointPolicy, FailsafePort, IcmpMatch, IpProto,
+        PolicyRules, PortRange, RuleMatch, TierRules,
+    },
+};
+
+use super::{
+    MARK_ACCEPT, MARK_PASS, NFLOG_GROUP, chains, comment, hashed_chain, set_name, set_type_of,
+};
+use crate::rules::{Family, FamilyRules, Hook, Table, TableRules};
+
+/// Largest number of ports in one `-m multiport` match (a range counts two).
+const MULTIPORT_SLOTS: usize = 15;
+
+struct Ctx<'a> {
+    state: &'a DesiredState,
+    family: Family,
+    used: &'a mut BTreeSet<IpSetId>,
+    /// Per-policy chains already rendered: (policy, direction) → chain name.
+    policy_chains: BTreeMap<(String, Direction), String>,
+}
+
+impl Ctx<'_> {
+    fn set(&mut self, id: &IpSetId) -> String {
+        self.used.insert(id.clone());
+        set_name(id, set_type_of(self.state.ipsets.get(id)), self.family)
+    }
+}
+
+pub(super) fn render(
+    state: &DesiredState,
+    family: Family,
+    out: &mut FamilyRules,
+    used: &mut BTreeSet<IpSetId>,
+) {
+    let mut ctx = Ctx {
+        state,
+        family,
+        used,
+        policy_chains: BTreeMap::new(),
+    };
+    let t = out.table(Table::Filter);
+    for (chain, builtin) in [
+        (chains::FORWARD, "FORWARD"),
+        (chains::INPUT, "INPUT"),
+        (chains::OUTPUT, "OUTPUT"),
+    ] {
+        t.chain(chains::SVC_REJECT);
+        t.push(
+            chain,
+            "-m conntrack --ctstate NEW -j SERVAL-SVC-REJECT".to_owned(),
+        );
+        t.hooks.insert(Hook::new(builtin, chain));
+    }
+    let clear = format!("-j MARK --set-xmark 0x0/{:#x}", MARK_ACCEPT | MARK_PASS);
+    t.push(chains::FORWARD, clear.clone());
+    t.push(chains::INPUT, clear);
+
+    let mut from_rules = Vec::new();
+    let mut to_rules = Vec::new();
+    for (key, (ep, pol)) in &state.endpoints {
+        if ep.iface.is_empty() {
+            tracing::debug!(endpoint = %key, "no host interface yet; not rendered");
+            continue;
+        }
+        let name = key.to_string();
+        let fw = hashed_chain("SERVAL-FW-", &[&name]);
+        let tw = hashed_chain("SERVAL-TW-", &[&name]);
+        let addrs: Vec<String> = ep
+            .addrs
+            .iter()
+            .filter(|a| Family::of(a) == family)
+            .map(ToString::to_string)
+            .collect();
+        endpoint_chain(&mut ctx, t, &fw, pol, Direction::Egress, Some(&addrs), true);
+        endpoint_chain(&mut ctx, t, &tw, pol, Direction::Ingress, None, true);
+        let c = comment(&name);
+        from_rules.push(format!("-i {} {c} -j {fw}", ep.iface));
+        to_rules.push(format!("-o {} {c} -j {tw}", ep.iface));
+        t.push(chains::INPUT, format!("-i {} {c} -j {fw}", ep.iface));
+        t.push(chains::OUTPUT, format!("-o {} {c} -j RETURN", ep.iface));
+    }
+    for rule in from_rules.into_iter().chain(to_rules) {
+        t.push(chains::FORWARD, rule);
+    }
+    let accept = format!("-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x} -j ACCEPT");
+    t.push(chains::FORWARD, accept.clone());
+    t.push(chains::INPUT, accept);
+
+    // Host endpoints: INPUT (ingress) and OUTPUT (egress), after the workload rules.
+    for (name, hep) in &state.host_endpoints {
+        let hi = hashed_chain("SERVAL-HI-", &[name]);
+        let ho = hashed_chain("SERVAL-HO-", &[name]);
+        let (ins, outs): (Vec<String>, Vec<String>) = match hep.iface.as_deref() {
+            Some(iface) if iface != "*" => {
+                (vec![format!("-i {iface}")], vec![format!("-o {iface}")])
+            }
+            _ if !hep.addrs.is_empty() => {
+                let addrs: Vec<_> = hep
+                    .addrs
+                    .iter()
+                    .filter(|a| Family::of(a) == family)
+                    .collect();
+                if addrs.is_empty() {
+                    continue;
+                }
+                (
+                    addrs.iter().map(|a| format!("-d {a}")).collect(),
+                    addrs.iter().map(|a| format!("-s {a}")).collect(),
+                )
+            }
+            _ => (vec!["! -i lo".to_owned()], vec!["! -o lo".to_owned()]),
+        };
+        endpoint_chain(
+            &mut ctx,
+            t,
+            &hi,
+            &hep.policy,
+            Direction::Ingress,
+            None,
+            false,
+        );
+        endpoint_chain(
+            &mut ctx,
+            t,
+            &ho,
+            &hep.policy,
+            Direction::Egress,
+            None,
+            false,
+        );
+        let c = comment(&format!("host endpoint {name}"));
+        for m in ins {
+            t.push(chains::INPUT, format!("{m} {c} -j {hi}"));
+        }
+        for m in outs {
+            t.push(chains::OUTPUT, format!("{m} {c} -j {ho}"));
+        }
+    }
+}
+
+/// One endpoint's chain for one direction. `anti_spoof`: the addresses the endpoint may send
+/// from (egress of workloads). `workload`: with no tier, allow (workloads) or deny (hosts,
+/// after the failsafe ports).
+fn endpoint_chain(
+    ctx: &mut Ctx<'_>,
+    t: &mut TableRules,
+    chain: &str,
+    pol: &EndpointPolicy,
+    dir: Direction,
+    anti_spoof: Option<&[String]>,
+    workload: bool,
+) {
+    t.chain(chain);
+    t.push(
+        chain,
+        "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    );
+    t.push(chain, "-m conntrack --ctstate INVALID -j DROP");
+    t.push(
+        chain,
+        format!("-j MARK --set-xmark 0x0/{:#x}", MARK_ACCEPT | MARK_PASS),
+    );
+    if let Some(addrs) = anti_spoof {
+        match addrs {
+            [] => t.push(
+                chain,
+                format!(
+                    "{} -j DROP",
+                    comment("anti-spoofing: no address of this family")
+                ),
+            ),
+            [addr] => t.push(
+                chain,
+                format!("! -s {addr} {} -j DROP", comment("anti-spoofing")),
+            ),
+            many => {
+                // Accept-list: return for each own address is not possible mid-chain, so mark.
+                for addr in many {
+                    t.push(
+                        chain,
+                        format!("-s {addr} -j MARK --set-xmark {MARK_PASS:#x}/{MARK_PASS:#x}"),
+                    );
+                }
+                t.push(
+                    chain,
+                    format!(
+                        "-m mark --mark 0x0/{MARK_PASS:#x} {} -j DROP",
+                        comment("anti-spoofing")
+                    ),
+                );
+            }
+        }
+    }
+    if !workload {
+        let failsafe = match dir {
+            Direction::Ingress => &ctx.state.failsafe.inbound,
+            Direction::Egress => &ctx.state.failsafe.outbound,
+        };
+        for fs in failsafe {
+            if let Some(rule) = failsafe_rule(fs, dir, ctx.family) {
+                t.push(chain, rule);
+            }
+        }
+    }
+    let tiers = pol.direction(dir);
+    for tier in tiers {
+        tier_rules(ctx, t, chain, tier, dir);
+    }
+    if !workload && tiers.is_empty() {
+        t.push(
+            chain,
+            format!("{} -j DROP", comment("host endpoint: no policy")),
+        );
+    } else {
+        t.push(
+            chain,
+            format!(
+                "{} -j MARK --set-xmark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x}",
+                comment("allowed: no tier decided")
+            ),
+        );
+    }
+}
+
+fn failsafe_rule(fs: &FailsafePort, dir: Direction, family: Family) -> Option<String> {
+    let net = match fs.net {
+        Some(net) if Family::of(&net.addr()) != family => return None,
+        Some(net) => match dir {
+            Direction::Ingress => format!(" -s {net}"),
+            Direction::Egress => format!(" -d {net}"),
+        },
+        None => String::new(),
+    };
+    let proto = fs.protocol.as_str().to_ascii_lowercase();
+    Some(format!(
+        "-p {proto}{net} --dport {} {} -j ACCEPT",
+        fs.port,
+        comment("failsafe")
+    ))
+}
+
+fn tier_rules(
+    ctx: &mut Ctx<'_>,
+    t: &mut TableRules,
+    chain: &str,
+    tier: &TierRules,
+    dir: Direction,
+) {
+    t.push(chain, format!("-j MARK --set-xmark 0x0/{MARK_PASS:#x}"));
+    for policy in &tier.policies {
+        let pchain = policy_chain(ctx, t, policy, dir);
+        t.push(
+            chain,
+            format!(
+                "-m mark --mark 0x0/{MARK_PASS:#x} {} -j {pchain}",
+                comment(&policy.name.to_string())
+            ),
+        );
+        t.push(
+            chain,
+            format!("-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x} -j RETURN"),
+        );
+    }
+    if tier.default_action == EndOfTier::Deny {
+        t.push(
+            chain,
+            format!(
+                "-m mark --mark 0x0/{MARK_PASS:#x} {} -j DROP",
+                comment(&format!("end of tier {}", tier.name))
+            ),
+        );
+    }
+}
+
+/// The chain of one policy in one direction, rendered once and shared.
+fn policy_chain(
+    ctx: &mut Ctx<'_>,
+    t: &mut TableRules,
+    policy: &PolicyRules,
+    dir: Direction,
+) -> String {
+    let id = policy.name.to_string();
+    if let Some(chain) = ctx.policy_chains.get(&(id.clone(), dir)) {
+        return chain.clone();
+    }
+    let prefix = match dir {
+        Direction::Ingress => "SERVAL-PI-",
+        Direction::Egress => "SERVAL-PO-",
+    };
+    let chain = hashed_chain(prefix, &[&id]);
+    ctx.policy_chains.insert((id.clone(), dir), chain.clone());
+    t.chain(&chain);
+    for rule in &policy.rules {
+        let Some(alts) = rule_matches(ctx, &rule.r#match) else {
+            continue;
+        };
+        let c = comment(&rule.id.to_string());
+        let with = |alt: &str, target: &str| {
+            if alt.is_empty() {
+                format!("{c} {target}")
+            } else {
+                format!("{alt} {c} {target}")
+            }
+        };
+        match rule.action {
+            Action::Allow => {
+                for alt in &alts {
+                    t.push(
+                        &chain,
+                        with(
+                            alt,
+                            &format!("-j MARK --set-xmark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x}"),
+                        ),
+                    );
+                }
+                t.push(
+                    &chain,
+                    format!("-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x} -j RETURN"),
+                );
+            }
+            Action::Deny => {
+                for alt in &alts {
+                    t.push(&chain, with(alt, "-j DROP"));
+                }
+            }
+            Action::Pass => {
+                for alt in &alts {
+                    t.push(
+                        &chain,
+                        with(
+                            alt,
+                            &format!("-j MARK --set-xmark {MARK_PASS:#x}/{MARK_PASS:#x}"),
+                        ),
+                    );
+                }
+                t.push(
+                    &chain,
+                    format!("-m mark --mark {MARK_PASS:#x}/{MARK_PASS:#x} -j RETURN"),
+                );
+            }
+            Action::Log => {
+                let prefix: String = format!("serval {id}")
+                    .chars()
+                    .filter(|c| !matches!(c, '"' | '\\'))
+                    .take(60)
+                    .collect();
+                for alt in &alts {
+                    t.push(
+                        &chain,
+                        with(
+                            alt,
+                            &format!(
+                                "-j NFLOG --nflog-group {NFLOG_GROUP} --nflog-prefix \"{prefix}\""
+                            ),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    chain
+}
+
+fn proto_name(p: IpProto) -> String {
+    match p {
+        IpProto::Tcp => "tcp".into(),
+        IpProto::Udp => "udp".into(),
+        IpProto::Sctp => "sctp".into(),
+        IpProto::Icmp => "icmp".into(),
+        IpProto::IcmpV6 => "ipv6-icmp".into(),
+        IpProto::UdpLite => "udplite".into(),
+        IpProto::Other(n) => n.to_string(),
+    }
+}
+
+fn icmp_proto(family: Family) -> IpProto {
+    match family {
+        Family::V4 => IpProto::Icmp,
+        Family::V6 => IpProto::IcmpV6,
+    }
+}
+
+fn icmp_match(family: Family, m: &IcmpMatch, negate: bool) -> String {
+    let (module, opt) = match family {
+        Family::V4 => ("icmp", "--icmp-type"),
+        Family::V6 => ("icmp6", "--icmpv6-type"),
+    };
+    let not = if negate { "! " } else { "" };
+    match m.code {
+        Some(code) => format!("-m {module} {not}{opt} {}/{code}", m.type_),
+        None => format!("-m {module} {not}{opt} {}", m.type_),
+    }
+}
+
+fn port_list(ranges: &[PortRange]) -> Vec<String> {
+    let mut chunks = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let mut slots = 0;
+    for r in ranges {
+        let (text, cost) = if r.first == r.last {
+            (r.first.to_string(), 1)
+        } else {
+            (format!("{}:{}", r.first, r.last), 2)
+        };
+        if slots + cost > MULTIPORT_SLOTS {
+            chunks.push(current.join(","));
+            current.clear();
+            slots = 0;
+        }
+        current.push(text);
+        slots += cost;
+    }
+    if !current.is_empty() {
+        chunks.push(current.join(","));
+    }
+    chunks
+}
+
+/// The alternatives (OR) of one port side: multiport chunks and named-port sets; `None` when
+/// any port matches.
+fn port_alternatives(
+    ctx: &mut Ctx<'_>,
+    ranges: &[PortRange],
+    named: &[IpSetId],
+    side: &str,
+) -> Option<Vec<String>> {
+    if ranges.is_empty() && named.is_empty() {
+        return None;
+    }
+    let flag = if side == "src" {
+        "--sports"
+    } else {
+        "--dports"
+    };
+    let mut alts: Vec<String> = port_list(ranges)
+        .into_iter()
+        .map(|list| format!("-m multiport {flag} {list}"))
+        .collect();
+    for id in named {
+        alts.push(format!("-m set --match-set {} {side},{side}", ctx.set(id)));
+    }
+    Some(alts)
+}
+
+/// The iptables match texts (alternatives, OR) for a rule match in this family; `None` when
+/// it cannot match in this family.
+fn rule_matches(ctx: &mut Ctx<'_>, m: &RuleMatch) -> Option<Vec<String>> {
+    let family = ctx.family;
+    if let Some(v) = m.ip_version
+        && v != if family == Family::V4 { 4 } else { 6 }
+    {
+        return None;
+    }
+    let fam_icmp = icmp_proto(family);
+    let mut protocol = m.protocol;
+    if matches!(protocol, Some(IpProto::Icmp | IpProto::IcmpV6)) && protocol != Some(fam_icmp) {
+        return None;
+    }
+    if m.icmp.is_some() {
+        match protocol {
+            None => protocol = Some(fam_icmp),
+            Some(p) if p != fam_icmp => return None,
+            Some(_) => {}
+        }
+    }
+    let has_ports = !(m.src_ports.is_empty()
+        && m.dst_ports.is_empty()
+        && m.not_src_ports.is_empty()
+        && m.not_dst_ports.is_empty());
+
+    // Protocol alternatives, each with an optional trailing match: ports without a protocol
+    // mean any port-carrying protocol; notICMP without a protocol means "not ICMP, or ICMP
+    // of another type".
+    let icmp_name = proto_name(fam_icmp);
+    let protos: Vec<(Option<String>, Option<String>)> = match (protocol, &m.not_icmp) {
+        (Some(p), Some(n)) if p == fam_icmp => vec![(
+            Some(format!("-p {}", proto_name(p))),
+            Some(icmp_match(family, n, true)),
+        )],
+        (Some(p), _) => vec![(Some(format!("-p {}", proto_name(p))), None)],
+        (None, _) if has_ports => ["tcp", "udp", "sctp"]
+            .iter()
+            .map(|p| (Some(format!("-p {p}")), None))
+            .collect(),
+        (None, Some(n)) => vec![
+            (Some(format!("! -p {icmp_name}")), None),
+            (
+                Some(format!("-p {icmp_name}")),
+                Some(icmp_match(family, n, true)),
+            ),
+        ],
+        (None, None) => vec![(None, None)],
+    };
+
+    let mut common: Vec<String> = Vec::new();
+    let mut protos = protos;
+    if let Some(q) = m.not_protocol {
+        let excluded = format!("-p {}", proto_name(q));
+        if protos
+            .iter()
+            .any(|(p, _)| p.as_deref().is_some_and(|p| p.starts_with("-p ")))
+        {
+            // Fixed protocols: the exclusion removes alternatives instead of adding a match.
+            protos.retain(|(p, _)| p.as_deref() != Some(excluded.as_str()));
+            if protos.is_empty() {
+                return None;
+            }
+        } else {
+            common.push(format!("! {excluded}"));
+        }
+    }
+    for id in &m.src_sets {
+        common.push(format!("-m set --match-set {} src", ctx.set(id)));
+    }
+    for id in &m.not_src_sets {
+        common.push(format!("-m set ! --match-set {} src", ctx.set(id)));
+    }
+    for id in &m.dst_sets {
+        common.push(format!("-m set --match-set {} dst", ctx.set(id)));
+    }
+    for id in &m.not_dst_sets {
+        common.push(format!("-m set ! --match-set {} dst", ctx.set(id)));
+    }
+    for list in port_list(&m.not_src_ports) {
+        common.push(format!("-m multiport ! --sports {list}"));
+    }
+    for list in port_list(&m.not_dst_ports) {
+        common.push(format!("-m multiport ! --dports {list}"));
+    }
+    for id in &m.not_src_named_port_sets {
+        common.push(format!("-m set ! --match-set {} src,src", ctx.set(id)));
+    }
+    for id in &m.not_dst_named_port_sets {
+        common.push(format!("-m set ! --match-set {} dst,dst", ctx.set(id)));
+    }
+    if let Some(icmp) = &m.icmp {
+        common.push(icmp_match(family, icmp, false));
+    }
+    let src_alts = port_alternatives(ctx, &m.src_ports, &m.src_named_port_sets, "src");
+    let dst_alts = port_alternatives(ctx, &m.dst_ports, &m.dst_named_port_sets, "dst");
+
+    let src_alts = src_alts.unwrap_or_else(|| vec![String::new()]);
+    let dst_alts = dst_alts.unwrap_or_else(|| vec![String::new()]);
+    let mut out = Vec::new();
+    for (proto, tail) in &protos {
+        for s in &src_alts {
+            for d in &dst_alts {
+                let parts: Vec<&str> = proto
+                    .iter()
+                    .map(String::as_str)
+                    .chain(common.iter().map(String::as_str))
+                    .chain([s.as_str(), d.as_str()])
+                    .chain(tail.iter().map(String::as_str))
+                    .filter(|x| !x.is_empty())
+                    .collect();
+                out.push(parts.join(" "));
+            }
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_lists_fit_multiport() {
+        let ranges: Vec<PortRange> = (1..=20).map(PortRange::single).collect();
+        let chunks = port_list(&ranges);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].split(',').count(), 15);
+        let ranges = vec![
+            PortRange {
+                first: 80,
+                last: 90,
+            },
+            PortRange::single(443),
+        ];
+        assert_eq!(port_list(&ranges), ["80:90,443"]);
+        let many: Vec<PortRange> = (0..8)
+            .map(|i| PortRange {
+                first: i * 10,
+                last: i * 10 + 5,
+            })
+            .collect();
+        assert_eq!(port_list(&many).len(), 2, "a range takes two slots");
+    }
+}
