@@ -211,11 +211,6 @@ spec:
     - {name: serve-81-udp, containerPort: 81, protocol: UDP}
 status: {phase: Running, podIPs: [{ip: 10.0.0.1}, {ip: "fd00::1"}]}
 ---
-apiVersion: projectcalico.org/v3
-kind: WorkloadEndpoint
-metadata: {name: b, namespace: x, labels: {pod: old}}
-spec: {pod: b, node: n2, interfaceName: cali123, ipNetworks: [10.0.0.2/32], ready: true}
----
 apiVersion: v1
 kind: Pod
 metadata: {name: b, namespace: x, labels: {pod: new}}
@@ -223,9 +218,25 @@ spec: {nodeName: n2}
 status: {phase: Running, podIPs: [{ip: 10.0.0.2}]}
 "#;
 
+    /// The pods, plus a WorkloadEndpoint for x/b (as the CNI plugin writes it) with stale
+    /// labels.
+    fn model() -> Model {
+        let mut m = Model::from_resources(parse_documents("t", PODS).unwrap());
+        let mut wep = WorkloadEndpoint::default();
+        wep.metadata = serval_model::ObjectMeta::namespaced("x", "b");
+        wep.metadata.labels.insert("pod".into(), "old".into());
+        wep.spec.pod = "b".into();
+        wep.spec.node = "n2".into();
+        wep.spec.interface_name = "cali123".into();
+        wep.spec.ip_networks = vec!["10.0.0.2/32".parse().unwrap()];
+        wep.spec.ready = true;
+        m.apply(serval_model::Resource::WorkloadEndpoint(wep));
+        m
+    }
+
     #[test]
     fn endpoints_use_current_pod_labels_and_fall_back_to_pods() {
-        let m = Model::from_resources(parse_documents("t", PODS).unwrap());
+        let m = model();
         let eps = m.endpoints();
         assert_eq!(eps.len(), 2);
         let a = &eps[0];
@@ -246,7 +257,7 @@ status: {phase: Running, podIPs: [{ip: 10.0.0.2}]}
 
     #[test]
     fn allowed_sources_are_the_pods_own_host_networks() {
-        let m = Model::from_resources(parse_documents("t", PODS).unwrap());
+        let m = model();
         let a = m.endpoint(&EndpointKey::new("x", "a")).unwrap();
         let nets: Vec<String> = a.allowed_sources().iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, ["10.0.0.1/32", "fd00::1/128"]);

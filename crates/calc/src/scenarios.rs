@@ -201,7 +201,9 @@ pub enum ScenarioError {
         #[source]
         source: MatrixError,
     },
-    #[error("scenario {scenario}: unknown template {placeholder:?}; use ${{ns/pod}}, ${{ns/pod/P4/P6}}, ${{ip:ns/pod}}, ${{node:N}} or ${{nodeip:N}}")]
+    #[error(
+        "scenario {scenario}: unknown template {placeholder:?}; use ${{ns/pod}}, ${{ns/pod/P4/P6}}, ${{ip:ns/pod}}, ${{node:N}} or ${{nodeip:N}}"
+    )]
     Template {
         scenario: String,
         placeholder: String,
@@ -212,7 +214,9 @@ pub enum ScenarioError {
         api_version: String,
         kind: String,
     },
-    #[error("scenario {scenario}: {what} {name} does not exist; relabel only existing pods and namespaces")]
+    #[error(
+        "scenario {scenario}: {what} {name} does not exist; relabel only existing pods and namespaces"
+    )]
     Missing {
         scenario: String,
         what: &'static str,
@@ -292,7 +296,11 @@ impl Bindings {
                 .map(|a| IpNet::from(*a).to_string()),
             [ns, pod, p4, p6] => {
                 let a = self.pods.get(&format!("{ns}/{pod}"))?;
-                let len: u8 = if a.is_ipv4() { p4.parse().ok()? } else { p6.parse().ok()? };
+                let len: u8 = if a.is_ipv4() {
+                    p4.parse().ok()?
+                } else {
+                    p6.parse().ok()?
+                };
                 Some(IpNet::new(*a, len).ok()?.trunc().to_string())
             }
             _ => None,
@@ -335,7 +343,9 @@ fn pod_yaml(ns: &str, pod: &str, node: Option<&str>, ips: &[IpAddr]) -> String {
     if let Some(n) = node {
         y.push_str(&format!("  nodeName: {n}\n"));
     }
-    y.push_str(&format!("  containers:\n  - name: cont-{pod}\n    ports:\n{ports}"));
+    y.push_str(&format!(
+        "  containers:\n  - name: cont-{pod}\n    ports:\n{ports}"
+    ));
     if !ips.is_empty() {
         y.push_str("status:\n  phase: Running\n  podIPs:\n");
         for ip in ips {
@@ -443,11 +453,10 @@ pub fn load_file(path: &Path) -> Result<Scenario, ScenarioError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut s: Scenario =
-        serde_yaml_ng::from_str(&text).map_err(|source| ScenarioError::Yaml {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let mut s: Scenario = serde_yaml_ng::from_str(&text).map_err(|source| ScenarioError::Yaml {
+        path: path.to_path_buf(),
+        source,
+    })?;
     s.file = path.to_path_buf();
     for (i, step) in s.steps.iter().enumerate() {
         for (j, e) in step.expect.iter().enumerate() {
@@ -508,25 +517,23 @@ impl Scenario {
         let step = &self.steps[i];
         if !step.apply.trim().is_empty() {
             let text = b.render(&self.name, &step.apply)?;
-            let rs = parse_documents(&self.name, &text).map_err(|source| {
-                ScenarioError::Resources {
+            let rs =
+                parse_documents(&self.name, &text).map_err(|source| ScenarioError::Resources {
                     scenario: self.name.clone(),
                     step: i + 1,
                     source,
-                }
-            })?;
+                })?;
             for r in rs {
                 model.apply(r);
             }
         }
         for d in &step.delete {
-            let kind = Kind::from_type(&d.api_version, &d.kind).ok_or_else(|| {
-                ScenarioError::Kind {
+            let kind =
+                Kind::from_type(&d.api_version, &d.kind).ok_or_else(|| ScenarioError::Kind {
                     scenario: self.name.clone(),
                     api_version: d.api_version.clone(),
                     kind: d.kind.clone(),
-                }
-            })?;
+                })?;
             model.remove(&ResourceKey::new(kind, d.namespace.as_deref(), &d.name));
         }
         for l in &step.label {
@@ -616,7 +623,10 @@ impl Scenario {
                 if v.allowed != c.allowed {
                     failures.push(Failure {
                         step: i + 1,
-                        what: format!("{} -> {} {} {} ({family})", c.from, c.to, c.protocol, c.port),
+                        what: format!(
+                            "{} -> {} {} {} ({family})",
+                            c.from, c.to, c.protocol, c.port
+                        ),
                         expected: if c.allowed { "allowed" } else { "denied" }.to_string(),
                         actual: v.reason,
                     });

@@ -8,7 +8,9 @@ use serval_calc::scenarios::{Scenario, load_dir};
 use serval_model::net::IpFamily;
 
 fn run_dir(dir: &str, min: usize) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join(dir);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(dir);
     let scenarios: Vec<Scenario> =
         load_dir(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
     assert!(
