@@ -222,8 +222,10 @@ status: {phase: Running, podIPs: [{ip: 10.0.0.2}]}
     /// labels.
     fn model() -> Model {
         let mut m = Model::from_resources(parse_documents("t", PODS).unwrap());
-        let mut wep = WorkloadEndpoint::default();
-        wep.metadata = serval_model::ObjectMeta::namespaced("x", "b");
+        let mut wep = WorkloadEndpoint {
+            metadata: serval_model::ObjectMeta::namespaced("x", "b"),
+            ..Default::default()
+        };
         wep.metadata.labels.insert("pod".into(), "old".into());
         wep.spec.pod = "b".into();
         wep.spec.node = "n2".into();
