@@ -304,6 +304,19 @@ impl Bird {
         Ok(())
     }
 
+    /// Stops a BIRD started earlier with these paths, found by its pid file (e.g. `lab down`,
+    /// after the agent that started it is gone). Returns whether one was running.
+    pub fn stop_in(paths: &BirdPaths) -> bool {
+        let found = Daemon::adopt(&paths.pid, &paths.socket.display().to_string());
+        let running = found.is_some();
+        if let Some(mut d) = found {
+            d.stop(Duration::from_secs(5));
+        }
+        let _ = fs::remove_file(&paths.pid);
+        let _ = fs::remove_file(&paths.socket);
+        running
+    }
+
     /// Sends a signal to BIRD (tests: SIGKILL to simulate a crash).
     pub fn signal(&self, sig: Signal) {
         if let Some(d) = &self.daemon {

@@ -29,7 +29,10 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::IpNet;
-use serval_model::calico::{BGPConfiguration, BGPConfigurationSpec, BGPPeer, Node};
+use serval_model::Resource;
+use serval_model::calico::{
+    BGPConfiguration, BGPConfigurationSpec, BGPPeer, Encapsulation, IPPool, Node,
+};
 use serval_model::selector::Selector;
 use serval_model::types::AsNumber;
 
@@ -150,6 +153,57 @@ pub struct BgpInputs<'a> {
     pub peers: &'a [BGPPeer],
     /// This node's IPAM blocks (affine blocks), both families.
     pub blocks: &'a [IpNet],
+    /// All IPPools: blocks of pools with `disableBGPExport` are not announced, and BIRD
+    /// leaves routes inside VXLAN pools to the agent (it programs those itself).
+    pub pools: &'a [IPPool],
+}
+
+/// Owned [`BgpInputs`], gathered from a set of resources (e.g. the agent's cache).
+#[derive(Debug, Clone, Default)]
+pub struct OwnedBgpInputs {
+    pub node: String,
+    pub nodes: Vec<Node>,
+    pub configs: Vec<BGPConfiguration>,
+    pub peers: Vec<BGPPeer>,
+    pub blocks: Vec<IpNet>,
+    pub pools: Vec<IPPool>,
+}
+
+impl OwnedBgpInputs {
+    /// Picks the Nodes, BGPConfigurations, BGPPeers and IPPools out of `resources`; `blocks`
+    /// are this node's affine blocks.
+    pub fn from_resources<'a>(
+        node: &str,
+        resources: impl IntoIterator<Item = &'a Resource>,
+        blocks: impl IntoIterator<Item = IpNet>,
+    ) -> OwnedBgpInputs {
+        let mut out = OwnedBgpInputs {
+            node: node.to_owned(),
+            blocks: blocks.into_iter().collect(),
+            ..Default::default()
+        };
+        for r in resources {
+            match r {
+                Resource::Node(n) => out.nodes.push(n.clone()),
+                Resource::BGPConfiguration(c) => out.configs.push(c.clone()),
+                Resource::BGPPeer(p) => out.peers.push(p.clone()),
+                Resource::IPPool(p) => out.pools.push(p.clone()),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    pub fn as_inputs(&self) -> BgpInputs<'_> {
+        BgpInputs {
+            node: &self.node,
+            nodes: &self.nodes,
+            configs: &self.configs,
+            peers: &self.peers,
+            blocks: &self.blocks,
+            pools: &self.pools,
+        }
+    }
 }
 
 /// How a session came about; shown by `serval node status`.
@@ -537,8 +591,28 @@ pub fn render(inputs: &BgpInputs<'_>, opts: &RenderOptions) -> Result<RenderedCo
     let _ = writeln!(t, "router id {router_id};");
     t.push_str("timeformat protocol iso long;\n");
     render_log(&mut t, cluster.log_severity_screen.as_deref());
-    render_base(&mut t, opts, my_v4.is_some(), my_v6.is_some());
-    render_statics(&mut t, inputs.blocks, &cluster);
+    let vxlan_pools: Vec<IpNet> = inputs
+        .pools
+        .iter()
+        .filter(|p| p.spec.encapsulation != Encapsulation::None)
+        .map(|p| p.spec.cidr.trunc())
+        .collect();
+    render_base(&mut t, opts, my_v4.is_some(), my_v6.is_some(), &vxlan_pools);
+    let mut blocks = Vec::new();
+    for b in inputs.blocks {
+        match inputs
+            .pools
+            .iter()
+            .find(|p| p.spec.disable_bgp_export && p.spec.cidr.contains(b))
+        {
+            Some(p) => skipped.push(format!(
+                "block {b}: IPPool {} has disableBGPExport",
+                p.metadata.name
+            )),
+            None => blocks.push(*b),
+        }
+    }
+    render_statics(&mut t, &blocks, &cluster);
     render_template(&mut t, opts, local_as, listen_port, my_rr);
     t.push_str(&session_text);
     Ok(RenderedConfig {
@@ -570,7 +644,7 @@ fn render_log(t: &mut String, severity: Option<&str>) {
     }
 }
 
-fn render_base(t: &mut String, opts: &RenderOptions, v4: bool, v6: bool) {
+fn render_base(t: &mut String, opts: &RenderOptions, v4: bool, v6: bool, vxlan_pools: &[IpNet]) {
     let tm = &opts.timers;
     t.push_str("\nprotocol device {\n  scan time 10;\n}\n");
     // Device routes let BIRD resolve (recursive) BGP next hops on the underlay; they are never
@@ -592,12 +666,26 @@ fn render_base(t: &mut String, opts: &RenderOptions, v4: bool, v6: bool) {
         if !on {
             continue;
         }
+        let vxlan: Vec<String> = vxlan_pools
+            .iter()
+            .filter(|p| matches!(p, IpNet::V6(_)) == (fam == "6"))
+            .map(|p| format!("{p}+"))
+            .collect();
+        let export = if vxlan.is_empty() {
+            "export where source = RTS_BGP;".to_owned()
+        } else {
+            format!(
+                "export filter {{\n      # VXLAN pools: the agent programs these routes.\n      if net ~ \
+                 [ {} ] then reject;\n      if source = RTS_BGP then accept;\n      reject;\n    }};",
+                vxlan.join(", ")
+            )
+        };
         let _ = writeln!(
             t,
             "\n# Routes learned over BGP go to the kernel (proto bird, metric {m}); nothing is learned \
-             from it.\nprotocol kernel kernel{fam} {{\n  ipv{fam} {{\n    import none;\n    export where \
-             source = RTS_BGP;\n  }};\n  learn off;\n  merge paths on;\n  metric {m};\n  graceful \
-             restart;\n  scan time {scan};\n}}",
+             from it.\nprotocol kernel kernel{fam} {{\n  ipv{fam} {{\n    import none;\n    {export}\n  \
+             }};\n  learn off;\n  merge paths on;\n  metric {m};\n  graceful restart;\n  scan time \
+             {scan};\n}}",
             m = opts.kernel_metric,
             scan = tm.kernel_scan_time,
         );

@@ -257,6 +257,28 @@ impl FrrRouter {
             && self.bgpd.as_mut().is_some_and(Daemon::alive)
     }
 
+    /// Leaves the daemons running when this handle is dropped (`serval lab up` exits; `lab
+    /// down` calls [`FrrRouter::stop_in`]).
+    pub fn detach(mut self) {
+        self.zebra = None;
+        self.bgpd = None;
+    }
+
+    /// Stops the FRR daemons started with files under `dir`, found by their pid files.
+    /// Returns how many were running.
+    pub fn stop_in(dir: &Path) -> usize {
+        let run = dir.join("run");
+        let mut n = 0;
+        for name in ["bgpd", "zebra"] {
+            let marker = run.display().to_string();
+            if let Some(mut d) = Daemon::adopt(&run.join(format!("{name}.pid")), &marker) {
+                d.stop(Duration::from_secs(5));
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Stops bgpd then zebra (zebra removes its kernel routes).
     pub fn stop(&mut self) {
         for d in [self.bgpd.take(), self.zebra.take()].into_iter().flatten() {
@@ -326,6 +348,21 @@ impl ExternalRouter {
             ExternalRouter::Frr(_) => crate::config::RTPROT_BGP,
             ExternalRouter::Bird(_) => crate::config::RTPROT_BIRD,
         }
+    }
+
+    /// Leaves the router running when this handle is dropped.
+    pub fn detach(self) {
+        match self {
+            ExternalRouter::Frr(f) => f.detach(),
+            ExternalRouter::Bird(b) => b.detach(),
+        }
+    }
+
+    /// Stops a router of either kind started with files under `dir` (by pid files).
+    pub fn stop_in(dir: &Path) -> bool {
+        let frr = FrrRouter::stop_in(dir) > 0;
+        let bird = Bird::stop_in(&BirdPaths::in_dir(dir));
+        frr || bird
     }
 
     pub fn stop(&mut self) {

@@ -7,19 +7,22 @@
 //!   with a parse check first, restart when it died, stop).
 //! - [`status`]: `birdc show protocols all` parsed into sessions, and the
 //!   `serval node status` table.
+//! - [`driver`]: what the agent calls in BGP mode ([`BgpDriver`]: apply, tick, status).
 //! - [`frr`]: an FRR (zebra + bgpd) router in a namespace, for the lab's home router.
 
 pub mod bird;
 pub mod config;
+pub mod driver;
 pub mod frr;
 mod process;
 pub mod status;
 
 pub use bird::{Bird, BirdError, BirdPaths, ReloadOutcome};
 pub use config::{
-    BgpInputs, ConfigError, PeerExtras, PlannedSession, RTPROT_BGP, RTPROT_BIRD, RenderOptions,
-    RenderedConfig, RouterNeighbor, RouterSpec, SessionKind, SourceAddress, Timers, render,
-    render_router,
+    BgpInputs, ConfigError, OwnedBgpInputs, PeerExtras, PlannedSession, RTPROT_BGP, RTPROT_BIRD,
+    RenderOptions, RenderedConfig, RouterNeighbor, RouterSpec, SessionKind, SourceAddress, Timers,
+    render, render_router,
 };
+pub use driver::{ApplyReport, BgpDriver, DriverError};
 pub use frr::{ExternalRouter, FrrError, FrrRouter, RouterKind, render_bgpd};
-pub use status::{NodeStatus, Session, StatusError, parse_protocols, render_table};
+pub use status::{NodeStatus, Session, StatusError, parse_protocols, query, render_table};

@@ -61,6 +61,28 @@ pub struct NodeStatus {
     pub sessions: Vec<Session>,
 }
 
+/// Asks the BIRD behind control socket `socket` (`birdc` at `birdc_bin`, normally
+/// [`crate::bird::BIRDC_BIN`]) for `node`'s sessions. Control sockets are files, so this works
+/// from any network namespace (the lab's nodes: `<lab>/nodes/<node>/bird/bird.ctl`).
+pub fn query(node: &str, birdc_bin: &std::path::Path, socket: &std::path::Path) -> NodeStatus {
+    let result = crate::bird::birdc(birdc_bin, socket, &["show", "protocols", "all"])
+        .and_then(|text| Ok(parse_protocols(&text)?));
+    match result {
+        Ok(sessions) => NodeStatus {
+            node: node.to_owned(),
+            running: true,
+            error: None,
+            sessions,
+        },
+        Err(e) => NodeStatus {
+            node: node.to_owned(),
+            running: false,
+            error: Some(e.to_string()),
+            sessions: Vec::new(),
+        },
+    }
+}
+
 fn looks_like_date(s: &str) -> bool {
     s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-'
 }

@@ -279,3 +279,107 @@ fn rejected_config_keeps_the_old_one_and_a_new_supervisor_adopts() -> Result<()>
         Ok(())
     })
 }
+
+/// The agent's path: resources → OwnedBgpInputs → BgpDriver (dual stack), status through the
+/// control socket from the root namespace, detach + adopt, and stop by pid file.
+#[test]
+fn driver_dual_stack() -> Result<()> {
+    if !usable("driver_dual_stack") {
+        return Ok(());
+    }
+    use serval_bgp::config::Timers;
+    use serval_bgp::{BgpDriver, BirdPaths, OwnedBgpInputs, RenderOptions};
+    use serval_model::Resource;
+    runtime().block_on(async {
+        let mut u = Underlay::new().await?;
+        u.add_node(
+            "node1",
+            Some("172.31.7.11/24"),
+            Some("fd00:5e:7::11/64"),
+            &["10.244.1.0/26", "fd00:10:244::/122"],
+        )
+        .await?;
+        u.add_node(
+            "node2",
+            Some("172.31.7.12/24"),
+            Some("fd00:5e:7::12/64"),
+            &["10.244.2.0/26", "fd00:10:244::40/122"],
+        )
+        .await?;
+        let resources: Vec<Resource> = u
+            .nodes
+            .iter()
+            .map(|n| Resource::Node(n.resource(None, &[])))
+            .collect();
+        let opts = RenderOptions {
+            timers: Timers::fast(),
+            ..RenderOptions::default()
+        };
+        let mut drivers = Vec::new();
+        for n in &u.nodes {
+            let mut d = BgpDriver::new(
+                BirdPaths::in_dir(n.dir.path()),
+                Some(n.ns.try_clone()?),
+                opts.clone(),
+            );
+            let inputs = OwnedBgpInputs::from_resources(&n.name, &resources, n.blocks.clone());
+            let report = d.apply(&inputs.as_inputs())?;
+            assert_eq!(report.outcome, ReloadOutcome::Started);
+            assert_eq!(report.sessions, 2, "one IPv4 and one IPv6 session");
+            assert_eq!(
+                d.apply(&inputs.as_inputs())?.outcome,
+                ReloadOutcome::Unchanged
+            );
+            assert!(!d.tick()?, "running: nothing to restart");
+            drivers.push(d);
+        }
+        wait_mesh_routes(&u, &["node1", "node2"], 30).await?;
+        let socket = BirdPaths::in_dir(u.node("node1").dir.path()).socket;
+        let st = serval_bgp::query(
+            "node1",
+            std::path::Path::new(serval_bgp::bird::BIRDC_BIN),
+            &socket,
+        );
+        assert!(st.running, "{st:?}");
+        assert_eq!(st.sessions.len(), 2);
+        assert!(
+            st.sessions
+                .iter()
+                .all(|s| s.is_established() && s.routes_imported == 1),
+            "{st:?}"
+        );
+        assert_eq!(drivers[0].status("node1"), st);
+
+        // Agent restart: the old driver detaches, a new one adopts the running BIRD.
+        let pid = drivers[0].bird().pid();
+        let d0 = drivers.remove(0);
+        d0.detach();
+        let n1 = u.node("node1");
+        let mut d = BgpDriver::new(
+            BirdPaths::in_dir(n1.dir.path()),
+            Some(n1.ns.try_clone()?),
+            opts.clone(),
+        );
+        let inputs = OwnedBgpInputs::from_resources("node1", &resources, n1.blocks.clone());
+        d.apply(&inputs.as_inputs())?;
+        assert_eq!(d.bird().pid(), pid, "adopted");
+        d.detach();
+        // lab down: stop by pid file; BIRD withdraws, node2 loses node1's routes.
+        assert!(Bird::stop_in(&BirdPaths::in_dir(n1.dir.path())));
+        let n2 = &u.node("node2").ns;
+        wait_for("node2 loses node1's routes", 30, || async {
+            Ok(
+                !has_route(n2, RTPROT_BIRD, net("10.244.1.0/26"), None).await?
+                    && !has_route(n2, RTPROT_BIRD, net("fd00:10:244::/122"), None).await?,
+            )
+        })
+        .await?;
+        let st = serval_bgp::query(
+            "node1",
+            std::path::Path::new(serval_bgp::bird::BIRDC_BIN),
+            &socket,
+        );
+        assert!(!st.running && st.error.is_some(), "{st:?}");
+        Ok(())
+    })
+}

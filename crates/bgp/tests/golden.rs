@@ -12,13 +12,14 @@ use serval_bgp::config::{
 };
 use serval_bgp::frr::render_bgpd;
 use serval_model::Resource;
-use serval_model::calico::{BGPConfiguration, BGPPeer, Node};
+use serval_model::calico::{BGPConfiguration, BGPPeer, IPPool, Node};
 use serval_model::types::AsNumber;
 
 struct Inputs {
     nodes: Vec<Node>,
     configs: Vec<BGPConfiguration>,
     peers: Vec<BGPPeer>,
+    pools: Vec<IPPool>,
 }
 
 fn load(name: &str) -> Inputs {
@@ -32,12 +33,14 @@ fn load(name: &str) -> Inputs {
         nodes: vec![],
         configs: vec![],
         peers: vec![],
+        pools: vec![],
     };
     for d in docs {
         match d {
             Resource::Node(n) => i.nodes.push(n),
             Resource::BGPConfiguration(c) => i.configs.push(c),
             Resource::BGPPeer(p) => i.peers.push(p),
+            Resource::IPPool(p) => i.pools.push(p),
             other => panic!("unexpected {:?} in {name}", other.kind()),
         }
     }
@@ -57,6 +60,7 @@ fn render_node(i: &Inputs, node: &str, blocks: &[&str], opts: &RenderOptions) ->
             configs: &i.configs,
             peers: &i.peers,
             blocks: &blocks,
+            pools: &i.pools,
         },
         opts,
     )
@@ -160,7 +164,27 @@ fn dual_stack_services_and_node_specific_peers() {
             password: Some("bad\"quote".into()),
         },
     );
-    let r1 = render_node(&i, "node1", &["10.244.1.0/26", "fd00:10:244::/122"], &opts);
+    let r1 = render_node(
+        &i,
+        "node1",
+        &["10.244.1.0/26", "fd00:10:244::/122", "10.250.3.0/26"],
+        &opts,
+    );
+    assert!(!r1.text.contains("10.250.3.0/26"), "disableBGPExport");
+    assert!(
+        r1.skipped.iter().any(|s| s.contains("10.250.3.0/26")),
+        "{:?}",
+        r1.skipped
+    );
+    assert!(
+        r1.text
+            .contains("if net ~ [ fd00:10:244::/112+ ] then reject;"),
+        "VXLAN pool routes stay the agent's"
+    );
+    assert!(
+        !r1.text.contains("10.244.0.0/16+"),
+        "native pool routes are BIRD's"
+    );
     check_golden("dual_stack_node1.conf", &r1.text);
     assert_eq!(r1.local_as, AsNumber(65001), "node's own AS wins");
     let tor = r1
@@ -269,6 +293,7 @@ fn missing_node_and_address_are_errors() {
             configs: &[],
             peers: &[],
             blocks: &[],
+            pools: &[],
         },
         &RenderOptions::default(),
     )
@@ -285,6 +310,7 @@ fn missing_node_and_address_are_errors() {
             configs: &[],
             peers: &[],
             blocks: &[],
+            pools: &[],
         },
         &RenderOptions::default(),
     )

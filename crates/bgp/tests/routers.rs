@@ -187,8 +187,19 @@ async fn router_learns_every_block(kind: RouterKind, dual: bool) -> Result<()> {
         let summary = f.vtysh("show bgp summary")?;
         assert!(summary.contains("fd00:5e:7::11"), "{summary}");
     }
-    router.stop();
-    assert!(!router_is_running(&mut router), "router stopped");
+    // `lab up` leaves the router running; `lab down` stops it by its pid files.
+    assert!(router_is_running(&mut router));
+    router.detach();
+    assert!(
+        ExternalRouter::stop_in(dir.path()),
+        "found the running router"
+    );
+    assert!(!ExternalRouter::stop_in(dir.path()), "nothing left to stop");
+    let ns: &NetNs = router_ns;
+    wait_for("the stopped router's routes go", 20, || async move {
+        Ok(common::routes(ns, proto).await?.is_empty())
+    })
+    .await?;
     Ok(())
 }
 

@@ -172,6 +172,7 @@ impl Underlay {
                 configs,
                 peers,
                 blocks: &n.blocks,
+                pools: &[],
             },
             &RenderOptions {
                 timers: Timers::fast(),
