@@ -13,6 +13,24 @@
 //! - [`kernel`]: read back and ordered write;
 //! - [`IptablesDataplane`]: the driver (`apply`, `resync`, `cleanup`, `stats`).
 //!
+//! # Use from the agent
+//!
+//! ```no_run
+//! use serval_dp_iptables::{Exec, Family, IptablesDataplane};
+//! # fn demo(state: &serval_calc::DesiredState, node_ns: serval_sys::NetNs) -> Result<(), Box<dyn std::error::Error>> {
+//! // Commands run in the node's namespace (or `Exec::current()` for the caller's own).
+//! let mut dp = IptablesDataplane::new(Exec::in_netns(node_ns), &Family::ALL);
+//! dp.apply(state)?;   // first call reconciles with what is in the kernel, later ones diff
+//! dp.resync()?;       // periodically: repair drift
+//! let stats = dp.stats();
+//! dp.cleanup()?;      // on `--cleanup` shutdown: remove every chain, hook and set we own
+//! # Ok(()) }
+//! ```
+//!
+//! The driver is synchronous (it runs `iptables-restore`, `ip6tables-restore` and `ipset` as
+//! child processes, each spawned from a thread inside the target namespace); async callers
+//! use `tokio::task::spawn_blocking`.
+//!
 //! Ownership: we only ever write chains named `SERVAL-…` and ipsets named `serval-…`, plus one
 //! jump rule per hooked built-in chain (`-m comment --comment serval -j SERVAL-…`, inserted
 //! at position 1 when missing). No other chain or set is edited.

@@ -16,6 +16,10 @@ use super::{
 };
 use crate::rules::{Family, FamilyRules, Hook, Table, TableRules};
 
+/// ICMPv6 types a pod must always be able to send to its host: MLD query/report/done (130,
+/// 131, 132), router solicitation (133), neighbour solicitation/advertisement (135, 136).
+const NDP_TYPES: [u8; 6] = [130, 131, 132, 133, 135, 136];
+
 /// Largest number of ports in one `-m multiport` match (a range counts two).
 const MULTIPORT_SLOTS: usize = 15;
 
@@ -62,6 +66,16 @@ pub(super) fn render(
     let clear = format!("-j MARK --set-xmark 0x0/{:#x}", MARK_ACCEPT | MARK_PASS);
     t.push(chains::FORWARD, clear.clone());
     t.push(chains::INPUT, clear);
+    if family == Family::V6 {
+        // Neighbour discovery, router solicitation and MLD from link-local addresses: never
+        // subject to anti-spoofing or policy (as Calico allows them to the host).
+        for icmp_type in NDP_TYPES {
+            t.push(
+                chains::INPUT,
+                format!("-p ipv6-icmp -m icmp6 --icmpv6-type {icmp_type} -j ACCEPT"),
+            );
+        }
+    }
 
     let mut from_rules = Vec::new();
     let mut to_rules = Vec::new();
