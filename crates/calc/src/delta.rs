@@ -33,6 +33,7 @@ pub struct Delta {
     pub host_endpoints_changed: BTreeSet<String>,
     pub host_endpoints_removed: BTreeSet<String>,
     pub nat_outgoing_changed: bool,
+    /// Failsafe ports or `endpoint_to_host` changed.
     pub failsafe_changed: bool,
 }
 
@@ -99,6 +100,7 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> Delta {
         host_endpoints_changed,
         host_endpoints_removed,
         nat_outgoing_changed: old.nat_outgoing != new.nat_outgoing,
-        failsafe_changed: old.failsafe != new.failsafe,
+        failsafe_changed: old.failsafe != new.failsafe
+            || old.endpoint_to_host != new.endpoint_to_host,
     }
 }

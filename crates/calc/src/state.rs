@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use serval_model::calico::EndpointToHostAction;
 
 use crate::endpoints::{Endpoint, EndpointKey};
 use crate::ipsets::{IpSetId, IpSetMembers, MemberIndex};
@@ -30,6 +31,10 @@ pub struct DesiredState {
     pub host_endpoints: BTreeMap<String, HostEndpointState>,
     /// Failsafe ports (from the node's effective FelixConfiguration).
     pub failsafe: Failsafe,
+    /// What happens to traffic from a local workload to the host itself, after the
+    /// workload's egress policy (FelixConfiguration `defaultEndpointToHostAction`; Calico's
+    /// default Drop): Drop, Accept, or Return (on to host endpoint policy and failsafe).
+    pub endpoint_to_host: EndpointToHostAction,
 }
 
 /// Addresses of `node` (every node when `None`) from Node resources.
@@ -85,5 +90,6 @@ pub fn desired_state(model: &Model, node: Option<&str>) -> DesiredState {
         nat_outgoing: nat_outgoing(model),
         host_endpoints,
         failsafe: compile::failsafe(&felix),
+        endpoint_to_host: felix.default_endpoint_to_host_action,
     }
 }

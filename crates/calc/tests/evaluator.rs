@@ -193,13 +193,13 @@ spec: {node: node-1, expectedIPs: [192.168.0.1]}
 "#,
     ));
     // No policy selects the host endpoint: denied, except failsafe.
-    let v = ev.evaluate(&Packet::l4(ip(XA), ip("192.168.0.1"), IpProto::Tcp, 80));
+    let v = ev.evaluate(&Packet::l4(ip(XB), ip("192.168.0.1"), IpProto::Tcp, 80));
     assert!(!v.allowed);
     assert_eq!(
         v.ingress.map(|d| d.by),
         Some(DecidedBy::HostEndpointDefaultDeny)
     );
-    let v = ev.evaluate(&Packet::l4(ip(XA), ip("192.168.0.1"), IpProto::Tcp, 22));
+    let v = ev.evaluate(&Packet::l4(ip(XB), ip("192.168.0.1"), IpProto::Tcp, 22));
     assert!(v.allowed);
     assert!(matches!(
         v.ingress.map(|d| d.by),

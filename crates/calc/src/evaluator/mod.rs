@@ -16,10 +16,13 @@
 //!    some are.
 //! 4. **Egress** policy of the source endpoint (a pod, or a host endpoint with its outbound
 //!    failsafe ports), against the destination after DNAT.
-//! 5. **Ingress** policy of the destination endpoint (a pod, or a host endpoint with its
+//! 5. **Endpoint to host.** A pod reaching an address of its own node meets the node's
+//!    FelixConfiguration `defaultEndpointToHostAction` (Calico's default: Drop) after its
+//!    egress policy; Return goes on to the host endpoint's policy.
+//! 6. **Ingress** policy of the destination endpoint (a pod, or a host endpoint with its
 //!    inbound failsafe ports). When the service masquerades the source to the node, ingress
 //!    sees the node's address as the source.
-//! 6. **NAT outgoing** for pod traffic leaving the pools ([`NatApplied::masquerade`]).
+//! 7. **NAT outgoing** for pod traffic leaving the pools ([`NatApplied::masquerade`]).
 //!
 //! Replies of allowed connections always pass (conntrack); the evaluator judges new
 //! connections only.
@@ -31,6 +34,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
+use serval_model::calico::EndpointToHostAction;
 
 use crate::endpoints::EndpointKey;
 use crate::model::Model;
@@ -105,6 +109,9 @@ pub enum DecidedBy {
     HostEndpointDefaultDeny,
     /// The sender used an address that is not its own.
     AntiSpoofing,
+    /// A workload reaching its own node: FelixConfiguration `defaultEndpointToHostAction`
+    /// (Drop or Accept decide; Return hands on to host endpoint policy and is not reported).
+    EndpointToHost(EndpointToHostAction),
 }
 
 /// One direction's decision.
@@ -173,6 +180,9 @@ pub struct Evaluator {
     owners: BTreeMap<IpAddr, Owner>,
     /// Node name → its addresses (from Node resources).
     node_addrs: BTreeMap<String, Vec<IpAddr>>,
+    /// Node name → its effective `defaultEndpointToHostAction` (nodes with a Node resource
+    /// or an endpoint; others use the cluster default in the state).
+    endpoint_to_host: BTreeMap<String, EndpointToHostAction>,
 }
 
 /// Evaluates one packet against a model. For many packets build an [`Evaluator`] once.
@@ -199,10 +209,25 @@ impl Evaluator {
             .iter()
             .map(|(n, node)| (n.clone(), node.bgp_addrs()))
             .collect();
+        let nodes: std::collections::BTreeSet<String> = model
+            .nodes
+            .keys()
+            .cloned()
+            .chain(state.endpoints.values().map(|(e, _)| e.node.clone()))
+            .chain(state.host_endpoints.values().map(|h| h.node.clone()))
+            .collect();
+        let endpoint_to_host = nodes
+            .into_iter()
+            .map(|n| {
+                let a = model.felix(Some(&n)).default_endpoint_to_host_action;
+                (n, a)
+            })
+            .collect();
         Evaluator {
             state,
             owners,
             node_addrs,
+            endpoint_to_host,
         }
     }
 
@@ -265,10 +290,44 @@ impl Evaluator {
     }
 
     /// Egress of `flow.src`'s endpoint, then ingress of `ingress_flow.dst`'s.
+    ///
+    /// A workload reaching an address of its own node meets the node's
+    /// `defaultEndpointToHostAction` after its egress policy: Drop denies, Accept allows, Return
+    /// goes on to the host endpoint's ingress policy (and failsafe ports), as Calico does.
     fn legs(&self, flow: &Flow, ingress_flow: &Flow) -> (Option<Decision>, Option<Decision>) {
         let egress = self.direction(flow.src, Direction::Egress, flow);
+        if let Some(Owner::Workload(_)) = self.owners.get(&flow.src)
+            && let Some(node) = self.node_of(flow.src)
+            && self.is_addr_of_node(&node, ingress_flow.dst)
+        {
+            let action = self
+                .endpoint_to_host
+                .get(&node)
+                .copied()
+                .unwrap_or(self.state.endpoint_to_host);
+            let decided = |allowed| Decision {
+                allowed,
+                by: DecidedBy::EndpointToHost(action),
+                logged: Vec::new(),
+            };
+            let ingress = match action {
+                EndpointToHostAction::Drop => Some(decided(false)),
+                EndpointToHostAction::Accept => Some(decided(true)),
+                EndpointToHostAction::Return => {
+                    self.direction(ingress_flow.dst, Direction::Ingress, ingress_flow)
+                }
+            };
+            return (egress, ingress);
+        }
         let ingress = self.direction(ingress_flow.dst, Direction::Ingress, ingress_flow);
         (egress, ingress)
+    }
+
+    /// True when `a` is an address of `node` (its Node resource, or a host endpoint on it).
+    fn is_addr_of_node(&self, node: &str, a: IpAddr) -> bool {
+        self.node_addrs.get(node).is_some_and(|v| v.contains(&a))
+            || matches!(self.owners.get(&a), Some(Owner::Host(h))
+                if self.state.host_endpoints.get(h).is_some_and(|h| h.node == node))
     }
 
     /// Judges one packet.
@@ -467,6 +526,9 @@ fn describe(d: &Decision) -> String {
             format!("{verb}: host endpoint with no policy for this direction")
         }
         DecidedBy::AntiSpoofing => format!("{verb} by anti-spoofing"),
+        DecidedBy::EndpointToHost(a) => {
+            format!("{verb} by defaultEndpointToHostAction {a:?} (a pod reaching its own node)")
+        }
     }
 }
 
