@@ -390,3 +390,45 @@ fn bird_rejects_garbage() {
     let e = serval_bgp::bird::check_config(Path::new(serval_bgp::bird::BIRD_BIN), &f).unwrap_err();
     assert!(e.to_string().contains("bad.conf"), "{e}");
 }
+
+/// FRR's own parser (`bgpd -C`, dry run) accepts the rendered bgpd.conf: no line is reported.
+#[test]
+fn frr_parses_golden_bgpd() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bgpd = Path::new(serval_bgp::frr::FRR_DIR).join("bgpd");
+    if !bgpd.exists() || !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "skipping frr_parses_golden_bgpd: needs root and {} (apt install frr)",
+            bgpd.display()
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // bgpd drops to the frr user: it must read the file.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let check = |text: &str| -> String {
+        let f = dir.path().join("bgpd.conf");
+        std::fs::write(&f, text).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = std::process::Command::new(&bgpd)
+            .args(["-C", "-u", "frr", "-g", "frr", "-f"])
+            .arg(&f)
+            .arg("--vty_socket")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let golden = std::fs::read_to_string(golden_dir().join("router_frr_bgpd.conf")).unwrap();
+    let out = check(&golden);
+    assert!(!out.contains("config line"), "bgpd -C complains:\n{out}");
+    let out = check("router bgp 1\n neighbor x remote-as\n");
+    assert!(
+        out.contains("config line"),
+        "bgpd -C reports errors this way:\n{out}"
+    );
+}
