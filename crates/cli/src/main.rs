@@ -49,6 +49,9 @@ enum Command {
     Lab(lab::LabCommand),
     /// The per-node agent (run inside the node's network namespace).
     Agent(AgentArgs),
+    /// Measure service latency, programming time, throughput and memory against kube-proxy
+    /// baselines in one run (report.md, results.json, PNG plots).
+    Bench(serval_bench::BenchArgs),
     /// The server inside each lab pod (started by the agent).
     #[command(hide = true)]
     PodServer(PodServerArgs),
@@ -139,6 +142,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.lab_dir = args.lab_dir;
             config.netns_prefix = args.netns_prefix;
             serval_agent::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            let out = tokio::task::spawn_blocking(move || serval_bench::run(args)).await??;
+            println!("{}", out.report.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::PodServer(_) => {

@@ -1,0 +1,302 @@
+//! The stage of one run: a small lab made with the `serval` binary (`serval lab up`), with a
+//! client pod and a server pod on node1 and a second server pod on node2, removed again
+//! (`serval lab down`) when dropped, even on panic.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serval_sys::NetNs;
+
+use crate::error::{BenchError, Result};
+
+/// Where `serval lab` keeps its labs (one directory per lab).
+pub const LABS_DIR: &str = "/var/lib/serval/labs";
+
+/// The pods every bench lab has: (name, node).
+const PODS: [(&str, &str); 3] = [
+    ("client", "node1"),
+    ("server", "node1"),
+    ("server2", "node2"),
+];
+
+/// One pod of the bench lab.
+#[derive(Debug)]
+pub struct Pod {
+    pub name: String,
+    pub node: String,
+    pub netns_name: String,
+    pub netns: NetNs,
+    pub ip: Ipv4Addr,
+}
+
+/// A lab brought up for the bench; `serval lab down` on drop.
+#[derive(Debug)]
+pub struct Lab {
+    pub name: String,
+    pub dataplane: String,
+    serval: PathBuf,
+    work_dir: PathBuf,
+    pub client: Pod,
+    pub server: Pod,
+    pub server2: Pod,
+    /// node1's network namespace: the client's node, where the baselines' rules go.
+    pub node1: NetNs,
+    pub node1_name: String,
+}
+
+/// Runs a command, returning stdout; a non-zero exit is an error carrying stderr.
+pub fn run_command(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|source| BenchError::Spawn {
+        command: shown.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(BenchError::CommandFailed {
+            command: shown,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A fresh lab name `bench-XXXX` (at most 12 characters, as `serval lab` requires).
+pub fn fresh_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mix = (u64::from(std::process::id()) << 20) ^ u64::from(nanos) ^ u64::from(nanos >> 13);
+    format!("bench-{:04x}", mix & 0xffff)
+}
+
+fn pods_yaml() -> String {
+    let mut y = String::new();
+    for (pod, node) in PODS {
+        let app = if pod == "client" {
+            "bench-client"
+        } else {
+            "bench-server"
+        };
+        // Only `server` (node1) is a service backend; `server2` is for cross-node throughput.
+        let role = if pod == "server" { "backend" } else { "other" };
+        y.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: default\n  labels:\n    \
+             app: {app}\n    bench-role: {role}\nspec:\n  nodeName: {node}\n  containers:\n    - name: main\n      \
+             ports:\n        - name: http\n          containerPort: 8080\n"
+        ));
+    }
+    y
+}
+
+impl Lab {
+    /// `serval lab up --name NAME --dataplane DP -f pods.yaml`, then opens the pods'
+    /// namespaces and reads their addresses. `work_dir` holds the files handed to `serval`.
+    pub fn up(serval: &Path, dataplane: &str, work_dir: &Path) -> Result<Lab> {
+        let name = fresh_name();
+        std::fs::create_dir_all(work_dir).map_err(|source| BenchError::Io {
+            op: "creating",
+            path: work_dir.to_path_buf(),
+            source,
+        })?;
+        let pods_file = work_dir.join(format!("{name}-pods.yaml"));
+        write_file(&pods_file, &pods_yaml())?;
+        let up = run_command(
+            Command::new(serval)
+                .args(["lab", "up", "--name", &name, "--nodes", "2", "--dataplane"])
+                .arg(dataplane)
+                .arg("-f")
+                .arg(&pods_file),
+        );
+        // From here on the lab (or what was made of it) exists: the guard removes it.
+        let guard = DownGuard {
+            serval: serval.to_path_buf(),
+            name: name.clone(),
+            armed: true,
+        };
+        up?;
+        let node1_name = node_netns(&name, "node1")?;
+        let node1 = NetNs::open(&node1_name).map_err(|source| BenchError::Netns {
+            what: "opening",
+            netns: node1_name.clone(),
+            source,
+        })?;
+        let client = open_pod(&name, PODS[0].0, PODS[0].1)?;
+        let server = open_pod(&name, PODS[1].0, PODS[1].1)?;
+        let server2 = open_pod(&name, PODS[2].0, PODS[2].1)?;
+        let mut guard = guard;
+        guard.armed = false;
+        Ok(Lab {
+            name,
+            dataplane: dataplane.to_string(),
+            serval: serval.to_path_buf(),
+            work_dir: work_dir.to_path_buf(),
+            client,
+            server,
+            server2,
+            node1,
+            node1_name,
+        })
+    }
+
+    /// `serval --lab NAME apply -f FILE` with `yaml` written to the work directory.
+    pub fn apply(&self, file_stem: &str, yaml: &str) -> Result<()> {
+        let path = self
+            .work_dir
+            .join(format!("{}-{file_stem}.yaml", self.name));
+        write_file(&path, yaml)?;
+        run_command(
+            Command::new(&self.serval)
+                .args(["--lab", &self.name, "apply", "-f"])
+                .arg(&path),
+        )
+        .map(|_| ())
+    }
+
+    /// `serval --lab NAME delete -f FILE` (the file written by an earlier [`Lab::apply`]).
+    pub fn delete(&self, file_stem: &str) -> Result<()> {
+        let path = self
+            .work_dir
+            .join(format!("{}-{file_stem}.yaml", self.name));
+        run_command(
+            Command::new(&self.serval)
+                .args(["--lab", &self.name, "delete", "-f"])
+                .arg(&path),
+        )
+        .map(|_| ())
+    }
+
+    /// The pid of a node's agent (from its pid file), if it runs.
+    pub fn agent_pid(&self, node: &str) -> Option<u32> {
+        let path = Path::new(LABS_DIR)
+            .join(&self.name)
+            .join("nodes")
+            .join(node)
+            .join("agent.pid");
+        std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        lab_down(&self.serval, &self.name);
+    }
+}
+
+struct DownGuard {
+    serval: PathBuf,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for DownGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            lab_down(&self.serval, &self.name);
+        }
+    }
+}
+
+fn lab_down(serval: &Path, name: &str) {
+    match run_command(Command::new(serval).args(["lab", "down", "--name", name])) {
+        Ok(_) => tracing::debug!(lab = name, "lab removed"),
+        Err(e) => {
+            eprintln!("warning: removing lab {name}: {e}; run `serval lab down --name {name}`")
+        }
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|source| BenchError::Io {
+        op: "writing",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A node's netns name, from the lab's `lab.json` (falling back to the lab's convention).
+fn node_netns(lab: &str, node: &str) -> Result<String> {
+    let path = Path::new(LABS_DIR).join(lab).join("lab.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| BenchError::Io {
+        op: "reading",
+        path: path.clone(),
+        source,
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| BenchError::Json { path, source })?;
+    let found = v["nodes"].as_array().and_then(|nodes| {
+        nodes
+            .iter()
+            .find(|n| n["name"] == node)
+            .and_then(|n| n["netns"].as_str())
+            .map(str::to_string)
+    });
+    Ok(found.unwrap_or_else(|| format!("sv-{lab}-{node}")))
+}
+
+fn open_pod(lab: &str, pod: &str, node: &str) -> Result<Pod> {
+    let netns_name = format!("sv-{lab}-default-{pod}");
+    let netns = NetNs::open(&netns_name).map_err(|source| BenchError::Netns {
+        what: "opening pod",
+        netns: netns_name.clone(),
+        source,
+    })?;
+    let ip = netns
+        .run(eth0_ipv4)
+        .map_err(|source| BenchError::Netns {
+            what: "reading eth0's address",
+            netns: netns_name.clone(),
+            source,
+        })?
+        .ok_or_else(|| BenchError::NoPodAddress {
+            pod: format!("default/{pod}"),
+            netns: netns_name.clone(),
+        })?;
+    Ok(Pod {
+        name: pod.to_string(),
+        node: node.to_string(),
+        netns_name,
+        netns,
+        ip,
+    })
+}
+
+/// The IPv4 address of `eth0` in the calling thread's namespace.
+fn eth0_ipv4() -> Option<Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|ifa| {
+        if ifa.interface_name != "eth0" {
+            return None;
+        }
+        ifa.address
+            .as_ref()
+            .and_then(|a| a.as_sockaddr_in())
+            .map(|sin| sin.ip())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_fit_the_lab_limit() {
+        let n = fresh_name();
+        assert!(n.len() <= 12, "{n}");
+        assert!(n.starts_with("bench-"));
+        assert!(
+            n.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        );
+    }
+
+    #[test]
+    fn pods_yaml_has_three_pods_on_their_nodes() {
+        let y = pods_yaml();
+        assert_eq!(y.matches("kind: Pod").count(), 3);
+        assert!(y.contains("name: server2\n  namespace: default"));
+        assert!(y.contains("nodeName: node2"));
+        assert_eq!(y.matches("bench-role: backend").count(), 1);
+    }
+}

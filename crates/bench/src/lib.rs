@@ -1,0 +1,820 @@
+//! `serval bench`: the performance tables of the seed (service-routing latency against the
+//! number of services, rule-update times, memory), measured on the user's own machine in one
+//! run, side by side with kernel baselines measured in the same run.
+//!
+//! A run brings up its own small lab (`serval lab up`: two nodes, a client pod and a server
+//! pod on node1, a second server on node2), then for each size N and each column:
+//!
+//! - `direct`: new-connection latency to the backend pod's own address (the floor);
+//! - `kube-proxy-iptables` / `kube-proxy-nftables`: kube-proxy's rules for N services
+//!   ([`kubeproxy`]) loaded into the client's node, timed until the last answers, latency to
+//!   the last, one more service added, then removed;
+//! - `serval-iptables`, `serval-bpf`, `serval-bpf-ctlb`: the same through Serval (Services
+//!   applied to the lab), each first checked to really work; a column that cannot run is
+//!   reported as "not available: <reason>", never estimated.
+//!
+//! It writes `report.md`, `results.json` (every raw sample) and PNG plots into `--out`.
+
+pub mod error;
+pub mod kubeproxy;
+pub mod lab;
+pub mod machine;
+pub mod net;
+pub mod plot;
+pub mod progress;
+pub mod report;
+pub mod results;
+pub mod stats;
+
+mod baseline;
+mod serval;
+mod throughput;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+pub use error::{BenchError, Result};
+use lab::Lab;
+use progress::Progress;
+use results::{Failure, LatencyPoint, RatePoint, Results, RunConfig, Unavailable};
+
+/// The default service counts.
+pub const DEFAULT_SIZES: [usize; 7] = [1, 100, 1_000, 5_000, 10_000, 25_000, 50_000];
+/// `--quick` service counts.
+pub const QUICK_SIZES: [usize; 3] = [1, 100, 1_000];
+/// The default policy counts.
+pub const DEFAULT_POLICY_SIZES: [usize; 4] = [1, 100, 1_000, 10_000];
+/// `--quick` policy counts.
+pub const QUICK_POLICY_SIZES: [usize; 2] = [1, 100];
+
+/// A part of the benchmark (`--only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Section {
+    /// Service scale: new-connection latency to the last of N services.
+    Latency,
+    /// Time to program N services, and one more at N.
+    Programming,
+    /// Policy scale: allowed-connection latency with N policies (Serval columns only).
+    Policy,
+    /// iperf3 throughput and 1-byte request rate, pod to pod.
+    Throughput,
+    /// Agent resident memory and BPF map memory.
+    Memory,
+}
+
+impl Section {
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Latency => "latency",
+            Section::Programming => "programming",
+            Section::Policy => "policy",
+            Section::Throughput => "throughput",
+            Section::Memory => "memory",
+        }
+    }
+}
+
+/// A column (`--dataplanes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Dataplane {
+    /// The backend pod's own address: no service rules (the floor).
+    Direct,
+    /// kube-proxy's iptables-mode rules, loaded with iptables-restore.
+    KubeProxyIptables,
+    /// kube-proxy's nftables-mode rules, loaded with nft -f.
+    KubeProxyNftables,
+    /// Serval's iptables dataplane (a `--dataplane iptables` lab).
+    ServalIptables,
+    /// Serval's eBPF dataplane (a `--dataplane bpf` lab).
+    ServalBpf,
+    /// Serval's eBPF dataplane with connect-time load balancing.
+    ServalBpfCtlb,
+}
+
+impl Dataplane {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataplane::Direct => "direct",
+            Dataplane::KubeProxyIptables => "kube-proxy-iptables",
+            Dataplane::KubeProxyNftables => "kube-proxy-nftables",
+            Dataplane::ServalIptables => "serval-iptables",
+            Dataplane::ServalBpf => "serval-bpf",
+            Dataplane::ServalBpfCtlb => "serval-bpf-ctlb",
+        }
+    }
+
+    fn is_serval(self) -> bool {
+        matches!(
+            self,
+            Dataplane::ServalIptables | Dataplane::ServalBpf | Dataplane::ServalBpfCtlb
+        )
+    }
+
+    /// The `serval lab up --dataplane` of the lab this column runs in.
+    fn lab_dataplane(self) -> &'static str {
+        match self {
+            Dataplane::ServalBpf | Dataplane::ServalBpfCtlb => "bpf",
+            _ => "iptables",
+        }
+    }
+}
+
+/// `serval bench` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Small sizes and few samples (N = 1, 100, 1000; 300 samples; 1 s throughput runs):
+    /// about two minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Service counts, comma-separated [default: 1,100,1000,5000,10000,25000,50000].
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<usize>,
+    /// Policy counts for the policy section, comma-separated [default: 1,100,1000,10000].
+    #[arg(long, value_delimiter = ',')]
+    pub policy_sizes: Vec<usize>,
+    /// Run only these sections [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Vec<Section>,
+    /// Columns to measure [default: all].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub dataplanes: Vec<Dataplane>,
+    /// Latency samples per point [default: 2000; 300 with --quick].
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Unrecorded exchanges before each latency run [default: 50; 10 with --quick].
+    #[arg(long)]
+    pub warmup: Option<usize>,
+    /// Seconds per throughput and request-rate run [default: 5; 1 with --quick].
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+    /// Directory for report.md, results.json and the plots.
+    #[arg(long, default_value = "bench-results")]
+    pub out: PathBuf,
+    /// The `serval` binary that makes the labs [default: this program].
+    #[arg(long, hide = true)]
+    pub serval_bin: Option<PathBuf>,
+}
+
+/// What a run wrote.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    pub report: PathBuf,
+    pub json: PathBuf,
+    pub plots: Vec<PathBuf>,
+}
+
+/// The resolved plan of a run.
+#[derive(Debug, Clone)]
+struct Plan {
+    sizes: Vec<usize>,
+    policy_sizes: Vec<usize>,
+    sections: Vec<Section>,
+    dataplanes: Vec<Dataplane>,
+    samples: usize,
+    warmup: usize,
+    duration: Duration,
+    out: PathBuf,
+    serval: PathBuf,
+    quick: bool,
+}
+
+impl Plan {
+    fn from_args(args: BenchArgs) -> Result<Plan> {
+        let quick = args.quick;
+        let sizes = if args.sizes.is_empty() {
+            if quick {
+                QUICK_SIZES.to_vec()
+            } else {
+                DEFAULT_SIZES.to_vec()
+            }
+        } else {
+            args.sizes
+        };
+        if sizes.contains(&0) {
+            return Err(BenchError::Usage {
+                arg: "--sizes",
+                reason: "every size must be at least 1 (the target is the last service)".into(),
+            });
+        }
+        let policy_sizes = if args.policy_sizes.is_empty() {
+            if quick {
+                QUICK_POLICY_SIZES.to_vec()
+            } else {
+                DEFAULT_POLICY_SIZES.to_vec()
+            }
+        } else {
+            args.policy_sizes
+        };
+        if policy_sizes.contains(&0) {
+            return Err(BenchError::Usage {
+                arg: "--policy-sizes",
+                reason: "every size must be at least 1 (the last policy allows the client)".into(),
+            });
+        }
+        let mut sections = args.only;
+        if sections.is_empty() {
+            sections = Section::value_variants().to_vec();
+        }
+        sections.dedup();
+        let mut dataplanes = args.dataplanes;
+        if dataplanes.is_empty() {
+            dataplanes = Dataplane::value_variants().to_vec();
+        }
+        dataplanes.dedup();
+        let samples = args.samples.unwrap_or(if quick { 300 } else { 2000 });
+        if samples == 0 {
+            return Err(BenchError::Usage {
+                arg: "--samples",
+                reason: "at least one sample is needed".into(),
+            });
+        }
+        let serval = match args.serval_bin {
+            Some(p) => p,
+            None => std::env::current_exe().map_err(|source| BenchError::Io {
+                op: "locating",
+                path: "the serval binary (/proc/self/exe)".into(),
+                source,
+            })?,
+        };
+        Ok(Plan {
+            sizes,
+            policy_sizes,
+            sections,
+            dataplanes,
+            samples,
+            warmup: args.warmup.unwrap_or(if quick { 10 } else { 50 }),
+            duration: Duration::from_secs(args.duration_secs.unwrap_or(if quick { 1 } else { 5 })),
+            out: args.out,
+            serval,
+            quick,
+        })
+    }
+
+    fn has(&self, s: Section) -> bool {
+        self.sections.contains(&s)
+    }
+}
+
+/// The labs of a run, brought up when first needed and removed at the end.
+struct Labs<'a> {
+    plan: &'a Plan,
+    work: PathBuf,
+    iptables: Option<Lab>,
+    bpf: Option<Lab>,
+    progress: &'a Progress,
+    /// Per Serval column: `Err(reason)` when its services do not work in its lab.
+    service_check: Vec<(Dataplane, std::result::Result<(), String>)>,
+    policy_check: Vec<(Dataplane, std::result::Result<(), String>)>,
+}
+
+impl Labs<'_> {
+    fn get(&mut self, dataplane: &str) -> Result<&Lab> {
+        let slot = if dataplane == "bpf" {
+            &mut self.bpf
+        } else {
+            &mut self.iptables
+        };
+        if slot.is_none() {
+            self.progress.line(&format!(
+                "bringing up a lab (`serval lab up --dataplane {dataplane}`, 2 nodes, pods client/server on node1, server2 on node2)"
+            ));
+            let lab = Lab::up(&self.plan.serval, dataplane, &self.work)?;
+            self.progress.line(&format!(
+                "lab {} is up: client {} server {} server2 {}",
+                lab.name, lab.client.ip, lab.server.ip, lab.server2.ip
+            ));
+            *slot = Some(lab);
+        }
+        slot.as_ref().ok_or(BenchError::Usage {
+            arg: "--dataplanes",
+            reason: "internal: lab slot empty".into(),
+        })
+    }
+
+    /// Whether a Serval column's Services work; checked once per column.
+    fn services(&mut self, dp: Dataplane) -> std::result::Result<(), String> {
+        if let Some((_, r)) = self.service_check.iter().find(|(d, _)| *d == dp) {
+            return r.clone();
+        }
+        let result = self.check(dp, serval::check_services);
+        self.service_check.push((dp, result.clone()));
+        result
+    }
+
+    fn policy(&mut self, dp: Dataplane) -> std::result::Result<(), String> {
+        if let Some((_, r)) = self.policy_check.iter().find(|(d, _)| *d == dp) {
+            return r.clone();
+        }
+        let result = self.check(dp, serval::check_policy);
+        self.policy_check.push((dp, result.clone()));
+        result
+    }
+
+    fn check(
+        &mut self,
+        dp: Dataplane,
+        check: fn(&Lab) -> std::result::Result<(), String>,
+    ) -> std::result::Result<(), String> {
+        if dp == Dataplane::ServalBpfCtlb {
+            // The lab has no switch for connect-time load balancing yet.
+            let base = self.check(Dataplane::ServalBpf, check);
+            return match base {
+                Err(e) => Err(format!("as serval-bpf: {e}")),
+                Ok(()) => Err(
+                    "`serval lab up` has no way yet to turn on connect-time load balancing \
+                     (FelixConfiguration bpfConnectTimeLoadBalancing) for a lab"
+                        .into(),
+                ),
+            };
+        }
+        let progress = self.progress;
+        match self.get(dp.lab_dataplane()) {
+            Ok(lab) => {
+                progress.line(&format!(
+                    "{}: checking that the dataplane works in lab {}",
+                    dp.name(),
+                    lab.name
+                ));
+                let r = check(lab);
+                match &r {
+                    Ok(()) => progress.line(&format!("{}: available", dp.name())),
+                    Err(e) => progress.line(&format!("{}: not available: {e}", dp.name())),
+                }
+                r
+            }
+            Err(e) => Err(format!("its lab did not come up: {e}")),
+        }
+    }
+}
+
+/// Runs the benchmark and writes the report, the JSON and the plots.
+pub fn run(args: BenchArgs) -> Result<RunOutput> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(BenchError::NotRoot);
+    }
+    let plan = Plan::from_args(args)?;
+    std::fs::create_dir_all(&plan.out).map_err(|source| BenchError::Io {
+        op: "creating",
+        path: plan.out.clone(),
+        source,
+    })?;
+    let progress = Progress::new();
+    let started = machine::now_utc();
+    let mut r = Results {
+        machine: machine::describe(),
+        started_utc: started.clone(),
+        finished_utc: String::new(),
+        duration_s: 0.0,
+        config: RunConfig {
+            sizes: plan.sizes.clone(),
+            samples: plan.samples,
+            warmup: plan.warmup,
+            sections: plan.sections.iter().map(|s| s.name().to_string()).collect(),
+            dataplanes: plan
+                .dataplanes
+                .iter()
+                .map(|d| d.name().to_string())
+                .collect(),
+            quick: plan.quick,
+        },
+        latency: vec![],
+        programming: vec![],
+        policy: vec![],
+        throughput: vec![],
+        request_rate: vec![],
+        memory: vec![],
+        unavailable: vec![],
+        failures: vec![],
+    };
+    progress.line(&format!(
+        "serval bench: sections {}; columns {}; sizes {:?}; {} samples per point; output in {}",
+        r.config.sections.join(","),
+        r.config.dataplanes.join(","),
+        plan.sizes,
+        plan.samples,
+        plan.out.display()
+    ));
+    let mut labs = Labs {
+        plan: &plan,
+        work: plan.out.join("work"),
+        iptables: None,
+        bpf: None,
+        progress: &progress,
+        service_check: vec![],
+        policy_check: vec![],
+    };
+    let outcome = run_sections(&plan, &mut labs, &mut r, &progress);
+    // The labs go before the files are written: their removal is part of the run.
+    drop(labs);
+    if let Err(e) = &outcome {
+        progress.line(&format!("the run stopped early: {e}"));
+        r.failures.push(Failure {
+            section: "run".into(),
+            dataplane: "-".into(),
+            n: None,
+            error: e.to_string(),
+        });
+    }
+    r.finished_utc = machine::now_utc();
+    r.duration_s = progress.elapsed_s();
+    let out = write_outputs(&r, &plan.out)?;
+    progress.line(&format!(
+        "wrote {}, {} and {} plot(s)",
+        out.report.display(),
+        out.json.display(),
+        out.plots.len()
+    ));
+    outcome.map(|()| out)
+}
+
+/// Writes results.json, the plots and report.md into `dir`.
+pub fn write_outputs(r: &Results, dir: &Path) -> Result<RunOutput> {
+    let json = dir.join("results.json");
+    let text = serde_json::to_string_pretty(r).map_err(|source| BenchError::Json {
+        path: json.clone(),
+        source,
+    })?;
+    std::fs::write(&json, text).map_err(|source| BenchError::Io {
+        op: "writing",
+        path: json.clone(),
+        source,
+    })?;
+    let mut plots = Vec::new();
+    let mut shown = Vec::new();
+    for (title, made) in [
+        ("latency vs N", plot::latency(r, dir)?),
+        ("programming time vs N", plot::programming(r, dir)?),
+    ] {
+        if let Some(p) = made {
+            let file = p
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            shown.push((title.to_string(), file));
+            plots.push(p);
+        }
+    }
+    let report = dir.join("report.md");
+    std::fs::write(&report, report::render(r, &shown)).map_err(|source| BenchError::Io {
+        op: "writing",
+        path: report.clone(),
+        source,
+    })?;
+    Ok(RunOutput {
+        report,
+        json,
+        plots,
+    })
+}
+
+fn unavailable(r: &mut Results, section: Section, dp: Dataplane, reason: &str) {
+    if r.unavailable
+        .iter()
+        .any(|u| u.section == section.name() && u.dataplane == dp.name())
+    {
+        return;
+    }
+    r.unavailable.push(Unavailable {
+        section: section.name().into(),
+        dataplane: dp.name().into(),
+        reason: reason.to_string(),
+    });
+}
+
+fn failed(
+    r: &mut Results,
+    section: Section,
+    dp: Dataplane,
+    n: Option<usize>,
+    e: &BenchError,
+    p: &Progress,
+) {
+    let at = n.map(|n| format!(" N={n}")).unwrap_or_default();
+    p.line(&format!(
+        "{} {}{at}: failed: {e}",
+        section.name(),
+        dp.name()
+    ));
+    r.failures.push(Failure {
+        section: section.name().into(),
+        dataplane: dp.name().into(),
+        n,
+        error: e.to_string(),
+    });
+}
+
+fn run_sections(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress) -> Result<()> {
+    if plan.has(Section::Latency) || plan.has(Section::Programming) {
+        service_scale(plan, labs, r, p)?;
+    }
+    if plan.has(Section::Policy) {
+        policy_scale(plan, labs, r, p)?;
+    }
+    if plan.has(Section::Throughput) {
+        throughput_section(plan, labs, r, p)?;
+    }
+    if plan.has(Section::Memory) {
+        memory_section(plan, labs, r, p)?;
+    }
+    Ok(())
+}
+
+fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress) -> Result<()> {
+    let latency = plan.has(Section::Latency);
+    let programming = plan.has(Section::Programming);
+    let samples = if latency { plan.samples } else { 0 };
+    let sections: Vec<Section> = [Section::Latency, Section::Programming]
+        .into_iter()
+        .filter(|s| plan.has(*s))
+        .collect();
+    // The echo servers live as long as this section.
+    let lab = labs.get("iptables")?;
+    let echo = net::EchoServer::start(
+        &lab.server.netns,
+        &lab.server.netns_name,
+        std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
+    )?;
+    let mut bpf_echo = None;
+    for &n in &plan.sizes {
+        for &dp in &plan.dataplanes {
+            match dp {
+                Dataplane::Direct => {
+                    if !latency {
+                        continue;
+                    }
+                    let lab = labs.get("iptables")?;
+                    p.line(&format!(
+                        "direct N={n}: {samples} exchanges with {}",
+                        echo.addr
+                    ));
+                    let report =
+                        |done: usize| p.line(&format!("direct N={n}: {done}/{samples} samples"));
+                    match net::latency(
+                        &lab.client.netns,
+                        &lab.client.netns_name,
+                        echo.addr,
+                        samples,
+                        plan.warmup,
+                        &report,
+                    ) {
+                        Ok(run) => {
+                            let summary = stats::Summary::of(&run.samples_us);
+                            if let Some(s) = &summary {
+                                p.line(&format!(
+                                    "direct N={n}: latency p50 {} p90 {} p99 {}",
+                                    progress::human_us(s.p50),
+                                    progress::human_us(s.p90),
+                                    progress::human_us(s.p99)
+                                ));
+                            }
+                            r.latency.push(LatencyPoint {
+                                dataplane: dp.name().into(),
+                                n,
+                                target: echo.addr.to_string(),
+                                summary,
+                                failures: run.failures,
+                                last_error: run.last_error,
+                                samples_us: run.samples_us,
+                            });
+                        }
+                        Err(e) => failed(r, Section::Latency, dp, Some(n), &e, p),
+                    }
+                }
+                Dataplane::KubeProxyIptables | Dataplane::KubeProxyNftables => {
+                    let mode = if dp == Dataplane::KubeProxyIptables {
+                        baseline::Mode::Iptables
+                    } else {
+                        baseline::Mode::Nftables
+                    };
+                    let work = labs.work.clone();
+                    let lab = labs.get("iptables")?;
+                    match baseline::measure(
+                        lab,
+                        mode,
+                        n,
+                        samples,
+                        plan.warmup,
+                        programming,
+                        &work,
+                        p,
+                    ) {
+                        Ok(m) => {
+                            r.latency.extend(m.latency);
+                            if programming {
+                                r.programming.push(m.programming);
+                            }
+                        }
+                        Err(e) => {
+                            for &s in &sections {
+                                failed(r, s, dp, Some(n), &e, p);
+                            }
+                        }
+                    }
+                }
+                Dataplane::ServalIptables | Dataplane::ServalBpf | Dataplane::ServalBpfCtlb => {
+                    if let Err(reason) = labs.services(dp) {
+                        for &s in &sections {
+                            unavailable(r, s, dp, &reason);
+                        }
+                        continue;
+                    }
+                    let lab = labs.get(dp.lab_dataplane())?;
+                    if dp.lab_dataplane() == "bpf" && bpf_echo.is_none() {
+                        bpf_echo = Some(net::EchoServer::start(
+                            &lab.server.netns,
+                            &lab.server.netns_name,
+                            std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
+                        )?);
+                    }
+                    match serval::measure_services(
+                        lab,
+                        dp.name(),
+                        n,
+                        samples,
+                        plan.warmup,
+                        programming,
+                        p,
+                    ) {
+                        Ok((lat, prog)) => {
+                            r.latency.extend(lat);
+                            if programming {
+                                r.programming.push(prog);
+                            }
+                        }
+                        Err(e) => {
+                            for &s in &sections {
+                                failed(r, s, dp, Some(n), &e, p);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    drop(bpf_echo);
+    drop(echo);
+    Ok(())
+}
+
+fn policy_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress) -> Result<()> {
+    let columns: Vec<Dataplane> = plan
+        .dataplanes
+        .iter()
+        .copied()
+        .filter(|d| matches!(d, Dataplane::ServalIptables | Dataplane::ServalBpf))
+        .collect();
+    if columns.is_empty() {
+        p.line("policy: no Serval iptables or eBPF column selected; the policy section compares those only");
+    }
+    for dp in columns {
+        // The echo server must run before the enforcement check can see a blocked client.
+        let lab = labs.get(dp.lab_dataplane())?;
+        let echo = net::EchoServer::start(
+            &lab.server.netns,
+            &lab.server.netns_name,
+            std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
+        )?;
+        if let Err(reason) = labs.policy(dp) {
+            unavailable(r, Section::Policy, dp, &reason);
+            drop(echo);
+            continue;
+        }
+        let lab = labs.get(dp.lab_dataplane())?;
+        for &n in &plan.policy_sizes {
+            match serval::measure_policies(lab, dp.name(), n, plan.samples, plan.warmup, p) {
+                Ok(point) => r.policy.push(point),
+                Err(e) => failed(r, Section::Policy, dp, Some(n), &e, p),
+            }
+        }
+        drop(echo);
+    }
+    Ok(())
+}
+
+fn throughput_section(
+    plan: &Plan,
+    labs: &mut Labs<'_>,
+    r: &mut Results,
+    p: &Progress,
+) -> Result<()> {
+    let secs = plan.duration.as_secs().max(1);
+    for &dp in &plan.dataplanes {
+        match dp {
+            Dataplane::Direct => {}
+            Dataplane::KubeProxyIptables | Dataplane::KubeProxyNftables => continue,
+            Dataplane::ServalBpfCtlb => {
+                unavailable(
+                    r,
+                    Section::Throughput,
+                    dp,
+                    "pod-to-pod throughput does not involve connect-time load balancing; see serval-bpf",
+                );
+                continue;
+            }
+            Dataplane::ServalIptables | Dataplane::ServalBpf => {
+                if let Err(reason) = labs.services(dp) {
+                    unavailable(r, Section::Throughput, dp, &reason);
+                    continue;
+                }
+            }
+        }
+        let lab = labs.get(dp.lab_dataplane())?;
+        let echo1 = net::EchoServer::start(
+            &lab.server.netns,
+            &lab.server.netns_name,
+            std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
+        )?;
+        let echo2 = net::EchoServer::start(
+            &lab.server2.netns,
+            &lab.server2.netns_name,
+            std::net::SocketAddrV4::new(lab.server2.ip, net::ECHO_PORT),
+        )?;
+        for (path, server, echo) in [
+            ("same-node", &lab.server, &echo1),
+            ("cross-node", &lab.server2, &echo2),
+        ] {
+            p.line(&format!(
+                "{} {path}: iperf3 {secs} s to {}",
+                dp.name(),
+                server.ip
+            ));
+            match throughput::iperf3(dp.name(), path, &lab.client, server, secs) {
+                Ok(t) => {
+                    p.line(&format!(
+                        "{} {path}: {:.2} Gbit/s",
+                        dp.name(),
+                        t.bits_per_second / 1e9
+                    ));
+                    r.throughput.push(t);
+                }
+                Err(e) => failed(r, Section::Throughput, dp, None, &e, p),
+            }
+            match net::request_rate(
+                &lab.client.netns,
+                &lab.client.netns_name,
+                echo.addr,
+                plan.duration,
+            ) {
+                Ok((count, took)) => {
+                    let per_second = count as f64 / took.as_secs_f64();
+                    p.line(&format!(
+                        "{} {path}: {per_second:.0} requests/s on one connection",
+                        dp.name()
+                    ));
+                    r.request_rate.push(RatePoint {
+                        dataplane: dp.name().into(),
+                        path: path.into(),
+                        seconds: took.as_secs_f64(),
+                        requests: count,
+                        per_second,
+                    });
+                }
+                Err(e) => failed(r, Section::Throughput, dp, None, &e, p),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn memory_section(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress) -> Result<()> {
+    for &dp in &plan.dataplanes {
+        if !dp.is_serval() {
+            continue;
+        }
+        if dp == Dataplane::ServalBpfCtlb {
+            continue;
+        }
+        let state = match labs.services(dp) {
+            Ok(()) => "pods only, services removed after the scale runs".to_string(),
+            Err(reason) => {
+                unavailable(
+                    r,
+                    Section::Memory,
+                    dp,
+                    &format!(
+                        "memory at 50,000 services and 10,000 policies needs working Services: {reason}; the idle agent is shown instead"
+                    ),
+                );
+                "idle: 3 pods, no Services or policies".to_string()
+            }
+        };
+        let lab = labs.get(dp.lab_dataplane())?;
+        let point = throughput::agent_memory(
+            &format!("{} lab ({})", dp.name(), lab.name),
+            &state,
+            lab.agent_pid("node1"),
+        );
+        p.line(&format!(
+            "{} memory: agent RSS {}",
+            dp.name(),
+            point.agent_rss_kib.map_or("unknown".into(), |k| format!(
+                "{:.1} MiB",
+                k as f64 / 1024.0
+            ))
+        ));
+        r.memory.push(point);
+    }
+    Ok(())
+}

@@ -1,0 +1,446 @@
+//! The Markdown report: tables with absolute numbers and ratios to the baseline measured in
+//! the same run (`direct` for latency, `kube-proxy-iptables` for programming time, the
+//! no-Serval floor for throughput), the machine, and the columns that were not available.
+
+use std::fmt::Write as _;
+
+use crate::results::Results;
+use crate::stats::Summary;
+
+/// The latency baseline column.
+pub const LATENCY_BASELINE: &str = "direct";
+/// The programming-time baseline column.
+pub const PROGRAMMING_BASELINE: &str = "kube-proxy-iptables";
+
+fn fmt_us(us: f64) -> String {
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn fmt_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else if ms >= 10.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+fn ratio(value: f64, base: Option<f64>) -> String {
+    match base {
+        Some(b) if b > 0.0 => format!(" ({:.2}×)", value / b),
+        _ => String::new(),
+    }
+}
+
+fn sizes_of(points: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut v: Vec<usize> = points.collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// The whole report.
+pub fn render(r: &Results, plots: &[(String, String)]) -> String {
+    let mut md = String::new();
+    let m = &r.machine;
+    let _ = writeln!(md, "# serval bench — {}\n", r.started_utc);
+    let _ = writeln!(
+        md,
+        "Machine: **{}**, {} cores, {}; host {}. {}; {}.\n",
+        if m.cpu_model.is_empty() {
+            "unknown CPU"
+        } else {
+            &m.cpu_model
+        },
+        m.cores,
+        m.kernel,
+        m.hostname,
+        m.iptables_version,
+        m.nft_version
+    );
+    let _ = writeln!(
+        md,
+        "Run: {} → {} ({:.0} s); sizes {:?}; {} latency samples per point ({} warm-up); sections {}; columns {}{}.\n",
+        r.started_utc,
+        r.finished_utc,
+        r.duration_s,
+        r.config.sizes,
+        r.config.samples,
+        r.config.warmup,
+        r.config.sections.join(", "),
+        r.config.dataplanes.join(", "),
+        if r.config.quick { " (--quick)" } else { "" }
+    );
+    md.push_str(
+        "Every figure below was measured in this one run on this machine; ratios are to the \
+         baseline measured in the same run. Nothing is asserted: see docs/bench.md for the method.\n\n",
+    );
+
+    latency_section(&mut md, r);
+    programming_section(&mut md, r);
+    policy_section(&mut md, r);
+    throughput_section(&mut md, r);
+    memory_section(&mut md, r);
+
+    if !r.failures.is_empty() {
+        md.push_str("## Measurements that failed\n\n");
+        for f in &r.failures {
+            let at = f.n.map(|n| format!(" at N={n}")).unwrap_or_default();
+            let _ = writeln!(md, "- {} / {}{at}: {}", f.section, f.dataplane, f.error);
+        }
+        md.push('\n');
+    }
+    if !plots.is_empty() {
+        md.push_str("## Plots\n\n");
+        for (title, file) in plots {
+            let _ = writeln!(md, "![{title}]({file})\n");
+        }
+    }
+    md
+}
+
+fn not_run(md: &mut String, r: &Results, section: &str) -> bool {
+    if r.config.sections.iter().any(|s| s == section) {
+        return false;
+    }
+    let _ = writeln!(md, "Not run (not selected with `--only`).\n");
+    true
+}
+
+fn unavailable_notes(md: &mut String, r: &Results, section: &str) {
+    let notes: Vec<_> = r
+        .unavailable
+        .iter()
+        .filter(|u| u.section == section)
+        .collect();
+    for u in &notes {
+        let _ = writeln!(md, "- **{}**: not available: {}", u.dataplane, u.reason);
+    }
+    if !notes.is_empty() {
+        md.push('\n');
+    }
+}
+
+fn latency_columns(r: &Results, section: &str) -> Vec<String> {
+    r.config
+        .dataplanes
+        .iter()
+        .filter(|d| section != "programming" || d.as_str() != LATENCY_BASELINE)
+        .cloned()
+        .collect()
+}
+
+fn latency_section(md: &mut String, r: &Results) {
+    md.push_str("## Service scale: new-connection latency\n\n");
+    if not_run(md, r, "latency") {
+        return;
+    }
+    md.push_str(
+        "A client pod opens a TCP connection to the *last* of N services (each with one \
+         backend, on the client's node), sends 1 byte, reads the 1-byte reply and closes with \
+         an RST; the time from `connect` to the reply. `direct` is the same exchange to the \
+         backend pod's own address (no service rules): the floor, and the base of the ratios.\n\n",
+    );
+    let columns = latency_columns(r, "latency");
+    let sizes = sizes_of(r.latency.iter().map(|p| p.n));
+    for (label, pick) in [
+        ("p50", (|s: &Summary| s.p50) as fn(&Summary) -> f64),
+        ("p90", |s: &Summary| s.p90),
+        ("p99", |s: &Summary| s.p99),
+    ] {
+        let _ = writeln!(md, "**{label}** (ratio to direct)\n");
+        let _ = writeln!(md, "| Services | {} |", columns.join(" | "));
+        let _ = writeln!(md, "|---:|{}", "---:|".repeat(columns.len()));
+        for &n in &sizes {
+            let base = r
+                .latency_at(LATENCY_BASELINE, n)
+                .and_then(|p| p.summary.as_ref())
+                .map(pick);
+            let cells: Vec<String> = columns
+                .iter()
+                .map(|c| {
+                    if let Some(s) = r.latency_at(c, n).and_then(|p| p.summary.as_ref()) {
+                        let v = pick(s);
+                        if c == LATENCY_BASELINE {
+                            fmt_us(v)
+                        } else {
+                            format!("{}{}", fmt_us(v), ratio(v, base))
+                        }
+                    } else if r.unavailable_reason("latency", c).is_some() {
+                        "n/a".into()
+                    } else if r.failure_at("latency", c, n).is_some() {
+                        "failed".into()
+                    } else {
+                        "—".into()
+                    }
+                })
+                .collect();
+            let _ = writeln!(md, "| {n} | {} |", cells.join(" | "));
+        }
+        md.push('\n');
+    }
+    unavailable_notes(md, r, "latency");
+}
+
+fn programming_section(md: &mut String, r: &Results) {
+    md.push_str("## Programming time\n\n");
+    if not_run(md, r, "programming") {
+        return;
+    }
+    md.push_str(
+        "From nothing: the time from starting to program N services (one `iptables-restore`, \
+         one `nft -f`, one `serval apply`) until the last service answers a connection from \
+         the client pod; the programming command's own time in brackets. One more: one \
+         service added when N exist, until it answers. Ratios are to kube-proxy iptables.\n\n",
+    );
+    let columns = latency_columns(r, "programming");
+    let sizes = sizes_of(r.programming.iter().map(|p| p.n));
+    for (title, full) in [
+        ("**N services from nothing, until the last answers**", true),
+        ("**One service added at N, until it answers**", false),
+    ] {
+        let _ = writeln!(md, "{title}\n");
+        let _ = writeln!(md, "| Services | {} |", columns.join(" | "));
+        let _ = writeln!(md, "|---:|{}", "---:|".repeat(columns.len()));
+        for &n in &sizes {
+            let value = |c: &str| {
+                r.programming_at(c, n).and_then(|p| {
+                    if full {
+                        Some((p.answer_ms, Some(p.load_ms)))
+                    } else {
+                        p.add_one_answer_ms.map(|a| (a, p.add_one_load_ms))
+                    }
+                })
+            };
+            let base = value(PROGRAMMING_BASELINE).map(|v| v.0);
+            let cells: Vec<String> = columns
+                .iter()
+                .map(|c| match value(c) {
+                    Some((answer, load)) => {
+                        let load = load
+                            .map(|l| format!(" [{}]", fmt_ms(l)))
+                            .unwrap_or_default();
+                        if c == PROGRAMMING_BASELINE {
+                            format!("{}{load}", fmt_ms(answer))
+                        } else {
+                            format!("{}{load}{}", fmt_ms(answer), ratio(answer, base))
+                        }
+                    }
+                    None if r.unavailable_reason("programming", c).is_some() => "n/a".into(),
+                    None if r.failure_at("programming", c, n).is_some() => "failed".into(),
+                    None => "—".into(),
+                })
+                .collect();
+            let _ = writeln!(md, "| {n} | {} |", cells.join(" | "));
+        }
+        md.push('\n');
+    }
+    unavailable_notes(md, r, "programming");
+}
+
+fn policy_section(md: &mut String, r: &Results) {
+    md.push_str("## Policy scale\n\n");
+    if not_run(md, r, "policy") {
+        return;
+    }
+    md.push_str(
+        "N NetworkPolicies select the server pod; the last allows the client. New-connection \
+         latency of the allowed client (p50 / p99), and the time to apply one more policy at N. \
+         Serval's dataplanes only.\n\n",
+    );
+    if !r.policy.is_empty() {
+        md.push_str(
+            "| Column | Policies | p50 | p99 | apply one more |\n|---|---:|---:|---:|---:|\n",
+        );
+        for p in &r.policy {
+            let (p50, p99) = p.summary.map_or(("—".into(), "—".into()), |s| {
+                (fmt_us(s.p50), fmt_us(s.p99))
+            });
+            let one = p.apply_one_ms.map_or("—".into(), fmt_ms);
+            let _ = writeln!(md, "| {} | {} | {p50} | {p99} | {one} |", p.dataplane, p.n);
+        }
+        md.push('\n');
+    }
+    unavailable_notes(md, r, "policy");
+}
+
+fn throughput_section(md: &mut String, r: &Results) {
+    md.push_str("## Throughput and request rate\n\n");
+    if not_run(md, r, "throughput") {
+        return;
+    }
+    md.push_str(
+        "Single-stream TCP throughput (iperf3) and 1-byte request/response rate on one \
+         connection, pod to pod on one node and across nodes. `direct` is the floor: the lab \
+         with no service or policy rules of Serval's in the path; ratios are to it.\n\n",
+    );
+    if !r.throughput.is_empty() {
+        md.push_str("| Column | Path | Throughput | Retransmits |\n|---|---|---:|---:|\n");
+        for p in &r.throughput {
+            let base = r
+                .throughput
+                .iter()
+                .find(|b| b.dataplane == LATENCY_BASELINE && b.path == p.path)
+                .map(|b| b.bits_per_second);
+            let ratio = if p.dataplane == LATENCY_BASELINE {
+                String::new()
+            } else {
+                ratio(p.bits_per_second, base)
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} Gbit/s{ratio} | {} |",
+                p.dataplane,
+                p.path,
+                p.bits_per_second / 1e9,
+                p.retransmits.map_or("—".into(), |v| v.to_string())
+            );
+        }
+        md.push('\n');
+    }
+    if !r.request_rate.is_empty() {
+        md.push_str("| Column | Path | Requests/s | Requests |\n|---|---|---:|---:|\n");
+        for p in &r.request_rate {
+            let base = r
+                .request_rate
+                .iter()
+                .find(|b| b.dataplane == LATENCY_BASELINE && b.path == p.path)
+                .map(|b| b.per_second);
+            let ratio = if p.dataplane == LATENCY_BASELINE {
+                String::new()
+            } else {
+                ratio(p.per_second, base)
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.0}{ratio} | {} |",
+                p.dataplane, p.path, p.per_second, p.requests
+            );
+        }
+        md.push('\n');
+    }
+    unavailable_notes(md, r, "throughput");
+}
+
+fn memory_section(md: &mut String, r: &Results) {
+    md.push_str("## Memory\n\n");
+    if not_run(md, r, "memory") {
+        return;
+    }
+    md.push_str(
+        "Resident memory of node1's agent (VmRSS) and the memory of the BPF maps it holds \
+         (`memlock` from /proc/PID/fdinfo).\n\n",
+    );
+    if !r.memory.is_empty() {
+        md.push_str("| Lab | State | Agent RSS | BPF maps |\n|---|---|---:|---:|\n");
+        for p in &r.memory {
+            let rss = p
+                .agent_rss_kib
+                .map_or("—".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+            let bpf = p.bpf_map_bytes.map_or("n/a".into(), |b| {
+                format!("{:.1} MiB in {} maps", b as f64 / 1048576.0, p.bpf_maps)
+            });
+            let _ = writeln!(md, "| {} | {} | {rss} | {bpf} |", p.dataplane, p.state);
+        }
+        md.push('\n');
+        for p in r.memory.iter().filter(|p| p.note.is_some()) {
+            let _ = writeln!(
+                md,
+                "- {}: {}",
+                p.dataplane,
+                p.note.as_deref().unwrap_or_default()
+            );
+        }
+        md.push('\n');
+    }
+    unavailable_notes(md, r, "memory");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::*;
+
+    fn results() -> Results {
+        let point = |dp: &str, n: usize, base: f64| LatencyPoint {
+            dataplane: dp.into(),
+            n,
+            target: "10.96.1.0:80".into(),
+            summary: Summary::of(&[base, base * 2.0]),
+            failures: 0,
+            last_error: None,
+            samples_us: vec![base, base * 2.0],
+        };
+        Results {
+            machine: Machine::default(),
+            started_utc: "2026-01-01T00:00:00Z".into(),
+            finished_utc: "2026-01-01T00:01:00Z".into(),
+            duration_s: 60.0,
+            config: RunConfig {
+                sizes: vec![1, 100],
+                samples: 2,
+                warmup: 0,
+                sections: vec!["latency".into(), "programming".into()],
+                dataplanes: vec![
+                    "direct".into(),
+                    "kube-proxy-iptables".into(),
+                    "serval-bpf".into(),
+                ],
+                quick: true,
+            },
+            latency: vec![
+                point("direct", 1, 100.0),
+                point("kube-proxy-iptables", 1, 150.0),
+                point("direct", 100, 100.0),
+                point("kube-proxy-iptables", 100, 300.0),
+            ],
+            programming: vec![ProgrammingPoint {
+                dataplane: "kube-proxy-iptables".into(),
+                n: 100,
+                load_ms: 12.0,
+                answer_ms: 14.0,
+                add_one_load_ms: Some(3.0),
+                add_one_answer_ms: Some(4.0),
+                cleanup_ms: None,
+                input_bytes: 1,
+            }],
+            policy: vec![],
+            throughput: vec![],
+            request_rate: vec![],
+            memory: vec![],
+            unavailable: vec![Unavailable {
+                section: "latency".into(),
+                dataplane: "serval-bpf".into(),
+                reason: "not wired".into(),
+            }],
+            failures: vec![],
+        }
+    }
+
+    #[test]
+    fn latency_table_has_ratios_to_direct_and_na_columns() {
+        let md = render(&results(), &[("latency".into(), "latency.png".into())]);
+        assert!(md.contains("| Services | direct | kube-proxy-iptables | serval-bpf |"));
+        // p50 (nearest rank of [x, 2x]) is x: 150/100 = 1.5×, 300/100 = 3×.
+        assert!(md.contains("| 1 | 100 µs | 150 µs (1.50×) | n/a |"), "{md}");
+        assert!(
+            md.contains("| 100 | 100 µs | 300 µs (3.00×) | n/a |"),
+            "{md}"
+        );
+        assert!(md.contains("- **serval-bpf**: not available: not wired"));
+        assert!(md.contains("![latency](latency.png)"));
+        assert!(md.contains("## Policy scale\n\nNot run"));
+    }
+
+    #[test]
+    fn programming_table_shows_answer_and_load() {
+        let md = render(&results(), &[]);
+        assert!(md.contains("| 100 | 14 ms [12 ms] | —"), "{md}");
+        assert!(md.contains("| 100 | 4.0 ms [3.0 ms] |"), "{md}");
+    }
+}

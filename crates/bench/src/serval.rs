@@ -1,0 +1,307 @@
+//! The Serval columns: the same measurements through Serval itself — Services and
+//! NetworkPolicies applied to a lab with `serval apply`, programmed by the lab's agents.
+//!
+//! Each column first checks that its dataplane really does the job in this lab (a Service
+//! answers at its cluster IP; a deny-all policy blocks the client). When it does not, the
+//! column is reported as "not available" with that reason, never estimated.
+
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+use crate::kubeproxy;
+use crate::lab::Lab;
+use crate::net;
+use crate::progress::{Progress, human_us};
+use crate::results::{LatencyPoint, PolicyPoint, ProgrammingPoint};
+use crate::stats::Summary;
+
+/// How long a freshly applied Service may take to answer in the availability check.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cluster IP of the availability probe (outside the range the measured services use).
+const PROBE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 200);
+
+/// YAML for Services `default/<name>` with cluster IP, port 80 → the echo port of the pod
+/// labelled `bench-role: backend`.
+pub fn services_yaml(items: &[(String, Ipv4Addr)]) -> String {
+    let mut y = String::with_capacity(items.len() * 260);
+    for (name, ip) in items {
+        let _ = write!(
+            y,
+            "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  \
+             clusterIP: {ip}\n  selector:\n    bench-role: backend\n  ports:\n    - name: p80\n      \
+             protocol: TCP\n      port: 80\n      targetPort: {}\n",
+            net::ECHO_PORT
+        );
+    }
+    y
+}
+
+/// YAML for `n` NetworkPolicies selecting the backend pod, each allowing ingress on the echo
+/// port from pods labelled `bench-peer: p<i>`, except the last, which allows the client.
+/// `offset` numbers them (for "one more" at N).
+pub fn policies_yaml(n: usize, offset: usize, last_allows_client: bool) -> String {
+    let mut y = String::with_capacity(n * 400);
+    for i in offset..offset + n {
+        let from = if last_allows_client && i + 1 == offset + n {
+            "app: bench-client".to_string()
+        } else {
+            format!("bench-peer: p{i}")
+        };
+        let _ = write!(
+            y,
+            "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: bench-pol-{i}\n  \
+             namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      bench-role: backend\n  \
+             policyTypes:\n    - Ingress\n  ingress:\n    - from:\n        - podSelector:\n            \
+             matchLabels:\n              {from}\n      ports:\n        - protocol: TCP\n          port: {}\n",
+            net::ECHO_PORT
+        );
+    }
+    y
+}
+
+/// Whether this lab's agents program Services: applies one and waits for it to answer.
+/// `Err` is the reason the column is not available.
+pub fn check_services(lab: &Lab) -> std::result::Result<(), String> {
+    let yaml = services_yaml(&[("bench-probe".into(), PROBE_IP)]);
+    lab.apply("probe-service", &yaml)
+        .map_err(|e| format!("applying a probe Service failed: {e}"))?;
+    let target = SocketAddrV4::new(PROBE_IP, 80);
+    let answered = net::wait_answer(
+        &lab.client.netns,
+        &lab.client.netns_name,
+        target,
+        Instant::now() + PROBE_TIMEOUT,
+    );
+    let _ = lab.delete("probe-service");
+    match answered {
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!(
+            "a Service applied to a `--dataplane {}` lab did not answer at its cluster IP within {} s ({e}): \
+             the agent does not program Services with this dataplane yet",
+            lab.dataplane,
+            PROBE_TIMEOUT.as_secs()
+        )),
+    }
+}
+
+/// Whether this lab's agents enforce NetworkPolicy: a policy allowing nobody must block the
+/// client within [`PROBE_TIMEOUT`]. `Err` is the reason the column is not available.
+pub fn check_policy(lab: &Lab) -> std::result::Result<(), String> {
+    let backend = SocketAddrV4::new(lab.server.ip, net::ECHO_PORT);
+    let yaml = policies_yaml(1, 0, false);
+    lab.apply("probe-policy", &yaml)
+        .map_err(|e| format!("applying a probe NetworkPolicy failed: {e}"))?;
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let mut blocked = false;
+    while Instant::now() < deadline {
+        match net::answers(
+            &lab.client.netns,
+            &lab.client.netns_name,
+            backend,
+            Duration::from_millis(200),
+        ) {
+            Ok(false) => {
+                blocked = true;
+                break;
+            }
+            Ok(true) => std::thread::sleep(Duration::from_millis(100)),
+            Err(e) => return Err(format!("probing the server pod: {e}")),
+        }
+    }
+    let _ = lab.delete("probe-policy");
+    if blocked {
+        Ok(())
+    } else {
+        Err(format!(
+            "a NetworkPolicy allowing nobody into the server pod was not enforced within {} s in a \
+             `--dataplane {}` lab: the agent does not enforce policy with this dataplane yet",
+            PROBE_TIMEOUT.as_secs(),
+            lab.dataplane
+        ))
+    }
+}
+
+/// Services through Serval at one N: apply N, wait for the last, latency, one more, delete.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one measurement's knobs, all needed"
+)]
+pub fn measure_services(
+    lab: &Lab,
+    column: &str,
+    n: usize,
+    samples: usize,
+    warmup: usize,
+    add_one: bool,
+    progress: &Progress,
+) -> Result<(Option<LatencyPoint>, ProgrammingPoint)> {
+    let items: Vec<(String, Ipv4Addr)> = (0..n)
+        .map(|i| (format!("svc-{i}"), kubeproxy::service_ip(i)))
+        .collect();
+    let yaml = services_yaml(&items);
+    let last = SocketAddrV4::new(kubeproxy::service_ip(n - 1), 80);
+    progress.line(&format!("{column} N={n}: applying {n} Services"));
+    let start = Instant::now();
+    lab.apply("services", &yaml)?;
+    let load_took = start.elapsed();
+    let answered = net::wait_answer(
+        &lab.client.netns,
+        &lab.client.netns_name,
+        last,
+        start + crate::baseline::ANSWER_TIMEOUT,
+    );
+    let answered = match answered {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = lab.delete("services");
+            return Err(e);
+        }
+    };
+    let answer_took = answered - start;
+    progress.line(&format!(
+        "{column} N={n}: applied in {}, last service answered after {}",
+        human_us(load_took.as_secs_f64() * 1e6),
+        human_us(answer_took.as_secs_f64() * 1e6)
+    ));
+    let latency = if samples > 0 {
+        let report =
+            |done: usize| progress.line(&format!("{column} N={n}: {done}/{samples} samples"));
+        let run = net::latency(
+            &lab.client.netns,
+            &lab.client.netns_name,
+            last,
+            samples,
+            warmup,
+            &report,
+        )?;
+        Some(LatencyPoint {
+            dataplane: column.to_string(),
+            n,
+            target: last.to_string(),
+            summary: Summary::of(&run.samples_us),
+            failures: run.failures,
+            last_error: run.last_error,
+            samples_us: run.samples_us,
+        })
+    } else {
+        None
+    };
+    let (mut add_load, mut add_answer) = (None, None);
+    if add_one {
+        let extra = services_yaml(&[(format!("svc-{n}"), kubeproxy::service_ip(n))]);
+        let start = Instant::now();
+        lab.apply("services-extra", &extra)?;
+        add_load = Some(start.elapsed().as_secs_f64() * 1e3);
+        let answered = net::wait_answer(
+            &lab.client.netns,
+            &lab.client.netns_name,
+            SocketAddrV4::new(kubeproxy::service_ip(n), 80),
+            start + crate::baseline::ANSWER_TIMEOUT,
+        )?;
+        add_answer = Some((answered - start).as_secs_f64() * 1e3);
+    }
+    let start = Instant::now();
+    if add_one {
+        lab.delete("services-extra")?;
+    }
+    lab.delete("services")?;
+    let cleanup_ms = start.elapsed().as_secs_f64() * 1e3;
+    Ok((
+        latency,
+        ProgrammingPoint {
+            dataplane: column.to_string(),
+            n,
+            load_ms: load_took.as_secs_f64() * 1e3,
+            answer_ms: answer_took.as_secs_f64() * 1e3,
+            add_one_load_ms: add_load,
+            add_one_answer_ms: add_answer,
+            cleanup_ms: Some(cleanup_ms),
+            input_bytes: yaml.len(),
+        },
+    ))
+}
+
+/// Policy scale at one N: N policies on the server (the last allowing the client), the
+/// client's latency, and the time until one more policy is in force.
+pub fn measure_policies(
+    lab: &Lab,
+    column: &str,
+    n: usize,
+    samples: usize,
+    warmup: usize,
+    progress: &Progress,
+) -> Result<PolicyPoint> {
+    let backend = SocketAddrV4::new(lab.server.ip, net::ECHO_PORT);
+    progress.line(&format!("{column} policies N={n}: applying"));
+    let start = Instant::now();
+    lab.apply("policies", &policies_yaml(n, 0, true))?;
+    let ready = net::wait_answer(
+        &lab.client.netns,
+        &lab.client.netns_name,
+        backend,
+        start + crate::baseline::ANSWER_TIMEOUT,
+    );
+    if let Err(e) = ready {
+        let _ = lab.delete("policies");
+        return Err(e);
+    }
+    let report = |done: usize| progress.line(&format!("{column} policies N={n}: {done}/{samples}"));
+    let run = net::latency(
+        &lab.client.netns,
+        &lab.client.netns_name,
+        backend,
+        samples,
+        warmup,
+        &report,
+    )?;
+    // One more policy: one that blocks nothing new (it selects the backend and allows a
+    // peer label nobody has); "in force" cannot be observed from the client, so the time is
+    // until `serval apply` returns and the client still answers.
+    let start = Instant::now();
+    lab.apply("policies-extra", &policies_yaml(1, n, false))?;
+    let apply_one = start.elapsed().as_secs_f64() * 1e3;
+    let _ = lab.delete("policies-extra");
+    lab.delete("policies")?;
+    Ok(PolicyPoint {
+        dataplane: column.to_string(),
+        n,
+        summary: Summary::of(&run.samples_us),
+        apply_one_ms: Some(apply_one),
+        samples_us: run.samples_us,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_yaml_shape() {
+        let y = services_yaml(&[
+            ("a".into(), Ipv4Addr::new(10, 96, 1, 0)),
+            ("b".into(), Ipv4Addr::new(10, 96, 1, 1)),
+        ]);
+        assert_eq!(y.matches("kind: Service\n").count(), 2);
+        assert!(y.contains("clusterIP: 10.96.1.1\n"));
+        assert!(y.contains("targetPort: 7777\n"));
+    }
+
+    #[test]
+    fn policies_yaml_last_allows_the_client() {
+        let y = policies_yaml(3, 0, true);
+        assert_eq!(y.matches("kind: NetworkPolicy\n").count(), 3);
+        assert!(y.contains("bench-peer: p0\n"));
+        assert!(y.contains("bench-peer: p1\n"));
+        assert!(!y.contains("bench-peer: p2\n"));
+        assert!(y.ends_with(&format!(
+            "app: bench-client\n      ports:\n        - protocol: TCP\n          port: {}\n",
+            net::ECHO_PORT
+        )));
+        let none = policies_yaml(1, 5, false);
+        assert!(none.contains("name: bench-pol-5\n"));
+        assert!(!none.contains("bench-client"));
+    }
+}
