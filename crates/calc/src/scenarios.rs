@@ -35,6 +35,10 @@
 //!       - {from: x/a, to: "node:1", protocol: TCP, port: 22, allowed: true}
 //! ```
 //!
+//! A step applies `apply`, then `delete`, then `label`, then checks `expect` and `checks`.
+//! Probes with protocol SCTP can be checked only by the evaluator (the lab has no SCTP
+//! sockets); the lab suite skips them.
+//!
 //! Tables use the form `serval lab matrix` prints: `.` reached, `X` not; rows are sources,
 //! columns destinations; a pod always reaches itself (the packet never leaves it).
 //!

@@ -269,3 +269,140 @@ pub fn compile(p: &K8sNetworkPolicy, reg: &mut SetRegistry) -> CompiledPolicy {
         egress,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serval_model::Resource;
+    use serval_model::parse_documents;
+
+    use super::*;
+
+    fn compile_one(yaml: &str) -> (CompiledPolicy, SetRegistry) {
+        let Resource::K8sNetworkPolicy(p) = parse_documents("t", yaml).unwrap().remove(0) else {
+            panic!("a NetworkPolicy")
+        };
+        let mut reg = SetRegistry::default();
+        (compile(&p, &mut reg), reg)
+    }
+
+    #[test]
+    fn peers_become_one_rule_each_and_ip_blocks_exclude_except() {
+        let (p, reg) = compile_one(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {pod: b}}
+    - namespaceSelector: {matchLabels: {ns: y}}
+      podSelector: {matchLabels: {pod: c}}
+    - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}
+    ports:
+    - {port: 80}
+    - {port: 81, protocol: UDP}
+"#,
+        );
+        assert_eq!(p.order, K8S_POLICY_ORDER);
+        assert!(p.egress.is_none(), "policyTypes default to Ingress only");
+        let rules = p.ingress.unwrap();
+        // 3 peers × 2 protocols.
+        assert_eq!(rules.len(), 6);
+        assert!(
+            rules
+                .iter()
+                .all(|r| r.action == Action::Allow && r.id.index == 0)
+        );
+        let spec = |id: &IpSetId| reg.spec(id).cloned().unwrap();
+        assert_eq!(
+            spec(&rules[0].r#match.src_sets[0]),
+            IpSetSpec::Selector {
+                selector: "pod == \"b\"".into(),
+                scope: NamespaceScope::Namespace("x".into())
+            }
+        );
+        assert_eq!(rules[0].r#match.protocol, Some(IpProto::Tcp));
+        assert_eq!(rules[0].r#match.dst_ports, [PortRange::single(80)]);
+        assert_eq!(rules[1].r#match.protocol, Some(IpProto::Udp));
+        assert_eq!(
+            spec(&rules[2].r#match.src_sets[0]),
+            IpSetSpec::Selector {
+                selector: "pod == \"c\"".into(),
+                scope: NamespaceScope::Selector("ns == \"y\"".into())
+            }
+        );
+        let block = &rules[4].r#match;
+        assert_eq!(
+            spec(&block.src_sets[0]),
+            IpSetSpec::Nets(BTreeSet::from(["10.0.0.0/8".parse().unwrap()]))
+        );
+        assert_eq!(
+            spec(&block.not_src_sets[0]),
+            IpSetSpec::Nets(BTreeSet::from(["10.1.0.0/16".parse().unwrap()]))
+        );
+    }
+
+    #[test]
+    fn named_ports_resolve_on_the_destination() {
+        let (p, reg) = compile_one(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - ports: [{port: http}]
+  egress:
+  - to:
+    - namespaceSelector: {matchLabels: {ns: y}}
+    ports: [{port: dns, protocol: UDP}, {protocol: TCP}]
+"#,
+        );
+        let ing = p.ingress.unwrap();
+        assert_eq!(ing.len(), 1);
+        let m = &ing[0].r#match;
+        assert!(m.src_sets.is_empty(), "no peers: every source");
+        assert_eq!(
+            reg.spec(&m.dst_named_port_sets[0]),
+            Some(&IpSetSpec::NamedPort {
+                selector: "pod == \"a\"".into(),
+                scope: NamespaceScope::Namespace("x".into()),
+                name: "http".into(),
+                protocol: Protocol::Tcp
+            })
+        );
+        let eg = p.egress.unwrap();
+        // TCP (all ports) and the UDP named port.
+        assert_eq!(eg.len(), 2);
+        assert_eq!(eg[0].r#match.protocol, Some(IpProto::Tcp));
+        assert!(eg[0].r#match.dst_ports.is_empty());
+        assert_eq!(
+            reg.spec(&eg[1].r#match.dst_named_port_sets[0]),
+            Some(&IpSetSpec::NamedPort {
+                selector: "all()".into(),
+                scope: NamespaceScope::Selector("ns == \"y\"".into()),
+                name: "dns".into(),
+                protocol: Protocol::Udp
+            })
+        );
+    }
+
+    #[test]
+    fn an_isolating_policy_without_rules_has_an_empty_rule_list() {
+        let (p, _) = compile_one(
+            r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+"#,
+        );
+        assert_eq!(p.ingress, Some(Vec::new()));
+        assert_eq!(p.egress, Some(Vec::new()));
+    }
+}
