@@ -879,3 +879,202 @@ pub fn render_router(r: &RouterSpec) -> String {
     }
     t
 }
+
+#[cfg(test)]
+mod tests {
+    use serval_model::ObjectMeta;
+    use serval_model::calico::ServiceCidr;
+    use serval_model::types::Port;
+
+    use super::*;
+
+    #[test]
+    fn protocol_names_are_bird_symbols_and_round_trip_the_kind() {
+        for (kind, peer, port, want) in [
+            (SessionKind::Mesh, "172.31.7.12", 179, "Mesh_172_31_7_12"),
+            (
+                SessionKind::RouteReflector,
+                "fd00:5e:7::11",
+                179,
+                "RR_fd00_5e_7__11",
+            ),
+            (
+                SessionKind::Global,
+                "10.0.0.1",
+                1179,
+                "Global_10_0_0_1_port1179",
+            ),
+            (SessionKind::NodeSpecific, "fd00::1", 179, "Node_fd00__1"),
+        ] {
+            let name = protocol_name(kind, peer.parse().unwrap(), port);
+            assert_eq!(name, want);
+            assert!(
+                name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            );
+            assert_eq!(SessionKind::from_protocol_name(&name), Some(kind));
+        }
+        assert_eq!(SessionKind::from_protocol_name("kernel4"), None);
+        assert_eq!(SessionKind::from_protocol_name("serval_blocks4"), None);
+        let longest = protocol_name(
+            SessionKind::RouteReflector,
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            65535,
+        );
+        assert!(longest.len() <= 64, "{longest}");
+    }
+
+    #[test]
+    fn router_ids_from_names_are_stable_and_spread() {
+        assert_eq!(router_id_from_name("node1"), router_id_from_name("node1"));
+        let ids: BTreeSet<Ipv4Addr> = (0..1000)
+            .map(|i| router_id_from_name(&format!("node{i}")))
+            .collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(!ids.contains(&Ipv4Addr::UNSPECIFIED));
+    }
+
+    #[test]
+    fn per_node_configuration_overrides_the_default() {
+        let mut default = BGPConfiguration {
+            metadata: ObjectMeta::named("default"),
+            ..Default::default()
+        };
+        default.spec.as_number = Some(AsNumber(65000));
+        default.spec.listen_port = Some(Port(1179));
+        default.spec.service_cluster_ips = vec![ServiceCidr {
+            cidr: "10.96.0.0/12".parse().unwrap(),
+        }];
+        let mut node1 = BGPConfiguration {
+            metadata: ObjectMeta::named("node.node1"),
+            ..Default::default()
+        };
+        node1.spec.listen_port = Some(Port(2179));
+        node1.spec.log_severity_screen = Some("Debug".into());
+        let configs = [default, node1];
+        let e1 = effective_config(&configs, "node1");
+        assert_eq!(e1.effective_listen_port(), 2179);
+        assert_eq!(e1.effective_as_number(), AsNumber(65000));
+        assert_eq!(e1.service_cluster_ips.len(), 1);
+        assert_eq!(e1.log_severity_screen.as_deref(), Some("Debug"));
+        let e2 = effective_config(&configs, "node2");
+        assert_eq!(e2.effective_listen_port(), 1179);
+        assert_eq!(e2.log_severity_screen, None);
+        let none = effective_config(&[], "node1");
+        assert_eq!(none.effective_as_number(), AsNumber(64512));
+        assert!(none.effective_node_to_node_mesh());
+        assert_eq!(none.effective_listen_port(), 179);
+    }
+
+    fn node(name: &str, v4: Option<&str>, v6: Option<&str>) -> Node {
+        Node {
+            metadata: ObjectMeta::named(name),
+            spec: serval_model::calico::NodeSpec {
+                bgp: Some(serval_model::calico::NodeBgpSpec {
+                    ipv4_address: v4.map(|a| a.parse().unwrap()),
+                    ipv6_address: v6.map(|a| a.parse().unwrap()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn peers_of_a_family_the_node_lacks_are_skipped_and_mesh_off_leaves_explicit_peers() {
+        let nodes = [
+            node("a", None, Some("fd00::a/64")),
+            node("b", Some("10.0.0.2/24"), Some("fd00::b/64")),
+        ];
+        let mut conf = BGPConfiguration {
+            metadata: ObjectMeta::named("default"),
+            ..Default::default()
+        };
+        let r = render(
+            &BgpInputs {
+                node: "a",
+                nodes: &nodes,
+                configs: std::slice::from_ref(&conf),
+                peers: &[],
+                blocks: &[],
+                pools: &[],
+            },
+            &RenderOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(r.sessions.len(), 1);
+        assert_eq!(r.sessions[0].peer.to_string(), "fd00::b");
+        assert!(
+            r.skipped.iter().any(|s| s.contains("10.0.0.2")),
+            "{:?}",
+            r.skipped
+        );
+
+        conf.spec.node_to_node_mesh_enabled = Some(false);
+        let peer = BGPPeer {
+            metadata: ObjectMeta::named("tor"),
+            spec: serval_model::calico::BGPPeerSpec {
+                node: Some("a".into()),
+                peer_ip: Some("fd00::1".into()),
+                as_number: Some(AsNumber(65001)),
+                ..Default::default()
+            },
+        };
+        let r = render(
+            &BgpInputs {
+                node: "a",
+                nodes: &nodes,
+                configs: std::slice::from_ref(&conf),
+                peers: std::slice::from_ref(&peer),
+                blocks: &[],
+                pools: &[],
+            },
+            &RenderOptions::default(),
+        )
+        .unwrap();
+        let kinds: Vec<SessionKind> = r.sessions.iter().map(|s| s.kind).collect();
+        assert_eq!(kinds, [SessionKind::NodeSpecific]);
+        let r = render(
+            &BgpInputs {
+                node: "b",
+                nodes: &nodes,
+                configs: std::slice::from_ref(&conf),
+                peers: std::slice::from_ref(&peer),
+                blocks: &[],
+                pools: &[],
+            },
+            &RenderOptions::default(),
+        )
+        .unwrap();
+        assert!(r.sessions.is_empty(), "the peer is node a's only");
+    }
+
+    #[test]
+    fn a_peer_listed_twice_gets_one_session_node_specific_first() {
+        let nodes = [node("a", Some("10.0.0.1/24"), None)];
+        let mk = |name: &str, node: Option<&str>| BGPPeer {
+            metadata: ObjectMeta::named(name),
+            spec: serval_model::calico::BGPPeerSpec {
+                node: node.map(Into::into),
+                peer_ip: Some("10.0.0.254".into()),
+                as_number: Some(AsNumber(65001)),
+                ..Default::default()
+            },
+        };
+        let peers = [mk("all-nodes", None), mk("just-a", Some("a"))];
+        let r = render(
+            &BgpInputs {
+                node: "a",
+                nodes: &nodes,
+                configs: &[],
+                peers: &peers,
+                blocks: &[],
+                pools: &[],
+            },
+            &RenderOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(r.sessions.len(), 1);
+        assert_eq!(r.sessions[0].kind, SessionKind::NodeSpecific);
+        assert_eq!(r.sessions[0].description, "BGPPeer just-a");
+    }
+}
