@@ -10,6 +10,7 @@ use serval_calc::{
         PolicyRules, PortRange, RuleMatch, TierRules,
     },
 };
+use serval_model::calico::EndpointToHostAction;
 
 use super::{
     MARK_ACCEPT, MARK_PASS, NFLOG_GROUP, chains, comment, hashed_chain, set_name, set_type_of,
@@ -104,9 +105,21 @@ pub(super) fn render(
     for rule in from_rules.into_iter().chain(to_rules) {
         t.push(chains::FORWARD, rule);
     }
-    let accept = format!("-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x} -j ACCEPT");
-    t.push(chains::FORWARD, accept.clone());
-    t.push(chains::INPUT, accept);
+    let accepted = format!("-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x}");
+    t.push(chains::FORWARD, format!("{accepted} -j ACCEPT"));
+    // A pod reaching its own node, after its egress policy: FelixConfiguration
+    // defaultEndpointToHostAction (Return: on to the host endpoint rules below).
+    match state.endpoint_to_host {
+        EndpointToHostAction::Accept => t.push(chains::INPUT, format!("{accepted} -j ACCEPT")),
+        EndpointToHostAction::Drop => t.push(
+            chains::INPUT,
+            format!(
+                "{accepted} {} -j DROP",
+                comment("defaultEndpointToHostAction Drop")
+            ),
+        ),
+        EndpointToHostAction::Return => {}
+    }
 
     // Host endpoints: INPUT (ingress) and OUTPUT (egress), after the workload rules.
     for (name, hep) in &state.host_endpoints {

@@ -127,21 +127,12 @@ pub(super) fn render(state: &DesiredState, family: Family, out: &mut FamilyRules
                 reject.push(format!("{match_dst} {c} -j REJECT --reject-with {with}"));
                 continue;
             }
-            let local_node = if f.kind.is_external() {
-                node.or(f.node.as_deref())
-            } else {
-                node
-            };
-            let local: Vec<&Backend> = match local_node {
-                Some(n) => f.backends_on(n).collect(),
-                None => f.backends.iter().collect(),
-            };
-            // Backends for traffic from inside the cluster (pods, this node).
-            let internal: Vec<&Backend> = if f.internal_local {
-                local.clone()
-            } else {
-                f.backends.iter().collect()
-            };
+            // Backends for traffic from inside the cluster (pods, this node), and for traffic
+            // from outside received here (eTP Local: this node's only).
+            let internal = f.internal_backends(node);
+            let external = f.external_backends(node);
+            let internal: Vec<&Backend> = internal.iter().collect();
+            let local: Vec<&Backend> = external.iter().collect();
             let svc = svc_chain(key);
             t.chain(&svc);
             let dispatch = if f.kind == FrontendKind::NodePort {
