@@ -1,0 +1,257 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The BPF ABI of Serval's eBPF dataplane: every map key and value, the flags in them and the
+ * drop reasons. This is the only place they are defined; the Rust mirror is
+ * crates/dp-bpf/src/abi.rs (#[repr(C)], explicit padding, size asserts with the same numbers
+ * as the _Static_asserts below), and build.rs checks every size and field offset of the two
+ * against each other at build time (it compiles and runs bpf/abi_layout.c).
+ *
+ * Conventions:
+ * - Addresses are `union sv_addr`, 16 bytes, network byte order. IPv4 addresses are stored
+ *   IPv4-mapped (::ffff:a.b.c.d), so one map serves both families; an IPv4 /n prefix in an LPM
+ *   map is prefix length 96 + n.
+ * - Ports are network byte order (__be16) everywhere.
+ * - Timestamps are bpf_ktime_get_ns(): CLOCK_MONOTONIC nanoseconds.
+ * - No bool, no implicit padding: every hole is a named pad field that must be zero (keys are
+ *   hashed bytewise).
+ *
+ * This header is also compiled for the host (abi_layout.c), so it includes nothing but
+ * <linux/types.h>.
+ */
+#ifndef SERVAL_MAPS_H
+#define SERVAL_MAPS_H
+
+#include <linux/types.h>
+
+/* ---- addresses -------------------------------------------------------------------------- */
+
+union sv_addr {
+	__u8 b[16];
+	__u32 w[4];
+};
+_Static_assert(sizeof(union sv_addr) == 16, "sv_addr");
+
+#define SV_FAMILY_V4 4
+#define SV_FAMILY_V6 6
+
+/* Policy direction, from the endpoint's point of view. */
+#define SV_DIR_INGRESS 0 /* traffic into the endpoint (program on the veth's tc egress) */
+#define SV_DIR_EGRESS 1	 /* traffic out of the endpoint (program on the veth's tc ingress) */
+
+/* ---- conntrack (map sv_ct: HASH, NO_PREALLOC; key sv_ct_key -> sv_ct_val) ---------------- */
+
+/*
+ * A flow is keyed by its normalised 5-tuple: side a is the smaller (address, port) pair
+ * (bytewise address, then port), so both directions find the same entry. For ICMP echo both
+ * ports hold the echo identifier; for other ICMP and for protocols without ports they are 0.
+ */
+struct sv_ct_key {
+	union sv_addr addr_a;
+	union sv_addr addr_b;
+	__be16 port_a;
+	__be16 port_b;
+	__u8 proto; /* IPPROTO_* */
+	__u8 family; /* SV_FAMILY_V4 / SV_FAMILY_V6 */
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct sv_ct_key) == 40, "sv_ct_key");
+
+/* sv_ct_val.kind */
+#define SV_CT_TYPE_NORMAL 0 /* the flow as it is on the wire (post-DNAT) */
+#define SV_CT_TYPE_NAT_FWD 1 /* pre-DNAT tuple (client -> VIP): nat_* is the chosen backend */
+
+/* sv_ct_val.flags */
+#define SV_CT_F_SEEN_A (1u << 0) /* a packet from side a was seen */
+#define SV_CT_F_SEEN_B (1u << 1)
+#define SV_CT_F_SYN_A (1u << 2) /* TCP SYN from side a */
+#define SV_CT_F_SYN_B (1u << 3)
+#define SV_CT_F_FIN_A (1u << 4) /* TCP FIN from side a */
+#define SV_CT_F_FIN_B (1u << 5)
+#define SV_CT_F_RST (1u << 6) /* TCP RST from either side */
+#define SV_CT_F_ESTABLISHED (1u << 7) /* TCP: SYN both ways; UDP/ICMP/other: packets both ways */
+#define SV_CT_F_OPENER_B (1u << 8) /* side b sent the first packet (else side a) */
+#define SV_CT_F_APPROVED_SRC (1u << 9) /* the opener endpoint's egress policy allowed the flow */
+#define SV_CT_F_APPROVED_DST (1u << 10) /* the responder endpoint's ingress policy allowed it */
+#define SV_CT_F_DNAT (1u << 11) /* NORMAL entry of a DNATed flow: nat_* = original dst (VIP) */
+
+struct sv_ct_val {
+	__u64 created_ns;
+	__u64 last_seen_ns;
+	__u32 flags; /* SV_CT_F_*, updated with atomic or */
+	__u8 kind; /* SV_CT_TYPE_* */
+	__u8 pad0;
+	__be16 nat_port; /* see SV_CT_TYPE_NAT_FWD and SV_CT_F_DNAT */
+	union sv_addr nat_addr;
+	__u32 svc_id; /* the service of a NATed flow, else 0 */
+	__u32 pad1;
+};
+_Static_assert(sizeof(struct sv_ct_val) == 48, "sv_ct_val");
+
+/* ---- service NAT ------------------------------------------------------------------------ */
+
+/* map sv_nat_fe: HASH, NO_PREALLOC; (VIP, port, proto) -> service */
+struct sv_nat_fe_key {
+	union sv_addr addr;
+	__be16 port;
+	__u8 proto;
+	__u8 pad;
+};
+_Static_assert(sizeof(struct sv_nat_fe_key) == 20, "sv_nat_fe_key");
+
+#define SV_NAT_FE_F_AFFINITY (1u << 0) /* sessionAffinity: ClientIP (affinity_timeout_s) */
+#define SV_NAT_FE_F_EXT_LOCAL (1u << 1) /* externalTrafficPolicy: Local */
+#define SV_NAT_FE_F_INT_LOCAL (1u << 2) /* internalTrafficPolicy: Local */
+#define SV_NAT_FE_F_EXTERNAL (1u << 3) /* NodePort / externalIP / LoadBalancer frontend */
+
+/*
+ * Backends are slots 0..count-1 of the service in sv_nat_be; the node-local ones come first
+ * (slots 0..local_count-1), so a *_LOCAL policy picks among the first local_count slots.
+ */
+struct sv_nat_fe_val {
+	__u32 svc_id;
+	__u32 count;
+	__u32 local_count;
+	__u32 flags; /* SV_NAT_FE_F_* */
+	__u32 affinity_timeout_s;
+	__u32 pad;
+};
+_Static_assert(sizeof(struct sv_nat_fe_val) == 24, "sv_nat_fe_val");
+
+/* map sv_nat_be: HASH, NO_PREALLOC; (service, slot) -> backend */
+struct sv_nat_be_key {
+	__u32 svc_id;
+	__u32 slot;
+};
+_Static_assert(sizeof(struct sv_nat_be_key) == 8, "sv_nat_be_key");
+
+#define SV_NAT_BE_F_LOCAL (1u << 0) /* the backend runs on this node */
+
+struct sv_nat_be_val {
+	union sv_addr addr;
+	__be16 port;
+	__u16 pad;
+	__u32 flags; /* SV_NAT_BE_F_* */
+};
+_Static_assert(sizeof(struct sv_nat_be_val) == 24, "sv_nat_be_val");
+
+/* map sv_nat_aff: LRU_HASH; (client, service) -> the backend it was sent to, and when */
+struct sv_nat_aff_key {
+	union sv_addr client;
+	__u32 svc_id;
+};
+_Static_assert(sizeof(struct sv_nat_aff_key) == 20, "sv_nat_aff_key");
+
+struct sv_nat_aff_val {
+	__u64 ts_ns; /* last use */
+	union sv_addr addr;
+	__be16 port;
+	__u8 pad[6];
+};
+_Static_assert(sizeof(struct sv_nat_aff_val) == 32, "sv_nat_aff_val");
+
+/* ---- routes and identities (map sv_routes: LPM_TRIE) ------------------------------------ */
+
+/* prefixlen counts bits of addr; IPv4 /n is 96 + n (IPv4-mapped). */
+struct sv_route_key {
+	__u32 prefixlen;
+	union sv_addr addr;
+};
+_Static_assert(sizeof(struct sv_route_key) == 20, "sv_route_key");
+
+#define SV_RT_F_LOCAL_WORKLOAD (1u << 0) /* a workload on this node (ifindex = its veth) */
+#define SV_RT_F_HOST (1u << 1) /* an address of this node */
+#define SV_RT_F_REMOTE_WORKLOAD (1u << 2) /* a workload on another node (next_hop = node) */
+#define SV_RT_F_REMOTE_HOST (1u << 3) /* another node's address */
+#define SV_RT_F_TUNNEL (1u << 4) /* reached through the VXLAN device */
+#define SV_RT_F_IN_POOL (1u << 5) /* inside an IP pool */
+#define SV_RT_F_NAT_OUTGOING (1u << 6) /* inside a pool with natOutgoing */
+
+/* Identities: 0 is the policy wildcard (never assigned); an address no route covers is WORLD. */
+#define SV_IDENTITY_ANY 0
+#define SV_IDENTITY_WORLD 1
+
+struct sv_route_val {
+	__u32 identity;
+	__u32 flags; /* SV_RT_F_* */
+	__u32 ifindex;
+	__u32 pad;
+	union sv_addr next_hop;
+};
+_Static_assert(sizeof(struct sv_route_val) == 32, "sv_route_val");
+
+/* ---- policy verdicts (map sv_policy: LPM_TRIE) ------------------------------------------ */
+
+/*
+ * One LPM trie holds the compiled policy of every endpoint. The data after prefixlen is, in
+ * matching order: endpoint id, remote identity, direction (always matched in full), then
+ * protocol and port, which may be wildcarded from the right:
+ *   prefixlen 72        any protocol, any port
+ *   prefixlen 80        this protocol, any port
+ *   prefixlen 80 + k    this protocol, ports sharing the top k bits of `port`
+ * A port range is split into at most 30 aligned power-of-two blocks, so ranges cost a bounded
+ * number of entries and one lookup, never a per-packet walk. For ICMP the "port" is
+ * (type << 8 | code): prefix 88 = one type, any code. The compiler resolves rule order,
+ * Deny and Pass ahead of time and emits a disjoint partition (or relies on longest match).
+ *
+ * Per packet the program looks up (ep, remote identity, ...) and, on a miss, (ep,
+ * SV_IDENTITY_ANY, ...): the compiler gives every identity that one of the endpoint's rules
+ * names a complete entry set (at least a prefixlen-72 default) and puts the verdict for all
+ * other identities under SV_IDENTITY_ANY. A miss on both is a deny (SV_DROP_POLICY), so an
+ * endpoint without policy needs an explicit prefixlen-72 Allow under SV_IDENTITY_ANY.
+ */
+/* The matched data of sv_pol_key (LPM data is everything after prefixlen). */
+struct sv_pol_match {
+	__be32 ep_id;
+	__be32 remote_id;
+	__u8 dir; /* SV_DIR_* */
+	__u8 proto; /* IPPROTO_* */
+	__be16 port; /* destination port (TCP/UDP/SCTP) or type << 8 | code (ICMP) */
+};
+_Static_assert(sizeof(struct sv_pol_match) == 12, "sv_pol_match");
+
+struct sv_pol_key {
+	__u32 prefixlen;
+	struct sv_pol_match data;
+};
+_Static_assert(sizeof(struct sv_pol_key) == 16, "sv_pol_key");
+
+#define SV_POL_PREFIX_ANY_PROTO 72
+#define SV_POL_PREFIX_ANY_PORT 80
+#define SV_POL_PREFIX_FULL 96
+
+#define SV_VERDICT_ALLOW 1
+#define SV_VERDICT_DENY 2
+
+struct sv_pol_val {
+	__u32 verdict; /* SV_VERDICT_*; anything else is a deny */
+	__u32 rule_id; /* for flow logs: which compiled rule decided */
+};
+_Static_assert(sizeof(struct sv_pol_val) == 8, "sv_pol_val");
+
+/* ---- endpoints (map sv_eps: HASH; key __u32 ifindex of the host-side veth) -------------- */
+
+#define SV_EP_F_V4 (1u << 0) /* addr4 is set */
+#define SV_EP_F_V6 (1u << 1) /* addr6 is set */
+
+struct sv_ep_val {
+	__u32 ep_id; /* the endpoint id used in sv_pol_key */
+	__u32 flags; /* SV_EP_F_* */
+	union sv_addr addr4; /* IPv4-mapped; the only source the workload may send IPv4 from */
+	union sv_addr addr6;
+};
+_Static_assert(sizeof(struct sv_ep_val) == 40, "sv_ep_val");
+
+/* ---- drop counters (map sv_drops: PERCPU_ARRAY; key __u32 reason -> __u64 packets) ------- */
+
+#define SV_DROP_MALFORMED 0 /* truncated or invalid headers */
+#define SV_DROP_UNKNOWN_IFACE 1 /* program on an interface without an sv_eps entry */
+#define SV_DROP_SPOOFED 2 /* source address is not the endpoint's */
+#define SV_DROP_POLICY 3 /* denied by policy (or no verdict entry) */
+#define SV_DROP_NO_BACKEND 4 /* service frontend without (local) backends */
+#define SV_DROP_CT_FULL 5 /* conntrack map full: the new flow could not be recorded */
+#define SV_DROP_NAT_BACKEND_MISSING 6 /* frontend counts a backend slot that is not in sv_nat_be */
+#define SV_DROP_REWRITE 7 /* a packet rewrite / checksum helper failed */
+#define SV_DROP_FRAGMENT 8 /* IP fragments are not handled yet */
+#define SV_DROP_REASONS 16 /* max_entries of sv_drops */
+
+#endif /* SERVAL_MAPS_H */

@@ -1,0 +1,702 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Serval's tc programs for workload interfaces (the host side of each pod veth):
+ *
+ *   serval_from_ep  tc ingress of the host-side veth: packets sent BY the workload
+ *                   (anti-spoofing, conntrack, service DNAT, the endpoint's egress policy)
+ *   serval_to_ep    tc egress of the host-side veth: packets delivered TO the workload
+ *                   (conntrack, reverse NAT, the endpoint's ingress policy)
+ *
+ * Per packet: a fixed number of hash/LPM lookups, never a walk over rules, services or
+ * endpoints. Maps and their layout: serval_maps.h. Built twice by build.rs: without and with
+ * -DSERVAL_DEBUG (bpf_printk of every decision, read with `bpftool prog tracelog`).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "serval_maps.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#ifdef SERVAL_DEBUG
+#define sv_log(fmt, ...) bpf_printk("serval: " fmt, ##__VA_ARGS__)
+#else
+#define sv_log(fmt, ...)                                                                           \
+	do {                                                                                       \
+	} while (0)
+#endif
+
+/* ---- maps (max_entries are defaults; the loader sizes them from FelixConfiguration) ----- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 512000);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_ct_key);
+	__type(value, struct sv_ct_val);
+} sv_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_nat_fe_key);
+	__type(value, struct sv_nat_fe_val);
+} sv_nat_fe SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_nat_be_key);
+	__type(value, struct sv_nat_be_val);
+} sv_nat_be SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sv_nat_aff_key);
+	__type(value, struct sv_nat_aff_val);
+} sv_nat_aff SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_route_key);
+	__type(value, struct sv_route_val);
+} sv_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_pol_key);
+	__type(value, struct sv_pol_val);
+} sv_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct sv_ep_val);
+} sv_eps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SV_DROP_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sv_drops SEC(".maps");
+
+/* ---- parsing ---------------------------------------------------------------------------- */
+
+#define SV_PARSE_OK 0
+#define SV_PARSE_NOT_IP 1
+#define SV_PARSE_MALFORMED 2
+#define SV_PARSE_FRAGMENT 3
+
+#define SV_IP_MF 0x2000
+#define SV_IP_OFFSET 0x1fff
+
+#define SV_TCP_FIN 0x01
+#define SV_TCP_SYN 0x02
+#define SV_TCP_RST 0x04
+
+/* ICMP types (linux/icmp.h pulls in libc headers, which do not build for -target bpf). */
+#define SV_ICMP_ECHOREPLY 0
+#define SV_ICMP_ECHO 8
+#define SV_ICMPV6_ECHO_REQUEST 128
+#define SV_ICMPV6_ECHO_REPLY 129
+
+/* IPv6 extension headers skipped before the transport header. */
+#define SV_IPV6_MAX_EXT 4
+
+struct sv_pkt {
+	union sv_addr saddr;
+	union sv_addr daddr;
+	__be16 sport; /* conntrack ports (ICMP echo: the identifier) */
+	__be16 dport;
+	__be16 pol_port; /* policy port: dport, or type << 8 | code for ICMP */
+	__u8 proto;
+	__u8 family;
+	__u8 tcp_flags;
+	__u8 icmp_echo;
+	__u16 pad;
+	__u32 l4_off; /* offset of the transport header from the Ethernet header */
+};
+
+static __always_inline void sv_addr_v4(union sv_addr *a, __be32 v4)
+{
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0xffff);
+	a->w[3] = v4;
+}
+
+static __always_inline int sv_addr_eq(const union sv_addr *a, const union sv_addr *b)
+{
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] &&
+	       a->w[3] == b->w[3];
+}
+
+/* <0, 0, >0 like memcmp (network byte order compares as big-endian numbers). */
+static __always_inline int sv_addr_cmp(const union sv_addr *a, const union sv_addr *b)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u32 x = bpf_ntohl(a->w[i]), y = bpf_ntohl(b->w[i]);
+		if (x != y)
+			return x < y ? -1 : 1;
+	}
+	return 0;
+}
+
+static __always_inline int sv_parse_l4(struct __sk_buff *skb, struct sv_pkt *p)
+{
+	switch (p->proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr tcp;
+		if (bpf_skb_load_bytes(skb, p->l4_off, &tcp, sizeof(tcp)))
+			return SV_PARSE_MALFORMED;
+		p->sport = tcp.source;
+		p->dport = tcp.dest;
+		p->pol_port = tcp.dest;
+		p->tcp_flags = ((__u8 *)&tcp)[13];
+		return SV_PARSE_OK;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr udp;
+		if (bpf_skb_load_bytes(skb, p->l4_off, &udp, sizeof(udp)))
+			return SV_PARSE_MALFORMED;
+		p->sport = udp.source;
+		p->dport = udp.dest;
+		p->pol_port = udp.dest;
+		return SV_PARSE_OK;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		/* type, code, checksum, then (echo) identifier and sequence */
+		__u8 icmp[8];
+		if (bpf_skb_load_bytes(skb, p->l4_off, icmp, sizeof(icmp)))
+			return SV_PARSE_MALFORMED;
+		if ((p->proto == IPPROTO_ICMP) != (p->family == SV_FAMILY_V4))
+			return SV_PARSE_MALFORMED;
+		__u8 type = icmp[0], code = icmp[1];
+		p->pol_port = bpf_htons(((__u16)type << 8) | code);
+		if ((p->proto == IPPROTO_ICMP && (type == SV_ICMP_ECHO || type == SV_ICMP_ECHOREPLY)) ||
+		    (p->proto == IPPROTO_ICMPV6 &&
+		     (type == SV_ICMPV6_ECHO_REQUEST || type == SV_ICMPV6_ECHO_REPLY))) {
+			__be16 id;
+			__builtin_memcpy(&id, &icmp[4], sizeof(id));
+			p->sport = id;
+			p->dport = id;
+			p->icmp_echo = 1;
+		}
+		return SV_PARSE_OK;
+	}
+	default:
+		/* other protocols: tracked and policed by protocol alone */
+		return SV_PARSE_OK;
+	}
+}
+
+static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return SV_PARSE_MALFORMED;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return SV_PARSE_MALFORMED;
+		if (ip->version != 4 || ip->ihl < 5)
+			return SV_PARSE_MALFORMED;
+		if (ip->frag_off & bpf_htons(SV_IP_MF | SV_IP_OFFSET))
+			return SV_PARSE_FRAGMENT;
+		p->family = SV_FAMILY_V4;
+		sv_addr_v4(&p->saddr, ip->saddr);
+		sv_addr_v4(&p->daddr, ip->daddr);
+		p->proto = ip->protocol;
+		p->l4_off = ETH_HLEN + ip->ihl * 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return SV_PARSE_MALFORMED;
+		if (ip6->version != 6)
+			return SV_PARSE_MALFORMED;
+		p->family = SV_FAMILY_V6;
+		__builtin_memcpy(p->saddr.b, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr.b, &ip6->daddr, 16);
+		__u8 next = ip6->nexthdr;
+		__u32 off = ETH_HLEN + sizeof(struct ipv6hdr);
+#pragma unroll
+		for (int i = 0; i < SV_IPV6_MAX_EXT; i++) {
+			if (next == IPPROTO_FRAGMENT)
+				return SV_PARSE_FRAGMENT;
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+			    next != IPPROTO_DSTOPTS)
+				break;
+			__u8 ext[2]; /* next header, length in 8-octet units not counting the first */
+			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+				return SV_PARSE_MALFORMED;
+			next = ext[0];
+			off += ((__u32)ext[1] + 1) * 8;
+		}
+		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
+		    next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT)
+			return SV_PARSE_MALFORMED;
+		p->proto = next;
+		p->l4_off = off;
+	} else {
+		return SV_PARSE_NOT_IP;
+	}
+	return sv_parse_l4(skb, p);
+}
+
+/* ---- counters --------------------------------------------------------------------------- */
+
+static __always_inline int sv_drop(__u32 reason)
+{
+	__u64 *count = bpf_map_lookup_elem(&sv_drops, &reason);
+	if (count)
+		*count += 1; /* per-CPU slot: no atomics needed */
+	sv_log("drop reason=%u", reason);
+	return TC_ACT_SHOT;
+}
+
+/* ---- conntrack -------------------------------------------------------------------------- */
+
+/* Fills the normalised key; returns 1 when the packet's sender is side a. */
+static __always_inline int sv_ct_key_of(const struct sv_pkt *p, struct sv_ct_key *k)
+{
+	int c = sv_addr_cmp(&p->saddr, &p->daddr);
+	int src_is_a = c < 0 || (c == 0 && bpf_ntohs(p->sport) <= bpf_ntohs(p->dport));
+
+	__builtin_memset(k, 0, sizeof(*k));
+	if (src_is_a) {
+		k->addr_a = p->saddr;
+		k->addr_b = p->daddr;
+		k->port_a = p->sport;
+		k->port_b = p->dport;
+	} else {
+		k->addr_a = p->daddr;
+		k->addr_b = p->saddr;
+		k->port_a = p->dport;
+		k->port_b = p->sport;
+	}
+	k->proto = p->proto;
+	k->family = p->family;
+	return src_is_a;
+}
+
+/* Whether a packet from side a (from_a) / b travels in the flow's opening direction. */
+static __always_inline int sv_ct_forward(__u32 flags, int from_a)
+{
+	return from_a == !(flags & SV_CT_F_OPENER_B);
+}
+
+/* The state bits a packet adds to its flow's entry. */
+static __always_inline __u32 sv_ct_bits(const struct sv_pkt *p, int from_a, __u32 old)
+{
+	__u32 add = from_a ? SV_CT_F_SEEN_A : SV_CT_F_SEEN_B;
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & SV_TCP_SYN)
+			add |= from_a ? SV_CT_F_SYN_A : SV_CT_F_SYN_B;
+		if (p->tcp_flags & SV_TCP_FIN)
+			add |= from_a ? SV_CT_F_FIN_A : SV_CT_F_FIN_B;
+		if (p->tcp_flags & SV_TCP_RST)
+			add |= SV_CT_F_RST;
+		__u32 all = old | add;
+		if ((all & SV_CT_F_SYN_A) && (all & SV_CT_F_SYN_B))
+			add |= SV_CT_F_ESTABLISHED;
+	} else {
+		__u32 all = old | add;
+		if ((all & SV_CT_F_SEEN_A) && (all & SV_CT_F_SEEN_B))
+			add |= SV_CT_F_ESTABLISHED;
+	}
+	return add;
+}
+
+static __always_inline void sv_ct_touch(struct sv_ct_val *ct, const struct sv_pkt *p, int from_a,
+					__u64 now)
+{
+	__u32 old = ct->flags;
+	__u32 add = sv_ct_bits(p, from_a, old);
+	if ((old & add) != add)
+		__sync_fetch_and_or(&ct->flags, add);
+	ct->last_seen_ns = now;
+}
+
+/* Creates an entry for a new flow whose first packet p (sender side from_a) was allowed. */
+static __always_inline int sv_ct_create(const struct sv_ct_key *k, const struct sv_pkt *p,
+					int from_a, __u32 flags, __u8 kind,
+					const union sv_addr *nat_addr, __be16 nat_port,
+					__u32 svc_id, __u64 now)
+{
+	struct sv_ct_val v;
+	__builtin_memset(&v, 0, sizeof(v));
+	v.created_ns = now;
+	v.last_seen_ns = now;
+	v.flags = flags | (from_a ? 0 : SV_CT_F_OPENER_B) | sv_ct_bits(p, from_a, 0);
+	v.kind = kind;
+	v.nat_port = nat_port;
+	v.nat_addr = *nat_addr;
+	v.svc_id = svc_id;
+	int err = bpf_map_update_elem(&sv_ct, k, &v, BPF_NOEXIST);
+	/* -EEXIST: another CPU recorded the same new flow first; that entry serves. */
+	if (err && err != -17)
+		return err;
+	return 0;
+}
+
+/* ---- policy ----------------------------------------------------------------------------- */
+
+static __always_inline __u32 sv_identity(const union sv_addr *addr)
+{
+	struct sv_route_key k = {.prefixlen = 128};
+	k.addr = *addr;
+	struct sv_route_val *r = bpf_map_lookup_elem(&sv_routes, &k);
+	return r ? r->identity : SV_IDENTITY_WORLD;
+}
+
+/* The verdict of the endpoint's policy for a packet to/from remote (dir: SV_DIR_*). */
+static __always_inline int sv_policy_allows(const struct sv_ep_val *ep, __u8 dir,
+					    const union sv_addr *remote, const struct sv_pkt *p)
+{
+	__u32 id = sv_identity(remote);
+	struct sv_pol_key k = {
+		.prefixlen = SV_POL_PREFIX_FULL,
+		.data =
+			{
+				.ep_id = bpf_htonl(ep->ep_id),
+				.remote_id = bpf_htonl(id),
+				.dir = dir,
+				.proto = p->proto,
+				.port = p->pol_port,
+			},
+	};
+	struct sv_pol_val *v = bpf_map_lookup_elem(&sv_policy, &k);
+	if (!v) {
+		k.data.remote_id = bpf_htonl(SV_IDENTITY_ANY);
+		v = bpf_map_lookup_elem(&sv_policy, &k);
+	}
+	int allow = v && v->verdict == SV_VERDICT_ALLOW;
+	sv_log("policy ep=%u dir=%u identity=%u", ep->ep_id, dir, id);
+	sv_log("policy verdict=%d rule=%u", allow, v ? v->rule_id : 0);
+	return allow;
+}
+
+/* ---- NAT rewrites ----------------------------------------------------------------------- */
+
+/* Offset of the transport checksum, or 0 when the transport has none we rewrite. */
+static __always_inline __u32 sv_l4_csum_off(const struct sv_pkt *p)
+{
+	if (p->proto == IPPROTO_TCP)
+		return p->l4_off + offsetof(struct tcphdr, check);
+	if (p->proto == IPPROTO_UDP)
+		return p->l4_off + offsetof(struct udphdr, check);
+	return 0;
+}
+
+/*
+ * Rewrites the source (src = 1) or destination address and port of p to addr/port, fixing the
+ * IPv4 header checksum and the TCP/UDP checksum (pseudo header included). UDP over IPv4 with
+ * no checksum (0) stays without one (BPF_F_MARK_MANGLED_0).
+ */
+static __always_inline int sv_rewrite(struct __sk_buff *skb, struct sv_pkt *p, int src,
+				      const union sv_addr *addr, __be16 port)
+{
+	union sv_addr old_addr = src ? p->saddr : p->daddr;
+	__be16 old_port = src ? p->sport : p->dport;
+	__u32 csum_off = sv_l4_csum_off(p);
+	__u64 mangled0 = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (!csum_off)
+		return -1;
+	if (p->family == SV_FAMILY_V4) {
+		__be32 from = old_addr.w[3], to = addr->w[3];
+		__u32 addr_off = ETH_HLEN + (src ? offsetof(struct iphdr, saddr)
+						 : offsetof(struct iphdr, daddr));
+		if (bpf_l4_csum_replace(skb, csum_off, from, to,
+					BPF_F_PSEUDO_HDR | mangled0 | sizeof(to)))
+			return -1;
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from, to,
+					sizeof(to)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, addr_off, &to, sizeof(to), 0))
+			return -1;
+	} else {
+		union sv_addr to = *addr;
+		__u32 addr_off = ETH_HLEN + (src ? offsetof(struct ipv6hdr, saddr)
+						 : offsetof(struct ipv6hdr, daddr));
+		__s64 diff = bpf_csum_diff(old_addr.w, sizeof(old_addr), to.w, sizeof(to), 0);
+		if (diff < 0)
+			return -1;
+		if (bpf_l4_csum_replace(skb, csum_off, 0, diff, BPF_F_PSEUDO_HDR | mangled0))
+			return -1;
+		if (bpf_skb_store_bytes(skb, addr_off, to.b, sizeof(to), 0))
+			return -1;
+	}
+	if (old_port != port) {
+		__u32 port_off = p->l4_off + (src ? 0 : 2);
+		if (bpf_l4_csum_replace(skb, csum_off, old_port, port, mangled0 | sizeof(port)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0))
+			return -1;
+	}
+	if (src) {
+		p->saddr = *addr;
+		p->sport = port;
+	} else {
+		p->daddr = *addr;
+		p->dport = port;
+		p->pol_port = port;
+	}
+	return 0;
+}
+
+/* ---- services --------------------------------------------------------------------------- */
+
+#define SV_SVC_NONE 0
+#define SV_SVC_HIT 1
+#define SV_SVC_DROP 2
+
+struct sv_backend {
+	union sv_addr addr;
+	__be16 port;
+	__u16 pad;
+	__u32 svc_id;
+};
+
+/*
+ * Looks up p's destination as a service frontend and picks a backend: the client's affinity
+ * entry when the service has ClientIP affinity and it is fresh, otherwise a random slot among
+ * all backends (or only the node-local ones under internalTrafficPolicy: Local).
+ * Returns SV_SVC_NONE (not a service), SV_SVC_HIT (*be filled) or SV_SVC_DROP (counted).
+ */
+static __always_inline int sv_service(const struct sv_pkt *p, __u64 now, struct sv_backend *be,
+				      int *reason)
+{
+	struct sv_nat_fe_key fk;
+	__builtin_memset(&fk, 0, sizeof(fk));
+	fk.addr = p->daddr;
+	fk.port = p->dport;
+	fk.proto = p->proto;
+	struct sv_nat_fe_val *fe = bpf_map_lookup_elem(&sv_nat_fe, &fk);
+	if (!fe)
+		return SV_SVC_NONE;
+
+	__u32 svc_id = fe->svc_id;
+	__u32 count = (fe->flags & SV_NAT_FE_F_INT_LOCAL) ? fe->local_count : fe->count;
+	if (count == 0) {
+		*reason = SV_DROP_NO_BACKEND;
+		return SV_SVC_DROP;
+	}
+	be->svc_id = svc_id;
+
+	struct sv_nat_aff_key ak;
+	__builtin_memset(&ak, 0, sizeof(ak));
+	int affinity = fe->flags & SV_NAT_FE_F_AFFINITY;
+	__u64 timeout_ns = (__u64)fe->affinity_timeout_s * 1000000000ull;
+	if (affinity) {
+		ak.client = p->saddr;
+		ak.svc_id = svc_id;
+		struct sv_nat_aff_val *av = bpf_map_lookup_elem(&sv_nat_aff, &ak);
+		if (av && now - av->ts_ns < timeout_ns) {
+			av->ts_ns = now;
+			be->addr = av->addr;
+			be->port = av->port;
+			sv_log("service %u: affinity backend", svc_id);
+			return SV_SVC_HIT;
+		}
+	}
+
+	struct sv_nat_be_key bk = {.svc_id = svc_id, .slot = bpf_get_prandom_u32() % count};
+	struct sv_nat_be_val *bv = bpf_map_lookup_elem(&sv_nat_be, &bk);
+	if (!bv) {
+		*reason = SV_DROP_NAT_BACKEND_MISSING;
+		return SV_SVC_DROP;
+	}
+	be->addr = bv->addr;
+	be->port = bv->port;
+	sv_log("service %u: backend slot %u of %u", svc_id, bk.slot, count);
+
+	if (affinity) {
+		struct sv_nat_aff_val av;
+		__builtin_memset(&av, 0, sizeof(av));
+		av.ts_ns = now;
+		av.addr = bv->addr;
+		av.port = bv->port;
+		/* LRU: never full; a failure only costs the affinity of this one client. */
+		bpf_map_update_elem(&sv_nat_aff, &ak, &av, BPF_ANY);
+	}
+	return SV_SVC_HIT;
+}
+
+/* ---- the packet path -------------------------------------------------------------------- */
+
+static __always_inline int sv_is_ndp(const struct sv_pkt *p)
+{
+	__u8 type = bpf_ntohs(p->pol_port) >> 8;
+	return p->proto == IPPROTO_ICMPV6 && type >= 133 && type <= 137;
+}
+
+/*
+ * dir is the policy direction of the endpoint this program serves: SV_DIR_EGRESS for packets
+ * the workload sends (from_ep), SV_DIR_INGRESS for packets delivered to it (to_ep).
+ */
+static __always_inline int sv_process(struct __sk_buff *skb, const __u8 dir)
+{
+	struct sv_pkt p;
+	__builtin_memset(&p, 0, sizeof(p));
+
+	int rc = sv_parse(skb, &p);
+	if (rc == SV_PARSE_NOT_IP)
+		return TC_ACT_OK;
+	if (rc == SV_PARSE_FRAGMENT)
+		return sv_drop(SV_DROP_FRAGMENT);
+	if (rc != SV_PARSE_OK)
+		return sv_drop(SV_DROP_MALFORMED);
+	/* IPv6 neighbour discovery (link-local, no policy) must always work. */
+	if (sv_is_ndp(&p))
+		return TC_ACT_OK;
+
+	__u32 ifindex = skb->ifindex;
+	struct sv_ep_val *ep = bpf_map_lookup_elem(&sv_eps, &ifindex);
+	if (!ep)
+		return sv_drop(SV_DROP_UNKNOWN_IFACE);
+
+	if (dir == SV_DIR_EGRESS) {
+		int ok = p.family == SV_FAMILY_V4
+				 ? (ep->flags & SV_EP_F_V4) && sv_addr_eq(&p.saddr, &ep->addr4)
+				 : (ep->flags & SV_EP_F_V6) && sv_addr_eq(&p.saddr, &ep->addr6);
+		if (!ok)
+			return sv_drop(SV_DROP_SPOOFED);
+	}
+
+	__u64 now = bpf_ktime_get_ns();
+	struct sv_ct_key key;
+	int from_a = sv_ct_key_of(&p, &key);
+	struct sv_ct_val *ct = bpf_map_lookup_elem(&sv_ct, &key);
+
+	/* The pre-DNAT tuple of a NATed flow: replies (already reverse-NATed) pass; forward
+	 * packets go to the backend chosen for the flow. */
+	struct sv_ct_key nat_key = key;
+	int nat_from_a = from_a;
+	int nat_known = 0;
+	struct sv_backend be;
+	__builtin_memset(&be, 0, sizeof(be));
+	union sv_addr vip = p.daddr;
+	__be16 vport = p.dport;
+
+	if (ct && ct->kind == SV_CT_TYPE_NAT_FWD) {
+		sv_ct_touch(ct, &p, from_a, now);
+		if (!sv_ct_forward(ct->flags, from_a)) {
+			sv_log("ct: reply of a NATed flow");
+			return TC_ACT_OK;
+		}
+		be.addr = ct->nat_addr;
+		be.port = ct->nat_port;
+		be.svc_id = ct->svc_id;
+		if (sv_rewrite(skb, &p, 0, &be.addr, be.port))
+			return sv_drop(SV_DROP_REWRITE);
+		nat_known = 1;
+		from_a = sv_ct_key_of(&p, &key);
+		ct = bpf_map_lookup_elem(&sv_ct, &key);
+	}
+
+	if (ct) {
+		sv_ct_touch(ct, &p, from_a, now);
+		if (!sv_ct_forward(ct->flags, from_a)) {
+			if (ct->flags & SV_CT_F_DNAT) {
+				/* reply from the backend: the client must see the VIP */
+				union sv_addr orig = ct->nat_addr;
+				if (sv_rewrite(skb, &p, 1, &orig, ct->nat_port))
+					return sv_drop(SV_DROP_REWRITE);
+				sv_log("ct: reverse NAT of a reply");
+			}
+			return TC_ACT_OK;
+		}
+		__u32 leg = dir == SV_DIR_EGRESS ? SV_CT_F_APPROVED_SRC : SV_CT_F_APPROVED_DST;
+		if (ct->flags & leg)
+			return TC_ACT_OK; /* established: no policy */
+		union sv_addr *remote = dir == SV_DIR_EGRESS ? &p.daddr : &p.saddr;
+		if (!sv_policy_allows(ep, dir, remote, &p))
+			return sv_drop(SV_DROP_POLICY);
+		__sync_fetch_and_or(&ct->flags, leg);
+		return TC_ACT_OK;
+	}
+
+	/* A new flow. Services are resolved where the client's packets enter: at from_ep. */
+	int natted = nat_known;
+	if (!nat_known && dir == SV_DIR_EGRESS) {
+		int reason = SV_DROP_NO_BACKEND;
+		int svc = sv_service(&p, now, &be, &reason);
+		if (svc == SV_SVC_DROP)
+			return sv_drop(reason);
+		natted = svc == SV_SVC_HIT;
+	}
+
+	/* Policy sees the post-DNAT destination. */
+	struct sv_pkt post = p;
+	if (natted && !nat_known) {
+		post.daddr = be.addr;
+		post.dport = be.port;
+		post.pol_port = be.port;
+	}
+	union sv_addr *remote = dir == SV_DIR_EGRESS ? &post.daddr : &post.saddr;
+	if (!sv_policy_allows(ep, dir, remote, &post))
+		return sv_drop(SV_DROP_POLICY);
+
+	__u32 leg = dir == SV_DIR_EGRESS ? SV_CT_F_APPROVED_SRC : SV_CT_F_APPROVED_DST;
+	union sv_addr zero;
+	__builtin_memset(&zero, 0, sizeof(zero));
+	if (natted) {
+		if (!nat_known &&
+		    sv_ct_create(&nat_key, &p, nat_from_a, 0, SV_CT_TYPE_NAT_FWD, &be.addr, be.port,
+				 be.svc_id, now))
+			return sv_drop(SV_DROP_CT_FULL);
+		struct sv_ct_key post_key;
+		int post_from_a = sv_ct_key_of(&post, &post_key);
+		if (sv_ct_create(&post_key, &post, post_from_a, leg | SV_CT_F_DNAT,
+				 SV_CT_TYPE_NORMAL, &vip, vport, be.svc_id, now)) {
+			if (!nat_known)
+				bpf_map_delete_elem(&sv_ct, &nat_key);
+			return sv_drop(SV_DROP_CT_FULL);
+		}
+		if (!nat_known && sv_rewrite(skb, &p, 0, &be.addr, be.port))
+			return sv_drop(SV_DROP_REWRITE);
+		sv_log("new NATed flow svc=%u", be.svc_id);
+		return TC_ACT_OK;
+	}
+	if (sv_ct_create(&key, &p, from_a, leg, SV_CT_TYPE_NORMAL, &zero, 0, 0, now))
+		return sv_drop(SV_DROP_CT_FULL);
+	sv_log("new flow proto=%u", p.proto);
+	return TC_ACT_OK;
+}
+
+SEC("classifier")
+int serval_from_ep(struct __sk_buff *skb)
+{
+	return sv_process(skb, SV_DIR_EGRESS);
+}
+
+SEC("classifier")
+int serval_to_ep(struct __sk_buff *skb)
+{
+	return sv_process(skb, SV_DIR_INGRESS);
+}

@@ -1,0 +1,467 @@
+//! Attaching the tc programs to interfaces inside a network namespace, keeping them attached
+//! across agent restarts, and removing everything of a scope.
+//!
+//! - **TCX** (kernel ≥ 6.6, the default): a BPF link per (interface, hook), pinned at
+//!   `SCOPE/links/IFNAME.HOOK`; the pin keeps the program attached after the agent exits. On
+//!   the next start, [`Dataplane::attach`] finds the pin and swaps the new program into the
+//!   same link (`BPF_LINK_UPDATE`), so there is no moment without a program; a pin whose link
+//!   is no longer attached to that interface (the interface was re-created) is replaced.
+//! - **clsact fallback** (older kernels, or forced): a direct-action filter on a clsact qdisc,
+//!   which stays without any pin; a marker file `SCOPE/links/IFNAME.HOOK.clsact` records it
+//!   so [`detach`] and [`cleanup`] find it. Re-attaching replaces our filter.
+//!
+//! Attaching runs on a thread that `setns()`-ed into the namespace (serval-sys
+//! [`NetNs::run`]): interface names resolve there and the TCX link is created there.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink, TcAttachOptions, TcAttachType, TcError},
+    },
+    util::KernelVersion,
+};
+use serval_sys::NetNs;
+
+use crate::{
+    error::AttachError,
+    loader::{Dataplane, PinScope},
+    object::{PROG_FROM_EP, PROG_TO_EP},
+};
+
+/// Where on a workload interface (the host side of its veth) a program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// tc ingress of the host-side veth: packets the workload sends.
+    FromEndpoint,
+    /// tc egress of the host-side veth: packets delivered to the workload.
+    ToEndpoint,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::FromEndpoint, Hook::ToEndpoint];
+
+    pub fn program(self) -> &'static str {
+        match self {
+            Self::FromEndpoint => PROG_FROM_EP,
+            Self::ToEndpoint => PROG_TO_EP,
+        }
+    }
+
+    pub fn attach_type(self) -> TcAttachType {
+        match self {
+            Self::FromEndpoint => TcAttachType::Ingress,
+            Self::ToEndpoint => TcAttachType::Egress,
+        }
+    }
+
+    /// The name used in pin file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FromEndpoint => "from_ep",
+            Self::ToEndpoint => "to_ep",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|h| h.name() == name)
+    }
+}
+
+/// How to attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX when the kernel has it (≥ 6.6), else clsact.
+    #[default]
+    Auto,
+    Tcx,
+    Clsact,
+}
+
+impl AttachMode {
+    fn resolve(self) -> Self {
+        match self {
+            Self::Auto => {
+                let tcx = KernelVersion::current()
+                    .is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+                if tcx { Self::Tcx } else { Self::Clsact }
+            }
+            other => other,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Tcx => "tcx",
+            Self::Clsact => "clsact",
+        }
+    }
+}
+
+/// One program attached to one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub ifname: String,
+    pub hook: Hook,
+    /// [`AttachMode::Tcx`] or [`AttachMode::Clsact`].
+    pub mode: AttachMode,
+    /// A pinned TCX link from an earlier run was kept (its program replaced by ours).
+    pub reused: bool,
+}
+
+fn link_pin(pins: &PinScope, ifname: &str, hook: Hook) -> PathBuf {
+    pins.links_dir().join(format!("{ifname}.{}", hook.name()))
+}
+
+fn clsact_marker(pins: &PinScope, ifname: &str, hook: Hook) -> PathBuf {
+    pins.links_dir()
+        .join(format!("{ifname}.{}.clsact", hook.name()))
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AttachError {
+    let path = path.to_owned();
+    move |source| AttachError::Io { op, path, source }
+}
+
+fn remove_if_exists(path: &Path, op: &'static str) -> Result<bool, AttachError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(io_err(op, path)(err)),
+    }
+}
+
+/// Whether `program` is among the TCX programs of `ifname` (call inside the namespace).
+fn tcx_has(ifname: &str, attach_type: TcAttachType, program_id: u32) -> Result<bool, ProgramError> {
+    let (_, programs) = SchedClassifier::query_tcx(ifname, attach_type)?;
+    Ok(programs.iter().any(|p| p.id() == program_id))
+}
+
+impl Dataplane {
+    /// Attaches the program of `hook` to `ifname` in `netns`. With a pin scope the attachment
+    /// is pinned (outlives this process); without one it lasts as long as this [`Dataplane`].
+    pub fn attach(
+        &mut self,
+        netns: &NetNs,
+        ifname: &str,
+        hook: Hook,
+        mode: AttachMode,
+    ) -> Result<Attachment, AttachError> {
+        let mode = mode.resolve();
+        let pins = self.pins.clone();
+        if let Some(pins) = &pins {
+            let dir = pins.links_dir();
+            fs::create_dir_all(&dir).map_err(io_err("creating link pin directory", &dir))?;
+        }
+        let netns_label = netns.label().to_string();
+        let program_name = hook.program();
+        let program = self
+            .program_mut(program_name)
+            .map_err(|source| AttachError::Program {
+                hook: hook.name(),
+                source,
+            })?;
+
+        let outcome = netns
+            .run(|| match mode {
+                AttachMode::Clsact => {
+                    attach_clsact(program, ifname, hook, pins.as_ref(), &netns_label)
+                        .map(|()| (false, None))
+                }
+                _ => attach_tcx(program, ifname, hook, pins.as_ref(), &netns_label),
+            })
+            .map_err(|source| AttachError::Netns {
+                netns: netns_label.clone(),
+                ifname: ifname.to_owned(),
+                source,
+            })??;
+        let (reused, unpinned) = outcome;
+        if let Some(link) = unpinned {
+            self.unpinned_links.push(link);
+        }
+        tracing::info!(
+            ifname,
+            hook = hook.name(),
+            mode = mode.name(),
+            reused,
+            netns = %netns_label,
+            "attached BPF program"
+        );
+        Ok(Attachment {
+            ifname: ifname.to_owned(),
+            hook,
+            mode,
+            reused,
+        })
+    }
+}
+
+/// TCX attach inside the namespace: reuse a pinned link if it is still attached to `ifname`,
+/// else create (and pin) a new link. Returns (reused, the link when there is no pin scope).
+fn attach_tcx(
+    program: &mut SchedClassifier,
+    ifname: &str,
+    hook: Hook,
+    pins: Option<&PinScope>,
+    netns: &str,
+) -> Result<(bool, Option<SchedClassifierLink>), AttachError> {
+    let attach_type = hook.attach_type();
+    let err = |source| AttachError::Attach {
+        program: hook.program(),
+        ifname: ifname.to_owned(),
+        hook: hook.name(),
+        netns: netns.to_owned(),
+        mode: "tcx",
+        source,
+    };
+    let program_id = program.info().map_err(err)?.id();
+    let pin = pins.map(|p| link_pin(p, ifname, hook));
+
+    if let Some(path) = pin.as_deref().filter(|p| p.exists()) {
+        let pinned = PinnedLink::from_pin(path).map_err(|source| AttachError::OpenPin {
+            path: path.to_owned(),
+            source,
+        })?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
+            AttachError::OpenPin {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|source| AttachError::Update {
+                path: path.to_owned(),
+                source,
+            })?;
+        // Our handle on the link is not needed: the pin holds it.
+        drop(program.take_link(id).map_err(err)?);
+        let attached = tcx_has(ifname, attach_type, program_id).map_err(|source| {
+            AttachError::Query {
+                ifname: ifname.to_owned(),
+                netns: netns.to_owned(),
+                source,
+            }
+        })?;
+        if attached {
+            return Ok((true, None));
+        }
+        tracing::warn!(
+            ifname,
+            path = %path.display(),
+            "pinned link is not attached to the interface any more (re-created?); replacing it"
+        );
+        remove_if_exists(path, "removing stale link pin")?;
+    }
+
+    let id = program
+        .attach_with_options(
+            ifname,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(err)?;
+    let link = program.take_link(id).map_err(err)?;
+    let Some(path) = pin else {
+        return Ok((false, Some(link)));
+    };
+    let fd_link = FdLink::try_from(link).map_err(|source| AttachError::OpenPin {
+        path: path.clone(),
+        source,
+    })?;
+    // Dropping the returned PinnedLink closes our fd; the pin keeps the link.
+    fd_link.pin(&path).map_err(|source| AttachError::Pin {
+        program: hook.program(),
+        ifname: ifname.to_owned(),
+        path: path.clone(),
+        source,
+    })?;
+    Ok((false, None))
+}
+
+/// clsact attach inside the namespace: replaces any filter of ours on that hook.
+fn attach_clsact(
+    program: &mut SchedClassifier,
+    ifname: &str,
+    hook: Hook,
+    pins: Option<&PinScope>,
+    netns: &str,
+) -> Result<(), AttachError> {
+    match tc::qdisc_add_clsact(ifname) {
+        Ok(()) | Err(TcError::AlreadyAttached) => {}
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(source) => {
+            return Err(AttachError::Clsact {
+                ifname: ifname.to_owned(),
+                netns: netns.to_owned(),
+                source,
+            });
+        }
+    }
+    detach_clsact_filters(ifname, hook, netns)?;
+    let err = |source| AttachError::Attach {
+        program: hook.program(),
+        ifname: ifname.to_owned(),
+        hook: hook.name(),
+        netns: netns.to_owned(),
+        mode: "clsact",
+        source,
+    };
+    let id = program
+        .attach_with_options(
+            ifname,
+            hook.attach_type(),
+            TcAttachOptions::Netlink(tc::NlOptions::default()),
+        )
+        .map_err(err)?;
+    let link = program.take_link(id).map_err(err)?;
+    // A netlink filter stays in the kernel without any handle; dropping the link would remove
+    // it, so it is forgotten on purpose and found again by name (detach_clsact_filters).
+    std::mem::forget(link);
+    if let Some(pins) = pins {
+        let marker = clsact_marker(pins, ifname, hook);
+        fs::write(&marker, program_name_line(hook))
+            .map_err(io_err("writing clsact marker", &marker))?;
+    }
+    Ok(())
+}
+
+fn program_name_line(hook: Hook) -> String {
+    format!("{}\n", hook.program())
+}
+
+/// Removes our tc filters (by program name) from `ifname`; inside the namespace.
+fn detach_clsact_filters(ifname: &str, hook: Hook, netns: &str) -> Result<(), AttachError> {
+    match tc::qdisc_detach_program(ifname, hook.attach_type(), hook.program()) {
+        Ok(()) => Ok(()),
+        Err(TcError::IoError(e)) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(AttachError::DetachClsact {
+            ifname: ifname.to_owned(),
+            netns: netns.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Detaches the program of `hook` from `ifname` (pinned TCX link and/or clsact filter).
+/// Returns whether anything was attached. `netns` is needed for clsact attachments only
+/// (a TCX link is released by removing its pin, wherever the interface is).
+pub fn detach(
+    pins: &PinScope,
+    netns: Option<&NetNs>,
+    ifname: &str,
+    hook: Hook,
+) -> Result<bool, AttachError> {
+    let mut found = false;
+    let pin = link_pin(pins, ifname, hook);
+    if pin.exists() {
+        let pinned = PinnedLink::from_pin(&pin).map_err(|source| AttachError::OpenPin {
+            path: pin.clone(),
+            source,
+        })?;
+        // Closing the last reference (our fd, after the pin is gone) detaches the link.
+        drop(pinned.unpin().map_err(io_err("removing link pin", &pin))?);
+        found = true;
+    }
+    let marker = clsact_marker(pins, ifname, hook);
+    if marker.exists() {
+        let Some(netns) = netns else {
+            return Err(AttachError::NoScope {
+                what: "detach a clsact attachment (pass the interface's namespace)",
+            });
+        };
+        let label = netns.label().to_string();
+        netns
+            .run(|| detach_clsact_filters(ifname, hook, &label))
+            .map_err(|source| AttachError::Netns {
+                netns: label.clone(),
+                ifname: ifname.to_owned(),
+                source,
+            })??;
+        remove_if_exists(&marker, "removing clsact marker")?;
+        found = true;
+    }
+    if found {
+        tracing::info!(ifname, hook = hook.name(), scope = pins.scope(), "detached BPF program");
+    }
+    Ok(found)
+}
+
+/// The attachments recorded under a scope: (interface, hook, mode), sorted.
+pub fn attachments(pins: &PinScope) -> Result<Vec<(String, Hook, AttachMode)>, AttachError> {
+    let dir = pins.links_dir();
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(io_err("listing", &dir)(err)),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err("listing", &dir))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let (rest, mode) = match name.strip_suffix(".clsact") {
+            Some(rest) => (rest, AttachMode::Clsact),
+            None => (name.as_str(), AttachMode::Tcx),
+        };
+        if let Some((ifname, hook)) = rest.rsplit_once('.')
+            && let Some(hook) = Hook::from_name(hook)
+        {
+            found.push((ifname.to_owned(), hook, mode));
+        }
+    }
+    found.sort_by(|a, b| (&a.0, a.1.name()).cmp(&(&b.0, b.1.name())));
+    Ok(found)
+}
+
+/// What [`cleanup`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub detached: Vec<(String, Hook)>,
+    pub maps_removed: usize,
+}
+
+/// Removes every attachment and pin of a scope and its directory (switching dataplanes,
+/// `lab down`). `netns` is where clsact attachments live (not needed for TCX). Idempotent.
+pub fn cleanup(pins: &PinScope, netns: Option<&NetNs>) -> Result<CleanupReport, AttachError> {
+    let mut report = CleanupReport::default();
+    for (ifname, hook, _) in attachments(pins)? {
+        if detach(pins, netns, &ifname, hook)? {
+            report.detached.push((ifname, hook));
+        }
+    }
+    let maps = pins.maps_dir();
+    match fs::read_dir(&maps) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry.map_err(io_err("listing", &maps))?;
+                if remove_if_exists(&entry.path(), "removing pinned map")? {
+                    report.maps_removed += 1;
+                }
+            }
+        }
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => return Err(io_err("listing", &maps)(err)),
+    }
+    for dir in [pins.links_dir(), maps, pins.dir()] {
+        match fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err("removing pin directory", &dir)(err)),
+        }
+    }
+    tracing::info!(
+        scope = pins.scope(),
+        detached = report.detached.len(),
+        maps = report.maps_removed,
+        "removed BPF pins and attachments"
+    );
+    Ok(report)
+}

@@ -1,0 +1,183 @@
+//! The BPF objects build.rs compiled from `bpf/*.c`, embedded in the binary, and the checks
+//! that an object is one this build can load: not empty, an eBPF ELF, with the programs and
+//! maps we expect and map key/value sizes equal to the Rust mirror in [`crate::abi`] (so an
+//! object from an older header is rejected as stale before anything touches the kernel).
+
+use std::mem::size_of;
+
+use crate::{
+    abi::{
+        CtKey, CtVal, EpVal, NatAffKey, NatAffVal, NatBeKey, NatBeVal, NatFeKey, NatFeVal, PolKey,
+        PolVal, RouteKey, RouteVal,
+    },
+    error::ObjectError,
+};
+
+/// `bpf/serval_tc.c` built without `SERVAL_DEBUG`: no per-packet logging.
+static SERVAL_TC: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/serval_tc.o"));
+/// `bpf/serval_tc.c` built with `-DSERVAL_DEBUG`: every decision goes to bpf_printk.
+static SERVAL_TC_DEBUG: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/serval_tc.debug.o"));
+
+/// Which build of the programs to load (FelixConfiguration `bpfLogLevel`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogLevel {
+    /// `Off`/`Info`: the default build, nothing logged per packet.
+    #[default]
+    Off,
+    /// `Debug`: the `-DSERVAL_DEBUG` build; decisions are logged with bpf_printk
+    /// (`bpftool prog tracelog`).
+    Debug,
+}
+
+/// The embedded tc object for `level`, as `(name, bytes)`.
+pub fn tc_object(level: LogLevel) -> (&'static str, &'static [u8]) {
+    match level {
+        LogLevel::Off => ("serval_tc.o", SERVAL_TC),
+        LogLevel::Debug => ("serval_tc.debug.o", SERVAL_TC_DEBUG),
+    }
+}
+
+/// Program for packets the workload sends (tc ingress of the host-side veth).
+pub const PROG_FROM_EP: &str = "serval_from_ep";
+/// Program for packets delivered to the workload (tc egress of the host-side veth).
+pub const PROG_TO_EP: &str = "serval_to_ep";
+/// Every program of the tc object.
+pub const PROGRAMS: [&str; 2] = [PROG_FROM_EP, PROG_TO_EP];
+
+pub const MAP_CT: &str = "sv_ct";
+pub const MAP_NAT_FE: &str = "sv_nat_fe";
+pub const MAP_NAT_BE: &str = "sv_nat_be";
+pub const MAP_NAT_AFF: &str = "sv_nat_aff";
+pub const MAP_ROUTES: &str = "sv_routes";
+pub const MAP_POLICY: &str = "sv_policy";
+pub const MAP_EPS: &str = "sv_eps";
+pub const MAP_DROPS: &str = "sv_drops";
+
+/// A map the programs use, with the key and value sizes of its Rust mirror.
+#[derive(Clone, Copy, Debug)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub key_size: u32,
+    pub value_size: u32,
+}
+
+const fn spec<K, V>(name: &'static str) -> MapSpec {
+    MapSpec {
+        name,
+        key_size: size_of::<K>() as u32,
+        value_size: size_of::<V>() as u32,
+    }
+}
+
+/// Every map of the tc object.
+pub const MAPS: [MapSpec; 8] = [
+    spec::<CtKey, CtVal>(MAP_CT),
+    spec::<NatFeKey, NatFeVal>(MAP_NAT_FE),
+    spec::<NatBeKey, NatBeVal>(MAP_NAT_BE),
+    spec::<NatAffKey, NatAffVal>(MAP_NAT_AFF),
+    spec::<RouteKey, RouteVal>(MAP_ROUTES),
+    spec::<PolKey, PolVal>(MAP_POLICY),
+    spec::<u32, EpVal>(MAP_EPS),
+    spec::<u32, u64>(MAP_DROPS),
+];
+
+const ELF_MAGIC: &[u8; 4] = b"\x7fELF";
+const EM_BPF: u16 = 247;
+
+/// Checks that `data` is a usable tc object for this build (see the module docs). Pure: no
+/// syscalls.
+pub fn validate(name: &str, data: &[u8]) -> Result<aya_obj::Object, ObjectError> {
+    if data.is_empty() {
+        return Err(ObjectError::Empty {
+            name: name.to_owned(),
+        });
+    }
+    let not_bpf = |reason| ObjectError::NotBpfElf {
+        name: name.to_owned(),
+        reason,
+    };
+    if data.len() < 20 || &data[..4] != ELF_MAGIC {
+        return Err(not_bpf("no ELF header"));
+    }
+    // e_machine at offset 18; eBPF objects are little-endian here (EI_DATA = 1).
+    if data[5] != 1 || u16::from_le_bytes([data[18], data[19]]) != EM_BPF {
+        return Err(not_bpf("machine is not EM_BPF (little-endian)"));
+    }
+    let obj = aya_obj::Object::parse(data).map_err(|source| ObjectError::Parse {
+        name: name.to_owned(),
+        source,
+    })?;
+    for program in PROGRAMS {
+        if !obj.programs.contains_key(program) {
+            return Err(ObjectError::MissingProgram {
+                name: name.to_owned(),
+                program,
+            });
+        }
+    }
+    for spec in MAPS {
+        let Some(map) = obj.maps.get(spec.name) else {
+            return Err(ObjectError::MissingMap {
+                name: name.to_owned(),
+                map: spec.name,
+            });
+        };
+        for (what, found, expected) in [
+            ("key size", map.key_size(), spec.key_size),
+            ("value size", map.value_size(), spec.value_size),
+        ] {
+            if found != expected {
+                return Err(ObjectError::AbiMismatch {
+                    name: name.to_owned(),
+                    map: spec.name,
+                    what,
+                    found,
+                    expected,
+                });
+            }
+        }
+    }
+    Ok(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_objects_are_valid() {
+        for level in [LogLevel::Off, LogLevel::Debug] {
+            let (name, data) = tc_object(level);
+            validate(name, data).unwrap_or_else(|e| panic!("{name}: {e}: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn debug_build_differs_and_only_it_prints() {
+        let (_, release) = tc_object(LogLevel::Off);
+        let (_, debug) = tc_object(LogLevel::Debug);
+        assert_ne!(release, debug);
+        let has = |data: &[u8], needle: &[u8]| data.windows(needle.len()).any(|w| w == needle);
+        assert!(has(debug, b"serval: drop reason"));
+        assert!(!has(release, b"serval: drop reason"));
+    }
+
+    #[test]
+    fn empty_and_foreign_objects_are_rejected() {
+        assert!(matches!(
+            validate("x.o", &[]),
+            Err(ObjectError::Empty { .. })
+        ));
+        assert!(matches!(
+            validate("x.o", b"#!/bin/sh\necho not an object\n"),
+            Err(ObjectError::NotBpfElf { .. })
+        ));
+        // A host ELF (this test binary's own first bytes are an x86-64/arm64 ELF header).
+        let exe = std::fs::read("/proc/self/exe").expect("read own executable");
+        assert!(matches!(
+            validate("host.o", &exe[..64]),
+            Err(ObjectError::NotBpfElf { .. })
+        ));
+    }
+}
