@@ -11,7 +11,7 @@ use serval_api::ResourceEvent;
 use serval_ipam::Affinity;
 use serval_model::{Resource, ResourceKey};
 use serval_store::Revision;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Which half of the cache a sync event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +43,27 @@ impl State {
     }
 }
 
+/// One change to the resource half of the cache, in the order the syncer applied them.
+/// Calculators that keep their own incremental model (the policy calculation's
+/// `serval_calc::Model`) follow these instead of re-reading the whole cache.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResourceChange {
+    /// Every resource was (re)listed: the receiver replaces its model with these. The first
+    /// event a subscriber sees once the cache has listed resources.
+    Replaced(Vec<Resource>),
+    /// One resource was created or updated.
+    Applied(Box<Resource>),
+    /// One resource was deleted.
+    Deleted(ResourceKey),
+}
+
 /// The shared cache: state under a mutex plus a change counter.
 #[derive(Debug, Clone)]
 pub struct Cache {
     state: Arc<Mutex<State>>,
     changed: Arc<watch::Sender<u64>>,
+    /// Subscribers of [`ResourceChange`]s (closed ones are dropped on the next send).
+    followers: Arc<Mutex<Vec<mpsc::UnboundedSender<ResourceChange>>>>,
 }
 
 impl Default for Cache {
@@ -62,6 +78,41 @@ impl Cache {
         Cache {
             state: Arc::new(Mutex::new(State::default())),
             changed: Arc::new(tx),
+            followers: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// A stream of every resource change from now on. When resources have been listed
+    /// already, it starts with a [`ResourceChange::Replaced`] holding the current ones, so no
+    /// change falls between the snapshot and the stream.
+    pub fn follow_resources(&self) -> mpsc::UnboundedReceiver<ResourceChange> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Lock order: state, then followers (as in `publish`).
+        let st = self.read();
+        if st.resources_synced {
+            let _ = tx.send(ResourceChange::Replaced(
+                st.resources.values().cloned().collect(),
+            ));
+        }
+        self.followers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        drop(st);
+        rx
+    }
+
+    /// Sends `change` to every follower. Called with the state lock held, so followers see
+    /// changes in the order they were applied.
+    fn publish(&self, change: impl FnOnce() -> ResourceChange) {
+        let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
+        followers.retain(|f| !f.is_closed());
+        if followers.is_empty() {
+            return;
+        }
+        let change = change();
+        for f in followers.iter() {
+            let _ = f.send(change.clone());
         }
     }
 
@@ -89,6 +140,9 @@ impl Cache {
             if changed {
                 tracing::debug!(count = fresh.len(), rev, "resources listed");
             }
+            if changed {
+                self.publish(|| ResourceChange::Replaced(fresh.values().cloned().collect()));
+            }
             st.resources = fresh;
             st.resources_rev = rev;
             st.resources_synced = true;
@@ -107,10 +161,12 @@ impl Cache {
             match event {
                 ResourceEvent::Applied(r) => {
                     tracing::debug!(key = %r.key(), rev, "resource applied");
+                    self.publish(|| ResourceChange::Applied(Box::new(r.clone())));
                     st.resources.insert(r.key(), r);
                 }
                 ResourceEvent::Deleted { key, .. } => {
                     tracing::debug!(%key, rev, "resource deleted");
+                    self.publish(|| ResourceChange::Deleted(key.clone()));
                     st.resources.remove(&key);
                 }
             }
@@ -171,6 +227,52 @@ mod tests {
             block: block.parse().unwrap(),
             pool: "p".into(),
         }
+    }
+
+    fn ns(name: &str) -> Resource {
+        Resource::Namespace(serval_model::k8s::Namespace::new(name))
+    }
+
+    #[test]
+    fn followers_see_a_snapshot_then_every_change_in_order() {
+        let cache = Cache::new();
+        let mut early = cache.follow_resources();
+        // Nothing before the first list.
+        assert!(early.try_recv().is_err());
+        cache.replace_resources(vec![ns("a")], 1);
+        cache.apply_resource(ResourceEvent::Applied(ns("b")), 2);
+        let mut late = cache.follow_resources();
+        let key = ns("a").key();
+        cache.apply_resource(
+            ResourceEvent::Deleted {
+                key: key.clone(),
+                last: None,
+            },
+            3,
+        );
+        assert_eq!(
+            early.try_recv().unwrap(),
+            ResourceChange::Replaced(vec![ns("a")])
+        );
+        assert_eq!(
+            early.try_recv().unwrap(),
+            ResourceChange::Applied(Box::new(ns("b")))
+        );
+        assert_eq!(
+            early.try_recv().unwrap(),
+            ResourceChange::Deleted(key.clone())
+        );
+        // A late follower starts from the current resources.
+        assert_eq!(
+            late.try_recv().unwrap(),
+            ResourceChange::Replaced(vec![ns("a"), ns("b")])
+        );
+        assert_eq!(late.try_recv().unwrap(), ResourceChange::Deleted(key));
+        assert!(late.try_recv().is_err());
+        // Dropped followers are forgotten.
+        drop(early);
+        cache.apply_resource(ResourceEvent::Applied(ns("c")), 4);
+        assert_eq!(cache.followers.lock().unwrap().len(), 1);
     }
 
     #[test]

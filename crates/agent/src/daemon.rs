@@ -1,7 +1,9 @@
-//! The composition root: opens the datastore and netlink, starts the syncer, and runs the
-//! routing calculator/programmer loop (and, in a lab, the pod runtime).
+//! The composition root: opens the datastore and netlink, starts the syncer, the routing
+//! calculator/programmer loop, the policy pipeline ([`crate::calc`]) with its dataplane
+//! driver thread (and, in a lab, the pod runtime), and stops them on a signal.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -12,16 +14,39 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::cache::Cache;
+use crate::calc::{self, DataplaneState, DataplaneStatus};
+use crate::dataplane::DriverThread;
 use crate::routes::{self, Family, Inputs, Skipped};
 use crate::routing::{Programmer, UnderlayLink};
 use crate::{AgentConfig, AgentError, runtime, syncer};
 
-/// Bursts of datastore events (a lab applying many pods) are coalesced this long.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+/// How long a shutdown waits for the dataplane cleanup (`cleanup_on_exit`) to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 
-/// Runs the agent until a fatal error. Must run in the node's network namespace (the netlink
-/// socket is opened here, on the calling thread).
+/// Runs the agent until SIGTERM or SIGINT (`Ok`) or a fatal error. Must run in the node's
+/// network namespace (the netlink socket and the dataplane driver thread are created here,
+/// on the calling thread).
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|source| AgentError::Signals { source })?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|source| AgentError::Signals { source })?;
+    run_until(config, async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+    .await
+}
+
+/// Runs the agent until `shutdown` completes (`Ok`, after the dataplane cleanup when
+/// [`AgentConfig::cleanup_on_exit`] is set) or a fatal error. Same namespace rule as [`run`].
+pub async fn run_until(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     if config.node.is_empty() || config.node.contains('/') {
         return Err(AgentError::BadNode {
             node: config.node.clone(),
@@ -33,6 +58,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let nl = Netlink::current().map_err(|source| AgentError::Netlink {
         node: config.node.clone(),
         source,
+    })?;
+    let driver = DriverThread::spawn(&config.node).map_err(|e| AgentError::TaskEnded {
+        task: "dataplane driver",
+        reason: e.to_string(),
     })?;
     let client = Client::open(&config.datastore)
         .await
@@ -48,6 +77,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         datastore = %config.datastore,
         lab_dir = ?config.lab_dir,
         resync = ?config.resync_interval,
+        cleanup_on_exit = config.cleanup_on_exit,
         "agent starting"
     );
     let cache = Cache::new();
@@ -76,7 +106,12 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
         _ => None,
     };
-    tokio::spawn(ready_writer(config.clone(), routed_rx).instrument(span));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (dp_tx, dp_rx) = watch::channel(None);
+    let mut policy = tokio::spawn(
+        calc::run(config.clone(), cache.clone(), driver, dp_tx, stop_rx).instrument(span.clone()),
+    );
+    let ready = tokio::spawn(ready_writer(config.clone(), routed_rx, dp_rx).instrument(span));
 
     let pods_done = async {
         match pods.as_mut() {
@@ -91,17 +126,38 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             Err(e) => e.to_string(),
         },
     };
-    let err = tokio::select! {
-        r = &mut syncer => ended("syncer", r),
-        r = &mut routing => ended("routing", r),
-        r = pods_done => ended("pod runtime", r),
+    let result = tokio::select! {
+        r = &mut syncer => Err(ended("syncer", r)),
+        r = &mut routing => Err(ended("routing", r)),
+        r = pods_done => Err(ended("pod runtime", r)),
+        r = &mut policy => Err(match r {
+            Ok(Err(e)) => AgentError::TaskEnded { task: "policy", reason: e.to_string() },
+            Ok(Ok(())) => AgentError::TaskEnded { task: "policy", reason: "returned".into() },
+            Err(e) => AgentError::TaskEnded { task: "policy", reason: e.to_string() },
+        }),
+        () = shutdown => Ok(()),
     };
+    ready.abort();
+    if result.is_ok() {
+        tracing::info!(node = %config.node, "agent stopping");
+        if let Some(path) = config.ready_path() {
+            let _ = std::fs::remove_file(path);
+        }
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(SHUTDOWN_GRACE, &mut policy)
+            .await
+            .is_err()
+        {
+            tracing::error!(grace = ?SHUTDOWN_GRACE, "the dataplane did not finish stopping in time");
+        }
+    }
+    policy.abort();
     syncer.abort();
     routing.abort();
     if let Some(p) = pods {
         p.abort();
     }
-    Err(err)
+    result
 }
 
 /// [`run`] on a runtime of its own, for callers without one.
@@ -114,29 +170,71 @@ pub fn run_blocking(config: AgentConfig) -> Result<(), AgentError> {
     rt.block_on(run(config))
 }
 
-/// Writes the health file once routing has been programmed from a full sync.
-async fn ready_writer(config: AgentConfig, mut routed: watch::Receiver<bool>) {
+/// The health file's content.
+pub(crate) fn ready_body(node: &str, status: &DataplaneStatus) -> serde_json::Value {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (state, error) = match &status.state {
+        DataplaneState::Programmed => ("programmed", None),
+        DataplaneState::Unavailable { error } => ("unavailable", Some(error.as_str())),
+        DataplaneState::Failing { error } => ("failing", Some(error.as_str())),
+    };
+    let mut body = serde_json::json!({
+        "node": node,
+        "pid": std::process::id(),
+        "since_unix": now,
+        "dataplane": status.dataplane.as_str(),
+        "dataplane_state": state,
+    });
+    if let Some(e) = error {
+        body["dataplane_error"] = e.into();
+    }
+    body
+}
+
+/// Writes the health file once routing has been programmed from a full sync and the
+/// dataplane has settled (applied once, or known unavailable); rewrites it when the
+/// dataplane's status changes.
+async fn ready_writer(
+    config: AgentConfig,
+    mut routed: watch::Receiver<bool>,
+    mut dataplane: watch::Receiver<Option<DataplaneStatus>>,
+) {
     if routed.wait_for(|r| *r).await.is_err() {
         return;
     }
-    let Some(path) = config.ready_path() else {
-        tracing::info!(node = %config.node, "agent ready");
-        return;
-    };
-    let now = serde_json::to_value(
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    )
-    .unwrap_or_default();
-    let body =
-        serde_json::json!({ "node": config.node, "pid": std::process::id(), "since_unix": now });
-    match write_atomic(&path, body.to_string().as_bytes()) {
-        Ok(()) => tracing::info!(node = %config.node, file = %path.display(), "agent ready"),
-        Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "cannot write the agent's ready file")
+    let mut written: Option<DataplaneStatus> = None;
+    loop {
+        let status = match dataplane
+            .wait_for(|s| {
+                s.as_ref()
+                    .is_some_and(|s| s.is_settled() && Some(s) != written.as_ref())
+            })
+            .await
+        {
+            Ok(s) => s.clone(),
+            Err(_) => return,
+        };
+        let Some(status) = status else { return };
+        match config.ready_path() {
+            None => {
+                tracing::info!(node = %config.node, dataplane = %status.dataplane, "agent ready")
+            }
+            Some(path) => {
+                let body = ready_body(&config.node, &status);
+                match write_atomic(&path, body.to_string().as_bytes()) {
+                    Ok(()) => {
+                        tracing::info!(node = %config.node, dataplane = %status.dataplane, file = %path.display(), "agent ready")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "cannot write the agent's ready file")
+                    }
+                }
+            }
         }
+        written = Some(status);
     }
 }
 
@@ -245,7 +343,7 @@ async fn routing_loop(
                 if r.is_err() {
                     return;
                 }
-                tokio::time::sleep(DEBOUNCE).await;
+                tokio::time::sleep(config.debounce).await;
             }
             _ = tokio::time::sleep(config.resync_interval) => {
                 tracing::debug!("periodic routing resync");

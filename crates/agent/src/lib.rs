@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! datastore ──syncer──▶ cache ──routes::compute──▶ desired routing ──routing::Programmer──▶ kernel
+//!                         ├────calc: serval_calc::Model ──desired_state──▶ Dataplane (iptables | bpf)
 //!                         └────runtime (lab only)──▶ pod netns + CNI ADD/DEL + pod servers
 //! ```
 //!
@@ -14,6 +15,12 @@
 //! - [`routing`]: diffs desired against the kernel (only what Serval owns) and applies it
 //!   through `serval-sys`, logging every change; runs on change and every
 //!   [`AgentConfig::resync_interval`], which repairs drift.
+//! - [`calc`]: keeps a [`serval_calc::Model`] updated from the cache's change stream,
+//!   recomputes this node's [`serval_calc::DesiredState`] (policy, ip sets, services, NAT
+//!   outgoing) per batch of changes and hands it to the active [`dataplane::Dataplane`]
+//!   driver (the one FelixConfiguration `bpfEnabled` selects), logging the delta; resyncs
+//!   every [`AgentConfig::resync_interval`]; switches dataplanes when `bpfEnabled` flips.
+//! - [`dataplane`]: the driver trait, the iptables driver, dataplane selection.
 //! - [`runtime`]: in a lab only, the kubelet + container runtime for this node's Pods.
 //! - [`podserver`]: `serval pod-server`, the server inside each lab pod.
 //!
@@ -29,15 +36,28 @@
 //!
 //! # Files (with a lab dir `L` = `/var/lib/serval/labs/NAME`)
 //!
-//! - `L/nodes/<node>/agent.ready`: written (JSON: node, pid, time) once the first full sync
-//!   is programmed; removed at start. Without a lab dir, only [`AgentConfig::ready_file`].
+//! - `L/nodes/<node>/agent.ready`: written (JSON: node, pid, time, `dataplane`,
+//!   `dataplane_state` and, when the selected dataplane cannot run, `dataplane_error`) once
+//!   routing is programmed from the first full sync AND the dataplane has applied the
+//!   desired state once (or is known to be unavailable in this build: the node then runs
+//!   without policy); rewritten when the dataplane changes; removed at start. Without a lab dir, only [`AgentConfig::ready_file`].
 //! - `L/nodes/<node>/cni/net.d/*.conflist` (first by name) and `L/nodes/<node>/cni/bin/`:
 //!   the CNI configuration the runtime executes (through `serval_cni::Runtime`, ADD results
 //!   cached in `L/nodes/<node>/cni/cache/`).
 //! - `L/nodes/<node>/pods/<ns>_<pod>.{json,pid,log,ready}`: per pod: runtime state (container
 //!   id, netns, pid, CNI result), the pod server's pid, its output, its ready marker.
 //!
+//! # Shutdown
+//!
+//! [`run`] returns `Ok(())` on SIGTERM or SIGINT ([`run_until`] takes any future instead).
+//! With [`AgentConfig::cleanup_on_exit`] it first removes every rule and set the dataplanes
+//! created; by default they stay, so pods keep their policy and services while the agent
+//! restarts, and the next agent reconciles with them instead of flushing.
+//!
 //! # Kernel objects it owns (in the node's namespace)
+//!
+//! The iptables dataplane's `SERVAL-…` chains (and one jump rule per hooked built-in chain)
+//! and `serval-…` ipsets, IPv4 and IPv6 (see `serval_dp_iptables`).
 //!
 //! Routes with protocol [`serval_sys::RTPROT_SERVAL`] that are blackholes or leave by the
 //! underlay link or a Serval VXLAN device (never the CNI's per-pod routes on host veths, never
@@ -51,6 +71,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub mod cache;
+pub mod calc;
+pub mod dataplane;
 pub mod podserver;
 pub mod routes;
 pub mod routing;
@@ -59,11 +81,14 @@ pub mod syncer;
 
 mod daemon;
 
-pub use daemon::{run, run_blocking};
+pub use daemon::{run, run_blocking, run_until};
 pub use podserver::PodServerConfig;
 
 /// How often the programmers resync with the kernel even when nothing changed.
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long bursts of datastore changes are coalesced before recomputing.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Configuration of `serval agent` (no clap here; the CLI fills it).
 #[derive(Debug, Clone)]
@@ -77,8 +102,14 @@ pub struct AgentConfig {
     /// Prefix of pod netns names (`sv-NAME`): pod `ns/pod` lives in `<prefix>-<ns>-<pod>`.
     /// Required with `lab_dir`.
     pub netns_prefix: Option<String>,
-    /// Periodic resync of routes and pods with the kernel.
+    /// Periodic resync of routes, pods and the dataplane with the kernel (drift repair).
     pub resync_interval: Duration,
+    /// Batching of datastore changes before the routing and policy calculations run.
+    pub debounce: Duration,
+    /// On shutdown (SIGTERM/SIGINT, or [`run_until`]'s future), remove every rule and set
+    /// the dataplanes created. Default `false`: leave them, so a restart keeps connections
+    /// flowing (the next agent reconciles).
+    pub cleanup_on_exit: bool,
     /// Where to write the health file; default `<lab_dir>/nodes/<node>/agent.ready`.
     pub ready_file: Option<PathBuf>,
     /// The pod server command: program and leading arguments, to which the runtime appends
@@ -96,6 +127,8 @@ impl AgentConfig {
             lab_dir: None,
             netns_prefix: None,
             resync_interval: DEFAULT_RESYNC_INTERVAL,
+            debounce: DEFAULT_DEBOUNCE,
+            cleanup_on_exit: false,
             ready_file: None,
             pod_server_command: None,
         }
@@ -134,6 +167,11 @@ pub enum AgentError {
     BadNode { node: String },
     #[error("starting the agent's async runtime: {source}")]
     Runtime {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("installing the agent's SIGTERM/SIGINT handler: {source}")]
+    Signals {
         #[source]
         source: std::io::Error,
     },

@@ -1,0 +1,600 @@
+//! The policy/service pipeline: cache → [`serval_calc::Model`] (updated one resource at a
+//! time from [`Cache::follow_resources`]) → [`serval_calc::desired_state`] for this node →
+//! the active [`Dataplane`] driver.
+//!
+//! - Bursts of changes are batched ([`AgentConfig::debounce`]); a batch that changes the model
+//!   recomputes the desired state and, when it differs from what the driver holds, applies
+//!   it. What changed ([`serval_calc::diff`]) is logged at info (`policy updated …`).
+//! - Every [`AgentConfig::resync_interval`] the driver reads the kernel back and repairs
+//!   drift (a deleted chain comes back). A failed apply is retried after [`RETRY`].
+//! - The dataplane is the one the node's effective FelixConfiguration selects (`bpfEnabled`,
+//!   `default` overlaid by `node.<name>`). When it flips, the old dataplane is cleaned
+//!   completely before the other starts. Nothing is applied before the cache has listed every
+//!   resource once (an empty model would wipe a restarted agent's rules).
+//! - On shutdown with [`AgentConfig::cleanup_on_exit`], everything the dataplanes created is
+//!   removed; otherwise it stays in place, so connections keep flowing across a restart.
+//!
+//! The node's own NodePort addresses come from its Node resource (`spec.bgp` addresses):
+//! `desired_state(model, Some(node))` reads them from the model.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serval_calc::{Delta, DesiredState, Model, desired_state, diff};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::AgentConfig;
+use crate::cache::{Cache, ResourceChange};
+use crate::dataplane::{self, DataplaneError, DataplaneKind, DriverThread, Written};
+
+/// How soon a failed apply is retried.
+pub const RETRY: Duration = Duration::from_secs(2);
+
+/// The dataplane's state as the agent's health file records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataplaneState {
+    /// The desired state was applied (at least once since this dataplane was selected).
+    Programmed,
+    /// The selected dataplane does not exist in this build: routing only, no policy.
+    Unavailable { error: String },
+    /// Applying failed and has not succeeded since; retried.
+    Failing { error: String },
+}
+
+/// The selected dataplane and its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplaneStatus {
+    pub dataplane: DataplaneKind,
+    pub state: DataplaneState,
+}
+
+impl DataplaneStatus {
+    /// Settled: programmed, or known to be unavailable (the node runs without policy).
+    pub fn is_settled(&self) -> bool {
+        !matches!(self.state, DataplaneState::Failing { .. })
+    }
+}
+
+/// Applies one cache change to the model; true when the model changed.
+fn absorb(model: &mut Model, synced: &mut bool, change: ResourceChange) -> bool {
+    match change {
+        ResourceChange::Replaced(all) => {
+            let fresh = Model::from_resources(all);
+            let changed = !*synced || fresh != *model;
+            *model = fresh;
+            *synced = true;
+            changed
+        }
+        ResourceChange::Applied(r) => model.apply(*r).is_some(),
+        ResourceChange::Deleted(key) => model.remove(&key).is_some(),
+    }
+}
+
+/// `+added/~changed/-removed` of a keyed part of the delta.
+fn counts(added: usize, changed: usize, removed: usize) -> String {
+    format!("+{added}/~{changed}/-{removed}")
+}
+
+/// One line describing `delta` (old → new), for the `policy updated` log.
+pub fn describe(old: &DesiredState, new: &DesiredState, delta: &Delta) -> DeltaSummary {
+    const MAX_NAMED: usize = 10;
+    let mut names: Vec<String> = delta
+        .endpoints_changed
+        .keys()
+        .map(|k| {
+            if old.endpoints.contains_key(k) {
+                k.to_string()
+            } else {
+                format!("+{k}")
+            }
+        })
+        .chain(delta.endpoints_removed.iter().map(|k| format!("-{k}")))
+        .collect();
+    let more = names.len().saturating_sub(MAX_NAMED);
+    names.truncate(MAX_NAMED);
+    let mut endpoints = names.join(",");
+    if more > 0 {
+        endpoints.push_str(&format!(",…(+{more} more)"));
+    }
+    let sets_added = delta
+        .ipsets_changed
+        .iter()
+        .filter(|s| !old.ipsets.contains_key(*s))
+        .count();
+    let fe_added = delta
+        .frontends_changed
+        .iter()
+        .filter(|f| !old.services.frontends.contains_key(*f))
+        .count();
+    DeltaSummary {
+        endpoints,
+        sets: counts(
+            sets_added,
+            delta.ipsets_changed.len() - sets_added,
+            delta.ipsets_removed.len(),
+        ),
+        frontends: counts(
+            fe_added,
+            delta.frontends_changed.len() - fe_added,
+            delta.frontends_removed.len(),
+        ),
+        totals: format!(
+            "endpoints={} sets={} frontends={}",
+            new.endpoints.len(),
+            new.ipsets.len(),
+            new.services.frontends.len()
+        ),
+    }
+}
+
+/// The parts of the `policy updated` log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaSummary {
+    /// Changed endpoints (`ns/pod`, `+ns/pod` added, `-ns/pod` removed), at most 10 named.
+    pub endpoints: String,
+    /// `+added/~changed/-removed` ip sets.
+    pub sets: String,
+    /// `+added/~changed/-removed` service frontends.
+    pub frontends: String,
+    /// Sizes of the new state.
+    pub totals: String,
+}
+
+/// The pipeline's state between batches.
+struct Pipeline {
+    config: AgentConfig,
+    driver: DriverThread,
+    status: watch::Sender<Option<DataplaneStatus>>,
+    model: Model,
+    synced: bool,
+    /// The dataplane selected; `None` before the first full sync.
+    selected: Option<DataplaneKind>,
+    /// Whether a driver is open for `selected`.
+    has_driver: bool,
+    /// The state the driver holds (as far as we know).
+    applied: Option<Arc<DesiredState>>,
+    /// An apply is owed (it failed, or the driver was just opened).
+    pending: bool,
+}
+
+/// Runs the pipeline until `shutdown` turns true (then cleans up if configured) or the cache
+/// goes away.
+pub(crate) async fn run(
+    config: AgentConfig,
+    cache: Cache,
+    driver: DriverThread,
+    status: watch::Sender<Option<DataplaneStatus>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), DataplaneError> {
+    let mut changes = cache.follow_resources();
+    let mut p = Pipeline {
+        config,
+        driver,
+        status,
+        model: Model::default(),
+        synced: false,
+        selected: None,
+        has_driver: false,
+        applied: None,
+        pending: false,
+    };
+    let mut resync_at = Instant::now() + p.config.resync_interval;
+    loop {
+        let wake = if p.pending {
+            (Instant::now() + RETRY).min(resync_at)
+        } else {
+            resync_at
+        };
+        let mut changed = false;
+        let mut stop = false;
+        tokio::select! {
+            c = changes.recv() => {
+                let Some(c) = c else { return Ok(()) };
+                changed |= absorb(&mut p.model, &mut p.synced, c);
+                tokio::time::sleep(p.config.debounce).await;
+                changed |= p.drain(&mut changes);
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+            r = shutdown.changed() => match r {
+                // The agent is gone without a shutdown (aborted): leave everything in place.
+                Err(_) => return Ok(()),
+                Ok(()) => stop = *shutdown.borrow_and_update(),
+            },
+        }
+        if stop {
+            p.shutdown().await;
+            return Ok(());
+        }
+        if !p.synced {
+            continue;
+        }
+        if changed || p.pending || p.selected.is_none() {
+            p.select().await;
+            if p.has_driver {
+                p.apply().await;
+            }
+        }
+        if Instant::now() >= resync_at {
+            if p.has_driver && !p.pending {
+                p.resync().await;
+            }
+            resync_at = Instant::now() + p.config.resync_interval;
+        }
+    }
+}
+
+impl Pipeline {
+    fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    /// Absorbs every change already queued; true when the model changed.
+    fn drain(&mut self, changes: &mut mpsc::UnboundedReceiver<ResourceChange>) -> bool {
+        let mut changed = false;
+        while let Ok(c) = changes.try_recv() {
+            changed |= absorb(&mut self.model, &mut self.synced, c);
+        }
+        changed
+    }
+
+    fn publish(&self, dataplane: DataplaneKind, state: DataplaneState) {
+        let new = Some(DataplaneStatus { dataplane, state });
+        self.status.send_if_modified(|s| {
+            if *s == new {
+                false
+            } else {
+                *s = new;
+                true
+            }
+        });
+    }
+
+    /// Opens the dataplane the node's effective FelixConfiguration selects, cleaning the
+    /// previous one (or, at start, leftovers of any other) completely first.
+    async fn select(&mut self) {
+        let felix = self.model.felix(Some(self.node()));
+        let want = DataplaneKind::from_bpf_enabled(felix.bpf_enabled);
+        if self.selected == Some(want) {
+            return;
+        }
+        let from = self.selected;
+        match from {
+            Some(from) => {
+                tracing::info!(%from, to = %want, "FelixConfiguration bpfEnabled changed: switching dataplanes (the old one is removed completely)")
+            }
+            None => {
+                tracing::info!(dataplane = %want, "dataplane selected by FelixConfiguration bpfEnabled")
+            }
+        }
+        let opened = self
+            .driver
+            .call(move |slot| {
+                if let Some(mut old) = slot.take() {
+                    match old.cleanup() {
+                        Ok(w) => tracing::info!(dataplane = old.name(), written = %w, "old dataplane removed"),
+                        Err(e) => tracing::error!(dataplane = old.name(), error = %e, "could not remove the old dataplane completely"),
+                    }
+                }
+                // Leftovers of another dataplane (an earlier run may have used it).
+                for other in DataplaneKind::ALL {
+                    if other == want || Some(other) == from {
+                        continue;
+                    }
+                    if let Ok(mut d) = dataplane::open(other) {
+                        match d.cleanup() {
+                            Ok(w) if !w.is_empty() => tracing::info!(dataplane = %other, written = %w, "removed leftovers of another dataplane"),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(dataplane = %other, error = %e, "could not check for leftovers of another dataplane"),
+                        }
+                    }
+                }
+                dataplane::open(want).map(|d| {
+                    *slot = Some(d);
+                })
+            })
+            .await
+            .and_then(|r| r);
+        self.selected = Some(want);
+        self.applied = None;
+        match opened {
+            Ok(()) => {
+                self.has_driver = true;
+                self.pending = true;
+            }
+            Err(e) => {
+                self.has_driver = false;
+                self.pending = false;
+                tracing::error!(dataplane = %want, error = %e, "no dataplane: this node forwards and routes pod traffic but enforces no policy and serves no services");
+                self.publish(
+                    want,
+                    DataplaneState::Unavailable {
+                        error: e.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Computes the desired state and applies it if the driver does not hold it already.
+    async fn apply(&mut self) {
+        let Some(kind) = self.selected else { return };
+        let desired = Arc::new(desired_state(&self.model, Some(&self.config.node)));
+        if !self.pending && self.applied.as_deref() == Some(&*desired) {
+            return;
+        }
+        let d = desired.clone();
+        let result = self
+            .driver
+            .call(move |slot| match slot.as_mut() {
+                Some(dp) => dp.apply(&d),
+                None => Err(DataplaneError::ThreadGone),
+            })
+            .await
+            .and_then(|r| r);
+        match result {
+            Ok(written) => {
+                self.log_update(kind, &desired, written);
+                self.applied = Some(desired);
+                self.pending = false;
+                self.publish(kind, DataplaneState::Programmed);
+            }
+            Err(e) => {
+                tracing::warn!(dataplane = %kind, error = %e, retry_in = ?RETRY, "dataplane apply failed; the previous rules stay in force");
+                self.pending = true;
+                if self
+                    .status
+                    .borrow()
+                    .as_ref()
+                    .is_none_or(|s| s.dataplane != kind)
+                {
+                    self.publish(
+                        kind,
+                        DataplaneState::Failing {
+                            error: e.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn log_update(&self, kind: DataplaneKind, desired: &DesiredState, written: Written) {
+        match &self.applied {
+            Some(old) => {
+                let delta = diff(old, desired);
+                let s = describe(old, desired, &delta);
+                tracing::info!(
+                    dataplane = %kind,
+                    endpoint = %s.endpoints,
+                    sets = %s.sets,
+                    frontends = %s.frontends,
+                    nat_outgoing = delta.nat_outgoing_changed,
+                    host_endpoints = delta.host_endpoints_changed.len() + delta.host_endpoints_removed.len(),
+                    failsafe = delta.failsafe_changed,
+                    %written,
+                    "policy updated"
+                );
+            }
+            None => {
+                let s = describe(
+                    &DesiredState::default(),
+                    desired,
+                    &diff(&DesiredState::default(), desired),
+                );
+                tracing::info!(
+                    dataplane = %kind,
+                    totals = %s.totals,
+                    %written,
+                    "dataplane programmed from the full desired state (reconciled with what the kernel held)"
+                );
+            }
+        }
+    }
+
+    async fn resync(&mut self) {
+        let Some(kind) = self.selected else { return };
+        let result = self
+            .driver
+            .call(|slot| match slot.as_mut() {
+                Some(dp) => dp.resync().map(|w| (w, dp.stats())),
+                None => Err(DataplaneError::ThreadGone),
+            })
+            .await
+            .and_then(|r| r);
+        match result {
+            Ok((w, stats)) => {
+                if !w.is_empty() {
+                    tracing::info!(dataplane = %kind, written = %w, "resync repaired dataplane drift");
+                }
+                tracing::debug!(dataplane = %kind, ?stats, "dataplane resync");
+            }
+            Err(e) => {
+                tracing::warn!(dataplane = %kind, error = %e, "dataplane resync failed; applying again");
+                self.pending = true;
+            }
+        }
+    }
+
+    /// At shutdown: remove everything with `cleanup_on_exit`, otherwise leave it in place.
+    async fn shutdown(&mut self) {
+        if !self.config.cleanup_on_exit {
+            tracing::info!(dataplane = ?self.selected.map(|k| k.as_str()), "agent stopping; dataplane rules left in place (connections keep flowing; the next agent reconciles)");
+            return;
+        }
+        let result = self
+            .driver
+            .call(|slot| {
+                let mut total = Written::default();
+                let mut errors = Vec::new();
+                if let Some(mut dp) = slot.take() {
+                    match dp.cleanup() {
+                        Ok(w) => total = w,
+                        Err(e) => errors.push(e),
+                    }
+                }
+                // Also whatever another dataplane of an earlier run left.
+                for kind in DataplaneKind::ALL {
+                    if let Ok(mut d) = dataplane::open(kind) {
+                        match d.cleanup() {
+                            Ok(w) => {
+                                total.rule_groups_deleted += w.rule_groups_deleted;
+                                total.sets_changed += w.sets_changed;
+                                total.hooks_changed += w.hooks_changed;
+                            }
+                            Err(e) => errors.push(e),
+                        }
+                    }
+                }
+                (total, errors)
+            })
+            .await;
+        match result {
+            Ok((w, errors)) if errors.is_empty() => {
+                tracing::info!(written = %w, "agent stopping: removed every dataplane rule and set (--cleanup-on-exit)")
+            }
+            Ok((_, errors)) => {
+                for e in errors {
+                    tracing::error!(error = %e, "cleanup on exit failed; some dataplane state remains");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cleanup on exit failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serval_model::{Kind, Resource, ResourceKey, parse_documents};
+
+    use super::*;
+
+    fn resources(yaml: &str) -> Vec<Resource> {
+        parse_documents("test", yaml).unwrap()
+    }
+
+    #[test]
+    fn changes_update_the_model_incrementally() {
+        let mut model = Model::default();
+        let mut synced = false;
+        let all = resources(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: y}\n",
+        );
+        // The first list counts as a change even when empty of anything calc reads.
+        assert!(absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Replaced(Vec::new())
+        ));
+        assert!(synced);
+        assert!(absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Replaced(all.clone())
+        ));
+        assert!(!absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Replaced(all.clone())
+        ));
+        assert!(!absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Applied(Box::new(all[0].clone()))
+        ));
+        let key = ResourceKey::new(Kind::Namespace, None, "x");
+        assert!(absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Deleted(key.clone())
+        ));
+        assert!(!absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Deleted(key)
+        ));
+        assert_eq!(model.namespaces.keys().collect::<Vec<_>>(), ["y"]);
+    }
+
+    #[test]
+    fn bpf_enabled_is_read_from_the_node_overlay() {
+        let base = "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {bpfEnabled: false}\n";
+        let node = "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: node.n1}\nspec: {bpfEnabled: true}\n";
+        let model = Model::from_resources(resources(&format!("{base}---\n{node}")));
+        assert_eq!(
+            DataplaneKind::from_bpf_enabled(model.felix(Some("n1")).bpf_enabled),
+            DataplaneKind::Bpf
+        );
+        assert_eq!(
+            DataplaneKind::from_bpf_enabled(model.felix(Some("n2")).bpf_enabled),
+            DataplaneKind::Iptables
+        );
+    }
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+"#;
+
+    fn model_with_weps(extra: &str) -> Model {
+        let mut rs = resources(&format!("{CLUSTER}{extra}"));
+        let weps: Vec<Resource> = rs
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Pod(p) => {
+                    let ip = if p.metadata.name == "a" {
+                        "10.244.0.1/32"
+                    } else {
+                        "10.244.0.2/32"
+                    };
+                    let mut w = serval_model::workloadendpoint::WorkloadEndpoint::for_pod(
+                        p,
+                        "n1",
+                        "cid",
+                        &format!("sv{}", p.metadata.name),
+                        vec![ip.parse().unwrap()],
+                    );
+                    w.spec.ready = true;
+                    Some(Resource::WorkloadEndpoint(w))
+                }
+                _ => None,
+            })
+            .collect();
+        rs.extend(weps);
+        Model::from_resources(rs)
+    }
+
+    #[test]
+    fn describe_names_the_endpoints_and_counts_sets() {
+        let old = desired_state(&model_with_weps(""), Some("n1"));
+        let policy = r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-a, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: a}}}]}]
+"#;
+        let new = desired_state(&model_with_weps(policy), Some("n1"));
+        let delta = diff(&old, &new);
+        let s = describe(&old, &new, &delta);
+        assert_eq!(s.endpoints, "x/b");
+        assert!(s.sets.starts_with("+1/"), "{s:?}");
+        assert_eq!(s.frontends, "+0/~0/-0");
+        let back = diff(&new, &old);
+        let s = describe(&new, &old, &back);
+        assert!(s.sets.ends_with("/-1"), "{s:?}");
+    }
+}

@@ -1,0 +1,667 @@
+//! The policy pipeline end to end with real parts (root): a "node" network namespace with
+//! "pods" wired Calico-style (host veth `sv<pod>`, a /32 route to it, proxy ARP, a default
+//! route via 169.254.1.1 in the pod), a temporary sqlite datastore holding the Pods and
+//! their WorkloadEndpoints, and a real agent ([`serval_agent::run_until`]) on a thread in the
+//! node namespace programming the iptables dataplane. Real TCP connections between the pods
+//! decide every check.
+//!
+//! Every namespace is a `NetNsGuard` (unique name, deleted on drop, even on panic), so these
+//! tests run in parallel and leave nothing behind.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serval_agent::AgentConfig;
+use serval_api::{ApplyMode, Client};
+use serval_model::workloadendpoint::WorkloadEndpoint;
+use serval_model::{Kind, Resource, ResourceKey, parse_documents};
+use serval_store::testing::SqliteFile;
+use serval_sys::NetNs;
+use serval_sys::testing::{NetNsGuard, require_root};
+use tokio::sync::oneshot;
+
+const NODE: &str = "node1";
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("serval_agent=info,serval_dp_iptables=info")
+        .try_init();
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Runs `cmd` inside `ns`; its stdout.
+fn in_ns(ns: &str, cmd: &[&str]) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A TCP server in a pod answering every connection with the pod's name; stopped on drop.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(pod: &NetNsGuard, name: &'static str, port: u16) -> Result<Server> {
+        let listener = pod.run(move || TcpListener::bind(("0.0.0.0", port)))??;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.write_all(format!("x/{name}\n").as_bytes());
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Server {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A node namespace with pods `(name, address)` behind host veths `sv<name>`, each pod
+/// serving TCP port 80.
+struct Node {
+    node: NetNsGuard,
+    pods: Vec<(NetNsGuard, &'static str, &'static str)>,
+    _servers: Vec<Server>,
+}
+
+impl Node {
+    fn new(pods: &[(&'static str, &'static str)]) -> Result<Node> {
+        let node = NetNsGuard::new("svag-dp")?;
+        let n = node.name().to_string();
+        ip(&["-n", &n, "link", "set", "lo", "up"])?;
+        // A default route out of another interface, so proxy ARP answers for any address.
+        ip(&[
+            "-n",
+            &n,
+            "link",
+            "add",
+            "svup",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "svup-peer",
+        ])?;
+        ip(&["-n", &n, "link", "set", "svup", "up"])?;
+        ip(&["-n", &n, "link", "set", "svup-peer", "up"])?;
+        ip(&["-n", &n, "route", "add", "default", "dev", "svup"])?;
+        node.sysctl_write("net/ipv4/ip_forward", "1")?;
+        let mut out = Vec::new();
+        let mut servers = Vec::new();
+        for (name, addr) in pods {
+            let pod = NetNsGuard::new("svag-dpp")?;
+            let p = pod.name().to_string();
+            let host = format!("sv{name}");
+            ip(&[
+                "-n", &n, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &p,
+            ])?;
+            ip(&["-n", &n, "link", "set", &host, "up"])?;
+            node.sysctl_write(&format!("net/ipv4/conf/{host}/proxy_arp"), "1")?;
+            node.sysctl_write(&format!("net/ipv4/neigh/{host}/proxy_delay"), "0")?;
+            ip(&[
+                "-n",
+                &n,
+                "route",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                &host,
+            ])?;
+            ip(&["-n", &p, "link", "set", "lo", "up"])?;
+            ip(&["-n", &p, "link", "set", "eth0", "up"])?;
+            ip(&[
+                "-n",
+                &p,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                &p,
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ])?;
+            ip(&[
+                "-n",
+                &p,
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ])?;
+            servers.push(Server::start(&pod, name, 80)?);
+            out.push((pod, *name, *addr));
+        }
+        Ok(Node {
+            node,
+            pods: out,
+            _servers: servers,
+        })
+    }
+
+    fn name(&self) -> &str {
+        self.node.name()
+    }
+
+    fn pod(&self, name: &str) -> &NetNsGuard {
+        &self
+            .pods
+            .iter()
+            .find(|p| p.1 == name)
+            .expect("a test pod")
+            .0
+    }
+
+    fn addr(&self, name: &str) -> &'static str {
+        self.pods
+            .iter()
+            .find(|p| p.1 == name)
+            .expect("a test pod")
+            .2
+    }
+
+    /// Connects from pod `from` to `to` (`IP:PORT`) and reads the answer; `Err(kind)` when
+    /// the connection is not established.
+    fn connect(&self, from: &str, to: &str) -> Result<String, std::io::ErrorKind> {
+        let to: SocketAddr = to.parse().expect("IP:PORT");
+        self.pod(from)
+            .run(move || -> std::io::Result<String> {
+                let mut c = TcpStream::connect_timeout(&to, Duration::from_millis(400))?;
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut s = String::new();
+                c.read_to_string(&mut s)?;
+                Ok(s)
+            })
+            .map_err(|_| std::io::ErrorKind::Other)?
+            .map_err(|e| e.kind())
+    }
+
+    /// Whether `from` reaches pod `to` on port 80.
+    fn reaches(&self, from: &str, to: &str) -> bool {
+        self.connect(from, &format!("{}:80", self.addr(to)))
+            .is_ok_and(|a| a == format!("x/{to}\n"))
+    }
+
+    /// An IPPool and the resources of the pods (namespace `x`, labels `app: NAME`, port 80 named http)
+    /// with the WorkloadEndpoints the CNI plugin would write for them.
+    fn resources(&self) -> Result<Vec<Resource>> {
+        // The pool makes pod sources "inside the cluster" (no masquerade towards services).
+        let mut yaml = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n\
+             apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16}\n",
+        );
+        for (_, name, addr) in &self.pods {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\n\
+                 spec: {{nodeName: {NODE}, containers: [{{name: c, ports: [{{name: http, containerPort: 80}}]}}]}}\n\
+                 status: {{phase: Running, podIPs: [{{ip: {addr}}}]}}\n"
+            ));
+        }
+        let mut resources = parse_documents("test", &yaml)?;
+        let weps: Vec<Resource> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Pod(p) => {
+                    let (_, name, addr) = self.pods.iter().find(|x| x.1 == p.metadata.name)?;
+                    let ips = vec![format!("{addr}/32").parse().ok()?];
+                    let mut wep =
+                        WorkloadEndpoint::for_pod(p, NODE, "cid", &format!("sv{name}"), ips);
+                    wep.spec.ready = true;
+                    Some(Resource::WorkloadEndpoint(wep))
+                }
+                _ => None,
+            })
+            .collect();
+        resources.extend(weps);
+        Ok(resources)
+    }
+
+    /// Our chains and sets in the node namespace (IPv4 and IPv6).
+    fn serval_objects(&self) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        for tool in ["iptables-save", "ip6tables-save"] {
+            for line in in_ns(self.name(), &[tool])?.lines() {
+                if line.contains("SERVAL-") || line.contains("--comment serval") {
+                    found.push(format!("{tool}: {line}"));
+                }
+            }
+        }
+        for line in in_ns(self.name(), &["ipset", "list", "-n"])?.lines() {
+            if line.starts_with("serval-") {
+                found.push(format!("ipset: {line}"));
+            }
+        }
+        Ok(found)
+    }
+
+    fn has_chain(&self, chain: &str) -> Result<bool> {
+        Ok(in_ns(self.name(), &["iptables-save", "-t", "filter"])?
+            .lines()
+            .any(|l| l == format!(":{chain} - [0:0]") || l.starts_with(&format!(":{chain} "))))
+    }
+}
+
+/// One agent on its own thread inside the node namespace; `stop` ends it through
+/// `run_until` (the agent's own shutdown path), drop too.
+struct Agent {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<serval_sys::Result<Result<(), String>>>>,
+    ready: PathBuf,
+}
+
+impl Agent {
+    fn start(ns: &NetNs, config: AgentConfig) -> Result<Agent> {
+        let ready = config.ready_file.clone().context("a ready file")?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = ns.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(serval_agent::run_until(config, async {
+                let _ = stopped.await;
+            }))
+            .map_err(|e| e.to_string())
+        })?;
+        Ok(Agent {
+            stop: Some(stop),
+            thread: Some(thread),
+            ready,
+        })
+    }
+
+    /// The agent's health file, once written.
+    async fn wait_ready(&mut self) -> Result<serde_json::Value> {
+        let ready = self.ready.clone();
+        wait_for("the agent's ready file", || {
+            let ready = ready.clone();
+            async move { Ok(ready.exists()) }
+        })
+        .await
+        .with_context(|| {
+            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let r = self.thread.take().map(|t| t.join());
+                format!("the agent stopped: {r:?}")
+            } else {
+                "the agent is still running".into()
+            }
+        })?;
+        Ok(serde_json::from_slice(&std::fs::read(&self.ready)?)?)
+    }
+
+    /// Stops the agent the way SIGTERM does and waits for it to finish.
+    fn stop(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            match t.join() {
+                Ok(Ok(Ok(()))) => {}
+                other => bail!("the agent did not stop cleanly: {other:?}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Polls `check` until true (a readiness condition, not a timing assertion).
+async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while Instant::now() < deadline {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("gave up waiting for {what} (last error: {last:?})")
+}
+
+/// Waits until `from` → `to` reachability equals `want`.
+async fn wait_reach(node: &Node, from: &str, to: &str, want: bool) -> Result<()> {
+    let what = format!(
+        "{from} -> {to} to be {}",
+        if want { "allowed" } else { "blocked" }
+    );
+    wait_for(&what, || async { Ok(node.reaches(from, to) == want) }).await
+}
+
+const DEFAULT_DENY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+"#;
+
+const ALLOW_A_TO_B: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-a-to-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: a}}}]
+    ports: [{port: http}]
+"#;
+
+const SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {tier: web}
+  ports: [{port: 8080, targetPort: http}]
+"#;
+
+async fn apply(client: &Client, yaml: &str) -> Result<()> {
+    client
+        .apply(parse_documents("test", yaml)?, ApplyMode::Apply)
+        .await?;
+    Ok(())
+}
+
+async fn delete(client: &Client, kind: Kind, ns: Option<&str>, name: &str) -> Result<()> {
+    client
+        .delete(&[ResourceKey::new(kind, ns, name)], false)
+        .await?;
+    Ok(())
+}
+
+fn config(store: &SqliteFile, dir: &tempfile::TempDir, resync: Duration) -> AgentConfig {
+    let mut c = AgentConfig::new(NODE, store.url());
+    c.ready_file = Some(dir.path().join("agent.ready"));
+    c.resync_interval = resync;
+    c
+}
+
+/// Policy (default deny, allow one pod, delete), a ClusterIP service with two backends,
+/// drift repair by the periodic resync, and cleanup on exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_services_drift_and_cleanup_through_the_agent() -> Result<()> {
+    if !require_root("policy_services_drift_and_cleanup_through_the_agent") {
+        return Ok(());
+    }
+    logs();
+    let node = Node::new(&[
+        ("a", "10.244.7.1"),
+        ("b", "10.244.7.2"),
+        ("c", "10.244.7.3"),
+    ])?;
+    let store = SqliteFile::new()?;
+    let client = Client::open(&store.url()).await?;
+    client
+        .apply(node.resources()?, ApplyMode::Apply)
+        .await
+        .context("storing the pods")?;
+    let dir = tempfile::tempdir()?;
+    let resync = Duration::from_secs(2);
+    let mut cfg = config(&store, &dir, resync);
+    cfg.cleanup_on_exit = true;
+    let mut agent = Agent::start(&node.node, cfg)?;
+    let ready = agent.wait_ready().await?;
+    ensure!(
+        ready["dataplane"] == "iptables" && ready["dataplane_state"] == "programmed",
+        "ready file names the programmed dataplane: {ready}"
+    );
+
+    // No policy: every pod reaches every other.
+    ensure!(node.reaches("a", "b") && node.reaches("c", "b") && node.reaches("b", "a"));
+
+    // Default deny (ingress, every pod of x): blocked.
+    apply(&client, DEFAULT_DENY).await?;
+    wait_reach(&node, "a", "b", false).await?;
+    ensure!(!node.reaches("c", "b") && !node.reaches("b", "a"));
+
+    // Allow a -> b: only a reaches b.
+    apply(&client, ALLOW_A_TO_B).await?;
+    wait_reach(&node, "a", "b", true).await?;
+    ensure!(!node.reaches("c", "b"), "c must not reach b");
+    ensure!(!node.reaches("b", "a"), "b must not reach a");
+
+    // Drift: delete the chain that hooks into FORWARD (its jump first); c -> b opens (a hole),
+    // and the periodic resync puts it back, closing the hole again.
+    let fwd = "SERVAL-FORWARD";
+    ensure!(node.has_chain(fwd)?, "the agent created {fwd}");
+    let hook = in_ns(node.name(), &["iptables", "-S", "FORWARD"])?
+        .lines()
+        .find(|l| l.contains(&format!("-j {fwd}")))
+        .context("FORWARD jumps to SERVAL-FORWARD")?
+        .replacen("-A ", "-D ", 1);
+    let mut del = vec!["iptables"];
+    del.extend(hook.split_whitespace());
+    in_ns(node.name(), &del)?;
+    in_ns(node.name(), &["iptables", "-F", fwd])?;
+    in_ns(node.name(), &["iptables", "-X", fwd])?;
+    ensure!(!node.has_chain(fwd)?);
+    ensure!(
+        node.reaches("c", "b"),
+        "with the chain gone, nothing filters c -> b"
+    );
+    wait_for("the deleted chain to come back by resync", || async {
+        node.has_chain(fwd)
+    })
+    .await?;
+    wait_reach(&node, "c", "b", false).await?;
+    ensure!(node.reaches("a", "b"));
+
+    // Delete the policies: open again.
+    delete(&client, Kind::K8sNetworkPolicy, Some("x"), "allow-a-to-b").await?;
+    delete(&client, Kind::K8sNetworkPolicy, Some("x"), "default-deny").await?;
+    wait_reach(&node, "c", "b", true).await?;
+    ensure!(node.reaches("b", "a"));
+
+    // A ClusterIP service with two backends (b and c): both answer through it.
+    for p in ["b", "c"] {
+        let key = ResourceKey::new(Kind::Pod, Some("x"), p);
+        let Some(Resource::Pod(mut pod)) = client.get(&key).await? else {
+            bail!("pod {p} missing")
+        };
+        pod.metadata.labels.insert("tier".into(), "web".into());
+        client
+            .apply(vec![Resource::Pod(pod)], ApplyMode::Apply)
+            .await?;
+    }
+    apply(&client, SERVICE).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for("both backends to answer through the ClusterIP", || {
+        if let Ok(answer) = node.connect("a", "10.96.0.10:8080") {
+            seen.insert(answer);
+        }
+        let done = seen.len() == 2;
+        async move { Ok(done) }
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "answers seen {seen:?}, a -> 10.96.0.10:8080 now: {:?}; nat table:\n{}",
+            node.connect("a", "10.96.0.10:8080"),
+            in_ns(node.name(), &["iptables-save", "-t", "nat"]).unwrap_or_default()
+        )
+    })?;
+    ensure!(
+        seen == ["x/b\n".to_string(), "x/c\n".to_string()].into(),
+        "{seen:?}"
+    );
+
+    // Cleanup on exit: nothing of ours remains in the node namespace.
+    ensure!(!node.serval_objects()?.is_empty());
+    agent.stop()?;
+    let left = node.serval_objects()?;
+    ensure!(left.is_empty(), "left after cleanup-on-exit: {left:#?}");
+    ensure!(
+        !dir.path().join("agent.ready").exists(),
+        "ready file removed"
+    );
+    Ok(())
+}
+
+/// Restart keeps the rules (no cleanup by default) and reconciles; flipping bpfEnabled
+/// removes the iptables dataplane completely (the bpf driver is not in this build: the node
+/// runs without policy and says so in its ready file); flipping back restores policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_rules_and_bpf_enabled_switches_dataplanes() -> Result<()> {
+    if !require_root("restart_keeps_rules_and_bpf_enabled_switches_dataplanes") {
+        return Ok(());
+    }
+    logs();
+    let node = Node::new(&[("a", "10.244.8.1"), ("b", "10.244.8.2")])?;
+    let store = SqliteFile::new()?;
+    let client = Client::open(&store.url()).await?;
+    client.apply(node.resources()?, ApplyMode::Apply).await?;
+    apply(&client, DEFAULT_DENY).await?;
+    let dir = tempfile::tempdir()?;
+    let resync = Duration::from_secs(30);
+
+    let mut agent = Agent::start(&node.node, config(&store, &dir, resync))?;
+    agent.wait_ready().await?;
+    wait_reach(&node, "a", "b", false).await?;
+    // Stopped without cleanup: the rules stay and keep enforcing.
+    agent.stop()?;
+    let kept = node.serval_objects()?;
+    ensure!(!kept.is_empty(), "rules kept across a stop");
+    ensure!(
+        !node.reaches("a", "b"),
+        "policy still enforced with no agent"
+    );
+    // A new agent reconciles with them (same rules, policy unchanged throughout).
+    let mut agent = Agent::start(&node.node, config(&store, &dir, resync))?;
+    agent.wait_ready().await?;
+    ensure!(!node.reaches("a", "b"));
+    let mut after = node.serval_objects()?;
+    let mut before = kept.clone();
+    // Counters differ between saves; compare the rules only.
+    let strip = |v: &mut Vec<String>| {
+        for l in v.iter_mut() {
+            if let Some(i) = l.find(" [") {
+                l.truncate(i);
+            }
+        }
+        v.sort();
+    };
+    strip(&mut after);
+    strip(&mut before);
+    ensure!(before == after, "restart reconciled without changing rules");
+
+    // bpfEnabled for this node: the iptables dataplane goes completely.
+    apply(
+        &client,
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: node.node1}\nspec: {bpfEnabled: true}\n",
+    )
+    .await?;
+    wait_for("the iptables dataplane to be removed", || async {
+        Ok(node.serval_objects()?.is_empty())
+    })
+    .await?;
+    let ready = dir.path().join("agent.ready");
+    wait_for("the ready file to report the bpf dataplane", || {
+        let ready = ready.clone();
+        async move {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready)?)?;
+            Ok(v["dataplane"] == "bpf")
+        }
+    })
+    .await?;
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready)?)?;
+    ensure!(v["dataplane_state"] == "unavailable", "{v}");
+    ensure!(
+        v["dataplane_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not available in this build")),
+        "{v}"
+    );
+    // Without a dataplane the node still forwards (no policy).
+    ensure!(
+        node.reaches("a", "b"),
+        "the node keeps working without policy"
+    );
+
+    // Back to iptables (the default FelixConfiguration says false): policy again.
+    delete(&client, Kind::FelixConfiguration, None, "node.node1").await?;
+    wait_reach(&node, "a", "b", false).await?;
+    wait_for("the ready file to report iptables again", || {
+        let ready = ready.clone();
+        async move {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&ready)?)?;
+            Ok(v["dataplane"] == "iptables" && v["dataplane_state"] == "programmed")
+        }
+    })
+    .await?;
+    agent.stop()?;
+    Ok(())
+}
