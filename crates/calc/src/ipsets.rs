@@ -70,8 +70,8 @@ pub enum NamespaceScope {
     /// Endpoints in this namespace only (a namespaced policy's selector).
     Namespace(String),
     /// Endpoints in every namespace whose labels match this selector (canonical text).
-    /// Host endpoints are included when the selector matches in the global scope
-    /// (`global()`).
+    /// Host endpoints are included only for a selector such as `global()` (see
+    /// [`selects_global_only`]).
     Selector(String),
     /// Every workload endpoint and every host endpoint (a global policy's selector).
     All,
@@ -149,6 +149,14 @@ impl IpSetSpec {
     }
 }
 
+/// True for a namespace selector that picks non-namespaced resources (host endpoints):
+/// one that matches in the global scope but not a namespace, such as `global()`. (`all()`
+/// means every namespace, as Calico reads it, and leaves host endpoints out.)
+pub fn selects_global_only(nssel: &Selector) -> bool {
+    let none = BTreeMap::new();
+    nssel.matches_global(&none) && !nssel.matches(&none)
+}
+
 /// Resolves scopes and selectors against a model once (namespace labels, parsed selectors).
 pub(crate) struct MemberIndex<'m> {
     model: &'m Model,
@@ -214,7 +222,7 @@ impl<'m> MemberIndex<'m> {
         let include = match scope {
             NamespaceScope::All => true,
             NamespaceScope::Namespace(_) => false,
-            NamespaceScope::Selector(s) => parse(s).matches_global(&BTreeMap::new()),
+            NamespaceScope::Selector(s) => selects_global_only(&parse(s)),
         };
         if !include {
             return Vec::new();

@@ -1,11 +1,13 @@
 //! Calico NetworkPolicy / GlobalNetworkPolicy → the rule model.
 //!
-//! Selector scoping, as Calico does it: in a namespaced NetworkPolicy, a rule's `selector` /
-//! `notSelector` match endpoints of the policy's namespace unless the rule sets
-//! `namespaceSelector`; in a GlobalNetworkPolicy they match endpoints of every namespace
-//! (and host endpoints). A rule `namespaceSelector` alone selects every endpoint of the
-//! matching namespaces. `nets` is an OR list, `notNets` excludes; named `ports` are looked up
-//! on the endpoints the side's selector picks (every endpoint when there is none).
+//! Selector scoping, as Calico's converter does it: in a namespaced NetworkPolicy, a rule
+//! side with `selector`, `notSelector` or `namespaceSelector` only matches endpoints of the
+//! policy's namespace (or of the namespaces `namespaceSelector` picks), ANDed with
+//! `selector` when given; in a GlobalNetworkPolicy without `namespaceSelector` the selector
+//! matches endpoints of every namespace and host endpoints. `notSelector` is never scoped:
+//! it excludes matching endpoints of every namespace. `nets` is an OR list, `notNets`
+//! excludes; named `ports` are looked up on the endpoints the side's (scoped) selector picks
+//! (every endpoint when there is none).
 
 use std::collections::BTreeSet;
 
@@ -51,14 +53,25 @@ fn side(
         (None, None) => NamespaceScope::All,
     };
     let selector = e.selector.as_deref().map(parse_selector);
-    if selector.is_some() || e.namespace_selector.is_some() {
-        let sel = selector.clone().unwrap_or_else(Selector::all);
+    // As Calico's converter: the positive selector carries the namespace scope whenever the
+    // side names a selector, a notSelector or a namespaceSelector (and there is a scope:
+    // a namespaced policy, or a namespaceSelector). notSelector itself is NOT scoped: it
+    // excludes matching endpoints of every namespace.
+    let scoped = !matches!(scope, NamespaceScope::All)
+        && (selector.is_some() || e.not_selector.is_some() || e.namespace_selector.is_some());
+    let positive = if scoped || selector.is_some() {
+        let sel = selector.unwrap_or_else(Selector::all);
         s.sets
             .push(reg.add(IpSetSpec::selector(&sel, scope.clone())));
-    }
+        Some((sel, scope))
+    } else {
+        None
+    };
     if let Some(ns) = &e.not_selector {
-        s.not_sets
-            .push(reg.add(IpSetSpec::selector(&parse_selector(ns), scope.clone())));
+        s.not_sets.push(reg.add(IpSetSpec::selector(
+            &parse_selector(ns),
+            NamespaceScope::All,
+        )));
     }
     if !e.nets.is_empty() {
         s.sets
@@ -69,11 +82,9 @@ fn side(
             e.not_nets.iter().copied().collect::<BTreeSet<_>>(),
         )));
     }
-    let named_scope = if selector.is_some() || e.namespace_selector.is_some() {
-        (selector.unwrap_or_else(Selector::all), scope)
-    } else {
-        (Selector::all(), NamespaceScope::All)
-    };
+    // Named ports are looked up on the endpoints the positive selector picks (every
+    // endpoint when there is none).
+    let named_scope = positive.unwrap_or((Selector::all(), NamespaceScope::All));
     for (ports, ranges, named) in [
         (&e.ports, &mut s.ports, &mut s.named),
         (&e.not_ports, &mut s.not_ports, &mut s.not_named),
@@ -188,5 +199,144 @@ pub fn compile(
         selects,
         ingress,
         egress,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serval_model::{Resource, parse_documents};
+
+    use super::*;
+    use crate::policy::Action;
+
+    fn rules_of(yaml: &str) -> (CompiledPolicy, SetRegistry) {
+        let mut reg = SetRegistry::default();
+        let p = match parse_documents("t", yaml).unwrap().remove(0) {
+            Resource::NetworkPolicy(p) => compile(
+                &p.metadata.name,
+                Some(p.metadata.namespace_str()),
+                &p.spec,
+                &mut reg,
+            ),
+            Resource::GlobalNetworkPolicy(p) => compile(&p.metadata.name, None, &p.spec, &mut reg),
+            other => panic!("{other:?}"),
+        };
+        (p, reg)
+    }
+
+    fn sel(s: &str, scope: NamespaceScope) -> IpSetSpec {
+        IpSetSpec::selector(&Selector::parse(s).unwrap(), scope)
+    }
+
+    #[test]
+    fn namespaced_sides_are_scoped_and_not_selectors_are_not() {
+        let (p, reg) = rules_of(
+            r#"
+apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: p, namespace: x}
+spec:
+  selector: pod == 'a'
+  ingress:
+  - action: Allow
+    source: {notSelector: pod == 'b'}
+  - action: Deny
+    source: {selector: pod == 'c', namespaceSelector: ns == 'y', nets: [10.0.0.0/8]}
+  - action: Allow
+    source: {notNets: [10.1.0.0/16]}
+"#,
+        );
+        assert!(matches!(p.selects, Selects::Namespaced { .. }));
+        assert_eq!(p.order, f64::INFINITY, "no order sorts last");
+        assert!(p.egress.is_none());
+        let r = p.ingress.unwrap();
+        let spec = |id: &IpSetId| reg.spec(id).cloned().unwrap();
+        assert_eq!(
+            spec(&r[0].r#match.src_sets[0]),
+            sel("all()", NamespaceScope::Namespace("x".into()))
+        );
+        assert_eq!(
+            spec(&r[0].r#match.not_src_sets[0]),
+            sel("pod == 'b'", NamespaceScope::All)
+        );
+        assert_eq!(r[1].action, Action::Deny);
+        assert_eq!(
+            spec(&r[1].r#match.src_sets[0]),
+            sel("pod == 'c'", NamespaceScope::Selector("ns == \"y\"".into()))
+        );
+        assert!(matches!(
+            spec(&r[1].r#match.src_sets[1]),
+            IpSetSpec::Nets(_)
+        ));
+        // Nets only: no selector set, no namespace scope.
+        assert!(r[2].r#match.src_sets.is_empty());
+        assert_eq!(r[2].r#match.not_src_sets.len(), 1);
+    }
+
+    #[test]
+    fn global_policy_sides_cover_every_namespace() {
+        let (p, reg) = rules_of(
+            r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: g}
+spec:
+  order: 5
+  selector: has(role)
+  egress:
+  - action: Pass
+    protocol: TCP
+    destination: {selector: app == 'db', ports: [5432, "8000:8080", http], notPorts: [8001]}
+  - action: Log
+    destination: {notSelector: app == 'db'}
+  - action: Allow
+    protocol: ICMP
+    icmp: {type: 8, code: 0}
+"#,
+        );
+        assert!(
+            p.ingress.is_none(),
+            "types default to Egress for egress-only rules"
+        );
+        let r = p.egress.unwrap();
+        let m = &r[0].r#match;
+        assert_eq!(r[0].action, Action::Pass);
+        assert_eq!(
+            reg.spec(&m.dst_sets[0]).cloned().unwrap(),
+            sel("app == 'db'", NamespaceScope::All)
+        );
+        assert_eq!(
+            m.dst_ports,
+            [
+                PortRange::single(5432),
+                PortRange {
+                    first: 8000,
+                    last: 8080
+                }
+            ]
+        );
+        assert_eq!(m.not_dst_ports, [PortRange::single(8001)]);
+        assert_eq!(
+            reg.spec(&m.dst_named_port_sets[0]),
+            Some(&IpSetSpec::NamedPort {
+                selector: "app == \"db\"".into(),
+                scope: NamespaceScope::All,
+                name: "http".into(),
+                protocol: serval_model::types::Protocol::Tcp,
+            })
+        );
+        assert!(
+            r[1].r#match.dst_sets.is_empty(),
+            "notSelector alone adds no positive set"
+        );
+        assert_eq!(r[1].action, Action::Log);
+        assert_eq!(
+            r[2].r#match.icmp,
+            Some(IcmpMatch {
+                type_: 8,
+                code: Some(0)
+            })
+        );
+        assert_eq!(r[2].r#match.protocol, Some(IpProto::Icmp));
     }
 }

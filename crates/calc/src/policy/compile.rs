@@ -62,7 +62,7 @@ pub enum Selects {
     },
     /// Workload endpoints of namespaces matching `namespace_selector` (all when `None`)
     /// matching `selector`; host endpoints matching `selector` (when there is no namespace
-    /// selector, or it matches `global()`).
+    /// selector, or one such as `global()`).
     Global {
         selector: Selector,
         namespace_selector: Option<Selector>,
@@ -113,7 +113,7 @@ impl CompiledPolicy {
             } => {
                 namespace_selector
                     .as_ref()
-                    .is_none_or(|n| n.matches_global(&BTreeMap::new()))
+                    .is_none_or(crate::ipsets::selects_global_only)
                     && selector.matches_global(labels)
             }
         }
