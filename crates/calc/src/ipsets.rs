@@ -52,6 +52,25 @@ impl IpSetMembers {
         }
     }
 
+    /// The members of one family (`v4` true: IPv4), for dataplanes that keep one kernel set
+    /// per family.
+    pub fn of_family(&self, v4: bool) -> IpSetMembers {
+        match self {
+            IpSetMembers::Nets(n) => IpSetMembers::Nets(
+                n.iter()
+                    .filter(|n| matches!(n, IpNet::V4(_)) == v4)
+                    .copied()
+                    .collect(),
+            ),
+            IpSetMembers::NamedPorts(p) => IpSetMembers::NamedPorts(
+                p.iter()
+                    .filter(|(a, _, _)| a.is_ipv4() == v4)
+                    .copied()
+                    .collect(),
+            ),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             IpSetMembers::Nets(n) => n.len(),
@@ -289,6 +308,23 @@ mod tests {
             NamespaceScope::Namespace("y".into()),
         );
         assert_ne!(a.id(), c.id());
+        let mixed = IpSetMembers::Nets(
+            ["10.0.0.1/32", "fd00::1/128"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+        );
+        assert_eq!(mixed.of_family(true).len(), 1);
+        assert!(
+            mixed
+                .of_family(false)
+                .contains_addr("fd00::1".parse().unwrap())
+        );
+        assert!(
+            !mixed
+                .of_family(false)
+                .contains_addr("10.0.0.1".parse().unwrap())
+        );
         // Pinned: the id must not change between builds (dataplanes keep sets across
         // restarts by id).
         assert_eq!(fnv1a("a"), 0xaf63_dc4c_8601_ec8c);
