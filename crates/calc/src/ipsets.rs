@@ -180,6 +180,8 @@ pub fn selects_global_only(nssel: &Selector) -> bool {
 pub(crate) struct MemberIndex<'m> {
     model: &'m Model,
     endpoints: &'m [Endpoint],
+    /// `selector_labels` of each endpoint, computed once.
+    labels: Vec<BTreeMap<String, String>>,
     ns_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
@@ -203,6 +205,7 @@ impl<'m> MemberIndex<'m> {
         MemberIndex {
             model,
             endpoints,
+            labels: endpoints.iter().map(selector_labels).collect(),
             ns_labels,
         }
     }
@@ -230,9 +233,13 @@ impl<'m> MemberIndex<'m> {
             _ => None,
         };
         let scope = scope.clone();
-        self.endpoints.iter().filter(move |ep| {
-            self.in_scope(ep, &scope, nssel.as_ref()) && sel.matches(&selector_labels(ep))
-        })
+        self.endpoints
+            .iter()
+            .zip(&self.labels)
+            .filter(move |(ep, labels)| {
+                self.in_scope(ep, &scope, nssel.as_ref()) && sel.matches(labels)
+            })
+            .map(|(ep, _)| ep)
     }
 
     /// Host endpoint addresses a selector set includes (global scope, or a namespace

@@ -221,3 +221,32 @@ spec: {node: node-1, expectedIPs: [192.168.0.1]}
     ));
     assert!(!web.allowed);
 }
+
+#[test]
+fn host_endpoint_policy_skips_the_hosts_own_workloads() {
+    let ev = Evaluator::new(&model(
+        r#"
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: n1, labels: {role: host}}
+spec: {node: node-1, expectedIPs: [192.168.0.1]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: host-egress}
+spec:
+  selector: role == 'host'
+  types: [Egress]
+"#,
+    ));
+    // x/a runs on node-1: not policed by node-1's host endpoint; x/b on node-2 is.
+    let local = ev.evaluate(&Packet::l4(ip("192.168.0.1"), ip(XA), IpProto::Tcp, 80));
+    assert!(local.allowed, "{}", local.reason);
+    assert!(local.egress.is_none());
+    let remote = ev.evaluate(&Packet::l4(ip("192.168.0.1"), ip(XB), IpProto::Tcp, 80));
+    assert!(!remote.allowed);
+    assert!(matches!(
+        remote.egress.map(|d| d.by),
+        Some(DecidedBy::EndOfTier(_))
+    ));
+}

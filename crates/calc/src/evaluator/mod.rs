@@ -15,7 +15,8 @@
 //!    allowed (so a probe is certain to pass), and [`Verdict::partially_allowed`] tells when
 //!    some are.
 //! 4. **Egress** policy of the source endpoint (a pod, or a host endpoint with its outbound
-//!    failsafe ports), against the destination after DNAT.
+//!    failsafe ports), against the destination after DNAT. Host endpoint policy does not
+//!    apply from a host to its own workloads (as in Calico).
 //! 5. **Endpoint to host.** A pod reaching an address of its own node meets the node's
 //!    FelixConfiguration `defaultEndpointToHostAction` (Calico's default: Drop) after its
 //!    egress policy; Return goes on to the host endpoint's policy.
@@ -295,7 +296,16 @@ impl Evaluator {
     /// `defaultEndpointToHostAction` after its egress policy: Drop denies, Accept allows, Return
     /// goes on to the host endpoint's ingress policy (and failsafe ports), as Calico does.
     fn legs(&self, flow: &Flow, ingress_flow: &Flow) -> (Option<Decision>, Option<Decision>) {
-        let egress = self.direction(flow.src, Direction::Egress, flow);
+        // Host endpoint policy does not apply between a host and its own workloads.
+        let host_to_local_workload = matches!(self.owners.get(&flow.src), Some(Owner::Host(_)))
+            && matches!(self.owners.get(&ingress_flow.dst), Some(Owner::Workload(_)))
+            && self.node_of(flow.src).is_some()
+            && self.node_of(flow.src) == self.node_of(ingress_flow.dst);
+        let egress = if host_to_local_workload {
+            None
+        } else {
+            self.direction(flow.src, Direction::Egress, flow)
+        };
         if let Some(Owner::Workload(_)) = self.owners.get(&flow.src)
             && let Some(node) = self.node_of(flow.src)
             && self.is_addr_of_node(&node, ingress_flow.dst)
