@@ -34,6 +34,7 @@ fn ipn(ns: &str, args: &str) {
 
 struct Lab {
     node: NetNsGuard,
+    outside: NetNsGuard,
     pods: Vec<(NetNsGuard, &'static str, &'static str)>,
 }
 
@@ -43,24 +44,30 @@ impl Lab {
         let node = NetNsGuard::new("sv-pkt-node").unwrap();
         let n = node.name();
         ip(&["-n", n, "link", "set", "lo", "up"]);
-        // A default route out of another interface, so proxy ARP answers for any address
-        // (the kernel here has no dummy driver: an unused veth pair serves).
-        ip(&[
-            "-n",
+        // The node's uplink to an "outside" host (192.168.200.2, fd01::2), which is also the
+        // default route: proxy ARP on the pod veths answers for any address.
+        let outside = NetNsGuard::new("sv-pkt-out").unwrap();
+        let o = outside.name();
+        outside
+            .sysctl_write("net/ipv6/conf/default/accept_dad", "0")
+            .unwrap();
+        node.sysctl_write("net/ipv6/conf/default/accept_dad", "0")
+            .unwrap();
+        ipn(
             n,
-            "link",
-            "add",
-            "svup",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "svup-peer",
-        ]);
-        ip(&["-n", n, "link", "set", "svup", "up"]);
-        ip(&["-n", n, "link", "set", "svup-peer", "up"]);
-        ip(&["-n", n, "route", "add", "default", "dev", "svup"]);
-        ipn(n, "-6 route add default dev svup");
+            &format!("link add svup type veth peer name eth0 netns {o}"),
+        );
+        ipn(n, "link set svup up");
+        ipn(n, "addr add 192.168.200.1/24 dev svup");
+        ipn(n, "addr add fd01::1/64 dev svup nodad");
+        ipn(n, "route add default via 192.168.200.2 dev svup");
+        ipn(n, "-6 route add default via fd01::2 dev svup");
+        ipn(o, "link set lo up");
+        ipn(o, "link set eth0 up");
+        ipn(o, "addr add 192.168.200.2/24 dev eth0");
+        ipn(o, "addr add fd01::2/64 dev eth0 nodad");
+        ipn(o, "route add default via 192.168.200.1");
+        ipn(o, "-6 route add default via fd01::1");
         node.sysctl_write("net/ipv4/ip_forward", "1").unwrap();
         node.sysctl_write("net/ipv6/conf/all/forwarding", "1")
             .unwrap();
@@ -108,10 +115,17 @@ impl Lab {
             }
             out.push((pod, *name, *addr));
         }
-        Self { node, pods: out }
+        Self {
+            node,
+            outside,
+            pods: out,
+        }
     }
 
     fn pod(&self, name: &str) -> &NetNsGuard {
+        if name == "outside" {
+            return &self.outside;
+        }
         &self.pods.iter().find(|p| p.1 == name).unwrap().0
     }
 
@@ -136,10 +150,19 @@ impl Lab {
     /// The model: pods (in namespace `x`, labelled `app: NAME`) with their CNI records, plus
     /// `extra` YAML.
     fn model(&self, extra: &str) -> Model {
-        let mut yaml = String::from(
-            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n\
-             apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16}\n---\n\
-             apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p6}\nspec: {cidr: \"fd00:244::/64\"}\n",
+        self.model_nat(extra, false)
+    }
+
+    /// [`Lab::model`] with the pools' natOutgoing set as given.
+    fn model_nat(&self, extra: &str, nat_outgoing: bool) -> Model {
+        let mut yaml = format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: x}}\n---\n\
+             apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: n1}}\n\
+             spec: {{bgp: {{ipv4Address: 192.168.200.1/24, ipv6Address: \"fd01::1/64\"}}}}\n---\n\
+             apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p}}\n\
+             spec: {{cidr: 10.244.0.0/16, natOutgoing: {nat_outgoing}}}\n---\n\
+             apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {{name: p6}}\n\
+             spec: {{cidr: \"fd00:244::/64\", natOutgoing: {nat_outgoing}}}\n"
         );
         for (_, name, addr) in &self.pods {
             yaml.push_str(&format!(
@@ -471,4 +494,104 @@ fn ipv6_only_policy_and_services() {
     );
     dp.cleanup().unwrap();
     assert_eq!(lab.connects("a", "[fd00:244::2]:8081"), Ok(()));
+}
+
+const NODEPORT: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web-np, namespace: x}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  selector: {app: b}
+  ports: [{port: 80, targetPort: 8082, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: self, namespace: x}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {app: a}
+  ports: [{port: 80, targetPort: 8083}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-local, namespace: x}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.22
+  externalTrafficPolicy: Local
+  selector: {app: b}
+  ports: [{port: 80, targetPort: 8082, nodePort: 30081}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: r, namespace: x, labels: {app: remote}}
+spec: {nodeName: n2}
+status: {phase: Running, podIPs: [{ip: 10.244.2.1}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: remote-local, namespace: x}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.23
+  externalTrafficPolicy: Local
+  selector: {app: remote}
+  ports: [{port: 80, targetPort: 8082, nodePort: 30082}]
+"#;
+
+/// The peer address of the next connection accepted on `listener` (made before the call).
+fn peer_of_next(listener: &TcpListener) -> std::net::IpAddr {
+    listener.set_nonblocking(true).unwrap();
+    let (_, peer) = listener.accept().expect("a connection is waiting");
+    peer.ip().to_canonical()
+}
+
+#[test]
+fn nodeport_from_outside_nat_outgoing_and_hairpin() {
+    if !require_root("nodeport_from_outside_nat_outgoing_and_hairpin") {
+        return;
+    }
+    let lab = Lab::new(&[("a", "10.244.1.1"), ("b", "10.244.1.2")]);
+    let on_b = lab.listen("b", 8082);
+    let on_a = lab.listen("a", 8083);
+    let outside = lab.listen("outside", 9000);
+    let mut dp =
+        IptablesDataplane::new(Exec::in_netns(lab.node.try_clone().unwrap()), &Family::ALL);
+
+    // NAT outgoing off: the outside host sees the pod's own address.
+    dp.apply(&desired_state(&lab.model_nat(NODEPORT, false), Some("n1")))
+        .unwrap();
+    assert_eq!(lab.connects("a", "192.168.200.2:9000"), Ok(()));
+    assert_eq!(peer_of_next(&outside).to_string(), "10.244.1.1");
+
+    // NAT outgoing on: masqueraded to the node; pod-to-pod keeps the pod address.
+    dp.apply(&desired_state(&lab.model_nat(NODEPORT, true), Some("n1")))
+        .unwrap();
+    assert_eq!(lab.connects("a", "192.168.200.2:9000"), Ok(()));
+    assert_eq!(peer_of_next(&outside).to_string(), "192.168.200.1");
+    assert_eq!(lab.connects("a", "10.244.1.2:8082"), Ok(()));
+    assert_eq!(peer_of_next(&on_b).to_string(), "10.244.1.1");
+
+    // NodePort from outside (externalTrafficPolicy Cluster): DNAT to b, source masqueraded
+    // to the node.
+    assert_eq!(lab.connects("outside", "192.168.200.1:30080"), Ok(()));
+    assert_eq!(peer_of_next(&on_b).to_string(), "192.168.200.1");
+
+    // externalTrafficPolicy Local: the backend sees the client's address; a node without a
+    // local backend drops.
+    assert_eq!(lab.connects("outside", "192.168.200.1:30081"), Ok(()));
+    assert_eq!(peer_of_next(&on_b).to_string(), "192.168.200.2");
+    assert_eq!(
+        lab.connects("outside", "192.168.200.1:30082"),
+        Err(std::io::ErrorKind::TimedOut)
+    );
+
+    // Hairpin: a reaches itself through its service; masqueraded so the reply comes back
+    // through the node's reverse NAT.
+    assert_eq!(lab.connects("a", "10.96.0.21:80"), Ok(()));
+    assert_eq!(peer_of_next(&on_a).to_string(), "192.168.200.1");
+
+    dp.cleanup().unwrap();
 }
