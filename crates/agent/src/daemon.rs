@@ -96,6 +96,8 @@ pub async fn run_until(
         )
         .instrument(span.clone()),
     );
+    // BGP mode: this node's BIRD (static mode: stops one an earlier agent left).
+    let bgp = tokio::spawn(crate::bgp::run(config.clone(), cache.clone()).instrument(span.clone()));
     let mut pods = match (&config.lab_dir, &config.netns_prefix) {
         (Some(_), Some(_)) => {
             let rt = runtime::Runtime::new(&config, client.clone());
@@ -154,6 +156,7 @@ pub async fn run_until(
     policy.abort();
     syncer.abort();
     routing.abort();
+    bgp.abort();
     if let Some(p) = pods {
         p.abort();
     }
@@ -310,7 +313,9 @@ async fn routing_loop(
             }
             let (links, mtu) = underlay_links(&programmer, &inputs).await;
             inputs.underlay_mtu = mtu;
-            let desired = routes::compute(&inputs);
+            let mut desired = routes::compute(&inputs);
+            // BGP mode: BIRD installs the routes to other nodes' native blocks.
+            crate::bgp::leave_remote_routes_to_bird(config.routing, &mut desired, &inputs);
             let skipped: BTreeSet<Skipped> = desired.skipped.iter().cloned().collect();
             for s in skipped.difference(&last_skipped) {
                 tracing::warn!("{s}");

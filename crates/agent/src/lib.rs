@@ -70,6 +70,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub mod bgp;
 pub mod cache;
 pub mod calc;
 pub mod dataplane;
@@ -81,6 +82,7 @@ pub mod syncer;
 
 mod daemon;
 
+pub use bgp::{BgpOptions, RoutingMode};
 pub use daemon::{run, run_blocking, run_until};
 pub use podserver::PodServerConfig;
 
@@ -116,6 +118,11 @@ pub struct AgentConfig {
     /// `--name NS/POD --tcp … --udp … --ready-file …`. Default: this executable +
     /// `pod-server`.
     pub pod_server_command: Option<Vec<OsString>>,
+    /// Who installs routes to other nodes' blocks: the agent ([`RoutingMode::Static`],
+    /// default) or BIRD ([`RoutingMode::Bgp`], `--routing bgp`; see [`bgp`]).
+    pub routing: RoutingMode,
+    /// BIRD's directory and timers in BGP mode.
+    pub bgp: BgpOptions,
 }
 
 impl AgentConfig {
@@ -131,6 +138,8 @@ impl AgentConfig {
             cleanup_on_exit: false,
             ready_file: None,
             pod_server_command: None,
+            routing: RoutingMode::Static,
+            bgp: BgpOptions::default(),
         }
     }
 
