@@ -166,9 +166,10 @@ impl Lab {
         );
         for (_, name, addr) in &self.pods {
             yaml.push_str(&format!(
-                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\n\
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {name}, server: \"{}\"}}}}\n\
                  spec: {{nodeName: n1, containers: [{{name: c, ports: [{{name: http, containerPort: 8080}}]}}]}}\n\
-                 status: {{phase: Running, podIPs: [{{ip: \"{addr}\"}}]}}\n"
+                 status: {{phase: Running, podIPs: [{{ip: \"{addr}\"}}]}}\n",
+                *name != "a"
             ));
         }
         if !extra.is_empty() {
@@ -593,5 +594,63 @@ fn nodeport_from_outside_nat_outgoing_and_hairpin() {
     assert_eq!(lab.connects("a", "10.96.0.21:80"), Ok(()));
     assert_eq!(peer_of_next(&on_a).to_string(), "192.168.200.1");
 
+    dp.cleanup().unwrap();
+}
+
+const AFFINITY: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: spread, namespace: x}
+spec:
+  clusterIP: 10.96.0.30
+  selector: {server: "true"}
+  ports: [{port: 80, targetPort: 8084}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: sticky, namespace: x}
+spec:
+  clusterIP: 10.96.0.31
+  selector: {server: "true"}
+  sessionAffinity: ClientIP
+  ports: [{port: 80, targetPort: 8084}]
+"#;
+
+/// How many connections are waiting on `listener`.
+fn waiting(listener: &TcpListener) -> usize {
+    listener.set_nonblocking(true).unwrap();
+    std::iter::from_fn(|| listener.accept().ok()).count()
+}
+
+#[test]
+fn services_spread_and_affinity_sticks() {
+    if !require_root("services_spread_and_affinity_sticks") {
+        return;
+    }
+    let lab = Lab::new(&[
+        ("a", "10.244.1.1"),
+        ("b", "10.244.1.2"),
+        ("c", "10.244.1.3"),
+    ]);
+    let on_b = lab.listen("b", 8084);
+    let on_c = lab.listen("c", 8084);
+    let mut dp =
+        IptablesDataplane::new(Exec::in_netns(lab.node.try_clone().unwrap()), &[Family::V4]);
+    dp.apply(&desired_state(&lab.model(AFFINITY), Some("n1")))
+        .unwrap();
+    // 24 connections without affinity: both backends get some (all on one side has
+    // probability 2^-23).
+    for _ in 0..24 {
+        assert_eq!(lab.connects("a", "10.96.0.30:80"), Ok(()));
+    }
+    let (b, c) = (waiting(&on_b), waiting(&on_c));
+    assert_eq!(b + c, 24);
+    assert!(b > 0 && c > 0, "b {b}, c {c}");
+    // With ClientIP affinity every connection of one client goes to the same backend.
+    for _ in 0..24 {
+        assert_eq!(lab.connects("a", "10.96.0.31:80"), Ok(()));
+    }
+    let (b, c) = (waiting(&on_b), waiting(&on_c));
+    assert!((b, c) == (24, 0) || (b, c) == (0, 24), "b {b}, c {c}");
     dp.cleanup().unwrap();
 }
