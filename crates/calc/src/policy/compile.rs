@@ -131,7 +131,8 @@ pub struct CompiledTier {
 
 /// Compiles every policy of the model into its tier; tiers in evaluation order, policies
 /// by order then name. A policy naming a tier that does not exist is left out (Calico
-/// refuses it) with a warning.
+/// refuses it) with a warning, as are `doNotTrack` and `preDNAT` GlobalNetworkPolicies
+/// (not supported yet).
 pub fn compile_policies(model: &Model, reg: &mut SetRegistry) -> Vec<CompiledTier> {
     let mut tiers: Vec<CompiledTier> = model
         .tiers()
@@ -151,6 +152,12 @@ pub fn compile_policies(model: &Model, reg: &mut SetRegistry) -> Vec<CompiledTie
         all.push(super::calico::compile(name, Some(ns), &p.spec, reg));
     }
     for (name, p) in &model.global_policies {
+        if p.spec.do_not_track || p.spec.pre_dnat {
+            // These run in other netfilter hooks (raw / mangle before DNAT) with other
+            // semantics; not modelled yet, and wrong to evaluate as ordinary policy.
+            tracing::warn!(policy = %name, "doNotTrack / preDNAT policies are not supported yet; ignored");
+            continue;
+        }
         all.push(super::calico::compile(name, None, &p.spec, reg));
     }
     for p in all {
