@@ -11,11 +11,7 @@
 //!
 //! `CLANG` overrides the compiler (default `clang` on PATH).
 
-use std::{
-    env, fs,
-    path::PathBuf,
-    process::Command,
-};
+use std::{env, fs, path::PathBuf, process::Command};
 
 use anyhow::{Context, Result, bail};
 
@@ -62,17 +58,19 @@ fn main() -> Result<()> {
         for (suffix, extra) in [("o", None), ("debug.o", Some("-DSERVAL_DEBUG"))] {
             let object = out.join(format!("{stem}.{suffix}"));
             let mut cmd = Command::new(&clang);
-            cmd.args(["-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror"])
-                .arg(format!("-D__TARGET_ARCH_{target_arch}"))
-                .arg("-I")
-                .arg(&bpf_dir)
-                .arg("-idirafter")
-                .arg(&asm_include)
-                .args(extra)
-                .arg("-c")
-                .arg(source)
-                .arg("-o")
-                .arg(&object);
+            cmd.args([
+                "-O2", "-g", "-target", "bpf", "-mcpu=v3", "-Wall", "-Werror",
+            ])
+            .arg(format!("-D__TARGET_ARCH_{target_arch}"))
+            .arg("-I")
+            .arg(&bpf_dir)
+            .arg("-idirafter")
+            .arg(&asm_include)
+            .args(extra)
+            .arg("-c")
+            .arg(source)
+            .arg("-o")
+            .arg(&object);
             run(&mut cmd, &format!("compiling {}", source.display()))?;
             let len = fs::metadata(&object)?.len();
             if len == 0 {

@@ -87,8 +87,7 @@ impl AttachMode {
     fn resolve(self) -> Self {
         match self {
             Self::Auto => {
-                let tcx = KernelVersion::current()
-                    .is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+                let tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
                 if tcx { Self::Tcx } else { Self::Clsact }
             }
             other => other,
@@ -242,13 +241,12 @@ fn attach_tcx(
             })?;
         // Our handle on the link is not needed: the pin holds it.
         drop(program.take_link(id).map_err(err)?);
-        let attached = tcx_has(ifname, attach_type, program_id).map_err(|source| {
-            AttachError::Query {
+        let attached =
+            tcx_has(ifname, attach_type, program_id).map_err(|source| AttachError::Query {
                 ifname: ifname.to_owned(),
                 netns: netns.to_owned(),
                 source,
-            }
-        })?;
+            })?;
         if attached {
             return Ok((true, None));
         }
@@ -388,7 +386,12 @@ pub fn detach(
         found = true;
     }
     if found {
-        tracing::info!(ifname, hook = hook.name(), scope = pins.scope(), "detached BPF program");
+        tracing::info!(
+            ifname,
+            hook = hook.name(),
+            scope = pins.scope(),
+            "detached BPF program"
+        );
     }
     Ok(found)
 }

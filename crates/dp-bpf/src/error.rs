@@ -48,7 +48,9 @@ pub enum LoadError {
     Object(#[from] ObjectError),
     #[error("invalid pin scope {scope:?}: {reason}")]
     InvalidScope { scope: String, reason: &'static str },
-    #[error("{path} is not a bpffs mount and mounting bpffs there failed; mount it with `mount -t bpf bpf {path}`")]
+    #[error(
+        "{path} is not a bpffs mount and mounting bpffs there failed; mount it with `mount -t bpf bpf {path}`"
+    )]
     MountBpffs {
         path: PathBuf,
         #[source]
@@ -84,7 +86,9 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("the kernel verifier rejected program {program}: {source}\nverifier log:\n{verifier_log}")]
+    #[error(
+        "the kernel verifier rejected program {program}: {source}\nverifier log:\n{verifier_log}"
+    )]
     Verifier {
         program: &'static str,
         verifier_log: String,

@@ -69,7 +69,9 @@ impl PinScope {
             return Err(invalid("a scope is 1 to 64 characters"));
         }
         if scope == "." || scope == ".." {
-            return Err(invalid("a scope is a directory name; '.' and '..' are not allowed"));
+            return Err(invalid(
+                "a scope is a directory name; '.' and '..' are not allowed",
+            ));
         }
         if !scope
             .bytes()
@@ -260,12 +262,10 @@ impl Dataplane {
             .ebpf
             .program(name)
             .ok_or(LoadError::ProgramMissing { program: name })?;
-        program
-            .try_into()
-            .map_err(|source| LoadError::ProgramType {
-                program: name,
-                source,
-            })
+        program.try_into().map_err(|source| LoadError::ProgramType {
+            program: name,
+            source,
+        })
     }
 
     pub(crate) fn program_mut(
@@ -276,12 +276,10 @@ impl Dataplane {
             .ebpf
             .program_mut(name)
             .ok_or(LoadError::ProgramMissing { program: name })?;
-        program
-            .try_into()
-            .map_err(|source| LoadError::ProgramType {
-                program: name,
-                source,
-            })
+        program.try_into().map_err(|source| LoadError::ProgramType {
+            program: name,
+            source,
+        })
     }
 }
 
@@ -290,13 +288,12 @@ pub(crate) fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), Lo
     let program = ebpf
         .program_mut(name)
         .ok_or(LoadError::ProgramMissing { program: name })?;
-    let tc: &mut SchedClassifier =
-        program
-            .try_into()
-            .map_err(|source| LoadError::ProgramType {
-                program: name,
-                source,
-            })?;
+    let tc: &mut SchedClassifier = program
+        .try_into()
+        .map_err(|source| LoadError::ProgramType {
+            program: name,
+            source,
+        })?;
     tc.load().map_err(|err| match err {
         ProgramError::LoadError {
             io_error,

@@ -86,7 +86,8 @@ impl Maps<'_> {
     /// The workload behind host-side interface `ifindex` (anti-spoofing and its policy id).
     pub fn set_endpoint(&mut self, ifindex: u32, ep: &EpVal) -> Result<(), MapsError> {
         let mut m = typed!(self, HashMap, MAP_EPS);
-        m.insert(ifindex, *ep, 0).map_err(op_err("writing", MAP_EPS))
+        m.insert(ifindex, *ep, 0)
+            .map_err(op_err("writing", MAP_EPS))
     }
 
     pub fn remove_endpoint(&mut self, ifindex: u32) -> Result<bool, MapsError> {
@@ -103,7 +104,8 @@ impl Maps<'_> {
 
     pub fn set_route(&mut self, key: &RouteKey, val: &RouteVal) -> Result<(), MapsError> {
         let mut m = typed!(self, LpmTrie, MAP_ROUTES);
-        m.insert(key, *val, 0).map_err(op_err("writing", MAP_ROUTES))
+        m.insert(key, *val, 0)
+            .map_err(op_err("writing", MAP_ROUTES))
     }
 
     pub fn remove_route(&mut self, key: &RouteKey) -> Result<bool, MapsError> {
@@ -121,7 +123,8 @@ impl Maps<'_> {
 
     pub fn set_policy(&mut self, key: &PolKey, val: &PolVal) -> Result<(), MapsError> {
         let mut m = typed!(self, LpmTrie, MAP_POLICY);
-        m.insert(key, *val, 0).map_err(op_err("writing", MAP_POLICY))
+        m.insert(key, *val, 0)
+            .map_err(op_err("writing", MAP_POLICY))
     }
 
     pub fn remove_policy(&mut self, key: &PolKey) -> Result<bool, MapsError> {
@@ -133,7 +136,8 @@ impl Maps<'_> {
 
     pub fn set_frontend(&mut self, key: &NatFeKey, val: &NatFeVal) -> Result<(), MapsError> {
         let mut m = typed!(self, HashMap, MAP_NAT_FE);
-        m.insert(*key, *val, 0).map_err(op_err("writing", MAP_NAT_FE))
+        m.insert(*key, *val, 0)
+            .map_err(op_err("writing", MAP_NAT_FE))
     }
 
     pub fn remove_frontend(&mut self, key: &NatFeKey) -> Result<bool, MapsError> {
@@ -143,7 +147,8 @@ impl Maps<'_> {
 
     pub fn set_backend(&mut self, key: &NatBeKey, val: &NatBeVal) -> Result<(), MapsError> {
         let mut m = typed!(self, HashMap, MAP_NAT_BE);
-        m.insert(*key, *val, 0).map_err(op_err("writing", MAP_NAT_BE))
+        m.insert(*key, *val, 0)
+            .map_err(op_err("writing", MAP_NAT_BE))
     }
 
     pub fn remove_backend(&mut self, key: &NatBeKey) -> Result<bool, MapsError> {
