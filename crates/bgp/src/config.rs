@@ -108,7 +108,8 @@ pub enum SourceAddress {
     None,
 }
 
-/// BGPPeer fields the model does not carry yet (`sourceAddress`, `password`), by BGPPeer name.
+/// Per-BGPPeer session settings (`sourceAddress`, `password`); taken from the BGPPeer
+/// resource unless [`RenderOptions::peer_extras`] overrides them by BGPPeer name.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PeerExtras {
     pub source_address: SourceAddress,
@@ -436,11 +437,18 @@ pub fn render(inputs: &BgpInputs<'_>, opts: &RenderOptions) -> Result<RenderedCo
     for p in sorted {
         let s = &p.spec;
         let specific = s.node.is_some() || s.node_selector.is_some();
+        // The resource's sourceAddress/password, overridden by RenderOptions::peer_extras.
         let extras = opts
             .peer_extras
             .get(&p.metadata.name)
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or_else(|| PeerExtras {
+                source_address: match s.source_address {
+                    Some(serval_model::calico::bgp::BGPSourceAddress::None) => SourceAddress::None,
+                    _ => SourceAddress::UseNodeIp,
+                },
+                password: s.password.as_ref().and_then(|pw| pw.value.clone()),
+            });
         if let Some((ip, port)) = s.peer_addr() {
             if !peer_applies(p, me) {
                 continue;
@@ -1046,6 +1054,50 @@ mod tests {
         )
         .unwrap();
         assert!(r.sessions.is_empty(), "the peer is node a's only");
+    }
+
+    #[test]
+    fn source_address_and_password_come_from_the_bgppeer() {
+        let nodes = [node("a", Some("10.0.0.1/24"), None)];
+        let mk = |source: Option<serval_model::calico::BGPSourceAddress>| BGPPeer {
+            metadata: ObjectMeta::named("tor"),
+            spec: serval_model::calico::BGPPeerSpec {
+                peer_ip: Some("10.0.0.254".into()),
+                as_number: Some(AsNumber(65001)),
+                source_address: source,
+                password: Some(serval_model::calico::BGPPassword {
+                    value: Some("s3cret".into()),
+                    secret_key_ref: None,
+                }),
+                ..Default::default()
+            },
+        };
+        let text = |peer: BGPPeer| {
+            render(
+                &BgpInputs {
+                    node: "a",
+                    nodes: &nodes,
+                    configs: &[],
+                    peers: std::slice::from_ref(&peer),
+                    blocks: &[],
+                    pools: &[],
+                },
+                &RenderOptions::default(),
+            )
+            .unwrap()
+            .text
+        };
+        let with_source = text(mk(None));
+        assert!(
+            with_source.contains("password \"s3cret\";"),
+            "{with_source}"
+        );
+        assert!(
+            with_source.contains("source address 10.0.0.1;"),
+            "{with_source}"
+        );
+        let without = text(mk(Some(serval_model::calico::BGPSourceAddress::None)));
+        assert!(!without.contains("source address"), "{without}");
     }
 
     #[test]

@@ -60,15 +60,47 @@ const fn info(
     plural: &'static str,
     aliases: &'static [&'static str],
 ) -> KindInfo {
-    KindInfo { kind, name, api_version, namespaced, user, plural, aliases }
+    KindInfo {
+        kind,
+        name,
+        api_version,
+        namespaced,
+        user,
+        plural,
+        aliases,
+    }
 }
 
 /// The table of every kind. Order is the order `serval get all` would print them and the
 /// order an apply stores them in when dependencies matter (namespaces before pods).
 pub const KINDS: &[KindInfo] = &[
-    info(Kind::Namespace, "Namespace", CORE_V1, false, true, "namespaces", &["namespace", "ns"]),
-    info(Kind::Pod, "Pod", CORE_V1, true, true, "pods", &["pod", "po"]),
-    info(Kind::Service, "Service", CORE_V1, true, true, "services", &["service", "svc"]),
+    info(
+        Kind::Namespace,
+        "Namespace",
+        CORE_V1,
+        false,
+        true,
+        "namespaces",
+        &["namespace", "ns"],
+    ),
+    info(
+        Kind::Pod,
+        "Pod",
+        CORE_V1,
+        true,
+        true,
+        "pods",
+        &["pod", "po"],
+    ),
+    info(
+        Kind::Service,
+        "Service",
+        CORE_V1,
+        true,
+        true,
+        "services",
+        &["service", "svc"],
+    ),
     info(
         Kind::EndpointSlice,
         "EndpointSlice",
@@ -85,9 +117,22 @@ pub const KINDS: &[KindInfo] = &[
         true,
         true,
         "networkpolicies.networking.k8s.io",
-        &["networkpolicy.networking.k8s.io", "netpol", "k8snetworkpolicies", "knp"],
+        &[
+            "networkpolicy.networking.k8s.io",
+            "netpol",
+            "k8snetworkpolicies",
+            "knp",
+        ],
     ),
-    info(Kind::Tier, "Tier", CALICO_V3, false, true, "tiers", &["tier"]),
+    info(
+        Kind::Tier,
+        "Tier",
+        CALICO_V3,
+        false,
+        true,
+        "tiers",
+        &["tier"],
+    ),
     info(
         Kind::NetworkPolicy,
         "NetworkPolicy",
@@ -95,7 +140,13 @@ pub const KINDS: &[KindInfo] = &[
         true,
         true,
         "networkpolicies",
-        &["networkpolicy", "networkpolicies.projectcalico.org", "cnp", "policy", "policies"],
+        &[
+            "networkpolicy",
+            "networkpolicies.projectcalico.org",
+            "cnp",
+            "policy",
+            "policies",
+        ],
     ),
     info(
         Kind::GlobalNetworkPolicy,
@@ -104,7 +155,12 @@ pub const KINDS: &[KindInfo] = &[
         false,
         true,
         "globalnetworkpolicies",
-        &["globalnetworkpolicy", "gnp", "globalpolicy", "globalpolicies"],
+        &[
+            "globalnetworkpolicy",
+            "gnp",
+            "globalpolicy",
+            "globalpolicies",
+        ],
     ),
     info(
         Kind::HostEndpoint,
@@ -115,8 +171,24 @@ pub const KINDS: &[KindInfo] = &[
         "hostendpoints",
         &["hostendpoint", "hep", "heps"],
     ),
-    info(Kind::IPPool, "IPPool", CALICO_V3, false, true, "ippools", &["ippool", "ipp", "pool", "pools"]),
-    info(Kind::Node, "Node", CALICO_V3, false, true, "nodes", &["node", "no"]),
+    info(
+        Kind::IPPool,
+        "IPPool",
+        CALICO_V3,
+        false,
+        true,
+        "ippools",
+        &["ippool", "ipp", "pool", "pools"],
+    ),
+    info(
+        Kind::Node,
+        "Node",
+        CALICO_V3,
+        false,
+        true,
+        "nodes",
+        &["node", "no"],
+    ),
     info(
         Kind::BGPConfiguration,
         "BGPConfiguration",
@@ -126,7 +198,15 @@ pub const KINDS: &[KindInfo] = &[
         "bgpconfigurations",
         &["bgpconfiguration", "bgpconfig", "bgpconfigs"],
     ),
-    info(Kind::BGPPeer, "BGPPeer", CALICO_V3, false, true, "bgppeers", &["bgppeer", "bgpp", "bgpps"]),
+    info(
+        Kind::BGPPeer,
+        "BGPPeer",
+        CALICO_V3,
+        false,
+        true,
+        "bgppeers",
+        &["bgppeer", "bgpp", "bgpps"],
+    ),
     info(
         Kind::FelixConfiguration,
         "FelixConfiguration",
@@ -186,7 +266,9 @@ impl Kind {
             .find(|i| i.plural == s || i.aliases.contains(&s.as_str()))
             .or_else(|| {
                 // The bare kind name (`Pod`, `IPPool`), matched case-insensitively.
-                KINDS.iter().find(|i| i.name.to_ascii_lowercase() == s && i.kind != Kind::K8sNetworkPolicy)
+                KINDS
+                    .iter()
+                    .find(|i| i.name.to_ascii_lowercase() == s && i.kind != Kind::K8sNetworkPolicy)
             })
             .map(|i| i.kind)
     }

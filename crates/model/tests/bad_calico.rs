@@ -410,6 +410,25 @@ fn bgp() {
             "spec.nodeSelector",
             "does not parse",
         ),
+        (
+            format!(
+                "{PEER}spec: {{peerIP: 10.0.0.1, asNumber: 65000, password: {{secretKeyRef: {{name: s, key: k}}}}}}\n"
+            ),
+            "spec.password.secretKeyRef",
+            "give the password inline",
+        ),
+        (
+            format!(
+                "{PEER}spec: {{peerIP: 10.0.0.1, asNumber: 65000, password: {{value: 'a\"b'}}}}\n"
+            ),
+            "spec.password.value",
+            "must not contain quotes",
+        ),
+        (
+            format!("{PEER}spec: {{peerIP: 10.0.0.1, asNumber: 65000, sourceAddress: Nope}}\n"),
+            "spec.sourceAddress",
+            "unknown variant",
+        ),
     ];
     run_owned(rows);
 }

@@ -127,6 +127,40 @@ pub struct BGPPeerSpec {
     pub as_number: Option<AsNumber>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_original_next_hop: bool,
+    /// The local address of the session: the node's own address (Calico's default,
+    /// `UseNodeIP`) or left to the kernel (`None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<BGPSourceAddress>,
+    /// TCP MD5 password of the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<BGPPassword>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum BGPSourceAddress {
+    #[default]
+    #[serde(rename = "UseNodeIP")]
+    UseNodeIp,
+    None,
+}
+
+/// Calico reads the password from a Secret (`secretKeyRef`); Serval has no Secrets, so the
+/// value is given inline (`password: {value: "..."}`). A `secretKeyRef` is refused with a
+/// message saying so.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BGPPassword {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
 }
 
 /// Parses a BGPPeer `peerIP`: an address, optionally with a port (`[v6]:port` for IPv6).
@@ -181,6 +215,21 @@ impl BGPPeer {
                 }
             }
             (None, Some(_)) => {}
+        }
+        if let Some(pw) = &s.password {
+            match (&pw.value, &pw.secret_key_ref) {
+                (_, Some(_)) => errs.add(
+                    "spec.password.secretKeyRef",
+                    "Secrets are not modelled in Serval; give the password inline as password.value",
+                ),
+                (None, None) => errs.add("spec.password.value", "is required"),
+                (Some(v), None) if v.is_empty() => errs.add("spec.password.value", "must not be empty"),
+                (Some(v), None) if v.chars().any(|c| c == '"' || c == '\\' || c.is_control()) => errs.add(
+                    "spec.password.value",
+                    "must not contain quotes, backslashes or control characters (BIRD cannot quote them)",
+                ),
+                _ => {}
+            }
         }
     }
 }
