@@ -44,6 +44,9 @@ enum Command {
     /// IP address management: pool and block usage, leaked allocations.
     #[command(subcommand)]
     Ipam(cmd::ipam::IpamCommand),
+    /// Node information: BGP sessions (`node status`).
+    #[command(subcommand)]
+    Node(cmd::node::NodeCommand),
     /// A cluster on this host: nodes as network namespaces with their own agents.
     #[command(subcommand)]
     Lab(lab::LabCommand),
@@ -68,6 +71,14 @@ struct AgentArgs {
     /// Prefix of pod network namespace names (sv-NAME).
     #[arg(long)]
     netns_prefix: Option<String>,
+    /// Who installs routes to other nodes' blocks: static (the agent) or bgp (a BIRD the
+    /// agent runs and configures from the datastore; files in <lab-dir>/nodes/NODE/bird/ or
+    /// /var/lib/serval/bird/NODE/).
+    #[arg(long, default_value = "static", value_name = "static|bgp")]
+    routing: serval_agent::RoutingMode,
+    /// Short BGP timers (hold 6 s, keepalive 2 s) instead of Calico's; for labs and tests.
+    #[arg(long)]
+    bgp_fast_timers: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,11 +147,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Get(args) => cmd::get::run(&ds, args).await,
         Command::Delete(args) => cmd::delete::run(&ds, args).await,
         Command::Ipam(cmd) => cmd::ipam::run(&ds, cmd).await,
+        Command::Node(cmd) => cmd::node::run(cli.lab.as_deref(), cmd).await,
         Command::Lab(cmd) => lab::run(cmd, cli.datastore.clone(), cli.lab.clone()).await,
         Command::Agent(args) => {
             let mut config = serval_agent::AgentConfig::new(args.node, ds.url()?);
             config.lab_dir = args.lab_dir;
             config.netns_prefix = args.netns_prefix;
+            config.routing = args.routing;
+            config.bgp.fast_timers = args.bgp_fast_timers;
             serval_agent::run(config).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -2,3 +2,4 @@ pub mod apply;
 pub mod delete;
 pub mod get;
 pub mod ipam;
+pub mod node;

@@ -95,6 +95,17 @@ impl Layout {
         self.node_dir(node).join("agent.log")
     }
 
+    /// A node's BIRD files (`--routing bgp`): `bird.conf`, `bird.ctl`, `bird.pid`, `bird.log`,
+    /// written by the node's agent (`serval_agent::AgentConfig::bgp_dir`).
+    pub fn bird_dir(&self, node: &str) -> PathBuf {
+        self.node_dir(node).join("bird")
+    }
+
+    /// The home router's files (FRR or BIRD).
+    pub fn router_dir(&self) -> PathBuf {
+        self.dir().join("router")
+    }
+
     pub fn cni_conf_dir(&self, node: &str) -> PathBuf {
         self.node_dir(node).join("cni").join("net.d")
     }
@@ -116,7 +127,8 @@ impl Layout {
         format!("sv-{}-outside", self.name)
     }
 
-    /// Only with `vxlan-cross-subnet`: the router between the two underlay subnets.
+    /// With `vxlan-cross-subnet`: the router between the two underlay subnets; with
+    /// `--routing bgp`: the home router.
     pub fn router_netns(&self) -> String {
         format!("sv-{}-router", self.name)
     }

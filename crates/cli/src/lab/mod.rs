@@ -4,6 +4,7 @@
 //! `eth0` on the bridge, its own `serval agent`), an `outside` host, a datastore (sqlite file
 //! or a real etcd), and its directory `/var/lib/serval/labs/L/`. The agents create the pods.
 
+mod bgp;
 mod down;
 mod etcd;
 mod exec;
@@ -20,6 +21,8 @@ mod up;
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
+
+pub use bgp::{bird_sockets, query_all};
 
 /// A mistake in what the user asked for (unknown lab, bad pod name, …): exit status 2.
 #[derive(Debug)]

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use serval_model::Resource;
 
-use super::state::{Dataplane, IpFamily, LabState, NodeInfo};
+use super::state::{CLUSTER_AS, Dataplane, IpFamily, LabState, NodeInfo, ROUTER_AS, Routing};
 
 pub const POOL_V4_NAME: &str = "default-ipv4-ippool";
 pub const POOL_V6_NAME: &str = "default-ipv6-ippool";
@@ -38,6 +38,9 @@ pub fn initial_yaml(st: &LabState) -> String {
     }
     for node in &st.nodes {
         y.push_str(&node_yaml(node));
+    }
+    if st.routing == Routing::Bgp {
+        y.push_str(&bgp_yaml(st));
     }
     let bpf = st.dataplane == Dataplane::Bpf;
     let _ = write!(
@@ -134,4 +137,49 @@ pub fn pool_cidrs(family: IpFamily) -> Vec<ipnet::IpNet> {
         out.push(POOL_V6_CIDR.parse().expect("valid cidr"));
     }
     out
+}
+
+/// `--routing bgp`: BGPConfiguration `default` (AS 64512, node-to-node mesh on) and BGPPeers
+/// making every node peer with the home router (AS 64513), one per router address. With two
+/// underlay subnets each node peers with the router's address in its own subnet (a
+/// nodeSelector on the `serval.dev/lab-subnet` label); otherwise the peers are global.
+pub fn bgp_yaml(st: &LabState) -> String {
+    let mut y = format!(
+        "---\napiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\n\
+         spec:\n  asNumber: {CLUSTER_AS}\n  nodeToNodeMeshEnabled: true\n  logSeverityScreen: Info\n"
+    );
+    let Some(router) = &st.router else {
+        return y;
+    };
+    let two = st.nodes.iter().any(|n| n.subnet == 1);
+    for addr in &router.addrs {
+        // Which subnet this router address is in: the one whose nodes hold it.
+        let subnet = st
+            .nodes
+            .iter()
+            .find(|n| {
+                n.host
+                    .addrs
+                    .iter()
+                    .any(|a| a.trunc().contains(&addr.addr()))
+            })
+            .map(|n| n.subnet);
+        let Some(subnet) = subnet else { continue };
+        let fam = if addr.addr().is_ipv4() { "v4" } else { "v6" };
+        let name = if two {
+            format!("router-s{subnet}-{fam}")
+        } else {
+            format!("router-{fam}")
+        };
+        let _ = write!(
+            y,
+            "---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: {name}\nspec:\n  \
+             peerIP: \"{}\"\n  asNumber: {ROUTER_AS}\n",
+            addr.addr()
+        );
+        if two {
+            let _ = writeln!(y, "  nodeSelector: serval.dev/lab-subnet == '{subnet}'");
+        }
+    }
+    y
 }

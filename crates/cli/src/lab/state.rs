@@ -62,6 +62,40 @@ pub enum DatastoreKind {
     Etcd,
 }
 
+/// Who routes between nodes: the agents' static routes, or BGP (BIRD on every node, and a
+/// home router peered with every node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    #[default]
+    Static,
+    Bgp,
+}
+
+/// The home router's BGP implementation (`--router`), different from the nodes' BIRD by
+/// default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RouterImpl {
+    #[default]
+    Frr,
+    Bird,
+}
+
+impl RouterImpl {
+    pub fn kind(self) -> serval_bgp::RouterKind {
+        match self {
+            RouterImpl::Frr => serval_bgp::RouterKind::Frr,
+            RouterImpl::Bird => serval_bgp::RouterKind::Bird,
+        }
+    }
+}
+
+/// The home router's AS (eBGP to the cluster's [`CLUSTER_AS`]).
+pub const ROUTER_AS: u32 = 64513;
+/// The cluster's AS (BGPConfiguration `default`, Calico's default).
+pub const CLUSTER_AS: u32 = 64512;
+
 macro_rules! display_via_value_enum {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -72,7 +106,14 @@ macro_rules! display_via_value_enum {
         }
     )*};
 }
-display_via_value_enum!(IpFamily, Encapsulation, Dataplane, DatastoreKind);
+display_via_value_enum!(
+    IpFamily,
+    Encapsulation,
+    Dataplane,
+    DatastoreKind,
+    Routing,
+    RouterImpl
+);
 
 /// A netns on the underlay: its name, the root-side veth, and `eth0`'s addresses.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,8 +159,15 @@ pub struct LabState {
     pub bridge_addrs: Vec<IpNet>,
     pub nodes: Vec<NodeInfo>,
     pub outside: Option<Host>,
+    /// The router host: between the two subnets (vxlan-cross-subnet) and/or the BGP home
+    /// router (`--routing bgp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<Host>,
+    #[serde(default)]
+    pub routing: Routing,
+    /// With `routing: bgp`: what runs on the router host (files under `<lab>/router/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp_router: Option<RouterImpl>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etcd: Option<EtcdInfo>,
     /// RFC 3339.

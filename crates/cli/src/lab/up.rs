@@ -14,10 +14,11 @@ use serval_sys::{NetNs, Netlink};
 
 use super::layout::{self, Layout};
 use super::state::{
-    Dataplane, DatastoreKind, Encapsulation, HOST_ID_BRIDGE, HOST_ID_NODE_BASE, HOST_ID_OUTSIDE,
-    HOST_ID_ROUTER, Host, IpFamily, LabState, MAX_NODES, NodeInfo, Plan,
+    CLUSTER_AS, Dataplane, DatastoreKind, Encapsulation, HOST_ID_BRIDGE, HOST_ID_NODE_BASE,
+    HOST_ID_OUTSIDE, HOST_ID_ROUTER, Host, IpFamily, LabState, MAX_NODES, NodeInfo, Plan,
+    ROUTER_AS, RouterImpl, Routing,
 };
-use super::{Usage, down, etcd, net, pods, procs, resources};
+use super::{Usage, bgp, down, etcd, net, pods, procs, resources};
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -37,6 +38,14 @@ pub struct UpArgs {
     /// `--datastore sqlite|etcd` is the global `--datastore` flag, read by `lab::run`.
     #[arg(skip = DatastoreKind::Sqlite)]
     pub datastore: DatastoreKind,
+    /// How nodes reach each other's pod blocks: `static` (the agents program routes) or
+    /// `bgp` (BIRD on every node in a full mesh, and a home router on the underlay peered
+    /// with every node; the outside host routes pod addresses through it, without NAT).
+    #[arg(long, value_enum, default_value_t = Routing::Static)]
+    pub routing: Routing,
+    /// With `--routing bgp`: the home router's BGP implementation.
+    #[arg(long, value_enum, default_value_t = RouterImpl::Frr)]
+    pub router: RouterImpl,
     /// Apply these files (pods, namespaces, …) once the lab is up. Repeatable.
     #[arg(short = 'f', long = "filename")]
     pub files: Vec<String>,
@@ -97,8 +106,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     let index = reserve(&layout)?;
     eprintln!(
-        "Creating lab {:?} ({} nodes, {}, encapsulation {}, {} dataplane, {} datastore)",
-        args.name, args.nodes, args.ip_family, args.encapsulation, args.dataplane, args.datastore
+        "Creating lab {:?} ({} nodes, {}, encapsulation {}, {} dataplane, {} datastore, routing {}{})",
+        args.name,
+        args.nodes,
+        args.ip_family,
+        args.encapsulation,
+        args.dataplane,
+        args.datastore,
+        args.routing,
+        if args.routing == Routing::Bgp {
+            format!(" with a {} home router", args.router)
+        } else {
+            String::new()
+        }
     );
     let mut progress = Progress::new();
     match bring_up(&layout, &args, index, &cni_bin, extra, &mut progress).await {
@@ -205,10 +225,13 @@ fn plan_state(layout: &Layout, args: &UpArgs, index: u16) -> (LabState, Plan) {
             }
         })
         .collect();
-    let router = plan.two_subnets.then(|| Host {
+    let bgp = args.routing == Routing::Bgp;
+    let router = (plan.two_subnets || bgp).then(|| Host {
         netns: layout.router_netns(),
         host_veth: layout.host_veth("r"),
-        addrs: [plan.addrs(0, HOST_ID_ROUTER), plan.addrs(1, HOST_ID_ROUTER)].concat(),
+        addrs: (0..plan.subnet_count())
+            .flat_map(|s| plan.addrs(s, HOST_ID_ROUTER))
+            .collect(),
     });
     let outside = Host {
         netns: layout.outside_netns(),
@@ -228,6 +251,8 @@ fn plan_state(layout: &Layout, args: &UpArgs, index: u16) -> (LabState, Plan) {
         nodes,
         outside: Some(outside),
         router,
+        routing: args.routing,
+        bgp_router: bgp.then_some(args.router),
         etcd: None,
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
@@ -271,11 +296,20 @@ async fn bring_up(
     ));
 
     if let Some(router) = &st.router {
-        net::create_host(&root, &st.bridge, router, true).await?;
-        p.done(&format!(
-            "router {} between the two underlay subnets",
-            router.netns
-        ));
+        let ns = net::create_host(&root, &st.bridge, router, true).await?;
+        if plan.two_subnets {
+            p.done(&format!(
+                "router {} between the two underlay subnets",
+                router.netns
+            ));
+        }
+        if let Some(kind) = st.bgp_router {
+            bgp::start_router(layout, &st, &ns, kind)?;
+            p.done(&format!(
+                "home router {} running {kind} (AS {ROUTER_AS}), peered with every node (AS {CLUSTER_AS})",
+                router.netns
+            ));
+        }
     }
 
     let mut node_ns = Vec::new();
@@ -305,22 +339,32 @@ async fn bring_up(
     if let Some(outside) = &st.outside {
         let ns = net::create_host(&root, &st.bridge, outside, false).await?;
         let mut routes = cross_subnet_routes(&plan, 0);
-        // The pod CIDRs via node1, which forwards (natively, or into its VXLAN device).
+        // The pod CIDRs via node1, which forwards (natively, or into its VXLAN device); with
+        // BGP via the home router, which learned every block from the nodes (no NAT).
+        let gateway_addrs = match (&st.router, st.routing) {
+            (Some(r), Routing::Bgp) => &r.addrs,
+            _ => &st.nodes[0].host.addrs,
+        };
         for cidr in resources::pool_cidrs(st.ip_family) {
-            if let Some(gw) = resources::of_family(&st.nodes[0].host.addrs, cidr.addr().is_ipv4()) {
+            if let Some(gw) = resources::of_family(gateway_addrs, cidr.addr().is_ipv4()) {
                 routes.push((cidr, gw));
             }
         }
         net::add_routes(&ns, &routes).await?;
         p.done(&format!(
-            "outside host {} ({}), pod CIDRs routed via node1",
+            "outside host {} ({}), pod CIDRs routed via {}",
             outside.netns,
             outside
                 .addrs
                 .iter()
                 .map(|a| a.addr().to_string())
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            if st.routing == Routing::Bgp {
+                "the home router"
+            } else {
+                "node1"
+            }
         ));
     }
 
@@ -382,6 +426,10 @@ async fn bring_up(
             .arg(layout.netns_prefix())
             .arg("--log-level")
             .arg("info");
+        if st.routing == Routing::Bgp {
+            // Short BGP timers: sessions up in a second or two, a dead peer noticed in 6 s.
+            cmd.arg("--routing").arg("bgp").arg("--bgp-fast-timers");
+        }
         procs::spawn_detached(
             cmd,
             Some(ns),
@@ -395,6 +443,10 @@ async fn bring_up(
         wait_agent(layout, &node.name, deadline).await?;
     }
     p.done(&format!("{} agents running and ready", st.nodes.len()));
+    if st.routing == Routing::Bgp {
+        let n = bgp::wait_established(layout, &st, deadline).await?;
+        p.done(&format!("{n} BGP sessions established"));
+    }
 
     if args.demo {
         extra.extend(resources::parse(
@@ -499,5 +551,8 @@ fn print_usage(st: &LabState, took: Duration) {
     println!("  serval lab probe --name {l} --from outside --to NS/POD --port 80");
     println!("  serval lab exec --name {l} NS/POD -- ip addr");
     println!("  serval lab status --name {l}");
+    if st.routing == Routing::Bgp {
+        println!("  serval node status --lab {l}               # BGP sessions of every node");
+    }
     println!("  serval lab down --name {l}");
 }
