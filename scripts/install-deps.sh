@@ -19,6 +19,7 @@ declare -A PKGS=(
   [bpftool]=/usr/sbin/bpftool
   [frr]=/usr/lib/frr/bgpd
   [tcpdump]=/usr/bin/tcpdump
+  [nftables]=/usr/sbin/nft
   [pkg-config]=/usr/bin/pkg-config
 )
 

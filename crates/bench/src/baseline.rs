@@ -24,17 +24,51 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// How long the last service may take to answer after programming.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// Which iptables binaries load the kube-proxy iptables baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IptablesBackend {
+    /// `iptables-legacy-restore` (x_tables): the classic rule walk. Loads 50,000 services in
+    /// seconds.
+    Legacy,
+    /// `iptables-nft-restore` (nf_tables through the xtables compatibility layer). Its
+    /// restore time grows quadratically with the number of chains on this iptables version.
+    Nft,
+}
+
+impl IptablesBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            IptablesBackend::Legacy => "legacy",
+            IptablesBackend::Nft => "nft",
+        }
+    }
+
+    fn restore(self) -> &'static str {
+        match self {
+            IptablesBackend::Legacy => "iptables-legacy-restore",
+            IptablesBackend::Nft => "iptables-nft-restore",
+        }
+    }
+
+    fn save(self) -> &'static str {
+        match self {
+            IptablesBackend::Legacy => "iptables-legacy-save",
+            IptablesBackend::Nft => "iptables-nft-save",
+        }
+    }
+}
+
 /// Which kube-proxy mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    Iptables,
+    Iptables(IptablesBackend),
     Nftables,
 }
 
 impl Mode {
     pub fn column(self) -> &'static str {
         match self {
-            Mode::Iptables => "kube-proxy-iptables",
+            Mode::Iptables(_) => "kube-proxy-iptables",
             Mode::Nftables => "kube-proxy-nftables",
         }
     }
@@ -60,8 +94,8 @@ pub fn command_in(ns: &NetNs, program: &str) -> Command {
 /// Loads a rules file into `ns` and returns how long the command took.
 fn load(mode: Mode, ns: &NetNs, file: &Path) -> Result<Duration> {
     let mut cmd = match mode {
-        Mode::Iptables => {
-            let mut c = command_in(ns, "iptables-restore");
+        Mode::Iptables(backend) => {
+            let mut c = command_in(ns, backend.restore());
             c.args(["-w", "--noflush"]).arg(file);
             c
         }
@@ -117,8 +151,8 @@ pub struct Measured {
 /// Whether the node still holds any kube-proxy rule (after cleanup there must be none).
 pub fn leftovers(mode: Mode, ns: &NetNs) -> Result<bool> {
     match mode {
-        Mode::Iptables => {
-            let text = run_command(&mut command_in(ns, "iptables-save"))?;
+        Mode::Iptables(backend) => {
+            let text = run_command(&mut command_in(ns, backend.save()))?;
             Ok(text.contains("KUBE-"))
         }
         Mode::Nftables => {
@@ -151,7 +185,7 @@ pub fn measure(
     let target = |s: &ServicePort| std::net::SocketAddrV4::new(s.cluster_ip, s.port);
     let last = target(&services[n - 1]);
     let ext = match mode {
-        Mode::Iptables => "rules",
+        Mode::Iptables(_) => "rules",
         Mode::Nftables => "nft",
     };
     let full_path = work_dir.join(format!("{column}-{n}-full.{ext}"));
@@ -159,19 +193,19 @@ pub fn measure(
     let cleanup_path = work_dir.join(format!("{column}-{n}-cleanup.{ext}"));
 
     let full = match mode {
-        Mode::Iptables => kubeproxy::iptables::render_full(&services, CLUSTER_CIDR),
+        Mode::Iptables(_) => kubeproxy::iptables::render_full(&services, CLUSTER_CIDR),
         Mode::Nftables => kubeproxy::nftables::render_full(&services, CLUSTER_CIDR),
     };
     write(&full_path, &full)?;
     let mut all = services.clone();
     all.push(extra.clone());
     let add = match mode {
-        Mode::Iptables => kubeproxy::iptables::render_add(&all, &extra, CLUSTER_CIDR),
+        Mode::Iptables(_) => kubeproxy::iptables::render_add(&all, &extra, CLUSTER_CIDR),
         Mode::Nftables => kubeproxy::nftables::render_add(&extra, CLUSTER_CIDR),
     };
     write(&add_path, &add)?;
     let cleanup_text = match mode {
-        Mode::Iptables => kubeproxy::iptables::render_cleanup(&all),
+        Mode::Iptables(_) => kubeproxy::iptables::render_cleanup(&all),
         Mode::Nftables => kubeproxy::nftables::render_cleanup(),
     };
     write(&cleanup_path, &cleanup_text)?;

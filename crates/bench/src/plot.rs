@@ -92,9 +92,12 @@ fn draw(path: &Path, title: &str, y_desc: &str, series: &[Series]) -> Result<()>
         .x_desc("services (N)")
         .y_desc(y_desc)
         .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_labels(12)
         .y_label_formatter(&|v| {
-            if *v >= 100.0 {
+            if *v >= 10.0 {
                 format!("{v:.0}")
+            } else if *v >= 1.0 {
+                format!("{v:.1}")
             } else {
                 format!("{v:.2}")
             }

@@ -76,6 +76,15 @@ pub fn render(r: &Results, plots: &[(String, String)]) -> String {
         r.config.dataplanes.join(", "),
         if r.config.quick { " (--quick)" } else { "" }
     );
+    let _ = writeln!(
+        md,
+        "kube-proxy iptables baseline loaded with `iptables-{}-restore`.\n",
+        if r.config.iptables_backend.is_empty() {
+            "legacy"
+        } else {
+            &r.config.iptables_backend
+        }
+    );
     md.push_str(
         "Every figure below was measured in this one run on this machine; ratios are to the \
          baseline measured in the same run. Nothing is asserted: see docs/bench.md for the method.\n\n",
@@ -392,6 +401,7 @@ mod tests {
                     "serval-bpf".into(),
                 ],
                 quick: true,
+                iptables_backend: "legacy".into(),
             },
             latency: vec![
                 point("direct", 1, 100.0),

@@ -25,6 +25,9 @@ pub struct RunConfig {
     pub sections: Vec<String>,
     pub dataplanes: Vec<String>,
     pub quick: bool,
+    /// `legacy` or `nft`: the iptables binaries of the kube-proxy iptables baseline.
+    #[serde(default)]
+    pub iptables_backend: String,
 }
 
 /// New-connection latency of one column at one N.

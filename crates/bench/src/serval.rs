@@ -125,10 +125,6 @@ pub fn check_policy(lab: &Lab) -> std::result::Result<(), String> {
 }
 
 /// Services through Serval at one N: apply N, wait for the last, latency, one more, delete.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one measurement's knobs, all needed"
-)]
 pub fn measure_services(
     lab: &Lab,
     column: &str,

@@ -87,7 +87,7 @@ fn base32_std(data: &[u8]) -> String {
             ALPHABET[((buffer << (5 - bits)) & 0x1f) as usize],
         ));
     }
-    while out.len() % 8 != 0 {
+    while !out.len().is_multiple_of(8) {
         out.push('=');
     }
     out
