@@ -3,14 +3,22 @@
 //!
 //! Sets are per family (`family inet` / `inet6`), named `serval-4-…` / `serval-6-…`. Only
 //! sets with the `serval-` prefix are read or written. Updates are member deltas (`add` /
-//! `del` with `-exist`), so a set referenced by live rules is never emptied in between; sets
+//! `del` with `-exist`), so a set referenced by live rules is never emptied in between; a
+//! change of more than [`SWAP_THRESHOLD`] members is built in `NAME-tmp` and swapped in; sets
 //! no longer wanted are destroyed only after the rules referencing them are gone.
 
 use std::{collections::BTreeMap, fmt::Write as _, net::IpAddr};
 
 use ipnet::IpNet;
 
-use crate::rules::{Family, IpSet, SetType, is_our_set};
+use crate::rules::{Family, IpSet, MAX_IPSET_LEN, SetType, is_our_set};
+
+/// Above this many added plus deleted members, a set is rebuilt in a temporary set and
+/// swapped in atomically instead of being edited member by member.
+pub const SWAP_THRESHOLD: usize = 256;
+
+/// Suffix of the temporary set of a swap.
+const SWAP_SUFFIX: &str = "-tmp";
 
 /// A `hash:net` member as `ipset save` prints it: a host route without its prefix length,
 /// anything else as `addr/len` (network address). A zero-length prefix is not allowed in
@@ -118,6 +126,24 @@ pub fn sets_update(
                 }
                 change.updated.push(name.clone());
                 change.members_changed += adds.len() + dels.len();
+                let temp = format!("{name}{SWAP_SUFFIX}");
+                if adds.len() + dels.len() > SWAP_THRESHOLD && temp.len() <= MAX_IPSET_LEN {
+                    // A big change: fill a temporary set and swap it in, so rules see the old
+                    // members or the new ones, never a mixture.
+                    let _ = writeln!(
+                        out,
+                        "create {temp} {} family {} -exist",
+                        set_type.name(),
+                        family.ipset_family()
+                    );
+                    let _ = writeln!(out, "flush {temp}");
+                    for member in &set.members {
+                        let _ = writeln!(out, "add {temp} {member} -exist");
+                    }
+                    let _ = writeln!(out, "swap {temp} {name}");
+                    let _ = writeln!(out, "destroy {temp}");
+                    continue;
+                }
                 for member in adds {
                     let _ = writeln!(out, "add {name} {member} -exist");
                 }
@@ -220,5 +246,23 @@ mod tests {
 
         let (text, change) = sets_update(Family::V4, &current, &current);
         assert!(text.is_empty() && change.destroy.is_empty());
+
+        // A big change is swapped in.
+        let mut big = a.clone();
+        big.members = (0..300)
+            .map(|i| format!("10.1.{}.{}", i / 256, i % 256))
+            .collect();
+        let desired = BTreeMap::from([("serval-4-a".to_owned(), big)]);
+        let (text, change) = sets_update(Family::V4, &desired, &current);
+        assert_eq!(change.members_changed, 302);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "create serval-4-a-tmp hash:net family inet -exist"
+        );
+        assert_eq!(lines[1], "flush serval-4-a-tmp");
+        assert_eq!(lines.len(), 2 + 300 + 2);
+        assert_eq!(lines[302], "swap serval-4-a-tmp serval-4-a");
+        assert_eq!(lines[303], "destroy serval-4-a-tmp");
     }
 }

@@ -291,3 +291,26 @@ fn failed_write_leaves_previous_rules() {
     dp.cleanup().unwrap();
     assert_nothing_of_ours(&ns);
 }
+
+#[test]
+fn big_set_changes_are_swapped_in() {
+    let Some(ns) = netns("big_set_changes_are_swapped_in") else {
+        return;
+    };
+    let mut dp = dataplane(&ns);
+    let mut r = sample();
+    dp.apply_rendering(r.clone()).unwrap();
+    let members: Vec<String> = (0..400)
+        .map(|i| format!("10.7.{}.{}", i / 256, i % 256))
+        .collect();
+    r.v4.ipsets.get_mut("serval-4-b").unwrap().members = members.iter().cloned().collect();
+    let report = dp.apply_rendering(r.clone()).unwrap();
+    assert_eq!(report.sets_updated, ["serval-4-b"]);
+    assert_eq!(report.members_changed, 401);
+    assert!(report.chains_written.is_empty());
+    assert_eq!(dp.read_state().unwrap(), KernelState::from_rendering(&r));
+    let names = run(&ns, "ipset", &["list", "-n"]);
+    assert!(!names.contains("-tmp"), "temporary set left: {names}");
+    dp.cleanup().unwrap();
+    assert_nothing_of_ours(&ns);
+}

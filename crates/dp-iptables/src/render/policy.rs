@@ -599,6 +599,113 @@ fn rule_matches(ctx: &mut Ctx<'_>, m: &RuleMatch) -> Option<Vec<String>> {
 mod tests {
     use super::*;
 
+    fn matches(family: Family, m: &RuleMatch) -> Option<Vec<String>> {
+        let state = DesiredState::default();
+        let mut used = BTreeSet::new();
+        let mut ctx = Ctx {
+            state: &state,
+            family,
+            used: &mut used,
+            policy_chains: BTreeMap::new(),
+        };
+        rule_matches(&mut ctx, m)
+    }
+
+    #[test]
+    fn family_specific_rules_are_skipped_in_the_other_family() {
+        let v6_only = RuleMatch {
+            ip_version: Some(6),
+            ..Default::default()
+        };
+        assert_eq!(matches(Family::V4, &v6_only), None);
+        assert_eq!(matches(Family::V6, &v6_only), Some(vec![String::new()]));
+        let icmp = RuleMatch {
+            protocol: Some(IpProto::Icmp),
+            icmp: Some(IcmpMatch {
+                type_: 8,
+                code: Some(0),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            matches(Family::V4, &icmp),
+            Some(vec!["-p icmp -m icmp --icmp-type 8/0".to_owned()])
+        );
+        assert_eq!(matches(Family::V6, &icmp), None);
+    }
+
+    #[test]
+    fn protocol_alternatives() {
+        // Ports without a protocol: every port-carrying protocol.
+        let ports = RuleMatch {
+            dst_ports: vec![PortRange::single(80)],
+            ..Default::default()
+        };
+        let alts = matches(Family::V4, &ports).unwrap();
+        assert_eq!(alts.len(), 3, "{alts:?}");
+        assert!(alts[2].starts_with("-p sctp -m multiport --dports 80"));
+        // ... minus an excluded one, which then needs no `! -p`.
+        let not_udp = RuleMatch {
+            not_protocol: Some(IpProto::Udp),
+            ..ports.clone()
+        };
+        let alts = matches(Family::V4, &not_udp).unwrap();
+        assert_eq!(alts.len(), 2, "{alts:?}");
+        assert!(alts.iter().all(|a| !a.contains("udp")), "{alts:?}");
+        // A protocol equal to the excluded one never matches.
+        let contradiction = RuleMatch {
+            protocol: Some(IpProto::Tcp),
+            not_protocol: Some(IpProto::Tcp),
+            ..Default::default()
+        };
+        assert_eq!(matches(Family::V4, &contradiction), None);
+        // No protocol: the exclusion is a negated match.
+        let only_not = RuleMatch {
+            not_protocol: Some(IpProto::Tcp),
+            ..Default::default()
+        };
+        assert_eq!(
+            matches(Family::V6, &only_not),
+            Some(vec!["! -p tcp".to_owned()])
+        );
+        // notICMP without a protocol: "not ICMP, or ICMP of another type".
+        let not_icmp = RuleMatch {
+            not_icmp: Some(IcmpMatch {
+                type_: 128,
+                code: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            matches(Family::V6, &not_icmp).unwrap(),
+            [
+                "! -p ipv6-icmp",
+                "-p ipv6-icmp -m icmp6 ! --icmpv6-type 128"
+            ]
+        );
+    }
+
+    #[test]
+    fn ports_and_named_ports_are_one_or_list() {
+        let id = IpSetId("p:1".into());
+        let m = RuleMatch {
+            protocol: Some(IpProto::Tcp),
+            dst_ports: vec![PortRange {
+                first: 80,
+                last: 81,
+            }],
+            dst_named_port_sets: vec![id.clone()],
+            src_sets: vec![IpSetId("s:1".into())],
+            ..Default::default()
+        };
+        let alts = matches(Family::V4, &m).unwrap();
+        assert_eq!(alts.len(), 2, "{alts:?}");
+        assert!(alts[0].ends_with("-m multiport --dports 80:81"), "{alts:?}");
+        assert!(alts[1].contains("dst,dst"), "{alts:?}");
+        // The source set is required by both alternatives (AND).
+        assert!(alts.iter().all(|a| a.contains(" src")), "{alts:?}");
+    }
+
     #[test]
     fn port_lists_fit_multiport() {
         let ranges: Vec<PortRange> = (1..=20).map(PortRange::single).collect();
