@@ -108,7 +108,7 @@ fn services_yaml() -> String {
             "empty",
             "app: nothing",
             "",
-            "  - {port: 80}\n  - {name: u, port: 80, protocol: UDP}\n",
+            "  - {name: t, port: 80}\n  - {name: u, port: 80, protocol: UDP}\n",
         ),
         service(
             "web-np",
