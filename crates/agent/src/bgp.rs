@@ -26,6 +26,8 @@
 //!   (BIRD announces those blocks from its own static protocol and never installs them) and
 //!   everything VXLAN: BIRD's kernel export skips routes inside VXLAN pools, as the bgp
 //!   crate documents.
+//! - When this node's own Node resource is deleted, the agent stops BIRD (a removed node
+//!   must not keep announcing its blocks); it starts again if the Node comes back.
 //! - Agent exit leaves BIRD running (sessions and routes survive an agent restart; the next
 //!   agent adopts it by its pid file), unless [`AgentConfig::cleanup_on_exit`] is set. An
 //!   agent started in static mode stops a BIRD an earlier BGP-mode agent left behind.
@@ -38,7 +40,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serval_bgp::{BgpDriver, Bird, BirdPaths, OwnedBgpInputs, RenderOptions, Timers};
+use serval_bgp::{
+    BgpDriver, Bird, BirdPaths, ConfigError, DriverError, OwnedBgpInputs, RenderOptions, Timers,
+};
 use serval_model::Resource;
 
 use crate::AgentConfig;
@@ -207,6 +211,17 @@ impl Holder {
                     tracing::warn!(node = %self.node, "BGP: {why}");
                 }
                 self.last_skipped = skipped;
+            }
+            Err(DriverError::Config(ConfigError::NodeNotFound { .. }))
+                if driver.bird_mut().is_running() =>
+            {
+                // This node was removed from the cluster: stop announcing its blocks (BIRD
+                // withdraws everything on a clean shutdown). It starts again if the Node
+                // comes back.
+                tracing::warn!(node = %self.node, "this node's Node resource is gone; stopping BIRD");
+                if let Err(e) = driver.stop() {
+                    tracing::warn!(node = %self.node, error = %e, "stopping BIRD");
+                }
             }
             Err(e) => {
                 let msg = e.to_string();
