@@ -651,13 +651,15 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
                         samples,
                         plan.warmup,
                         programming,
+                        plan.has(Section::Memory) && Some(&n) == plan.sizes.iter().max(),
                         p,
                     ) {
-                        Ok((lat, prog)) => {
+                        Ok((lat, prog, mem)) => {
                             r.latency.extend(lat);
                             if programming {
                                 r.programming.push(prog);
                             }
+                            r.memory.extend(mem);
                         }
                         Err(e) => {
                             for &s in &sections {
@@ -803,7 +805,7 @@ fn memory_section(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progres
             continue;
         }
         let state = match labs.services(dp) {
-            Ok(()) => "pods only, services removed after the scale runs".to_string(),
+            Ok(()) => "after the runs: 3 pods, Services and policies removed".to_string(),
             Err(reason) => {
                 unavailable(
                     r,

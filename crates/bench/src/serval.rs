@@ -14,7 +14,7 @@ use crate::kubeproxy;
 use crate::lab::Lab;
 use crate::net;
 use crate::progress::{Progress, human_us};
-use crate::results::{LatencyPoint, PolicyPoint, ProgrammingPoint};
+use crate::results::{LatencyPoint, MemoryPoint, PolicyPoint, ProgrammingPoint};
 use crate::stats::Summary;
 
 /// How long a freshly applied Service may take to answer in the availability check.
@@ -124,7 +124,12 @@ pub fn check_policy(lab: &Lab) -> std::result::Result<(), String> {
     }
 }
 
-/// Services through Serval at one N: apply N, wait for the last, latency, one more, delete.
+/// Services through Serval at one N: apply N, wait for the last, latency, one more, the
+/// agent's memory (when `memory`), delete.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one measurement's knobs, all needed"
+)]
 pub fn measure_services(
     lab: &Lab,
     column: &str,
@@ -132,8 +137,9 @@ pub fn measure_services(
     samples: usize,
     warmup: usize,
     add_one: bool,
+    memory: bool,
     progress: &Progress,
-) -> Result<(Option<LatencyPoint>, ProgrammingPoint)> {
+) -> Result<(Option<LatencyPoint>, ProgrammingPoint, Option<MemoryPoint>)> {
     let items: Vec<(String, Ipv4Addr)> = (0..n)
         .map(|i| (format!("svc-{i}"), kubeproxy::service_ip(i)))
         .collect();
@@ -173,11 +179,22 @@ pub fn measure_services(
             warmup,
             &report,
         )?;
+        let summary = Summary::of(&run.samples_us);
+        if let Some(s) = &summary {
+            progress.line(&format!(
+                "{column} N={n}: latency p50 {} p90 {} p99 {} ({} samples, {} failed)",
+                human_us(s.p50),
+                human_us(s.p90),
+                human_us(s.p99),
+                s.count,
+                run.failures
+            ));
+        }
         Some(LatencyPoint {
             dataplane: column.to_string(),
             n,
             target: last.to_string(),
-            summary: Summary::of(&run.samples_us),
+            summary,
             failures: run.failures,
             last_error: run.last_error,
             samples_us: run.samples_us,
@@ -198,7 +215,19 @@ pub fn measure_services(
             start + crate::baseline::ANSWER_TIMEOUT,
         )?;
         add_answer = Some((answered - start).as_secs_f64() * 1e3);
+        progress.line(&format!(
+            "{column} N={n}: one more service answered after {}",
+            human_us((answered - start).as_secs_f64() * 1e6)
+        ));
     }
+    // The agent's memory while the services are programmed.
+    let memory = memory.then(|| {
+        crate::throughput::agent_memory(
+            &format!("{column} lab ({})", lab.name),
+            &format!("{} Services programmed", if add_one { n + 1 } else { n }),
+            lab.agent_pid("node1"),
+        )
+    });
     let start = Instant::now();
     if add_one {
         lab.delete("services-extra")?;
@@ -217,6 +246,7 @@ pub fn measure_services(
             cleanup_ms: Some(cleanup_ms),
             input_bytes: yaml.len(),
         },
+        memory,
     ))
 }
 
