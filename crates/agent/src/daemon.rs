@@ -59,10 +59,14 @@ pub async fn run_until(
         node: config.node.clone(),
         source,
     })?;
-    let driver = DriverThread::spawn(&config.node).map_err(|e| AgentError::TaskEnded {
-        task: "dataplane driver",
-        reason: e.to_string(),
-    })?;
+    // Every log line of this agent's tasks carries `node=…` (several agents may share a
+    // process in tests).
+    let span = tracing::info_span!("agent", node = %config.node);
+    let driver =
+        DriverThread::spawn(&config.node, span.clone()).map_err(|e| AgentError::TaskEnded {
+            task: "dataplane driver",
+            reason: e.to_string(),
+        })?;
     let client = Client::open(&config.datastore)
         .await
         .map_err(|source| AgentError::Datastore {
@@ -81,9 +85,6 @@ pub async fn run_until(
         "agent starting"
     );
     let cache = Cache::new();
-    // Every log line of this agent's tasks carries `node=…` (several agents may share a
-    // process in tests).
-    let span = tracing::info_span!("agent", node = %config.node);
     let mut syncer =
         tokio::spawn(syncer::run(client.clone(), cache.clone()).instrument(span.clone()));
     let (routed_tx, routed_rx) = watch::channel(false);

@@ -261,12 +261,13 @@ pub struct DriverThread {
 
 impl DriverThread {
     /// Starts the thread. It inherits the calling thread's network namespace, which is where
-    /// every driver it opens writes.
-    pub fn spawn(name: &str) -> Result<DriverThread, DataplaneError> {
+    /// every driver it opens writes. Its logs carry `span` (the agent's `node=…`).
+    pub fn spawn(name: &str, span: tracing::Span) -> Result<DriverThread, DataplaneError> {
         let (jobs, rx) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name(format!("dp-{name}"))
             .spawn(move || {
+                let _in_span = span.enter();
                 let mut slot: Slot = None;
                 while let Ok(job) = rx.recv() {
                     job(&mut slot);
@@ -350,7 +351,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_in_order_on_the_driver_thread() {
-        let t = DriverThread::spawn("test").unwrap();
+        let t = DriverThread::spawn("test", tracing::Span::none()).unwrap();
         let first = t
             .call(|slot| {
                 *slot = open(DataplaneKind::Iptables).ok();

@@ -31,8 +31,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serval_api::{ApiError, Client};
 use serval_model::k8s::Pod;
+use serval_model::k8s::{PodCondition, PodIp, PodPhase, PodStatus};
 use serval_model::workloadendpoint::WorkloadEndpoint;
-use serval_model::{Kind, Resource};
+use serval_model::{Kind, Resource, ResourceKey};
 use serval_store::StoreError;
 use serval_sys::NetNs;
 
@@ -306,6 +307,17 @@ impl Runtime {
     }
 
     /// The workload endpoint of `ns/pod` in the cache, if any.
+    fn cached_pod(cache: &Cache, namespace: &str, pod: &str) -> Option<Pod> {
+        let st = cache.read();
+        match st
+            .resources
+            .get(&ResourceKey::new(Kind::Pod, Some(namespace), pod))
+        {
+            Some(Resource::Pod(p)) => Some(p.clone()),
+            _ => None,
+        }
+    }
+
     fn cached_wep(cache: &Cache, namespace: &str, pod: &str) -> Option<WorkloadEndpoint> {
         let st = cache.read();
         st.resources.values().find_map(|r| match r {
@@ -442,8 +454,10 @@ impl Runtime {
                     // Readiness: the endpoint may have been rewritten (CNI re-ADD) or the
                     // first attempt may have raced the CNI's write.
                     if rec.pid.is_some()
-                        && Self::cached_wep(cache, &rec.namespace, &rec.pod)
+                        && (Self::cached_wep(cache, &rec.namespace, &rec.pod)
                             .is_some_and(|w| !w.spec.ready)
+                            || Self::cached_pod(cache, &rec.namespace, &rec.pod)
+                                .is_some_and(|p| !p.is_ready()))
                         && let Err(e) = self.mark_ready(&rec).await
                     {
                         tracing::warn!(pod = %rec.id(), error = %e, "cannot mark the pod ready");
@@ -635,8 +649,9 @@ impl Runtime {
                 return Ok(());
             };
             if wep.spec.ready {
-                return Ok(());
+                return self.mark_running(rec, &wep.addrs()).await;
             }
+            let addrs = wep.addrs();
             let rev = wep
                 .metadata
                 .resource_version
@@ -652,7 +667,7 @@ impl Runtime {
             {
                 Ok(_) => {
                     tracing::info!(pod = %id, endpoint = %name, "pod ready (workload endpoint marked ready)");
-                    return Ok(());
+                    return self.mark_running(rec, &addrs).await;
                 }
                 Err(ApiError::Store(StoreError::Conflict { .. } | StoreError::NotFound { .. })) => {
                     tracing::debug!(pod = %id, "workload endpoint changed under us; retrying");
@@ -663,6 +678,50 @@ impl Runtime {
                         source: Box::new(source),
                     });
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records what a kubelet would in the Pod's status once it serves: phase Running, its
+    /// addresses and the Ready condition (compare-and-swap, retried on races). Service
+    /// backends are the ready pods (serval-calc reads the Pod's status when there is one).
+    async fn mark_running(
+        &self,
+        rec: &PodRecord,
+        addrs: &[std::net::IpAddr],
+    ) -> Result<(), RuntimeError> {
+        let id = rec.id();
+        let key = ResourceKey::new(Kind::Pod, Some(&rec.namespace), &rec.pod);
+        let err = |source| RuntimeError::Ready {
+            pod: id.clone(),
+            source: Box::new(source),
+        };
+        for _ in 0..5 {
+            let Some(Resource::Pod(mut pod)) = self.client.get(&key).await.map_err(err)? else {
+                return Ok(());
+            };
+            if pod.is_ready() && pod.ips() == addrs {
+                return Ok(());
+            }
+            let status = running_status(pod.status.take(), addrs);
+            let rev = pod
+                .metadata
+                .resource_version
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            pod.status = Some(status);
+            match self.client.put(Resource::Pod(pod), Some(rev)).await {
+                Ok(_) => {
+                    tracing::info!(pod = %id, ips = ?addrs, "pod status: Running, Ready");
+                    return Ok(());
+                }
+                Err(ApiError::Store(StoreError::Conflict { .. })) => {
+                    tracing::debug!(pod = %id, "pod changed under us; retrying its status");
+                }
+                Err(ApiError::Store(StoreError::NotFound { .. })) => return Ok(()),
+                Err(source) => return Err(err(source)),
             }
         }
         Ok(())
@@ -738,9 +797,61 @@ impl Runtime {
     }
 }
 
+/// `previous` with phase Running, the pod's addresses and `Ready: True` (other conditions
+/// kept).
+fn running_status(previous: Option<PodStatus>, addrs: &[std::net::IpAddr]) -> PodStatus {
+    let mut st = previous.unwrap_or_default();
+    st.phase = Some(PodPhase::Running);
+    st.pod_ip = addrs.first().copied();
+    st.pod_ips = addrs.iter().map(|&ip| PodIp { ip }).collect();
+    st.conditions.retain(|c| c.type_ != "Ready");
+    st.conditions.push(PodCondition {
+        type_: "Ready".into(),
+        status: "True".into(),
+    });
+    st
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_status_sets_phase_addresses_and_ready_keeping_other_conditions() {
+        let prev = PodStatus {
+            conditions: vec![
+                PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "True".into(),
+                },
+                PodCondition {
+                    type_: "Ready".into(),
+                    status: "False".into(),
+                },
+            ],
+            ..Default::default()
+        };
+        let addrs: Vec<std::net::IpAddr> =
+            vec!["10.244.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        let st = running_status(Some(prev), &addrs);
+        assert_eq!(st.phase, Some(PodPhase::Running));
+        assert_eq!(st.pod_ip, Some(addrs[0]));
+        assert_eq!(st.pod_ips.len(), 2);
+        let ready: Vec<_> = st
+            .conditions
+            .iter()
+            .filter(|c| c.type_ == "Ready")
+            .collect();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].status, "True");
+        assert!(st.conditions.iter().any(|c| c.type_ == "PodScheduled"));
+        let pod = Pod {
+            status: Some(st),
+            ..Default::default()
+        };
+        assert!(pod.is_ready());
+        assert_eq!(pod.ips(), addrs);
+    }
 
     #[test]
     fn container_ids_are_stable_and_change_with_the_uid() {

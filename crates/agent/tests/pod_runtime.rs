@@ -304,6 +304,10 @@ spec:
         wep_ready(&client)
     })
     .await?;
+    wait_for("the pod's status to say Running and Ready", || async {
+        Ok(matches!(client.get(&pod_key).await?, Some(Resource::Pod(p)) if p.is_ready()))
+    })
+    .await?;
     anyhow::ensure!(NetNs::exists(&netns), "pod netns {netns} exists");
     let pid = read_pid(&pid_file).context("pod server pid file")?;
     let ip = pod_ip(&record)?;
