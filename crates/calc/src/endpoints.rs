@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use serval_model::k8s::Pod;
+use serval_model::k8s::{Pod, PodPhase};
 use serval_model::types::{CalicoProtocol, Protocol};
 use serval_model::workloadendpoint::WorkloadEndpoint;
 
@@ -116,7 +116,7 @@ fn wep_named_ports(wep: &WorkloadEndpoint) -> Vec<(String, Protocol, u16)> {
 impl Model {
     /// Every workload endpoint, sorted by key: one per WorkloadEndpoint (with the Pod's
     /// current labels and ports when the Pod exists), plus one per Pod that has addresses
-    /// but no WorkloadEndpoint (and is not host-networked), so a model written by hand
+    /// but no WorkloadEndpoint (and is neither host-networked nor finished), so a model written by hand
     /// (tests, scenarios) needs only Pods.
     pub fn endpoints(&self) -> Vec<Endpoint> {
         let mut out: BTreeMap<EndpointKey, Endpoint> = BTreeMap::new();
@@ -143,7 +143,11 @@ impl Model {
         }
         for ((ns, name), pod) in &self.pods {
             let key = EndpointKey::new(ns, name);
-            if out.contains_key(&key) || pod.spec.host_network {
+            let finished = pod
+                .status
+                .as_ref()
+                .is_some_and(|st| matches!(st.phase, Some(PodPhase::Succeeded | PodPhase::Failed)));
+            if out.contains_key(&key) || pod.spec.host_network || finished {
                 continue;
             }
             let mut addrs = pod.ips();
