@@ -116,8 +116,8 @@ fn wep_named_ports(wep: &WorkloadEndpoint) -> Vec<(String, Protocol, u16)> {
 impl Model {
     /// Every workload endpoint, sorted by key: one per WorkloadEndpoint (with the Pod's
     /// current labels and ports when the Pod exists), plus one per Pod that has addresses
-    /// but no WorkloadEndpoint (and is neither host-networked nor finished), so a model written by hand
-    /// (tests, scenarios) needs only Pods.
+    /// but no WorkloadEndpoint (and is neither host-networked nor finished), so a model
+    /// written by hand (tests, scenarios) needs only Pods.
     pub fn endpoints(&self) -> Vec<Endpoint> {
         let mut out: BTreeMap<EndpointKey, Endpoint> = BTreeMap::new();
         for ((ns, _), wep) in &self.workload_endpoints {
