@@ -4,12 +4,13 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use serval_calc::Evaluator;
 use serval_calc::evaluator::Packet;
 use serval_calc::policy::IpProto;
 use serval_calc::services::{FrontendKind, ServiceDecision, resolve};
-use serval_conformance::echo::parse_echo;
+use serval_conformance::echo::{parse_echo, ping};
 use serval_conformance::lab::PROBE_TIMEOUT_MS;
 use serval_conformance::scenario::pod_addr;
 use serval_conformance::{Lab, converge, converge_timeout};
@@ -547,6 +548,28 @@ fn nat_outgoing() {
     )
     .expect("apply pods");
     lab.wait_pods().expect("pods ready");
+    // The harness's own ICMP echo: a pod answers, an address nobody has does not.
+    let model = lab.model().expect("model");
+    for family in [IpFamily::V4, IpFamily::V6] {
+        let p2 = pod_addr(&model, "nat/p2", family).expect("p2 address");
+        let nobody: IpAddr = if family == IpFamily::V4 {
+            "10.244.255.254".parse().expect("address")
+        } else {
+            "fd00:10:244::fffe".parse().expect("address")
+        };
+        let netns = lab.netns("nat/p1");
+        let (ok, _) = converge(converge_timeout(), || {
+            Ok::<_, anyhow::Error>((
+                ping(&netns, p2, Duration::from_millis(PROBE_TIMEOUT_MS))?,
+                (),
+            ))
+        })
+        .expect("ping");
+        assert!(ok, "nat/p1 gets no echo reply from nat/p2 ({p2})");
+        let answered = ping(&netns, nobody, Duration::from_millis(PROBE_TIMEOUT_MS)).expect("ping");
+        assert!(!answered, "an echo reply from {nobody}, which nobody has");
+    }
+
     const PORT: u16 = 9000;
     lab.ensure_echo("outside", Protocol::Tcp, PORT)
         .expect("echo server on the outside host");
