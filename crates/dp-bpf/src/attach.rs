@@ -2,12 +2,13 @@
 //! across agent restarts, and removing everything of a scope.
 //!
 //! - **TCX** (kernel ≥ 6.6, the default): a BPF link per (interface, hook), pinned at
-//!   `SCOPE/links/IFNAME.HOOK`; the pin keeps the program attached after the agent exits. On
+//!   `SCOPE/links/HOOK/IFNAME`; the pin keeps the program attached after the agent exits. On
 //!   the next start, [`Dataplane::attach`] finds the pin and swaps the new program into the
 //!   same link (`BPF_LINK_UPDATE`), so there is no moment without a program; a pin whose link
 //!   is no longer attached to that interface (the interface was re-created) is replaced.
 //! - **clsact fallback** (older kernels, or forced): a direct-action filter on a clsact qdisc,
-//!   which stays without any pin; a marker file `SCOPE/links/IFNAME.HOOK.clsact` records it
+//!   which stays without any pin; a marker directory `SCOPE/links/HOOK-clsact/IFNAME`
+//!   (bpffs holds no regular files) records it
 //!   so [`detach`] and [`cleanup`] find it. Re-attaching replaces our filter.
 //!
 //! Attaching runs on a thread that `setns()`-ed into the namespace (serval-sys
@@ -67,10 +68,6 @@ impl Hook {
             Self::ToEndpoint => "to_ep",
         }
     }
-
-    fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|h| h.name() == name)
-    }
 }
 
 /// How to attach.
@@ -114,13 +111,30 @@ pub struct Attachment {
     pub reused: bool,
 }
 
+/// bpffs refuses names containing '.', which interface names may have (VLANs: `eth0.100`);
+/// ':' can never be in an interface name, so it stands in for '.'.
+fn escape_ifname(ifname: &str) -> String {
+    ifname.replace('.', ":")
+}
+
+fn unescape_ifname(name: &str) -> String {
+    name.replace(':', ".")
+}
+
+/// `SCOPE/links/HOOK` (TCX link pins) or `SCOPE/links/HOOK-clsact` (clsact markers).
+fn hook_dir(pins: &PinScope, hook: Hook, mode: AttachMode) -> PathBuf {
+    match mode {
+        AttachMode::Clsact => pins.links_dir().join(format!("{}-clsact", hook.name())),
+        _ => pins.links_dir().join(hook.name()),
+    }
+}
+
 fn link_pin(pins: &PinScope, ifname: &str, hook: Hook) -> PathBuf {
-    pins.links_dir().join(format!("{ifname}.{}", hook.name()))
+    hook_dir(pins, hook, AttachMode::Tcx).join(escape_ifname(ifname))
 }
 
 fn clsact_marker(pins: &PinScope, ifname: &str, hook: Hook) -> PathBuf {
-    pins.links_dir()
-        .join(format!("{ifname}.{}.clsact", hook.name()))
+    hook_dir(pins, hook, AttachMode::Clsact).join(escape_ifname(ifname))
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AttachError {
@@ -142,9 +156,23 @@ fn tcx_has(ifname: &str, attach_type: TcAttachType, program_id: u32) -> Result<b
     Ok(programs.iter().any(|p| p.id() == program_id))
 }
 
+/// What a TCX attach inside the namespace did.
+enum TcxOutcome {
+    /// The pinned link was still attached to the interface; it now runs our program.
+    Reused,
+    /// A new link (the pinned one, if any, was stale).
+    New {
+        link: SchedClassifierLink,
+        stale_pin: bool,
+    },
+}
+
 impl Dataplane {
     /// Attaches the program of `hook` to `ifname` in `netns`. With a pin scope the attachment
     /// is pinned (outlives this process); without one it lasts as long as this [`Dataplane`].
+    ///
+    /// Everything on bpffs (opening, creating and removing pins) happens on the caller's
+    /// thread; only interface resolution, attaching and querying run inside `netns`.
     pub fn attach(
         &mut self,
         netns: &NetNs,
@@ -155,34 +183,81 @@ impl Dataplane {
         let mode = mode.resolve();
         let pins = self.pins.clone();
         if let Some(pins) = &pins {
-            let dir = pins.links_dir();
+            let dir = hook_dir(pins, hook, mode);
             fs::create_dir_all(&dir).map_err(io_err("creating link pin directory", &dir))?;
         }
         let netns_label = netns.label().to_string();
-        let program_name = hook.program();
+        let pin = pins.as_ref().map(|p| link_pin(p, ifname, hook));
+        let existing = match pin
+            .as_deref()
+            .filter(|p| mode == AttachMode::Tcx && p.exists())
+        {
+            Some(path) => Some(open_pinned_link(path)?),
+            None => None,
+        };
         let program = self
-            .program_mut(program_name)
+            .program_mut(hook.program())
             .map_err(|source| AttachError::Program {
                 hook: hook.name(),
                 source,
             })?;
 
-        let outcome = netns
-            .run(|| match mode {
-                AttachMode::Clsact => {
-                    attach_clsact(program, ifname, hook, pins.as_ref(), &netns_label)
-                        .map(|()| (false, None))
-                }
-                _ => attach_tcx(program, ifname, hook, pins.as_ref(), &netns_label),
-            })
-            .map_err(|source| AttachError::Netns {
+        let in_netns = |f: &mut (dyn FnMut() -> Result<TcxOutcome, AttachError> + Send)| {
+            netns.run(f).map_err(|source| AttachError::Netns {
                 netns: netns_label.clone(),
                 ifname: ifname.to_owned(),
                 source,
-            })??;
-        let (reused, unpinned) = outcome;
-        if let Some(link) = unpinned {
-            self.unpinned_links.push(link);
+            })?
+        };
+        let mut existing = existing;
+        let outcome = match mode {
+            AttachMode::Clsact => in_netns(&mut || {
+                attach_clsact(program, ifname, hook, &netns_label).map(|()| TcxOutcome::Reused)
+            })
+            .map(|_| None)?,
+            _ => Some(in_netns(&mut || {
+                attach_tcx(program, ifname, hook, existing.take(), &netns_label)
+            })?),
+        };
+
+        let mut reused = false;
+        match outcome {
+            None => {
+                if let Some(pins) = &pins {
+                    let marker = clsact_marker(pins, ifname, hook);
+                    match fs::create_dir(&marker) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                        Err(err) => return Err(io_err("creating clsact marker", &marker)(err)),
+                    }
+                }
+            }
+            Some(TcxOutcome::Reused) => reused = true,
+            Some(TcxOutcome::New { link, stale_pin }) => match &pin {
+                Some(path) => {
+                    if stale_pin {
+                        tracing::warn!(
+                            ifname,
+                            path = %path.display(),
+                            "pinned link was not attached to the interface any more (re-created?); replaced it"
+                        );
+                        remove_if_exists(path, "removing stale link pin")?;
+                    }
+                    let fd_link =
+                        FdLink::try_from(link).map_err(|source| AttachError::OpenPin {
+                            path: path.clone(),
+                            source,
+                        })?;
+                    // Dropping the returned PinnedLink closes our fd; the pin keeps the link.
+                    fd_link.pin(path).map_err(|source| AttachError::Pin {
+                        program: hook.program(),
+                        ifname: ifname.to_owned(),
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+                None => self.unpinned_links.push(link),
+            },
         }
         tracing::info!(
             ifname,
@@ -201,15 +276,26 @@ impl Dataplane {
     }
 }
 
-/// TCX attach inside the namespace: reuse a pinned link if it is still attached to `ifname`,
-/// else create (and pin) a new link. Returns (reused, the link when there is no pin scope).
+fn open_pinned_link(path: &Path) -> Result<SchedClassifierLink, AttachError> {
+    let pinned = PinnedLink::from_pin(path).map_err(|source| AttachError::OpenPin {
+        path: path.to_owned(),
+        source,
+    })?;
+    SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| AttachError::OpenPin {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// TCX attach inside the namespace: keep `existing` (a pinned link) if it is still attached
+/// to `ifname`, swapping our program in; else create a new link.
 fn attach_tcx(
     program: &mut SchedClassifier,
     ifname: &str,
     hook: Hook,
-    pins: Option<&PinScope>,
+    existing: Option<SchedClassifierLink>,
     netns: &str,
-) -> Result<(bool, Option<SchedClassifierLink>), AttachError> {
+) -> Result<TcxOutcome, AttachError> {
     let attach_type = hook.attach_type();
     let err = |source| AttachError::Attach {
         program: hook.program(),
@@ -220,44 +306,34 @@ fn attach_tcx(
         source,
     };
     let program_id = program.info().map_err(err)?.id();
-    let pin = pins.map(|p| link_pin(p, ifname, hook));
-
-    if let Some(path) = pin.as_deref().filter(|p| p.exists()) {
-        let pinned = PinnedLink::from_pin(path).map_err(|source| AttachError::OpenPin {
-            path: path.to_owned(),
-            source,
-        })?;
-        let link = SchedClassifierLink::try_from(FdLink::from(pinned)).map_err(|source| {
-            AttachError::OpenPin {
-                path: path.to_owned(),
-                source,
+    let stale_pin = existing.is_some();
+    if let Some(link) = existing {
+        match program.attach_to_link(link) {
+            Ok(id) => {
+                // Our handle on the link is not needed: the pin holds it.
+                drop(program.take_link(id).map_err(err)?);
+                let attached = tcx_has(ifname, attach_type, program_id).map_err(|source| {
+                    AttachError::Query {
+                        ifname: ifname.to_owned(),
+                        netns: netns.to_owned(),
+                        source,
+                    }
+                })?;
+                if attached {
+                    return Ok(TcxOutcome::Reused);
+                }
             }
-        })?;
-        let id = program
-            .attach_to_link(link)
-            .map_err(|source| AttachError::Update {
-                path: path.to_owned(),
-                source,
-            })?;
-        // Our handle on the link is not needed: the pin holds it.
-        drop(program.take_link(id).map_err(err)?);
-        let attached =
-            tcx_has(ifname, attach_type, program_id).map_err(|source| AttachError::Query {
-                ifname: ifname.to_owned(),
-                netns: netns.to_owned(),
-                source,
-            })?;
-        if attached {
-            return Ok((true, None));
+            // ENOLINK: the link's interface is gone ("link has been severed").
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOLINK) => {}
+            Err(source) => {
+                return Err(AttachError::Update {
+                    path: PathBuf::from(ifname),
+                    source,
+                });
+            }
         }
-        tracing::warn!(
-            ifname,
-            path = %path.display(),
-            "pinned link is not attached to the interface any more (re-created?); replacing it"
-        );
-        remove_if_exists(path, "removing stale link pin")?;
     }
-
     let id = program
         .attach_with_options(
             ifname,
@@ -266,21 +342,7 @@ fn attach_tcx(
         )
         .map_err(err)?;
     let link = program.take_link(id).map_err(err)?;
-    let Some(path) = pin else {
-        return Ok((false, Some(link)));
-    };
-    let fd_link = FdLink::try_from(link).map_err(|source| AttachError::OpenPin {
-        path: path.clone(),
-        source,
-    })?;
-    // Dropping the returned PinnedLink closes our fd; the pin keeps the link.
-    fd_link.pin(&path).map_err(|source| AttachError::Pin {
-        program: hook.program(),
-        ifname: ifname.to_owned(),
-        path: path.clone(),
-        source,
-    })?;
-    Ok((false, None))
+    Ok(TcxOutcome::New { link, stale_pin })
 }
 
 /// clsact attach inside the namespace: replaces any filter of ours on that hook.
@@ -288,7 +350,6 @@ fn attach_clsact(
     program: &mut SchedClassifier,
     ifname: &str,
     hook: Hook,
-    pins: Option<&PinScope>,
     netns: &str,
 ) -> Result<(), AttachError> {
     match tc::qdisc_add_clsact(ifname) {
@@ -322,16 +383,7 @@ fn attach_clsact(
     // A netlink filter stays in the kernel without any handle; dropping the link would remove
     // it, so it is forgotten on purpose and found again by name (detach_clsact_filters).
     std::mem::forget(link);
-    if let Some(pins) = pins {
-        let marker = clsact_marker(pins, ifname, hook);
-        fs::write(&marker, program_name_line(hook))
-            .map_err(io_err("writing clsact marker", &marker))?;
-    }
     Ok(())
-}
-
-fn program_name_line(hook: Hook) -> String {
-    format!("{}\n", hook.program())
 }
 
 /// Removes our tc filters (by program name) from `ifname`; inside the namespace.
@@ -382,7 +434,11 @@ pub fn detach(
                 ifname: ifname.to_owned(),
                 source,
             })??;
-        remove_if_exists(&marker, "removing clsact marker")?;
+        match fs::remove_dir(&marker) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io_err("removing clsact marker", &marker)(err)),
+        }
         found = true;
     }
     if found {
@@ -398,29 +454,24 @@ pub fn detach(
 
 /// The attachments recorded under a scope: (interface, hook, mode), sorted.
 pub fn attachments(pins: &PinScope) -> Result<Vec<(String, Hook, AttachMode)>, AttachError> {
-    let dir = pins.links_dir();
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(err) => return Err(io_err("listing", &dir)(err)),
-    };
     let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io_err("listing", &dir))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        let (rest, mode) = match name.strip_suffix(".clsact") {
-            Some(rest) => (rest, AttachMode::Clsact),
-            None => (name.as_str(), AttachMode::Tcx),
-        };
-        if let Some((ifname, hook)) = rest.rsplit_once('.')
-            && let Some(hook) = Hook::from_name(hook)
-        {
-            found.push((ifname.to_owned(), hook, mode));
+    for hook in Hook::ALL {
+        for mode in [AttachMode::Tcx, AttachMode::Clsact] {
+            let dir = hook_dir(pins, hook, mode);
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => return Err(io_err("listing", &dir)(err)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io_err("listing", &dir))?;
+                if let Some(name) = entry.file_name().to_str() {
+                    found.push((unescape_ifname(name), hook, mode));
+                }
+            }
         }
     }
-    found.sort_by(|a, b| (&a.0, a.1.name()).cmp(&(&b.0, b.1.name())));
+    found.sort_by(|a, b| (&a.0, a.1.name(), a.2.name()).cmp(&(&b.0, b.1.name(), b.2.name())));
     Ok(found)
 }
 
@@ -453,7 +504,13 @@ pub fn cleanup(pins: &PinScope, netns: Option<&NetNs>) -> Result<CleanupReport, 
         Err(err) if err.kind() == io::ErrorKind::NotFound => {}
         Err(err) => return Err(io_err("listing", &maps)(err)),
     }
-    for dir in [pins.links_dir(), maps, pins.dir()] {
+    let mut dirs = Vec::new();
+    for hook in Hook::ALL {
+        dirs.push(hook_dir(pins, hook, AttachMode::Tcx));
+        dirs.push(hook_dir(pins, hook, AttachMode::Clsact));
+    }
+    dirs.extend([pins.links_dir(), maps, pins.dir()]);
+    for dir in dirs {
         match fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}

@@ -6,9 +6,12 @@
 //!
 //! ```text
 //! /sys/fs/bpf/serval/S/maps/sv_ct, sv_nat_fe, ...   the maps (contents survive restarts)
-//! /sys/fs/bpf/serval/S/links/IFNAME.HOOK            TCX links (programs stay attached)
-//! /sys/fs/bpf/serval/S/links/IFNAME.HOOK.clsact     marker of a clsact-fallback attachment
+//! /sys/fs/bpf/serval/S/links/HOOK/IFNAME            TCX links (programs stay attached)
+//! /sys/fs/bpf/serval/S/links/HOOK-clsact/IFNAME     marker of a clsact-fallback attachment
 //! ```
+//!
+//! HOOK is `from_ep` or `to_ep`. bpffs refuses names with '.', so a '.' in an interface name
+//! is written as ':' (which interface names cannot contain), and scopes may not contain '.'.
 //!
 //! On load, a pinned map whose type, key size, value size, max_entries or flags differ from
 //! what this build wants (a changed `bpfMapSize*` setting, or an ABI change) is **recreated
@@ -54,7 +57,7 @@ pub struct PinScope {
 }
 
 impl PinScope {
-    /// `/sys/fs/bpf/serval/SCOPE`. A scope is 1-64 of `[A-Za-z0-9_.-]` (not `.`/`..`).
+    /// `/sys/fs/bpf/serval/SCOPE`. A scope is 1-64 of `[A-Za-z0-9_-]` (bpffs refuses '.').
     pub fn new(scope: &str) -> Result<Self, LoadError> {
         Self::with_bpffs(BPFFS, scope)
     }
