@@ -97,6 +97,9 @@ pub fn describe(old: &DesiredState, new: &DesiredState, delta: &Delta) -> DeltaS
     if more > 0 {
         endpoints.push_str(&format!(",…(+{more} more)"));
     }
+    if endpoints.is_empty() {
+        endpoints.push('-');
+    }
     let sets_added = delta
         .ipsets_changed
         .iter()
@@ -422,9 +425,10 @@ impl Pipeline {
             tracing::info!(dataplane = ?self.selected.map(|k| k.as_str()), "agent stopping; dataplane rules left in place (connections keep flowing; the next agent reconciles)");
             return;
         }
+        let active = self.selected.filter(|_| self.has_driver);
         let result = self
             .driver
-            .call(|slot| {
+            .call(move |slot| {
                 let mut total = Written::default();
                 let mut errors = Vec::new();
                 if let Some(mut dp) = slot.take() {
@@ -435,6 +439,9 @@ impl Pipeline {
                 }
                 // Also whatever another dataplane of an earlier run left.
                 for kind in DataplaneKind::ALL {
+                    if Some(kind) == active && errors.is_empty() {
+                        continue;
+                    }
                     if let Ok(mut d) = dataplane::open(kind) {
                         match d.cleanup() {
                             Ok(w) => {
