@@ -401,7 +401,8 @@ fn detach_clsact_filters(ifname: &str, hook: Hook, netns: &str) -> Result<(), At
 
 /// Detaches the program of `hook` from `ifname` (pinned TCX link and/or clsact filter).
 /// Returns whether anything was attached. `netns` is needed for clsact attachments only
-/// (a TCX link is released by removing its pin, wherever the interface is).
+/// (a TCX link is released by removing its pin, wherever the interface is); without it a
+/// clsact record is dropped with a warning and its filter left to die with its interface.
 pub fn detach(
     pins: &PinScope,
     netns: Option<&NetNs>,
@@ -421,19 +422,25 @@ pub fn detach(
     }
     let marker = clsact_marker(pins, ifname, hook);
     if marker.exists() {
-        let Some(netns) = netns else {
-            return Err(AttachError::NoScope {
-                what: "detach a clsact attachment (pass the interface's namespace)",
-            });
-        };
-        let label = netns.label().to_string();
-        netns
-            .run(|| detach_clsact_filters(ifname, hook, &label))
-            .map_err(|source| AttachError::Netns {
-                netns: label.clone(),
-                ifname: ifname.to_owned(),
-                source,
-            })??;
+        match netns {
+            Some(netns) => {
+                let label = netns.label().to_string();
+                netns
+                    .run(|| detach_clsact_filters(ifname, hook, &label))
+                    .map_err(|source| AttachError::Netns {
+                        netns: label.clone(),
+                        ifname: ifname.to_owned(),
+                        source,
+                    })??;
+            }
+            // Without the namespace the filter cannot be reached (it goes away with its
+            // interface or namespace); the record is removed so the scope can be.
+            None => tracing::warn!(
+                ifname,
+                hook = hook.name(),
+                "no namespace given: forgetting a clsact attachment without removing its filter"
+            ),
+        }
         match fs::remove_dir(&marker) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
@@ -524,4 +531,25 @@ pub fn cleanup(pins: &PinScope, netns: Option<&NetNs>) -> Result<CleanupReport, 
         "removed BPF pins and attachments"
     );
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pin_names_avoid_dots_and_round_trip() {
+        let scope = PinScope::new("n1").unwrap();
+        let pin = link_pin(&scope, "eth0.100", Hook::FromEndpoint);
+        assert_eq!(
+            pin,
+            Path::new("/sys/fs/bpf/serval/n1/links/from_ep/eth0:100")
+        );
+        let marker = clsact_marker(&scope, "veth1", Hook::ToEndpoint);
+        assert_eq!(
+            marker,
+            Path::new("/sys/fs/bpf/serval/n1/links/to_ep-clsact/veth1")
+        );
+        assert_eq!(unescape_ifname(&escape_ifname("a.b.c")), "a.b.c");
+    }
 }

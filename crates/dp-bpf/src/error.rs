@@ -177,8 +177,6 @@ pub enum AttachError {
         #[source]
         source: LoadError,
     },
-    #[error("an attachment needs a pin scope to {what}; load with LoadOptions::pins")]
-    NoScope { what: &'static str },
 }
 
 /// Reading or writing a map failed.

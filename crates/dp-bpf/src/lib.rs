@@ -10,7 +10,8 @@
 //! - [`loader`]: [`Dataplane::load`] with [`LoadOptions`] (pin scope, map sizes, log level).
 //! - [`attach`]: [`Dataplane::attach`] (TCX, clsact fallback) inside a namespace, pinned links
 //!   that survive restarts, [`attach::detach`], [`attach::cleanup`] of a whole scope.
-//! - [`maps`]: typed readers and writers; [`test_run`]: `BPF_PROG_TEST_RUN`.
+//! - [`maps`]: typed readers and writers; [`conntrack`]: timeouts and the expiry sweep;
+//!   [`test_run`]: `BPF_PROG_TEST_RUN`.
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,6 +34,7 @@
 
 pub mod abi;
 pub mod attach;
+pub mod conntrack;
 pub mod error;
 pub mod loader;
 pub mod maps;
@@ -40,6 +42,7 @@ pub mod object;
 pub mod test_run;
 
 pub use attach::{AttachMode, Attachment, CleanupReport, Hook, attachments, cleanup, detach};
+pub use conntrack::{CtTimeouts, SweepReport, monotonic_now_ns};
 pub use error::{AttachError, LoadError, MapsError, ObjectError, TestRunError};
 pub use loader::{BPFFS, Dataplane, LoadOptions, MapSizes, PinScope, ensure_bpffs};
 pub use maps::{DropCounters, Maps};

@@ -71,16 +71,13 @@ impl PinScope {
         if scope.is_empty() || scope.len() > 64 {
             return Err(invalid("a scope is 1 to 64 characters"));
         }
-        if scope == "." || scope == ".." {
-            return Err(invalid(
-                "a scope is a directory name; '.' and '..' are not allowed",
-            ));
-        }
         if !scope
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
         {
-            return Err(invalid("a scope may only contain A-Z a-z 0-9 _ . -"));
+            return Err(invalid(
+                "a scope may only contain A-Z a-z 0-9 _ - (bpffs refuses '.' in names)",
+            ));
         }
         Ok(Self {
             bpffs: bpffs.into(),
@@ -389,4 +386,36 @@ fn reconcile_pinned_maps(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_are_plain_directory_names_without_dots() {
+        let scope = PinScope::new("lab-n1_x").unwrap();
+        assert_eq!(scope.dir(), Path::new("/sys/fs/bpf/serval/lab-n1_x"));
+        assert_eq!(
+            scope.map_path("sv_ct"),
+            Path::new("/sys/fs/bpf/serval/lab-n1_x/maps/sv_ct")
+        );
+        for bad in ["", "a.b", "..", "a/b", "a b", &"x".repeat(65)] {
+            assert!(
+                matches!(PinScope::new(bad), Err(LoadError::InvalidScope { .. })),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn map_sizes_default_to_calicos() {
+        let sizes = MapSizes::default();
+        assert_eq!(sizes.for_map(MAP_NAT_FE), Some(65536));
+        assert_eq!(sizes.for_map(MAP_NAT_BE), Some(262144));
+        assert_eq!(sizes.for_map(MAP_NAT_AFF), Some(65536));
+        assert_eq!(sizes.for_map(MAP_ROUTES), Some(262144));
+        assert_eq!(sizes.for_map(MAP_CT), Some(512000));
+        assert_eq!(sizes.for_map(crate::object::MAP_DROPS), None);
+    }
 }

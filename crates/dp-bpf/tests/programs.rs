@@ -773,3 +773,64 @@ fn debug_build_decides_the_same() {
     assert_eq!(run(&dp, Hook::FromEndpoint, &bad).0, TC_ACT_SHOT);
     assert_eq!(drops(&mut dp, abi::SV_DROP_POLICY), 1);
 }
+
+#[test]
+fn sweep_expires_entries_the_programs_created_by_state_and_age() {
+    let Some(mut dp) = setup(LogLevel::Off, small_sizes()) else {
+        return;
+    };
+    let net = v4();
+    let (c, s) = (net.client, net.server);
+    // TCP established (SYN, SYN-ACK), UDP (one way), ICMP echo
+    run(
+        &dp,
+        Hook::FromEndpoint,
+        &packet(c, s, tcp(51000, 80, TCP_SYN)),
+    );
+    run(
+        &dp,
+        Hook::ToEndpoint,
+        &packet(s, c, tcp(80, 51000, TCP_SYN | TCP_ACK)),
+    );
+    run(&dp, Hook::FromEndpoint, &packet(c, s, udp(51001, 53)));
+    let ping = L4::Icmp {
+        kind: 8,
+        code: 0,
+        id: 51,
+    };
+    run(&dp, Hook::FromEndpoint, &packet(c, net.other, ping));
+    assert_eq!(dp.maps().conntrack_entries().unwrap().len(), 3);
+
+    let t = serval_dp_bpf::CtTimeouts::default();
+    let now = serval_dp_bpf::monotonic_now_ns();
+    let sec = 1_000_000_000u64;
+    let r = dp.maps().expire_conntrack(&t, now).unwrap();
+    assert_eq!((r.examined, r.removed), (3, 0), "nothing is idle yet");
+    let r = dp.maps().expire_conntrack(&t, now + 10 * sec).unwrap();
+    assert_eq!(r.removed, 1, "ICMP after 5 s");
+    assert!(
+        dp.maps()
+            .conntrack(&CtKey::of(c, 51, net.other, 51, PROTO_ICMP).0)
+            .unwrap()
+            .is_none()
+    );
+    let r = dp.maps().expire_conntrack(&t, now + 120 * sec).unwrap();
+    assert_eq!(r.removed, 1, "UDP after 60 s; established TCP stays");
+    ct(&mut dp, c, 51000, s, 80, PROTO_TCP);
+    let r = dp
+        .maps()
+        .expire_conntrack(&t, now + 2 * 3600 * sec)
+        .unwrap();
+    assert_eq!(r.removed, 1, "TCP after 1 h");
+    assert!(dp.maps().conntrack_entries().unwrap().is_empty());
+    // an expired flow is a new flow again: policy applies afresh
+    assert_eq!(
+        run(
+            &dp,
+            Hook::FromEndpoint,
+            &packet(c, s, tcp(51000, 80, TCP_ACK))
+        )
+        .0,
+        TC_ACT_OK
+    );
+}
