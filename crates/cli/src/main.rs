@@ -79,6 +79,10 @@ struct AgentArgs {
     /// Short BGP timers (hold 6 s, keepalive 2 s) instead of Calico's; for labs and tests.
     #[arg(long)]
     bgp_fast_timers: bool,
+    /// On SIGTERM/SIGINT, remove every rule, set and program the dataplane created (by
+    /// default they stay in force so a restarted agent keeps connections flowing).
+    #[arg(long)]
+    cleanup_on_exit: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.netns_prefix = args.netns_prefix;
             config.routing = args.routing;
             config.bgp.fast_timers = args.bgp_fast_timers;
+            config.cleanup_on_exit = args.cleanup_on_exit;
             serval_agent::run(config).await?;
             Ok(ExitCode::SUCCESS)
         }
