@@ -140,3 +140,119 @@ pub async fn wait_established(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use serval_model::Resource;
+
+    use super::*;
+    use crate::lab::resources;
+    use crate::lab::up::{UpArgs, plan_state};
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    fn state(args: &[&str]) -> LabState {
+        let mut all = vec!["up", "--name", "t"];
+        all.extend_from_slice(args);
+        let cmd = Cmd::parse_from(all);
+        plan_state(&Layout::new("t"), &cmd.up, 9).0
+    }
+
+    fn peers(st: &LabState) -> Vec<serval_model::calico::BGPPeer> {
+        resources::parse("test", &resources::initial_yaml(st))
+            .expect("the lab's resources validate")
+            .into_iter()
+            .filter_map(|r| match r {
+                Resource::BGPPeer(p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bgp_lab_peers_every_node_with_the_router() {
+        let st = state(&["--routing", "bgp", "--nodes", "3", "--ip-family", "dual"]);
+        assert_eq!(st.bgp_router, Some(RouterImpl::Frr));
+        let router = st.router.as_ref().expect("a router host");
+        assert_eq!(router.netns, "sv-t-router");
+        let ps = peers(&st);
+        let got: Vec<(String, Option<String>, Option<String>)> = ps
+            .iter()
+            .map(|p| {
+                (
+                    p.metadata.name.clone(),
+                    p.spec.peer_ip.clone(),
+                    p.spec.node_selector.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("router-v4".into(), Some("172.31.9.126".into()), None),
+                ("router-v6".into(), Some("fd00:5e:9::126".into()), None),
+            ]
+        );
+        assert!(
+            ps.iter()
+                .all(|p| p.spec.as_number == Some(AsNumber(ROUTER_AS)))
+        );
+        let spec = router_spec(&st).expect("router spec");
+        assert_eq!(spec.neighbors.len(), 6, "both families of 3 nodes");
+        assert_eq!(spec.router_id.to_string(), "172.31.9.126");
+        assert!(spec.neighbors.iter().all(|n| n.asn == AsNumber(CLUSTER_AS)));
+    }
+
+    #[test]
+    fn two_subnets_peer_with_the_router_address_of_their_own_subnet() {
+        let st = state(&[
+            "--routing",
+            "bgp",
+            "--nodes",
+            "2",
+            "--encapsulation",
+            "vxlan-cross-subnet",
+        ]);
+        let ps = peers(&st);
+        let got: Vec<(String, Option<String>, Option<String>)> = ps
+            .iter()
+            .map(|p| {
+                (
+                    p.metadata.name.clone(),
+                    p.spec.peer_ip.clone(),
+                    p.spec.node_selector.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "router-s0-v4".into(),
+                    Some("172.31.9.126".into()),
+                    Some("serval.dev/lab-subnet == '0'".into())
+                ),
+                (
+                    "router-s1-v4".into(),
+                    Some("172.31.9.254".into()),
+                    Some("serval.dev/lab-subnet == '1'".into())
+                ),
+            ]
+        );
+        let spec = router_spec(&st).expect("router spec");
+        assert_eq!(spec.ipv4, None, "the kernel picks the source per subnet");
+    }
+
+    #[test]
+    fn static_labs_have_no_bgp_resources_and_no_router() {
+        let st = state(&["--nodes", "2"]);
+        assert!(st.router.is_none());
+        assert!(peers(&st).is_empty());
+        assert!(!resources::initial_yaml(&st).contains("BGPConfiguration"));
+    }
+}

@@ -199,7 +199,7 @@ fn reserve(layout: &Layout) -> anyhow::Result<u16> {
     Ok(index)
 }
 
-fn plan_state(layout: &Layout, args: &UpArgs, index: u16) -> (LabState, Plan) {
+pub(super) fn plan_state(layout: &Layout, args: &UpArgs, index: u16) -> (LabState, Plan) {
     let plan = Plan {
         index,
         family: args.ip_family,
