@@ -310,17 +310,44 @@ pub(crate) fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<(), Lo
     })
 }
 
+/// Serialises [`ensure_bpffs`] within this process; an `flock` does it across processes.
+static BPFFS_SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn is_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC)
+}
+
 /// Mounts bpffs at `path` unless it already is a bpffs mount (what `mount -t bpf bpf PATH`
-/// does; agents of Calico and Cilium do the same at start).
+/// does; agents of Calico and Cilium do the same at start). Concurrent callers (parallel
+/// tests, several lab agents starting at once) never stack two mounts: the check and the
+/// mount happen under a lock on the mount point.
 pub fn ensure_bpffs(path: &Path) -> Result<(), LoadError> {
-    if statfs(path).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC) {
+    if is_bpffs(path) {
         return Ok(());
     }
+    let _in_process = BPFFS_SETUP
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     fs::create_dir_all(path).map_err(|source| LoadError::Io {
         op: "creating bpffs mount point",
         path: path.to_owned(),
         source,
     })?;
+    let dir = fs::File::open(path).map_err(|source| LoadError::Io {
+        op: "opening bpffs mount point",
+        path: path.to_owned(),
+        source,
+    })?;
+    let _across_processes = nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| LoadError::Io {
+            op: "locking bpffs mount point",
+            path: path.to_owned(),
+            source: io::Error::from(errno),
+        })?;
+    // Someone may have mounted it while we waited.
+    if is_bpffs(path) {
+        return Ok(());
+    }
     nix::mount::mount(
         Some("bpf"),
         path,

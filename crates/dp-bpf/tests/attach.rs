@@ -303,3 +303,30 @@ fn clsact_fallback_attaches_and_cleanup_removes_filters() {
     assert!(!tc_filters("egress").contains("serval"));
     assert!(!scope.dir().exists());
 }
+
+#[test]
+fn bpffs_is_mounted_once_even_by_concurrent_callers() {
+    if !require_root("bpffs_is_mounted_once_even_by_concurrent_callers") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_owned();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| serval_dp_bpf::ensure_bpffs(&path).expect("ensure bpffs"));
+        }
+    });
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let shown = path.to_str().unwrap();
+    let count = mounts
+        .lines()
+        .filter(|l| l.split(' ').nth(1) == Some(shown))
+        .count();
+    nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert_eq!(count, 1, "exactly one bpffs mount at {shown}");
+    // a pin scope on that bpffs works like the default one
+    assert_eq!(
+        PinScope::with_bpffs(&path, "x").unwrap().dir(),
+        path.join("serval/x")
+    );
+}
