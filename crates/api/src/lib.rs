@@ -184,6 +184,7 @@ impl Client {
                     meta.uid = old.meta().uid.clone();
                     meta.creation_timestamp = old.meta().creation_timestamp.clone();
                     meta.resource_version = None;
+                    keep_status(&mut r, old);
                     if same_content(&r, old) {
                         outcomes.push((key, Outcome::Unchanged));
                         continue;
@@ -360,6 +361,21 @@ pub fn key_from_store_key(skey: &str) -> Option<ResourceKey> {
         namespace,
         name,
     })
+}
+
+/// Status is written by Serval's components (a pod's phase and IPs by its node's runtime), as
+/// through Kubernetes' status subresource: an apply without a status keeps the stored one.
+fn keep_status(new: &mut Resource, old: &Resource) {
+    match (new, old) {
+        (Resource::Pod(n), Resource::Pod(o)) if n.status.is_none() => n.status = o.status.clone(),
+        (Resource::Service(n), Resource::Service(o)) if n.status.is_none() => {
+            n.status = o.status.clone()
+        }
+        (Resource::Namespace(n), Resource::Namespace(o)) if n.status.is_none() => {
+            n.status = o.status.clone()
+        }
+        _ => {}
+    }
 }
 
 fn same_content(new: &Resource, old: &Resource) -> bool {

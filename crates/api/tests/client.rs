@@ -175,3 +175,45 @@ fn store_keys_map_back_to_resource_keys() {
     assert_eq!(key_from_store_key("/serval/ipam/blocks/x"), None);
     assert_eq!(key_from_store_key("/serval/resources/pods/ns"), None);
 }
+
+#[tokio::test]
+async fn an_apply_without_status_keeps_the_stored_status() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    c.apply(parse(NODES), ApplyMode::Apply).await.unwrap();
+    c.apply(parse(&pod("p", Some("node1"))), ApplyMode::Apply)
+        .await
+        .unwrap();
+    let key = ResourceKey {
+        kind: Kind::Pod,
+        namespace: Some("default".into()),
+        name: "p".into(),
+    };
+    // The node's runtime records the pod's status (as a kubelet would).
+    let mut stored = c.get(&key).await.unwrap().unwrap();
+    let rev: i64 = stored
+        .meta()
+        .resource_version
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
+    if let Resource::Pod(p) = &mut stored {
+        p.status = Some(serde_json::from_value(serde_json::json!({"phase": "Running"})).unwrap());
+    }
+    c.put(stored, Some(rev)).await.unwrap();
+    // The user re-applies the pod with a new label and no status: the status stays.
+    let relabelled = pod("p", Some("node1")).replace("name: p\n", "name: p\n  labels: {x: y}\n");
+    let out = c.apply(parse(&relabelled), ApplyMode::Apply).await.unwrap();
+    assert_eq!(out[0].1, Outcome::Configured);
+    match c.get(&key).await.unwrap().unwrap() {
+        Resource::Pod(p) => {
+            assert_eq!(p.metadata.labels.get("x").map(String::as_str), Some("y"));
+            assert!(p.status.is_some(), "status kept");
+        }
+        _ => unreachable!(),
+    }
+    // Re-applying the same input again is unchanged (status does not count as a difference).
+    let out = c.apply(parse(&relabelled), ApplyMode::Apply).await.unwrap();
+    assert_eq!(out[0].1, Outcome::Unchanged);
+}
