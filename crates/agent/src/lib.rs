@@ -27,7 +27,9 @@
 //! # Entry points (wired into the `serval` CLI)
 //!
 //! - `serval agent --node NAME --datastore URL [--lab-dir DIR --netns-prefix sv-L]
-//!   [--log-level info]` → [`run`]`(AgentConfig)` (async; or [`run_blocking`] from a plain
+//!   [--routing static|bgp] [--bgp-fast-timers] [--log-level info]` ([`AgentConfig::routing`]:
+//!   with `bgp` the agent runs and configures this node's BIRD, see [`bgp`])
+//!   → [`run`]`(AgentConfig)` (async; or [`run_blocking`] from a plain
 //!   `main`). Runs in the network namespace it is started in (the node's); returns only on a
 //!   fatal error. Logging is the caller's (a `tracing` subscriber writing to stderr).
 //! - `serval pod-server --name NS/POD [--tcp P1,P2] [--udp P1,P2] [--ready-file PATH]`
