@@ -403,8 +403,13 @@ async fn bring_up(
         .await
         .context("storing the lab's IPPools, Nodes, Namespace and FelixConfiguration")?;
     p.done(&format!(
-        "datastore {} with {n} resources (IPPools, Nodes, Namespace default, FelixConfiguration)",
-        st.datastore_url
+        "datastore {} with {n} resources (IPPools, Nodes, Namespace default, FelixConfiguration{})",
+        st.datastore_url,
+        if st.routing == Routing::Bgp {
+            ", BGPConfiguration, BGPPeers to the home router"
+        } else {
+            ""
+        }
     ));
 
     for node in &st.nodes {
