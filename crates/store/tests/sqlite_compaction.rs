@@ -1,9 +1,9 @@
 //! The sqlite log is compacted automatically: history older than RETAINED_REVISIONS is gone
 //! (a watch from there gets Compacted), recent history is kept.
 
+use serval_store::StoreError;
 use serval_store::sqlite::RETAINED_REVISIONS;
 use serval_store::testing::SqliteFile;
-use serval_store::StoreError;
 
 #[tokio::test]
 async fn old_history_is_compacted_recent_history_kept() {
