@@ -196,6 +196,12 @@ pub enum MapsError {
 /// Running a program with BPF_PROG_TEST_RUN failed.
 #[derive(Debug, Error)]
 pub enum TestRunError {
+    #[error("no loaded program {program} to run")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: LoadError,
+    },
     #[error("BPF_PROG_TEST_RUN of {program} with a {len}-byte packet")]
     Run {
         program: &'static str,

@@ -36,11 +36,9 @@ impl Dataplane {
             len: packet.len(),
             source,
         };
-        let tc = self.program(program).map_err(|e| {
-            run_err(aya::programs::ProgramError::IOError(std::io::Error::other(
-                e.to_string(),
-            )))
-        })?;
+        let tc = self
+            .program(program)
+            .map_err(|source| TestRunError::Program { program, source })?;
         // Programs may grow a packet (encapsulation later); leave room.
         let mut out = vec![0u8; packet.len() + 256];
         let result = tc

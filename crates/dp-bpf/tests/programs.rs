@@ -834,3 +834,54 @@ fn sweep_expires_entries_the_programs_created_by_state_and_age() {
         TC_ACT_OK
     );
 }
+
+/// Inserts an 8-byte IPv6 extension header of type `ext` right after the IPv6 header.
+fn with_ipv6_ext(pkt: &[u8], ext: u8) -> Vec<u8> {
+    let mut out = pkt[..14 + 40].to_vec();
+    let next = out[14 + 6];
+    out[14 + 6] = ext;
+    let len = u16::from_be_bytes([out[14 + 4], out[14 + 5]]) + 8;
+    out[14 + 4..14 + 6].copy_from_slice(&len.to_be_bytes());
+    // next header, length 0 (8 bytes), PadN option of 4 bytes (or fragment offset 0 + M)
+    out.extend([next, 0, 1, 4, 0, 0, 0, 0]);
+    out.extend(&pkt[14 + 40..]);
+    out
+}
+
+#[test]
+fn ipv6_extension_headers_are_skipped_and_fragments_counted() {
+    let Some(mut dp) = setup(LogLevel::Off, small_sizes()) else {
+        return;
+    };
+    let net = v6();
+    const HOP_BY_HOP: u8 = 0;
+    const DEST_OPTS: u8 = 60;
+    const FRAGMENT: u8 = 44;
+    for ext in [HOP_BY_HOP, DEST_OPTS] {
+        let allowed = with_ipv6_ext(
+            &packet(net.client, net.server, tcp(52000, 80, TCP_SYN)),
+            ext,
+        );
+        assert_eq!(
+            run(&dp, Hook::FromEndpoint, &allowed).0,
+            TC_ACT_OK,
+            "ext {ext}"
+        );
+        let denied = with_ipv6_ext(
+            &packet(net.client, net.server, tcp(52001, 81, TCP_SYN)),
+            ext,
+        );
+        assert_eq!(
+            run(&dp, Hook::FromEndpoint, &denied).0,
+            TC_ACT_SHOT,
+            "ext {ext}"
+        );
+    }
+    assert_eq!(drops(&mut dp, SV_DROP_POLICY), 2);
+    let frag = with_ipv6_ext(
+        &packet(net.client, net.server, tcp(52002, 80, TCP_SYN)),
+        FRAGMENT,
+    );
+    assert_eq!(run(&dp, Hook::FromEndpoint, &frag).0, TC_ACT_SHOT);
+    assert_eq!(drops(&mut dp, SV_DROP_FRAGMENT), 1);
+}
