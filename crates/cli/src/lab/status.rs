@@ -39,6 +39,11 @@ pub struct LabStatus {
     pub encapsulation: Option<String>,
     pub dataplane: Option<String>,
     pub datastore: Option<String>,
+    /// `static` or `bgp` (BIRD on the nodes and a home router).
+    pub routing: Option<String>,
+    /// With BGP routing: `frr` or `bird`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bgp_router: Option<String>,
     pub etcd_alive: Option<bool>,
     pub nodes: Vec<NodeStatus>,
     pub pods: usize,
@@ -59,6 +64,8 @@ fn status_of(name: &str, all_labs: &[String], netns: &[String]) -> LabStatus {
             encapsulation: None,
             dataplane: None,
             datastore: None,
+            routing: None,
+            bgp_router: None,
             etcd_alive: None,
             nodes: Vec::new(),
             pods: mine.len(),
@@ -97,6 +104,8 @@ fn status_of(name: &str, all_labs: &[String], netns: &[String]) -> LabStatus {
         encapsulation: Some(st.encapsulation.to_string()),
         dataplane: Some(st.dataplane.to_string()),
         datastore: Some(st.datastore_url.clone()),
+        routing: Some(st.routing.to_string()),
+        bgp_router: st.bgp_router.map(|r| r.to_string()),
         etcd_alive,
         nodes,
         pods,
@@ -151,6 +160,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     l.dataplane.as_deref().unwrap_or("-"),
                     l.datastore.as_deref().unwrap_or("-"),
                 );
+                if let Some(r) = &l.bgp_router {
+                    println!("  routing bgp: BIRD on every node, {r} home router");
+                }
                 for n in &l.nodes {
                     println!(
                         "  {}\t{}\tagent {}\t{} pods\t{}",
