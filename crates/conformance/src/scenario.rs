@@ -110,6 +110,14 @@ struct Job {
 /// The three tables of a mismatch, side by side in one message.
 pub fn tables(expected: &Matrix, evaluator: &Matrix, lab: Option<&LabMatrix>) -> String {
     let mut out = format!("expected:\n{expected}evaluator:\n{evaluator}");
+    for m in expected.mismatches(evaluator) {
+        out.push_str(&format!(
+            "  the evaluator differs at {} -> {}: expected {}\n",
+            m.from,
+            m.to,
+            if m.expected { "." } else { "X" }
+        ));
+    }
     if let Some(l) = lab {
         out.push_str(&format!("lab:\n{}", l.matrix));
         let why = l.explain(expected);
@@ -534,8 +542,9 @@ impl PolicyLab {
     }
 }
 
-/// Runs every scenario of `dir` in one lab, prints a summary, and returns the reports.
-pub fn run_group(tag: &str, dir: &str) -> anyhow::Result<Vec<ScenarioReport>> {
+/// Runs every scenario of `dir` in one lab, prints a summary, and returns the lab (for more
+/// checks) and the reports.
+pub fn run_group(tag: &str, dir: &str) -> anyhow::Result<(PolicyLab, Vec<ScenarioReport>)> {
     let scenarios = load(&calc_scenarios(dir))?;
     let start = Instant::now();
     let lab = PolicyLab::up(tag)?;
@@ -560,7 +569,33 @@ pub fn run_group(tag: &str, dir: &str) -> anyhow::Result<Vec<ScenarioReport>> {
         reports.push(r);
     }
     eprintln!("{dir}: {:.1}s in all", start.elapsed().as_secs_f64());
-    Ok(reports)
+    Ok((lab, reports))
+}
+
+/// `s` with one cell of its first table flipped: a scenario the lab and the evaluator must
+/// both fail (the suite's check that it can fail, and of what it prints).
+pub fn mutant(s: &Scenario, from: &str, to: &str) -> anyhow::Result<Scenario> {
+    let mut m = s.clone();
+    m.name = format!("{}-mutant", s.name);
+    let e = m
+        .steps
+        .first_mut()
+        .and_then(|st| st.expect.first_mut())
+        .context("the scenario has no table")?;
+    let mut t = e.matrix()?;
+    let i = t
+        .pods
+        .iter()
+        .position(|p| p == from)
+        .context("no such row")?;
+    let j = t
+        .pods
+        .iter()
+        .position(|p| p == to)
+        .context("no such column")?;
+    t.reachable[i][j] = !t.reachable[i][j];
+    e.table = t.table();
+    Ok(m)
 }
 
 /// Panics with every failure of `reports` (the files named, the tables printed); lists what
