@@ -885,3 +885,29 @@ fn ipv6_extension_headers_are_skipped_and_fragments_counted() {
     assert_eq!(run(&dp, Hook::FromEndpoint, &frag).0, TC_ACT_SHOT);
     assert_eq!(drops(&mut dp, SV_DROP_FRAGMENT), 1);
 }
+
+#[test]
+fn ipv6_neighbour_discovery_passes_without_spoof_check_or_policy() {
+    let Some(mut dp) = setup(LogLevel::Off, small_sizes()) else {
+        return;
+    };
+    // neighbour solicitation (135) from the workload's link-local address
+    let ns = L4::Icmp {
+        kind: 135,
+        code: 0,
+        id: 0,
+    };
+    let pkt = packet(ip("fe80::1"), ip("ff02::1:ff00:3"), ns);
+    assert_eq!(run(&dp, Hook::FromEndpoint, &pkt).0, TC_ACT_OK);
+    assert_eq!(run(&dp, Hook::ToEndpoint, &pkt).0, TC_ACT_OK);
+    // but an echo request from the link-local address is a spoofed source
+    let ping = L4::Icmp {
+        kind: 128,
+        code: 0,
+        id: 1,
+    };
+    let pkt = packet(ip("fe80::1"), v6().server, ping);
+    assert_eq!(run(&dp, Hook::FromEndpoint, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(drops(&mut dp, SV_DROP_SPOOFED), 1);
+    assert!(dp.maps().conntrack_entries().unwrap().is_empty());
+}
