@@ -12,6 +12,7 @@
 //! - [`evaluator`]: what must happen to a packet (the oracle for end-to-end tests).
 //! - [`scenarios`]: policy scenarios as data (shared with the lab conformance suite).
 
+pub mod compile;
 pub mod delta;
 pub mod endpoints;
 pub mod evaluator;
