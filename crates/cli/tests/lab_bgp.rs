@@ -339,6 +339,11 @@ fn routes_to_remote_pods_are_birds(
                 if !is_bird(r) || r.kind != "unicast" {
                     return Err(format!("{node}: route to {pod} {ip} is {r:?}, not BIRD's"));
                 }
+                // And nothing else for that block: Serval's static routing (protocol 80) stays
+                // out of it.
+                if let Some(other) = routes.iter().find(|o| o.dst == r.dst && !is_bird(o)) {
+                    return Err(format!("{node}: {other:?} next to BIRD's route to {pod}"));
+                }
                 let block_len = if ip.is_ipv4() { 26 } else { 122 };
                 if r.dst.prefix_len() != block_len {
                     return Err(format!("{node}: route to {pod} {ip} is {r:?}, not a block"));
@@ -430,6 +435,10 @@ fn mesh_lab(tag: &str, family: &str) {
         1,
         "{st:#}"
     );
+    let o = serval(&["lab", "status", "--name", &lab.name, "-o", "json"]);
+    let ls: Value = serde_json::from_slice(&o.stdout).expect("lab status json");
+    assert_eq!(ls[0]["routing"], "bgp", "{ls:#}");
+    assert_eq!(ls[0]["bgp_router"], "frr", "{ls:#}");
     let table = lab.run(&["node", "status"]);
     let t = String::from_utf8_lossy(&table.stdout);
     assert!(
