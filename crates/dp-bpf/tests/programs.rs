@@ -911,3 +911,87 @@ fn ipv6_neighbour_discovery_passes_without_spoof_check_or_policy() {
     assert_eq!(drops(&mut dp, SV_DROP_SPOOFED), 1);
     assert!(dp.maps().conntrack_entries().unwrap().is_empty());
 }
+
+/// xorshift64*: deterministic, dependency-free randomness for the differential test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_port_partitions_compile_to_lpm_entries_the_program_agrees_with() {
+    let Some(mut dp) = setup(
+        LogLevel::Off,
+        MapSizes {
+            policy: 4096,
+            ..small_sizes()
+        },
+    ) else {
+        return;
+    };
+    let net = v4();
+    let mut rng = Rng(0x5e77_a1b2_c3d4_e5f6);
+    let mut sport = 1024u16;
+    for round in 0..6u32 {
+        let ep = 1000 + round;
+        dp.maps()
+            .set_endpoint(TEST_RUN_IFINDEX, &EpVal::new(ep, &[net.client]))
+            .unwrap();
+        // a random partition of 0..=65535 into intervals with random verdicts
+        let mut cuts: Vec<u32> = (0..rng.below(8)).map(|_| rng.below(65536) as u32).collect();
+        cuts.extend([0, 65536]);
+        cuts.sort_unstable();
+        cuts.dedup();
+        let intervals: Vec<(u16, u16, bool)> = cuts
+            .windows(2)
+            .map(|w| (w[0] as u16, (w[1] - 1) as u16, rng.below(2) == 0))
+            .collect();
+        let mut entries = 0;
+        for (lo, hi, allow) in &intervals {
+            let val = PolVal {
+                verdict: if *allow {
+                    SV_VERDICT_ALLOW
+                } else {
+                    SV_VERDICT_DENY
+                },
+                rule_id: u32::from(*lo),
+            };
+            for key in pol_keys_port_range(ep, SERVER_ID, SV_DIR_EGRESS, PROTO_TCP, *lo, *hi) {
+                dp.maps().set_policy(&key, &val).unwrap();
+                entries += 1;
+            }
+        }
+        assert!(entries <= 30 * intervals.len());
+        // probe every boundary and random ports
+        let mut ports: Vec<u16> = intervals
+            .iter()
+            .flat_map(|(lo, hi, _)| [*lo, *hi])
+            .collect();
+        ports.extend((0..40).map(|_| rng.below(65536) as u16));
+        for port in ports {
+            let want = intervals
+                .iter()
+                .find(|(lo, hi, _)| (*lo..=*hi).contains(&port))
+                .map(|(_, _, allow)| *allow)
+                .unwrap();
+            sport = sport.wrapping_add(1).max(1024);
+            let pkt = packet(net.client, net.server, tcp(sport, port, TCP_SYN));
+            let verdict = run(&dp, Hook::FromEndpoint, &pkt).0;
+            let expected = if want { TC_ACT_OK } else { TC_ACT_SHOT };
+            assert_eq!(
+                verdict, expected,
+                "round {round}: port {port} in {intervals:?}"
+            );
+        }
+    }
+}
