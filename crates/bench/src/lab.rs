@@ -177,6 +177,63 @@ impl Lab {
             .join("agent.pid");
         std::fs::read_to_string(path).ok()?.trim().parse().ok()
     }
+
+    /// Why node1's agent may hold no BPF maps in this lab, for the memory notes.
+    pub fn no_bpf_maps_reason(&self) -> String {
+        if self.dataplane != "bpf" {
+            return format!("a `--dataplane {}` lab uses no BPF maps", self.dataplane);
+        }
+        self.agent_dataplane("node1")
+            .and_then(|a| a.not_working())
+            .unwrap_or_else(|| "the eBPF dataplane created none".into())
+    }
+
+    /// What a node's agent says about its dataplane in its ready file (`agent.ready`):
+    /// `None` when the file is missing or unreadable.
+    pub fn agent_dataplane(&self, node: &str) -> Option<AgentDataplane> {
+        let path = Path::new(LABS_DIR)
+            .join(&self.name)
+            .join("nodes")
+            .join(node)
+            .join("agent.ready");
+        AgentDataplane::parse(&std::fs::read_to_string(path).ok()?)
+    }
+}
+
+/// A node agent's own account of its dataplane (its ready file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentDataplane {
+    /// `iptables` or `bpf`.
+    pub dataplane: String,
+    /// `programmed`, `unavailable` or `failing`.
+    pub state: String,
+    /// Why, when not programmed.
+    pub error: Option<String>,
+}
+
+impl AgentDataplane {
+    /// Parses the agent's ready file (JSON with `dataplane`, `dataplane_state`,
+    /// `dataplane_error`).
+    pub fn parse(text: &str) -> Option<AgentDataplane> {
+        let v: serde_json::Value = serde_json::from_str(text).ok()?;
+        Some(AgentDataplane {
+            dataplane: v["dataplane"].as_str()?.to_string(),
+            state: v["dataplane_state"].as_str()?.to_string(),
+            error: v["dataplane_error"].as_str().map(str::to_string),
+        })
+    }
+
+    /// `Some(reason)` when the agent itself says its dataplane does not work.
+    pub fn not_working(&self) -> Option<String> {
+        (self.state != "programmed").then(|| {
+            format!(
+                "node1's agent reports its {} dataplane {}: {}",
+                self.dataplane,
+                self.state,
+                self.error.as_deref().unwrap_or("no reason given")
+            )
+        })
+    }
 }
 
 impl Drop for Lab {
@@ -298,5 +355,26 @@ mod tests {
         assert!(y.contains("name: server2\n  namespace: default"));
         assert!(y.contains("nodeName: node2"));
         assert_eq!(y.matches("bench-role: backend").count(), 1);
+    }
+
+    #[test]
+    fn agent_ready_file() {
+        let bpf = AgentDataplane::parse(
+            r#"{"dataplane":"bpf","dataplane_error":"bpf dataplane not available in this build: not yet","dataplane_state":"unavailable","node":"node1","pid":1}"#,
+        )
+        .expect("parsed");
+        assert_eq!(bpf.state, "unavailable");
+        let reason = bpf.not_working().expect("not working");
+        assert!(
+            reason.contains("bpf dataplane unavailable: bpf dataplane not available in this build"),
+            "{reason}"
+        );
+        let ipt = AgentDataplane::parse(
+            r#"{"dataplane":"iptables","dataplane_state":"programmed","node":"node1","pid":2}"#,
+        )
+        .expect("parsed");
+        assert_eq!(ipt.not_working(), None);
+        assert_eq!(AgentDataplane::parse("{}"), None);
+        assert_eq!(AgentDataplane::parse("not json"), None);
     }
 }

@@ -739,6 +739,16 @@ fn throughput_section(
             }
         }
         let lab = labs.get(dp.lab_dataplane())?;
+        // The Serval columns: traffic through policy rules (one policy allowing the client).
+        let policy = dp.is_serval();
+        if policy {
+            if let Err(e) = lab.apply("throughput-policy", &serval::throughput_policy_yaml()) {
+                failed(r, Section::Throughput, dp, None, &e, p);
+                continue;
+            }
+            // Time for the agent to program it (a policy at N=1 takes ~0.2 s in this lab).
+            std::thread::sleep(Duration::from_secs(1));
+        }
         let echo1 = net::EchoServer::start(
             &lab.server.netns,
             &lab.server.netns_name,
@@ -792,6 +802,11 @@ fn throughput_section(
                 Err(e) => failed(r, Section::Throughput, dp, None, &e, p),
             }
         }
+        drop(echo1);
+        drop(echo2);
+        if policy && let Err(e) = lab.delete("throughput-policy") {
+            failed(r, Section::Throughput, dp, None, &e, p);
+        }
     }
     Ok(())
 }
@@ -823,6 +838,7 @@ fn memory_section(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progres
             &format!("{} lab ({})", dp.name(), lab.name),
             &state,
             lab.agent_pid("node1"),
+            &lab.no_bpf_maps_reason(),
         );
         p.line(&format!(
             "{} memory: agent RSS {}",

@@ -285,8 +285,11 @@ fn throughput_section(md: &mut String, r: &Results) {
     }
     md.push_str(
         "Single-stream TCP throughput (iperf3) and 1-byte request/response rate on one \
-         connection, pod to pod on one node and across nodes. `direct` is the floor: the lab \
-         with no service or policy rules of Serval's in the path; ratios are to it.\n\n",
+         connection, pod to pod on one node and across nodes. `direct` is the floor: the pods \
+         with no Service or NetworkPolicy applied (the agent's base chains, which every pod's \
+         traffic passes, are still there: `serval lab` has no agent-less mode). The Serval \
+         columns have one NetworkPolicy selecting both server pods and allowing the client, \
+         so the traffic goes through policy rules. Ratios are to `direct`.\n\n",
     );
     if !r.throughput.is_empty() {
         md.push_str("| Column | Path | Throughput | Retransmits |\n|---|---|---:|---:|\n");
@@ -357,13 +360,16 @@ fn memory_section(md: &mut String, r: &Results) {
             let _ = writeln!(md, "| {} | {} | {rss} | {bpf} |", p.dataplane, p.state);
         }
         md.push('\n');
-        for p in r.memory.iter().filter(|p| p.note.is_some()) {
-            let _ = writeln!(
-                md,
-                "- {}: {}",
-                p.dataplane,
-                p.note.as_deref().unwrap_or_default()
-            );
+        let mut shown: Vec<(&str, &str)> = Vec::new();
+        for p in &r.memory {
+            let Some(note) = p.note.as_deref() else {
+                continue;
+            };
+            if shown.contains(&(p.dataplane.as_str(), note)) {
+                continue;
+            }
+            shown.push((p.dataplane.as_str(), note));
+            let _ = writeln!(md, "- {}: {note}", p.dataplane);
         }
         md.push('\n');
     }

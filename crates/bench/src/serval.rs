@@ -62,9 +62,43 @@ pub fn policies_yaml(n: usize, offset: usize, last_allows_client: bool) -> Strin
     y
 }
 
+/// YAML for the NetworkPolicy of the Serval throughput columns: both server pods (label
+/// `app: bench-server`) selected, all ingress from the client allowed.
+pub fn throughput_policy_yaml() -> String {
+    "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: bench-throughput\n  \
+     namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      app: bench-server\n  \
+     policyTypes:\n    - Ingress\n  ingress:\n    - from:\n        - podSelector:\n            \
+     matchLabels:\n              app: bench-client\n"
+        .to_string()
+}
+
+/// The agent's own word first: when it reports its dataplane unavailable or failing, that is
+/// the reason (no probe needed, and the reason is the real one).
+fn agent_says(lab: &Lab) -> std::result::Result<(), String> {
+    match lab.agent_dataplane("node1").and_then(|a| a.not_working()) {
+        Some(reason) => Err(reason),
+        None => Ok(()),
+    }
+}
+
 /// Whether this lab's agents program Services: applies one and waits for it to answer.
 /// `Err` is the reason the column is not available.
 pub fn check_services(lab: &Lab) -> std::result::Result<(), String> {
+    agent_says(lab)?;
+    // The probe needs the backend to listen: start an echo server unless the caller runs one.
+    let _echo = match net::EchoServer::start(
+        &lab.server.netns,
+        &lab.server.netns_name,
+        SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
+    ) {
+        Ok(echo) => Some(echo),
+        Err(crate::error::BenchError::Socket { source, .. })
+            if source.kind() == std::io::ErrorKind::AddrInUse =>
+        {
+            None
+        }
+        Err(e) => return Err(format!("starting the probe's echo server: {e}")),
+    };
     let yaml = services_yaml(&[("bench-probe".into(), PROBE_IP)]);
     lab.apply("probe-service", &yaml)
         .map_err(|e| format!("applying a probe Service failed: {e}"))?;
@@ -90,6 +124,7 @@ pub fn check_services(lab: &Lab) -> std::result::Result<(), String> {
 /// Whether this lab's agents enforce NetworkPolicy: a policy allowing nobody must block the
 /// client within [`PROBE_TIMEOUT`]. `Err` is the reason the column is not available.
 pub fn check_policy(lab: &Lab) -> std::result::Result<(), String> {
+    agent_says(lab)?;
     let backend = SocketAddrV4::new(lab.server.ip, net::ECHO_PORT);
     let yaml = policies_yaml(1, 0, false);
     lab.apply("probe-policy", &yaml)
@@ -226,6 +261,7 @@ pub fn measure_services(
             &format!("{column} lab ({})", lab.name),
             &format!("{} Services programmed", if add_one { n + 1 } else { n }),
             lab.agent_pid("node1"),
+            &lab.no_bpf_maps_reason(),
         )
     });
     let start = Instant::now();
@@ -303,6 +339,14 @@ pub fn measure_policies(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throughput_policy_selects_both_servers() {
+        let y = throughput_policy_yaml();
+        assert!(y.contains("podSelector:\n    matchLabels:\n      app: bench-server\n"));
+        assert!(y.ends_with("matchLabels:\n              app: bench-client\n"));
+        assert!(!y.contains("ports:"));
+    }
 
     #[test]
     fn services_yaml_shape() {

@@ -37,6 +37,8 @@ pub fn iperf3(
         waited_ms: 0,
         last_error: "no attempt made".into(),
     });
+    // `iperf3 -c -J` may exit 0 with an "error" in its JSON (e.g. "Connection refused"
+    // before the server listens): only a parsed result ends the retries.
     for _ in 0..50 {
         result = run_command(command_in(&client.netns, "iperf3").args([
             "-c",
@@ -46,7 +48,8 @@ pub fn iperf3(
             "-t",
             &seconds.max(1).to_string(),
             "-J",
-        ]));
+        ]))
+        .and_then(|json| parse_iperf3(column, path, &json));
         if result.is_ok() {
             break;
         }
@@ -54,8 +57,7 @@ pub fn iperf3(
     }
     let _ = srv.kill();
     let _ = srv.wait();
-    let json = result?;
-    parse_iperf3(column, path, &json)
+    result
 }
 
 /// The receiver's rate and the sender's retransmits from `iperf3 -J` output.
@@ -130,8 +132,9 @@ fn memlock(fdinfo: &str) -> Option<u64> {
         .ok()
 }
 
-/// The memory of a lab's node1 agent.
-pub fn agent_memory(column: &str, state: &str, pid: Option<u32>) -> MemoryPoint {
+/// The memory of a lab's node1 agent. `no_maps` says why there may be no BPF maps (the
+/// lab's dataplane), shown when the agent holds none.
+pub fn agent_memory(column: &str, state: &str, pid: Option<u32>, no_maps: &str) -> MemoryPoint {
     let Some(pid) = pid else {
         return MemoryPoint {
             dataplane: column.to_string(),
@@ -150,8 +153,7 @@ pub fn agent_memory(column: &str, state: &str, pid: Option<u32>) -> MemoryPoint 
         bpf_map_bytes: (maps > 0).then_some(bytes),
         bpf_maps: maps,
         note: (maps == 0).then(|| {
-            "BPF map memory not available: the agent holds no BPF maps (the eBPF dataplane is not wired into the agent)"
-                .to_string()
+            format!("BPF map memory not available: the agent holds no BPF maps ({no_maps})")
         }),
     }
 }
@@ -189,7 +191,7 @@ mod tests {
     fn own_memory_is_readable() {
         let me = std::process::id();
         assert!(rss_kib(me).is_some_and(|k| k > 0));
-        let m = agent_memory("x", "test", Some(me));
+        let m = agent_memory("x", "test", Some(me), "a test process");
         assert_eq!(m.bpf_maps, 0);
         assert!(m.note.is_some());
     }
