@@ -514,7 +514,7 @@ fn route_reflector_with_bird_router() {
     };
     let rr = format!(
         "apiVersion: projectcalico.org/v3\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  \
-         asNumber: 64512\n  nodeToNodeMeshEnabled: false\n---\napiVersion: projectcalico.org/v3\nkind: Node\n\
+         asNumber: 64512\n  nodeToNodeMeshEnabled: false\n  serviceClusterIPs:\n    - cidr: 10.96.0.0/12\n---\napiVersion: projectcalico.org/v3\nkind: Node\n\
          metadata:\n  name: node1\n  labels:\n    kubernetes.io/hostname: node1\n    serval.dev/lab-subnet: \"0\"\n    \
          route-reflector: \"true\"\nspec:\n  bgp:\n    ipv4Address: {}\n    routeReflectorClusterID: 224.0.0.1\n\
          ---\napiVersion: projectcalico.org/v3\nkind: BGPPeer\nmetadata:\n  name: peer-with-rr\nspec:\n  \
@@ -556,6 +556,14 @@ fn route_reflector_with_bird_router() {
     });
     eventually(30, "the BIRD router's routes to every block", || {
         router_routes_every_pod(&lab, &pods, &["bird", "12"])
+    });
+    // BGPConfiguration serviceClusterIPs: every node announces the range; the router has it.
+    eventually(30, "the service range on the router", || {
+        let routes = kernel_routes(&lab.router_netns());
+        match routes.iter().find(|r| r.dst.to_string() == "10.96.0.0/12") {
+            Some(r) if is_bird(r) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
     });
     lab.assert_full_matrix(4);
     let o = lab.probe("outside", "default/p3");
