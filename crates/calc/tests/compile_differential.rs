@@ -181,7 +181,11 @@ const NETS4: [&str; 4] = [
     "[0.0.0.0/0]",
     "[10.0.0.0/8]",
 ];
-const NETS6: [&str; 3] = ["['fd00:10::/126']", "['fd00:10::2/128', '2001:db8::/64']", "['::/0']"];
+const NETS6: [&str; 3] = [
+    "['fd00:10::/126']",
+    "['fd00:10::2/128', '2001:db8::/64']",
+    "['::/0']",
+];
 const PORTS: [&str; 6] = [
     "[80]",
     "[53, '8000:8100']",
@@ -222,11 +226,7 @@ fn side_fields(s: &SideGen, v6: bool) -> Vec<String> {
         f.push(format!("namespaceSelector: \"{}\"", NS_SELECTORS[i]));
     }
     let nets = |i: usize| {
-        if v6 {
-            NETS6[i % NETS6.len()]
-        } else {
-            NETS4[i]
-        }
+        if v6 { NETS6[i % NETS6.len()] } else { NETS4[i] }
     };
     if let Some(i) = s.3 {
         f.push(format!("nets: {}", nets(i)));
@@ -296,8 +296,15 @@ fn calico_rule() -> impl Strategy<Value = CalicoRule> {
 fn calico_rule_yaml(r: &CalicoRule, ingress: bool) -> String {
     let action = ["Allow", "Deny", "Pass", "Log"][r.action];
     // none, TCP, UDP, SCTP, ICMP, ICMPv6, 47
-    let proto = [None, Some("TCP"), Some("UDP"), Some("SCTP"), Some("ICMP"), Some("ICMPv6"), Some("47")]
-        [r.proto];
+    let proto = [
+        None,
+        Some("TCP"),
+        Some("UDP"),
+        Some("SCTP"),
+        Some("ICMP"),
+        Some("ICMPv6"),
+        Some("47"),
+    ][r.proto];
     let mut f = vec![format!("action: {action}")];
     // The rule's family: fixed by ICMP / ICMPv6, else by ipVersion, else by the nets.
     let family_v6 = match r.proto {
@@ -319,7 +326,11 @@ fn calico_rule_yaml(r: &CalicoRule, ingress: bool) -> String {
     let port_proto = matches!(r.proto, 1..=3);
     let icmp_proto = matches!(r.proto, 4 | 5);
     if icmp_proto {
-        let types: [(u8, u8); 2] = if r.proto == 4 { [(8, 0), (3, 1)] } else { [(128, 0), (1, 3)] };
+        let types: [(u8, u8); 2] = if r.proto == 4 {
+            [(8, 0), (3, 1)]
+        } else {
+            [(128, 0), (1, 3)]
+        };
         if let Some((t, with_code)) = r.icmp {
             let (ty, code) = types[t];
             if with_code {
@@ -348,7 +359,11 @@ fn calico_rule_yaml(r: &CalicoRule, ingress: bool) -> String {
             dst.push(format!("notPorts: {}", PORTS[i]));
         }
     }
-    let (src, dst) = if ingress { (peer, local) } else { (local, peer) };
+    let (src, dst) = if ingress {
+        (peer, local)
+    } else {
+        (local, peer)
+    };
     if !src.is_empty() {
         f.push(format!("source: {{{}}}", src.join(", ")));
     }
@@ -448,14 +463,10 @@ fn case() -> impl Strategy<Value = Case> {
 
 fn case_yaml(c: &Case) -> String {
     let mut y = String::new();
-    for (i, (name, v4, v6)) in [
+    for (name, v4, v6) in [
         ("node-1", "192.168.0.1", "fd00:192::1"),
         ("node-2", "192.168.0.2", "fd00:192::2"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        let _ = i;
+    ] {
         y.push_str(&format!(
             "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: {name}}}\nspec:\n  bgp: {{ipv4Address: {v4}/24, ipv6Address: '{v6}/64'}}\n"
         ));
@@ -507,7 +518,10 @@ fn expected_ref(d: &Decision) -> RuleRef {
 
 /// Packets of one family between `local` and `remote` (both directions are built by the
 /// caller): `(protocol, dst port, icmp)`.
-fn probes(v4: bool) -> Vec<(IpProto, u16, Option<(u8, u8)>)> {
+/// `(protocol, dst port, icmp type and code)`.
+type Probe = (IpProto, u16, Option<(u8, u8)>);
+
+fn probes(v4: bool) -> Vec<Probe> {
     let mut v = Vec::new();
     for port in [53u16, 80, 85, 443, 1000, 8050, 8080, 40000] {
         v.push((IpProto::Tcp, port, None));

@@ -63,7 +63,11 @@ pub fn diff(old: &CompiledPolicy, new: &CompiledPolicy) -> CompiledDelta {
         .filter(|(k, v)| oi.get(*k) != Some(*v))
         .map(|(k, v)| (*k, *v))
         .collect();
-    let delete_identities = oi.keys().filter(|k| !ni.contains_key(*k)).copied().collect();
+    let delete_identities = oi
+        .keys()
+        .filter(|k| !ni.contains_key(*k))
+        .copied()
+        .collect();
     let identities_changed = old
         .classes
         .keys()

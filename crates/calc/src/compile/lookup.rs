@@ -10,8 +10,7 @@ use ipnet::IpNet;
 
 use super::trie::{Lpm, addr_bytes, route_key};
 use super::{
-    CompiledPolicy, IDENTITY_ANY, IDENTITY_WORLD, PolicyVerdict, RULE_NONE,
-    dir_code, key_data,
+    CompiledPolicy, IDENTITY_ANY, IDENTITY_WORLD, PolicyVerdict, RULE_NONE, dir_code, key_data,
 };
 use crate::policy::{Direction, IpProto};
 

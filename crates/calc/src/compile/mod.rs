@@ -47,8 +47,8 @@
 //! - Per endpoint and direction: entries = (identities whose decision differs from the
 //!   ANY decision + 1) × entries per decision map. A map has 1 (prefix 72) + per relevant
 //!   protocol (port/ICMP protocols and those rules name) at most 1 + 30 × (its intervals
-//!   of non-default outcome); intervals are bounded by 2 × the port ranges the rules name
-//!   + 1. `notNets` / `notSelector` name their set's identities like `nets` do (they do not
+//!   of non-default outcome); intervals are at most 2 × the port ranges the rules name
+//!   plus 1. `notNets` / `notSelector` name their set's identities like `nets` do (they do not
 //!   enumerate the complement), and negated ports cost one interval per named range, so
 //!   neither explodes.
 //! - Compile time: one resolution per distinct (policy shape, local address view,
@@ -324,12 +324,18 @@ struct SetsUsed {
 
 fn sets_used(tiers: &[TierRules], dir: Direction) -> SetsUsed {
     let mut u = SetsUsed::default();
-    for r in tiers.iter().flat_map(|t| &t.policies).flat_map(|p| &p.rules) {
+    for r in tiers
+        .iter()
+        .flat_map(|t| &t.policies)
+        .flat_map(|p| &p.rules)
+    {
         let m = &r.r#match;
         match dir {
             Direction::Ingress => {
-                u.remote.extend(m.src_sets.iter().chain(&m.not_src_sets).cloned());
-                u.local.extend(m.dst_sets.iter().chain(&m.not_dst_sets).cloned());
+                u.remote
+                    .extend(m.src_sets.iter().chain(&m.not_src_sets).cloned());
+                u.local
+                    .extend(m.dst_sets.iter().chain(&m.not_dst_sets).cloned());
                 u.local_named.extend(
                     m.dst_named_port_sets
                         .iter()
@@ -338,14 +344,16 @@ fn sets_used(tiers: &[TierRules], dir: Direction) -> SetsUsed {
                 );
             }
             Direction::Egress => {
-                u.remote.extend(m.dst_sets.iter().chain(&m.not_dst_sets).cloned());
+                u.remote
+                    .extend(m.dst_sets.iter().chain(&m.not_dst_sets).cloned());
                 u.remote_named.extend(
                     m.dst_named_port_sets
                         .iter()
                         .chain(&m.not_dst_named_port_sets)
                         .cloned(),
                 );
-                u.local.extend(m.src_sets.iter().chain(&m.not_src_sets).cloned());
+                u.local
+                    .extend(m.src_sets.iter().chain(&m.not_src_sets).cloned());
             }
         }
     }

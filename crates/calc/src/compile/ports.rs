@@ -124,7 +124,11 @@ pub fn port_blocks(first: u32, last: u32) -> Vec<PortBlock> {
     let mut a = first;
     while a < end {
         // The largest block aligned at `a` that does not run past `end`.
-        let mut size = if a == 0 { 1u32 << 16 } else { a & a.wrapping_neg() };
+        let mut size = if a == 0 {
+            1u32 << 16
+        } else {
+            a & a.wrapping_neg()
+        };
         while a + size > end {
             size >>= 1;
         }

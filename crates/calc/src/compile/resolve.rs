@@ -295,7 +295,11 @@ fn pieces(parts: Vec<(PortSet, Outcome)>) -> Vec<(u32, u32, Outcome)> {
 /// stands for every other protocol.
 pub fn relevant_protos(tiers: &[TierRules]) -> (BTreeSet<u8>, u8) {
     let mut set: BTreeSet<u8> = [1u8, 6, 17, 58, 132, 136].into_iter().collect();
-    for r in tiers.iter().flat_map(|t| &t.policies).flat_map(|p| &p.rules) {
+    for r in tiers
+        .iter()
+        .flat_map(|t| &t.policies)
+        .flat_map(|p| &p.rules)
+    {
         set.extend(r.r#match.protocol.map(|p| p.number()));
         set.extend(r.r#match.not_protocol.map(|p| p.number()));
     }

@@ -130,7 +130,8 @@ impl<const N: usize, V> Lpm<N, V> {
     pub fn insert(&mut self, prefix_len: u32, data: [u8; N], v: V) {
         let prefix_len = prefix_len.min(N as u32 * 8);
         self.lens.insert(prefix_len);
-        self.entries.insert((prefix_len, masked(&data, prefix_len)), v);
+        self.entries
+            .insert((prefix_len, masked(&data, prefix_len)), v);
     }
 
     pub fn lookup(&self, data: &[u8; N]) -> Option<&V> {
@@ -206,7 +207,12 @@ mod tests {
     #[test]
     fn lpm_prefers_the_longest_prefix() {
         let mut m: Lpm<16, u32> = Lpm::default();
-        for (n, v) in [("0.0.0.0/0", 1), ("10.0.0.0/8", 2), ("10.1.0.0/16", 3), ("::/0", 9)] {
+        for (n, v) in [
+            ("0.0.0.0/0", 1),
+            ("10.0.0.0/8", 2),
+            ("10.1.0.0/16", 3),
+            ("::/0", 9),
+        ] {
             let (len, data) = route_key(&net(n));
             m.insert(len, data, v);
         }
@@ -215,6 +221,9 @@ mod tests {
         assert_eq!(get("10.2.0.1"), 2);
         assert_eq!(get("192.168.0.1"), 1);
         assert_eq!(get("fd00::1"), 9);
-        assert_eq!(bytes_addr(addr_bytes("10.0.0.1".parse().unwrap())).to_string(), "10.0.0.1");
+        assert_eq!(
+            bytes_addr(addr_bytes("10.0.0.1".parse().unwrap())).to_string(),
+            "10.0.0.1"
+        );
     }
 }
