@@ -57,6 +57,13 @@ pub enum BenchError {
         last_error: String,
     },
 
+    /// A removed service kept answering.
+    #[error(
+        "{target} still answered {waited_ms} ms after its service was deleted: the agent did not \
+         remove it from the dataplane (see the lab's agent.log)"
+    )]
+    StillAnswering { target: String, waited_ms: u64 },
+
     #[error("writing {path}: {source}")]
     Json {
         path: PathBuf,

@@ -434,6 +434,7 @@ pub fn run(args: BenchArgs) -> Result<RunOutput> {
         });
     }
     r.finished_utc = machine::now_utc();
+    r.machine.load_end = machine::loadavg();
     r.duration_s = progress.elapsed_s();
     let out = write_outputs(&r, &plan.out)?;
     progress.line(&format!(

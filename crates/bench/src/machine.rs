@@ -28,7 +28,22 @@ pub fn describe() -> Machine {
         hostname,
         iptables_version: version_of("iptables", "--version"),
         nft_version: version_of("nft", "--version"),
+        build: if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        }
+        .into(),
+        load_start: loadavg(),
+        load_end: String::new(),
     }
+}
+
+/// The 1, 5 and 15 minute load averages from /proc/loadavg (empty when unreadable).
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// The `model name` (x86) or `Model`/`CPU part` line of /proc/cpuinfo.
@@ -92,6 +107,14 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn loadavg_has_three_numbers() {
+        let l = loadavg();
+        let parts: Vec<f64> = l.split(' ').map(|p| p.parse().expect("a number")).collect();
+        assert_eq!(parts.len(), 3, "{l}");
+        assert!(parts.iter().all(|p| *p >= 0.0));
     }
 
     #[test]

@@ -85,6 +85,25 @@ pub fn render(r: &Results, plots: &[(String, String)]) -> String {
             &r.config.iptables_backend
         }
     );
+    if !m.build.is_empty() {
+        let _ = writeln!(
+            md,
+            "`serval` (bench, agents, `serval apply`) built with the `{}` profile. Load average \
+             (1/5/15 min) at the start {}, at the end {}: the machine may be shared with other \
+             work, which shows most in the p99 and in the spread between sizes.\n",
+            m.build,
+            if m.load_start.is_empty() {
+                "unknown"
+            } else {
+                &m.load_start
+            },
+            if m.load_end.is_empty() {
+                "unknown"
+            } else {
+                &m.load_end
+            },
+        );
+    }
     md.push_str(
         "Every figure below was measured in this one run on this machine; ratios are to the \
          baseline measured in the same run. Nothing is asserted: see docs/bench.md for the method.\n\n",

@@ -14,6 +14,15 @@ pub struct Machine {
     pub hostname: String,
     pub iptables_version: String,
     pub nft_version: String,
+    /// The cargo profile `serval` was built with (`debug` or `release`).
+    #[serde(default)]
+    pub build: String,
+    /// /proc/loadavg's 1, 5 and 15 minute averages when the run started and ended: the
+    /// machine may be shared with other work.
+    #[serde(default)]
+    pub load_start: String,
+    #[serde(default)]
+    pub load_end: String,
 }
 
 /// What was asked for.
@@ -57,7 +66,8 @@ pub struct ProgrammingPoint {
     /// One service added at N: the command alone, and until it answered.
     pub add_one_load_ms: Option<f64>,
     pub add_one_answer_ms: Option<f64>,
-    /// Removing everything again (not part of the comparison; for information).
+    /// Removing everything again (not part of the comparison; for information). For the
+    /// Serval columns: until the last service stopped answering.
     pub cleanup_ms: Option<f64>,
     /// Size of the programming input (bytes of rules text or YAML).
     pub input_bytes: usize,

@@ -17,8 +17,10 @@ use crate::progress::{Progress, human_us};
 use crate::results::{LatencyPoint, MemoryPoint, PolicyPoint, ProgrammingPoint};
 use crate::stats::Summary;
 
-/// How long a freshly applied Service may take to answer in the availability check.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a freshly applied Service (or policy) may take to take effect in the
+/// availability check. Generous: the agent may still be working through an earlier change
+/// (e.g. removing 10,000 services), and the check ends as soon as the effect is seen.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The cluster IP of the availability probe (outside the range the measured services use).
 const PROBE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 200);
@@ -159,6 +161,30 @@ pub fn check_policy(lab: &Lab) -> std::result::Result<(), String> {
     }
 }
 
+/// Waits until `target` no longer answers the client (its service was removed from the
+/// dataplane), up to [`crate::baseline::ANSWER_TIMEOUT`].
+fn wait_gone(lab: &Lab, target: SocketAddrV4) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let up = net::answers(
+            &lab.client.netns,
+            &lab.client.netns_name,
+            target,
+            Duration::from_millis(200),
+        )?;
+        if !up {
+            return Ok(());
+        }
+        if start.elapsed() > crate::baseline::ANSWER_TIMEOUT {
+            return Err(crate::error::BenchError::StillAnswering {
+                target: target.to_string(),
+                waited_ms: start.elapsed().as_millis() as u64,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Services through Serval at one N: apply N, wait for the last, latency, one more, the
 /// agent's memory (when `memory`), delete.
 #[expect(
@@ -269,6 +295,9 @@ pub fn measure_services(
         lab.delete("services-extra")?;
     }
     lab.delete("services")?;
+    // Until the last service is gone from the dataplane: the next measurement starts from a
+    // settled agent, not one still removing these.
+    wait_gone(lab, last)?;
     let cleanup_ms = start.elapsed().as_secs_f64() * 1e3;
     Ok((
         latency,
