@@ -115,7 +115,7 @@ fn services_yaml() -> String {
             "web-np",
             "app: web",
             &format!("  type: NodePort\n  externalIPs: [\"{EXT_V4}\", \"{EXT_V6}\"]\n"),
-            "  - {port: 80}\n",
+            "  - {name: t, port: 80}\n  - {name: u, port: 80, protocol: UDP}\n",
         ),
         service(
             "local-np",
@@ -130,6 +130,12 @@ fn services_yaml() -> String {
             &format!("  - {{port: {ECHO_PORT}, targetPort: {ECHO_PORT}}}\n"),
         ),
         service("hairpin", "app: hairpin", "", "  - {port: 80}\n"),
+        service(
+            "web-local",
+            "app: web",
+            "  internalTrafficPolicy: Local\n",
+            "  - {port: 80}\n",
+        ),
     ]
     .concat()
 }
@@ -174,6 +180,9 @@ struct Case {
     protocol: Protocol,
     probes: usize,
     expect: Expect,
+    /// The backends the case expects to be candidates (checked against the evaluator's);
+    /// empty: none (no backends, or not a question for this case).
+    backends: &'static [&'static str],
 }
 
 const CASES: &[Case] = &[
@@ -183,6 +192,7 @@ const CASES: &[Case] = &[
         to: To::ClusterIp("web"),
         protocol: Protocol::Tcp,
         probes: 30,
+        backends: &["svc/web-1", "svc/web-2", "svc/web-3"],
         expect: Expect::AllBackends,
     },
     Case {
@@ -191,6 +201,7 @@ const CASES: &[Case] = &[
         to: To::ClusterIp("web"),
         protocol: Protocol::Udp,
         probes: 30,
+        backends: &["svc/web-1", "svc/web-2", "svc/web-3"],
         expect: Expect::AllBackends,
     },
     Case {
@@ -199,6 +210,7 @@ const CASES: &[Case] = &[
         to: To::ClusterIp("web-named"),
         protocol: Protocol::Tcp,
         probes: 30,
+        backends: &["svc/web-1", "svc/web-2", "svc/web-3"],
         expect: Expect::AllBackends,
     },
     Case {
@@ -207,6 +219,7 @@ const CASES: &[Case] = &[
         to: To::ClusterIp("web-sticky"),
         protocol: Protocol::Tcp,
         probes: 15,
+        backends: &["svc/web-1", "svc/web-2", "svc/web-3"],
         expect: Expect::SameBackend,
     },
     Case {
@@ -215,6 +228,7 @@ const CASES: &[Case] = &[
         to: To::ClusterIp("empty"),
         protocol: Protocol::Tcp,
         probes: 1,
+        backends: &[],
         expect: Expect::Refused,
     },
     Case {
@@ -223,6 +237,7 @@ const CASES: &[Case] = &[
         to: To::ClusterIp("empty"),
         protocol: Protocol::Udp,
         probes: 1,
+        backends: &[],
         expect: Expect::Refused,
     },
     Case {
@@ -231,6 +246,7 @@ const CASES: &[Case] = &[
         to: To::NodePort("web-np", "node1"),
         protocol: Protocol::Tcp,
         probes: 20,
+        backends: &["svc/web-1", "svc/web-2", "svc/web-3"],
         expect: Expect::AllBackends,
     },
     Case {
@@ -239,6 +255,25 @@ const CASES: &[Case] = &[
         to: To::NodePort("web-np", "node2"),
         protocol: Protocol::Tcp,
         probes: 20,
+        backends: &["svc/web-1", "svc/web-2", "svc/web-3"],
+        expect: Expect::AllBackends,
+    },
+    Case {
+        name: "nodeport-udp-via-node2",
+        from: "outside",
+        to: To::NodePort("web-np", "node2"),
+        protocol: Protocol::Udp,
+        probes: 20,
+        backends: &["svc/web-1", "svc/web-2", "svc/web-3"],
+        expect: Expect::AllBackends,
+    },
+    Case {
+        name: "internal-traffic-policy-local",
+        from: "svc/client",
+        to: To::ClusterIp("web-local"),
+        protocol: Protocol::Tcp,
+        probes: 10,
+        backends: &["svc/web-2"],
         expect: Expect::AllBackends,
     },
     Case {
@@ -247,6 +282,7 @@ const CASES: &[Case] = &[
         to: To::ExternalIp("web-np", "node1"),
         protocol: Protocol::Tcp,
         probes: 20,
+        backends: &["svc/web-1", "svc/web-2", "svc/web-3"],
         expect: Expect::AllBackends,
     },
     Case {
@@ -255,6 +291,7 @@ const CASES: &[Case] = &[
         to: To::ExternalIp("web-np", "node2"),
         protocol: Protocol::Tcp,
         probes: 20,
+        backends: &["svc/web-1", "svc/web-2", "svc/web-3"],
         expect: Expect::AllBackends,
     },
     Case {
@@ -263,6 +300,7 @@ const CASES: &[Case] = &[
         to: To::NodePort("local-np", "node1"),
         protocol: Protocol::Tcp,
         probes: 3,
+        backends: &["svc/local-1"],
         expect: Expect::PeerIsClient,
     },
     Case {
@@ -271,6 +309,7 @@ const CASES: &[Case] = &[
         to: To::NodePort("local-np", "node2"),
         protocol: Protocol::Tcp,
         probes: 1,
+        backends: &[],
         expect: Expect::Dropped,
     },
     Case {
@@ -279,6 +318,7 @@ const CASES: &[Case] = &[
         to: To::NodePort("cluster-np", "node2"),
         protocol: Protocol::Tcp,
         probes: 3,
+        backends: &["svc/local-1"],
         expect: Expect::PeerIsNode("node2"),
     },
     Case {
@@ -287,6 +327,7 @@ const CASES: &[Case] = &[
         to: To::ClusterIp("hairpin"),
         protocol: Protocol::Tcp,
         probes: 3,
+        backends: &["svc/hp"],
         expect: Expect::Pod("svc/hp"),
     },
 ];
@@ -385,6 +426,12 @@ fn run_case(lab: &Lab, c: &Case, family: IpFamily) -> Result<(), String> {
         .flat_map(|n| &n.candidates)
         .filter_map(|b| b.endpoint.as_ref().map(|(ns, p)| format!("{ns}/{p}")))
         .collect();
+    let want_backends: BTreeSet<String> = c.backends.iter().map(|b| b.to_string()).collect();
+    if candidates != want_backends {
+        return Err(format!(
+            "to {ip}:{port}: the evaluator's candidate backends are {candidates:?}, the case expects {want_backends:?}"
+        ));
+    }
     let want_reached = !matches!(c.expect, Expect::Refused | Expect::Dropped);
     if verdict.allowed != want_reached {
         return Err(format!(
