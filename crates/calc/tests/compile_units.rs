@@ -61,7 +61,7 @@ proptest! {
 
 fn outcome(i: u8) -> Outcome {
     Outcome {
-        allow: i % 2 == 0,
+        allow: i.is_multiple_of(2),
         rule: 100 + u32::from(i),
     }
 }
@@ -247,7 +247,7 @@ spec:
     assert!(!ok);
     assert_eq!(by, "end of tier security");
     // IPv6 remotes are not in the v4 net: the same as any other outsider.
-    assert_eq!(c.tcp("x", "web", ing, "fd00::101", 8080).0, true);
+    assert!(c.tcp("x", "web", ing, "fd00::101", 8080).0);
     // db has no policy: allowed, both ways.
     assert_eq!(
         c.tcp("x", "db", ing, "203.0.113.5", 1).1,
@@ -275,7 +275,7 @@ spec:
 fn tier_default_pass_and_passed_all_tiers() {
     let yaml = format!(
         "{BASE}{}{}",
-        pods().replace("10.0.0.2", "10.0.0.2"),
+        pods(),
         r#"---
 apiVersion: projectcalico.org/v3
 kind: Tier
