@@ -57,10 +57,12 @@ pub enum BenchError {
         last_error: String,
     },
 
-    /// A removed service kept answering.
+    /// A removed service, or a pod behind a policy that does not allow the client, kept
+    /// answering.
     #[error(
-        "{target} still answered {waited_ms} ms after its service was deleted: the agent did not \
-         remove it from the dataplane (see the lab's agent.log)"
+        "{target} still answered {waited_ms} ms after the change that should stop it (its \
+         service deleted, or a policy not allowing the client applied): the agent did not \
+         program it (see the lab's agent.log)"
     )]
     StillAnswering { target: String, waited_ms: u64 },
 

@@ -277,20 +277,44 @@ fn policy_section(md: &mut String, r: &Results) {
         return;
     }
     md.push_str(
-        "N NetworkPolicies select the server pod; the last allows the client. New-connection \
-         latency of the allowed client (p50 / p99), and the time to apply one more policy at N. \
-         Serval's dataplanes only.\n\n",
+        "N NetworkPolicies select the server pod; only the last allows the client. First the \
+         N−1 others are applied and the bench waits until the client is blocked (\"N−1 in force\"); \
+         then the allowing one is applied and timed until the client answers again (\"one more, \
+         until in force\"; at N = 1 there is nothing to observe and the time is `serval apply` \
+         alone, marked *apply*). Then the allowed client's new-connection latency (p50 / p99). \
+         Serval's dataplanes only. Ratios are to N = 1 of the same column.\n\n",
     );
     if !r.policy.is_empty() {
         md.push_str(
-            "| Column | Policies | p50 | p99 | apply one more |\n|---|---:|---:|---:|---:|\n",
+            "| Column | Policies | p50 | p99 | N−1 in force | one more, until in force |\n\
+             |---|---:|---:|---:|---:|---:|\n",
         );
         for p in &r.policy {
+            let first = r
+                .policy
+                .iter()
+                .filter(|q| q.dataplane == p.dataplane)
+                .min_by_key(|q| q.n)
+                .and_then(|q| q.summary);
             let (p50, p99) = p.summary.map_or(("—".into(), "—".into()), |s| {
-                (fmt_us(s.p50), fmt_us(s.p99))
+                (
+                    format!("{}{}", fmt_us(s.p50), ratio(s.p50, first.map(|f| f.p50))),
+                    format!("{}{}", fmt_us(s.p99), ratio(s.p99, first.map(|f| f.p99))),
+                )
             });
-            let one = p.apply_one_ms.map_or("—".into(), fmt_ms);
-            let _ = writeln!(md, "| {} | {} | {p50} | {p99} | {one} |", p.dataplane, p.n);
+            let base = p.base_ms.map_or("—".into(), fmt_ms);
+            let one = p.apply_one_ms.map_or("—".into(), |ms| {
+                if p.one_more_in_force {
+                    fmt_ms(ms)
+                } else {
+                    format!("{} *apply*", fmt_ms(ms))
+                }
+            });
+            let _ = writeln!(
+                md,
+                "| {} | {} | {p50} | {p99} | {base} | {one} |",
+                p.dataplane, p.n
+            );
         }
         md.push('\n');
     }

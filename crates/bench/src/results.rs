@@ -113,7 +113,16 @@ pub struct PolicyPoint {
     pub dataplane: String,
     pub n: usize,
     pub summary: Option<Summary>,
+    /// One more policy (the one allowing the client) added when N−1 are in force: until the
+    /// client answers again when `one_more_in_force`, else `serval apply` alone (N = 1: no
+    /// effect to observe, the client is allowed with no policy too).
     pub apply_one_ms: Option<f64>,
+    #[serde(default)]
+    pub one_more_in_force: bool,
+    /// The N−1 policies that do not allow the client: from `serval apply` until the client is
+    /// blocked (N > 1).
+    #[serde(default)]
+    pub base_ms: Option<f64>,
     pub samples_us: Vec<f64>,
 }
 

@@ -162,7 +162,7 @@ pub fn check_policy(lab: &Lab) -> std::result::Result<(), String> {
 }
 
 /// Waits until `target` no longer answers the client (its service was removed from the
-/// dataplane), up to [`crate::baseline::ANSWER_TIMEOUT`].
+/// dataplane, or a policy blocks it), up to [`crate::baseline::ANSWER_TIMEOUT`].
 fn wait_gone(lab: &Lab, target: SocketAddrV4) -> Result<()> {
     let start = Instant::now();
     loop {
@@ -315,8 +315,9 @@ pub fn measure_services(
     ))
 }
 
-/// Policy scale at one N: N policies on the server (the last allowing the client), the
-/// client's latency, and the time until one more policy is in force.
+/// Policy scale at one N: the N−1 policies that do not allow the client, until it is blocked;
+/// the one allowing it, until it answers again (the time for one more policy at N); the
+/// allowed client's latency; then everything removed, until the client answers with no policy.
 pub fn measure_policies(
     lab: &Lab,
     column: &str,
@@ -326,19 +327,48 @@ pub fn measure_policies(
     progress: &Progress,
 ) -> Result<PolicyPoint> {
     let backend = SocketAddrV4::new(lab.server.ip, net::ECHO_PORT);
-    progress.line(&format!("{column} policies N={n}: applying"));
+    let mut base_ms = None;
+    if n > 1 {
+        progress.line(&format!(
+            "{column} policies N={n}: applying {} that do not allow the client",
+            n - 1
+        ));
+        let start = Instant::now();
+        lab.apply("policies-base", &policies_yaml(n - 1, 0, false))?;
+        if let Err(e) = wait_gone(lab, backend) {
+            let _ = lab.delete("policies-base");
+            return Err(e);
+        }
+        base_ms = Some(start.elapsed().as_secs_f64() * 1e3);
+    }
     let start = Instant::now();
-    lab.apply("policies", &policies_yaml(n, 0, true))?;
+    lab.apply("policies-last", &policies_yaml(1, n - 1, true))?;
+    let apply_ms = start.elapsed().as_secs_f64() * 1e3;
     let ready = net::wait_answer(
         &lab.client.netns,
         &lab.client.netns_name,
         backend,
         start + crate::baseline::ANSWER_TIMEOUT,
     );
-    if let Err(e) = ready {
-        let _ = lab.delete("policies");
-        return Err(e);
-    }
+    let answered = match ready {
+        Ok(at) => at,
+        Err(e) => {
+            let _ = lab.delete("policies-last");
+            if n > 1 {
+                let _ = lab.delete("policies-base");
+            }
+            return Err(e);
+        }
+    };
+    let (apply_one_ms, one_more_in_force) = if n > 1 {
+        ((answered - start).as_secs_f64() * 1e3, true)
+    } else {
+        (apply_ms, false)
+    };
+    progress.line(&format!(
+        "{column} policies N={n}: the allowing policy in force after {}",
+        human_us(apply_one_ms * 1e3)
+    ));
     let report = |done: usize| progress.line(&format!("{column} policies N={n}: {done}/{samples}"));
     let run = net::latency(
         &lab.client.netns,
@@ -348,19 +378,34 @@ pub fn measure_policies(
         warmup,
         &report,
     )?;
-    // One more policy: one that blocks nothing new (it selects the backend and allows a
-    // peer label nobody has); "in force" cannot be observed from the client, so the time is
-    // until `serval apply` returns and the client still answers.
-    let start = Instant::now();
-    lab.apply("policies-extra", &policies_yaml(1, n, false))?;
-    let apply_one = start.elapsed().as_secs_f64() * 1e3;
-    let _ = lab.delete("policies-extra");
-    lab.delete("policies")?;
+    let summary = Summary::of(&run.samples_us);
+    if let Some(s) = &summary {
+        progress.line(&format!(
+            "{column} policies N={n}: latency p50 {} p99 {}",
+            human_us(s.p50),
+            human_us(s.p99)
+        ));
+    }
+    // Removal in two steps, each until seen, so the next N starts from a settled agent: the
+    // allowing policy (the client is blocked again), then the rest (it answers again).
+    lab.delete("policies-last")?;
+    if n > 1 {
+        wait_gone(lab, backend)?;
+        lab.delete("policies-base")?;
+        net::wait_answer(
+            &lab.client.netns,
+            &lab.client.netns_name,
+            backend,
+            Instant::now() + crate::baseline::ANSWER_TIMEOUT,
+        )?;
+    }
     Ok(PolicyPoint {
         dataplane: column.to_string(),
         n,
-        summary: Summary::of(&run.samples_us),
-        apply_one_ms: Some(apply_one),
+        summary,
+        apply_one_ms: Some(apply_one_ms),
+        one_more_in_force,
+        base_ms,
         samples_us: run.samples_us,
     })
 }
