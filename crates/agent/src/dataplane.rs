@@ -11,9 +11,12 @@
 //! - [`DataplaneKind::Iptables`]: [`IptablesDriver`], wrapping
 //!   [`serval_dp_iptables::IptablesDataplane`] (IPv4 and IPv6). Its first apply reads the
 //!   kernel back, so a restarted agent reconciles with the rules it left instead of flushing.
-//! - [`DataplaneKind::Bpf`]: not in this build. [`open`] returns
-//!   [`DataplaneError::Unavailable`]; the agent logs it, records it in its health file and
-//!   keeps routing (the node works, without policy or services).
+//! - [`DataplaneKind::Bpf`]: [`bpf::BpfDriver`], the eBPF dataplane of `serval_dp_bpf`
+//!   (tc programs on every workload veth, pinned maps per node; see [`bpf`]). [`open`] uses
+//!   Calico's default map sizes; [`open_with`] takes the node's FelixConfiguration
+//!   (`bpfMapSize*`, `bpfLogLevel`).
+
+pub mod bpf;
 
 use std::sync::mpsc;
 use std::thread;
@@ -33,6 +36,12 @@ pub enum DataplaneError {
     Unavailable {
         kind: DataplaneKind,
         reason: &'static str,
+    },
+    /// The eBPF driver failed (the next apply reads the maps back and retries).
+    #[error("bpf dataplane: {source}")]
+    Bpf {
+        #[source]
+        source: Box<bpf::BpfError>,
     },
     /// The iptables driver failed (nothing half-written: see its docs).
     #[error("iptables dataplane: {source}")]
@@ -146,6 +155,11 @@ pub struct DataplaneStats {
     /// Sets now, and their members.
     pub sets: usize,
     pub set_members: usize,
+    /// Packets the dataplane dropped (eBPF: every drop reason summed).
+    pub drops: u64,
+    /// Flows in the dataplane's own conntrack (eBPF), and flows its cleaner expired.
+    pub conntrack_entries: usize,
+    pub conntrack_expired: u64,
 }
 
 /// A dataplane driver: renders [`DesiredState`] into the kernel of the namespace it runs in.
@@ -229,22 +243,28 @@ impl Dataplane for IptablesDriver {
             rules: s.rules,
             sets: s.ipsets,
             set_members: s.ipset_members,
+            ..DataplaneStats::default()
         }
     }
 }
 
-/// Why the eBPF dataplane cannot be opened in this build.
-pub const BPF_UNAVAILABLE: &str =
-    "the serval-dp-bpf driver is not part of this agent yet (it is being written)";
-
-/// Opens the driver of `kind` in the calling thread's network namespace.
+/// Opens the driver of `kind` in the calling thread's network namespace, with default
+/// settings (Calico's eBPF map sizes, no per-packet logs).
 pub fn open(kind: DataplaneKind) -> Result<Box<dyn Dataplane>, DataplaneError> {
+    open_with(kind, &serval_model::calico::felix::FelixSettings::default())
+}
+
+/// Opens the driver of `kind` in the calling thread's network namespace, configured from the
+/// node's effective FelixConfiguration.
+pub fn open_with(
+    kind: DataplaneKind,
+    felix: &serval_model::calico::felix::FelixSettings,
+) -> Result<Box<dyn Dataplane>, DataplaneError> {
     match kind {
         DataplaneKind::Iptables => Ok(Box::new(IptablesDriver::new())),
-        DataplaneKind::Bpf => Err(DataplaneError::Unavailable {
-            kind,
-            reason: BPF_UNAVAILABLE,
-        }),
+        DataplaneKind::Bpf => Ok(Box::new(bpf::BpfDriver::new(
+            bpf::BpfSettings::from_felix(felix),
+        )?)),
     }
 }
 
@@ -264,9 +284,11 @@ impl DriverThread {
     /// every driver it opens writes. Its logs carry `span` (the agent's `node=…`).
     pub fn spawn(name: &str, span: tracing::Span) -> Result<DriverThread, DataplaneError> {
         let (jobs, rx) = mpsc::channel::<Job>();
+        let node = name.to_string();
         thread::Builder::new()
             .name(format!("dp-{name}"))
             .spawn(move || {
+                bpf::set_thread_node(&node);
                 let _in_span = span.enter();
                 let mut slot: Slot = None;
                 while let Ok(job) = rx.recv() {
@@ -308,22 +330,10 @@ mod tests {
     }
 
     #[test]
-    fn bpf_is_reported_unavailable_not_faked() {
-        let err = open(DataplaneKind::Bpf)
-            .err()
-            .expect("no bpf driver in this build");
-        assert!(matches!(
-            err,
-            DataplaneError::Unavailable {
-                kind: DataplaneKind::Bpf,
-                ..
-            }
-        ));
-        assert!(
-            err.to_string()
-                .starts_with("bpf dataplane not available in this build"),
-            "{err}"
-        );
+    fn both_dataplanes_open_without_touching_the_kernel() {
+        // Opening the bpf driver loads nothing (the agent opens it to clean leftovers).
+        let bpf = open(DataplaneKind::Bpf).expect("bpf driver");
+        assert_eq!(bpf.name(), "bpf");
         let ipt = open(DataplaneKind::Iptables).expect("iptables driver");
         assert_eq!(ipt.name(), "iptables");
     }

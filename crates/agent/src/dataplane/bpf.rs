@@ -1,0 +1,940 @@
+//! The eBPF dataplane driver: renders a [`DesiredState`] into the maps and tc attachments of
+//! [`serval_dp_bpf`] in the network namespace of the driver thread (the node's).
+//!
+//! - **Pins.** Maps and TCX links are pinned under `/sys/fs/bpf/serval/SCOPE`, SCOPE being the
+//!   name of the node's network namespace (`sv-L-node1`; '.' → '_'), or `node-NAME` when the
+//!   agent runs in an unnamed namespace (a real host). Several lab nodes share one kernel, so
+//!   every node has its own scope.
+//! - **Reconcile, never flush.** The programs are loaded lazily at the first apply (with the
+//!   pinned maps reopened, contents kept, and pinned links re-pointed at the new programs).
+//!   The first apply after a load, and every resync, reads every map back from the kernel and
+//!   writes only the difference to the desired contents (extra entries are deleted).
+//! - **Order of writes**, so no packet sees a half-written state: policy entries, routes and
+//!   identities, endpoints, backends, frontends, then attachments of new interfaces; then
+//!   removals in reverse (frontends, backends, detach, endpoints, routes, policy).
+//! - **Maps written:** `sv_eps` (host veth ifindex → endpoint id and addresses), `sv_routes`
+//!   (identity prefixes of [`compile`] merged with routing flags: local workloads with their
+//!   veth, this node's addresses, other nodes, IP pools with natOutgoing, the WORLD
+//!   defaults), `sv_policy` (the compiled verdict entries), `sv_nat_fe` / `sv_nat_be`
+//!   (every frontend of [`DesiredState::services`], node-local backends first).
+//! - **Conntrack cleaner and counters:** every resync expires idle conntrack entries
+//!   (Calico's timeouts) and reads the per-reason drop counters, logging the reasons whose
+//!   count grew; [`Dataplane::stats`] reports the totals.
+//!
+//! Not done by the programs yet (logged once at load, see [`NOT_YET_IN_BPF`]).
+
+#![expect(
+    clippy::result_large_err,
+    reason = "BpfError keeps serval-dp-bpf's errors (aya's, large) as sources; cold paths, and \
+              DataplaneError boxes it"
+)]
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use aya::maps::lpm_trie::Key;
+use aya::maps::{Map, MapData, MapError};
+use ipnet::IpNet;
+use serval_calc::DesiredState;
+use serval_calc::compile::{self, CompiledPolicy, EntryKey, PolicyIndex};
+use serval_calc::services::FrontendKind;
+use serval_dp_bpf::abi::{
+    Addr, EpVal, NatBeKey, NatBeVal, NatFeKey, NatFeVal, PolKey, PolMatch, PolVal, RouteVal,
+    SV_DROP_REASONS, SV_NAT_BE_F_LOCAL, SV_NAT_FE_F_AFFINITY, SV_NAT_FE_F_EXT_LOCAL,
+    SV_NAT_FE_F_EXTERNAL, SV_NAT_FE_F_INT_LOCAL, SV_RT_F_HOST, SV_RT_F_IN_POOL,
+    SV_RT_F_LOCAL_WORKLOAD, SV_RT_F_NAT_OUTGOING, SV_RT_F_REMOTE_HOST, drop_reason_name,
+    lpm_prefix_len,
+};
+use serval_dp_bpf::object::{MAP_EPS, MAP_NAT_BE, MAP_NAT_FE, MAP_POLICY, MAP_ROUTES};
+use serval_dp_bpf::{
+    AttachMode, CtTimeouts, DropCounters, Hook, LoadOptions, LogLevel, MapSizes, PinScope,
+};
+use serval_model::calico::felix::{BpfLogLevel, FelixSettings};
+use serval_sys::NetNs;
+
+use super::{DataplaneError, DataplaneKind, DataplaneStats, Written};
+
+/// What the eBPF programs do not do yet; logged when they are loaded. The driver does not
+/// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
+pub const NOT_YET_IN_BPF: &[&str] = &[
+    "NodePort/externalIP/LoadBalancer traffic from outside the cluster (no program on the uplink or VXLAN device; pods reaching these frontends are served)",
+    "NAT outgoing (no SNAT of pod traffic leaving the cluster)",
+    "TCP RST / ICMP unreachable for a service without backends (packets are dropped and counted as no_backend)",
+    "masquerade of externalTrafficPolicy: Cluster and hairpin service traffic",
+    "host endpoints, failsafe ports and defaultEndpointToHostAction",
+    "fast-path redirects (bpf_redirect_peer / bpf_redirect_neigh): packets take the host stack",
+];
+
+/// Why the eBPF driver failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    #[error("loading the eBPF programs for pin scope {scope}: {source}")]
+    Load {
+        scope: String,
+        #[source]
+        source: Box<serval_dp_bpf::LoadError>,
+    },
+    #[error("pin scope for node {node}: {source}")]
+    Scope {
+        node: String,
+        #[source]
+        source: Box<serval_dp_bpf::LoadError>,
+    },
+    #[error("attaching/detaching the eBPF programs on {ifname}: {source}")]
+    Attach {
+        ifname: String,
+        #[source]
+        source: serval_dp_bpf::AttachError,
+    },
+    #[error("removing the eBPF pins of scope {scope}: {source}")]
+    Cleanup {
+        scope: String,
+        #[source]
+        source: serval_dp_bpf::AttachError,
+    },
+    #[error("writing eBPF map: {source}")]
+    Maps {
+        #[source]
+        source: serval_dp_bpf::MapsError,
+    },
+    #[error("reading pinned map {path}: {source}; is bpffs mounted and the agent root?")]
+    ReadPinned {
+        path: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("opening the driver thread's network namespace: {source}")]
+    Netns {
+        #[source]
+        source: serval_sys::Error,
+    },
+}
+
+fn bpf_err(e: BpfError) -> DataplaneError {
+    DataplaneError::Bpf {
+        source: Box::new(e),
+    }
+}
+
+fn maps_err(source: serval_dp_bpf::MapsError) -> DataplaneError {
+    bpf_err(BpfError::Maps { source })
+}
+
+thread_local! {
+    /// The node the current driver thread serves (set by `DriverThread::spawn`).
+    static THREAD_NODE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Records the node name of the calling (driver) thread, for the pin scope.
+pub(crate) fn set_thread_node(node: &str) {
+    THREAD_NODE.with(|n| *n.borrow_mut() = Some(node.to_string()));
+}
+
+/// The name of the calling thread's network namespace under `/run/netns`, if it has one.
+fn current_netns_name() -> Option<String> {
+    let me = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
+    NetNs::list().ok()?.into_iter().find(|name| {
+        std::fs::metadata(Path::new("/run/netns").join(name))
+            .is_ok_and(|m| m.dev() == me.dev() && m.ino() == me.ino())
+    })
+}
+
+/// A pin scope name from any text: `[A-Za-z0-9_-]`, at most 64 characters.
+pub fn scope_name(raw: &str) -> String {
+    let s: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let s = if s.is_empty() { "node".to_string() } else { s };
+    s.chars().take(64).collect()
+}
+
+/// The pin scope of the calling thread: its network namespace's name, else `node-NODE`.
+pub fn thread_scope() -> String {
+    match current_netns_name() {
+        Some(ns) => scope_name(&ns),
+        None => {
+            let node = THREAD_NODE
+                .with(|n| n.borrow().clone())
+                .or_else(|| nix::unistd::gethostname().ok()?.into_string().ok())
+                .unwrap_or_default();
+            scope_name(&format!("node-{node}"))
+        }
+    }
+}
+
+/// Load settings from the node's effective FelixConfiguration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BpfSettings {
+    pub sizes: MapSizes,
+    pub log_level: LogLevel,
+}
+
+impl BpfSettings {
+    /// `bpfMapSize*` and `bpfLogLevel` (Debug selects the debug build of the programs).
+    pub fn from_felix(f: &FelixSettings) -> BpfSettings {
+        BpfSettings {
+            sizes: MapSizes {
+                nat_frontend: f.bpf_map_size_nat_frontend,
+                nat_backend: f.bpf_map_size_nat_backend,
+                nat_affinity: f.bpf_map_size_nat_affinity,
+                route: f.bpf_map_size_route,
+                conntrack: f.bpf_map_size_conntrack,
+                ..MapSizes::default()
+            },
+            log_level: match f.bpf_log_level {
+                BpfLogLevel::Debug => LogLevel::Debug,
+                _ => LogLevel::Off,
+            },
+        }
+    }
+}
+
+/// The contents of the maps the driver owns (host-side mirror of the kernel's).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MapContents {
+    pub eps: HashMap<u32, EpVal>,
+    /// (LPM prefix length, address bytes) → value.
+    pub routes: HashMap<(u32, [u8; 16]), RouteVal>,
+    /// (ep, remote identity, dir, proto, port, prefix length), host order → value.
+    pub policy: HashMap<EntryKey, PolVal>,
+    pub frontends: HashMap<NatFeKey, NatFeVal>,
+    pub backends: HashMap<NatBeKey, NatBeVal>,
+}
+
+/// What the host knows besides the desired state: interfaces and addresses.
+#[derive(Debug, Clone, Default)]
+pub struct HostView {
+    /// Host-side interface name → ifindex (only interfaces that exist).
+    pub ifindex: BTreeMap<String, u32>,
+    /// This node's own addresses.
+    pub addrs: Vec<IpAddr>,
+}
+
+impl HostView {
+    /// Reads the calling thread's namespace: the ifindex of every endpoint interface and the
+    /// addresses of every interface.
+    pub fn read(state: &DesiredState) -> HostView {
+        let mut ifindex = BTreeMap::new();
+        for (ep, _) in state.endpoints.values() {
+            if let Ok(i) = nix::net::if_::if_nametoindex(ep.iface.as_str()) {
+                ifindex.insert(ep.iface.clone(), i);
+            }
+        }
+        let mut addrs: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+            .map(|it| {
+                it.filter_map(|a| {
+                    let sa = a.address?;
+                    if let Some(v4) = sa.as_sockaddr_in() {
+                        Some(IpAddr::V4(v4.ip()))
+                    } else {
+                        sa.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+                    }
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        addrs.sort();
+        addrs.dedup();
+        HostView { ifindex, addrs }
+    }
+}
+
+/// 64-bit FNV-1a folded to 32 bits (stable ids).
+fn fnv32(s: &str) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h ^ (h >> 32)) as u32
+}
+
+fn route_mirror_key(net: &IpNet) -> (u32, [u8; 16]) {
+    (
+        lpm_prefix_len(net.addr(), net.prefix_len()),
+        Addr::new(net.trunc().addr()).0,
+    )
+}
+
+/// The map contents for `state`: pure (tests run it without privileges).
+///
+/// `previous_svc_ids` keeps the service id of every frontend that already had one.
+pub fn desired_contents(
+    state: &DesiredState,
+    compiled: &CompiledPolicy,
+    host: &HostView,
+    previous_svc_ids: &HashMap<NatFeKey, u32>,
+) -> MapContents {
+    let mut out = MapContents::default();
+    let node = state.node.as_deref().unwrap_or("");
+
+    // Endpoints.
+    for (key, (ep, _)) in &state.endpoints {
+        let (Some(&ifindex), Some(&ep_id)) =
+            (host.ifindex.get(&ep.iface), compiled.endpoints.get(key))
+        else {
+            continue;
+        };
+        out.eps.insert(ifindex, EpVal::new(ep_id, &ep.addrs));
+    }
+
+    // Policy: the compiled entries as they are.
+    for e in &compiled.entries {
+        out.policy.insert(
+            e.key(),
+            PolVal {
+                verdict: e.verdict.code(),
+                rule_id: e.rule_id,
+            },
+        );
+    }
+
+    // Routing flags, by prefix.
+    let mut routing: BTreeMap<IpNet, RouteVal> = BTreeMap::new();
+    let mut add = |net: IpNet, flags: u32, ifindex: u32| {
+        let v = routing.entry(net.trunc()).or_default();
+        v.flags |= flags;
+        if ifindex != 0 {
+            v.ifindex = ifindex;
+        }
+    };
+    let no = &state.nat_outgoing;
+    for pool in &no.pools {
+        add(*pool, SV_RT_F_IN_POOL, 0);
+    }
+    for pool in &no.masquerade_from {
+        add(*pool, SV_RT_F_IN_POOL | SV_RT_F_NAT_OUTGOING, 0);
+    }
+    for n in &no.node_nets {
+        if !host.addrs.contains(&n.addr()) {
+            add(*n, SV_RT_F_REMOTE_HOST, 0);
+        }
+    }
+    for a in &host.addrs {
+        add(IpNet::from(*a), SV_RT_F_HOST, 0);
+    }
+    for (ep, _) in state.endpoints.values() {
+        let ifindex = host.ifindex.get(&ep.iface).copied().unwrap_or(0);
+        for a in &ep.addrs {
+            add(IpNet::from(*a), SV_RT_F_LOCAL_WORKLOAD, ifindex);
+        }
+    }
+    // Merge with the identities: every prefix of either kind; identity of the longest
+    // identity prefix containing it, flags of every routing prefix containing it (the most
+    // specific one's interface).
+    let index = PolicyIndex::new(compiled);
+    let mut prefixes: BTreeSet<IpNet> = compiled.identities.iter().map(|(n, _)| *n).collect();
+    prefixes.extend(routing.keys().copied());
+    for net in prefixes {
+        let identity = index.identity_of_net(&net);
+        let mut val = RouteVal {
+            identity,
+            ..RouteVal::default()
+        };
+        let mut best_len = None;
+        for (r, rv) in &routing {
+            if r.contains(&net) {
+                val.flags |= rv.flags;
+                if rv.ifindex != 0 && best_len.is_none_or(|l| r.prefix_len() > l) {
+                    val.ifindex = rv.ifindex;
+                    best_len = Some(r.prefix_len());
+                }
+            }
+        }
+        out.routes.insert(route_mirror_key(&net), val);
+    }
+
+    // Services: one service id per frontend (its own backend slots, local ones first).
+    let mut taken: BTreeSet<u32> = BTreeSet::new();
+    let mut ids: Vec<(NatFeKey, u32)> = Vec::new();
+    let keys: Vec<(NatFeKey, &serval_calc::services::FrontendKey)> = state
+        .services
+        .frontends
+        .keys()
+        .map(|k| (NatFeKey::new(k.ip, k.port, k.protocol.number()), k))
+        .collect();
+    for (fk, _) in &keys {
+        if let Some(&id) = previous_svc_ids.get(fk)
+            && id != 0
+            && taken.insert(id)
+        {
+            ids.push((*fk, id));
+        }
+    }
+    for (fk, k) in &keys {
+        if ids.iter().any(|(f, _)| f == fk) {
+            continue;
+        }
+        let mut id = fnv32(&k.to_string()).max(1);
+        while !taken.insert(id) {
+            id = id.checked_add(1).unwrap_or(1);
+        }
+        ids.push((*fk, id));
+    }
+    let ids: HashMap<NatFeKey, u32> = ids.into_iter().collect();
+    for (fk, k) in &keys {
+        let fe = &state.services.frontends[*k];
+        let svc_id = ids[fk];
+        let (mut local, mut remote): (Vec<_>, Vec<_>) =
+            fe.backends.iter().partition(|b| b.node == node);
+        local.sort();
+        remote.sort();
+        let mut flags = 0;
+        if fe.affinity_timeout.is_some() {
+            flags |= SV_NAT_FE_F_AFFINITY;
+        }
+        if fe.internal_local {
+            flags |= SV_NAT_FE_F_INT_LOCAL;
+        }
+        if fe.kind.is_external() {
+            flags |= SV_NAT_FE_F_EXTERNAL;
+            if fe.external_local {
+                flags |= SV_NAT_FE_F_EXT_LOCAL;
+            }
+        }
+        // The programs run on workload interfaces only: every frontend here serves pod
+        // clients, which kube-proxy sends to any backend even under externalTrafficPolicy:
+        // Local (its short-circuit), so the external kinds keep every backend.
+        debug_assert!(matches!(
+            fe.kind,
+            FrontendKind::ClusterIP
+                | FrontendKind::NodePort
+                | FrontendKind::ExternalIP
+                | FrontendKind::LoadBalancer
+        ));
+        let all: Vec<_> = local.iter().chain(remote.iter()).collect();
+        for (slot, b) in all.iter().enumerate() {
+            let bflags = if b.node == node { SV_NAT_BE_F_LOCAL } else { 0 };
+            out.backends.insert(
+                NatBeKey {
+                    svc_id,
+                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                },
+                NatBeVal::new(b.ip, b.port, bflags),
+            );
+        }
+        out.frontends.insert(
+            *fk,
+            NatFeVal {
+                svc_id,
+                count: u32::try_from(all.len()).unwrap_or(u32::MAX),
+                local_count: u32::try_from(local.len()).unwrap_or(u32::MAX),
+                flags,
+                affinity_timeout_s: fe.affinity_timeout.unwrap_or(0),
+                pad: 0,
+            },
+        );
+    }
+    out
+}
+
+/// (upserts, deletes) turning `old` into `new`.
+fn map_diff<K: Hash + Eq + Copy, V: PartialEq + Copy>(
+    old: &HashMap<K, V>,
+    new: &HashMap<K, V>,
+) -> (Vec<(K, V)>, Vec<K>) {
+    let up = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    let del = old
+        .keys()
+        .filter(|k| !new.contains_key(*k))
+        .copied()
+        .collect();
+    (up, del)
+}
+
+fn pol_key(k: &EntryKey) -> PolKey {
+    let (ep, remote, dir, proto, port, prefix) = *k;
+    Key::new(prefix, PolMatch::new(ep, remote, dir, proto, port))
+}
+
+fn route_key_of(k: &(u32, [u8; 16])) -> Key<Addr> {
+    Key::new(k.0, Addr(k.1))
+}
+
+/// Reads every entry of the pinned maps of `pins` (what an earlier agent left).
+fn read_kernel(pins: &PinScope) -> Result<MapContents, BpfError> {
+    fn open(pins: &PinScope, name: &str) -> Result<(MapData, String), BpfError> {
+        let path = pins.map_path(name);
+        let shown = path.display().to_string();
+        MapData::from_pin(&path)
+            .map(|d| (d, shown.clone()))
+            .map_err(|source| BpfError::ReadPinned {
+                path: shown,
+                source,
+            })
+    }
+    fn rd(path: &str) -> impl Fn(MapError) -> BpfError + '_ {
+        move |source| BpfError::ReadPinned {
+            path: path.to_string(),
+            source,
+        }
+    }
+    let mut out = MapContents::default();
+    {
+        let (d, p) = open(pins, MAP_EPS)?;
+        let m: aya::maps::HashMap<MapData, u32, EpVal> =
+            aya::maps::HashMap::try_from(Map::HashMap(d)).map_err(rd(&p))?;
+        for kv in m.iter() {
+            let (k, v) = kv.map_err(rd(&p))?;
+            out.eps.insert(k, v);
+        }
+    }
+    {
+        let (d, p) = open(pins, MAP_ROUTES)?;
+        let m: aya::maps::LpmTrie<MapData, Addr, RouteVal> =
+            aya::maps::LpmTrie::try_from(Map::LpmTrie(d)).map_err(rd(&p))?;
+        for kv in m.iter() {
+            let (k, v) = kv.map_err(rd(&p))?;
+            out.routes.insert((k.prefix_len(), k.data().0), v);
+        }
+    }
+    {
+        let (d, p) = open(pins, MAP_POLICY)?;
+        let m: aya::maps::LpmTrie<MapData, PolMatch, PolVal> =
+            aya::maps::LpmTrie::try_from(Map::LpmTrie(d)).map_err(rd(&p))?;
+        for kv in m.iter() {
+            let (k, v) = kv.map_err(rd(&p))?;
+            let d = k.data();
+            out.policy.insert(
+                (
+                    u32::from_be(d.ep_id),
+                    u32::from_be(d.remote_id),
+                    d.dir,
+                    d.proto,
+                    u16::from_be(d.port),
+                    k.prefix_len(),
+                ),
+                v,
+            );
+        }
+    }
+    {
+        let (d, p) = open(pins, MAP_NAT_FE)?;
+        let m: aya::maps::HashMap<MapData, NatFeKey, NatFeVal> =
+            aya::maps::HashMap::try_from(Map::HashMap(d)).map_err(rd(&p))?;
+        for kv in m.iter() {
+            let (k, v) = kv.map_err(rd(&p))?;
+            out.frontends.insert(k, v);
+        }
+    }
+    {
+        let (d, p) = open(pins, MAP_NAT_BE)?;
+        let m: aya::maps::HashMap<MapData, NatBeKey, NatBeVal> =
+            aya::maps::HashMap::try_from(Map::HashMap(d)).map_err(rd(&p))?;
+        for kv in m.iter() {
+            let (k, v) = kv.map_err(rd(&p))?;
+            out.backends.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+/// Counters of the driver.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    applies: u64,
+    apply_failures: u64,
+    resyncs: u64,
+    resync_repairs: u64,
+    conntrack_expired: u64,
+    conntrack_entries: usize,
+}
+
+/// The eBPF dataplane driver (see the module docs).
+pub struct BpfDriver {
+    scope: String,
+    pins: PinScope,
+    settings: BpfSettings,
+    netns: NetNs,
+    dp: Option<serval_dp_bpf::Dataplane>,
+    /// What the kernel maps hold, as far as we know; `None`: read them back first.
+    kernel: Option<MapContents>,
+    compiled: CompiledPolicy,
+    /// Attached interfaces and the ifindex they had.
+    attached: BTreeMap<String, u32>,
+    last: Option<DesiredState>,
+    drops: DropCounters,
+    counters: Counters,
+    timeouts: CtTimeouts,
+}
+
+impl std::fmt::Debug for BpfDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BpfDriver")
+            .field("scope", &self.scope)
+            .field("settings", &self.settings)
+            .field("loaded", &self.dp.is_some())
+            .field("attached", &self.attached)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BpfDriver {
+    /// A driver for the calling thread's namespace with pin scope [`thread_scope`]. Nothing
+    /// is loaded before the first apply (so opening it to clean leftovers is cheap).
+    pub fn new(settings: BpfSettings) -> Result<BpfDriver, DataplaneError> {
+        Self::with_scope(&thread_scope(), settings)
+    }
+
+    /// A driver with an explicit pin scope.
+    pub fn with_scope(scope: &str, settings: BpfSettings) -> Result<BpfDriver, DataplaneError> {
+        let netns = NetNs::current().map_err(|source| bpf_err(BpfError::Netns { source }))?;
+        let pins = PinScope::new(scope).map_err(|source| {
+            bpf_err(BpfError::Scope {
+                node: scope.to_string(),
+                source: Box::new(source),
+            })
+        })?;
+        Ok(BpfDriver {
+            scope: scope.to_string(),
+            pins,
+            settings,
+            netns,
+            dp: None,
+            kernel: None,
+            compiled: CompiledPolicy::default(),
+            attached: BTreeMap::new(),
+            last: None,
+            drops: DropCounters::default(),
+            counters: Counters::default(),
+            timeouts: CtTimeouts::default(),
+        })
+    }
+
+    /// The pin scope.
+    pub fn pins(&self) -> PinScope {
+        self.pins.clone()
+    }
+
+    /// The drop counters as of the last apply or resync, per reason.
+    pub fn drop_counters(&self) -> DropCounters {
+        self.drops
+    }
+
+    /// The compiled policy last written.
+    pub fn compiled(&self) -> &CompiledPolicy {
+        &self.compiled
+    }
+
+    fn ensure_loaded(&mut self) -> Result<(), DataplaneError> {
+        if self.dp.is_some() {
+            return Ok(());
+        }
+        let pins = self.pins();
+        let dp = serval_dp_bpf::Dataplane::load(&LoadOptions {
+            pins: Some(pins.clone()),
+            sizes: self.settings.sizes,
+            log_level: self.settings.log_level,
+        })
+        .map_err(|source| {
+            bpf_err(BpfError::Load {
+                scope: self.scope.clone(),
+                source: Box::new(source),
+            })
+        })?;
+        tracing::info!(
+            scope = %self.scope,
+            pin_dir = %pins.dir().display(),
+            log_level = ?self.settings.log_level,
+            sizes = ?self.settings.sizes,
+            "eBPF dataplane loaded (pinned maps reopened with their contents)"
+        );
+        for missing in NOT_YET_IN_BPF {
+            tracing::warn!(feature = %missing, "not available in the eBPF dataplane yet");
+        }
+        self.dp = Some(dp);
+        self.kernel = None;
+        self.attached.clear();
+        Ok(())
+    }
+
+    fn write(&mut self, state: &DesiredState) -> Result<Written, DataplaneError> {
+        self.ensure_loaded()?;
+        let pins = self.pins();
+        let compiled = compile::compile_incremental(state, &self.compiled);
+        let host = HostView::read(state);
+        let kernel = match self.kernel.take() {
+            Some(k) => k,
+            None => read_kernel(&pins).map_err(bpf_err)?,
+        };
+        let prev_ids: HashMap<NatFeKey, u32> = kernel
+            .frontends
+            .iter()
+            .map(|(k, v)| (*k, v.svc_id))
+            .collect();
+        let want = desired_contents(state, &compiled, &host, &prev_ids);
+        let mut w = Written::default();
+        let result = self.write_diff(&pins, &kernel, &want, &host, state, &mut w);
+        match result {
+            Ok(()) => {
+                self.kernel = Some(want);
+                self.compiled = compiled;
+                self.last = Some(state.clone());
+                Ok(w)
+            }
+            Err(e) => {
+                // Unknown what the kernel holds now: read it back next time.
+                self.kernel = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn write_diff(
+        &mut self,
+        pins: &PinScope,
+        kernel: &MapContents,
+        want: &MapContents,
+        host: &HostView,
+        state: &DesiredState,
+        w: &mut Written,
+    ) -> Result<(), DataplaneError> {
+        let (pol_up, pol_del) = map_diff(&kernel.policy, &want.policy);
+        let (rt_up, rt_del) = map_diff(&kernel.routes, &want.routes);
+        let (ep_up, ep_del) = map_diff(&kernel.eps, &want.eps);
+        let (be_up, be_del) = map_diff(&kernel.backends, &want.backends);
+        let (fe_up, fe_del) = map_diff(&kernel.frontends, &want.frontends);
+        w.rule_groups_written = pol_up
+            .iter()
+            .map(|(k, _)| k.0)
+            .collect::<BTreeSet<_>>()
+            .len();
+        w.rule_groups_deleted = pol_del
+            .iter()
+            .filter(|k| !want.policy.keys().any(|n| n.0 == k.0))
+            .map(|k| k.0)
+            .collect::<BTreeSet<_>>()
+            .len();
+        w.members_changed = pol_up.len()
+            + pol_del.len()
+            + rt_up.len()
+            + rt_del.len()
+            + ep_up.len()
+            + ep_del.len()
+            + be_up.len()
+            + be_del.len()
+            + fe_up.len()
+            + fe_del.len();
+        w.sets_changed = fe_up.len() + fe_del.len();
+
+        let Some(dp) = self.dp.as_mut() else {
+            return Ok(());
+        };
+        {
+            let mut m = dp.maps();
+            for (k, v) in &pol_up {
+                m.set_policy(&pol_key(k), v).map_err(maps_err)?;
+            }
+            for (k, v) in &rt_up {
+                m.set_route(&route_key_of(k), v).map_err(maps_err)?;
+            }
+            for (k, v) in &ep_up {
+                m.set_endpoint(*k, v).map_err(maps_err)?;
+            }
+            for (k, v) in &be_up {
+                m.set_backend(k, v).map_err(maps_err)?;
+            }
+            for (k, v) in &fe_up {
+                m.set_frontend(k, v).map_err(maps_err)?;
+            }
+        }
+
+        // Attachments: every endpoint interface that exists; re-attach a re-created one.
+        let wanted: BTreeMap<&str, u32> = state
+            .endpoints
+            .values()
+            .filter_map(|(ep, _)| Some((ep.iface.as_str(), *host.ifindex.get(&ep.iface)?)))
+            .collect();
+        for (ifname, ifindex) in &wanted {
+            if self.attached.get(*ifname) == Some(ifindex) {
+                continue;
+            }
+            for hook in Hook::ALL {
+                dp.attach(&self.netns, ifname, hook, AttachMode::Auto)
+                    .map_err(|source| {
+                        bpf_err(BpfError::Attach {
+                            ifname: ifname.to_string(),
+                            source,
+                        })
+                    })?;
+            }
+            self.attached.insert(ifname.to_string(), *ifindex);
+            w.hooks_changed += 2;
+        }
+        {
+            let mut m = dp.maps();
+            for k in &fe_del {
+                m.remove_frontend(k).map_err(maps_err)?;
+            }
+            for k in &be_del {
+                m.remove_backend(k).map_err(maps_err)?;
+            }
+        }
+        // Detach interfaces no endpoint uses any more (pins of earlier runs included).
+        let recorded = serval_dp_bpf::attachments(pins).map_err(|source| {
+            bpf_err(BpfError::Attach {
+                ifname: "*".into(),
+                source,
+            })
+        })?;
+        let stale: BTreeSet<String> = recorded
+            .into_iter()
+            .map(|(ifname, _, _)| ifname)
+            .chain(self.attached.keys().cloned())
+            .filter(|i| !wanted.contains_key(i.as_str()))
+            .collect();
+        for ifname in stale {
+            for hook in Hook::ALL {
+                if serval_dp_bpf::detach(pins, Some(&self.netns), &ifname, hook).map_err(
+                    |source| {
+                        bpf_err(BpfError::Attach {
+                            ifname: ifname.clone(),
+                            source,
+                        })
+                    },
+                )? {
+                    w.hooks_changed += 1;
+                }
+            }
+            self.attached.remove(&ifname);
+        }
+        let mut m = dp.maps();
+        for k in &ep_del {
+            m.remove_endpoint(*k).map_err(maps_err)?;
+        }
+        for k in &rt_del {
+            m.remove_route(&route_key_of(k)).map_err(maps_err)?;
+        }
+        for k in &pol_del {
+            m.remove_policy(&pol_key(k)).map_err(maps_err)?;
+        }
+        Ok(())
+    }
+
+    /// Expires idle conntrack entries and reads the drop counters, logging reasons that grew.
+    fn housekeeping(&mut self) {
+        let Some(dp) = self.dp.as_mut() else { return };
+        let mut m = dp.maps();
+        match m.expire_conntrack(&self.timeouts, serval_dp_bpf::monotonic_now_ns()) {
+            Ok(r) => {
+                self.counters.conntrack_expired += r.removed as u64;
+                self.counters.conntrack_entries = r.examined - r.removed;
+                if r.removed > 0 {
+                    tracing::debug!(
+                        examined = r.examined,
+                        removed = r.removed,
+                        "conntrack cleaner expired idle flows"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "conntrack cleaner failed"),
+        }
+        match m.drop_counters() {
+            Ok(now) => {
+                for reason in 0..SV_DROP_REASONS {
+                    let (before, after) = (self.drops.get(reason), now.get(reason));
+                    if after != before {
+                        tracing::info!(
+                            reason = drop_reason_name(reason),
+                            dropped = after,
+                            since_last = after.saturating_sub(before),
+                            "eBPF dataplane drops"
+                        );
+                    }
+                }
+                self.drops = now;
+            }
+            Err(e) => tracing::warn!(error = %e, "reading eBPF drop counters failed"),
+        }
+    }
+}
+
+impl super::Dataplane for BpfDriver {
+    fn name(&self) -> &'static str {
+        DataplaneKind::Bpf.as_str()
+    }
+
+    fn apply(&mut self, state: &DesiredState) -> Result<Written, DataplaneError> {
+        self.counters.applies += 1;
+        let r = self.write(state);
+        if r.is_err() {
+            self.counters.apply_failures += 1;
+        } else {
+            self.housekeeping();
+        }
+        r
+    }
+
+    fn resync(&mut self) -> Result<Written, DataplaneError> {
+        self.counters.resyncs += 1;
+        let Some(state) = self.last.clone() else {
+            return Ok(Written::default());
+        };
+        // Read everything back: entries changed behind our back are rewritten, extra ones
+        // deleted; attachments whose pin vanished are re-made.
+        self.kernel = None;
+        let pins = self.pins();
+        if let Ok(recorded) = serval_dp_bpf::attachments(&pins) {
+            let have: BTreeSet<String> = recorded.into_iter().map(|a| a.0).collect();
+            self.attached.retain(|i, _| have.contains(i));
+        }
+        let w = self.write(&state)?;
+        if !w.is_empty() {
+            self.counters.resync_repairs += 1;
+        }
+        self.housekeeping();
+        Ok(w)
+    }
+
+    fn cleanup(&mut self) -> Result<Written, DataplaneError> {
+        let pins = self.pins();
+        // Drop our handles first: only the pins keep programs and maps alive.
+        self.dp = None;
+        self.kernel = None;
+        self.attached.clear();
+        self.last = None;
+        let r = serval_dp_bpf::cleanup(&pins, Some(&self.netns)).map_err(|source| {
+            bpf_err(BpfError::Cleanup {
+                scope: self.scope.clone(),
+                source,
+            })
+        })?;
+        Ok(Written {
+            hooks_changed: r.detached.len(),
+            sets_changed: r.maps_removed,
+            ..Written::default()
+        })
+    }
+
+    fn stats(&self) -> DataplaneStats {
+        let k = self.kernel.as_ref();
+        DataplaneStats {
+            applies: self.counters.applies,
+            apply_failures: self.counters.apply_failures,
+            resyncs: self.counters.resyncs,
+            resync_repairs: self.counters.resync_repairs,
+            rule_groups: k.map_or(0, |k| k.eps.len()),
+            rules: k.map_or(0, |k| k.policy.len()),
+            sets: k.map_or(0, |k| k.frontends.len()),
+            set_members: k.map_or(0, |k| k.routes.len() + k.backends.len()),
+            drops: self.drops.0.iter().sum(),
+            conntrack_entries: self.counters.conntrack_entries,
+            conntrack_expired: self.counters.conntrack_expired,
+        }
+    }
+}
