@@ -265,6 +265,7 @@ pub fn measure(
             summary,
             failures: run.failures,
             last_error: run.last_error,
+            stopped_early: run.stopped_early,
             samples_us: run.samples_us,
         })
     } else {

@@ -593,6 +593,7 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
                                 summary,
                                 failures: run.failures,
                                 last_error: run.last_error,
+                                stopped_early: run.stopped_early,
                                 samples_us: run.samples_us,
                             });
                         }

@@ -161,6 +161,14 @@ pub struct LatencyRun {
     pub samples_us: Vec<f64>,
     pub failures: usize,
     pub last_error: Option<String>,
+    /// Stopped at [`max_failures`] failed exchanges, before `samples` were taken.
+    pub stopped_early: bool,
+}
+
+/// Failed exchanges after which a latency run stops (each failure costs up to the 1 s
+/// timeout; a dataplane that drops connections would otherwise hold the run for minutes).
+pub fn max_failures(samples: usize) -> usize {
+    (samples / 20).max(20)
 }
 
 /// `samples` exchanges with `target` from inside `ns` (after `warmup` unrecorded ones).
@@ -182,6 +190,7 @@ pub fn latency(
             samples_us: Vec::with_capacity(samples),
             failures: 0,
             last_error: None,
+            stopped_early: false,
         };
         let mut last_report = Instant::now();
         for i in 0..samples {
@@ -190,6 +199,10 @@ pub fn latency(
                 Err(e) => {
                     run.failures += 1;
                     run.last_error = Some(e.to_string());
+                    if run.failures >= max_failures(samples) {
+                        run.stopped_early = true;
+                        break;
+                    }
                 }
             }
             if last_report.elapsed() > Duration::from_secs(2) {

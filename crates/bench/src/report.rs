@@ -140,6 +140,36 @@ fn not_run(md: &mut String, r: &Results, section: &str) -> bool {
     true
 }
 
+/// Latency points where exchanges failed: the count, whether the run stopped early, and the
+/// last error (the percentiles above are of the successful exchanges only).
+fn failed_exchanges(md: &mut String, r: &Results) {
+    let bad: Vec<_> = r.latency.iter().filter(|p| p.failures > 0).collect();
+    if bad.is_empty() {
+        return;
+    }
+    md.push_str(
+        "**Failed exchanges** (connections that did not complete within 1 s; the percentiles \
+         above are of the successful ones only):\n\n",
+    );
+    for p in bad {
+        let tried = p.samples_us.len() + p.failures;
+        let _ = writeln!(
+            md,
+            "- {} at N={}: {} of {tried} failed{}; last error: {}",
+            p.dataplane,
+            p.n,
+            p.failures,
+            if p.stopped_early {
+                " (stopped early at the failure limit)"
+            } else {
+                ""
+            },
+            p.last_error.as_deref().unwrap_or("unknown")
+        );
+    }
+    md.push('\n');
+}
+
 fn unavailable_notes(md: &mut String, r: &Results, section: &str) {
     let notes: Vec<_> = r
         .unavailable
@@ -212,6 +242,7 @@ fn latency_section(md: &mut String, r: &Results) {
         }
         md.push('\n');
     }
+    failed_exchanges(md, r);
     unavailable_notes(md, r, "latency");
 }
 
@@ -432,6 +463,7 @@ mod tests {
             summary: Summary::of(&[base, base * 2.0]),
             failures: 0,
             last_error: None,
+            stopped_early: false,
             samples_us: vec![base, base * 2.0],
         };
         Results {
@@ -494,6 +526,21 @@ mod tests {
         assert!(md.contains("- **serval-bpf**: not available: not wired"));
         assert!(md.contains("![latency](latency.png)"));
         assert!(md.contains("## Policy scale\n\nNot run"));
+    }
+
+    #[test]
+    fn failed_exchanges_are_listed() {
+        let mut r = results();
+        assert!(!render(&r, &[]).contains("Failed exchanges"));
+        r.latency[0].failures = 3;
+        r.latency[0].stopped_early = true;
+        r.latency[0].last_error = Some("timed out".into());
+        let md = render(&r, &[]);
+        let line = format!(
+            "- {} at N={}: 3 of 5 failed (stopped early at the failure limit); last error: timed out",
+            r.latency[0].dataplane, r.latency[0].n
+        );
+        assert!(md.contains(&line), "{md}");
     }
 
     #[test]

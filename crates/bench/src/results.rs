@@ -50,6 +50,9 @@ pub struct LatencyPoint {
     pub summary: Option<Summary>,
     pub failures: usize,
     pub last_error: Option<String>,
+    /// The run stopped after too many failed exchanges (fewer samples than asked for).
+    #[serde(default)]
+    pub stopped_early: bool,
     /// Every sample, microseconds, in the order taken.
     pub samples_us: Vec<f64>,
 }

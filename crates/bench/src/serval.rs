@@ -258,6 +258,7 @@ pub fn measure_services(
             summary,
             failures: run.failures,
             last_error: run.last_error,
+            stopped_early: run.stopped_early,
             samples_us: run.samples_us,
         })
     } else {
