@@ -434,3 +434,51 @@ spec:
     assert!(d.identities_changed.is_empty());
     assert_eq!(before.endpoints, after.endpoints);
 }
+
+#[test]
+fn lookup_misses_deny_and_routes_take_the_enclosing_identity() {
+    let yaml = format!(
+        "{BASE}{}{}",
+        pods(),
+        r#"---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: nets}
+spec:
+  selector: all()
+  types: [Egress]
+  egress:
+  - {action: Allow, destination: {nets: [10.0.0.0/16]}}
+  - {action: Deny, destination: {nets: [10.0.1.0/24]}}
+"#
+    );
+    let c = Compiled::new(&yaml);
+    // An endpoint id with no entries at all: the program's miss is a deny.
+    let (v, r) = c
+        .index
+        .lookup(12345, Direction::Egress, "10.0.0.1".parse().unwrap(), 6, 80);
+    assert_eq!((v, r), (PolicyVerdict::Deny, compile::RULE_NONE));
+    // A route prefix inside 10.0.0.0/16 (say a pod block) carries that prefix's identity;
+    // one covering more than any identity prefix carries the enclosing one (WORLD here).
+    let inner = c.index.identity_of_net(&"10.0.1.0/26".parse().unwrap());
+    assert_eq!(inner, c.index.identity("10.0.1.5".parse().unwrap()));
+    assert_ne!(inner, IDENTITY_WORLD);
+    assert_eq!(
+        c.index.identity_of_net(&"10.0.0.0/8".parse().unwrap()),
+        IDENTITY_WORLD
+    );
+    assert_eq!(
+        c.index.identity_of_net(&"fd00::/64".parse().unwrap()),
+        IDENTITY_WORLD6
+    );
+    // The /24 is inside the /16 but no rule tells them apart beyond membership: both sets
+    // hold 10.0.1.x, so it is its own identity; the rule order makes it allowed.
+    let (v, _) = c.index.lookup(
+        c.ep("x", "web"),
+        Direction::Egress,
+        "10.0.1.9".parse().unwrap(),
+        17,
+        53,
+    );
+    assert_eq!(v, PolicyVerdict::Allow);
+}

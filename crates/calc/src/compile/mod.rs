@@ -62,6 +62,21 @@
 //! protocols without ports the result is exact (such a rule never matches). Also an
 //! endpoint with two addresses of one family is compiled with its first (local-side sets
 //! are evaluated on it).
+//!
+//! # For the map writer (dp-bpf)
+//!
+//! - `sv_routes`: one entry per [`CompiledPolicy::identities`] prefix ([`trie::route_key`]
+//!   gives prefixlen and the IPv4-mapped address), merged with the routes: a route prefix
+//!   gets `identity = PolicyIndex::identity_of_net(route)`, an identity prefix that is not
+//!   a route gets the flags of the longest route containing it. `::/0` carries
+//!   [`IDENTITY_WORLD6`] (2), which serval_maps.h should name (`SV_IDENTITY_WORLD6`).
+//! - `sv_policy`: one entry per [`PolicyEntry`]: key `{prefix_len, key_data()}`, value
+//!   `{verdict.code(), rule_id}`.
+//! - `sv_eps`: `ep_id` from [`CompiledPolicy::endpoints`].
+//! - Updates: [`diff`] and the order documented on [`CompiledDelta`]; keep the previous
+//!   [`CompiledPolicy`] and pass it to [`compile_incremental`].
+//! - The program's policy port must be the destination port for SCTP (and UDPLite) too,
+//!   as [`policy_port`] has it; otherwise SCTP port rules cannot match.
 
 pub mod diff;
 pub mod encode;
