@@ -890,8 +890,13 @@ impl super::Dataplane for BpfDriver {
         self.kernel = None;
         let pins = self.pins();
         if let Ok(recorded) = serval_dp_bpf::attachments(&pins) {
-            let have: BTreeSet<String> = recorded.into_iter().map(|a| a.0).collect();
-            self.attached.retain(|i, _| have.contains(i));
+            // An interface counts as attached only with both hooks recorded.
+            let hooks = |ifname: &str| {
+                Hook::ALL
+                    .iter()
+                    .all(|h| recorded.iter().any(|(i, rh, _)| i == ifname && rh == h))
+            };
+            self.attached.retain(|i, _| hooks(i));
         }
         let w = self.write(&state)?;
         if !w.is_empty() {

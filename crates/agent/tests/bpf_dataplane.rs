@@ -1,0 +1,644 @@
+//! The eBPF dataplane through the agent, with real parts (root): the same node namespace,
+//! pods, sqlite store and real agent as `tests/dataplane.rs`, but FelixConfiguration
+//! `bpfEnabled: true`, so the agent runs [`serval_agent::dataplane::bpf::BpfDriver`]: tc
+//! programs on every pod veth, maps pinned under `/sys/fs/bpf/serval/<node netns>`. Real TCP
+//! connections between the pods decide every check; while the eBPF dataplane runs the node
+//! has no `SERVAL-` iptables chains or `serval-` ipsets at all (services are DNATed by BPF).
+//!
+//! Every namespace is a `NetNsGuard` (unique name, deleted on drop, even on panic), and the
+//! pin scope is the node namespace's name, so these tests run in parallel.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serval_agent::AgentConfig;
+use serval_agent::dataplane::bpf::scope_name;
+use serval_api::{ApplyMode, Client};
+use serval_dp_bpf::PinScope;
+use serval_model::workloadendpoint::WorkloadEndpoint;
+use serval_model::{Kind, Resource, ResourceKey, parse_documents};
+use serval_store::testing::SqliteFile;
+use serval_sys::NetNs;
+use serval_sys::testing::{NetNsGuard, require_root};
+use tokio::sync::oneshot;
+
+const NODE: &str = "node1";
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("serval_agent=info,serval_dp_iptables=info,serval_dp_bpf=info")
+        .try_init();
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// Runs `cmd` inside `ns`; its stdout.
+fn in_ns(ns: &str, cmd: &[&str]) -> Result<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(cmd)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} in {ns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A TCP server in a pod answering every connection with the pod's name; stopped on drop.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(pod: &NetNsGuard, name: &'static str, port: u16) -> Result<Server> {
+        let listener = pod.run(move || TcpListener::bind(("0.0.0.0", port)))??;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.write_all(format!("x/{name}\n").as_bytes());
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Server {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A node namespace with pods `(name, address)` behind host veths `sv<name>`, each pod
+/// serving TCP port 80.
+struct Node {
+    node: NetNsGuard,
+    pods: Vec<(NetNsGuard, &'static str, &'static str)>,
+    _servers: Vec<Server>,
+}
+
+impl Node {
+    fn new(pods: &[(&'static str, &'static str)]) -> Result<Node> {
+        let node = NetNsGuard::new("svag-bpf")?;
+        let n = node.name().to_string();
+        ip(&["-n", &n, "link", "set", "lo", "up"])?;
+        // A default route out of another interface, so proxy ARP answers for any address.
+        ip(&[
+            "-n",
+            &n,
+            "link",
+            "add",
+            "svup",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "svup-peer",
+        ])?;
+        ip(&["-n", &n, "link", "set", "svup", "up"])?;
+        ip(&["-n", &n, "link", "set", "svup-peer", "up"])?;
+        ip(&["-n", &n, "route", "add", "default", "dev", "svup"])?;
+        node.sysctl_write("net/ipv4/ip_forward", "1")?;
+        let mut out = Vec::new();
+        let mut servers = Vec::new();
+        for (name, addr) in pods {
+            let pod = NetNsGuard::new("svag-bpfp")?;
+            let p = pod.name().to_string();
+            let host = format!("sv{name}");
+            ip(&[
+                "-n", &n, "link", "add", &host, "type", "veth", "peer", "name", "eth0", "netns", &p,
+            ])?;
+            ip(&["-n", &n, "link", "set", &host, "up"])?;
+            node.sysctl_write(&format!("net/ipv4/conf/{host}/proxy_arp"), "1")?;
+            node.sysctl_write(&format!("net/ipv4/neigh/{host}/proxy_delay"), "0")?;
+            ip(&[
+                "-n",
+                &n,
+                "route",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                &host,
+            ])?;
+            ip(&["-n", &p, "link", "set", "lo", "up"])?;
+            ip(&["-n", &p, "link", "set", "eth0", "up"])?;
+            ip(&[
+                "-n",
+                &p,
+                "addr",
+                "add",
+                &format!("{addr}/32"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                &p,
+                "route",
+                "add",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+                "scope",
+                "link",
+            ])?;
+            ip(&[
+                "-n",
+                &p,
+                "route",
+                "add",
+                "default",
+                "via",
+                "169.254.1.1",
+                "dev",
+                "eth0",
+            ])?;
+            servers.push(Server::start(&pod, name, 80)?);
+            out.push((pod, *name, *addr));
+        }
+        Ok(Node {
+            node,
+            pods: out,
+            _servers: servers,
+        })
+    }
+
+    fn name(&self) -> &str {
+        self.node.name()
+    }
+
+    fn pod(&self, name: &str) -> &NetNsGuard {
+        &self
+            .pods
+            .iter()
+            .find(|p| p.1 == name)
+            .expect("a test pod")
+            .0
+    }
+
+    fn addr(&self, name: &str) -> &'static str {
+        self.pods
+            .iter()
+            .find(|p| p.1 == name)
+            .expect("a test pod")
+            .2
+    }
+
+    /// Connects from pod `from` to `to` (`IP:PORT`) and reads the answer; `Err(kind)` when
+    /// the connection is not established.
+    fn connect(&self, from: &str, to: &str) -> Result<String, std::io::ErrorKind> {
+        let to: SocketAddr = to.parse().expect("IP:PORT");
+        self.pod(from)
+            .run(move || -> std::io::Result<String> {
+                let mut c = TcpStream::connect_timeout(&to, Duration::from_millis(400))?;
+                c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut s = String::new();
+                c.read_to_string(&mut s)?;
+                Ok(s)
+            })
+            .map_err(|_| std::io::ErrorKind::Other)?
+            .map_err(|e| e.kind())
+    }
+
+    /// Whether `from` reaches pod `to` on port 80.
+    fn reaches(&self, from: &str, to: &str) -> bool {
+        self.connect(from, &format!("{}:80", self.addr(to)))
+            .is_ok_and(|a| a == format!("x/{to}\n"))
+    }
+
+    /// An IPPool and the resources of the pods (namespace `x`, labels `app: NAME`, port 80 named http)
+    /// with the WorkloadEndpoints the CNI plugin would write for them.
+    fn resources(&self) -> Result<Vec<Resource>> {
+        // The pool makes pod sources "inside the cluster" (no masquerade towards services).
+        let mut yaml = String::from(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n\
+             apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.244.0.0/16}\n",
+        );
+        for (_, name, addr) in &self.pods {
+            yaml.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: x, labels: {{app: {name}}}}}\n\
+                 spec: {{nodeName: {NODE}, containers: [{{name: c, ports: [{{name: http, containerPort: 80}}]}}]}}\n\
+                 status: {{phase: Running, podIPs: [{{ip: {addr}}}]}}\n"
+            ));
+        }
+        let mut resources = parse_documents("test", &yaml)?;
+        let weps: Vec<Resource> = resources
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Pod(p) => {
+                    let (_, name, addr) = self.pods.iter().find(|x| x.1 == p.metadata.name)?;
+                    let ips = vec![format!("{addr}/32").parse().ok()?];
+                    let mut wep =
+                        WorkloadEndpoint::for_pod(p, NODE, "cid", &format!("sv{name}"), ips);
+                    wep.spec.ready = true;
+                    Some(Resource::WorkloadEndpoint(wep))
+                }
+                _ => None,
+            })
+            .collect();
+        resources.extend(weps);
+        Ok(resources)
+    }
+
+    /// Our chains and sets in the node namespace (IPv4 and IPv6).
+    fn serval_objects(&self) -> Result<Vec<String>> {
+        let mut found = Vec::new();
+        for tool in ["iptables-save", "ip6tables-save"] {
+            for line in in_ns(self.name(), &[tool])?.lines() {
+                if line.contains("SERVAL-") || line.contains("--comment serval") {
+                    found.push(format!("{tool}: {line}"));
+                }
+            }
+        }
+        for line in in_ns(self.name(), &["ipset", "list", "-n"])?.lines() {
+            if line.starts_with("serval-") {
+                found.push(format!("ipset: {line}"));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// One agent on its own thread inside the node namespace; `stop` ends it through
+/// `run_until` (the agent's own shutdown path), drop too.
+struct Agent {
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<serval_sys::Result<Result<(), String>>>>,
+    ready: PathBuf,
+}
+
+impl Agent {
+    fn start(ns: &NetNs, config: AgentConfig) -> Result<Agent> {
+        let ready = config.ready_file.clone().context("a ready file")?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = ns.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(serval_agent::run_until(config, async {
+                let _ = stopped.await;
+            }))
+            .map_err(|e| e.to_string())
+        })?;
+        Ok(Agent {
+            stop: Some(stop),
+            thread: Some(thread),
+            ready,
+        })
+    }
+
+    /// The agent's health file, once written.
+    async fn wait_ready(&mut self) -> Result<serde_json::Value> {
+        let ready = self.ready.clone();
+        wait_for("the agent's ready file", || {
+            let ready = ready.clone();
+            async move { Ok(ready.exists()) }
+        })
+        .await
+        .with_context(|| {
+            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                let r = self.thread.take().map(|t| t.join());
+                format!("the agent stopped: {r:?}")
+            } else {
+                "the agent is still running".into()
+            }
+        })?;
+        Ok(serde_json::from_slice(&std::fs::read(&self.ready)?)?)
+    }
+
+    /// Stops the agent the way SIGTERM does and waits for it to finish.
+    fn stop(mut self) -> Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            match t.join() {
+                Ok(Ok(Ok(()))) => {}
+                other => bail!("the agent did not stop cleanly: {other:?}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Polls `check` until true (a readiness condition, not a timing assertion).
+async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    while Instant::now() < deadline {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("gave up waiting for {what} (last error: {last:?})")
+}
+
+/// Waits until `from` → `to` reachability equals `want`.
+async fn wait_reach(node: &Node, from: &str, to: &str, want: bool) -> Result<()> {
+    let what = format!(
+        "{from} -> {to} to be {}",
+        if want { "allowed" } else { "blocked" }
+    );
+    wait_for(&what, || async { Ok(node.reaches(from, to) == want) }).await
+}
+
+const DEFAULT_DENY: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: x}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+"#;
+
+const ALLOW_A_TO_B: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-a-to-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: a}}}]
+    ports: [{port: http}]
+"#;
+
+const SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {tier: web}
+  ports: [{port: 8080, targetPort: http}]
+"#;
+
+async fn apply(client: &Client, yaml: &str) -> Result<()> {
+    client
+        .apply(parse_documents("test", yaml)?, ApplyMode::Apply)
+        .await?;
+    Ok(())
+}
+
+async fn delete(client: &Client, kind: Kind, ns: Option<&str>, name: &str) -> Result<()> {
+    client
+        .delete(&[ResourceKey::new(kind, ns, name)], false)
+        .await?;
+    Ok(())
+}
+
+fn config(store: &SqliteFile, dir: &tempfile::TempDir, resync: Duration) -> AgentConfig {
+    let mut c = AgentConfig::new(NODE, store.url());
+    c.ready_file = Some(dir.path().join("agent.ready"));
+    c.resync_interval = resync;
+    c
+}
+
+const BPF_ON: &str = "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {bpfEnabled: true}\n";
+
+/// Removes the pins of the node's scope on drop (even on panic); the agent's own cleanup is
+/// what the test checks, this only keeps a failed run from leaving pins behind.
+struct PinsGuard(PinScope);
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        let _ = serval_dp_bpf::cleanup(&self.0, None);
+    }
+}
+
+fn pins_of(node: &Node) -> Result<PinsGuard> {
+    Ok(PinsGuard(PinScope::new(&scope_name(node.name()))?))
+}
+
+/// The TCX links the agent pinned: (interface, hook) pairs.
+fn attached(pins: &PinsGuard) -> Result<Vec<(String, &'static str)>> {
+    Ok(serval_dp_bpf::attachments(&pins.0)?
+        .into_iter()
+        .map(|(i, h, _)| (i, h.name()))
+        .collect())
+}
+
+async fn wait_ready_bpf(agent: &mut Agent) -> Result<()> {
+    let ready = agent.wait_ready().await?;
+    let path = agent.ready.clone();
+    wait_for(
+        "the ready file to report the programmed bpf dataplane",
+        || {
+            let path = path.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+                Ok(v["dataplane"] == "bpf" && v["dataplane_state"] == "programmed")
+            }
+        },
+    )
+    .await
+    .with_context(|| format!("first ready file: {ready}"))
+}
+
+/// No policy, default deny, allow one, a ClusterIP service DNATed by BPF (no iptables
+/// chains of ours in the node), an agent restart that leaves programs attached and keeps
+/// enforcing, and a switch to iptables that removes every pin and attachment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bpf_policy_services_restart_and_switch_to_iptables() -> Result<()> {
+    if !require_root("bpf_policy_services_restart_and_switch_to_iptables") {
+        return Ok(());
+    }
+    logs();
+    let node = Node::new(&[
+        ("a", "10.244.9.1"),
+        ("b", "10.244.9.2"),
+        ("c", "10.244.9.3"),
+    ])?;
+    let pins = pins_of(&node)?;
+    let store = SqliteFile::new()?;
+    let client = Client::open(&store.url()).await?;
+    client.apply(node.resources()?, ApplyMode::Apply).await?;
+    apply(&client, BPF_ON).await?;
+    let dir = tempfile::tempdir()?;
+    let resync = Duration::from_secs(2);
+    let mut agent = Agent::start(&node.node, config(&store, &dir, resync))?;
+    wait_ready_bpf(&mut agent).await?;
+
+    // Programs on both hooks of every pod veth, maps pinned under the node's scope.
+    let want: Vec<(String, &str)> = ["sva", "svb", "svc"]
+        .iter()
+        .flat_map(|i| [(i.to_string(), "from_ep"), (i.to_string(), "to_ep")])
+        .collect();
+    let mut have = attached(&pins)?;
+    have.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    ensure!(have == want_sorted, "attachments {have:?}");
+    ensure!(pins.0.map_path("sv_policy").exists(), "policy map pinned");
+
+    // No policy: every pod reaches every other; nothing of ours in iptables.
+    wait_reach(&node, "a", "b", true).await?;
+    ensure!(node.reaches("c", "b") && node.reaches("b", "a"));
+    let ipt = node.serval_objects()?;
+    ensure!(ipt.is_empty(), "iptables objects under bpf: {ipt:#?}");
+
+    // Default deny: blocked (by the BPF policy: the drop counter says so).
+    apply(&client, DEFAULT_DENY).await?;
+    wait_reach(&node, "a", "b", false).await?;
+    ensure!(!node.reaches("c", "b") && !node.reaches("b", "a"));
+
+    // Allow a -> b only.
+    apply(&client, ALLOW_A_TO_B).await?;
+    wait_reach(&node, "a", "b", true).await?;
+    ensure!(!node.reaches("c", "b"), "c must not reach b");
+    ensure!(!node.reaches("b", "a"), "b must not reach a");
+
+    // Drift: b's ingress program detached behind the agent's back: nothing enforces b's
+    // ingress, so c reaches b until the periodic resync re-attaches it.
+    serval_dp_bpf::detach(
+        &pins.0,
+        Some(&node.node),
+        "svb",
+        serval_dp_bpf::Hook::ToEndpoint,
+    )?;
+    wait_reach(&node, "c", "b", true).await?;
+    wait_reach(&node, "c", "b", false)
+        .await
+        .context("the resync re-attaches the program")?;
+    ensure!(node.reaches("a", "b"));
+
+    // Back to no policy.
+    delete(&client, Kind::K8sNetworkPolicy, Some("x"), "allow-a-to-b").await?;
+    delete(&client, Kind::K8sNetworkPolicy, Some("x"), "default-deny").await?;
+    wait_reach(&node, "c", "b", true).await?;
+
+    // A ClusterIP service with two backends (b and c), DNATed by BPF.
+    for p in ["b", "c"] {
+        let key = ResourceKey::new(Kind::Pod, Some("x"), p);
+        let Some(Resource::Pod(mut pod)) = client.get(&key).await? else {
+            bail!("pod {p} missing")
+        };
+        pod.metadata.labels.insert("tier".into(), "web".into());
+        client
+            .apply(vec![Resource::Pod(pod)], ApplyMode::Apply)
+            .await?;
+    }
+    apply(&client, SERVICE).await?;
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for("both backends to answer through the ClusterIP", || {
+        if let Ok(answer) = node.connect("a", "10.96.0.10:8080") {
+            seen.insert(answer);
+        }
+        let done = seen.len() == 2;
+        async move { Ok(done) }
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "answers seen {seen:?}, a -> 10.96.0.10:8080 now: {:?}",
+            node.connect("a", "10.96.0.10:8080")
+        )
+    })?;
+    ensure!(
+        seen == ["x/b\n".to_string(), "x/c\n".to_string()].into(),
+        "{seen:?}"
+    );
+    let ipt = node.serval_objects()?;
+    ensure!(
+        ipt.is_empty(),
+        "the service must not use iptables: {ipt:#?}"
+    );
+
+    // Restart without cleanup: programs stay attached and keep enforcing while no agent
+    // runs; the new agent reuses the pinned links and maps (reconciles, no flush).
+    apply(&client, DEFAULT_DENY).await?;
+    wait_reach(&node, "a", "b", false).await?;
+    agent.stop()?;
+    let mut kept = attached(&pins)?;
+    kept.sort();
+    ensure!(
+        kept == want_sorted,
+        "attachments kept across a stop: {kept:?}"
+    );
+    ensure!(!node.reaches("a", "b"), "policy enforced with no agent");
+    ensure!(
+        node.connect("b", "10.96.0.10:8080").is_err(),
+        "default deny applies to service traffic too"
+    );
+    let mut agent = Agent::start(&node.node, config(&store, &dir, resync))?;
+    wait_ready_bpf(&mut agent).await?;
+    ensure!(!node.reaches("a", "b"));
+    delete(&client, Kind::K8sNetworkPolicy, Some("x"), "default-deny").await?;
+    wait_reach(&node, "a", "b", true).await?;
+    ensure!(
+        node.connect("a", "10.96.0.10:8080").is_ok(),
+        "service after restart"
+    );
+
+    // Switch to iptables: every pin and attachment goes, iptables takes over.
+    apply(
+        &client,
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {bpfEnabled: false}\n",
+    )
+    .await?;
+    wait_for("the pins of the node to be removed", || async {
+        Ok(!pins.0.dir().exists())
+    })
+    .await?;
+    wait_for("iptables rules to be back", || async {
+        Ok(!node.serval_objects()?.is_empty())
+    })
+    .await?;
+    apply(&client, DEFAULT_DENY).await?;
+    wait_reach(&node, "a", "b", false).await?;
+    ensure!(attached(&pins)?.is_empty());
+    agent.stop()?;
+    Ok(())
+}
