@@ -73,7 +73,7 @@
 //! - `sv_policy`: one entry per [`PolicyEntry`]: key `{prefix_len, key_data()}`, value
 //!   `{verdict.code(), rule_id}`.
 //! - `sv_eps`: `ep_id` from [`CompiledPolicy::endpoints`].
-//! - Updates: [`diff`] and the order documented on [`CompiledDelta`]; keep the previous
+//! - Updates: [`diff()`] and the order documented on [`CompiledDelta`]; keep the previous
 //!   [`CompiledPolicy`] and pass it to [`compile_incremental`].
 //! - The program's policy port must be the destination port for SCTP (and UDPLite) too,
 //!   as [`policy_port`] has it; otherwise SCTP port rules cannot match.
@@ -495,7 +495,7 @@ pub fn compile(state: &DesiredState) -> CompiledPolicy {
 }
 
 /// Compiles the policy of a desired state, keeping the identity, endpoint and rule ids of
-/// `previous` for whatever still exists (so [`diff`] finds few changes).
+/// `previous` for whatever still exists (so [`diff()`] finds few changes).
 pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> CompiledPolicy {
     let dirs = [Direction::Ingress, Direction::Egress];
     // Endpoint ids.
