@@ -272,6 +272,31 @@ fn cross_subnet_routes(plan: &Plan, s: u8) -> Vec<(IpNet, IpAddr)> {
         .collect()
 }
 
+/// A node's default routes, as a real node has one: via the router of its subnet when the lab
+/// has a router host, else via the `outside` host (the lab's upstream). Without them, a packet
+/// to an address no route covers (a service VIP with no backends, say) would be dropped at
+/// the routing decision instead of reaching the dataplane's reject rule.
+fn default_routes(plan: &Plan, st: &LabState, subnet: u8) -> Vec<(IpNet, IpAddr)> {
+    let gateways: Vec<IpNet> = if st.router.is_some() {
+        plan.addrs(subnet, HOST_ID_ROUTER)
+    } else if subnet == 0 {
+        st.outside.as_ref().map(|o| o.addrs.clone()).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    gateways
+        .iter()
+        .map(|gw| {
+            let any: IpNet = if gw.addr().is_ipv4() {
+                "0.0.0.0/0".parse().expect("literal")
+            } else {
+                "::/0".parse().expect("literal")
+            };
+            (any, gw.addr())
+        })
+        .collect()
+}
+
 async fn bring_up(
     layout: &Layout,
     args: &UpArgs,
@@ -315,7 +340,9 @@ async fn bring_up(
     let mut node_ns = Vec::new();
     for node in &st.nodes {
         let ns = net::create_host(&root, &st.bridge, &node.host, true).await?;
-        net::add_routes(&ns, &cross_subnet_routes(&plan, node.subnet)).await?;
+        let mut routes = cross_subnet_routes(&plan, node.subnet);
+        routes.extend(default_routes(&plan, &st, node.subnet));
+        net::add_routes(&ns, &routes).await?;
         node_ns.push(ns);
     }
     let shown: Vec<String> = st
