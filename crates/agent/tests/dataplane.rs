@@ -571,6 +571,15 @@ async fn policy_services_drift_and_cleanup_through_the_agent() -> Result<()> {
     Ok(())
 }
 
+/// Removes a node's eBPF pins on drop, even on panic.
+struct PinsGuard(serval_dp_bpf::PinScope);
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        let _ = serval_dp_bpf::cleanup(&self.0, None);
+    }
+}
+
 /// Restart keeps the rules (no cleanup by default) and reconciles; flipping bpfEnabled
 /// removes the iptables dataplane completely and the eBPF dataplane enforces the same
 /// policy; flipping back restores the iptables rules (and removes the eBPF pins).
@@ -581,6 +590,10 @@ async fn restart_keeps_rules_and_bpf_enabled_switches_dataplanes() -> Result<()>
     }
     logs();
     let node = Node::new(&[("a", "10.244.8.1"), ("b", "10.244.8.2")])?;
+    // The eBPF dataplane pins under the node namespace's name; removed even if this fails.
+    let _pins = PinsGuard(serval_dp_bpf::PinScope::new(
+        &serval_agent::dataplane::bpf::scope_name(node.name()),
+    )?);
     let store = SqliteFile::new()?;
     let client = Client::open(&store.url()).await?;
     client.apply(node.resources()?, ApplyMode::Apply).await?;
