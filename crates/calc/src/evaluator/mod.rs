@@ -294,7 +294,8 @@ impl Evaluator {
     ///
     /// A workload reaching an address of its own node meets the node's
     /// `defaultEndpointToHostAction` after its egress policy: Drop denies, Accept allows, Return
-    /// goes on to the host endpoint's ingress policy (and failsafe ports), as Calico does.
+    /// goes on to the ingress policy of an all-interfaces (`*`) host endpoint (and failsafe
+    /// ports), and is accepted when the node has none, as Calico does.
     fn legs(&self, flow: &Flow, ingress_flow: &Flow) -> (Option<Decision>, Option<Decision>) {
         // Host endpoint policy does not apply between a host and its own workloads.
         let host_to_local_workload = matches!(self.owners.get(&flow.src), Some(Owner::Host(_)))
@@ -323,9 +324,23 @@ impl Evaluator {
             let ingress = match action {
                 EndpointToHostAction::Drop => Some(decided(false)),
                 EndpointToHostAction::Accept => Some(decided(true)),
-                EndpointToHostAction::Return => {
-                    self.direction(ingress_flow.dst, Direction::Ingress, ingress_flow)
-                }
+                // Return: on to the host's INPUT processing. A host endpoint's policy sees the
+                // packet only when the endpoint covers every interface (`*`): a pod's packet
+                // to its node arrives on the pod's veth, not on a named host interface (as in
+                // Calico, where only all-interfaces host endpoints police workload-to-host
+                // traffic). No such endpoint: the host accepts it.
+                EndpointToHostAction::Return => match self.owners.get(&ingress_flow.dst) {
+                    Some(Owner::Host(h))
+                        if self
+                            .state
+                            .host_endpoints
+                            .get(h)
+                            .is_some_and(|h| h.iface.as_deref().is_none_or(|i| i == "*")) =>
+                    {
+                        self.direction(ingress_flow.dst, Direction::Ingress, ingress_flow)
+                    }
+                    _ => Some(decided(true)),
+                },
             };
             return (egress, ingress);
         }
