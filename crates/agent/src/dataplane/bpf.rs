@@ -943,3 +943,199 @@ impl super::Dataplane for BpfDriver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serval_calc::{Model, desired_state};
+    use serval_dp_bpf::abi::{SV_DIR_EGRESS, SV_DIR_INGRESS, SV_VERDICT_ALLOW, SV_VERDICT_DENY};
+    use serval_model::{Resource, parse_documents};
+
+    use super::*;
+
+    const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: x}
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: p}
+spec: {cidr: 10.244.0.0/16, natOutgoing: true}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, labels: {app: a, tier: web}}
+spec: {nodeName: n1, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {phase: Running, podIPs: [{ip: 10.244.0.1}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b, tier: web}}
+spec: {nodeName: n2, containers: [{name: c, ports: [{containerPort: 80}]}]}
+status: {phase: Running, podIPs: [{ip: 10.244.1.2}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: x}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {tier: web}
+  sessionAffinity: ClientIP
+  internalTrafficPolicy: Local
+  ports: [{port: 8080, targetPort: 80}]
+"#;
+
+    fn model(extra: &str) -> Model {
+        let mut rs = parse_documents("test", &format!("{CLUSTER}{extra}")).unwrap();
+        let weps: Vec<Resource> = rs
+            .iter()
+            .filter_map(|r| match r {
+                Resource::Pod(p) => {
+                    let (node, ip) = if p.metadata.name == "a" {
+                        ("n1", "10.244.0.1/32")
+                    } else {
+                        ("n2", "10.244.1.2/32")
+                    };
+                    let mut w = serval_model::workloadendpoint::WorkloadEndpoint::for_pod(
+                        p,
+                        node,
+                        "cid",
+                        &format!("sv{}", p.metadata.name),
+                        vec![ip.parse().unwrap()],
+                    );
+                    w.spec.ready = true;
+                    Some(Resource::WorkloadEndpoint(w))
+                }
+                _ => None,
+            })
+            .collect();
+        rs.extend(weps);
+        Model::from_resources(rs)
+    }
+
+    fn contents(extra: &str, prev: &HashMap<NatFeKey, u32>) -> (MapContents, CompiledPolicy) {
+        let state = desired_state(&model(extra), Some("n1"));
+        let compiled = compile::compile(&state);
+        let host = HostView {
+            ifindex: [("sva".to_string(), 7)].into_iter().collect(),
+            addrs: vec!["172.31.0.11".parse().unwrap()],
+        };
+        (desired_contents(&state, &compiled, &host, prev), compiled)
+    }
+
+    fn ep_a(c: &CompiledPolicy) -> u32 {
+        *c.endpoints.values().next().unwrap()
+    }
+
+    #[test]
+    fn an_endpoint_without_policy_gets_the_explicit_allow() {
+        let (m, c) = contents("", &HashMap::new());
+        let ep = ep_a(&c);
+        assert_eq!(m.eps.get(&7).map(|e| e.ep_id), Some(ep));
+        for dir in [SV_DIR_INGRESS, SV_DIR_EGRESS] {
+            let v = m
+                .policy
+                .get(&(ep, 0, dir, 0, 0, 72))
+                .expect("prefix-72 entry");
+            assert_eq!(v.verdict, SV_VERDICT_ALLOW);
+        }
+    }
+
+    #[test]
+    fn default_deny_writes_a_deny_for_ingress_only() {
+        let deny = "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: d, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress]}\n";
+        let (m, c) = contents(deny, &HashMap::new());
+        let ep = ep_a(&c);
+        let verdict = |dir| m.policy.get(&(ep, 0, dir, 0, 0, 72)).map(|v| v.verdict);
+        assert_eq!(verdict(SV_DIR_INGRESS), Some(SV_VERDICT_DENY));
+        assert_eq!(verdict(SV_DIR_EGRESS), Some(SV_VERDICT_ALLOW));
+    }
+
+    #[test]
+    fn routes_merge_identities_with_routing_flags() {
+        let (m, _) = contents("", &HashMap::new());
+        let get = |net: &str| {
+            m.routes
+                .get(&route_mirror_key(&net.parse().unwrap()))
+                .copied()
+        };
+        let pod = get("10.244.0.1/32").expect("local workload route");
+        assert_eq!(
+            pod.flags,
+            SV_RT_F_LOCAL_WORKLOAD | SV_RT_F_IN_POOL | SV_RT_F_NAT_OUTGOING
+        );
+        assert_eq!(pod.ifindex, 7);
+        let pool = get("10.244.0.0/16").expect("pool route");
+        assert_eq!(pool.flags, SV_RT_F_IN_POOL | SV_RT_F_NAT_OUTGOING);
+        assert_eq!(pool.identity, compile::IDENTITY_WORLD);
+        assert_eq!(get("172.31.0.11/32").map(|r| r.flags), Some(SV_RT_F_HOST));
+        assert_eq!(
+            get("0.0.0.0/0").map(|r| r.identity),
+            Some(compile::IDENTITY_WORLD)
+        );
+        assert_eq!(
+            get("::/0").map(|r| r.identity),
+            Some(compile::IDENTITY_WORLD6)
+        );
+    }
+
+    #[test]
+    fn services_put_local_backends_first_and_keep_their_ids() {
+        let (m, _) = contents("", &HashMap::new());
+        let fk = NatFeKey::new("10.96.0.10".parse().unwrap(), 8080, 6);
+        let fe = *m.frontends.get(&fk).expect("ClusterIP frontend");
+        assert_eq!((fe.count, fe.local_count), (2, 1));
+        assert_eq!(
+            fe.flags,
+            SV_NAT_FE_F_AFFINITY | SV_NAT_FE_F_INT_LOCAL,
+            "{fe:?}"
+        );
+        assert_eq!(fe.affinity_timeout_s, 10800);
+        let slot = |s| {
+            m.backends
+                .get(&NatBeKey {
+                    svc_id: fe.svc_id,
+                    slot: s,
+                })
+                .map(|b| (b.addr.ip().to_string(), u16::from_be(b.port), b.flags))
+        };
+        assert_eq!(slot(0), Some(("10.244.0.1".into(), 80, SV_NAT_BE_F_LOCAL)));
+        assert_eq!(slot(1), Some(("10.244.1.2".into(), 80, 0)));
+        // An id the kernel already holds is kept.
+        let (again, _) = contents("", &[(fk, 4242)].into_iter().collect());
+        assert_eq!(again.frontends[&fk].svc_id, 4242);
+        assert_eq!(again.backends.len(), 2);
+    }
+
+    #[test]
+    fn map_diff_upserts_changes_and_deletes_extras() {
+        let old: HashMap<u32, u32> = [(1, 1), (2, 2), (3, 3)].into_iter().collect();
+        let new: HashMap<u32, u32> = [(1, 1), (2, 5), (4, 4)].into_iter().collect();
+        let (mut up, mut del) = map_diff(&old, &new);
+        up.sort();
+        del.sort();
+        assert_eq!(up, vec![(2, 5), (4, 4)]);
+        assert_eq!(del, vec![3]);
+    }
+
+    #[test]
+    fn scopes_are_bpffs_safe() {
+        assert_eq!(scope_name("sv-L-node1"), "sv-L-node1");
+        assert_eq!(scope_name("node.example.com"), "node_example_com");
+        assert_eq!(scope_name(&"x".repeat(80)).len(), 64);
+        assert!(PinScope::new(&scope_name("a.b/c d")).is_ok());
+    }
+
+    #[test]
+    fn felix_settings_select_sizes_and_the_debug_build() {
+        let mut f = FelixSettings {
+            bpf_map_size_conntrack: 1000,
+            ..FelixSettings::default()
+        };
+        let s = BpfSettings::from_felix(&f);
+        assert_eq!(s.sizes.conntrack, 1000);
+        assert_eq!(s.log_level, LogLevel::Off);
+        f.bpf_log_level = BpfLogLevel::Debug;
+        assert_eq!(BpfSettings::from_felix(&f).log_level, LogLevel::Debug);
+    }
+}
