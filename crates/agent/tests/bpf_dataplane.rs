@@ -470,6 +470,55 @@ fn attached(pins: &PinsGuard) -> Result<Vec<(String, &'static str)>> {
         .collect())
 }
 
+/// A TCP connection held open from pod `from` to an echo server (port 81) in pod `to`: each
+/// round trip proves the established flow still passes.
+struct Held {
+    conn: TcpStream,
+    _stop: Arc<AtomicBool>,
+}
+
+impl Held {
+    fn open(node: &Node, from: &str, to: &str) -> Result<Held> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = node.pod(to).run(|| TcpListener::bind(("0.0.0.0", 81)))??;
+        let flag = stop.clone();
+        thread::spawn(move || {
+            if let Ok((mut c, _)) = listener.accept() {
+                let mut buf = [0u8; 64];
+                while !flag.load(Ordering::Relaxed) {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if c.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        let to: SocketAddr = format!("{}:81", node.addr(to)).parse()?;
+        let conn = node
+            .pod(from)
+            .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(2)))??;
+        conn.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(Held { conn, _stop: stop })
+    }
+
+    /// One round trip on the held connection.
+    fn round_trip(&mut self, msg: &str) -> Result<()> {
+        self.conn.write_all(msg.as_bytes())?;
+        let mut buf = vec![0u8; msg.len()];
+        self.conn.read_exact(&mut buf)?;
+        ensure!(
+            buf == msg.as_bytes(),
+            "echo {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        Ok(())
+    }
+}
+
 async fn wait_ready_bpf(agent: &mut Agent) -> Result<()> {
     let ready = agent.wait_ready().await?;
     let path = agent.ready.clone();
@@ -597,10 +646,16 @@ async fn bpf_policy_services_restart_and_switch_to_iptables() -> Result<()> {
     );
 
     // Restart without cleanup: programs stay attached and keep enforcing while no agent
-    // runs; the new agent reuses the pinned links and maps (reconciles, no flush).
+    // runs; the new agent reuses the pinned links and maps (reconciles, no flush). A
+    // connection opened before the default deny is established: it keeps flowing through
+    // the deny (conntrack), the stop and the restart.
+    let mut held = Held::open(&node, "c", "a")?;
+    held.round_trip("before deny")?;
     apply(&client, DEFAULT_DENY).await?;
     wait_reach(&node, "a", "b", false).await?;
+    held.round_trip("after deny")?;
     agent.stop()?;
+    held.round_trip("agent stopped")?;
     let mut kept = attached(&pins)?;
     kept.sort();
     ensure!(
@@ -615,6 +670,8 @@ async fn bpf_policy_services_restart_and_switch_to_iptables() -> Result<()> {
     let mut agent = Agent::start(&node.node, config(&store, &dir, resync))?;
     wait_ready_bpf(&mut agent).await?;
     ensure!(!node.reaches("a", "b"));
+    held.round_trip("agent restarted")?;
+    ensure!(!node.reaches("c", "a"), "only the established flow passes");
     delete(&client, Kind::K8sNetworkPolicy, Some("x"), "default-deny").await?;
     wait_reach(&node, "a", "b", true).await?;
     ensure!(
