@@ -351,14 +351,15 @@ impl Labs<'_> {
     }
 }
 
-/// The connect-time load-balancing column, given how plain serval-bpf fared: the lab has no
-/// switch for it yet.
+/// The connect-time load-balancing column, given how plain serval-bpf fared: the eBPF
+/// dataplane does not implement it yet.
 fn ctlb(bpf: std::result::Result<(), String>) -> std::result::Result<(), String> {
     match bpf {
         Err(e) => Err(format!("as serval-bpf: {e}")),
         Ok(()) => Err(
-            "`serval lab up` has no way yet to turn on connect-time load balancing \
-             (FelixConfiguration bpfConnectTimeLoadBalancing) for a lab"
+            "the eBPF dataplane has no connect-time load balancing yet (serval-dp-bpf attaches \
+             no cgroup connect hook; FelixConfiguration bpfConnectTimeLoadBalancing is not acted \
+             on), and `serval lab up` has no switch for it"
                 .into(),
         ),
     }
