@@ -714,10 +714,11 @@ impl BpfDriver {
             .map(|(k, _)| k.0)
             .collect::<BTreeSet<_>>()
             .len();
+        let kept_eps: BTreeSet<u32> = want.policy.keys().map(|k| k.0).collect();
         w.rule_groups_deleted = pol_del
             .iter()
-            .filter(|k| !want.policy.keys().any(|n| n.0 == k.0))
             .map(|k| k.0)
+            .filter(|ep| !kept_eps.contains(ep))
             .collect::<BTreeSet<_>>()
             .len();
         w.members_changed = pol_up.len()
