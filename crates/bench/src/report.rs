@@ -348,6 +348,20 @@ fn policy_section(md: &mut String, r: &Results) {
             );
         }
         md.push('\n');
+        for p in r.policy.iter().filter(|p| p.failures > 0) {
+            let _ = writeln!(
+                md,
+                "- {} at {} policies: {} of {} exchanges failed (not in the percentiles); last error: {}",
+                p.dataplane,
+                p.n,
+                p.failures,
+                p.failures + p.samples_us.len(),
+                p.last_error.as_deref().unwrap_or("unknown")
+            );
+        }
+        if r.policy.iter().any(|p| p.failures > 0) {
+            md.push('\n');
+        }
     }
     unavailable_notes(md, r, "policy");
 }
@@ -541,6 +555,40 @@ mod tests {
             r.latency[0].dataplane, r.latency[0].n
         );
         assert!(md.contains(&line), "{md}");
+    }
+
+    #[test]
+    fn policy_rows_and_failures() {
+        let mut r = results();
+        r.config.sections.push("policy".into());
+        let point = |n: usize, p50: f64, failures: usize| PolicyPoint {
+            dataplane: "serval-iptables".into(),
+            n,
+            summary: Summary::of(&[p50, p50]),
+            apply_one_ms: Some(20.0),
+            one_more_in_force: n > 1,
+            base_ms: (n > 1).then_some(100.0),
+            failures,
+            last_error: (failures > 0).then(|| "timed out".into()),
+            samples_us: vec![p50, p50],
+        };
+        r.policy = vec![point(1, 30.0, 0), point(100, 60.0, 2)];
+        let md = render(&r, &[]);
+        assert!(
+            md.contains("| serval-iptables | 1 | 30 µs (1.00×) |"),
+            "{md}"
+        );
+        assert!(md.contains("| 20 ms *apply* |"), "{md}");
+        assert!(
+            md.contains(
+                "| serval-iptables | 100 | 60 µs (2.00×) | 60 µs (2.00×) | 100 ms | 20 ms |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("- serval-iptables at 100 policies: 2 of 4 exchanges failed (not in the percentiles); last error: timed out"),
+            "{md}"
+        );
     }
 
     #[test]

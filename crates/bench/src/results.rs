@@ -126,6 +126,11 @@ pub struct PolicyPoint {
     /// blocked (N > 1).
     #[serde(default)]
     pub base_ms: Option<f64>,
+    /// Exchanges of the latency run that failed, and the last error.
+    #[serde(default)]
+    pub failures: usize,
+    #[serde(default)]
+    pub last_error: Option<String>,
     pub samples_us: Vec<f64>,
 }
 

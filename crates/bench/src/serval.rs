@@ -407,6 +407,8 @@ pub fn measure_policies(
         apply_one_ms: Some(apply_one_ms),
         one_more_in_force,
         base_ms,
+        failures: run.failures,
+        last_error: run.last_error,
         samples_us: run.samples_us,
     })
 }
