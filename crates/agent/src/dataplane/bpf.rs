@@ -17,6 +17,10 @@
 //!   veth, this node's addresses, other nodes, IP pools with natOutgoing, the WORLD
 //!   defaults), `sv_policy` (the compiled verdict entries), `sv_nat_fe` / `sv_nat_be`
 //!   (every frontend of [`DesiredState::services`], node-local backends first).
+//! - **Workload to host:** this node's addresses get their own identities
+//!   ([`FIRST_HOST_IDENTITY`]…), whose egress verdict is FelixConfiguration
+//!   `defaultEndpointToHostAction` (Drop by default) and whose ingress verdicts are those of
+//!   the class the addresses would have had.
 //! - **Conntrack cleaner and counters:** every resync expires idle conntrack entries
 //!   (Calico's timeouts) and reads the per-reason drop counters, logging the reasons whose
 //!   count grew; [`Dataplane::stats`] reports the totals.
@@ -46,13 +50,14 @@ use serval_dp_bpf::abi::{
     Addr, EpVal, NatBeKey, NatBeVal, NatFeKey, NatFeVal, PolKey, PolMatch, PolVal, RouteVal,
     SV_DROP_REASONS, SV_NAT_BE_F_LOCAL, SV_NAT_FE_F_AFFINITY, SV_NAT_FE_F_EXT_LOCAL,
     SV_NAT_FE_F_EXTERNAL, SV_NAT_FE_F_INT_LOCAL, SV_RT_F_HOST, SV_RT_F_IN_POOL,
-    SV_RT_F_LOCAL_WORKLOAD, SV_RT_F_NAT_OUTGOING, SV_RT_F_REMOTE_HOST, drop_reason_name,
-    lpm_prefix_len,
+    SV_RT_F_LOCAL_WORKLOAD, SV_RT_F_NAT_OUTGOING, SV_RT_F_REMOTE_HOST, SV_VERDICT_DENY,
+    drop_reason_name, lpm_prefix_len,
 };
 use serval_dp_bpf::object::{MAP_EPS, MAP_NAT_BE, MAP_NAT_FE, MAP_POLICY, MAP_ROUTES};
 use serval_dp_bpf::{
     AttachMode, CtTimeouts, DropCounters, Hook, LoadOptions, LogLevel, MapSizes, PinScope,
 };
+use serval_model::calico::EndpointToHostAction;
 use serval_model::calico::felix::{BpfLogLevel, FelixSettings};
 use serval_sys::NetNs;
 
@@ -65,9 +70,15 @@ pub const NOT_YET_IN_BPF: &[&str] = &[
     "NAT outgoing (no SNAT of pod traffic leaving the cluster)",
     "TCP RST / ICMP unreachable for a service without backends (packets are dropped and counted as no_backend)",
     "masquerade of externalTrafficPolicy: Cluster and hairpin service traffic",
-    "host endpoints, failsafe ports and defaultEndpointToHostAction",
+    "host endpoints and failsafe ports (defaultEndpointToHostAction Return acts as Accept)",
     "fast-path redirects (bpf_redirect_peer / bpf_redirect_neigh): packets take the host stack",
 ];
+
+/// Identities the driver gives this node's own addresses (one per identity class they
+/// would have otherwise), so a workload's egress to its host can get
+/// FelixConfiguration `defaultEndpointToHostAction`. Below the compiler's allocated ids.
+pub const FIRST_HOST_IDENTITY: u32 = 3;
+pub const LAST_HOST_IDENTITY: u32 = compile::FIRST_ALLOCATED_ID - 1;
 
 /// Why the eBPF driver failed.
 #[derive(Debug, thiserror::Error)]
@@ -300,6 +311,53 @@ pub fn desired_contents(
         );
     }
 
+    // Workload to host (this node's addresses): the addresses get host identities; ingress
+    // (host to workload) keeps the verdicts of the class they would have had, egress gets
+    // defaultEndpointToHostAction (Drop: denied whatever the egress policy says; Accept and
+    // Return: the egress policy's verdict).
+    let index = PolicyIndex::new(compiled);
+    let mut host_ids: BTreeMap<IpAddr, u32> = BTreeMap::new();
+    let mut real_to_host: BTreeMap<u32, u32> = BTreeMap::new();
+    for a in host.addrs.iter().filter(|a| !a.is_loopback()) {
+        let real = index.identity(*a);
+        let next = FIRST_HOST_IDENTITY + u32::try_from(real_to_host.len()).unwrap_or(u32::MAX);
+        if !real_to_host.contains_key(&real) && next > LAST_HOST_IDENTITY {
+            continue;
+        }
+        let h = *real_to_host.entry(real).or_insert(next);
+        host_ids.insert(*a, h);
+    }
+    let drop_to_host = matches!(state.endpoint_to_host, EndpointToHostAction::Drop);
+    for (&real, &h) in &real_to_host {
+        for e in compiled
+            .entries
+            .iter()
+            .filter(|e| e.remote_identity == real)
+        {
+            if drop_to_host && e.dir == compile::DIR_EGRESS {
+                continue;
+            }
+            out.policy.insert(
+                (e.ep_id, h, e.dir, e.proto, e.port, e.prefix_len),
+                PolVal {
+                    verdict: e.verdict.code(),
+                    rule_id: e.rule_id,
+                },
+            );
+        }
+        if drop_to_host {
+            for &ep in compiled.endpoints.values() {
+                out.policy.insert(
+                    (ep, h, compile::DIR_EGRESS, 0, 0, compile::PREFIX_ANY_PROTO),
+                    PolVal {
+                        verdict: SV_VERDICT_DENY,
+                        rule_id: compile::RULE_NONE,
+                    },
+                );
+            }
+        }
+    }
+
     // Routing flags, by prefix.
     let mut routing: BTreeMap<IpNet, RouteVal> = BTreeMap::new();
     let mut add = |net: IpNet, flags: u32, ifindex: u32| {
@@ -333,11 +391,14 @@ pub fn desired_contents(
     // Merge with the identities: every prefix of either kind; identity of the longest
     // identity prefix containing it, flags of every routing prefix containing it (the most
     // specific one's interface).
-    let index = PolicyIndex::new(compiled);
     let mut prefixes: BTreeSet<IpNet> = compiled.identities.iter().map(|(n, _)| *n).collect();
     prefixes.extend(routing.keys().copied());
     for net in prefixes {
-        let identity = index.identity_of_net(&net);
+        let single = net.prefix_len() == net.max_prefix_len();
+        let identity = match host_ids.get(&net.addr()) {
+            Some(&h) if single => h,
+            _ => index.identity_of_net(&net),
+        };
         let mut val = RouteVal {
             identity,
             ..RouteVal::default()
@@ -948,7 +1009,7 @@ impl super::Dataplane for BpfDriver {
 #[cfg(test)]
 mod tests {
     use serval_calc::{Model, desired_state};
-    use serval_dp_bpf::abi::{SV_DIR_EGRESS, SV_DIR_INGRESS, SV_VERDICT_ALLOW, SV_VERDICT_DENY};
+    use serval_dp_bpf::abi::{SV_DIR_EGRESS, SV_DIR_INGRESS, SV_VERDICT_ALLOW};
     use serval_model::{Resource, parse_documents};
 
     use super::*;
@@ -1106,6 +1167,36 @@ spec:
         let (again, _) = contents("", &[(fk, 4242)].into_iter().collect());
         assert_eq!(again.frontends[&fk].svc_id, 4242);
         assert_eq!(again.backends.len(), 2);
+    }
+
+    #[test]
+    fn workload_to_host_follows_default_endpoint_to_host_action() {
+        let (m, c) = contents("", &HashMap::new());
+        let ep = ep_a(&c);
+        let host = m
+            .routes
+            .get(&route_mirror_key(&"172.31.0.11/32".parse().unwrap()))
+            .expect("host route");
+        assert_eq!(host.identity, FIRST_HOST_IDENTITY);
+        let egress = m
+            .policy
+            .get(&(ep, FIRST_HOST_IDENTITY, SV_DIR_EGRESS, 0, 0, 72));
+        assert_eq!(egress.map(|v| v.verdict), Some(SV_VERDICT_DENY), "Drop");
+        // Host to workload: no entry of its own, so the ANY entries (allow) decide.
+        assert!(
+            !m.policy
+                .contains_key(&(ep, FIRST_HOST_IDENTITY, SV_DIR_INGRESS, 0, 0, 72))
+        );
+
+        let accept = "---\napiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {defaultEndpointToHostAction: Accept}\n";
+        let (m, c) = contents(accept, &HashMap::new());
+        let ep = ep_a(&c);
+        assert!(
+            !m.policy
+                .keys()
+                .any(|k| k.0 == ep && k.1 == FIRST_HOST_IDENTITY),
+            "Accept: the egress policy (none: allow through ANY) decides"
+        );
     }
 
     #[test]
