@@ -38,10 +38,16 @@ use clap::ValueEnum;
 pub use error::{BenchError, Result};
 use lab::Lab;
 use progress::Progress;
-use results::{Failure, LatencyPoint, RatePoint, Results, RunConfig, Unavailable};
+use results::{Failure, LatencyPoint, RatePoint, Results, RunConfig, Skipped, Unavailable};
 
 /// The default service counts.
 pub const DEFAULT_SIZES: [usize; 7] = [1, 100, 1_000, 5_000, 10_000, 25_000, 50_000];
+/// The sizes of [`DEFAULT_SIZES`] that the default set runs only for the columns that program
+/// them in seconds ([`Dataplane::fast_at_large_sizes`]); the other pairs are listed in the
+/// report as skipped.
+pub const DEFAULT_LARGE_SIZES: [usize; 2] = [25_000, 50_000];
+/// Why a (column, size) pair is not in the default set.
+pub const SKIPPED_REASON: &str = "skipped in the default set (takes minutes at this size here; run with --sizes N --dataplanes COLUMN to measure)";
 /// `--quick` service counts.
 pub const QUICK_SIZES: [usize; 3] = [1, 100, 1_000];
 /// The default policy counts.
@@ -105,6 +111,20 @@ impl Dataplane {
         }
     }
 
+    /// Whether the default set runs this column at [`DEFAULT_LARGE_SIZES`]. Measured on a
+    /// 2-core VM (docs/bench/latest and docs/bench/large): `direct` programs nothing;
+    /// `iptables-legacy-restore` of 50,000 services took 8.4 s and serval-bpf 61 s (the
+    /// ctlb column shares serval-bpf's lab and programming path). `nft -f` (21 s at 10,000),
+    /// serval-iptables (15 s at 10,000) and `iptables-nft-restore` grow faster than linearly
+    /// and would take many minutes at 50,000.
+    pub fn fast_at_large_sizes(self, iptables_backend: baseline::IptablesBackend) -> bool {
+        match self {
+            Dataplane::Direct | Dataplane::ServalBpf | Dataplane::ServalBpfCtlb => true,
+            Dataplane::KubeProxyIptables => iptables_backend == baseline::IptablesBackend::Legacy,
+            Dataplane::KubeProxyNftables | Dataplane::ServalIptables => false,
+        }
+    }
+
     fn is_serval(self) -> bool {
         matches!(
             self,
@@ -128,7 +148,9 @@ pub struct BenchArgs {
     /// about two minutes.
     #[arg(long)]
     pub quick: bool,
-    /// Service counts, comma-separated [default: 1,100,1000,5000,10000,25000,50000].
+    /// Service counts, comma-separated, run for every selected column [default:
+    /// 1,100,1000,5000,10000 for every column, plus 25000,50000 for direct,
+    /// kube-proxy-iptables (legacy backend), serval-bpf and serval-bpf-ctlb].
     #[arg(long, value_delimiter = ',')]
     pub sizes: Vec<usize>,
     /// Policy counts for the policy section, comma-separated [default: 1,100,1000,10000].
@@ -183,12 +205,15 @@ struct Plan {
     serval: PathBuf,
     quick: bool,
     iptables_backend: baseline::IptablesBackend,
+    /// (column, size) pairs of the default size list not run (see [`SKIPPED_REASON`]).
+    skipped: Vec<(Dataplane, usize)>,
 }
 
 impl Plan {
     fn from_args(args: BenchArgs) -> Result<Plan> {
         let quick = args.quick;
-        let sizes = if args.sizes.is_empty() {
+        let default_sizes = args.sizes.is_empty();
+        let sizes = if default_sizes {
             if quick {
                 QUICK_SIZES.to_vec()
             } else {
@@ -228,6 +253,21 @@ impl Plan {
             dataplanes = Dataplane::value_variants().to_vec();
         }
         dataplanes.dedup();
+        // Only the default size list leaves pairs out; explicit --sizes run what was asked.
+        let skipped = if default_sizes {
+            sizes
+                .iter()
+                .filter(|n| DEFAULT_LARGE_SIZES.contains(n))
+                .flat_map(|&n| {
+                    dataplanes
+                        .iter()
+                        .filter(|d| !d.fast_at_large_sizes(args.iptables_backend))
+                        .map(move |&d| (d, n))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let samples = args.samples.unwrap_or(if quick { 300 } else { 2000 });
         if samples == 0 {
             return Err(BenchError::Usage {
@@ -255,11 +295,26 @@ impl Plan {
             serval,
             quick,
             iptables_backend: args.iptables_backend,
+            skipped,
         })
     }
 
     fn has(&self, s: Section) -> bool {
         self.sections.contains(&s)
+    }
+
+    /// Whether the service-scale sections run `dp` at `n`.
+    fn runs(&self, dp: Dataplane, n: usize) -> bool {
+        self.sizes.contains(&n) && !self.skipped.contains(&(dp, n))
+    }
+
+    /// The largest N the service-scale sections run `dp` at (where memory is taken).
+    fn largest_size(&self, dp: Dataplane) -> Option<usize> {
+        self.sizes
+            .iter()
+            .copied()
+            .filter(|&n| self.runs(dp, n))
+            .max()
     }
 }
 
@@ -404,7 +459,19 @@ pub fn run(args: BenchArgs) -> Result<RunOutput> {
         memory: vec![],
         unavailable: vec![],
         failures: vec![],
+        skipped: vec![],
     };
+    if plan.has(Section::Latency) || plan.has(Section::Programming) {
+        r.skipped = plan
+            .skipped
+            .iter()
+            .map(|&(d, n)| Skipped {
+                dataplane: d.name().into(),
+                n,
+                reason: SKIPPED_REASON.into(),
+            })
+            .collect();
+    }
     progress.line(&format!(
         "serval bench: sections {}; columns {}; sizes {:?}; {} samples per point; output in {}",
         r.config.sections.join(","),
@@ -413,6 +480,14 @@ pub fn run(args: BenchArgs) -> Result<RunOutput> {
         plan.samples,
         plan.out.display()
     ));
+    if !r.skipped.is_empty() {
+        let pairs: Vec<String> = r
+            .skipped
+            .iter()
+            .map(|s| format!("{} N={}", s.dataplane, s.n))
+            .collect();
+        progress.line(&format!("{SKIPPED_REASON}: {}", pairs.join(", ")));
+    }
     let mut labs = Labs {
         plan: &plan,
         work: plan.out.join("work"),
@@ -557,6 +632,9 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
     let mut bpf_echo = None;
     for &n in &plan.sizes {
         for &dp in &plan.dataplanes {
+            if !plan.runs(dp, n) {
+                continue;
+            }
             match dp {
                 Dataplane::Direct => {
                     if !latency {
@@ -654,7 +732,7 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
                         samples,
                         plan.warmup,
                         programming,
-                        plan.has(Section::Memory) && Some(&n) == plan.sizes.iter().max(),
+                        plan.has(Section::Memory) && Some(n) == plan.largest_size(dp),
                         p,
                     ) {
                         Ok((lat, prog, mem)) => {
@@ -854,4 +932,118 @@ fn memory_section(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progres
         r.memory.push(point);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> BenchArgs {
+        BenchArgs {
+            quick: false,
+            sizes: vec![],
+            policy_sizes: vec![],
+            only: vec![],
+            dataplanes: vec![],
+            samples: None,
+            warmup: None,
+            duration_secs: None,
+            iptables_backend: baseline::IptablesBackend::Legacy,
+            out: "bench-results".into(),
+            serval_bin: Some("/nonexistent/serval".into()),
+        }
+    }
+
+    fn ran(plan: &Plan) -> Vec<(Dataplane, usize)> {
+        plan.sizes
+            .iter()
+            .flat_map(|&n| plan.dataplanes.iter().map(move |&d| (d, n)))
+            .filter(|&(d, n)| plan.runs(d, n))
+            .collect()
+    }
+
+    #[test]
+    fn default_plan_runs_large_sizes_only_for_the_fast_columns() {
+        let plan = Plan::from_args(args()).expect("plan");
+        assert_eq!(plan.sizes, DEFAULT_SIZES);
+        let all = Dataplane::value_variants();
+        for &n in &[1, 100, 1_000, 5_000, 10_000] {
+            for &d in all {
+                assert!(plan.runs(d, n), "{} at {n}", d.name());
+            }
+        }
+        let fast = [
+            Dataplane::Direct,
+            Dataplane::KubeProxyIptables,
+            Dataplane::ServalBpf,
+            Dataplane::ServalBpfCtlb,
+        ];
+        for n in DEFAULT_LARGE_SIZES {
+            for &d in &fast {
+                assert!(plan.runs(d, n), "{} at {n}", d.name());
+            }
+        }
+        assert_eq!(
+            plan.skipped,
+            vec![
+                (Dataplane::KubeProxyNftables, 25_000),
+                (Dataplane::ServalIptables, 25_000),
+                (Dataplane::KubeProxyNftables, 50_000),
+                (Dataplane::ServalIptables, 50_000),
+            ]
+        );
+        // Every pair of the default sizes is either run or listed as skipped.
+        assert_eq!(
+            ran(&plan).len() + plan.skipped.len(),
+            DEFAULT_SIZES.len() * all.len()
+        );
+        for &(d, n) in &plan.skipped {
+            assert!(!plan.runs(d, n));
+        }
+        // Memory is taken at the largest N each column runs.
+        assert_eq!(plan.largest_size(Dataplane::ServalBpf), Some(50_000));
+        assert_eq!(plan.largest_size(Dataplane::ServalIptables), Some(10_000));
+    }
+
+    #[test]
+    fn default_plan_with_the_nft_backend_skips_kube_proxy_iptables_at_large_sizes() {
+        let mut a = args();
+        a.iptables_backend = baseline::IptablesBackend::Nft;
+        a.dataplanes = vec![Dataplane::Direct, Dataplane::KubeProxyIptables];
+        let plan = Plan::from_args(a).expect("plan");
+        assert_eq!(
+            plan.skipped,
+            vec![
+                (Dataplane::KubeProxyIptables, 25_000),
+                (Dataplane::KubeProxyIptables, 50_000),
+            ]
+        );
+        assert!(plan.runs(Dataplane::Direct, 50_000));
+        assert!(plan.runs(Dataplane::KubeProxyIptables, 10_000));
+    }
+
+    #[test]
+    fn explicit_sizes_run_every_pair_asked_for() {
+        let mut a = args();
+        a.sizes = vec![1, 25_000, 50_000];
+        let plan = Plan::from_args(a).expect("plan");
+        assert!(plan.skipped.is_empty());
+        assert_eq!(
+            ran(&plan).len(),
+            3 * Dataplane::value_variants().len(),
+            "every column at every size"
+        );
+        assert!(plan.runs(Dataplane::KubeProxyNftables, 50_000));
+        assert!(plan.runs(Dataplane::ServalIptables, 25_000));
+    }
+
+    #[test]
+    fn quick_plan_skips_nothing() {
+        let mut a = args();
+        a.quick = true;
+        let plan = Plan::from_args(a).expect("plan");
+        assert_eq!(plan.sizes, QUICK_SIZES);
+        assert!(plan.skipped.is_empty());
+        assert_eq!(ran(&plan).len(), 3 * Dataplane::value_variants().len());
+    }
 }

@@ -184,6 +184,33 @@ fn unavailable_notes(md: &mut String, r: &Results, section: &str) {
     }
 }
 
+/// The (column, size) pairs the default set left out, listed by column, never dropped
+/// silently.
+fn skipped_notes(md: &mut String, r: &Results, columns: &[String]) {
+    let mut any = false;
+    for c in columns {
+        let sizes: Vec<String> = r
+            .skipped
+            .iter()
+            .filter(|s| &s.dataplane == c)
+            .map(|s| s.n.to_string())
+            .collect();
+        if sizes.is_empty() {
+            continue;
+        }
+        let reason = r
+            .skipped
+            .iter()
+            .find(|s| &s.dataplane == c)
+            .map_or("", |s| s.reason.as_str());
+        let _ = writeln!(md, "- **{c}** at N={}: {reason}", sizes.join(", "));
+        any = true;
+    }
+    if any {
+        md.push('\n');
+    }
+}
+
 fn latency_columns(r: &Results, section: &str) -> Vec<String> {
     r.config
         .dataplanes
@@ -205,7 +232,12 @@ fn latency_section(md: &mut String, r: &Results) {
          backend pod's own address (no service rules): the floor, and the base of the ratios.\n\n",
     );
     let columns = latency_columns(r, "latency");
-    let sizes = sizes_of(r.latency.iter().map(|p| p.n));
+    let sizes = sizes_of(
+        r.latency
+            .iter()
+            .map(|p| p.n)
+            .chain(r.skipped.iter().map(|s| s.n)),
+    );
     for (label, pick) in [
         ("p50", (|s: &Summary| s.p50) as fn(&Summary) -> f64),
         ("p90", |s: &Summary| s.p90),
@@ -229,6 +261,8 @@ fn latency_section(md: &mut String, r: &Results) {
                         } else {
                             format!("{}{}", fmt_us(v), ratio(v, base))
                         }
+                    } else if r.skipped_at(c, n) {
+                        "skipped".into()
                     } else if r.unavailable_reason("latency", c).is_some() {
                         "n/a".into()
                     } else if r.failure_at("latency", c, n).is_some() {
@@ -243,6 +277,7 @@ fn latency_section(md: &mut String, r: &Results) {
         md.push('\n');
     }
     failed_exchanges(md, r);
+    skipped_notes(md, r, &columns);
     unavailable_notes(md, r, "latency");
 }
 
@@ -258,7 +293,12 @@ fn programming_section(md: &mut String, r: &Results) {
          service added when N exist, until it answers. Ratios are to kube-proxy iptables.\n\n",
     );
     let columns = latency_columns(r, "programming");
-    let sizes = sizes_of(r.programming.iter().map(|p| p.n));
+    let sizes = sizes_of(
+        r.programming
+            .iter()
+            .map(|p| p.n)
+            .chain(r.skipped.iter().map(|s| s.n)),
+    );
     for (title, full) in [
         ("**N services from nothing, until the last answers**", true),
         ("**One service added at N, until it answers**", false),
@@ -290,6 +330,7 @@ fn programming_section(md: &mut String, r: &Results) {
                             format!("{}{load}{}", fmt_ms(answer), ratio(answer, base))
                         }
                     }
+                    None if r.skipped_at(c, n) => "skipped".into(),
                     None if r.unavailable_reason("programming", c).is_some() => "n/a".into(),
                     None if r.failure_at("programming", c, n).is_some() => "failed".into(),
                     None => "—".into(),
@@ -299,6 +340,7 @@ fn programming_section(md: &mut String, r: &Results) {
         }
         md.push('\n');
     }
+    skipped_notes(md, r, &columns);
     unavailable_notes(md, r, "programming");
 }
 
@@ -524,6 +566,7 @@ mod tests {
                 reason: "not wired".into(),
             }],
             failures: vec![],
+            skipped: vec![],
         }
     }
 
@@ -587,6 +630,23 @@ mod tests {
         );
         assert!(
             md.contains("- serval-iptables at 100 policies: 2 of 4 exchanges failed (not in the percentiles); last error: timed out"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn skipped_pairs_are_marked_and_listed() {
+        let mut r = results();
+        r.skipped = vec![Skipped {
+            dataplane: "kube-proxy-iptables".into(),
+            n: 50_000,
+            reason: "skipped in the default set".into(),
+        }];
+        let md = render(&r, &[]);
+        // A row for the skipped size even though nothing else ran there.
+        assert!(md.contains("| 50000 | — | skipped | n/a |"), "{md}");
+        assert!(
+            md.contains("- **kube-proxy-iptables** at N=50000: skipped in the default set"),
             "{md}"
         );
     }

@@ -142,6 +142,15 @@ pub struct Unavailable {
     pub reason: String,
 }
 
+/// A (column, size) pair of the default size list that the default set does not run because
+/// it takes minutes at that size (explicit `--sizes` run every pair asked for).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub dataplane: String,
+    pub n: usize,
+    pub reason: String,
+}
+
 /// A measurement that failed during the run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Failure {
@@ -167,6 +176,9 @@ pub struct Results {
     pub memory: Vec<MemoryPoint>,
     pub unavailable: Vec<Unavailable>,
     pub failures: Vec<Failure>,
+    /// Pairs of the default size list left out of the default set (listed in the report).
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
 }
 
 impl Results {
@@ -187,6 +199,12 @@ impl Results {
             .iter()
             .find(|u| u.section == section && u.dataplane == dataplane)
             .map(|u| u.reason.as_str())
+    }
+
+    pub fn skipped_at(&self, dataplane: &str, n: usize) -> bool {
+        self.skipped
+            .iter()
+            .any(|s| s.dataplane == dataplane && s.n == n)
     }
 
     pub fn failure_at(&self, section: &str, dataplane: &str, n: usize) -> Option<&str> {
