@@ -280,7 +280,10 @@ fn default_routes(plan: &Plan, st: &LabState, subnet: u8) -> Vec<(IpNet, IpAddr)
     let gateways: Vec<IpNet> = if st.router.is_some() {
         plan.addrs(subnet, HOST_ID_ROUTER)
     } else if subnet == 0 {
-        st.outside.as_ref().map(|o| o.addrs.clone()).unwrap_or_default()
+        st.outside
+            .as_ref()
+            .map(|o| o.addrs.clone())
+            .unwrap_or_default()
     } else {
         Vec::new()
     };
