@@ -153,6 +153,8 @@ struct Pipeline {
     synced: bool,
     /// The dataplane selected; `None` before the first full sync.
     selected: Option<DataplaneKind>,
+    /// The eBPF load settings (map sizes, log level) the open bpf driver was made with.
+    bpf_settings: Option<crate::dataplane::bpf::BpfSettings>,
     /// Whether a driver is open for `selected`.
     has_driver: bool,
     /// The state the driver holds (as far as we know).
@@ -178,6 +180,7 @@ pub(crate) async fn run(
         model: Model::default(),
         synced: false,
         selected: None,
+        bpf_settings: None,
         has_driver: false,
         applied: None,
         pending: false,
@@ -258,9 +261,50 @@ impl Pipeline {
     async fn select(&mut self) {
         let felix = self.model.felix(Some(self.node()));
         let want = DataplaneKind::from_bpf_enabled(felix.bpf_enabled);
+        let bpf_settings = (want == DataplaneKind::Bpf)
+            .then(|| crate::dataplane::bpf::BpfSettings::from_felix(&felix));
         if self.selected == Some(want) {
+            if bpf_settings == self.bpf_settings {
+                return;
+            }
+            // bpfMapSize* or bpfLogLevel changed: reload the programs with the new settings,
+            // without cleaning up (pinned maps keep their contents unless their size changed,
+            // attachments are swapped in place).
+            tracing::info!(
+                ?bpf_settings,
+                "eBPF settings changed: reloading the programs"
+            );
+            let felix2 = felix.clone();
+            let reopened = self
+                .driver
+                .call(move |slot| {
+                    *slot = None;
+                    dataplane::open_with(want, &felix2).map(|d| *slot = Some(d))
+                })
+                .await
+                .and_then(|r| r);
+            self.bpf_settings = bpf_settings;
+            self.applied = None;
+            match reopened {
+                Ok(()) => {
+                    self.has_driver = true;
+                    self.pending = true;
+                }
+                Err(e) => {
+                    self.has_driver = false;
+                    self.pending = false;
+                    tracing::error!(dataplane = %want, error = %e, "could not reload the eBPF dataplane with the new settings");
+                    self.publish(
+                        want,
+                        DataplaneState::Unavailable {
+                            error: e.to_string(),
+                        },
+                    );
+                }
+            }
             return;
         }
+        self.bpf_settings = bpf_settings;
         let from = self.selected;
         match from {
             Some(from) => {
@@ -270,6 +314,7 @@ impl Pipeline {
                 tracing::info!(dataplane = %want, "dataplane selected by FelixConfiguration bpfEnabled")
             }
         }
+        let felix2 = felix.clone();
         let opened = self
             .driver
             .call(move |slot| {
@@ -292,7 +337,7 @@ impl Pipeline {
                         }
                     }
                 }
-                dataplane::open(want).map(|d| {
+                dataplane::open_with(want, &felix2).map(|d| {
                     *slot = Some(d);
                 })
             })

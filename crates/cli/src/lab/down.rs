@@ -126,6 +126,18 @@ pub async fn teardown(layout: &Layout) -> anyhow::Result<Removed> {
         }
     }
 
+    // 2b. The eBPF dataplane's pins of each node (maps and links under
+    //     /sys/fs/bpf/serval/<node netns>); the attachments went with the namespaces.
+    for n in netns.iter().filter(|n| is_infra(n)) {
+        let scope = serval_agent::dataplane::bpf::scope_name(n);
+        if let Ok(pins) = serval_dp_bpf::PinScope::new(&scope)
+            && pins.dir().exists()
+        {
+            serval_dp_bpf::cleanup(&pins, None)
+                .with_context(|| format!("removing the eBPF pins of {n}"))?;
+        }
+    }
+
     // 3. Links in the root namespace: the veths go with their namespaces (asynchronously);
     //    delete any left, then the bridge.
     let root = Netlink::current().context("opening netlink in the root namespace")?;
