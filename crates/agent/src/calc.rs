@@ -244,6 +244,40 @@ impl Pipeline {
         changed
     }
 
+    /// In the lab, records which endpoints the dataplane has programmed
+    /// (`<lab-dir>/nodes/<node>/dataplane.programmed`: JSON `{dataplane, endpoints: ["ns/pod"]}`)
+    /// so `serval lab up`/`wait` return only once new pods are policed and served, not merely
+    /// ready. Written atomically, only when the set changes.
+    fn record_programmed(&self, kind: DataplaneKind, desired: &DesiredState) {
+        let Some(lab_dir) = &self.config.lab_dir else {
+            return;
+        };
+        let endpoints: Vec<String> = desired
+            .endpoints
+            .values()
+            .map(|(e, _)| format!("{}/{}", e.namespace, e.pod))
+            .collect();
+        let before: Option<Vec<String>> = self.applied.as_deref().map(|a| {
+            a.endpoints
+                .values()
+                .map(|(e, _)| format!("{}/{}", e.namespace, e.pod))
+                .collect()
+        });
+        if before.as_ref() == Some(&endpoints) {
+            return;
+        }
+        let dir = lab_dir.join("nodes").join(&self.config.node);
+        let path = dir.join("dataplane.programmed");
+        let tmp = dir.join("dataplane.programmed.tmp");
+        let body = serde_json::json!({ "dataplane": kind.to_string(), "endpoints": endpoints });
+        let result = std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(&tmp, body.to_string()))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(e) = result {
+            tracing::warn!(file = %path.display(), error = %e, "could not record the programmed endpoints");
+        }
+    }
+
     fn publish(&self, dataplane: DataplaneKind, state: DataplaneState) {
         let new = Some(DataplaneStatus { dataplane, state });
         self.status.send_if_modified(|s| {
@@ -383,6 +417,7 @@ impl Pipeline {
         match result {
             Ok(written) => {
                 self.log_update(kind, &desired, written);
+                self.record_programmed(kind, &desired);
                 self.applied = Some(desired);
                 self.pending = false;
                 self.publish(kind, DataplaneState::Programmed);

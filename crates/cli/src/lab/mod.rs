@@ -81,7 +81,8 @@ async fn wait(args: WaitArgs) -> anyhow::Result<ExitCode> {
         .map(|n| serval_sys::NetNs::open(&n.host.netns).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<_>>>()?;
     pods::wait_routes(&client, &node_ns, deadline).await?;
-    println!("{n} pods ready and routed");
+    pods::wait_programmed(&client, &layout, deadline).await?;
+    println!("{n} pods ready, routed and programmed");
     Ok(ExitCode::SUCCESS)
 }
 

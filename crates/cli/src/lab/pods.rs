@@ -174,3 +174,42 @@ pub async fn wait_ready(client: &Client, deadline: Instant) -> anyhow::Result<us
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until each node's dataplane has programmed the pods on that node (the agent lists
+/// them in `nodes/<node>/dataplane.programmed` after each successful apply), so policy and
+/// services are in force for them. A node whose agent has no working dataplane (no such
+/// file once the agent is ready) is not waited for.
+pub async fn wait_programmed(
+    client: &Client,
+    layout: &super::layout::Layout,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    let pods = list(client).await?;
+    loop {
+        let mut missing = Vec::new();
+        for p in &pods {
+            let Some(node) = &p.node else { continue };
+            let path = layout.node_dir(node).join("dataplane.programmed");
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let programmed: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let listed = programmed["endpoints"]
+                .as_array()
+                .is_some_and(|eps| eps.iter().any(|e| e.as_str() == Some(p.id().as_str())));
+            if !listed {
+                missing.push(format!("{} on {node}", p.id()));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "the dataplane did not program these pods in time: {}; see the agents' logs",
+                missing.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

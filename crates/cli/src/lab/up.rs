@@ -497,6 +497,7 @@ async fn bring_up(
             .context("applying the extra resources")?;
         let ready = pods::wait_ready(&client, deadline).await?;
         pods::wait_routes(&client, &node_ns, deadline).await?;
+        pods::wait_programmed(&client, layout, deadline).await?;
         p.done(&format!(
             "applied {count} resources; {ready} pods ready, routes to them on every node"
         ));
