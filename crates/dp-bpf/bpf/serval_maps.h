@@ -166,9 +166,14 @@ _Static_assert(sizeof(struct sv_route_key) == 20, "sv_route_key");
 #define SV_RT_F_IN_POOL (1u << 5) /* inside an IP pool */
 #define SV_RT_F_NAT_OUTGOING (1u << 6) /* inside a pool with natOutgoing */
 
-/* Identities: 0 is the policy wildcard (never assigned); an address no route covers is WORLD. */
+/*
+ * Identities: 0 is the policy wildcard (never assigned); an IPv4 address no route covers is
+ * WORLD, an IPv6 one WORLD6 (the families differ: ipVersion rules make verdicts
+ * family-dependent).
+ */
 #define SV_IDENTITY_ANY 0
 #define SV_IDENTITY_WORLD 1
+#define SV_IDENTITY_WORLD6 2
 
 struct sv_route_val {
 	__u32 identity;
@@ -205,7 +210,7 @@ struct sv_pol_match {
 	__be32 remote_id;
 	__u8 dir; /* SV_DIR_* */
 	__u8 proto; /* IPPROTO_* */
-	__be16 port; /* destination port (TCP/UDP/SCTP) or type << 8 | code (ICMP) */
+	__be16 port; /* destination port (TCP/UDP/SCTP/UDPLite) or type << 8 | code (ICMP) */
 };
 _Static_assert(sizeof(struct sv_pol_match) == 12, "sv_pol_match");
 

@@ -126,7 +126,7 @@ struct sv_pkt {
 	union sv_addr daddr;
 	__be16 sport; /* conntrack ports (ICMP echo: the identifier) */
 	__be16 dport;
-	__be16 pol_port; /* policy port: dport, or type << 8 | code for ICMP */
+	__be16 pol_port; /* policy port: dport (TCP/UDP/SCTP/UDPLite), type << 8 | code (ICMP) */
 	__u8 proto;
 	__u8 family;
 	__u8 tcp_flags;
@@ -174,13 +174,25 @@ static __always_inline int sv_parse_l4(struct __sk_buff *skb, struct sv_pkt *p)
 		p->tcp_flags = ((__u8 *)&tcp)[13];
 		return SV_PARSE_OK;
 	}
-	case IPPROTO_UDP: {
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE: {
+		/* UDPLite shares UDP's first 4 bytes (ports) */
 		struct udphdr udp;
 		if (bpf_skb_load_bytes(skb, p->l4_off, &udp, sizeof(udp)))
 			return SV_PARSE_MALFORMED;
 		p->sport = udp.source;
 		p->dport = udp.dest;
 		p->pol_port = udp.dest;
+		return SV_PARSE_OK;
+	}
+	case IPPROTO_SCTP: {
+		/* SCTP common header: source port, destination port, verification tag, CRC32c */
+		__be16 ports[2];
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)))
+			return SV_PARSE_MALFORMED;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		p->pol_port = ports[1];
 		return SV_PARSE_OK;
 	}
 	case IPPROTO_ICMP:
@@ -365,12 +377,26 @@ static __always_inline int sv_ct_create(const struct sv_ct_key *k, const struct 
 
 /* ---- policy ----------------------------------------------------------------------------- */
 
+/* An IPv4-mapped address (::ffff:a.b.c.d), i.e. one of the IPv4 family in sv_routes. */
+static __always_inline int sv_addr_is_v4(const union sv_addr *a)
+{
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0xffff);
+}
+
+/*
+ * The identity of addr; an address no route covers is WORLD (IPv4) or WORLD6 (IPv6). The
+ * family is read off the address itself (IPv4-mapped or not), the same way sv_routes tells
+ * the families apart; passing the packet's family instead costs registers the debug build's
+ * 512-byte stack cannot spare.
+ */
 static __always_inline __u32 sv_identity(const union sv_addr *addr)
 {
 	struct sv_route_key k = {.prefixlen = 128};
 	k.addr = *addr;
 	struct sv_route_val *r = bpf_map_lookup_elem(&sv_routes, &k);
-	return r ? r->identity : SV_IDENTITY_WORLD;
+	if (r)
+		return r->identity;
+	return sv_addr_is_v4(&k.addr) ? SV_IDENTITY_WORLD : SV_IDENTITY_WORLD6;
 }
 
 /* The verdict of the endpoint's policy for a packet to/from remote (dir: SV_DIR_*). */

@@ -292,8 +292,10 @@ pub const SV_RT_F_NAT_OUTGOING: u32 = 1 << 6;
 
 /// The policy wildcard identity (never assigned to addresses).
 pub const SV_IDENTITY_ANY: u32 = 0;
-/// The identity of addresses no route covers.
+/// The identity of IPv4 addresses no route covers.
 pub const SV_IDENTITY_WORLD: u32 = 1;
+/// The identity of IPv6 addresses no route covers.
+pub const SV_IDENTITY_WORLD6: u32 = 2;
 
 /// `struct sv_route_val`.
 #[repr(C)]

@@ -8,8 +8,8 @@ mod common;
 use std::net::IpAddr;
 
 use common::packet::{
-    L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, packet,
-    parse, tcp, udp, udp_csum,
+    L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
+    TCP_SYN, packet, parse, sctp, tcp, udp, udp_csum,
 };
 use serval_dp_bpf::{
     Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX,
@@ -833,6 +833,148 @@ fn sweep_expires_entries_the_programs_created_by_state_and_age() {
         .0,
         TC_ACT_OK
     );
+}
+
+#[test]
+fn addresses_without_a_route_are_world_for_ipv4_and_world6_for_ipv6() {
+    let Some(mut dp) = setup(LogLevel::Off, small_sizes()) else {
+        return;
+    };
+    // TCP 443 to WORLD6 allowed, to WORLD denied, to anything else (ANY) denied by setup's
+    // prefixlen-72 entry; so only a lookup under identity 2 can allow an IPv6 packet.
+    let full = |id, verdict, rule_id| {
+        let key = aya::maps::lpm_trie::Key::new(
+            SV_POL_PREFIX_FULL,
+            PolMatch::new(EP, id, SV_DIR_EGRESS, PROTO_TCP, 443),
+        );
+        let val = PolVal { verdict, rule_id };
+        (key, val)
+    };
+    for (id, verdict, rule) in [
+        (SV_IDENTITY_WORLD6, SV_VERDICT_ALLOW, 60),
+        (SV_IDENTITY_WORLD, SV_VERDICT_DENY, 61),
+    ] {
+        let (key, val) = full(id, verdict, rule);
+        dp.maps().set_policy(&key, &val).unwrap();
+    }
+    let (v6_world, v4_world) = (ip("2001:db8::1"), ip("192.0.2.1"));
+    let pkt = packet(v6().client, v6_world, tcp(53000, 443, TCP_SYN));
+    assert_eq!(
+        run(&dp, Hook::FromEndpoint, &pkt).0,
+        TC_ACT_OK,
+        "an IPv6 address no route covers is WORLD6 (2)"
+    );
+    let pkt = packet(v4().client, v4_world, tcp(53001, 443, TCP_SYN));
+    assert_eq!(
+        run(&dp, Hook::FromEndpoint, &pkt).0,
+        TC_ACT_SHOT,
+        "an IPv4 address no route covers is WORLD (1), not WORLD6"
+    );
+    assert_eq!(drops(&mut dp, SV_DROP_POLICY), 1);
+    // swap the verdicts: now IPv4 passes and IPv6 does not
+    for (id, verdict, rule) in [
+        (SV_IDENTITY_WORLD6, SV_VERDICT_DENY, 62),
+        (SV_IDENTITY_WORLD, SV_VERDICT_ALLOW, 63),
+    ] {
+        let (key, val) = full(id, verdict, rule);
+        dp.maps().set_policy(&key, &val).unwrap();
+    }
+    let pkt = packet(v6().client, v6_world, tcp(53002, 443, TCP_SYN));
+    assert_eq!(run(&dp, Hook::FromEndpoint, &pkt).0, TC_ACT_SHOT);
+    let pkt = packet(v4().client, v4_world, tcp(53003, 443, TCP_SYN));
+    assert_eq!(run(&dp, Hook::FromEndpoint, &pkt).0, TC_ACT_OK);
+    // ingress from an unrouted IPv6 address is judged as WORLD6 too
+    dp.maps()
+        .set_policy(
+            &pol_key_any_proto(EP, SV_IDENTITY_WORLD6, SV_DIR_INGRESS),
+            &PolVal {
+                verdict: SV_VERDICT_ALLOW,
+                rule_id: 64,
+            },
+        )
+        .unwrap();
+    let pkt = packet(v6_world, v6().client, tcp(443, 53100, TCP_SYN));
+    assert_eq!(run(&dp, Hook::ToEndpoint, &pkt).0, TC_ACT_OK);
+    let pkt = packet(v4_world, v4().client, tcp(443, 53101, TCP_SYN));
+    assert_eq!(run(&dp, Hook::ToEndpoint, &pkt).0, TC_ACT_SHOT);
+    assert_eq!(drops(&mut dp, SV_DROP_POLICY), 3);
+}
+
+#[test]
+fn sctp_destination_port_is_the_policy_port_and_conntrack_port() {
+    let Some(mut dp) = setup(LogLevel::Off, small_sizes()) else {
+        return;
+    };
+    let key = |port| {
+        aya::maps::lpm_trie::Key::new(
+            SV_POL_PREFIX_FULL,
+            PolMatch::new(EP, SERVER_ID, SV_DIR_EGRESS, PROTO_SCTP, port),
+        )
+    };
+    dp.maps()
+        .set_policy(
+            &key(80),
+            &PolVal {
+                verdict: SV_VERDICT_ALLOW,
+                rule_id: 70,
+            },
+        )
+        .unwrap();
+    dp.maps()
+        .set_policy(
+            &key(81),
+            &PolVal {
+                verdict: SV_VERDICT_DENY,
+                rule_id: 71,
+            },
+        )
+        .unwrap();
+    for net in [v4(), v6()] {
+        let (c, s) = (net.client, net.server);
+        let pkt = packet(c, s, sctp(54000, 80));
+        let (verdict, out) = run(&dp, Hook::FromEndpoint, &pkt);
+        assert_eq!(verdict, TC_ACT_OK, "SCTP to {s} port 80");
+        assert_eq!(out, pkt);
+        let entry = ct(&mut dp, c, 54000, s, 80, PROTO_SCTP);
+        assert_ne!(entry.flags & SV_CT_F_APPROVED_SRC, 0);
+        let (verdict, _) = run(&dp, Hook::FromEndpoint, &packet(c, s, sctp(54001, 81)));
+        assert_eq!(verdict, TC_ACT_SHOT, "SCTP to {s} port 81");
+        // a port no entry names falls to setup's deny for the server identity
+        let (verdict, _) = run(&dp, Hook::FromEndpoint, &packet(c, s, sctp(54002, 82)));
+        assert_eq!(verdict, TC_ACT_SHOT, "SCTP to {s} port 82");
+        // the reply finds the same entry (by its ports), which becomes established
+        let (verdict, _) = run(&dp, Hook::ToEndpoint, &packet(s, c, sctp(80, 54000)));
+        assert_eq!(verdict, TC_ACT_OK);
+        let entry = ct(&mut dp, c, 54000, s, 80, PROTO_SCTP);
+        assert_ne!(entry.flags & SV_CT_F_ESTABLISHED, 0, "{entry:?}");
+    }
+    assert_eq!(drops(&mut dp, SV_DROP_POLICY), 4);
+    assert_eq!(dp.maps().conntrack_entries().unwrap().len(), 2);
+
+    // UDPLite (136) shares UDP's port layout: its destination port is the policy port too
+    const PROTO_UDPLITE: u8 = 136;
+    dp.maps()
+        .set_policy(
+            &aya::maps::lpm_trie::Key::new(
+                SV_POL_PREFIX_FULL,
+                PolMatch::new(EP, SERVER_ID, SV_DIR_EGRESS, PROTO_UDPLITE, 5000),
+            ),
+            &PolVal {
+                verdict: SV_VERDICT_ALLOW,
+                rule_id: 72,
+            },
+        )
+        .unwrap();
+    let net = v6();
+    let udplite = |dport| {
+        // an IPv6 UDP packet relabelled (IPv6 has no header checksum to fix)
+        let mut pkt = packet(net.client, net.server, udp(55000, dport));
+        pkt[14 + 6] = PROTO_UDPLITE;
+        pkt
+    };
+    assert_eq!(run(&dp, Hook::FromEndpoint, &udplite(5000)).0, TC_ACT_OK);
+    assert_eq!(run(&dp, Hook::FromEndpoint, &udplite(5001)).0, TC_ACT_SHOT);
+    ct(&mut dp, net.client, 55000, net.server, 5000, PROTO_UDPLITE);
 }
 
 /// Inserts an 8-byte IPv6 extension header of type `ext` right after the IPv6 header.

@@ -1,4 +1,4 @@
-//! A small packet builder (Ethernet + IPv4/IPv6 + TCP/UDP/ICMP/ICMPv6, correct checksums)
+//! A small packet builder (Ethernet + IPv4/IPv6 + TCP/UDP/SCTP/ICMP/ICMPv6, correct checksums)
 //! and a parser/checksum verifier for what the programs hand back.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -7,6 +7,7 @@ pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -28,6 +29,11 @@ pub enum L4 {
         dport: u16,
         zero_csum: bool,
     },
+    /// An SCTP common header (verification tag 0x5e57a1, CRC32c) and one DATA-like chunk.
+    Sctp {
+        sport: u16,
+        dport: u16,
+    },
     /// ICMP (IPv4) or ICMPv6 (IPv6) of this type/code; echo types carry id/seq.
     Icmp {
         kind: u8,
@@ -42,6 +48,33 @@ pub fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
         dport,
         flags,
     }
+}
+
+pub fn sctp(sport: u16, dport: u16) -> L4 {
+    L4::Sctp { sport, dport }
+}
+
+/// CRC32c (Castagnoli), SCTP's checksum (RFC 9260 appendix A), bitwise.
+fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// The SCTP checksum of a segment: CRC32c with the checksum field zeroed, little-endian.
+fn sctp_csum(seg: &[u8]) -> [u8; 4] {
+    let mut zeroed = seg.to_vec();
+    zeroed[8..12].fill(0);
+    crc32c(&zeroed).to_le_bytes()
 }
 
 pub fn udp(sport: u16, dport: u16) -> L4 {
@@ -111,6 +144,21 @@ pub fn packet(src: IpAddr, dst: IpAddr, l4: L4) -> Vec<u8> {
             s.extend(PAYLOAD);
             (PROTO_UDP, s)
         }
+        L4::Sctp { sport, dport } => {
+            let mut s = Vec::new();
+            s.extend(sport.to_be_bytes());
+            s.extend(dport.to_be_bytes());
+            s.extend(0x005e_57a1u32.to_be_bytes()); // verification tag
+            s.extend([0, 0, 0, 0]); // checksum
+            // chunk: type 0 (DATA), flags, length, then the payload (padded to 4 bytes)
+            s.extend([0, 3]);
+            s.extend(((4 + PAYLOAD.len()) as u16).to_be_bytes());
+            s.extend(PAYLOAD);
+            s.resize(s.len().next_multiple_of(4), 0);
+            let c = sctp_csum(&s);
+            s[8..12].copy_from_slice(&c);
+            (PROTO_SCTP, s)
+        }
         L4::Icmp { kind, code, id } => {
             let mut s = vec![kind, code, 0, 0];
             s.extend(id.to_be_bytes());
@@ -128,6 +176,7 @@ pub fn packet(src: IpAddr, dst: IpAddr, l4: L4) -> Vec<u8> {
             },
         ) => None,
         (PROTO_UDP, _) => Some(6),
+        (PROTO_SCTP, _) => None, // CRC32c, set above
         _ => Some(2),
     };
     if let Some(off) = csum_off {
@@ -210,7 +259,7 @@ pub fn parse(pkt: &[u8]) -> Parsed {
         other => panic!("not IP: ethertype {other:#06x}"),
     };
     let (sport, dport) = match proto {
-        PROTO_TCP | PROTO_UDP => (
+        PROTO_TCP | PROTO_UDP | PROTO_SCTP => (
             u16::from_be_bytes([seg[0], seg[1]]),
             u16::from_be_bytes([seg[2], seg[3]]),
         ),
@@ -219,6 +268,7 @@ pub fn parse(pkt: &[u8]) -> Parsed {
     let l4_csum_ok = match proto {
         PROTO_UDP if src.is_ipv4() && seg[6] == 0 && seg[7] == 0 => true, // no checksum
         PROTO_ICMP => fold(sum16(seg)) == 0xffff,
+        PROTO_SCTP => seg[8..12] == sctp_csum(seg),
         _ => fold(pseudo(src, dst, proto, seg.len()) + sum16(seg)) == 0xffff,
     };
     Parsed {
@@ -244,6 +294,11 @@ pub fn udp_csum(pkt: &[u8]) -> u16 {
 }
 
 #[test]
+fn crc32c_matches_the_standard_check_value() {
+    assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+}
+
+#[test]
 fn builder_makes_valid_checksums_and_verifier_catches_corruption() {
     let a: IpAddr = "10.0.0.2".parse().unwrap();
     let b: IpAddr = "10.0.0.3".parse().unwrap();
@@ -253,6 +308,7 @@ fn builder_makes_valid_checksums_and_verifier_catches_corruption() {
         for l4 in [
             tcp(1234, 80, TCP_SYN),
             udp(5353, 53),
+            sctp(5000, 80),
             L4::Icmp {
                 kind: if s.is_ipv4() { 8 } else { 128 },
                 code: 0,
