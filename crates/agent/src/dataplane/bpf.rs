@@ -72,6 +72,8 @@ pub const NOT_YET_IN_BPF: &[&str] = &[
     "masquerade of externalTrafficPolicy: Cluster and hairpin service traffic",
     "host endpoints and failsafe ports (defaultEndpointToHostAction Return acts as Accept)",
     "fast-path redirects (bpf_redirect_peer / bpf_redirect_neigh): packets take the host stack",
+    "IP fragments (dropped and counted as fragment: large UDP datagrams over the MTU fail)",
+    "service NAT for SCTP and UDP-Lite (their checksums are not rewritten: dropped and counted as rewrite)",
 ];
 
 /// Identities the driver gives this node's own addresses (one per identity class they
@@ -433,8 +435,9 @@ pub fn desired_contents(
             ids.push((*fk, id));
         }
     }
+    let kept: std::collections::HashSet<NatFeKey> = ids.iter().map(|(f, _)| *f).collect();
     for (fk, k) in &keys {
-        if ids.iter().any(|(f, _)| f == fk) {
+        if kept.contains(fk) {
             continue;
         }
         let mut id = fnv32(&k.to_string()).max(1);
