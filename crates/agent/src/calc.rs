@@ -327,7 +327,9 @@ impl Pipeline {
                 Err(e) => {
                     self.has_driver = false;
                     self.pending = false;
-                    tracing::error!(dataplane = %want, error = %e, "could not reload the eBPF dataplane with the new settings");
+                    tracing::error!(dataplane = %want, error = %e, "could not reload the eBPF dataplane with the new settings; will retry");
+                    // Forget the settings so the next wake-up tries again.
+                    self.bpf_settings = None;
                     self.publish(
                         want,
                         DataplaneState::Unavailable {
@@ -387,7 +389,9 @@ impl Pipeline {
             Err(e) => {
                 self.has_driver = false;
                 self.pending = false;
-                tracing::error!(dataplane = %want, error = %e, "no dataplane: this node forwards and routes pod traffic but enforces no policy and serves no services");
+                tracing::error!(dataplane = %want, error = %e, "no dataplane: this node forwards and routes pod traffic but enforces no policy and serves no services; will retry");
+                // Not selected: the next wake-up (a change, or the periodic resync) tries again.
+                self.selected = None;
                 self.publish(
                     want,
                     DataplaneState::Unavailable {
