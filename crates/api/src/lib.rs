@@ -23,6 +23,12 @@ pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 /// Where all resources live in the datastore.
 pub const RESOURCE_PREFIX: &str = "/serval/resources/";
 
+/// How often an apply that raced concurrent writers is retried from a fresh read.
+const MAX_APPLY_ATTEMPTS: u32 = 30;
+
+/// Bumped by every apply that stores Services (see [`Client::apply`]).
+const SERVICE_ALLOCATION_KEY: &str = "/serval/allocations/services";
+
 /// How `apply` treats resources that already exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyMode {
@@ -128,9 +134,12 @@ impl Client {
                     if matches!(
                         *source,
                         StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }
-                    ) && attempt < 5 =>
+                    ) && attempt < MAX_APPLY_ATTEMPTS =>
                 {
                     tracing::debug!(attempt, "apply raced a concurrent writer; retrying");
+                    // A short, growing, per-process-varied pause spreads concurrent appliers.
+                    let jitter = u64::from(std::process::id() % 7) + u64::from(attempt) * 3;
+                    tokio::time::sleep(std::time::Duration::from_millis(jitter.min(50))).await;
                 }
                 other => return other,
             }
@@ -142,6 +151,25 @@ impl Client {
         mut resources: Vec<Resource>,
         mode: ApplyMode,
     ) -> Result<Vec<(ResourceKey, Outcome)>> {
+        // Cluster IPs and node ports are allocated from what the stored Services hold, read
+        // outside the transaction: a sentinel key every Service apply bumps makes two
+        // concurrent applies conflict (and the later one retry from a fresh read) instead of
+        // handing out the same address.
+        let sentinel = if resources.iter().any(|r| r.kind() == Kind::Service) {
+            Some(match self.store.get(SERVICE_ALLOCATION_KEY).await? {
+                Some(kv) => TxnOp::Update {
+                    key: SERVICE_ALLOCATION_KEY.to_string(),
+                    value: Vec::new(),
+                    expected: kv.mod_revision,
+                },
+                None => TxnOp::Create {
+                    key: SERVICE_ALLOCATION_KEY.to_string(),
+                    value: Vec::new(),
+                },
+            })
+        } else {
+            None
+        };
         // Existing state of every kind involved, for cross-resource validation and CAS.
         let kinds: BTreeSet<Kind> = resources.iter().map(|r| r.kind()).collect();
         let mut existing: BTreeMap<String, (Resource, Revision)> = BTreeMap::new();
@@ -180,6 +208,13 @@ impl Client {
                         }
                         None => *rev,
                     };
+                    if expected != *rev {
+                        return Err(ApiError::Store(StoreError::Conflict {
+                            key: skey,
+                            expected,
+                            actual: *rev,
+                        }));
+                    }
                     let meta = r.meta_mut();
                     meta.uid = old.meta().uid.clone();
                     meta.creation_timestamp = old.meta().creation_timestamp.clone();
@@ -210,6 +245,7 @@ impl Client {
             }
         }
         if !ops.is_empty() {
+            ops.extend(sentinel);
             self.store.txn(ops).await?;
         }
         Ok(outcomes)
@@ -252,17 +288,18 @@ impl Client {
             if !seen.insert(skey.clone()) {
                 continue;
             }
-            match self.store.get(&skey).await? {
+            let before = deleted.len();
+            let found = match self.store.get(&skey).await? {
                 Some(kv) => {
                     ops.push(TxnOp::Delete {
                         key: skey,
                         expected: Some(kv.mod_revision),
                     });
                     deleted.push(key.clone());
+                    true
                 }
-                None if ignore_not_found => {}
-                None => return Err(ApiError::NotFound { key: key.clone() }),
-            }
+                None => false,
+            };
             if key.kind == Kind::Namespace {
                 for info in serval_model::kind::KINDS.iter().filter(|i| i.namespaced) {
                     let (kvs, _) = self
@@ -279,6 +316,11 @@ impl Client {
                         }
                     }
                 }
+            }
+            // A namespace need not exist as an object to hold resources: deleting it deletes
+            // them; it is "not found" only when there was nothing at all.
+            if !found && deleted.len() == before && !ignore_not_found {
+                return Err(ApiError::NotFound { key: key.clone() });
             }
         }
         if !ops.is_empty() {

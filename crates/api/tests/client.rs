@@ -217,3 +217,79 @@ async fn an_apply_without_status_keeps_the_stored_status() {
     let out = c.apply(parse(&relabelled), ApplyMode::Apply).await.unwrap();
     assert_eq!(out[0].1, Outcome::Unchanged);
 }
+
+#[tokio::test]
+async fn a_stale_resource_version_is_refused_even_when_the_content_is_unchanged() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata: {name: n}\n";
+    c.apply(parse(ns), ApplyMode::Apply).await.unwrap();
+    c.apply(
+        parse(&format!(
+            "{ns}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: m}}\n"
+        )),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    let stale = "apiVersion: v1\nkind: Namespace\nmetadata: {name: n, resourceVersion: '999'}\n";
+    let err = c
+        .apply(parse(stale), ApplyMode::Apply)
+        .await
+        .expect_err("stale version");
+    assert!(err.to_string().contains("modified concurrently"), "{err}");
+}
+
+#[tokio::test]
+async fn deleting_a_namespace_without_an_object_deletes_its_resources() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    let p = pod("p", None).replace("name: p\n", "name: p\n  namespace: ghost\n");
+    c.apply(parse(&p), ApplyMode::Apply).await.unwrap();
+    let key = ResourceKey {
+        kind: Kind::Namespace,
+        namespace: None,
+        name: "ghost".into(),
+    };
+    let deleted = c.delete(std::slice::from_ref(&key), false).await.unwrap();
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert!(c.list(Kind::Pod, Some("ghost")).await.unwrap().0.is_empty());
+    // Nothing left: now it is not found.
+    assert!(c.delete(std::slice::from_ref(&key), false).await.is_err());
+}
+
+#[tokio::test]
+async fn concurrent_applies_never_share_a_cluster_ip_or_node_port() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let c = Client::new(f.open().await.unwrap());
+        tasks.push(tokio::spawn(async move {
+            let svc = format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  type: NodePort\n  ports: [{{port: 80}}]\n"
+            );
+            c.apply(parse(&svc), ApplyMode::Apply).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("apply");
+    }
+    let c = client(&f).await;
+    let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
+    let mut ips = std::collections::BTreeSet::new();
+    let mut ports = std::collections::BTreeSet::new();
+    for s in &svcs {
+        let Resource::Service(s) = s else {
+            unreachable!()
+        };
+        assert!(
+            ips.insert(s.spec.cluster_ip.clone().expect("allocated")),
+            "duplicate cluster IP"
+        );
+        assert!(
+            ports.insert(s.spec.ports[0].node_port.expect("allocated").0),
+            "duplicate node port"
+        );
+    }
+    assert_eq!(ips.len(), 8);
+}
