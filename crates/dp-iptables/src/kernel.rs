@@ -7,6 +7,10 @@
 //!    `*table … COMMIT` section per changed table; each section is atomic, so a failure leaves
 //!    that table as it was;
 //! 3. `ipset destroy` for each set no longer wanted (no rule references it any more).
+//!
+//! If step 1 or 2 fails, the member changes of step 1 are undone (the inverse delta) for
+//! every family whose rules were not rewritten, so the previous rules run with their
+//! previous members; sets created by step 1 stay (unreferenced) until a later write.
 
 use std::collections::BTreeMap;
 
@@ -205,6 +209,9 @@ pub fn write(
 ) -> Result<WriteReport, KernelError> {
     let mut report = WriteReport::default();
     let mut set_changes: Vec<(Family, SetChange)> = Vec::new();
+    // Families whose `ipset restore` ran (even partly), and those whose rules were rewritten.
+    let mut sets_touched: Vec<Family> = Vec::new();
+    let mut rules_written: Vec<Family> = Vec::new();
 
     for &family in families {
         let (text, change) = ipset::sets_update(
@@ -214,8 +221,11 @@ pub fn write(
         );
         if !text.is_empty() {
             tracing::debug!(%family, created = change.created.len(), updated = change.updated.len(), "writing ipsets");
-            exec.run("ipset", &["restore"], Some(&text))
-                .map_err(|source| KernelError::Sets { family, source })?;
+            sets_touched.push(family);
+            if let Err(source) = exec.run("ipset", &["restore"], Some(&text)) {
+                restore_sets(exec, &sets_touched, desired, current);
+                return Err(KernelError::Sets { family, source });
+            }
         }
         set_changes.push((family, change));
     }
@@ -239,12 +249,23 @@ pub fn write(
             continue;
         }
         tracing::debug!(%family, tables = changes.len(), "writing iptables rules");
-        exec.run(
+        if let Err(source) = exec.run(
             restore_tool(family),
             &["--noflush", "-w", XTABLES_WAIT_SECS],
             Some(&input),
-        )
-        .map_err(|source| KernelError::Rules { family, source })?;
+        ) {
+            // The live rules of this family (and of any not yet written) are the previous
+            // ones: give them back their previous set members. A family whose rules were
+            // already rewritten keeps the new members its new rules were written for.
+            let to_restore: Vec<Family> = sets_touched
+                .iter()
+                .copied()
+                .filter(|f| !rules_written.contains(f))
+                .collect();
+            restore_sets(exec, &to_restore, desired, current);
+            return Err(KernelError::Rules { family, source });
+        }
+        rules_written.push(family);
         for (table, change) in changes {
             report.hooks_changed += change.hooks_added + change.hooks_removed;
             report
@@ -272,4 +293,32 @@ pub fn write(
         }
     }
     Ok(report)
+}
+
+/// Undoes the member changes of a failed write for `families`: the inverse delta (from the
+/// desired sets back to the `current` ones) is written, so existing sets hold their previous
+/// members again. Sets the write created are left in place: no live rule references them,
+/// and the next write (which re-reads the kernel) destroys them if they are still unwanted.
+/// A failure here is logged; the caller reports the original error, and the driver
+/// re-reads the kernel before its next write anyway.
+fn restore_sets(exec: &Exec, families: &[Family], desired: &Rendering, current: &KernelState) {
+    for &family in families {
+        let (text, _) = ipset::sets_update(
+            family,
+            &current.family(family).ipsets,
+            &desired.family(family).ipsets,
+        );
+        if text.is_empty() {
+            continue;
+        }
+        tracing::warn!(%family, "write failed; restoring the previous ipset members");
+        if let Err(err) = exec.run("ipset", &["restore"], Some(&text)) {
+            tracing::error!(
+                %family,
+                error = %err,
+                "could not restore the previous ipset members after a failed write; the next \
+                 write re-reads the kernel and repairs them"
+            );
+        }
+    }
 }

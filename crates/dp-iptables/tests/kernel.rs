@@ -293,6 +293,93 @@ fn failed_write_leaves_previous_rules() {
 }
 
 #[test]
+fn failed_rules_write_restores_previous_set_members() {
+    let Some(ns) = netns("failed_rules_write_restores_previous_set_members") else {
+        return;
+    };
+    let mut dp = dataplane(&ns);
+    let a = sample();
+    dp.apply_rendering(a.clone()).unwrap();
+    let want = KernelState::from_rendering(&a);
+    assert_eq!(dp.read_state().unwrap(), want);
+
+    // B: members of existing sets differ in both families (small deltas and one big
+    // change that goes through a swap), plus a new set; the v6 rules are fine but the v4
+    // rules jump to a missing chain, so iptables-restore fails for IPv4 first.
+    let mut b = a.clone();
+    for family in Family::ALL {
+        let d = family.digit();
+        let rules = b.family_mut(family);
+        let sa = rules.ipsets.get_mut(&format!("serval-{d}-a")).unwrap();
+        let first = sa.members.iter().next().unwrap().clone();
+        sa.members.remove(&first);
+        let extra = match family {
+            Family::V4 => "10.9.0.0/16",
+            Family::V6 => "fd00:9::/64",
+        };
+        sa.members.insert(extra.to_owned());
+        let sb = rules.ipsets.get_mut(&format!("serval-{d}-b")).unwrap();
+        for i in 0..300u32 {
+            sb.members.insert(match family {
+                Family::V4 => format!("10.8.{}.{}", i / 256, i % 256),
+                Family::V6 => format!("fd00:8::{:x}", i + 1),
+            });
+        }
+        rules
+            .ipsets
+            .insert(format!("serval-{d}-new"), set(&[extra]));
+    }
+    b.v6.table(Table::Filter).push("SERVAL-OTHER", "-j DROP");
+    b.v4.table(Table::Filter)
+        .push("SERVAL-OTHER", "-j SERVAL-NO-SUCH-CHAIN");
+    let err = dp
+        .apply_rendering(b.clone())
+        .expect_err("a jump to a missing chain fails");
+    assert!(err.to_string().contains("IPv4"), "{err}");
+
+    // Rules and members are A's; the only leftover is the unreferenced new set.
+    let mut after = dp.read_state().unwrap();
+    for family in Family::ALL {
+        let d = family.digit();
+        let leftover = match family {
+            Family::V4 => after.v4.ipsets.remove(&format!("serval-{d}-new")),
+            Family::V6 => after.v6.ipsets.remove(&format!("serval-{d}-new")),
+        };
+        assert!(leftover.is_some(), "{family}: the new set was created");
+    }
+    assert_eq!(after, want);
+
+    // The driver re-reads after the failure: the next good apply converges and removes
+    // the leftover sets.
+    dp.apply_rendering(a.clone()).unwrap();
+    assert_eq!(dp.read_state().unwrap(), want);
+
+    // Same when the first family succeeds and the second fails: IPv6 gets its previous
+    // members back, IPv4 keeps the rules and members it was rewritten with.
+    let mut c = b.clone();
+    let v4_other =
+        c.v4.table(Table::Filter)
+            .chains
+            .get_mut("SERVAL-OTHER")
+            .unwrap();
+    v4_other.pop();
+    v4_other.push("-j DROP".to_owned());
+    c.v6.table(Table::Filter)
+        .push("SERVAL-OTHER", "-j SERVAL-NO-SUCH-CHAIN");
+    let err = dp
+        .apply_rendering(c.clone())
+        .expect_err("a jump to a missing chain fails");
+    assert!(err.to_string().contains("IPv6"), "{err}");
+    let mut after = dp.read_state().unwrap();
+    assert_eq!(after.v4, KernelState::from_rendering(&c).v4);
+    assert!(after.v6.ipsets.remove("serval-6-new").is_some());
+    assert_eq!(after.v6, want.v6);
+
+    dp.cleanup().unwrap();
+    assert_nothing_of_ours(&ns);
+}
+
+#[test]
 fn big_set_changes_are_swapped_in() {
     let Some(ns) = netns("big_set_changes_are_swapped_in") else {
         return;
