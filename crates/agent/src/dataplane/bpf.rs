@@ -34,7 +34,7 @@
 )]
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
@@ -53,7 +53,8 @@ use serval_dp_bpf::abi::{
     SV_RT_F_LOCAL_WORKLOAD, SV_RT_F_NAT_OUTGOING, SV_RT_F_REMOTE_HOST, SV_VERDICT_DENY,
     drop_reason_name, lpm_prefix_len,
 };
-use serval_dp_bpf::object::{MAP_EPS, MAP_NAT_BE, MAP_NAT_FE, MAP_POLICY, MAP_ROUTES};
+use serval_dp_bpf::abi::{NatAffKey, NatAffVal};
+use serval_dp_bpf::object::{MAP_EPS, MAP_NAT_AFF, MAP_NAT_BE, MAP_NAT_FE, MAP_POLICY, MAP_ROUTES};
 use serval_dp_bpf::{
     AttachMode, CtTimeouts, DropCounters, Hook, LoadOptions, LogLevel, MapSizes, PinScope,
 };
@@ -119,6 +120,16 @@ pub enum BpfError {
         path: String,
         #[source]
         source: MapError,
+    },
+    #[error(
+        "eBPF map {map} would need {needed} entries during this update but holds at most \
+         {max_entries}; raise {field} (nothing was written)"
+    )]
+    MapFull {
+        map: &'static str,
+        needed: usize,
+        max_entries: u32,
+        field: &'static str,
     },
     #[error("opening the driver thread's network namespace: {source}")]
     Netns {
@@ -530,6 +541,111 @@ fn route_key_of(k: &(u32, [u8; 16])) -> Key<Addr> {
     Key::new(k.0, Addr(k.1))
 }
 
+/// The number of entries `map` holds at its fullest while `kernel` becomes `want`: upserts
+/// are written before deletes, so every key of either side is present at once.
+fn peak_entries<K: Hash + Eq, V>(kernel: &HashMap<K, V>, want: &HashMap<K, V>) -> usize {
+    kernel.len() + want.keys().filter(|k| !kernel.contains_key(*k)).count()
+}
+
+/// Fails, naming the map and the setting to raise, if writing `want` over `kernel` would
+/// overflow a map of `sizes` at any point; checked before the first write.
+fn check_capacity(
+    kernel: &MapContents,
+    want: &MapContents,
+    sizes: &MapSizes,
+) -> Result<(), BpfError> {
+    let maps: [(&'static str, usize, &'static str); 5] = [
+        (
+            MAP_POLICY,
+            peak_entries(&kernel.policy, &want.policy),
+            "the policy map size (Serval's own, no FelixConfiguration field; fewer rules per node)",
+        ),
+        (
+            MAP_ROUTES,
+            peak_entries(&kernel.routes, &want.routes),
+            "FelixConfiguration bpfMapSizeRoute",
+        ),
+        (
+            MAP_EPS,
+            peak_entries(&kernel.eps, &want.eps),
+            "the endpoint map size (Serval's own, no FelixConfiguration field; fewer workloads per node)",
+        ),
+        (
+            MAP_NAT_BE,
+            peak_entries(&kernel.backends, &want.backends),
+            "FelixConfiguration bpfMapSizeNATBackend",
+        ),
+        (
+            MAP_NAT_FE,
+            peak_entries(&kernel.frontends, &want.frontends),
+            "FelixConfiguration bpfMapSizeNATFrontend",
+        ),
+    ];
+    for (map, needed, field) in maps {
+        let Some(max_entries) = sizes.for_map(map) else {
+            continue;
+        };
+        if needed > max_entries as usize {
+            return Err(BpfError::MapFull {
+                map,
+                needed,
+                max_entries,
+                field,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The affinity entries that point at a backend no longer among their service's wanted
+/// `backends` (so clients are not kept on deleted backends).
+fn stale_affinity(
+    entries: impl IntoIterator<Item = (NatAffKey, NatAffVal)>,
+    backends: &HashMap<NatBeKey, NatBeVal>,
+) -> Vec<NatAffKey> {
+    let live: HashSet<(u32, Addr, u16)> = backends
+        .iter()
+        .map(|(k, v)| (k.svc_id, v.addr, v.port))
+        .collect();
+    entries
+        .into_iter()
+        .filter(|(k, v)| !live.contains(&(k.svc_id, v.addr, v.port)))
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// Deletes the affinity entries of `pins` that [`stale_affinity`] selects; returns how many.
+fn clean_affinity(
+    pins: &PinScope,
+    backends: &HashMap<NatBeKey, NatBeVal>,
+) -> Result<usize, BpfError> {
+    let path = pins.map_path(MAP_NAT_AFF).display().to_string();
+    let rd = |source: MapError| BpfError::ReadPinned {
+        path: path.clone(),
+        source,
+    };
+    let d = MapData::from_pin(pins.map_path(MAP_NAT_AFF)).map_err(rd)?;
+    let mut m: aya::maps::HashMap<MapData, NatAffKey, NatAffVal> =
+        aya::maps::HashMap::try_from(Map::LruHashMap(d)).map_err(rd)?;
+    let mut entries = Vec::new();
+    for kv in m.iter() {
+        match kv {
+            Ok(e) => entries.push(e),
+            // An LRU entry evicted mid-iteration: skip it.
+            Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(rd(e)),
+        }
+    }
+    let stale = stale_affinity(entries, backends);
+    for k in &stale {
+        match m.remove(k) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(rd(e)),
+        }
+    }
+    Ok(stale.len())
+}
+
 /// Reads every entry of the pinned maps of `pins` (what an earlier agent left).
 fn read_kernel(pins: &PinScope) -> Result<MapContents, BpfError> {
     fn open(pins: &PinScope, name: &str) -> Result<(MapData, String), BpfError> {
@@ -800,6 +916,7 @@ impl BpfDriver {
         let Some(dp) = self.dp.as_mut() else {
             return Ok(());
         };
+        check_capacity(kernel, want, &self.settings.sizes).map_err(bpf_err)?;
         {
             let mut m = dp.maps();
             for (k, v) in &pol_up {
@@ -848,6 +965,12 @@ impl BpfDriver {
             }
             for k in &be_del {
                 m.remove_backend(k).map_err(maps_err)?;
+            }
+        }
+        if !(be_up.is_empty() && be_del.is_empty() && fe_del.is_empty()) {
+            let n = clean_affinity(pins, &want.backends).map_err(bpf_err)?;
+            if n > 0 {
+                tracing::debug!(entries = n, "removed affinity entries of deleted backends");
             }
         }
         // Detach interfaces no endpoint uses any more (pins of earlier runs included).
@@ -1200,6 +1323,90 @@ spec:
                 .any(|k| k.0 == ep && k.1 == FIRST_HOST_IDENTITY),
             "Accept: the egress policy (none: allow through ANY) decides"
         );
+    }
+
+    fn be(addr: [u8; 16], port: u16) -> NatBeVal {
+        NatBeVal {
+            addr: Addr(addr),
+            port,
+            ..NatBeVal::default()
+        }
+    }
+
+    #[test]
+    fn capacity_counts_old_and_new_keys_and_names_the_setting() {
+        let key = |svc_id, slot| NatBeKey { svc_id, slot };
+        let kernel = MapContents {
+            backends: [(key(1, 0), be([1; 16], 80)), (key(1, 1), be([2; 16], 80))]
+                .into_iter()
+                .collect(),
+            ..MapContents::default()
+        };
+        // One kept (value changed), one deleted, one added: the peak is 3, not 2.
+        let want = MapContents {
+            backends: [(key(1, 0), be([3; 16], 80)), (key(2, 0), be([4; 16], 80))]
+                .into_iter()
+                .collect(),
+            ..MapContents::default()
+        };
+        let mut sizes = MapSizes {
+            nat_backend: 3,
+            ..MapSizes::default()
+        };
+        check_capacity(&kernel, &want, &sizes).expect("3 entries fit a map of 3");
+        sizes.nat_backend = 2;
+        let err = check_capacity(&kernel, &want, &sizes).expect_err("3 entries overflow 2");
+        match &err {
+            BpfError::MapFull {
+                map,
+                needed,
+                max_entries,
+                field,
+            } => {
+                assert_eq!(*map, MAP_NAT_BE);
+                assert_eq!(*needed, 3);
+                assert_eq!(*max_entries, 2);
+                assert!(field.contains("bpfMapSizeNATBackend"), "{field}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(err.to_string().contains("bpfMapSizeNATBackend"), "{err}");
+    }
+
+    #[test]
+    fn stale_affinity_selects_entries_of_removed_backends() {
+        let backends: HashMap<NatBeKey, NatBeVal> = [
+            (NatBeKey { svc_id: 7, slot: 0 }, be([1; 16], 80)),
+            (NatBeKey { svc_id: 8, slot: 0 }, be([2; 16], 80)),
+        ]
+        .into_iter()
+        .collect();
+        let aff = |client: u8, svc_id, addr: u8, port| {
+            (
+                NatAffKey {
+                    client: Addr([client; 16]),
+                    svc_id,
+                },
+                NatAffVal {
+                    addr: Addr([addr; 16]),
+                    port,
+                    ..NatAffVal::default()
+                },
+            )
+        };
+        let entries = vec![
+            aff(10, 7, 1, 80), // live
+            aff(11, 7, 2, 80), // backend of another service, not of 7
+            aff(12, 7, 1, 81), // wrong port
+            aff(13, 9, 1, 80), // service gone
+            aff(14, 8, 2, 80), // live
+        ];
+        let mut stale: Vec<u8> = stale_affinity(entries, &backends)
+            .into_iter()
+            .map(|k| k.client.0[0])
+            .collect();
+        stale.sort();
+        assert_eq!(stale, vec![11, 12, 13]);
     }
 
     #[test]
