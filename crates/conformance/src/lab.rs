@@ -221,6 +221,18 @@ impl Lab {
             "lab {name} up in {:.1}s ({args:?})",
             start.elapsed().as_secs_f64()
         );
+        // Until the `Lab` (whose Drop takes the lab down) exists, a failure below must not
+        // leave the lab behind.
+        struct DownOnDrop<'a>(Option<&'a str>);
+        impl Drop for DownOnDrop<'_> {
+            fn drop(&mut self) {
+                if let Some(name) = self.0 {
+                    let _ = serval(&["lab", "down", "--name", name]);
+                }
+            }
+        }
+        let guard_name = name.clone();
+        let mut guard = DownOnDrop(Some(&guard_name));
         let lab_json = Path::new(LABS_DIR).join(&name).join("lab.json");
         let state: Value = serde_json::from_str(
             &std::fs::read_to_string(&lab_json)
@@ -238,6 +250,7 @@ impl Lab {
         let client = rt
             .block_on(Client::open(&url))
             .with_context(|| format!("opening the lab datastore {url}"))?;
+        guard.0 = None;
         Ok(Lab {
             name,
             state,

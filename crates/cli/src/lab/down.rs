@@ -128,13 +128,24 @@ pub async fn teardown(layout: &Layout) -> anyhow::Result<Removed> {
 
     // 2b. The eBPF dataplane's pins of each node (maps and links under
     //     /sys/fs/bpf/serval/<node netns>); the attachments went with the namespaces.
-    for n in netns.iter().filter(|n| is_infra(n)) {
-        let scope = serval_agent::dataplane::bpf::scope_name(n);
-        if let Ok(pins) = serval_dp_bpf::PinScope::new(&scope)
-            && pins.dir().exists()
-        {
+    //     Found by name under bpffs, not from the namespaces, so pins left by an earlier,
+    //     interrupted `lab down` (namespaces already gone) are removed too.
+    let node_scope = serval_agent::dataplane::bpf::scope_name(&format!("sv-{}-node", layout.name));
+    let scopes: Vec<String> =
+        std::fs::read_dir(std::path::Path::new(serval_dp_bpf::BPFFS).join("serval"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|n| {
+                        n.strip_prefix(&node_scope)
+                            .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+    for scope in scopes {
+        if let Ok(pins) = serval_dp_bpf::PinScope::new(&scope) {
             serval_dp_bpf::cleanup(&pins, None)
-                .with_context(|| format!("removing the eBPF pins of {n}"))?;
+                .with_context(|| format!("removing the eBPF pins of {scope}"))?;
         }
     }
 
