@@ -252,7 +252,8 @@ _Static_assert(sizeof(struct sv_ep_val) == 40, "sv_ep_val");
 #define SV_DROP_UNKNOWN_IFACE 1 /* program on an interface without an sv_eps entry */
 #define SV_DROP_SPOOFED 2 /* source address is not the endpoint's */
 #define SV_DROP_POLICY 3 /* denied by policy (or no verdict entry) */
-#define SV_DROP_NO_BACKEND 4 /* service frontend without (local) backends */
+#define SV_DROP_NO_BACKEND 4 /* service frontend without (local) backends: rejected with a
+			       * TCP RST / ICMP port unreachable (or dropped if none applies) */
 #define SV_DROP_CT_FULL 5 /* conntrack map full: the new flow could not be recorded */
 #define SV_DROP_NAT_BACKEND_MISSING 6 /* frontend counts a backend slot that is not in sv_nat_be */
 #define SV_DROP_REWRITE 7 /* a packet rewrite / checksum helper failed */

@@ -573,6 +573,207 @@ static __always_inline int sv_service(const struct sv_pkt *p, __u64 now, struct 
 	return SV_SVC_HIT;
 }
 
+/* ---- reject (service without backends) -------------------------------------------------- */
+
+/* sv_process's verdict for "answer the client with a TCP RST / ICMP port unreachable". */
+#define SV_ACT_REJECT 0x100
+
+#define SV_TCP_ACK 0x10
+#define SV_ICMP_DEST_UNREACH 3
+#define SV_ICMP_PORT_UNREACH 3
+#define SV_ICMPV6_DEST_UNREACH 1
+#define SV_ICMPV6_PORT_UNREACH 4
+/* Bytes of the offending packet an ICMP error quotes (IPv4: a 60-byte header + 8 fits). */
+#define SV_QUOTE_MAX 72
+#define SV_REPLY_TTL 64
+
+static __always_inline __u16 sv_csum_fold(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+struct sv_reply {
+	__u8 pad[2]; /* puts the IP header on a 4-byte boundary after the 14-byte eth */
+	struct ethhdr eth;
+	union {
+		struct {
+			struct iphdr ip;
+			__u8 l4[20 + 8];
+		} v4;
+		struct {
+			struct ipv6hdr ip;
+			__u8 l4[20 + 8];
+		} v6;
+	};
+};
+
+/* IPv4/IPv6 pseudo header sum (addresses, upper-layer length, protocol) seeded into sum. */
+static __always_inline __s64 sv_pseudo_sum(struct sv_reply *r, int v4, __u32 l4_len, __u8 proto)
+{
+	__be32 tail[2] = {bpf_htonl(l4_len), bpf_htonl(proto)};
+	__s64 sum;
+	if (v4)
+		sum = bpf_csum_diff(0, 0, &r->v4.ip.saddr, 8, 0);
+	else
+		sum = bpf_csum_diff(0, 0, (__be32 *)&r->v6.ip.saddr, 32, 0);
+	if (sum < 0)
+		return sum;
+	return bpf_csum_diff(0, 0, tail, sizeof(tail), sum);
+}
+
+/*
+ * Turns the packet (a client's first packet to a service frontend without backends, parsed
+ * by sv_parse) into the answer kube-proxy's REJECT gives: a TCP RST for TCP (none for an RST),
+ * an ICMP / ICMPv6 port unreachable quoting the packet's start otherwise, and sends it back
+ * out of the interface it came in on (the host veth: into the pod). A non-inlined function
+ * called from the entry points so its buffers do not add to sv_process's stack.
+ */
+static __noinline int sv_reject(struct __sk_buff *skb)
+{
+	struct sv_pkt p;
+	__builtin_memset(&p, 0, sizeof(p));
+	if (sv_parse(skb, &p) != SV_PARSE_OK)
+		return TC_ACT_SHOT;
+	int v4 = p.family == SV_FAMILY_V4;
+	struct sv_reply r;
+	__builtin_memset(&r, 0, sizeof(r));
+	if (bpf_skb_load_bytes(skb, 0, &r.eth, sizeof(r.eth)))
+		return TC_ACT_SHOT;
+	/* Ethernet: back to the sender. */
+	__u8 mac[ETH_ALEN];
+	__builtin_memcpy(mac, r.eth.h_source, ETH_ALEN);
+	__builtin_memcpy(r.eth.h_source, r.eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(r.eth.h_dest, mac, ETH_ALEN);
+
+	__u32 ip_len = v4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr);
+	__u32 l4_len;
+	__u8 proto;
+	__u8 quote[SV_QUOTE_MAX];
+	__u32 quote_len = 0;
+	__u8 *l4 = v4 ? r.v4.l4 : r.v6.l4;
+
+	if (p.proto == IPPROTO_TCP) {
+		if (p.tcp_flags & SV_TCP_RST)
+			return TC_ACT_SHOT; /* never answer a reset */
+		struct tcphdr in;
+		if (bpf_skb_load_bytes(skb, p.l4_off, &in, sizeof(in)))
+			return TC_ACT_SHOT;
+		/* segment length: the IP payload after the TCP header, plus SYN and FIN */
+		__u32 pkt_l3_end;
+		if (v4) {
+			struct iphdr ip;
+			if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+				return TC_ACT_SHOT;
+			pkt_l3_end = ETH_HLEN + bpf_ntohs(ip.tot_len);
+		} else {
+			struct ipv6hdr ip;
+			if (bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)))
+				return TC_ACT_SHOT;
+			pkt_l3_end = ETH_HLEN + sizeof(ip) + bpf_ntohs(ip.payload_len);
+		}
+		__u32 hdr_end = p.l4_off + in.doff * 4;
+		__u32 seg_len = pkt_l3_end > hdr_end ? pkt_l3_end - hdr_end : 0;
+		if (p.tcp_flags & SV_TCP_SYN)
+			seg_len++;
+		if (p.tcp_flags & SV_TCP_FIN)
+			seg_len++;
+		struct tcphdr *t = (struct tcphdr *)l4;
+		t->source = in.dest;
+		t->dest = in.source;
+		t->doff = sizeof(*t) / 4;
+		t->rst = 1;
+		if (p.tcp_flags & SV_TCP_ACK) {
+			/* RFC 793: <SEQ=SEG.ACK><CTL=RST> */
+			t->seq = in.ack_seq;
+		} else {
+			/* <SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK> */
+			t->ack = 1;
+			t->ack_seq = bpf_htonl(bpf_ntohl(in.seq) + seg_len);
+		}
+		l4_len = sizeof(*t);
+		proto = IPPROTO_TCP;
+	} else if (p.proto == IPPROTO_ICMP || p.proto == IPPROTO_ICMPV6) {
+		return TC_ACT_SHOT; /* no ICMP error about an ICMP message */
+	} else {
+		/* ICMP(v6) port unreachable quoting the IP header(s) and 8 bytes of payload */
+		__u32 avail = skb->len > ETH_HLEN ? skb->len - ETH_HLEN : 0;
+		quote_len = p.l4_off - ETH_HLEN + 8;
+		if (quote_len > avail)
+			quote_len = avail;
+		if (quote_len > SV_QUOTE_MAX)
+			quote_len = SV_QUOTE_MAX;
+		__builtin_memset(quote, 0, sizeof(quote));
+		if (quote_len < 1 || bpf_skb_load_bytes(skb, ETH_HLEN, quote, quote_len))
+			return TC_ACT_SHOT;
+		l4[0] = v4 ? SV_ICMP_DEST_UNREACH : SV_ICMPV6_DEST_UNREACH;
+		l4[1] = v4 ? SV_ICMP_PORT_UNREACH : SV_ICMPV6_PORT_UNREACH;
+		l4_len = 8;
+		proto = v4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;
+	}
+
+	__u32 total_l4 = l4_len + quote_len;
+	if (v4) {
+		r.v4.ip.version = 4;
+		r.v4.ip.ihl = 5;
+		r.v4.ip.tot_len = bpf_htons(sizeof(struct iphdr) + total_l4);
+		r.v4.ip.ttl = SV_REPLY_TTL;
+		r.v4.ip.protocol = proto;
+		r.v4.ip.saddr = p.daddr.w[3];
+		r.v4.ip.daddr = p.saddr.w[3];
+		__s64 s = bpf_csum_diff(0, 0, (__be32 *)&r.v4.ip, sizeof(r.v4.ip), 0);
+		if (s < 0)
+			return TC_ACT_SHOT;
+		r.v4.ip.check = sv_csum_fold(s);
+	} else {
+		r.v6.ip.version = 6;
+		r.v6.ip.payload_len = bpf_htons(total_l4);
+		r.v6.ip.nexthdr = proto;
+		r.v6.ip.hop_limit = SV_REPLY_TTL;
+		__builtin_memcpy(&r.v6.ip.saddr, p.daddr.b, 16);
+		__builtin_memcpy(&r.v6.ip.daddr, p.saddr.b, 16);
+	}
+
+	/* transport checksum: the pseudo header except for ICMPv4, the header, the quote */
+	__s64 sum = 0;
+	if (proto != IPPROTO_ICMP) {
+		sum = sv_pseudo_sum(&r, v4, total_l4, proto);
+		if (sum < 0)
+			return TC_ACT_SHOT;
+	}
+	sum = bpf_csum_diff(0, 0, (__be32 *)l4, l4_len, sum);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	__u32 quote_words = ((quote_len + 3) & ~3u) & 0x7f;
+	if (quote_words > SV_QUOTE_MAX)
+		return TC_ACT_SHOT;
+	if (quote_words) {
+		sum = bpf_csum_diff(0, 0, (__be32 *)quote, quote_words, sum);
+		if (sum < 0)
+			return TC_ACT_SHOT;
+	}
+	__u16 csum = sv_csum_fold(sum);
+	if (proto == IPPROTO_TCP)
+		((struct tcphdr *)l4)->check = csum;
+	else
+		__builtin_memcpy(&l4[2], &csum, sizeof(csum));
+
+	__u32 hdr_len = ETH_HLEN + ip_len + l4_len;
+	if (bpf_skb_change_tail(skb, hdr_len + quote_len, 0))
+		return TC_ACT_SHOT;
+	if (hdr_len > sizeof(r) - 2 || bpf_skb_store_bytes(skb, 0, &r.eth, hdr_len & 0x7f, 0))
+		return TC_ACT_SHOT;
+	if (quote_len) {
+		__u32 n = quote_len & 0x7f;
+		if (n > SV_QUOTE_MAX || bpf_skb_store_bytes(skb, hdr_len, quote, n, 0))
+			return TC_ACT_SHOT;
+	}
+	sv_log("reject: proto=%u sent back", proto);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 /* ---- the packet path -------------------------------------------------------------------- */
 
 static __always_inline int sv_is_ndp(const struct sv_pkt *p)
@@ -582,10 +783,12 @@ static __always_inline int sv_is_ndp(const struct sv_pkt *p)
 }
 
 /*
+ * Not inlined: the entry points call it and then, for SV_ACT_REJECT, sv_reject, so the two
+ * frames are never on the stack together (the combined limit is 512 bytes).
  * dir is the policy direction of the endpoint this program serves: SV_DIR_EGRESS for packets
  * the workload sends (from_ep), SV_DIR_INGRESS for packets delivered to it (to_ep).
  */
-static __always_inline int sv_process(struct __sk_buff *skb, const __u8 dir)
+static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir)
 {
 	struct sv_pkt p;
 	__builtin_memset(&p, 0, sizeof(p));
@@ -672,6 +875,10 @@ static __always_inline int sv_process(struct __sk_buff *skb, const __u8 dir)
 	if (!nat_known && dir == SV_DIR_EGRESS) {
 		int reason = SV_DROP_NO_BACKEND;
 		int svc = sv_service(&p, now, &be, &reason);
+		if (svc == SV_SVC_DROP && reason == SV_DROP_NO_BACKEND) {
+			sv_drop(reason); /* counted as no_backend, answered by sv_reject */
+			return SV_ACT_REJECT;
+		}
 		if (svc == SV_SVC_DROP)
 			return sv_drop(reason);
 		natted = svc == SV_SVC_HIT;
@@ -718,7 +925,10 @@ static __always_inline int sv_process(struct __sk_buff *skb, const __u8 dir)
 SEC("classifier")
 int serval_from_ep(struct __sk_buff *skb)
 {
-	return sv_process(skb, SV_DIR_EGRESS);
+	int verdict = sv_process(skb, SV_DIR_EGRESS);
+	if (verdict == SV_ACT_REJECT)
+		return sv_reject(skb);
+	return verdict;
 }
 
 SEC("classifier")

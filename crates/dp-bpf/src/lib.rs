@@ -47,4 +47,4 @@ pub use error::{AttachError, LoadError, MapsError, ObjectError, TestRunError};
 pub use loader::{BPFFS, Dataplane, LoadOptions, MapSizes, PinScope, ensure_bpffs};
 pub use maps::{DropCounters, Maps};
 pub use object::LogLevel;
-pub use test_run::{RunOutcome, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX};
+pub use test_run::{RunOutcome, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_RUN_IFINDEX};

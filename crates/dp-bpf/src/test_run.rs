@@ -14,6 +14,9 @@ use crate::{attach::Hook, error::TestRunError, loader::Dataplane};
 pub const TC_ACT_OK: i32 = 0;
 /// tc verdict: drop the packet.
 pub const TC_ACT_SHOT: i32 = 2;
+/// tc verdict: the packet was redirected (`bpf_redirect`), e.g. a TCP RST / ICMP port
+/// unreachable sent back to the client of a service without backends.
+pub const TC_ACT_REDIRECT: i32 = 7;
 
 /// `skb->ifindex` during a test run.
 pub const TEST_RUN_IFINDEX: u32 = 1;

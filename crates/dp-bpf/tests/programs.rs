@@ -12,7 +12,8 @@ use common::packet::{
     TCP_SYN, packet, parse, sctp, tcp, udp, udp_csum,
 };
 use serval_dp_bpf::{
-    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX,
+    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    TEST_RUN_IFINDEX,
     abi::{self, *},
 };
 
@@ -518,7 +519,7 @@ fn udp_without_checksum_stays_without_one_after_dnat() {
 }
 
 #[test]
-fn service_without_backends_drops_and_counts() {
+fn service_without_backends_rejects_and_counts() {
     let Some(mut dp) = setup(LogLevel::Off, small_sizes()) else {
         return;
     };
@@ -529,7 +530,7 @@ fn service_without_backends_drops_and_counts() {
             Hook::FromEndpoint,
             &packet(net.client, net.vip, tcp(44000, 80, TCP_SYN)),
         );
-        assert_eq!(verdict, TC_ACT_SHOT);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "rejected with a RST");
     }
     assert_eq!(drops(&mut dp, SV_DROP_NO_BACKEND), 2);
     // internalTrafficPolicy: Local with no local backend: also no backend
@@ -559,7 +560,7 @@ fn service_without_backends_drops_and_counts() {
         Hook::FromEndpoint,
         &packet(net.client, net.vip, tcp(44001, 80, TCP_SYN)),
     );
-    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "rejected with a RST");
     assert_eq!(drops(&mut dp, SV_DROP_NO_BACKEND), 3);
     // a frontend counting a slot that is missing: its own reason
     dp.maps()
@@ -1136,4 +1137,98 @@ fn random_port_partitions_compile_to_lpm_entries_the_program_agrees_with() {
             );
         }
     }
+}
+
+/// The Ethernet addresses of a frame (destination, source).
+fn macs(pkt: &[u8]) -> ([u8; 6], [u8; 6]) {
+    (
+        pkt[0..6].try_into().unwrap(),
+        pkt[6..12].try_into().unwrap(),
+    )
+}
+
+/// The transport segment of a frame (after the IPv4 or IPv6 header).
+fn segment(pkt: &[u8]) -> &[u8] {
+    let ip = &pkt[14..];
+    if pkt[12] == 0x08 {
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        &ip[usize::from(ip[0] & 0x0f) * 4..total]
+    } else {
+        let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+        &ip[40..40 + len]
+    }
+}
+
+#[test]
+fn tcp_to_a_service_without_backends_is_answered_with_a_reset() {
+    let Some(mut dp) = setup(LogLevel::Off, small_sizes()) else {
+        return;
+    };
+    for net in [v4(), v6()] {
+        add_service(&mut dp, &net, PROTO_TCP, 30, &[], 0);
+        let syn = packet(net.client, net.vip, tcp(44100, 80, TCP_SYN));
+        let (verdict, out) = run(&dp, Hook::FromEndpoint, &syn);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "via {}", net.vip);
+        let p = parse(&out);
+        assert_eq!((p.src, p.sport), (net.vip, 80), "from the frontend");
+        assert_eq!((p.dst, p.dport), (net.client, 44100), "to the client");
+        assert_eq!(p.proto, PROTO_TCP);
+        assert!(p.l3_csum_ok && p.l4_csum_ok, "RST checksums: {p:?}");
+        let (dst_mac, src_mac) = macs(&syn);
+        assert_eq!(macs(&out), (src_mac, dst_mac), "MACs swapped");
+        let seg = segment(&out);
+        assert_eq!(seg.len(), 20, "no options, no payload");
+        assert_eq!(seg[13], TCP_RST | TCP_ACK);
+        assert_eq!(u32::from_be_bytes(seg[4..8].try_into().unwrap()), 0, "seq");
+        // ack = the SYN's seq (1000) + payload + 1 for the SYN
+        let payload = segment(&syn).len() as u32 - 20;
+        assert_eq!(
+            u32::from_be_bytes(seg[8..12].try_into().unwrap()),
+            1000 + payload + 1
+        );
+        assert_eq!(out.len(), 14 + if net.vip.is_ipv4() { 20 } else { 40 } + 20);
+
+        // a segment with ACK: <SEQ=SEG.ACK><CTL=RST>
+        let ack = packet(net.client, net.vip, tcp(44101, 80, TCP_ACK));
+        let (verdict, out) = run(&dp, Hook::FromEndpoint, &ack);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let p = parse(&out);
+        assert!(p.l3_csum_ok && p.l4_csum_ok, "RST checksums: {p:?}");
+        let seg = segment(&out);
+        assert_eq!(seg[13], TCP_RST);
+        assert_eq!(u32::from_be_bytes(seg[4..8].try_into().unwrap()), 2000);
+
+        // a reset is never answered
+        let rst = packet(net.client, net.vip, tcp(44102, 80, TCP_RST));
+        assert_eq!(run(&dp, Hook::FromEndpoint, &rst).0, TC_ACT_SHOT);
+    }
+    assert_eq!(drops(&mut dp, SV_DROP_NO_BACKEND), 6);
+}
+
+#[test]
+fn udp_to_a_service_without_backends_is_answered_with_port_unreachable() {
+    let Some(mut dp) = setup(LogLevel::Off, small_sizes()) else {
+        return;
+    };
+    for net in [v4(), v6()] {
+        add_service(&mut dp, &net, PROTO_UDP, 31, &[], 0);
+        let dgram = packet(net.client, net.vip, udp(44200, 80));
+        let (verdict, out) = run(&dp, Hook::FromEndpoint, &dgram);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "via {}", net.vip);
+        let p = parse(&out);
+        assert_eq!((p.src, p.dst), (net.vip, net.client));
+        let v4 = net.vip.is_ipv4();
+        assert_eq!(p.proto, if v4 { PROTO_ICMP } else { PROTO_ICMPV6 });
+        assert!(p.l3_csum_ok && p.l4_csum_ok, "ICMP checksums: {p:?}");
+        let (dst_mac, src_mac) = macs(&dgram);
+        assert_eq!(macs(&out), (src_mac, dst_mac), "MACs swapped");
+        let msg = segment(&out);
+        // destination unreachable, port unreachable
+        assert_eq!((msg[0], msg[1]), if v4 { (3, 3) } else { (1, 4) });
+        assert_eq!(&msg[4..8], &[0, 0, 0, 0], "unused");
+        // quotes the original IP header and the first 8 bytes of its payload
+        let ip_hdr = if v4 { 20 } else { 40 };
+        assert_eq!(&msg[8..], &dgram[14..14 + ip_hdr + 8]);
+    }
+    assert_eq!(drops(&mut dp, SV_DROP_NO_BACKEND), 2);
 }
