@@ -69,7 +69,6 @@ use super::{DataplaneError, DataplaneKind, DataplaneStats, Written};
 pub const NOT_YET_IN_BPF: &[&str] = &[
     "NodePort/externalIP/LoadBalancer traffic from outside the cluster (no program on the uplink or VXLAN device; pods reaching these frontends are served)",
     "NAT outgoing (no SNAT of pod traffic leaving the cluster)",
-    "TCP RST / ICMP unreachable for a service without backends (packets are dropped and counted as no_backend)",
     "masquerade of externalTrafficPolicy: Cluster and hairpin service traffic",
     "host endpoints and failsafe ports (defaultEndpointToHostAction Return acts as Accept)",
     "fast-path redirects (bpf_redirect_peer / bpf_redirect_neigh): packets take the host stack",
