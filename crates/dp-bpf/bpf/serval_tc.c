@@ -628,8 +628,8 @@ static __always_inline __s64 sv_pseudo_sum(struct sv_reply *r, int v4, __u32 l4_
  * Turns the packet (a client's first packet to a service frontend without backends, parsed
  * by sv_parse) into the answer kube-proxy's REJECT gives: a TCP RST for TCP (none for an RST),
  * an ICMP / ICMPv6 port unreachable quoting the packet's start otherwise, and sends it back
- * out of the interface it came in on (the host veth: into the pod). A non-inlined function
- * called from the entry points so its buffers do not add to sv_process's stack.
+ * to the workload it came from (only at tc ingress of the host veth: serval_from_ep). Not
+ * inlined: called from the entry point so its buffers do not add to sv_process's stack.
  */
 static __noinline int sv_reject(struct __sk_buff *skb)
 {
@@ -771,7 +771,10 @@ static __noinline int sv_reject(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 	}
 	sv_log("reject: proto=%u sent back", proto);
-	return bpf_redirect(skb->ifindex, 0);
+	/* Into the workload's interface (the veth peer), past the host veth's egress: there
+	 * serval_to_ep would take the answer for a new flow and police it against the client's
+	 * ingress policy (iptables lets REJECT's answer pass as part of the flow). */
+	return bpf_redirect_peer(skb->ifindex, 0);
 }
 
 /* ---- the packet path -------------------------------------------------------------------- */
