@@ -19,10 +19,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use aya::maps::{Map, MapData};
 use serval_agent::AgentConfig;
 use serval_agent::dataplane::bpf::scope_name;
 use serval_api::{ApplyMode, Client};
 use serval_dp_bpf::PinScope;
+use serval_dp_bpf::abi::{Addr, NatAffKey, NatAffVal, NatBeKey, NatBeVal};
 use serval_model::workloadendpoint::WorkloadEndpoint;
 use serval_model::{Kind, Resource, ResourceKey, parse_documents};
 use serval_store::testing::SqliteFile;
@@ -643,6 +645,70 @@ async fn bpf_policy_services_restart_and_switch_to_iptables() -> Result<()> {
     ensure!(
         ipt.is_empty(),
         "the service must not use iptables: {ipt:#?}"
+    );
+
+    // ClientIP affinity entries of a backend that goes away are deleted by the agent; those
+    // of a backend that stays are kept.
+    let be_of = |pod: &str| -> Result<(u32, Addr, u16)> {
+        let want = Addr::new(node.addr(pod).parse()?);
+        let d = MapData::from_pin(pins.0.map_path("sv_nat_be"))?;
+        let m: aya::maps::HashMap<MapData, NatBeKey, NatBeVal> =
+            aya::maps::HashMap::try_from(Map::HashMap(d))?;
+        for kv in m.iter() {
+            let (k, v) = kv?;
+            if v.addr == want {
+                return Ok((k.svc_id, v.addr, v.port));
+            }
+        }
+        bail!("no backend for pod {pod}")
+    };
+    let aff_map = || -> Result<aya::maps::HashMap<MapData, NatAffKey, NatAffVal>> {
+        let d = MapData::from_pin(pins.0.map_path("sv_nat_aff"))?;
+        Ok(aya::maps::HashMap::try_from(Map::LruHashMap(d))?)
+    };
+    let (svc_b, addr_b, port_b) = be_of("b")?;
+    let (svc_c, addr_c, port_c) = be_of("c")?;
+    let to_b = NatAffKey {
+        client: Addr::new("192.0.2.1".parse()?),
+        svc_id: svc_b,
+    };
+    let to_c = NatAffKey {
+        client: Addr::new("192.0.2.2".parse()?),
+        svc_id: svc_c,
+    };
+    {
+        let mut aff = aff_map()?;
+        for (k, addr, port) in [(to_b, addr_b, port_b), (to_c, addr_c, port_c)] {
+            let v = NatAffVal {
+                ts_ns: serval_dp_bpf::monotonic_now_ns(),
+                addr,
+                port,
+                ..NatAffVal::default()
+            };
+            aff.insert(k, v, 0)?;
+        }
+    }
+    {
+        let key = ResourceKey::new(Kind::Pod, Some("x"), "c");
+        let Some(Resource::Pod(mut pod)) = client.get(&key).await? else {
+            bail!("pod c missing")
+        };
+        pod.metadata.labels.remove("tier");
+        client
+            .apply(vec![Resource::Pod(pod)], ApplyMode::Apply)
+            .await?;
+    }
+    wait_for(
+        "the affinity entry of removed backend c to be deleted",
+        || {
+            let gone = aff_map().map(|m| m.get(&to_c, 0).is_err());
+            async move { gone }
+        },
+    )
+    .await?;
+    ensure!(
+        aff_map()?.get(&to_b, 0).is_ok(),
+        "the affinity entry of kept backend b must stay"
     );
 
     // Restart without cleanup: programs stay attached and keep enforcing while no agent
