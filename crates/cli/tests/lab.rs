@@ -3,96 +3,18 @@
 //! Every test brings up its own uniquely named lab and removes it on drop, even on panic, so
 //! the tests run in parallel with each other and with other labs on the host.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Once;
 
 use serde_json::Value;
 
-const SERVAL: &str = env!("CARGO_BIN_EXE_serval");
-const LABS: &str = "/var/lib/serval/labs";
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// Skips (with the reason) unless we are root.
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: lab tests need root (network namespaces, veths, bridges)");
-            return;
-        }
-    };
-}
-
-/// `serval-cni` must sit next to `serval` and be current: `cargo test -p serval` alone does
-/// not build other packages' binaries, so build it (a no-op when it is up to date). If that
-/// fails (another crate mid-edit) an existing binary is used, with a warning.
-fn ensure_cni() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let dir = Path::new(SERVAL).parent().expect("binary dir");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "serval-cni"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let built = cmd.status().is_ok_and(|st| st.success());
-        let present = dir.join("serval-cni").is_file();
-        assert!(
-            present,
-            "serval-cni is not next to {SERVAL} and `cargo build -p serval-cni` failed"
-        );
-        if !built {
-            eprintln!("warning: `cargo build -p serval-cni` failed; using the existing binary");
-        }
-    });
-}
-
-fn serval(args: &[&str]) -> Output {
-    Command::new(SERVAL)
-        .args(args)
-        .output()
-        .expect("running serval")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A unique lab name: a tag (≤ 7 chars) and this process's id.
-fn unique(tag: &str) -> String {
-    assert!(tag.len() <= 7);
-    format!("{tag}{:04x}", std::process::id() & 0xffff)
-}
-
-/// A lab that is removed on drop.
-struct Lab {
-    name: String,
-}
+use common::{Lab, ensure_cni, require_root, serval, text, unique};
 
 impl Lab {
     fn up(tag: &str, args: &[&str]) -> Lab {
-        ensure_cni();
-        let name = unique(tag);
-        // A leftover from an earlier, killed run of this test with the same pid.
-        let _ = serval(&["lab", "down", "--name", &name]);
-        let lab = Lab { name };
-        let mut all = vec!["lab", "up", "--name", &lab.name, "--timeout-secs", "60"];
-        all.extend_from_slice(args);
-        let o = serval(&all);
-        assert!(o.status.success(), "lab up {args:?} failed: {}", text(&o));
-        lab
-    }
-
-    fn dir(&self) -> PathBuf {
-        Path::new(LABS).join(&self.name)
+        Lab::up_with(tag, &[], args)
     }
 
     fn state(&self) -> Value {
@@ -132,15 +54,6 @@ impl Lab {
         let o = self.cmd(&args);
         assert!(o.status.success(), "matrix: {}", text(&o));
         serde_json::from_slice(&o.stdout).expect("matrix json")
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let o = serval(&["lab", "down", "--name", &self.name]);
-        if !o.status.success() {
-            eprintln!("lab down {} failed: {}", self.name, text(&o));
-        }
     }
 }
 

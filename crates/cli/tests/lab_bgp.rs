@@ -5,30 +5,23 @@
 //! the tests run in parallel with each other and with other labs on the host. The lab uses
 //! short BGP timers (`serval agent --bgp-fast-timers`), so sessions come up within seconds.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde_json::Value;
 
-const SERVAL: &str = env!("CARGO_BIN_EXE_serval");
-const LABS: &str = "/var/lib/serval/labs";
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
+use common::{Lab, serval, text};
 
 /// Skips (with the reason) unless we are root and BIRD and FRR are installed.
 macro_rules! require_bgp_lab {
     () => {
-        if !is_root() {
-            eprintln!("skipped: BGP lab tests need root (network namespaces, veths, bridges)");
-            return;
-        }
+        common::require_root!("BGP lab tests");
         for bin in ["/usr/sbin/bird", "/usr/sbin/birdc", "/usr/lib/frr/bgpd"] {
             if !Path::new(bin).exists() {
                 eprintln!("skipped: {bin} is missing (install Debian's bird2 and frr)");
@@ -38,74 +31,10 @@ macro_rules! require_bgp_lab {
     };
 }
 
-/// `serval-cni` must sit next to `serval` and be current (see tests/lab.rs).
-fn ensure_cni() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let dir = Path::new(SERVAL).parent().expect("binary dir");
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "serval-cni"]);
-        if dir.ends_with("release") {
-            cmd.arg("--release");
-        }
-        let built = cmd.status().is_ok_and(|st| st.success());
-        assert!(
-            dir.join("serval-cni").is_file(),
-            "serval-cni is not next to {SERVAL} and `cargo build -p serval-cni` failed"
-        );
-        if !built {
-            eprintln!("warning: `cargo build -p serval-cni` failed; using the existing binary");
-        }
-    });
-}
-
-fn serval(args: &[&str]) -> Output {
-    Command::new(SERVAL)
-        .args(args)
-        .output()
-        .expect("running serval")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A lab that is removed on drop.
-struct Lab {
-    name: String,
-}
-
 impl Lab {
     /// `tag` ≤ 7 characters; the name adds this process's id.
     fn up(tag: &str, args: &[&str]) -> Lab {
-        ensure_cni();
-        assert!(tag.len() <= 7);
-        let name = format!("{tag}{:04x}", std::process::id() & 0xffff);
-        let _ = serval(&["lab", "down", "--name", &name]);
-        let lab = Lab { name };
-        let mut all = vec![
-            "lab",
-            "up",
-            "--name",
-            &lab.name,
-            "--timeout-secs",
-            "60",
-            "--routing",
-            "bgp",
-        ];
-        all.extend_from_slice(args);
-        let o = serval(&all);
-        assert!(o.status.success(), "lab up {args:?} failed: {}", text(&o));
-        lab
-    }
-
-    fn dir(&self) -> PathBuf {
-        Path::new(LABS).join(&self.name)
+        Lab::up_with(tag, &["--routing", "bgp"], args)
     }
 
     fn node_netns(&self, node: &str) -> String {
@@ -227,15 +156,6 @@ impl Lab {
             .trim()
             .parse()
             .ok()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let o = serval(&["lab", "down", "--name", &self.name]);
-        if !o.status.success() {
-            eprintln!("lab down {} failed: {}", self.name, text(&o));
-        }
     }
 }
 
