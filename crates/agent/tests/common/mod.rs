@@ -1,0 +1,3 @@
+//! Harness shared by the agent's integration tests.
+
+pub mod node;
