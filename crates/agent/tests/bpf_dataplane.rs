@@ -8,31 +8,29 @@
 //! Every namespace is a `NetNsGuard` (unique name, deleted on drop, even on panic), and the
 //! pin scope is the node namespace's name, so these tests run in parallel.
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use aya::maps::{Map, MapData};
-use serval_agent::AgentConfig;
 use serval_agent::dataplane::bpf::scope_name;
 use serval_api::{ApplyMode, Client};
 use serval_dp_bpf::PinScope;
 use serval_dp_bpf::abi::{Addr, NatAffKey, NatAffVal, NatBeKey, NatBeVal};
-use serval_model::{Kind, Resource, ResourceKey, parse_documents};
+use serval_model::{Kind, Resource, ResourceKey};
 use serval_store::testing::SqliteFile;
-use serval_sys::NetNs;
 use serval_sys::testing::require_root;
-use tokio::sync::oneshot;
 
 mod common;
 
-use common::node::{NODE, Node};
+use common::agent::{
+    ALLOW_A_TO_B, Agent, DEFAULT_DENY, SERVICE, apply, config, delete, wait_for, wait_reach,
+};
+use common::node::Node;
 
 fn logs() {
     let _ = tracing_subscriber::fmt()
@@ -45,160 +43,6 @@ impl Node {
     fn new(pods: &[(&'static str, &'static str)]) -> Result<Node> {
         Node::start("svag-bpf", "svag-bpfp", pods)
     }
-}
-
-/// One agent on its own thread inside the node namespace; `stop` ends it through
-/// `run_until` (the agent's own shutdown path), drop too.
-struct Agent {
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<thread::JoinHandle<serval_sys::Result<Result<(), String>>>>,
-    ready: PathBuf,
-}
-
-impl Agent {
-    fn start(ns: &NetNs, config: AgentConfig) -> Result<Agent> {
-        let ready = config.ready_file.clone().context("a ready file")?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = ns.spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(serval_agent::run_until(config, async {
-                let _ = stopped.await;
-            }))
-            .map_err(|e| e.to_string())
-        })?;
-        Ok(Agent {
-            stop: Some(stop),
-            thread: Some(thread),
-            ready,
-        })
-    }
-
-    /// The agent's health file, once written.
-    async fn wait_ready(&mut self) -> Result<serde_json::Value> {
-        let ready = self.ready.clone();
-        wait_for("the agent's ready file", || {
-            let ready = ready.clone();
-            async move { Ok(ready.exists()) }
-        })
-        .await
-        .with_context(|| {
-            if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
-                let r = self.thread.take().map(|t| t.join());
-                format!("the agent stopped: {r:?}")
-            } else {
-                "the agent is still running".into()
-            }
-        })?;
-        Ok(serde_json::from_slice(&std::fs::read(&self.ready)?)?)
-    }
-
-    /// Stops the agent the way SIGTERM does and waits for it to finish.
-    fn stop(mut self) -> Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            match t.join() {
-                Ok(Ok(Ok(()))) => {}
-                other => bail!("the agent did not stop cleanly: {other:?}"),
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Polls `check` until true (a readiness condition, not a timing assertion).
-async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while Instant::now() < deadline {
-        match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("gave up waiting for {what} (last error: {last:?})")
-}
-
-/// Waits until `from` → `to` reachability equals `want`.
-async fn wait_reach(node: &Node, from: &str, to: &str, want: bool) -> Result<()> {
-    let what = format!(
-        "{from} -> {to} to be {}",
-        if want { "allowed" } else { "blocked" }
-    );
-    wait_for(&what, || async { Ok(node.reaches(from, to) == want) }).await
-}
-
-const DEFAULT_DENY: &str = r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny, namespace: x}
-spec:
-  podSelector: {}
-  policyTypes: [Ingress]
-"#;
-
-const ALLOW_A_TO_B: &str = r#"
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-a-to-b, namespace: x}
-spec:
-  podSelector: {matchLabels: {app: b}}
-  policyTypes: [Ingress]
-  ingress:
-  - from: [{podSelector: {matchLabels: {app: a}}}]
-    ports: [{port: http}]
-"#;
-
-const SERVICE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: x}
-spec:
-  clusterIP: 10.96.0.10
-  selector: {tier: web}
-  ports: [{port: 8080, targetPort: http}]
-"#;
-
-async fn apply(client: &Client, yaml: &str) -> Result<()> {
-    client
-        .apply(parse_documents("test", yaml)?, ApplyMode::Apply)
-        .await?;
-    Ok(())
-}
-
-async fn delete(client: &Client, kind: Kind, ns: Option<&str>, name: &str) -> Result<()> {
-    client
-        .delete(&[ResourceKey::new(kind, ns, name)], false)
-        .await?;
-    Ok(())
-}
-
-fn config(store: &SqliteFile, dir: &tempfile::TempDir, resync: Duration) -> AgentConfig {
-    let mut c = AgentConfig::new(NODE, store.url());
-    c.ready_file = Some(dir.path().join("agent.ready"));
-    c.resync_interval = resync;
-    c
 }
 
 const BPF_ON: &str = "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {bpfEnabled: true}\n";

@@ -1,3 +1,4 @@
 //! Harness shared by the agent's integration tests.
 
+pub mod agent;
 pub mod node;
