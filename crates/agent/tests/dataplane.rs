@@ -19,9 +19,10 @@ use serval_sys::testing::require_root;
 mod common;
 
 use common::agent::{
-    ALLOW_A_TO_B, Agent, DEFAULT_DENY, SERVICE, apply, config, delete, wait_for, wait_reach,
+    ALLOW_A_TO_B, Agent, DEFAULT_DENY, SERVICE, apply, config, delete, wait_reach,
 };
 use common::node::{Node, in_ns};
+use common::wait::wait_for;
 
 fn logs() {
     let _ = tracing_subscriber::fmt()

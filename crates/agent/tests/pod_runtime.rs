@@ -7,13 +7,12 @@
 //! starts (`<this binary> pod-server --name … --tcp … --udp … --ready-file …`), the way the
 //! `serval` binary is in a lab.
 
-use std::future::Future;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serval_agent::{AgentConfig, PodServerConfig};
@@ -25,6 +24,11 @@ use serval_store::testing::SqliteFile;
 use serval_sys::NetNs;
 use serval_sys::testing::{NetNsGuard, unique_name};
 use tokio::sync::oneshot;
+
+#[path = "common/wait.rs"]
+mod wait;
+
+use wait::wait_for;
 
 const PLUGINS: &str = "/usr/lib/cni";
 
@@ -96,25 +100,6 @@ fn pod_server(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Polls `check` until true (readiness, not a timing assertion).
-async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while Instant::now() < deadline {
-        match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("gave up waiting for {what} (last error: {last:?})")
 }
 
 /// An agent on a thread inside `ns`, stopped (its tasks dropped) on drop.

@@ -5,13 +5,12 @@
 //! node's loopback) reach each other over IPv4 and IPv6 natively and over VXLAN, and that a
 //! node's routes go when the node does.
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ipnet::IpNet;
@@ -25,6 +24,11 @@ use serval_store::testing::SqliteFile;
 use serval_sys::testing::{NetNsGuard, require_root};
 use serval_sys::{IpFamily, NetNs, RTPROT_SERVAL, Route, RouteKind, Veth};
 use tokio::sync::oneshot;
+
+#[path = "common/wait.rs"]
+mod wait;
+
+use wait::wait_for;
 
 fn net(s: &str) -> IpNet {
     s.parse().unwrap()
@@ -128,25 +132,6 @@ impl Drop for Agent {
             let _ = t.join();
         }
     }
-}
-
-/// Polls `check` until it returns true (a readiness condition, not a timing assertion).
-async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while Instant::now() < deadline {
-        match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("gave up waiting for {what} (last error: {last:?})")
 }
 
 async fn serval_route(ns: &NetNs, dst: &str) -> Result<Option<Route>> {

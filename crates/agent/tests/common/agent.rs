@@ -2,10 +2,9 @@
 //! (stopped through `run_until` by `stop`, and on drop, even on panic), readiness polling,
 //! the policies and service both dataplanes are checked with, and apply/delete helpers.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serval_agent::AgentConfig;
@@ -16,6 +15,7 @@ use serval_sys::NetNs;
 use tokio::sync::oneshot;
 
 use super::node::{NODE, Node};
+use super::wait::wait_for;
 
 /// One agent on its own thread inside the node namespace; `stop` ends it through
 /// `run_until` (the agent's own shutdown path), drop too.
@@ -89,25 +89,6 @@ impl Drop for Agent {
             let _ = t.join();
         }
     }
-}
-
-/// Polls `check` until true (a readiness condition, not a timing assertion).
-pub async fn wait_for<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut last = None;
-    while Instant::now() < deadline {
-        match check().await {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last = Some(e),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("gave up waiting for {what} (last error: {last:?})")
 }
 
 /// Waits until `from` → `to` reachability equals `want`.

@@ -2,3 +2,4 @@
 
 pub mod agent;
 pub mod node;
+pub mod wait;
