@@ -27,7 +27,7 @@ use etcd_client::{
 
 use crate::{
     Datastore, EventKind, KeyValue, Result, Revision, StoreError, TxnOp, Watch, WatchEvent,
-    check_duplicates, check_op, prefix_end, unwrap_single,
+    check_duplicates, check_op, prefix_end,
 };
 
 /// Server flags a Serval etcd needs beyond the defaults: a CLI apply of thousands of resources
@@ -330,34 +330,6 @@ impl Datastore for EtcdStore {
                 other => return other.map_err(|e| self.err(e)),
             }
         }
-    }
-
-    async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision> {
-        self.txn(vec![TxnOp::Create {
-            key: key.to_string(),
-            value,
-        }])
-        .await
-        .map_err(unwrap_single)
-    }
-
-    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision> {
-        self.txn(vec![TxnOp::Update {
-            key: key.to_string(),
-            value,
-            expected,
-        }])
-        .await
-        .map_err(unwrap_single)
-    }
-
-    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision> {
-        self.txn(vec![TxnOp::Delete {
-            key: key.to_string(),
-            expected,
-        }])
-        .await
-        .map_err(unwrap_single)
     }
 
     async fn txn(&self, ops: Vec<TxnOp>) -> Result<Revision> {

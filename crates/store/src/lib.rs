@@ -190,13 +190,36 @@ pub trait Datastore: Send + Sync + std::fmt::Debug {
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision)>;
 
     /// Create a key that must not exist; returns the new revision.
-    async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision>;
+    /// (Provided: a one-operation [`Datastore::txn`], with the operation's own error.)
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<Revision> {
+        self.txn(vec![TxnOp::Create {
+            key: key.to_string(),
+            value,
+        }])
+        .await
+        .map_err(unwrap_single)
+    }
 
     /// Replace a key if its `mod_revision` equals `expected` (compare-and-swap).
-    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision>;
+    async fn update(&self, key: &str, value: Vec<u8>, expected: Revision) -> Result<Revision> {
+        self.txn(vec![TxnOp::Update {
+            key: key.to_string(),
+            value,
+            expected,
+        }])
+        .await
+        .map_err(unwrap_single)
+    }
 
     /// Delete a key; with `expected`, only if its `mod_revision` equals it.
-    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision>;
+    async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Revision> {
+        self.txn(vec![TxnOp::Delete {
+            key: key.to_string(),
+            expected,
+        }])
+        .await
+        .map_err(unwrap_single)
+    }
 
     /// Apply every operation at one revision, or none (error names the failing operation).
     async fn txn(&self, ops: Vec<TxnOp>) -> Result<Revision>;
