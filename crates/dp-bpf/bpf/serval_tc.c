@@ -22,7 +22,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 
-#include "serval_maps.h"
+#include "serval_maps_def.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -34,69 +34,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 	} while (0)
 #endif
 
-/* ---- maps (max_entries are defaults; the loader sizes them from FelixConfiguration) ----- */
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 512000);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sv_ct_key);
-	__type(value, struct sv_ct_val);
-} sv_ct SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sv_nat_fe_key);
-	__type(value, struct sv_nat_fe_val);
-} sv_nat_fe SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sv_nat_be_key);
-	__type(value, struct sv_nat_be_val);
-} sv_nat_be SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct sv_nat_aff_key);
-	__type(value, struct sv_nat_aff_val);
-} sv_nat_aff SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 262144);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sv_route_key);
-	__type(value, struct sv_route_val);
-} sv_routes SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 262144);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct sv_pol_key);
-	__type(value, struct sv_pol_val);
-} sv_policy SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, __u32);
-	__type(value, struct sv_ep_val);
-} sv_eps SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, SV_DROP_REASONS);
-	__type(key, __u32);
-	__type(value, __u64);
-} sv_drops SEC(".maps");
+/* Maps: serval_maps_def.h (shared with the other objects through their pins). */
 
 /* ---- parsing ---------------------------------------------------------------------------- */
 

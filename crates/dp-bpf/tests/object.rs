@@ -12,7 +12,17 @@ const BPF_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/bpf");
 /// Compiles bpf/serval_tc.c after applying `(file, from, to)` edits, like build.rs does.
 fn compile_modified(edits: &[(&str, &str, &str)]) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
-    for file in ["serval_tc.c", "serval_maps.h"] {
+    // every source and header of bpf/ (the objects include each other's headers)
+    let files: Vec<String> = fs::read_dir(BPF_DIR)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|f| f.ends_with(".c") || f.ends_with(".h"))
+        .collect();
+    for (f, _, _) in edits {
+        assert!(files.iter().any(|x| x == f), "no bpf/{f}");
+    }
+    for file in &files {
+        let file = file.as_str();
         let mut text = fs::read_to_string(Path::new(BPF_DIR).join(file)).unwrap();
         for (f, from, to) in edits {
             if *f == file {

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The definitions of Serval's pinned BPF maps, shared by every BPF object (each object that
+ * includes this header and uses a map gets the same pinned map: the loader gives every map a
+ * pin path under the node's scope, so objects loaded in the same scope share their contents).
+ * Keys, values and constants: serval_maps.h. Include after <bpf/bpf_helpers.h>.
+ */
+#ifndef SERVAL_MAPS_DEF_H
+#define SERVAL_MAPS_DEF_H
+
+#include "serval_maps.h"
+
+/* ---- maps (max_entries are defaults; the loader sizes them from FelixConfiguration) ----- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 512000);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_ct_key);
+	__type(value, struct sv_ct_val);
+} sv_ct SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_nat_fe_key);
+	__type(value, struct sv_nat_fe_val);
+} sv_nat_fe SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_nat_be_key);
+	__type(value, struct sv_nat_be_val);
+} sv_nat_be SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sv_nat_aff_key);
+	__type(value, struct sv_nat_aff_val);
+} sv_nat_aff SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_route_key);
+	__type(value, struct sv_route_val);
+} sv_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_pol_key);
+	__type(value, struct sv_pol_val);
+} sv_policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct sv_ep_val);
+} sv_eps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SV_DROP_REASONS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sv_drops SEC(".maps");
+
+#endif /* SERVAL_MAPS_DEF_H */
