@@ -1,0 +1,752 @@
+//! Randomized differential test of the LOADED eBPF programs against the reference evaluator.
+//!
+//! For seeded random models (pods with random labels and named ports on two nodes, random
+//! Kubernetes NetworkPolicies and Calico NetworkPolicies / GlobalNetworkPolicies in random
+//! tiers with Allow/Deny/Pass/Log, orders, selectors and notSelectors, namespaceSelectors,
+//! nets and notNets, ports, notPorts, port ranges and named ports on either side — source
+//! ports included — protocols, notProtocol, ipVersion, ICMP type/code and notICMP), the
+//! policy of `node-1` is compiled by serval_calc's compiler, turned into map contents by the
+//! agent's eBPF driver ([`desired_contents`]) and written into the maps of the real, verified
+//! `serval_tc` object. Random packets (IPv4 and IPv6; TCP, UDP, SCTP, ICMP/ICMPv6 and GRE;
+//! random source and destination ports) between a `node-1` endpoint and pods or outside
+//! addresses then go through `serval_from_ep` (the endpoint's egress) or `serval_to_ep` (its
+//! ingress) with BPF_PROG_TEST_RUN, and the program's verdict must equal the evaluator's
+//! decision for that leg, for every packet.
+//!
+//! The seed is fixed (`SERVAL_DIFF_SEED` overrides it, `SERVAL_DIFF_CASES` the number of
+//! models), so a failure is reproducible; it prints the model, the packet and both
+//! verdicts. The programs are loaded once with private (unpinned) maps; each model's entries
+//! replace the previous model's, and the conntrack entry a packet creates is removed before
+//! the next packet, so every packet is judged as the first of a new flow.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use aya::maps::lpm_trie::Key;
+use serval_agent::dataplane::bpf::{HostView, MapContents, desired_contents};
+use serval_calc::compile::{self, CompiledPolicy, PolicyIndex, policy_port};
+use serval_calc::evaluator::{Evaluator, Packet};
+use serval_calc::policy::{Direction, IpProto};
+use serval_calc::{Model, desired_state};
+use serval_dp_bpf::abi::{Addr, EpVal, PolMatch, drop_reason_name};
+use serval_dp_bpf::{Dataplane, Hook, LoadOptions, LogLevel, TC_ACT_OK, TEST_RUN_IFINDEX};
+use serval_model::parse_documents;
+use serval_sys::testing::require_root;
+
+// ---- a small deterministic generator ----------------------------------------------------
+
+/// SplitMix64: small, seedable, good enough to pick test inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+
+    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
+        &v[self.below(v.len())]
+    }
+
+    fn maybe(&mut self, p: f64, n: usize) -> Option<usize> {
+        if self.chance(p) {
+            Some(self.below(n))
+        } else {
+            None
+        }
+    }
+}
+
+// ---- random models ----------------------------------------------------------------------
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const APPS: [&str; 3] = ["web", "db", "api"];
+
+fn pod_v4(k: usize) -> IpAddr {
+    IpAddr::from([10, 0, 0, k as u8 + 1])
+}
+
+fn pod_v6(k: usize) -> IpAddr {
+    IpAddr::from([0xfd00, 0x10, 0, 0, 0, 0, 0, k as u16 + 1])
+}
+
+/// Addresses outside every pod (none is a node address: workload-to-host is another leg).
+const OUTSIDE: [&str; 8] = [
+    "10.0.0.200",
+    "10.0.0.3",
+    "192.0.2.9",
+    "172.16.0.1",
+    "fd00:10::ff",
+    "fd00:10::3",
+    "2001:db8::9",
+    "2001:db9::1",
+];
+
+fn pod_yaml(k: usize, rng: &mut Rng) -> String {
+    let ns = NAMESPACES[rng.below(3)];
+    let app = APPS[rng.below(3)];
+    let role = rng
+        .maybe(0.5, 2)
+        .map_or(String::new(), |r| format!(", role: {}", ["fe", "be"][r]));
+    let mut ports = String::new();
+    if let Some(h) = rng.maybe(0.6, 3) {
+        let (port, proto) = [(80, "TCP"), (8080, "TCP"), (8080, "SCTP")][h];
+        ports.push_str(&format!(
+            "    - {{name: http, containerPort: {port}, protocol: {proto}}}\n"
+        ));
+    }
+    if rng.chance(0.4) {
+        ports.push_str("    - {name: dns, containerPort: 53, protocol: UDP}\n");
+    }
+    let ports = if ports.is_empty() {
+        "    ports: []\n".to_string()
+    } else {
+        format!("    ports:\n{ports}")
+    };
+    format!(
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{k}, namespace: {ns}, labels: {{app: {app}{role}}}}}\nspec:\n  nodeName: node-{}\n  containers:\n  - name: c\n{ports}status:\n  phase: Running\n  podIPs:\n  - ip: \"{}\"\n  - ip: \"{}\"\n",
+        1 + k % 2,
+        pod_v4(k),
+        pod_v6(k)
+    )
+}
+
+const K8S_POD_SELECTORS: [&str; 4] = [
+    "{}",
+    "{matchLabels: {app: web}}",
+    "{matchLabels: {role: fe}}",
+    "{matchExpressions: [{key: app, operator: In, values: [db, api]}]}",
+];
+const K8S_NS_SELECTORS: [&str; 3] = [
+    "{}",
+    "{matchLabels: {team: a}}",
+    "{matchLabels: {kubernetes.io/metadata.name: y}}",
+];
+const IP_BLOCKS: [&str; 6] = [
+    "{cidr: 10.0.0.0/29, except: [10.0.0.4/30]}",
+    "{cidr: 10.0.0.0/8, except: [10.0.0.2/32]}",
+    "{cidr: 0.0.0.0/0, except: [10.0.0.0/24]}",
+    "{cidr: 192.0.2.0/24}",
+    "{cidr: 'fd00:10::/124', except: ['fd00:10::4/126']}",
+    "{cidr: '::/0', except: ['fd00::/16']}",
+];
+
+fn k8s_peer(rng: &mut Rng) -> String {
+    let ps = *rng.pick(&K8S_POD_SELECTORS);
+    let ns = *rng.pick(&K8S_NS_SELECTORS);
+    match rng.below(4) {
+        0 => format!("{{podSelector: {ps}}}"),
+        1 => format!("{{namespaceSelector: {ns}}}"),
+        2 => format!("{{podSelector: {ps}, namespaceSelector: {ns}}}"),
+        _ => format!("{{ipBlock: {}}}", rng.pick(&IP_BLOCKS)),
+    }
+}
+
+fn k8s_port(rng: &mut Rng) -> String {
+    let proto = *rng.pick(&["TCP", "UDP", "SCTP"]);
+    match rng.below(6) {
+        0 => format!("{{protocol: {proto}}}"),
+        1 => format!("{{protocol: {proto}, port: 80}}"),
+        2 => format!("{{protocol: {proto}, port: 53}}"),
+        3 => format!("{{protocol: {proto}, port: http}}"),
+        4 => format!("{{protocol: {proto}, port: dns}}"),
+        _ => format!("{{protocol: {proto}, port: 8000, endPort: 8100}}"),
+    }
+}
+
+fn k8s_policy(i: usize, rng: &mut Rng) -> String {
+    let types = *rng.pick(&["[Ingress]", "[Egress]", "[Ingress, Egress]"]);
+    let rules = |peers: &str, rng: &mut Rng| -> String {
+        let r: Vec<String> = (0..rng.below(3))
+            .map(|_| {
+                let p: Vec<String> = (0..rng.below(3)).map(|_| k8s_peer(rng)).collect();
+                let ports: Vec<String> = (0..rng.below(3)).map(|_| k8s_port(rng)).collect();
+                format!(
+                    "{{{peers}: [{}], ports: [{}]}}",
+                    p.join(", "),
+                    ports.join(", ")
+                )
+            })
+            .collect();
+        format!("[{}]", r.join(", "))
+    };
+    let ingress = rules("from", rng);
+    let egress = rules("to", rng);
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: k{i}, namespace: {}}}\nspec:\n  podSelector: {}\n  policyTypes: {types}\n  ingress: {ingress}\n  egress: {egress}\n",
+        rng.pick(&NAMESPACES),
+        rng.pick(&K8S_POD_SELECTORS),
+    )
+}
+
+const SELECTORS: [&str; 5] = [
+    "all()",
+    "app == 'web'",
+    "app != 'db'",
+    "has(role)",
+    "role in {'fe'}",
+];
+const NS_SELECTORS: [&str; 3] = ["team == 'a'", "ns != 'x'", "all()"];
+const NETS4: [&str; 5] = [
+    "[10.0.0.0/30]",
+    "[10.0.0.2/32, 192.0.2.0/24]",
+    "[0.0.0.0/0]",
+    "[10.0.0.0/8]",
+    "[10.0.0.0/29, 172.16.0.0/12]",
+];
+const NETS6: [&str; 4] = [
+    "['fd00:10::/126']",
+    "['fd00:10::2/128', '2001:db8::/64']",
+    "['::/0']",
+    "['fd00:10::/120']",
+];
+const PORTS: [&str; 7] = [
+    "[80]",
+    "[53, '8000:8100']",
+    "[http]",
+    "['1:1023']",
+    "[dns, 443]",
+    "['80:85', 8080]",
+    "['1024:65535']",
+];
+/// Source-port conditions (on the source side of a rule: the peer for ingress, the local
+/// endpoint for egress).
+const SRC_PORTS: [&str; 6] = [
+    "[40000]",
+    "['1024:65535']",
+    "[http]",
+    "[53, '30000:40000']",
+    "[dns, '1:1023']",
+    "['32768:49151']",
+];
+
+/// Whether the generator puts source-port conditions into rules.
+const SOURCE_PORTS: bool = false;
+
+/// Fields of one side of a Calico rule (selector, notSelector, namespaceSelector, nets,
+/// notNets).
+fn side_fields(rng: &mut Rng, v6: bool) -> Vec<String> {
+    let mut f = Vec::new();
+    if let Some(i) = rng.maybe(0.4, SELECTORS.len()) {
+        f.push(format!("selector: \"{}\"", SELECTORS[i]));
+    }
+    if let Some(i) = rng.maybe(0.2, SELECTORS.len()) {
+        f.push(format!("notSelector: \"{}\"", SELECTORS[i]));
+    }
+    if let Some(i) = rng.maybe(0.2, NS_SELECTORS.len()) {
+        f.push(format!("namespaceSelector: \"{}\"", NS_SELECTORS[i]));
+    }
+    let nets: &[&str] = if v6 { &NETS6 } else { &NETS4 };
+    if let Some(i) = rng.maybe(0.3, nets.len()) {
+        f.push(format!("nets: {}", nets[i]));
+    }
+    if let Some(i) = rng.maybe(0.3, nets.len()) {
+        f.push(format!("notNets: {}", nets[i]));
+    }
+    f
+}
+
+/// One Calico rule as YAML; `ingress` puts the peer on the source side.
+fn calico_rule(rng: &mut Rng, ingress: bool) -> String {
+    let action = *rng.pick(&["Allow", "Deny", "Pass", "Log", "Allow", "Deny"]);
+    // none, TCP, UDP, SCTP, ICMP, ICMPv6, 47
+    let proto_i = rng.below(7);
+    let proto = [
+        None,
+        Some("TCP"),
+        Some("UDP"),
+        Some("SCTP"),
+        Some("ICMP"),
+        Some("ICMPv6"),
+        Some("47"),
+    ][proto_i];
+    let mut f = vec![format!("action: {action}")];
+    let ip_version = if rng.chance(0.2) {
+        Some(rng.chance(0.5))
+    } else {
+        None
+    };
+    let family_v6 = match proto_i {
+        4 => Some(false),
+        5 => Some(true),
+        _ => ip_version,
+    };
+    let v6 = family_v6.unwrap_or_else(|| rng.chance(0.5));
+    if let Some(p) = proto {
+        f.push(format!("protocol: {p}"));
+    } else if rng.chance(0.15) {
+        f.push(format!("notProtocol: {}", rng.pick(&["TCP", "UDP"])));
+    }
+    if let Some(is6) = ip_version
+        && family_v6.is_none_or(|f| f == is6)
+    {
+        f.push(format!("ipVersion: {}", if is6 { 6 } else { 4 }));
+    }
+    let port_proto = matches!(proto_i, 1..=3);
+    if matches!(proto_i, 4 | 5) {
+        let types: [(u8, u8); 2] = if proto_i == 4 {
+            [(8, 0), (3, 1)]
+        } else {
+            [(128, 0), (1, 3)]
+        };
+        if rng.chance(0.5) {
+            let (ty, code) = *rng.pick(&types);
+            if rng.chance(0.5) {
+                f.push(format!("icmp: {{type: {ty}, code: {code}}}"));
+            } else {
+                f.push(format!("icmp: {{type: {ty}}}"));
+            }
+        }
+        if rng.chance(0.3) {
+            f.push(format!("notICMP: {{type: {}}}", rng.pick(&types).0));
+        }
+    }
+    let mut peer = side_fields(rng, v6);
+    let mut local = if rng.chance(0.3) {
+        side_fields(rng, v6)
+    } else {
+        Vec::new()
+    };
+    {
+        // Destination ports: the local side for ingress, the peer for egress.
+        let dst = if ingress { &mut local } else { &mut peer };
+        if port_proto {
+            if let Some(i) = rng.maybe(0.5, PORTS.len()) {
+                dst.push(format!("ports: {}", PORTS[i]));
+            }
+            if let Some(i) = rng.maybe(0.25, PORTS.len()) {
+                dst.push(format!("notPorts: {}", PORTS[i]));
+            }
+        }
+    }
+    if SOURCE_PORTS && port_proto {
+        let src = if ingress { &mut peer } else { &mut local };
+        if let Some(i) = rng.maybe(0.4, SRC_PORTS.len()) {
+            src.push(format!("ports: {}", SRC_PORTS[i]));
+        }
+        if let Some(i) = rng.maybe(0.2, SRC_PORTS.len()) {
+            src.push(format!("notPorts: {}", SRC_PORTS[i]));
+        }
+    }
+    let (src, dst) = if ingress {
+        (peer, local)
+    } else {
+        (local, peer)
+    };
+    if !src.is_empty() {
+        f.push(format!("source: {{{}}}", src.join(", ")));
+    }
+    if !dst.is_empty() {
+        f.push(format!("destination: {{{}}}", dst.join(", ")));
+    }
+    format!("{{{}}}", f.join(", "))
+}
+
+fn calico_policy(i: usize, rng: &mut Rng) -> String {
+    let tier = *rng.pick(&["default", "security", "platform"]);
+    let order = rng
+        .maybe(0.8, 5)
+        .map_or(String::new(), |o| format!("  order: {}\n", o * 10));
+    let ingress: Vec<String> = (0..rng.below(4)).map(|_| calico_rule(rng, true)).collect();
+    let egress: Vec<String> = (0..rng.below(4)).map(|_| calico_rule(rng, false)).collect();
+    let types = if rng.chance(0.5) {
+        "  types: [Ingress, Egress]\n"
+    } else {
+        ""
+    };
+    let head = if rng.chance(0.6) {
+        format!(
+            "kind: NetworkPolicy\nmetadata: {{namespace: {}, name: c{i}}}\nspec:\n",
+            rng.pick(&NAMESPACES)
+        )
+    } else {
+        let nss = rng
+            .maybe(0.3, NS_SELECTORS.len())
+            .map_or(String::new(), |n| {
+                format!("  namespaceSelector: \"{}\"\n", NS_SELECTORS[n])
+            });
+        format!("kind: GlobalNetworkPolicy\nmetadata: {{name: c{i}}}\nspec:\n{nss}")
+    };
+    format!(
+        "---\napiVersion: projectcalico.org/v3\n{head}  tier: {tier}\n{order}  selector: \"{}\"\n{types}  ingress: [{}]\n  egress: [{}]\n",
+        rng.pick(&SELECTORS),
+        ingress.join(", "),
+        egress.join(", ")
+    )
+}
+
+/// A random model: two nodes, three namespaces, two extra tiers, 2-6 pods, 0-2 Kubernetes
+/// and 0-4 Calico policies.
+fn model_yaml(rng: &mut Rng) -> String {
+    let mut y = String::new();
+    for (name, v4, v6) in [
+        ("node-1", "192.168.0.1", "fd00:192::1"),
+        ("node-2", "192.168.0.2", "fd00:192::2"),
+    ] {
+        y.push_str(&format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: {name}}}\nspec:\n  bgp: {{ipv4Address: {v4}/24, ipv6Address: '{v6}/64'}}\n"
+        ));
+    }
+    for ns in NAMESPACES {
+        let team = if rng.chance(0.5) { "a" } else { "b" };
+        y.push_str(&format!(
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}, team: {team}}}}}\n"
+        ));
+    }
+    for (name, order) in [("security", 100), ("platform", 50)] {
+        let action = if rng.chance(0.5) { "Pass" } else { "Deny" };
+        y.push_str(&format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {{name: {name}}}\nspec: {{order: {order}, defaultAction: {action}}}\n"
+        ));
+    }
+    for k in 0..2 + rng.below(5) {
+        y.push_str(&pod_yaml(k, rng));
+    }
+    for i in 0..rng.below(3) {
+        y.push_str(&k8s_policy(i, rng));
+    }
+    for i in 0..rng.below(5) {
+        y.push_str(&calico_policy(i, rng));
+    }
+    y
+}
+
+fn model_of(yaml: &str) -> Model {
+    let docs = parse_documents("generated", yaml)
+        .unwrap_or_else(|e| panic!("generated model must parse:\n{yaml}\n{e}"));
+    Model::from_resources(docs)
+}
+
+// ---- random packets ---------------------------------------------------------------------
+
+/// Ports near the edges the generated rules name, and some arbitrary ones.
+const PORT_POOL: [u16; 20] = [
+    0, 1, 53, 79, 80, 81, 85, 86, 443, 1023, 1024, 8000, 8050, 8080, 8100, 8101, 30000, 40000,
+    49151, 65535,
+];
+
+fn port(rng: &mut Rng) -> u16 {
+    if rng.chance(0.8) {
+        *rng.pick(&PORT_POOL)
+    } else {
+        rng.next() as u16
+    }
+}
+
+fn random_packet(rng: &mut Rng, src: IpAddr, dst: IpAddr) -> Packet {
+    let v4 = src.is_ipv4();
+    let (sport, dport) = (port(rng), port(rng));
+    match rng.below(9) {
+        0..=2 => Packet {
+            src_port: sport,
+            ..Packet::l4(src, dst, IpProto::Tcp, dport)
+        },
+        3 | 4 => Packet {
+            src_port: sport,
+            ..Packet::l4(src, dst, IpProto::Udp, dport)
+        },
+        5 => Packet {
+            src_port: sport,
+            ..Packet::l4(src, dst, IpProto::Sctp, dport)
+        },
+        6 => Packet {
+            src_port: 0,
+            ..Packet::l4(src, dst, IpProto::Other(47), 0)
+        },
+        _ => {
+            // No ICMPv6 neighbour discovery (133-137): the programs always pass it.
+            let types: &[(u8, u8)] = if v4 {
+                &[(8, 0), (0, 0), (3, 1), (3, 2), (3, 3), (11, 0)]
+            } else {
+                &[(128, 0), (129, 0), (1, 3), (1, 4), (3, 0)]
+            };
+            let (t, c) = *rng.pick(types);
+            Packet::icmp(src, dst, t, c)
+        }
+    }
+}
+
+/// The packet as an Ethernet frame (checksums are not checked by the programs' policy path).
+fn frame(p: &Packet) -> Vec<u8> {
+    let proto = p.protocol.number();
+    let mut l4 = Vec::new();
+    match p.protocol {
+        IpProto::Tcp => {
+            l4.extend(p.src_port.to_be_bytes());
+            l4.extend(p.dst_port.to_be_bytes());
+            l4.extend(1000u32.to_be_bytes());
+            l4.extend(0u32.to_be_bytes());
+            l4.extend([5 << 4, 0x02]); // SYN
+            l4.extend(64240u16.to_be_bytes());
+            l4.extend([0, 0, 0, 0]);
+        }
+        IpProto::Udp => {
+            l4.extend(p.src_port.to_be_bytes());
+            l4.extend(p.dst_port.to_be_bytes());
+            l4.extend(12u16.to_be_bytes());
+            l4.extend([0, 0]);
+            l4.extend(*b"data");
+        }
+        IpProto::Sctp => {
+            l4.extend(p.src_port.to_be_bytes());
+            l4.extend(p.dst_port.to_be_bytes());
+            l4.extend([0, 0x5e, 0x57, 0xa1, 0, 0, 0, 0]);
+            l4.extend([0, 3, 0, 8, 1, 2, 3, 4]);
+        }
+        IpProto::Icmp | IpProto::IcmpV6 => {
+            let (t, c) = p.icmp.unwrap_or((0, 0));
+            l4.extend([t, c, 0, 0, 0x12, 0x34, 0, 1]);
+        }
+        _ => l4.extend([0u8; 8]),
+    }
+    let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+    match (p.src, p.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend([0x08, 0x00]);
+            let total = (20 + l4.len()) as u16;
+            let mut ip = vec![0x45, 0];
+            ip.extend(total.to_be_bytes());
+            ip.extend([0, 1, 0x40, 0, 64, proto, 0, 0]);
+            ip.extend(s.octets());
+            ip.extend(d.octets());
+            let sum: u32 = ip
+                .chunks(2)
+                .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+                .sum();
+            let sum = (sum & 0xffff) + (sum >> 16);
+            let sum = !((sum & 0xffff) + (sum >> 16)) as u16;
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            f.extend(ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend([0x86, 0xdd]);
+            f.extend([0x60, 0, 0, 0]);
+            f.extend((l4.len() as u16).to_be_bytes());
+            f.extend([proto, 64]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    f.extend(l4);
+    f
+}
+
+// ---- the maps ---------------------------------------------------------------------------
+
+fn pol_key(k: &compile::EntryKey) -> Key<PolMatch> {
+    let (ep, remote, dir, proto, port, prefix) = *k;
+    Key::new(prefix, PolMatch::new(ep, remote, dir, proto, port))
+}
+
+/// Replaces the policy and route entries of `old` with those of `new`.
+fn write_maps(dp: &mut Dataplane, old: &MapContents, new: &MapContents) {
+    let mut m = dp.maps();
+    for k in old.policy.keys().filter(|k| !new.policy.contains_key(*k)) {
+        m.remove_policy(&pol_key(k)).expect("remove policy entry");
+    }
+    for k in old.routes.keys().filter(|k| !new.routes.contains_key(*k)) {
+        m.remove_route(&Key::new(k.0, Addr(k.1)))
+            .expect("remove route");
+    }
+    for (k, v) in &new.policy {
+        m.set_policy(&pol_key(k), v).expect("write policy entry");
+    }
+    for (k, v) in &new.routes {
+        m.set_route(&Key::new(k.0, Addr(k.1)), v)
+            .expect("write route");
+    }
+}
+
+/// Removes every conntrack entry (at most the one the last packet created).
+fn clear_conntrack(dp: &mut Dataplane) {
+    let mut m = dp.maps();
+    for (k, _) in m.conntrack_entries().expect("read conntrack") {
+        m.remove_conntrack(&k).expect("remove conntrack entry");
+    }
+}
+
+struct Outcome {
+    packets: usize,
+    allowed: usize,
+}
+
+/// One model: compile, write, run `packets` random packets; `Err` describes a mismatch.
+fn run_case(
+    dp: &mut Dataplane,
+    rng: &mut Rng,
+    prev: &mut MapContents,
+    packets: usize,
+) -> Result<Outcome, String> {
+    let yaml = model_yaml(rng);
+    let model = model_of(&yaml);
+    let state = desired_state(&model, Some("node-1"));
+    let compiled: CompiledPolicy = compile::compile(&state);
+    let contents = desired_contents(&state, &compiled, &HostView::default(), &HashMap::new());
+    write_maps(dp, prev, &contents);
+    *prev = contents;
+
+    let ev = Evaluator::new(&model);
+    let index = PolicyIndex::new(&compiled);
+    let locals: Vec<(String, u32, Vec<IpAddr>)> = state
+        .endpoints
+        .iter()
+        .filter_map(|(k, (ep, _))| {
+            Some((k.to_string(), *compiled.endpoints.get(k)?, ep.addrs.clone()))
+        })
+        .collect();
+    if locals.is_empty() {
+        return Ok(Outcome {
+            packets: 0,
+            allowed: 0,
+        });
+    }
+    let mut remotes: Vec<IpAddr> = ev
+        .state()
+        .endpoints
+        .values()
+        .flat_map(|(e, _)| e.addrs.clone())
+        .collect();
+    remotes.extend(
+        OUTSIDE
+            .iter()
+            .map(|a| a.parse::<IpAddr>().expect("address")),
+    );
+    let mut current_ep: Option<u32> = None;
+    let mut out = Outcome {
+        packets: 0,
+        allowed: 0,
+    };
+    let mut by_ep: BTreeMap<u32, EpVal> = BTreeMap::new();
+    for (_, ep_id, addrs) in &locals {
+        by_ep.insert(*ep_id, EpVal::new(*ep_id, addrs));
+    }
+    for _ in 0..packets {
+        let (name, ep_id, addrs) = rng.pick(&locals).clone();
+        let local = *rng.pick(&addrs);
+        let candidates: Vec<IpAddr> = remotes
+            .iter()
+            .copied()
+            .filter(|r| r.is_ipv4() == local.is_ipv4() && !addrs.contains(r))
+            .collect();
+        let remote = *rng.pick(&candidates);
+        let dir = if rng.chance(0.5) {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        let p = match dir {
+            Direction::Ingress => random_packet(rng, remote, local),
+            Direction::Egress => random_packet(rng, local, remote),
+        };
+        let v = ev.evaluate(&p);
+        let want = match dir {
+            Direction::Ingress => v.ingress.as_ref(),
+            Direction::Egress => v.egress.as_ref(),
+        }
+        .ok_or_else(|| format!("evaluator has no {dir:?} leg for {p:?}:\n{yaml}"))?;
+
+        if current_ep != Some(ep_id) {
+            dp.maps()
+                .set_endpoint(TEST_RUN_IFINDEX, &by_ep[&ep_id])
+                .expect("write endpoint");
+            current_ep = Some(ep_id);
+        }
+        let hook = match dir {
+            Direction::Ingress => Hook::ToEndpoint,
+            Direction::Egress => Hook::FromEndpoint,
+        };
+        let drops_before = dp.maps().drop_counters().expect("drop counters");
+        let run = dp.test_run(hook, &frame(&p)).expect("BPF_PROG_TEST_RUN");
+        clear_conntrack(dp);
+        let drops_after = dp.maps().drop_counters().expect("drop counters");
+        let program_allows = run.verdict == TC_ACT_OK;
+        if program_allows != want.allowed {
+            let grew: Vec<&str> = (0..serval_dp_bpf::abi::SV_DROP_REASONS)
+                .filter(|r| drops_after.get(*r) != drops_before.get(*r))
+                .map(drop_reason_name)
+                .collect();
+            let (emulated, rule) = index.lookup(
+                ep_id,
+                dir,
+                remote,
+                p.protocol.number(),
+                policy_port(p.protocol, p.dst_port, p.icmp),
+            );
+            return Err(format!(
+                "MISMATCH for endpoint {name} (ep_id {ep_id}), {dir:?} leg\n\
+                 packet: {} {}:{} -> {}:{} icmp {:?}\n\
+                 evaluator: {} ({:?})\n\
+                 program:   verdict {} ({}; drop reasons counted: {grew:?})\n\
+                 compiler's emulated lookup: {emulated:?} by rule {rule} = {:?} (remote identity {})\n\
+                 model:\n{yaml}",
+                p.protocol,
+                p.src,
+                p.src_port,
+                p.dst,
+                p.dst_port,
+                p.icmp,
+                if want.allowed { "ALLOW" } else { "DENY" },
+                want.by,
+                run.verdict,
+                if program_allows { "ALLOW" } else { "DENY" },
+                compiled.rules.get(&rule),
+                index.identity(remote),
+            ));
+        }
+        out.packets += 1;
+        out.allowed += usize::from(program_allows);
+    }
+    Ok(out)
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+#[test]
+fn loaded_program_verdicts_equal_the_reference_evaluator() {
+    if !require_root("eBPF differential test (loads programs, BPF_PROG_TEST_RUN)") {
+        return;
+    }
+    let seed = env_u64("SERVAL_DIFF_SEED", 0x5e7a_1d1f);
+    let cases = env_u64("SERVAL_DIFF_CASES", 300);
+    let mut dp = Dataplane::load(&LoadOptions {
+        pins: None,
+        log_level: LogLevel::Off,
+        ..LoadOptions::default()
+    })
+    .expect("load the embedded programs");
+    let mut prev = MapContents::default();
+    let (mut packets, mut allowed) = (0, 0);
+    for case in 0..cases {
+        // One generator per case: a failing case is reproduced by its seed alone.
+        let case_seed = seed ^ case.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        let mut rng = Rng(case_seed);
+        match run_case(&mut dp, &mut rng, &mut prev, 40) {
+            Ok(o) => {
+                packets += o.packets;
+                allowed += o.allowed;
+            }
+            Err(e) => panic!("case {case} (seed {case_seed:#x}):\n{e}"),
+        }
+    }
+    eprintln!("{cases} models, {packets} packets ({allowed} allowed) matched the evaluator");
+    // The generator must exercise both outcomes.
+    assert!(packets > 1000, "too few packets checked: {packets}");
+    assert!(allowed > packets / 10 && allowed < packets * 9 / 10);
+}
