@@ -17,6 +17,7 @@ pub mod delta;
 pub mod endpoints;
 pub mod evaluator;
 pub mod ipsets;
+pub mod maglev;
 pub mod model;
 pub mod natoutgoing;
 pub mod policy;

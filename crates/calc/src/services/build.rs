@@ -75,6 +75,7 @@ impl<'a> Context<'a> {
         let affinity_timeout = spec.affinity_timeout_seconds();
         let internal_local = spec.internal_traffic_policy == Some(TrafficPolicy::Local);
         let external_local = spec.external_traffic_policy == Some(TrafficPolicy::Local);
+        let wants_maglev = crate::maglev::wants_maglev(svc);
 
         let cluster_ips: Vec<IpAddr> = spec.cluster_addrs().into_iter().filter(in_family).collect();
         let node_ips: Vec<(IpAddr, Option<String>)> = if spec.has_node_ports() {
@@ -130,6 +131,7 @@ impl<'a> Context<'a> {
                     internal_local,
                     masquerade: external && !external_local,
                     node,
+                    maglev: crate::maglev::applies(wants_maglev, kind, external_local),
                 };
                 // Two frontends of one service on one key (an externalIP equal to a node
                 // address, say): the first kind in this order wins.

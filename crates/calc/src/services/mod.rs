@@ -131,6 +131,11 @@ pub struct Frontend {
     /// NodePort frontends: the node that owns the address (`None` when unknown, e.g. an
     /// address given in `node_addrs` without a node name). `None` for other kinds.
     pub node: Option<String>,
+    /// Backends are chosen by Maglev consistent hashing of the flow (the service's
+    /// `lb.projectcalico.org/external-traffic-strategy: maglev`; see [`crate::maglev`] for
+    /// which frontends it applies to).
+    #[serde(default)]
+    pub maglev: bool,
 }
 
 impl Frontend {
