@@ -24,6 +24,7 @@ pub mod policy;
 pub mod scenarios;
 pub mod services;
 pub mod state;
+pub mod xdp;
 
 pub use delta::{Delta, EndpointChange, diff};
 pub use endpoints::{Endpoint, EndpointKey};

@@ -35,6 +35,10 @@ pub struct DesiredState {
     /// workload's egress policy (FelixConfiguration `defaultEndpointToHostAction`; Calico's
     /// default Drop): Drop, Accept, or Return (on to host endpoint policy and failsafe).
     pub endpoint_to_host: EndpointToHostAction,
+    /// XDP on host interfaces: FelixConfiguration `xdpEnabled` and the untracked deny rules
+    /// of the node's host endpoints it can enforce ([`crate::xdp`]).
+    #[serde(default)]
+    pub xdp: crate::xdp::XdpState,
 }
 
 /// Addresses of `node` (every node when `None`) from Node resources.
@@ -82,6 +86,7 @@ pub fn desired_state(model: &Model, node: Option<&str>) -> DesiredState {
         })
         .collect();
     let felix = model.felix(node);
+    let xdp = crate::xdp::xdp_state(model, &host_endpoints, felix.xdp_enabled);
     DesiredState {
         node: node.map(str::to_string),
         endpoints,
@@ -91,5 +96,6 @@ pub fn desired_state(model: &Model, node: Option<&str>) -> DesiredState {
         host_endpoints,
         failsafe: compile::failsafe(&felix),
         endpoint_to_host: felix.default_endpoint_to_host_action,
+        xdp,
     }
 }
