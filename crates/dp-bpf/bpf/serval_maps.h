@@ -149,6 +149,34 @@ struct sv_nat_aff_val {
 };
 _Static_assert(sizeof(struct sv_nat_aff_val) == 32, "sv_nat_aff_val");
 
+/* ---- Maglev (map sv_maglev: HASH, NO_PREALLOC; (service, index) -> backend) --------------- */
+
+/*
+ * A frontend with SV_NAT_FE_F_MAGLEV picks its backend for a new flow from the service's
+ * Maglev lookup table (crates/calc/src/maglev.rs builds it, the same on every node): entry
+ * sv_maglev_hash(5-tuple) % size, where size (M, a prime) is read from the table's entry at
+ * index SV_MAGLEV_META first. Every entry carries the same size. A missing table falls back to
+ * the ordinary random choice among sv_nat_be slots.
+ */
+#define SV_NAT_FE_F_MAGLEV (1u << 8) /* backend by Maglev (sv_maglev), not at random */
+
+#define SV_MAGLEV_META 0xffffffffu /* index of the entry whose `size` is the table's M */
+#define SV_MAGLEV_SEED 0x5e7a1c0du /* seed of the flow hash (calc::maglev::FLOW_HASH_SEED) */
+
+struct sv_maglev_key {
+	__u32 svc_id;
+	__u32 index; /* 0..size-1, or SV_MAGLEV_META */
+};
+_Static_assert(sizeof(struct sv_maglev_key) == 8, "sv_maglev_key");
+
+struct sv_maglev_val {
+	union sv_addr addr; /* the backend (zero in the META entry) */
+	__be16 port;
+	__u16 pad;
+	__u32 size; /* M, the number of entries of the table */
+};
+_Static_assert(sizeof(struct sv_maglev_val) == 24, "sv_maglev_val");
+
 /* ---- routes and identities (map sv_routes: LPM_TRIE) ------------------------------------ */
 
 /* prefixlen counts bits of addr; IPv4 /n is 96 + n (IPv4-mapped). */

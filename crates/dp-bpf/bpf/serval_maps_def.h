@@ -43,6 +43,17 @@ struct {
 	__type(value, struct sv_nat_aff_val);
 } sv_nat_aff SEC(".maps");
 
+/* Maglev tables: (M + 1) entries per Maglev frontend (M = 10007, the table of
+ * bpfMaglevMaxEndpointsPerService = 100 backends) for bpfMaglevMaxServices = 100 frontends;
+ * NO_PREALLOC, so memory follows the tables actually written. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1000800);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_maglev_key);
+	__type(value, struct sv_maglev_val);
+} sv_maglev SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 262144);

@@ -446,10 +446,77 @@ struct sv_backend {
 	__u32 svc_id;
 };
 
+/* ---- Maglev ----------------------------------------------------------------------------- */
+
+static __always_inline __u32 sv_rotl32(__u32 x, int r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+/* murmur3's 32-bit block mix. */
+static __always_inline __u32 sv_maglev_mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51u;
+	k = sv_rotl32(k, 15);
+	k *= 0x1b873593u;
+	h ^= k;
+	h = sv_rotl32(h, 13);
+	return h * 5 + 0xe6546b64u;
+}
+
+/*
+ * The flow hash of a new flow to a Maglev frontend: murmur3-32 (seed SV_MAGLEV_SEED) of the
+ * source address (4 big-endian words, IPv4-mapped), the destination address, sport << 16 |
+ * dport and the protocol. Only the 5-tuple enters it, so every node computes the same value;
+ * serval_calc::maglev::flow_hash is the same function (tests/maglev.rs holds them equal).
+ */
+static __always_inline __u32 sv_maglev_hash(const struct sv_pkt *p)
+{
+	__u32 h = SV_MAGLEV_SEED;
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		h = sv_maglev_mix(h, bpf_ntohl(p->saddr.w[i]));
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		h = sv_maglev_mix(h, bpf_ntohl(p->daddr.w[i]));
+	h = sv_maglev_mix(h, ((__u32)bpf_ntohs(p->sport) << 16) | bpf_ntohs(p->dport));
+	h = sv_maglev_mix(h, p->proto);
+	h ^= 40; /* the input length in bytes, as murmur3 finalizes */
+	h ^= h >> 16;
+	h *= 0x85ebca6bu;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35u;
+	return h ^ (h >> 16);
+}
+
+/*
+ * The backend of p from the Maglev table of svc_id: entry sv_maglev_hash(p) % M, M read from
+ * the table's SV_MAGLEV_META entry. Returns 0 (be->addr/port filled) or -1 (no table: the
+ * caller falls back to the random choice).
+ */
+static __always_inline int sv_maglev_pick(const struct sv_pkt *p, __u32 svc_id,
+					  struct sv_backend *be)
+{
+	struct sv_maglev_key k = {.svc_id = svc_id, .index = SV_MAGLEV_META};
+	struct sv_maglev_val *meta = bpf_map_lookup_elem(&sv_maglev, &k);
+	if (!meta || meta->size == 0)
+		return -1;
+	__u32 size = meta->size;
+	k.index = sv_maglev_hash(p) % size;
+	struct sv_maglev_val *v = bpf_map_lookup_elem(&sv_maglev, &k);
+	if (!v)
+		return -1;
+	be->addr = v->addr;
+	be->port = v->port;
+	sv_log("service %u: maglev entry %u of %u", svc_id, k.index, size);
+	return 0;
+}
+
 /*
  * Looks up p's destination as a service frontend and picks a backend: the client's affinity
- * entry when the service has ClientIP affinity and it is fresh, otherwise a random slot among
- * all backends (or only the node-local ones under internalTrafficPolicy: Local).
+ * entry when the service has ClientIP affinity and it is fresh, otherwise the flow's Maglev
+ * table entry for a SV_NAT_FE_F_MAGLEV frontend, otherwise a random slot among all backends
+ * (or only the node-local ones under internalTrafficPolicy: Local).
  * Returns SV_SVC_NONE (not a service), SV_SVC_HIT (*be filled) or SV_SVC_DROP (counted).
  */
 static __always_inline int sv_service(const struct sv_pkt *p, __u64 now, struct sv_backend *be,
@@ -489,22 +556,24 @@ static __always_inline int sv_service(const struct sv_pkt *p, __u64 now, struct 
 		}
 	}
 
-	struct sv_nat_be_key bk = {.svc_id = svc_id, .slot = bpf_get_prandom_u32() % count};
-	struct sv_nat_be_val *bv = bpf_map_lookup_elem(&sv_nat_be, &bk);
-	if (!bv) {
-		*reason = SV_DROP_NAT_BACKEND_MISSING;
-		return SV_SVC_DROP;
+	if (!(fe->flags & SV_NAT_FE_F_MAGLEV) || sv_maglev_pick(p, svc_id, be)) {
+		struct sv_nat_be_key bk = {.svc_id = svc_id, .slot = bpf_get_prandom_u32() % count};
+		struct sv_nat_be_val *bv = bpf_map_lookup_elem(&sv_nat_be, &bk);
+		if (!bv) {
+			*reason = SV_DROP_NAT_BACKEND_MISSING;
+			return SV_SVC_DROP;
+		}
+		be->addr = bv->addr;
+		be->port = bv->port;
+		sv_log("service %u: backend slot %u of %u", svc_id, bk.slot, count);
 	}
-	be->addr = bv->addr;
-	be->port = bv->port;
-	sv_log("service %u: backend slot %u of %u", svc_id, bk.slot, count);
 
 	if (affinity) {
 		struct sv_nat_aff_val av;
 		__builtin_memset(&av, 0, sizeof(av));
 		av.ts_ns = now;
-		av.addr = bv->addr;
-		av.port = bv->port;
+		av.addr = be->addr;
+		av.port = be->port;
 		/* LRU: never full; a failure only costs the affinity of this one client. */
 		bpf_map_update_elem(&sv_nat_aff, &ak, &av, BPF_ANY);
 	}

@@ -493,6 +493,60 @@ pod!(
     PolMatch, PolVal, EpVal,
 );
 
+// ---- Maglev ------------------------------------------------------------------------------
+
+/// Frontend flag: the backend of a new flow comes from the frontend's Maglev table.
+pub const SV_NAT_FE_F_MAGLEV: u32 = 1 << 8;
+/// Index of a table's entry whose `size` is the table's M.
+pub const SV_MAGLEV_META: u32 = 0xffff_ffff;
+/// Seed of the programs' flow hash (`serval_calc::maglev::FLOW_HASH_SEED`).
+pub const SV_MAGLEV_SEED: u32 = 0x5e7a_1c0d;
+
+/// `struct sv_maglev_key`: (service, entry index).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MaglevKey {
+    pub svc_id: u32,
+    /// `0..size`, or [`SV_MAGLEV_META`].
+    pub index: u32,
+}
+const _: () = assert!(size_of::<MaglevKey>() == 8);
+
+/// `struct sv_maglev_val`: the entry's backend and the table size.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MaglevVal {
+    pub addr: Addr,
+    /// Network order.
+    pub port: u16,
+    pub pad: u16,
+    /// M, the table's number of entries (in every entry).
+    pub size: u32,
+}
+const _: () = assert!(size_of::<MaglevVal>() == 24);
+
+impl MaglevVal {
+    /// An entry naming `ip:port` (host-order port) of a table of `size` entries.
+    pub fn new(ip: IpAddr, port: u16, size: u32) -> Self {
+        MaglevVal {
+            addr: Addr::new(ip),
+            port: port.to_be(),
+            pad: 0,
+            size,
+        }
+    }
+
+    /// The [`SV_MAGLEV_META`] entry of a table of `size` entries.
+    pub fn meta(size: u32) -> Self {
+        MaglevVal {
+            size,
+            ..MaglevVal::default()
+        }
+    }
+}
+
+pod!(MaglevKey, MaglevVal);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -161,6 +161,26 @@ impl Maps<'_> {
         found(m.get(key, 0), MAP_NAT_AFF)
     }
 
+    // ---- Maglev tables ----
+
+    /// Writes one entry of a Maglev table (`sv_maglev`).
+    pub fn set_maglev(
+        &mut self,
+        key: &crate::abi::MaglevKey,
+        val: &crate::abi::MaglevVal,
+    ) -> Result<(), MapsError> {
+        let name = crate::object::MAP_MAGLEV;
+        let mut m = typed!(self, HashMap, name);
+        m.insert(*key, *val, 0).map_err(op_err("writing", name))
+    }
+
+    pub fn remove_maglev(&mut self, key: &crate::abi::MaglevKey) -> Result<bool, MapsError> {
+        let name = crate::object::MAP_MAGLEV;
+        let mut m: HashMap<_, crate::abi::MaglevKey, crate::abi::MaglevVal> =
+            typed!(self, HashMap, name);
+        removed(m.remove(key), name)
+    }
+
     // ---- conntrack ----
 
     pub fn conntrack(&mut self, key: &CtKey) -> Result<Option<CtVal>, MapsError> {

@@ -53,6 +53,8 @@ pub const MAP_ROUTES: &str = "sv_routes";
 pub const MAP_POLICY: &str = "sv_policy";
 pub const MAP_EPS: &str = "sv_eps";
 pub const MAP_DROPS: &str = "sv_drops";
+/// Maglev lookup tables ([`crate::abi::MaglevKey`] → [`crate::abi::MaglevVal`]).
+pub const MAP_MAGLEV: &str = "sv_maglev";
 
 /// A map the programs use, with the key and value sizes of its Rust mirror.
 #[derive(Clone, Copy, Debug)]
@@ -71,7 +73,7 @@ const fn spec<K, V>(name: &'static str) -> MapSpec {
 }
 
 /// Every map of the tc object.
-pub const MAPS: [MapSpec; 8] = [
+pub const MAPS: [MapSpec; 9] = [
     spec::<CtKey, CtVal>(MAP_CT),
     spec::<NatFeKey, NatFeVal>(MAP_NAT_FE),
     spec::<NatBeKey, NatBeVal>(MAP_NAT_BE),
@@ -80,6 +82,7 @@ pub const MAPS: [MapSpec; 8] = [
     spec::<PolKey, PolVal>(MAP_POLICY),
     spec::<u32, EpVal>(MAP_EPS),
     spec::<u32, u64>(MAP_DROPS),
+    spec::<crate::abi::MaglevKey, crate::abi::MaglevVal>(MAP_MAGLEV),
 ];
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";

@@ -95,6 +95,16 @@ int main(void)
 	FIELD(struct sv_nat_aff_val, "NatAffVal", port);
 	FIELD(struct sv_nat_aff_val, "NatAffVal", pad);
 
+	TYPE(struct sv_maglev_key, "MaglevKey");
+	FIELD(struct sv_maglev_key, "MaglevKey", svc_id);
+	FIELD(struct sv_maglev_key, "MaglevKey", index);
+
+	TYPE(struct sv_maglev_val, "MaglevVal");
+	FIELD(struct sv_maglev_val, "MaglevVal", addr);
+	FIELD(struct sv_maglev_val, "MaglevVal", port);
+	FIELD(struct sv_maglev_val, "MaglevVal", pad);
+	FIELD(struct sv_maglev_val, "MaglevVal", size);
+
 	/* LPM keys: Rust uses aya's Key<data> (prefixlen: u32, then the data, packed). */
 	SIZE(struct sv_route_key, "RouteKey");
 	_Static_assert(offsetof(struct sv_route_key, addr) == 4, "aya's Key: data after a u32");
@@ -148,6 +158,9 @@ int main(void)
 	CONST(SV_NAT_FE_F_EXT_LOCAL);
 	CONST(SV_NAT_FE_F_INT_LOCAL);
 	CONST(SV_NAT_FE_F_EXTERNAL);
+	CONST(SV_NAT_FE_F_MAGLEV);
+	CONST(SV_MAGLEV_META);
+	CONST(SV_MAGLEV_SEED);
 	CONST(SV_NAT_BE_F_LOCAL);
 	CONST(SV_RT_F_LOCAL_WORKLOAD);
 	CONST(SV_RT_F_HOST);
