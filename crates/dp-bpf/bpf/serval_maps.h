@@ -288,4 +288,40 @@ _Static_assert(sizeof(struct sv_ep_val) == 40, "sv_ep_val");
 #define SV_DROP_FRAGMENT 8 /* IP fragments are not handled yet */
 #define SV_DROP_REASONS 16 /* max_entries of sv_drops */
 
+/* ---- connect-time load balancing (bpf/serval_ctlb.c; its own maps, pinned in the node scope) */
+
+/* Which protocols the cgroup programs translate (the object's global sv_ctlb_protos):
+ * FelixConfiguration bpfConnectTimeLoadBalancing TCP = TCP only, Enabled = both. */
+#define SV_CTLB_F_TCP (1u << 0)
+#define SV_CTLB_F_UDP (1u << 1)
+
+/*
+ * maps sv_ctlb_fwd and sv_ctlb_rev: LRU_HASH; keyed by the socket (its cookie) and an address:
+ * - sv_ctlb_fwd: (socket, frontend) -> the backend an unconnected UDP socket sends that
+ *   frontend's datagrams to (so it keeps one backend, as a conntrack entry would);
+ * - sv_ctlb_rev: (socket, backend) -> the frontend the socket asked for: recvmsg and
+ *   getpeername show the frontend instead of the backend.
+ * Addresses are IPv4-mapped for IPv4 as everywhere.
+ */
+struct sv_ctlb_key {
+	__u64 cookie; /* bpf_get_socket_cookie */
+	union sv_addr addr;
+	__be16 port;
+	__u8 proto; /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 pad[5];
+};
+_Static_assert(sizeof(struct sv_ctlb_key) == 32, "sv_ctlb_key");
+
+#define SV_CTLB_SLOT_NONE 0xffffffffu /* sv_ctlb_val.slot of a reverse entry */
+
+struct sv_ctlb_val {
+	union sv_addr addr;
+	__be16 port;
+	__u16 pad;
+	__u32 svc_id; /* sv_ctlb_fwd: the frontend's service and the backend's slot, checked */
+	__u32 slot;   /* against sv_nat_fe / sv_nat_be before the entry is reused */
+	__u32 pad1;
+};
+_Static_assert(sizeof(struct sv_ctlb_val) == 32, "sv_ctlb_val");
+
 #endif /* SERVAL_MAPS_H */

@@ -449,6 +449,42 @@ impl EpVal {
     }
 }
 
+// ---- connect-time load balancing ---------------------------------------------------------
+
+/// `bpfConnectTimeLoadBalancing` covers TCP.
+pub const SV_CTLB_F_TCP: u32 = 1 << 0;
+/// `bpfConnectTimeLoadBalancing` covers UDP.
+pub const SV_CTLB_F_UDP: u32 = 1 << 1;
+/// `CtlbVal::slot` of a reverse entry.
+pub const SV_CTLB_SLOT_NONE: u32 = u32::MAX;
+
+/// `struct sv_ctlb_key`: a socket (cookie) and an address of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtlbKey {
+    pub cookie: u64,
+    pub addr: Addr,
+    /// Network order.
+    pub port: u16,
+    pub proto: u8,
+    pub pad: [u8; 5],
+}
+const _: () = assert!(size_of::<CtlbKey>() == 32);
+
+/// `struct sv_ctlb_val`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtlbVal {
+    pub addr: Addr,
+    /// Network order.
+    pub port: u16,
+    pub pad: u16,
+    pub svc_id: u32,
+    pub slot: u32,
+    pub pad1: u32,
+}
+const _: () = assert!(size_of::<CtlbVal>() == 32);
+
 // ---- drop reasons ----------------------------------------------------------------------
 
 pub const SV_DROP_MALFORMED: u32 = 0;
@@ -492,6 +528,7 @@ pod!(
     Addr, CtKey, CtVal, NatFeKey, NatFeVal, NatBeKey, NatBeVal, NatAffKey, NatAffVal, RouteVal,
     PolMatch, PolVal, EpVal,
 );
+pod!(CtlbKey, CtlbVal);
 
 // ---- Maglev ------------------------------------------------------------------------------
 

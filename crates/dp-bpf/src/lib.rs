@@ -34,6 +34,7 @@
 
 pub mod abi;
 pub mod attach;
+pub mod cgroup;
 pub mod conntrack;
 pub mod error;
 pub mod loader;
@@ -41,7 +42,8 @@ pub mod maps;
 pub mod object;
 pub mod test_run;
 
-pub use attach::{AttachMode, Attachment, CleanupReport, Hook, attachments, cleanup, detach};
+pub use attach::{AttachMode, Attachment, CleanupReport, Hook, attachments, detach};
+pub use cgroup::{CgroupError, Ctlb, CtlbProtocols, cleanup};
 pub use conntrack::{CtTimeouts, SweepReport, monotonic_now_ns};
 pub use error::{AttachError, LoadError, MapsError, ObjectError, TestRunError};
 pub use loader::{BPFFS, Dataplane, LoadOptions, MapSizes, PinScope, ensure_bpffs};

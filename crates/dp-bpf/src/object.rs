@@ -38,6 +38,20 @@ pub fn tc_object(level: LogLevel) -> (&'static str, &'static [u8]) {
     }
 }
 
+/// `bpf/serval_ctlb.c` (connect-time load balancing, cgroup programs) built without and with
+/// `SERVAL_DEBUG`; loaded by [`crate::cgroup`].
+static SERVAL_CTLB: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/serval_ctlb.o"));
+static SERVAL_CTLB_DEBUG: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/serval_ctlb.debug.o"));
+
+/// The embedded connect-time load balancing object for `level`, as `(name, bytes)`.
+pub fn ctlb_object(level: LogLevel) -> (&'static str, &'static [u8]) {
+    match level {
+        LogLevel::Off => ("serval_ctlb.o", SERVAL_CTLB),
+        LogLevel::Debug => ("serval_ctlb.debug.o", SERVAL_CTLB_DEBUG),
+    }
+}
+
 /// Program for packets the workload sends (tc ingress of the host-side veth).
 pub const PROG_FROM_EP: &str = "serval_from_ep";
 /// Program for packets delivered to the workload (tc egress of the host-side veth).

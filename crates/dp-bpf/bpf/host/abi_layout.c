@@ -136,6 +136,24 @@ int main(void)
 	FIELD(struct sv_ep_val, "EpVal", addr4);
 	FIELD(struct sv_ep_val, "EpVal", addr6);
 
+	TYPE(struct sv_ctlb_key, "CtlbKey");
+	FIELD(struct sv_ctlb_key, "CtlbKey", cookie);
+	FIELD(struct sv_ctlb_key, "CtlbKey", addr);
+	FIELD(struct sv_ctlb_key, "CtlbKey", port);
+	FIELD(struct sv_ctlb_key, "CtlbKey", proto);
+	FIELD(struct sv_ctlb_key, "CtlbKey", pad);
+
+	TYPE(struct sv_ctlb_val, "CtlbVal");
+	FIELD(struct sv_ctlb_val, "CtlbVal", addr);
+	FIELD(struct sv_ctlb_val, "CtlbVal", port);
+	FIELD(struct sv_ctlb_val, "CtlbVal", pad);
+	FIELD(struct sv_ctlb_val, "CtlbVal", svc_id);
+	FIELD(struct sv_ctlb_val, "CtlbVal", slot);
+	FIELD(struct sv_ctlb_val, "CtlbVal", pad1);
+	CONST(SV_CTLB_F_TCP);
+	CONST(SV_CTLB_F_UDP);
+	CONST(SV_CTLB_SLOT_NONE);
+
 	CONST(SV_FAMILY_V4);
 	CONST(SV_FAMILY_V6);
 	CONST(SV_DIR_INGRESS);

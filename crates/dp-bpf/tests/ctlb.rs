@@ -1,0 +1,379 @@
+//! Privileged, real kernel: the connect-time load balancer (`bpf/serval_ctlb.c`) attached to a
+//! cgroup v2 directory of its own. Client processes (this test binary re-executed as
+//! [`client_helper`]) are placed in that cgroup, or in a sibling without programs, and talk
+//! to service frontends whose backends are listeners of this process on loopback:
+//!
+//! - TCP `connect` to the frontend reaches the backend, and `getpeername` shows the frontend;
+//! - unconnected UDP `sendto` the frontend reaches the backend and the reply's source, as
+//!   `recvfrom` reports it, is the frontend (only with `Enabled`; `TCP` leaves UDP alone);
+//! - a process in the sibling cgroup is untouched; after detaching nothing is translated;
+//! - a second load replaces the pinned links without leaving any behind.
+//!
+//! IPv4 and IPv6. Unique cgroups and pin scope, removed on drop (even on panic).
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use serval_dp_bpf::{
+    Ctlb, CtlbProtocols, Dataplane, LoadOptions, LogLevel, MapSizes, PinScope, abi::*, cgroup,
+    cleanup,
+};
+use serval_sys::testing::{require_root, unique_name};
+
+const HELPER_ENV: &str = "SERVAL_CTLB_TEST_CLIENT";
+const VIP4: &str = "10.77.201.1";
+const VIP6: &str = "fd77::c71b";
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+/// Not a test of its own: the client side, run by the tests in a child process placed in a
+/// cgroup (a process is in one cgroup; the test process itself must stay where it is). Does
+/// nothing unless `SERVAL_CTLB_TEST_CLIENT` is set to `MODE ADDR` (MODE tcp | udp); prints
+/// `CTLB-RESULT peer=ADDR reply=TEXT` or `CTLB-RESULT error=KIND`.
+#[test]
+fn client_helper() {
+    let Ok(spec) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let (mode, addr) = spec.split_once(' ').expect("MODE ADDR");
+    let to: SocketAddr = addr.parse().expect("ADDR");
+    let result = match mode {
+        "tcp" => (|| -> std::io::Result<String> {
+            let mut c = TcpStream::connect_timeout(&to, Duration::from_millis(500))?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let peer = c.peer_addr()?;
+            let mut s = String::new();
+            c.read_to_string(&mut s)?;
+            Ok(format!("peer={peer} reply={}", s.trim()))
+        })(),
+        "udp" => (|| -> std::io::Result<String> {
+            let bind: SocketAddr = if to.is_ipv4() {
+                "0.0.0.0:0".parse().unwrap()
+            } else {
+                "[::]:0".parse().unwrap()
+            };
+            let s = UdpSocket::bind(bind)?;
+            s.set_read_timeout(Some(Duration::from_millis(700)))?;
+            s.send_to(b"ping", to)?;
+            let mut buf = [0u8; 256];
+            let (n, from) = s.recv_from(&mut buf)?;
+            Ok(format!(
+                "peer={from} reply={}",
+                String::from_utf8_lossy(&buf[..n]).trim()
+            ))
+        })(),
+        other => panic!("unknown mode {other}"),
+    };
+    match result {
+        Ok(line) => println!("CTLB-RESULT {line}"),
+        Err(e) => println!("CTLB-RESULT error={:?}", e.kind()),
+    }
+}
+
+/// Runs [`client_helper`] in `cgroup`; its result line.
+fn client(cgroup: &Path, mode: &str, to: SocketAddr) -> String {
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .expect("open cgroup.procs");
+    let fd = procs.as_raw_fd();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "client_helper",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(HELPER_ENV, format!("{mode} {to}"));
+    // SAFETY: runs in the forked child before exec; write(2) is async-signal-safe and `fd`
+    // stays open in the parent until `output()` returns. "0" moves the writing process.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run the client helper");
+    drop(procs);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| Some(&l[l.find("CTLB-RESULT ")? + "CTLB-RESULT ".len()..]))
+        .unwrap_or_else(|| {
+            panic!(
+                "no result from the client helper: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .to_owned()
+}
+
+/// A cgroup v2 directory with two children, `a` and `b`; removed on drop.
+struct Cgroups {
+    root: PathBuf,
+}
+
+impl Cgroups {
+    fn new() -> Option<Cgroups> {
+        let mount = cgroup::cgroup2_mount()?;
+        let root = mount.join(unique_name("svctlb", 24));
+        std::fs::create_dir(&root).ok()?;
+        let cg = Cgroups { root };
+        std::fs::create_dir(cg.a()).ok()?;
+        std::fs::create_dir(cg.b()).ok()?;
+        Some(cg)
+    }
+    fn a(&self) -> PathBuf {
+        self.root.join("a")
+    }
+    fn b(&self) -> PathBuf {
+        self.root.join("b")
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.a());
+        let _ = std::fs::remove_dir(self.b());
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+/// Removes the scope's pins and attachments when dropped.
+struct ScopeGuard(PinScope);
+
+impl Drop for ScopeGuard {
+    fn drop(&mut self) {
+        if let Err(err) = cleanup(&self.0, None) {
+            eprintln!("ScopeGuard: cleanup of {}: {err}", self.0.scope());
+        }
+    }
+}
+
+/// Loopback backends: a TCP server answering `be-tcp`, a UDP echo answering `be-udp:MSG`.
+struct Backends {
+    tcp: SocketAddr,
+    udp: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backends {
+    fn start(lo: &str) -> Backends {
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = TcpListener::bind((lo, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let udp = UdpSocket::bind((lo, 0)).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let (tcp_addr, udp_addr) = (listener.local_addr().unwrap(), udp.local_addr().unwrap());
+        let flag = stop.clone();
+        thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.write_all(b"be-tcp\n");
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        let flag = stop.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let reply = format!("be-udp:{}", String::from_utf8_lossy(&buf[..n]));
+                    let _ = udp.send_to(reply.as_bytes(), from);
+                }
+            }
+        });
+        Backends {
+            tcp: tcp_addr,
+            udp: udp_addr,
+            stop,
+        }
+    }
+}
+
+impl Drop for Backends {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Frontends VIP:80/TCP and VIP:53/UDP of both families, each with its loopback backend.
+fn program_services(dp: &mut Dataplane, b4: &Backends, b6: &Backends) {
+    let mut m = dp.maps();
+    let mut id = 100;
+    for (vip, be) in [(VIP4, b4), (VIP6, b6)] {
+        let vip: IpAddr = vip.parse().unwrap();
+        for (port, proto, backend) in [(80, IPPROTO_TCP, be.tcp), (53, IPPROTO_UDP, be.udp)] {
+            id += 1;
+            m.set_backend(
+                &NatBeKey {
+                    svc_id: id,
+                    slot: 0,
+                },
+                &NatBeVal::new(backend.ip(), backend.port(), SV_NAT_BE_F_LOCAL),
+            )
+            .unwrap();
+            m.set_frontend(
+                &NatFeKey::new(vip, port, proto),
+                &NatFeVal {
+                    svc_id: id,
+                    count: 1,
+                    local_count: 1,
+                    flags: 0,
+                    affinity_timeout_s: 0,
+                    pad: 0,
+                },
+            )
+            .unwrap();
+        }
+    }
+}
+
+fn vip(v: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(v.parse().unwrap(), port)
+}
+
+struct Setup {
+    cg: Cgroups,
+    scope: ScopeGuard,
+    dp: Dataplane,
+    _b4: Backends,
+    _b6: Backends,
+}
+
+fn setup(test: &str) -> Option<Setup> {
+    if !require_root(test) {
+        return None;
+    }
+    let Some(cg) = Cgroups::new() else {
+        eprintln!("skipping {test}: no writable cgroup v2 hierarchy (cgroup2 not mounted)");
+        return None;
+    };
+    let scope = ScopeGuard(PinScope::new(&unique_name("svctlb", 40)).unwrap());
+    let mut dp = Dataplane::load(&LoadOptions {
+        pins: Some(scope.0.clone()),
+        sizes: MapSizes::default(),
+        log_level: LogLevel::Off,
+    })
+    .expect("load the tc object (creates the pinned maps)");
+    let (b4, b6) = (Backends::start("127.0.0.1"), Backends::start("::1"));
+    program_services(&mut dp, &b4, &b6);
+    Some(Setup {
+        cg,
+        scope,
+        dp,
+        _b4: b4,
+        _b6: b6,
+    })
+}
+
+#[test]
+fn tcp_mode_translates_tcp_in_its_cgroup_only() {
+    let Some(s) = setup("tcp_mode_translates_tcp_in_its_cgroup_only") else {
+        return;
+    };
+    let mut ctlb = Ctlb::load(
+        &s.scope.0,
+        &MapSizes::default(),
+        LogLevel::Off,
+        CtlbProtocols::Tcp,
+    )
+    .expect("load the ctlb object");
+    assert_eq!(ctlb.attach(&s.cg.a()).expect("attach"), 8);
+    assert_eq!(cgroup::attached(&s.scope.0).unwrap().len(), 8);
+    for v in [VIP4, VIP6] {
+        let got = client(&s.cg.a(), "tcp", vip(v, 80));
+        assert_eq!(
+            got,
+            format!("peer={} reply=be-tcp", vip(v, 80)),
+            "TCP to {v}:80 from the programs' cgroup"
+        );
+        // TCP mode: UDP is left to tc (nothing here answers the frontend itself).
+        let got = client(&s.cg.a(), "udp", vip(v, 53));
+        assert!(
+            got.starts_with("error="),
+            "UDP to {v}:53 in TCP mode: {got}"
+        );
+        // The sibling cgroup has no programs.
+        let got = client(&s.cg.b(), "tcp", vip(v, 80));
+        assert!(
+            got.starts_with("error="),
+            "TCP to {v}:80 from the other cgroup: {got}"
+        );
+    }
+    drop(ctlb);
+    // The pinned links keep the programs attached after the loader is gone.
+    let got = client(&s.cg.a(), "tcp", vip(VIP4, 80));
+    assert_eq!(got, format!("peer={} reply=be-tcp", vip(VIP4, 80)));
+    assert_eq!(cgroup::detach(&s.scope.0).unwrap(), 8);
+    assert!(cgroup::attached(&s.scope.0).unwrap().is_empty());
+    let got = client(&s.cg.a(), "tcp", vip(VIP4, 80));
+    assert!(got.starts_with("error="), "after detach: {got}");
+    drop(s.dp);
+}
+
+#[test]
+fn enabled_mode_translates_unconnected_udp_and_replies_come_from_the_service() {
+    let Some(s) =
+        setup("enabled_mode_translates_unconnected_udp_and_replies_come_from_the_service")
+    else {
+        return;
+    };
+    let mut ctlb = Ctlb::load(
+        &s.scope.0,
+        &MapSizes::default(),
+        LogLevel::Debug,
+        CtlbProtocols::TcpUdp,
+    )
+    .expect("load the ctlb object");
+    ctlb.attach(&s.cg.a()).expect("attach");
+    // A second load (an agent restart) replaces the links in place.
+    let mut again = Ctlb::load(
+        &s.scope.0,
+        &MapSizes::default(),
+        LogLevel::Off,
+        CtlbProtocols::TcpUdp,
+    )
+    .expect("load again");
+    again.attach(&s.cg.a()).expect("attach again");
+    let pins = cgroup::attached(&s.scope.0).unwrap();
+    assert_eq!(pins.len(), 8, "{pins:?}");
+    assert!(pins.iter().all(|p| !p.ends_with("-new")), "{pins:?}");
+    for v in [VIP4, VIP6] {
+        let got = client(&s.cg.a(), "udp", vip(v, 53));
+        assert_eq!(
+            got,
+            format!("peer={} reply=be-udp:ping", vip(v, 53)),
+            "UDP to {v}:53: the reply must come from the service address"
+        );
+        let got = client(&s.cg.a(), "tcp", vip(v, 80));
+        assert_eq!(got, format!("peer={} reply=be-tcp", vip(v, 80)));
+        let got = client(&s.cg.b(), "udp", vip(v, 53));
+        assert!(
+            got.starts_with("error="),
+            "UDP from the other cgroup: {got}"
+        );
+    }
+    drop((ctlb, again));
+    // The crate's cleanup removes the cgroup links with everything else.
+    cleanup(&s.scope.0, None).expect("cleanup");
+    assert!(!s.scope.0.dir().exists(), "scope directory left behind");
+    let got = client(&s.cg.a(), "udp", vip(VIP4, 53));
+    assert!(got.starts_with("error="), "after cleanup: {got}");
+    drop(s.dp);
+}
