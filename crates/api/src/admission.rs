@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use serval_model::{Kind, Resource, ResourceKey};
 
+use crate::allocation::Allocator;
 use crate::{ApiError, Client, Result};
 
 /// Bind every Pod without `spec.nodeName` to a node, round-robin: the node with the fewest
@@ -74,34 +75,38 @@ pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
 /// asks for, from [`SERVICE_CIDR_V4`] / [`SERVICE_CIDR_V6`]) and node ports (30000-32767),
 /// keep the ones already allocated, and reject a clusterIP change or a node port that another
 /// service holds.
-pub(crate) async fn allocate_services(
-    client: &Client,
+pub(crate) async fn allocate_services<'c>(
+    client: &'c Client,
     resources: &mut [Resource],
     existing: &BTreeMap<String, (Resource, serval_store::Revision)>,
-) -> Result<()> {
+) -> Result<Option<Allocator<'c>>> {
     use serval_model::k8s::service::{IpFamilyPolicy, NODE_PORT_RANGE, ServiceIpFamily};
     use serval_model::types::Port;
 
     if !resources.iter().any(|r| matches!(r, Resource::Service(_))) {
-        return Ok(());
+        return Ok(None);
     }
-    // Addresses and node ports in use by stored services other than the ones being applied.
+    // Who holds what comes from the allocation index (crate::allocation), never from a list
+    // of every Service. The applied services' own addresses are theirs (immutable); their
+    // node ports are decided again below, so the ports they held do not count as taken.
+    let mut alloc = Allocator::open(client).await?;
     let applying: BTreeSet<String> = resources.iter().map(|r| r.key().store_key()).collect();
-    let mut used_ips: BTreeSet<IpAddr> = BTreeSet::new();
-    let mut used_ports: BTreeMap<(u16, String), ResourceKey> = BTreeMap::new();
-    let (services, _) = client.list(Kind::Service, None).await?;
-    for s in &services {
-        let Resource::Service(svc) = s else { continue };
-        if applying.contains(&s.key().store_key()) {
-            continue;
-        }
-        used_ips.extend(svc.spec.cluster_addrs());
-        for p in &svc.spec.ports {
-            if let Some(np) = p.node_port {
-                used_ports.insert((np.0, format!("{:?}", p.protocol)), s.key());
+    for r in resources.iter() {
+        let skey = r.key().store_key();
+        if let Some((Resource::Service(old), _)) = existing.get(&skey) {
+            for ip in old.spec.cluster_addrs() {
+                alloc.claim_ip(ip, &skey);
             }
         }
     }
+    let needs_ports = resources
+        .iter()
+        .any(|r| matches!(r, Resource::Service(s) if s.spec.has_node_ports() || s.spec.ports.iter().any(|p| p.node_port.is_some())));
+    let mut used_ports: BTreeMap<(u16, String), ResourceKey> = if needs_ports {
+        alloc.port_holders(&applying).await?
+    } else {
+        BTreeMap::new()
+    };
     // Families the cluster has pools for decide the default family order.
     let (pools, _) = client.list(Kind::IPPool, None).await?;
     let mut cluster_families: Vec<ServiceIpFamily> = Vec::new();
@@ -151,13 +156,17 @@ pub(crate) async fn allocate_services(
                 });
             }
         }
+        let skey = key.store_key();
         for ip in wanted.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
-            if !used_ips.insert(ip) {
-                return Err(ApiError::Allocation {
-                    key,
-                    field: "spec.clusterIP".into(),
-                    reason: format!("{ip} is already allocated to another service"),
-                });
+            match alloc.ip_holder(ip).await? {
+                Some(holder) if holder != skey => {
+                    return Err(ApiError::Allocation {
+                        key,
+                        field: "spec.clusterIP".into(),
+                        reason: format!("{ip} is already allocated to another service"),
+                    });
+                }
+                _ => alloc.claim_ip(ip, &skey),
             }
         }
         for p in &svc.spec.ports {
@@ -177,7 +186,6 @@ pub(crate) async fn allocate_services(
     }
 
     // Second pass: allocate what is missing.
-    let mut cursor = BTreeMap::new();
     for r in resources.iter_mut() {
         let key = r.key();
         let Resource::Service(svc) = r else { continue };
@@ -238,14 +246,15 @@ pub(crate) async fn allocate_services(
                 {
                     continue;
                 }
-                let ip = next_free_ip(*f, &used_ips, &mut cursor).ok_or_else(|| {
-                    ApiError::Allocation {
+                let (first, last) = service_range(*f);
+                let ip = alloc
+                    .next_free(*f, first, last, &key.store_key())
+                    .await?
+                    .ok_or_else(|| ApiError::Allocation {
                         key: key.clone(),
                         field: "spec.clusterIP".into(),
                         reason: format!("the {f:?} service range is full"),
-                    }
-                })?;
-                used_ips.insert(ip);
+                    })?;
                 ips.push(ip);
             }
             spec.cluster_ips = ips.iter().map(ToString::to_string).collect();
@@ -296,17 +305,13 @@ pub(crate) async fn allocate_services(
             }
         }
     }
-    Ok(())
+    Ok(Some(alloc))
 }
 
-/// The lowest free address of the family's service range at or after `cursor` (the last
-/// address handed out in this apply, so a batch allocation is linear), skipping the network
-/// address and the first host (kept for the API server's own service, as Kubernetes does).
-fn next_free_ip(
-    family: serval_model::k8s::service::ServiceIpFamily,
-    used: &BTreeSet<IpAddr>,
-    cursor: &mut BTreeMap<serval_model::k8s::service::ServiceIpFamily, IpAddr>,
-) -> Option<IpAddr> {
+/// The addresses of the family's service range automatic allocation hands out, as numbers:
+/// the network address and the first host are skipped (kept for the API server's own
+/// service, as Kubernetes does), and IPv4's broadcast address.
+fn service_range(family: serval_model::k8s::service::ServiceIpFamily) -> (u128, u128) {
     use serval_model::k8s::service::ServiceIpFamily;
     let cidr: ipnet::IpNet = match family {
         ServiceIpFamily::IPv4 => SERVICE_CIDR_V4,
@@ -318,24 +323,7 @@ fn next_free_ip(
         IpAddr::V4(a) => u128::from(u32::from(a)),
         IpAddr::V6(a) => u128::from(a),
     };
-    let from_u128 = |n: u128| -> IpAddr {
-        match family {
-            ServiceIpFamily::IPv4 => IpAddr::V4(std::net::Ipv4Addr::from(n as u32)),
-            ServiceIpFamily::IPv6 => IpAddr::V6(std::net::Ipv6Addr::from(n)),
-        }
-    };
-    // First usable: network + 2; last: the broadcast address - 1 for IPv4, the last for IPv6.
     let first = to_u128(cidr.network()) + 2;
     let last = to_u128(cidr.broadcast()) - u128::from(family == ServiceIpFamily::IPv4);
-    let start = cursor
-        .get(&family)
-        .map(|a| to_u128(*a) + 1)
-        .unwrap_or(first)
-        .clamp(first, last + 1);
-    let found = (start..=last)
-        .chain(first..start)
-        .map(from_u128)
-        .find(|ip| !used.contains(ip))?;
-    cursor.insert(family, found);
-    Some(found)
+    (first, last)
 }

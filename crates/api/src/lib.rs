@@ -7,6 +7,7 @@
 //! validate everything first, then store everything in one transaction, or nothing.
 
 mod admission;
+mod allocation;
 mod error;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,8 +27,9 @@ pub const RESOURCE_PREFIX: &str = "/serval/resources/";
 /// How often an apply that raced concurrent writers is retried from a fresh read.
 const MAX_APPLY_ATTEMPTS: u32 = 30;
 
-/// Bumped by every apply that stores Services (see [`Client::apply`]).
-const SERVICE_ALLOCATION_KEY: &str = "/serval/allocations/services";
+/// Up to this many resources of one kind in an apply, their stored versions are read key by
+/// key; above it, the kind is listed once.
+const KEY_BY_KEY_MAX: usize = 64;
 
 /// How `apply` treats resources that already exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,44 +153,45 @@ impl Client {
         mut resources: Vec<Resource>,
         mode: ApplyMode,
     ) -> Result<Vec<(ResourceKey, Outcome)>> {
-        // Cluster IPs and node ports are allocated from what the stored Services hold, read
-        // outside the transaction: a sentinel key every Service apply bumps makes two
-        // concurrent applies conflict (and the later one retry from a fresh read) instead of
-        // handing out the same address.
-        let sentinel = if resources.iter().any(|r| r.kind() == Kind::Service) {
-            Some(match self.store.get(SERVICE_ALLOCATION_KEY).await? {
-                Some(kv) => TxnOp::Update {
-                    key: SERVICE_ALLOCATION_KEY.to_string(),
-                    value: Vec::new(),
-                    expected: kv.mod_revision,
-                },
-                None => TxnOp::Create {
-                    key: SERVICE_ALLOCATION_KEY.to_string(),
-                    value: Vec::new(),
-                },
-            })
-        } else {
-            None
-        };
-        // Existing state of every kind involved, for cross-resource validation and CAS.
+        // Existing state of the applied resources, for CAS and outcomes: read key by key for a
+        // small apply, kind by kind for a large one (never every resource of a kind to change
+        // one). Cross-resource validation reads the kinds it checks (pools, tiers).
         let kinds: BTreeSet<Kind> = resources.iter().map(|r| r.kind()).collect();
         let mut existing: BTreeMap<String, (Resource, Revision)> = BTreeMap::new();
         let mut existing_list = Vec::new();
         for kind in &kinds {
-            let (kvs, _) = self.store.list(&ResourceKey::prefix(*kind, None)).await?;
-            for kv in &kvs {
-                let r = decode(kv)?;
-                existing_list.push(r.clone());
-                existing.insert(kv.key.clone(), (r, kv.mod_revision));
+            let of_kind: Vec<String> = resources
+                .iter()
+                .filter(|r| r.kind() == *kind)
+                .map(|r| r.key().store_key())
+                .collect();
+            let validated = matches!(kind, Kind::IPPool | Kind::Tier);
+            if validated || of_kind.len() > KEY_BY_KEY_MAX {
+                let (kvs, _) = self.store.list(&ResourceKey::prefix(*kind, None)).await?;
+                for kv in &kvs {
+                    let r = decode(kv)?;
+                    if validated {
+                        existing_list.push(r.clone());
+                    }
+                    existing.insert(kv.key.clone(), (r, kv.mod_revision));
+                }
+            } else {
+                for skey in of_kind {
+                    if let Some(kv) = self.store.get(&skey).await? {
+                        existing.insert(skey, (decode(&kv)?, kv.mod_revision));
+                    }
+                }
             }
         }
         serval_model::validate_set(&resources, &existing_list)?;
         admission::bind_pods(self, &mut resources, &existing).await?;
-        admission::allocate_services(self, &mut resources, &existing).await?;
+        let alloc = admission::allocate_services(self, &mut resources, &existing).await?;
 
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let mut ops = Vec::with_capacity(resources.len());
         let mut outcomes = Vec::with_capacity(resources.len());
+        // Services written, (store key, stored version, new version), for the allocation index.
+        let mut service_changes = Vec::new();
         for mut r in resources {
             let key = r.key();
             let skey = key.store_key();
@@ -224,6 +227,9 @@ impl Client {
                         outcomes.push((key, Outcome::Unchanged));
                         continue;
                     }
+                    if let (Resource::Service(new), Resource::Service(old)) = (&r, old) {
+                        service_changes.push((skey.clone(), Some(old.clone()), new.clone()));
+                    }
                     ops.push(TxnOp::Update {
                         key: skey,
                         value: r.to_json(),
@@ -236,6 +242,9 @@ impl Client {
                     meta.resource_version = None;
                     meta.uid = Some(new_uid(&skey, &now));
                     meta.creation_timestamp = Some(now.clone());
+                    if let Resource::Service(new) = &r {
+                        service_changes.push((skey.clone(), None, new.clone()));
+                    }
                     ops.push(TxnOp::Create {
                         key: skey,
                         value: r.to_json(),
@@ -245,7 +254,9 @@ impl Client {
             }
         }
         if !ops.is_empty() {
-            ops.extend(sentinel);
+            if let Some(alloc) = alloc {
+                ops.extend(alloc.ops(&service_changes));
+            }
             self.store.txn(ops).await?;
         }
         Ok(outcomes)
@@ -283,6 +294,8 @@ impl Client {
         let mut ops = Vec::new();
         let mut deleted = Vec::new();
         let mut seen = BTreeSet::new();
+        // The deleted Services' allocation index keys (crate::allocation).
+        let mut index_ops = Vec::new();
         for key in keys {
             let skey = key.store_key();
             if !seen.insert(skey.clone()) {
@@ -291,6 +304,7 @@ impl Client {
             let before = deleted.len();
             let found = match self.store.get(&skey).await? {
                 Some(kv) => {
+                    index_ops.extend(allocation::delete_ops(&kv));
                     ops.push(TxnOp::Delete {
                         key: skey,
                         expected: Some(kv.mod_revision),
@@ -309,6 +323,7 @@ impl Client {
                     for kv in kvs {
                         if seen.insert(kv.key.clone()) {
                             deleted.push(decode(&kv)?.key());
+                            index_ops.extend(allocation::delete_ops(&kv));
                             ops.push(TxnOp::Delete {
                                 key: kv.key,
                                 expected: Some(kv.mod_revision),
@@ -324,6 +339,12 @@ impl Client {
             }
         }
         if !ops.is_empty() {
+            let mut index_keys = BTreeSet::new();
+            ops.extend(
+                index_ops
+                    .into_iter()
+                    .filter(|op| index_keys.insert(op.key().to_string())),
+            );
             self.store.txn(ops).await?;
         }
         Ok(deleted)

@@ -293,3 +293,115 @@ async fn concurrent_applies_never_share_a_cluster_ip_or_node_port() {
     }
     assert_eq!(ips.len(), 8);
 }
+
+fn service(name: &str, extra: &str) -> Vec<Resource> {
+    parse(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: 80}}]\n{extra}"
+    ))
+}
+
+fn svc_of(r: &Resource) -> &serval_model::k8s::Service {
+    match r {
+        Resource::Service(s) => s,
+        other => panic!("not a service: {other:?}"),
+    }
+}
+
+async fn get_service(c: &Client, name: &str) -> serval_model::k8s::Service {
+    let key = ResourceKey::new(Kind::Service, Some("default"), name);
+    svc_of(&c.get(&key).await.unwrap().expect("stored")).clone()
+}
+
+#[tokio::test]
+async fn deleted_services_free_their_addresses_and_node_ports_for_others() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    let fixed = "  clusterIP: 10.96.5.5\n  type: NodePort\n";
+    c.apply(service("a", fixed), ApplyMode::Apply)
+        .await
+        .unwrap();
+    let a = get_service(&c, "a").await;
+    let np = a.spec.ports[0].node_port.expect("allocated").0;
+    // Held: another service may take neither the address nor the port.
+    let err = c
+        .apply(service("b", "  clusterIP: 10.96.5.5\n"), ApplyMode::Apply)
+        .await
+        .expect_err("address held by a");
+    assert!(err.to_string().contains("already allocated"), "{err}");
+    let port = format!("  type: NodePort\n  ports: [{{port: 80, nodePort: {np}}}]\n");
+    let err = c
+        .apply(
+            parse(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n{port}"
+            )),
+            ApplyMode::Apply,
+        )
+        .await
+        .expect_err("port held by a");
+    assert!(err.to_string().contains("already allocated"), "{err}");
+    // Re-applying `a` itself is fine and keeps both.
+    let outcome = c
+        .apply(service("a", fixed), ApplyMode::Apply)
+        .await
+        .unwrap();
+    assert_eq!(outcome[0].1, Outcome::Unchanged);
+    // Deleted: both are free again, in one apply.
+    let key = ResourceKey::new(Kind::Service, Some("default"), "a");
+    c.delete(&[key], false).await.unwrap();
+    let both = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: b}}\nspec:\n  clusterIP: 10.96.5.5\n{port}"
+    );
+    c.apply(parse(&both), ApplyMode::Apply).await.unwrap();
+    let b = get_service(&c, "b").await;
+    assert_eq!(b.spec.cluster_ip.as_deref(), Some("10.96.5.5"));
+    assert_eq!(b.spec.ports[0].node_port.map(|p| p.0), Some(np));
+    // Automatic allocation never hands out a held address.
+    for i in 0..5 {
+        c.apply(service(&format!("auto{i}"), ""), ApplyMode::Apply)
+            .await
+            .unwrap();
+    }
+    let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
+    let ips: std::collections::BTreeSet<String> = svcs
+        .iter()
+        .map(|s| svc_of(s).spec.cluster_ip.clone().expect("allocated"))
+        .collect();
+    assert_eq!(ips.len(), 6, "{ips:?}");
+}
+
+#[tokio::test]
+async fn the_allocation_index_is_built_from_services_stored_without_it() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    // Written as an earlier version did: the service only, no index, an empty sentinel.
+    let mut old = parse(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: old}\nspec:\n  clusterIP: 10.96.0.2\n  type: NodePort\n  ports: [{port: 80, nodePort: 30000}]\n",
+    );
+    let Resource::Service(s) = &mut old[0] else {
+        unreachable!()
+    };
+    s.spec.cluster_ips = vec!["10.96.0.2".into()];
+    c.put(old.remove(0), None).await.unwrap();
+    c.store()
+        .txn(vec![serval_store::TxnOp::Put {
+            key: "/serval/allocations/services".into(),
+            value: Vec::new(),
+        }])
+        .await
+        .unwrap();
+    // The first automatic allocation would be 10.96.0.2 and port 30000: both are taken.
+    c.apply(service("new", "  type: NodePort\n"), ApplyMode::Apply)
+        .await
+        .unwrap();
+    let new = get_service(&c, "new").await;
+    assert_ne!(new.spec.cluster_ip.as_deref(), Some("10.96.0.2"));
+    assert_ne!(new.spec.ports[0].node_port.map(|p| p.0), Some(30000));
+    let err = c
+        .apply(
+            service("third", "  clusterIP: 10.96.0.2\n"),
+            ApplyMode::Apply,
+        )
+        .await
+        .expect_err("held by the service stored before the index");
+    assert!(err.to_string().contains("already allocated"), "{err}");
+}
