@@ -73,6 +73,16 @@ _Static_assert(sizeof(struct sv_ct_key) == 40, "sv_ct_key");
 #define SV_CT_F_APPROVED_SRC (1u << 9) /* the opener endpoint's egress policy allowed the flow */
 #define SV_CT_F_APPROVED_DST (1u << 10) /* the responder endpoint's ingress policy allowed it */
 #define SV_CT_F_DNAT (1u << 11) /* NORMAL entry of a DNATed flow: nat_* = original dst (VIP) */
+/* Entry keyed by a flow's original tuple whose source is rewritten (NAT outgoing, or the
+ * NAT_FWD entry of a masqueraded service flow): snat_* = the source forward packets get. */
+#define SV_CT_F_SNAT_FWD (1u << 12)
+/* Wire entry (after SNAT) of a source-NATed flow: snat_* = the original source, which replies
+ * get back as their destination (with SV_CT_F_DNAT, nat_* becomes their source). */
+#define SV_CT_F_SNAT_REV (1u << 13)
+/* Wire entry of a flow NATed by an uplink program or masqueraded (hairpin): its packets are
+ * forwarded with a FIB lookup and a redirect, not handed to the host's routing, because their
+ * source may be an address of this node (the stack drops those as martians). */
+#define SV_CT_F_REDIRECT (1u << 14)
 
 struct sv_ct_val {
 	__u64 created_ns;
@@ -84,8 +94,12 @@ struct sv_ct_val {
 	union sv_addr nat_addr;
 	__u32 svc_id; /* the service of a NATed flow, else 0 */
 	__u32 pad1;
+	union sv_addr snat_addr; /* see SV_CT_F_SNAT_FWD and SV_CT_F_SNAT_REV */
+	__be16 snat_port;
+	__u16 pad2;
+	__u32 pad3;
 };
-_Static_assert(sizeof(struct sv_ct_val) == 48, "sv_ct_val");
+_Static_assert(sizeof(struct sv_ct_val) == 72, "sv_ct_val");
 
 /* ---- service NAT ------------------------------------------------------------------------ */
 
@@ -177,6 +191,25 @@ struct sv_maglev_val {
 };
 _Static_assert(sizeof(struct sv_maglev_val) == 24, "sv_maglev_val");
 
+/* ---- this node (map sv_host: ARRAY, one entry, key 0) ------------------------------------ */
+
+/*
+ * What the uplink programs (and hairpin masquerade) need to know about the node: the address
+ * per family that source NAT uses (the node address on its uplink) and FelixConfiguration
+ * bpfPSNATPorts, the range SNAT source ports (and ICMP echo identifiers) are taken from.
+ */
+#define SV_HOST_F_V4 (1u << 0) /* addr4 is set */
+#define SV_HOST_F_V6 (1u << 1) /* addr6 is set */
+
+struct sv_host_val {
+	__u32 flags; /* SV_HOST_F_* */
+	__u16 psnat_min; /* host order, inclusive */
+	__u16 psnat_max; /* host order, inclusive */
+	union sv_addr addr4; /* IPv4-mapped */
+	union sv_addr addr6;
+};
+_Static_assert(sizeof(struct sv_host_val) == 40, "sv_host_val");
+
 /* ---- routes and identities (map sv_routes: LPM_TRIE) ------------------------------------ */
 
 /* prefixlen counts bits of addr; IPv4 /n is 96 + n (IPv4-mapped). */
@@ -254,12 +287,41 @@ _Static_assert(sizeof(struct sv_pol_key) == 16, "sv_pol_key");
 
 #define SV_VERDICT_ALLOW 1
 #define SV_VERDICT_DENY 2
+/* The decision depends on the source port: rule_id is a source-port table id; look up
+ * sv_pol_sport at (table, source port). Never a value in sv_pol_sport itself. */
+#define SV_VERDICT_BY_SPORT 3
 
 struct sv_pol_val {
 	__u32 verdict; /* SV_VERDICT_*; anything else is a deny */
-	__u32 rule_id; /* for flow logs: which compiled rule decided */
+	__u32 rule_id; /* for flow logs: which compiled rule decided (BY_SPORT: the table) */
 };
 _Static_assert(sizeof(struct sv_pol_val) == 8, "sv_pol_val");
+
+/* ---- source-port tables (map sv_pol_sport: LPM_TRIE; key sv_pol_sport_key -> sv_pol_val) */
+
+/*
+ * Rules with source-port conditions: where the verdict of (ep, identity, dir, proto, port)
+ * depends on the source port, sv_policy holds SV_VERDICT_BY_SPORT with a table id, and the
+ * table partitions the source ports (the compiler shares identical tables across endpoints):
+ *   prefixlen 32        any source port (the table's default)
+ *   prefixlen 32 + k    source ports sharing the top k bits of `sport`
+ * A miss is a deny. One more lookup, only for the packets such rules concern.
+ */
+struct sv_pol_sport_match {
+	__be32 table_id;
+	__be16 sport; /* the packet's source port (TCP/UDP/SCTP/UDPLite) */
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct sv_pol_sport_match) == 8, "sv_pol_sport_match");
+
+struct sv_pol_sport_key {
+	__u32 prefixlen;
+	struct sv_pol_sport_match data;
+};
+_Static_assert(sizeof(struct sv_pol_sport_key) == 12, "sv_pol_sport_key");
+
+#define SV_POL_SPORT_PREFIX_ANY 32
+#define SV_POL_SPORT_PREFIX_FULL 48
 
 /* ---- endpoints (map sv_eps: HASH; key __u32 ifindex of the host-side veth) -------------- */
 
@@ -286,6 +348,9 @@ _Static_assert(sizeof(struct sv_ep_val) == 40, "sv_ep_val");
 #define SV_DROP_NAT_BACKEND_MISSING 6 /* frontend counts a backend slot that is not in sv_nat_be */
 #define SV_DROP_REWRITE 7 /* a packet rewrite / checksum helper failed */
 #define SV_DROP_FRAGMENT 8 /* IP fragments are not handled yet */
+#define SV_DROP_NO_LOCAL_BACKEND 9 /* node-local traffic policy, no backend on this node */
+#define SV_DROP_SNAT_PORTS 10 /* no free source port in bpfPSNATPorts for a new SNATed flow */
+#define SV_DROP_HOST_POLICY 12 /* denied by host endpoint policy (bpf/serval_hep.c) */
 #define SV_DROP_REASONS 16 /* max_entries of sv_drops */
 
 /* ---- connect-time load balancing (bpf/serval_ctlb.c; its own maps, pinned in the node scope) */
@@ -323,5 +388,114 @@ struct sv_ctlb_val {
 	__u32 pad1;
 };
 _Static_assert(sizeof(struct sv_ctlb_val) == 32, "sv_ctlb_val");
+
+/* ---- XDP on host interfaces (bpf/serval_xdp.c; its own maps, pinned in the node scope) --- */
+
+/*
+ * map sv_xdp_bl: LPM_TRIE, NO_PREALLOC; the blocklist: untracked (doNotTrack) Deny rules of
+ * host endpoint policy that XDP can express, as (interface, protocol, destination port,
+ * source prefix). ifindex 0 = every interface the program is attached to (a `*` host
+ * endpoint); proto 0 = any protocol (then port is 0); port 0 = any port of that protocol.
+ * prefixlen = SV_XDP_BL_PREFIX_BASE + the source prefix bits (IPv4 /n: 96 + n, mapped).
+ * Per packet: 3 keys (any protocol; protocol; protocol + port) x 2 interfaces (own, 0).
+ */
+struct sv_xdp_bl_match {
+	__be32 ifindex;
+	__u8 proto;
+	__u8 pad;
+	__be16 port;
+	union sv_addr addr;
+};
+_Static_assert(sizeof(struct sv_xdp_bl_match) == 24, "sv_xdp_bl_match");
+
+struct sv_xdp_bl_key {
+	__u32 prefixlen;
+	struct sv_xdp_bl_match data;
+};
+_Static_assert(sizeof(struct sv_xdp_bl_key) == 28, "sv_xdp_bl_key");
+
+#define SV_XDP_BL_PREFIX_BASE 64
+
+struct sv_xdp_bl_val {
+	__u32 rule_id; /* which compiled rule (for logs); informational */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct sv_xdp_bl_val) == 8, "sv_xdp_bl_val");
+
+/*
+ * map sv_xdp_fs: LPM_TRIE, NO_PREALLOC; failsafe inbound ports (FelixConfiguration
+ * failsafeInboundHostPorts), checked before the blocklist: (protocol, destination port,
+ * source prefix). A port without `net` is prefixlen SV_XDP_FS_PREFIX_BASE (any source).
+ */
+struct sv_xdp_fs_match {
+	__u8 proto;
+	__u8 pad;
+	__be16 port;
+	union sv_addr addr;
+};
+_Static_assert(sizeof(struct sv_xdp_fs_match) == 20, "sv_xdp_fs_match");
+
+struct sv_xdp_fs_key {
+	__u32 prefixlen;
+	struct sv_xdp_fs_match data;
+};
+_Static_assert(sizeof(struct sv_xdp_fs_key) == 24, "sv_xdp_fs_key");
+
+#define SV_XDP_FS_PREFIX_BASE 32
+
+/* map sv_xdp_stats: PERCPU_ARRAY; key __u32 counter -> __u64 packets */
+#define SV_XDP_DROP_BLOCKLIST 0 /* dropped: source in the blocklist */
+#define SV_XDP_DROP_MALFORMED 1 /* dropped: truncated or invalid IP header */
+#define SV_XDP_PASS_FAILSAFE 2 /* passed: a failsafe port (whatever the blocklist says) */
+#define SV_XDP_STATS 8 /* max_entries of sv_xdp_stats */
+
+/* ---- host endpoints (bpf/serval_hep.c; its own maps, pinned in the node scope) ---------- */
+
+#ifndef SV_MARK_SEEN
+/* skb->mark bit: a Serval program already handled this packet on this node (NATed, forwarded,
+ * approved); later programs on the path (host endpoint policy) let it pass. */
+#define SV_MARK_SEEN 0x10000000u
+#endif
+
+/* map sv_hep_ifaces: HASH; key __u32 ifindex of a host interface with a host endpoint */
+#define SV_HEP_F_ALL_IFACES (1u << 0) /* the endpoint is an all-interfaces (`*`) one */
+
+struct sv_hep_iface_val {
+	__u32 ep_id; /* the host endpoint's endpoint id in sv_policy */
+	__u32 flags; /* SV_HEP_F_* */
+};
+_Static_assert(sizeof(struct sv_hep_iface_val) == 8, "sv_hep_iface_val");
+
+/*
+ * map sv_hep_fs: LPM_TRIE, NO_PREALLOC; failsafe ports, allowed before host endpoint policy:
+ * dir SV_DIR_INGRESS = failsafeInboundHostPorts (remote = the source), SV_DIR_EGRESS =
+ * failsafeOutboundHostPorts (remote = the destination); port = the destination port.
+ * prefixlen = SV_HEP_FS_PREFIX_BASE + the remote prefix bits (IPv4 /n: 96 + n, mapped; a port
+ * without `net`: SV_HEP_FS_PREFIX_BASE, any address of either family). Value: __u32 1.
+ */
+struct sv_hep_fs_match {
+	__u8 dir; /* SV_DIR_* */
+	__u8 proto; /* IPPROTO_TCP / UDP / SCTP */
+	__be16 port;
+	union sv_addr remote;
+};
+_Static_assert(sizeof(struct sv_hep_fs_match) == 20, "sv_hep_fs_match");
+
+struct sv_hep_fs_key {
+	__u32 prefixlen;
+	struct sv_hep_fs_match data;
+};
+_Static_assert(sizeof(struct sv_hep_fs_key) == 24, "sv_hep_fs_key");
+
+#define SV_HEP_FS_PREFIX_BASE 32
+
+/* map sv_hep_ct: LRU_HASH; key struct sv_ct_key (normalised as for sv_ct) -> host flow state.
+ * Only flows to/from the host that host endpoint policy (or a failsafe port) allowed. */
+struct sv_hep_ct_val {
+	__u64 last_seen_ns;
+	__u32 flags; /* SV_CT_F_SEEN_*, SYN_*, FIN_*, RST, ESTABLISHED */
+	__u32 pad;
+};
+_Static_assert(sizeof(struct sv_hep_ct_val) == 16, "sv_hep_ct_val");
 
 #endif /* SERVAL_MAPS_H */

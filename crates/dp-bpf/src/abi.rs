@@ -146,6 +146,12 @@ pub const SV_CT_F_OPENER_B: u32 = 1 << 8;
 pub const SV_CT_F_APPROVED_SRC: u32 = 1 << 9;
 pub const SV_CT_F_APPROVED_DST: u32 = 1 << 10;
 pub const SV_CT_F_DNAT: u32 = 1 << 11;
+/// Original-tuple entry of a source-NATed flow: `snat_*` is the source forward packets get.
+pub const SV_CT_F_SNAT_FWD: u32 = 1 << 12;
+/// Wire entry of a source-NATed flow: `snat_*` is the original source (replies' destination).
+pub const SV_CT_F_SNAT_REV: u32 = 1 << 13;
+/// The flow's packets are forwarded by FIB lookup and redirect (their source may be ours).
+pub const SV_CT_F_REDIRECT: u32 = 1 << 14;
 
 /// `struct sv_ct_val`.
 #[repr(C)]
@@ -165,8 +171,60 @@ pub struct CtVal {
     pub nat_addr: Addr,
     pub svc_id: u32,
     pub pad1: u32,
+    /// See [`SV_CT_F_SNAT_FWD`] and [`SV_CT_F_SNAT_REV`].
+    pub snat_addr: Addr,
+    /// Network order.
+    pub snat_port: u16,
+    pub pad2: u16,
+    pub pad3: u32,
 }
-const _: () = assert!(size_of::<CtVal>() == 48);
+const _: () = assert!(size_of::<CtVal>() == 72);
+
+// ---- this node -------------------------------------------------------------------------
+
+pub const SV_HOST_F_V4: u32 = 1 << 0;
+pub const SV_HOST_F_V6: u32 = 1 << 1;
+
+/// `struct sv_host_val` (map `sv_host`, the one entry at key 0): the node's SNAT addresses
+/// and FelixConfiguration `bpfPSNATPorts`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HostVal {
+    /// `SV_HOST_F_*`.
+    pub flags: u32,
+    /// Host order, inclusive.
+    pub psnat_min: u16,
+    /// Host order, inclusive.
+    pub psnat_max: u16,
+    pub addr4: Addr,
+    pub addr6: Addr,
+}
+const _: () = assert!(size_of::<HostVal>() == 40);
+
+impl HostVal {
+    /// The node's SNAT addresses (the first of each family counts) and port range.
+    pub fn new(addrs: &[IpAddr], psnat: (u16, u16)) -> Self {
+        let mut v = Self {
+            psnat_min: psnat.0,
+            psnat_max: psnat.1,
+            ..Self::default()
+        };
+        for ip in addrs {
+            match ip {
+                IpAddr::V4(_) if v.flags & SV_HOST_F_V4 == 0 => {
+                    v.addr4 = Addr::new(*ip);
+                    v.flags |= SV_HOST_F_V4;
+                }
+                IpAddr::V6(_) if v.flags & SV_HOST_F_V6 == 0 => {
+                    v.addr6 = Addr::new(*ip);
+                    v.flags |= SV_HOST_F_V6;
+                }
+                _ => {}
+            }
+        }
+        v
+    }
+}
 
 // ---- service NAT -----------------------------------------------------------------------
 
@@ -398,6 +456,41 @@ pub fn pol_keys_port_range(
 
 pub const SV_VERDICT_ALLOW: u32 = 1;
 pub const SV_VERDICT_DENY: u32 = 2;
+/// The decision depends on the source port: `rule_id` is a source-port table id
+/// ([`PolSportMatch`]).
+pub const SV_VERDICT_BY_SPORT: u32 = 3;
+
+/// `struct sv_pol_sport_match`: the data of a source-port table key (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PolSportMatch {
+    pub table_id: u32,
+    pub sport: u16,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<PolSportMatch>() == 8);
+
+// SAFETY: #[repr(C)] plain integers and an explicit pad array (layout checked against the C
+// header), so any bit pattern is valid and no byte is uninitialised.
+unsafe impl aya::Pod for PolSportMatch {}
+
+/// `struct sv_pol_sport_key`: aya's LPM key (prefix length, then the [`PolSportMatch`]).
+pub type PolSportKey = Key<PolSportMatch>;
+const _: () = assert!(size_of::<PolSportKey>() == 12);
+
+pub const SV_POL_SPORT_PREFIX_ANY: u32 = 32;
+pub const SV_POL_SPORT_PREFIX_FULL: u32 = 48;
+
+impl PolSportMatch {
+    /// Host-order arguments.
+    pub fn new(table_id: u32, sport: u16) -> Self {
+        Self {
+            table_id: table_id.to_be(),
+            sport: sport.to_be(),
+            pad: [0; 2],
+        }
+    }
+}
 
 /// `struct sv_pol_val`.
 #[repr(C)]
@@ -496,6 +589,9 @@ pub const SV_DROP_CT_FULL: u32 = 5;
 pub const SV_DROP_NAT_BACKEND_MISSING: u32 = 6;
 pub const SV_DROP_REWRITE: u32 = 7;
 pub const SV_DROP_FRAGMENT: u32 = 8;
+pub const SV_DROP_NO_LOCAL_BACKEND: u32 = 9;
+pub const SV_DROP_SNAT_PORTS: u32 = 10;
+pub const SV_DROP_HOST_POLICY: u32 = 12;
 pub const SV_DROP_REASONS: u32 = 16;
 
 /// Drop reason names for logs and metrics, indexed by `SV_DROP_*`.
@@ -510,6 +606,9 @@ pub fn drop_reason_name(reason: u32) -> &'static str {
         SV_DROP_NAT_BACKEND_MISSING => "nat_backend_missing",
         SV_DROP_REWRITE => "rewrite_failed",
         SV_DROP_FRAGMENT => "fragment",
+        SV_DROP_NO_LOCAL_BACKEND => "no_local_backend",
+        SV_DROP_SNAT_PORTS => "snat_ports_exhausted",
+        SV_DROP_HOST_POLICY => "host_endpoint_policy",
         _ => "unused",
     }
 }
@@ -525,10 +624,9 @@ macro_rules! pod {
     )+};
 }
 pod!(
-    Addr, CtKey, CtVal, NatFeKey, NatFeVal, NatBeKey, NatBeVal, NatAffKey, NatAffVal, RouteVal,
-    PolMatch, PolVal, EpVal,
+    Addr, CtKey, CtVal, HostVal, NatFeKey, NatFeVal, NatBeKey, NatBeVal, NatAffKey, NatAffVal,
+    RouteVal, PolMatch, PolVal, EpVal,
 );
-pod!(CtlbKey, CtlbVal);
 
 // ---- Maglev ------------------------------------------------------------------------------
 
@@ -583,6 +681,113 @@ impl MaglevVal {
 }
 
 pod!(MaglevKey, MaglevVal);
+
+// ---- XDP on host interfaces --------------------------------------------------------------
+
+/// `struct sv_xdp_bl_match`: the data of a blocklist LPM key. Multi-byte fields network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct XdpBlMatch {
+    /// Interface index (network order); 0: every interface the program is attached to.
+    pub ifindex: u32,
+    /// IP protocol; 0: any.
+    pub proto: u8,
+    pub pad: u8,
+    /// Destination port (network order); 0: any.
+    pub port: u16,
+    /// Source address (the prefix bits beyond [`SV_XDP_BL_PREFIX_BASE`] are significant).
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<XdpBlMatch>() == 24);
+
+/// `struct sv_xdp_bl_key`.
+pub type XdpBlKey = Key<XdpBlMatch>;
+const _: () = assert!(size_of::<XdpBlKey>() == 28);
+
+pub const SV_XDP_BL_PREFIX_BASE: u32 = 64;
+
+impl XdpBlMatch {
+    /// Host-order arguments; `net` is truncated to its prefix.
+    pub fn new(ifindex: u32, proto: u8, port: u16, addr: IpAddr) -> Self {
+        Self {
+            ifindex: ifindex.to_be(),
+            proto,
+            pad: 0,
+            port: port.to_be(),
+            addr: Addr::new(addr),
+        }
+    }
+}
+
+/// The blocklist key for source prefix `addr`/`len` (truncate `addr` first).
+pub fn xdp_bl_key(ifindex: u32, proto: u8, port: u16, addr: IpAddr, len: u8) -> XdpBlKey {
+    Key::new(
+        SV_XDP_BL_PREFIX_BASE + lpm_prefix_len(addr, len),
+        XdpBlMatch::new(ifindex, proto, port, addr),
+    )
+}
+
+/// `struct sv_xdp_bl_val`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct XdpBlVal {
+    pub rule_id: u32,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<XdpBlVal>() == 8);
+
+/// `struct sv_xdp_fs_match`: the data of a failsafe LPM key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct XdpFsMatch {
+    pub proto: u8,
+    pub pad: u8,
+    /// Destination port (network order).
+    pub port: u16,
+    pub addr: Addr,
+}
+const _: () = assert!(size_of::<XdpFsMatch>() == 20);
+
+/// `struct sv_xdp_fs_key`.
+pub type XdpFsKey = Key<XdpFsMatch>;
+const _: () = assert!(size_of::<XdpFsKey>() == 24);
+
+pub const SV_XDP_FS_PREFIX_BASE: u32 = 32;
+
+/// The failsafe key for (protocol, port) from `net` (`None`: any source).
+pub fn xdp_fs_key(proto: u8, port: u16, net: Option<(IpAddr, u8)>) -> XdpFsKey {
+    let (addr, prefix) = match net {
+        Some((a, len)) => (Addr::new(a), SV_XDP_FS_PREFIX_BASE + lpm_prefix_len(a, len)),
+        None => (Addr::ZERO, SV_XDP_FS_PREFIX_BASE),
+    };
+    Key::new(
+        prefix,
+        XdpFsMatch {
+            proto,
+            pad: 0,
+            port: port.to_be(),
+            addr,
+        },
+    )
+}
+
+pub const SV_XDP_DROP_BLOCKLIST: u32 = 0;
+pub const SV_XDP_DROP_MALFORMED: u32 = 1;
+pub const SV_XDP_PASS_FAILSAFE: u32 = 2;
+pub const SV_XDP_STATS: u32 = 8;
+
+/// Names of the XDP counters, indexed by `SV_XDP_*`.
+pub fn xdp_stat_name(stat: u32) -> &'static str {
+    match stat {
+        SV_XDP_DROP_BLOCKLIST => "xdp_blocklist",
+        SV_XDP_DROP_MALFORMED => "xdp_malformed",
+        SV_XDP_PASS_FAILSAFE => "xdp_failsafe_pass",
+        _ => "unused",
+    }
+}
+
+pod!(XdpBlMatch, XdpBlVal, XdpFsMatch);
+pod!(CtlbKey, CtlbVal);
 
 #[cfg(test)]
 mod tests {
@@ -653,3 +858,86 @@ mod tests {
         assert_eq!(k1.addr_a, Addr::new(s));
     }
 }
+
+// ---- host endpoints (bpf/serval_hep.c) --------------------------------------------------
+
+/// `skb->mark` bit: a Serval program already handled this packet on this node (NATed,
+/// forwarded, approved); host endpoint policy lets such packets pass.
+pub const SV_MARK_SEEN: u32 = 0x1000_0000;
+/// `HepIfaceVal::flags`: the interface's endpoint is an all-interfaces (`*`) one.
+pub const SV_HEP_F_ALL_IFACES: u32 = 1 << 0;
+/// `sv_hep_fs` prefix length of a failsafe port without a `net` (any remote address).
+pub const SV_HEP_FS_PREFIX_BASE: u32 = 32;
+
+/// `struct sv_hep_iface_val`: the value of `sv_hep_ifaces` (key: the interface's ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct HepIfaceVal {
+    /// The host endpoint's endpoint id in `sv_policy`.
+    pub ep_id: u32,
+    /// `SV_HEP_F_*`.
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<HepIfaceVal>() == 8);
+
+/// `struct sv_hep_fs_match`: the data of a failsafe LPM key. `port` network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct HepFsMatch {
+    /// `SV_DIR_INGRESS` (inbound failsafe ports) or `SV_DIR_EGRESS` (outbound).
+    pub dir: u8,
+    pub proto: u8,
+    /// Destination port, network order.
+    pub port: u16,
+    /// The remote address (source inbound, destination outbound), prefix-truncated.
+    pub remote: Addr,
+}
+const _: () = assert!(size_of::<HepFsMatch>() == 20);
+
+/// `struct sv_hep_fs_key`.
+pub type HepFsKey = Key<HepFsMatch>;
+const _: () = assert!(size_of::<HepFsKey>() == 24);
+
+impl HepFsMatch {
+    /// Host-order arguments; `remote` is `(address, prefix length)` (`None`: any address of
+    /// either family), truncated to its prefix.
+    pub fn key(dir: u8, proto: u8, port: u16, remote: Option<(IpAddr, u8)>) -> HepFsKey {
+        let (bits, addr) = match remote {
+            None => (0, Addr::ZERO),
+            Some((IpAddr::V4(a), len)) => {
+                let len = len.min(32);
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                let a = Ipv4Addr::from(u32::from(a) & mask);
+                (96 + u32::from(len), Addr::new(IpAddr::V4(a)))
+            }
+            Some((IpAddr::V6(a), len)) => {
+                let len = len.min(128);
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                let a = Ipv6Addr::from(u128::from(a) & mask);
+                (u32::from(len), Addr::new(IpAddr::V6(a)))
+            }
+        };
+        Key::new(
+            SV_HEP_FS_PREFIX_BASE + bits,
+            HepFsMatch {
+                dir,
+                proto,
+                port: port.to_be(),
+                remote: addr,
+            },
+        )
+    }
+}
+
+/// `struct sv_hep_ct_val`: a host flow host endpoint policy allowed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HepCtVal {
+    pub last_seen_ns: u64,
+    /// `SV_CT_F_*` state bits.
+    pub flags: u32,
+    pub pad: u32,
+}
+const _: () = assert!(size_of::<HepCtVal>() == 16);
+
+pod!(HepIfaceVal, HepFsMatch, HepCtVal);

@@ -32,7 +32,10 @@ use serval_sys::NetNs;
 use crate::{
     error::AttachError,
     loader::{Dataplane, PinScope},
-    object::{PROG_FROM_EP, PROG_TO_EP},
+    object::{
+        PROG_FROM_EP, PROG_HEP_EGRESS, PROG_HEP_INGRESS, PROG_TO_EP, PROG_UPLINK_IN,
+        PROG_UPLINK_OUT,
+    },
 };
 
 /// Where on a workload interface (the host side of its veth) a program runs.
@@ -42,22 +45,54 @@ pub enum Hook {
     FromEndpoint,
     /// tc egress of the host-side veth: packets delivered to the workload.
     ToEndpoint,
+    /// tc ingress of a host interface with a host endpoint: traffic to the host
+    /// (`serval_hep_ingress`, of the object [`Dataplane::load_hep`] loads). Attached after
+    /// every other program of the interface.
+    HostIngress,
+    /// tc egress of a host interface with a host endpoint: traffic from the host
+    /// (`serval_hep_egress`). Attached before every other program of the interface.
+    HostEgress,
+    /// tc ingress of the node's uplink or VXLAN device (`serval_uplink_in`): service frontends
+    /// reached from outside, replies to source-NATed flows. Attached before every other
+    /// program of the interface.
+    UplinkIngress,
+    /// tc egress of the node's uplink or VXLAN device (`serval_uplink_out`): NAT outgoing.
+    /// Attached after every other program of the interface.
+    UplinkEgress,
 }
 
 impl Hook {
+    /// The workload hooks (both directions of a pod's host-side veth).
     pub const ALL: [Hook; 2] = [Hook::FromEndpoint, Hook::ToEndpoint];
+    /// The host endpoint hooks (both directions of a host interface).
+    pub const HOST: [Hook; 2] = [Hook::HostIngress, Hook::HostEgress];
+    /// The uplink hooks (both directions of the node's uplink and VXLAN devices).
+    pub const UPLINK: [Hook; 2] = [Hook::UplinkIngress, Hook::UplinkEgress];
+    /// Every hook ([`attachments`] and [`cleanup`] cover them all).
+    pub const EVERY: [Hook; 6] = [
+        Hook::FromEndpoint,
+        Hook::ToEndpoint,
+        Hook::HostIngress,
+        Hook::HostEgress,
+        Hook::UplinkIngress,
+        Hook::UplinkEgress,
+    ];
 
     pub fn program(self) -> &'static str {
         match self {
             Self::FromEndpoint => PROG_FROM_EP,
             Self::ToEndpoint => PROG_TO_EP,
+            Self::HostIngress => PROG_HEP_INGRESS,
+            Self::HostEgress => PROG_HEP_EGRESS,
+            Self::UplinkIngress => PROG_UPLINK_IN,
+            Self::UplinkEgress => PROG_UPLINK_OUT,
         }
     }
 
     pub fn attach_type(self) -> TcAttachType {
         match self {
-            Self::FromEndpoint => TcAttachType::Ingress,
-            Self::ToEndpoint => TcAttachType::Egress,
+            Self::FromEndpoint | Self::HostIngress | Self::UplinkIngress => TcAttachType::Ingress,
+            Self::ToEndpoint | Self::HostEgress | Self::UplinkEgress => TcAttachType::Egress,
         }
     }
 
@@ -66,6 +101,22 @@ impl Hook {
         match self {
             Self::FromEndpoint => "from_ep",
             Self::ToEndpoint => "to_ep",
+            Self::HostIngress => "hep_in",
+            Self::HostEgress => "hep_out",
+            Self::UplinkIngress => "uplink_in",
+            Self::UplinkEgress => "uplink_out",
+        }
+    }
+
+    /// Where a new TCX link goes among the interface's programs: host endpoint policy runs
+    /// after the other programs on ingress (their NAT undone) and before them on egress
+    /// (their NAT not yet done); the uplink programs the other way round (NAT first on
+    /// ingress, last on egress); the others go last.
+    fn link_order(self) -> LinkOrder {
+        match self {
+            Self::HostEgress | Self::UplinkIngress => LinkOrder::first(),
+            Self::HostIngress | Self::UplinkEgress => LinkOrder::last(),
+            Self::FromEndpoint | Self::ToEndpoint => LinkOrder::default(),
         }
     }
 }
@@ -338,7 +389,7 @@ fn attach_tcx(
         .attach_with_options(
             ifname,
             attach_type,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
+            TcAttachOptions::TcxOrder(hook.link_order()),
         )
         .map_err(err)?;
     let link = program.take_link(id).map_err(err)?;
@@ -462,7 +513,7 @@ pub fn detach(
 /// The attachments recorded under a scope: (interface, hook, mode), sorted.
 pub fn attachments(pins: &PinScope) -> Result<Vec<(String, Hook, AttachMode)>, AttachError> {
     let mut found = Vec::new();
-    for hook in Hook::ALL {
+    for hook in Hook::EVERY {
         for mode in [AttachMode::Tcx, AttachMode::Clsact] {
             let dir = hook_dir(pins, hook, mode);
             let entries = match fs::read_dir(&dir) {
@@ -493,6 +544,16 @@ pub struct CleanupReport {
 /// `lab down`). `netns` is where clsact attachments live (not needed for TCX). Idempotent.
 pub fn cleanup(pins: &PinScope, netns: Option<&NetNs>) -> Result<CleanupReport, AttachError> {
     let mut report = CleanupReport::default();
+    // The XDP links of host interfaces (crate::xdp) live under links/ too.
+    match crate::xdp::cleanup_links(pins) {
+        Ok(ifaces) if !ifaces.is_empty() => {
+            tracing::info!(scope = pins.scope(), interfaces = ?ifaces, "detached XDP programs")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(scope = pins.scope(), error = %e, "could not detach the XDP programs")
+        }
+    }
     for (ifname, hook, _) in attachments(pins)? {
         if detach(pins, netns, &ifname, hook)? {
             report.detached.push((ifname, hook));
@@ -512,7 +573,7 @@ pub fn cleanup(pins: &PinScope, netns: Option<&NetNs>) -> Result<CleanupReport, 
         Err(err) => return Err(io_err("listing", &maps)(err)),
     }
     let mut dirs = Vec::new();
-    for hook in Hook::ALL {
+    for hook in Hook::EVERY {
         dirs.push(hook_dir(pins, hook, AttachMode::Tcx));
         dirs.push(hook_dir(pins, hook, AttachMode::Clsact));
     }

@@ -37,10 +37,13 @@ pub mod attach;
 pub mod cgroup;
 pub mod conntrack;
 pub mod error;
+pub mod hep;
 pub mod loader;
 pub mod maps;
 pub mod object;
+pub mod policy_sport;
 pub mod test_run;
+pub mod xdp;
 
 pub use attach::{AttachMode, Attachment, CleanupReport, Hook, attachments, detach};
 pub use cgroup::{CgroupError, Ctlb, CtlbProtocols, cleanup};
@@ -50,3 +53,4 @@ pub use loader::{BPFFS, Dataplane, LoadOptions, MapSizes, PinScope, ensure_bpffs
 pub use maps::{DropCounters, Maps};
 pub use object::LogLevel;
 pub use test_run::{RunOutcome, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_RUN_IFINDEX};
+pub use xdp::{XdpAttachMode, XdpDataplane, XdpError, XdpStats};

@@ -39,8 +39,8 @@ use nix::{
 use crate::{
     error::LoadError,
     object::{
-        LogLevel, MAP_CT, MAP_EPS, MAP_NAT_AFF, MAP_NAT_BE, MAP_NAT_FE, MAP_POLICY, MAP_ROUTES,
-        MAPS, PROGRAMS, tc_object, validate,
+        HEP_SPEC, LogLevel, MAP_CT, MAP_EPS, MAP_NAT_AFF, MAP_NAT_BE, MAP_NAT_FE, MAP_POLICY,
+        MAP_ROUTES, ObjectSpec, TC_SPEC, hep_object, tc_object, validate_spec,
     },
 };
 
@@ -194,7 +194,25 @@ impl Dataplane {
     /// recreates pinned maps that no longer fit (module docs), creates or reopens every map
     /// and loads every program (a verifier rejection carries the verifier log).
     pub fn load_object(name: &str, data: &[u8], opts: &LoadOptions) -> Result<Self, LoadError> {
-        let obj = validate(name, data)?;
+        Self::load_object_spec(name, data, &TC_SPEC, opts)
+    }
+
+    /// Loads the embedded host endpoint object (`bpf/serval_hep.c`) for `opts.log_level`: its
+    /// programs, with the shared maps and its own pinned in the same scope as [`Self::load`]'s.
+    pub fn load_hep(opts: &LoadOptions) -> Result<Self, LoadError> {
+        let (name, data) = hep_object(opts.log_level);
+        Self::load_object_spec(name, data, &HEP_SPEC, opts)
+    }
+
+    /// [`Self::load_object`] for an object of `spec` (its programs and maps).
+    pub fn load_object_spec(
+        name: &str,
+        data: &[u8],
+        spec: &ObjectSpec,
+        opts: &LoadOptions,
+    ) -> Result<Self, LoadError> {
+        let object = spec;
+        let obj = validate_spec(name, data, object)?;
         if let Some(pins) = &opts.pins {
             ensure_bpffs(pins.bpffs())?;
             let dir = pins.maps_dir();
@@ -203,11 +221,11 @@ impl Dataplane {
                 path: dir.clone(),
                 source,
             })?;
-            reconcile_pinned_maps(pins, &obj, &opts.sizes)?;
+            reconcile_pinned_maps(pins, &obj, &opts.sizes, object)?;
         }
 
         let mut loader = EbpfLoader::new();
-        for spec in MAPS {
+        for spec in object.all_maps() {
             if let Some(size) = opts.sizes.for_map(spec.name) {
                 loader.map_max_entries(spec.name, size);
             }
@@ -237,7 +255,7 @@ impl Dataplane {
             sizes: format!("{:?}", opts.sizes),
             source,
         })?;
-        for program in PROGRAMS {
+        for &program in object.programs {
             load_program(&mut ebpf, program)?;
         }
         tracing::debug!(
@@ -368,8 +386,9 @@ fn reconcile_pinned_maps(
     pins: &PinScope,
     obj: &aya_obj::Object,
     sizes: &MapSizes,
+    object: &ObjectSpec,
 ) -> Result<(), LoadError> {
-    for spec in MAPS {
+    for spec in object.all_maps() {
         let path = pins.map_path(spec.name);
         let info = match MapInfo::from_pin(&path) {
             Ok(info) => info,

@@ -60,6 +60,17 @@ int main(void)
 	FIELD(struct sv_ct_val, "CtVal", nat_addr);
 	FIELD(struct sv_ct_val, "CtVal", svc_id);
 	FIELD(struct sv_ct_val, "CtVal", pad1);
+	FIELD(struct sv_ct_val, "CtVal", snat_addr);
+	FIELD(struct sv_ct_val, "CtVal", snat_port);
+	FIELD(struct sv_ct_val, "CtVal", pad2);
+	FIELD(struct sv_ct_val, "CtVal", pad3);
+
+	TYPE(struct sv_host_val, "HostVal");
+	FIELD(struct sv_host_val, "HostVal", flags);
+	FIELD(struct sv_host_val, "HostVal", psnat_min);
+	FIELD(struct sv_host_val, "HostVal", psnat_max);
+	FIELD(struct sv_host_val, "HostVal", addr4);
+	FIELD(struct sv_host_val, "HostVal", addr6);
 
 	TYPE(struct sv_nat_fe_key, "NatFeKey");
 	FIELD(struct sv_nat_fe_key, "NatFeKey", addr);
@@ -130,6 +141,13 @@ int main(void)
 	FIELD(struct sv_pol_val, "PolVal", verdict);
 	FIELD(struct sv_pol_val, "PolVal", rule_id);
 
+	TYPE(struct sv_pol_sport_match, "PolSportMatch");
+	FIELD(struct sv_pol_sport_match, "PolSportMatch", table_id);
+	FIELD(struct sv_pol_sport_match, "PolSportMatch", sport);
+	FIELD(struct sv_pol_sport_match, "PolSportMatch", pad);
+	SIZE(struct sv_pol_sport_key, "PolSportKey");
+	_Static_assert(offsetof(struct sv_pol_sport_key, data) == 4, "aya's Key: data after a u32");
+
 	TYPE(struct sv_ep_val, "EpVal");
 	FIELD(struct sv_ep_val, "EpVal", ep_id);
 	FIELD(struct sv_ep_val, "EpVal", flags);
@@ -154,6 +172,31 @@ int main(void)
 	CONST(SV_CTLB_F_UDP);
 	CONST(SV_CTLB_SLOT_NONE);
 
+	TYPE(struct sv_xdp_bl_match, "XdpBlMatch");
+	FIELD(struct sv_xdp_bl_match, "XdpBlMatch", ifindex);
+	FIELD(struct sv_xdp_bl_match, "XdpBlMatch", proto);
+	FIELD(struct sv_xdp_bl_match, "XdpBlMatch", pad);
+	FIELD(struct sv_xdp_bl_match, "XdpBlMatch", port);
+	FIELD(struct sv_xdp_bl_match, "XdpBlMatch", addr);
+	SIZE(struct sv_xdp_bl_key, "XdpBlKey");
+	_Static_assert(offsetof(struct sv_xdp_bl_key, data) == 4, "aya's Key: data after a u32");
+	TYPE(struct sv_xdp_bl_val, "XdpBlVal");
+	FIELD(struct sv_xdp_bl_val, "XdpBlVal", rule_id);
+	FIELD(struct sv_xdp_bl_val, "XdpBlVal", pad);
+	TYPE(struct sv_xdp_fs_match, "XdpFsMatch");
+	FIELD(struct sv_xdp_fs_match, "XdpFsMatch", proto);
+	FIELD(struct sv_xdp_fs_match, "XdpFsMatch", pad);
+	FIELD(struct sv_xdp_fs_match, "XdpFsMatch", port);
+	FIELD(struct sv_xdp_fs_match, "XdpFsMatch", addr);
+	SIZE(struct sv_xdp_fs_key, "XdpFsKey");
+	_Static_assert(offsetof(struct sv_xdp_fs_key, data) == 4, "aya's Key: data after a u32");
+	CONST(SV_XDP_BL_PREFIX_BASE);
+	CONST(SV_XDP_FS_PREFIX_BASE);
+	CONST(SV_XDP_DROP_BLOCKLIST);
+	CONST(SV_XDP_DROP_MALFORMED);
+	CONST(SV_XDP_PASS_FAILSAFE);
+	CONST(SV_XDP_STATS);
+
 	CONST(SV_FAMILY_V4);
 	CONST(SV_FAMILY_V6);
 	CONST(SV_DIR_INGRESS);
@@ -172,6 +215,13 @@ int main(void)
 	CONST(SV_CT_F_APPROVED_SRC);
 	CONST(SV_CT_F_APPROVED_DST);
 	CONST(SV_CT_F_DNAT);
+	CONST(SV_CT_F_SNAT_FWD);
+	CONST(SV_CT_F_SNAT_REV);
+	CONST(SV_CT_F_REDIRECT);
+	CONST(SV_HOST_F_V4);
+	CONST(SV_HOST_F_V6);
+	CONST(SV_DROP_NO_LOCAL_BACKEND);
+	CONST(SV_DROP_SNAT_PORTS);
 	CONST(SV_NAT_FE_F_AFFINITY);
 	CONST(SV_NAT_FE_F_EXT_LOCAL);
 	CONST(SV_NAT_FE_F_INT_LOCAL);
@@ -207,5 +257,23 @@ int main(void)
 	CONST(SV_DROP_REWRITE);
 	CONST(SV_DROP_FRAGMENT);
 	CONST(SV_DROP_REASONS);
+	CONST(SV_DROP_HOST_POLICY);
+
+	CONST(SV_MARK_SEEN);
+	CONST(SV_HEP_F_ALL_IFACES);
+	CONST(SV_HEP_FS_PREFIX_BASE);
+	TYPE(struct sv_hep_iface_val, "HepIfaceVal");
+	FIELD(struct sv_hep_iface_val, "HepIfaceVal", ep_id);
+	FIELD(struct sv_hep_iface_val, "HepIfaceVal", flags);
+	TYPE(struct sv_hep_fs_match, "HepFsMatch");
+	FIELD(struct sv_hep_fs_match, "HepFsMatch", dir);
+	FIELD(struct sv_hep_fs_match, "HepFsMatch", proto);
+	FIELD(struct sv_hep_fs_match, "HepFsMatch", port);
+	FIELD(struct sv_hep_fs_match, "HepFsMatch", remote);
+	SIZE(struct sv_hep_fs_key, "HepFsKey");
+	TYPE(struct sv_hep_ct_val, "HepCtVal");
+	FIELD(struct sv_hep_ct_val, "HepCtVal", last_seen_ns);
+	FIELD(struct sv_hep_ct_val, "HepCtVal", flags);
+	FIELD(struct sv_hep_ct_val, "HepCtVal", pad);
 	return 0;
 }

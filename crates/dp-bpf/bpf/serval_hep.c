@@ -1,0 +1,469 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Serval's tc programs for host interfaces that have a host endpoint. Calico's semantics with
+ * applyOnForward false: host endpoint policy judges traffic to and from the host itself, never
+ * traffic the host forwards (pods, services).
+ *
+ *   serval_hep_ingress  tc ingress: packets FOR this node (the destination has SV_RT_F_HOST in
+ *                       sv_routes), against the host endpoint's ingress policy
+ *   serval_hep_egress   tc egress: packets FROM this node (the source has SV_RT_F_HOST),
+ *                       against the host endpoint's egress policy
+ *
+ * Per packet, in order (every step a fixed number of hash/LPM lookups):
+ *   1. skb->mark has SV_MARK_SEEN (another Serval program NATed/forwarded it): next;
+ *   2. not IP, IPv6 neighbour discovery: next; fragments: dropped (SV_DROP_FRAGMENT), as the
+ *      workload programs do (no ports to police);
+ *   3. the interface has no sv_hep_ifaces entry, or the packet is not host traffic: next;
+ *   4. a live entry of the flow in sv_hep_ct (this object's own LRU conntrack; replies of
+ *      allowed flows, either direction): next;
+ *   5. a failsafe port (sv_hep_fs: failsafeInboundHostPorts / failsafeOutboundHostPorts,
+ *      optionally limited to a remote prefix): allowed;
+ *   6. VXLAN (UDP 4789) from/to another node's address (SV_RT_F_REMOTE_HOST): allowed, as
+ *      Felix allows the overlay between hosts before host endpoint policy;
+ *   7. the host endpoint's compiled policy in sv_policy (its ep_id, the remote identity from
+ *      sv_routes, direction, protocol, port; then the SV_IDENTITY_ANY fallback): allowed, or
+ *      dropped and counted as SV_DROP_HOST_POLICY.
+ * Allowed new flows (5-7) are recorded in sv_hep_ct. "next" is TC_ACT_UNSPEC (-1), which is
+ * TCX_NEXT under TCX (the next program of the chain, then the stack, decides) and "the
+ * default action" under clsact.
+ *
+ * The driver attaches these AFTER every other Serval program on ingress and BEFORE them on
+ * egress, so the uplink programs' NAT is undone/not yet done when they look at addresses.
+ * Maps and their layout: serval_maps.h (sv_routes, sv_policy, sv_drops are the node's shared
+ * pinned maps; sv_hep_* are this object's own, pinned in the same scope).
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "serval_maps_def.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#ifdef SERVAL_DEBUG
+#define sv_log(fmt, ...) bpf_printk("serval hep: " fmt, ##__VA_ARGS__)
+#else
+#define sv_log(fmt, ...)                                                                           \
+	do {                                                                                       \
+	} while (0)
+#endif
+
+/* ---- this object's maps ----------------------------------------------------------------- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, struct sv_hep_iface_val);
+} sv_hep_ifaces SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_hep_fs_key);
+	__type(value, __u32);
+} sv_hep_fs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct sv_ct_key);
+	__type(value, struct sv_hep_ct_val);
+} sv_hep_ct SEC(".maps");
+
+/* ---- parsing (as serval_tc.c) ----------------------------------------------------------- */
+
+#define SV_NEXT TC_ACT_UNSPEC /* TCX_NEXT */
+
+#define SV_PARSE_OK 0
+#define SV_PARSE_NOT_IP 1
+#define SV_PARSE_MALFORMED 2
+#define SV_PARSE_FRAGMENT 3
+
+#define SV_IP_MF 0x2000
+#define SV_IP_OFFSET 0x1fff
+
+#define SV_TCP_FIN 0x01
+#define SV_TCP_SYN 0x02
+#define SV_TCP_RST 0x04
+
+#define SV_ICMP_ECHOREPLY 0
+#define SV_ICMP_ECHO 8
+#define SV_ICMPV6_ECHO_REQUEST 128
+#define SV_ICMPV6_ECHO_REPLY 129
+
+#define SV_IPV6_MAX_EXT 4
+
+#define SV_VXLAN_PORT 4789
+
+struct sv_pkt {
+	union sv_addr saddr;
+	union sv_addr daddr;
+	__be16 sport; /* conntrack ports (ICMP echo: the identifier) */
+	__be16 dport;
+	__be16 pol_port; /* policy port: dport (TCP/UDP/SCTP/UDPLite), type << 8 | code (ICMP) */
+	__u8 proto;
+	__u8 family;
+	__u8 tcp_flags;
+	__u8 pad[3];
+	__u32 l4_off;
+};
+
+static __always_inline void sv_addr_v4(union sv_addr *a, __be32 v4)
+{
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0xffff);
+	a->w[3] = v4;
+}
+
+static __always_inline int sv_addr_cmp(const union sv_addr *a, const union sv_addr *b)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		__u32 x = bpf_ntohl(a->w[i]), y = bpf_ntohl(b->w[i]);
+		if (x != y)
+			return x < y ? -1 : 1;
+	}
+	return 0;
+}
+
+static __always_inline int sv_addr_is_v4(const union sv_addr *a)
+{
+	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int sv_parse_l4(struct __sk_buff *skb, struct sv_pkt *p)
+{
+	switch (p->proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr tcp;
+		if (bpf_skb_load_bytes(skb, p->l4_off, &tcp, sizeof(tcp)))
+			return SV_PARSE_MALFORMED;
+		p->sport = tcp.source;
+		p->dport = tcp.dest;
+		p->pol_port = tcp.dest;
+		p->tcp_flags = ((__u8 *)&tcp)[13];
+		return SV_PARSE_OK;
+	}
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE:
+	case IPPROTO_SCTP: {
+		/* the first 4 bytes are the source and destination ports for all three */
+		__be16 ports[2];
+		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)))
+			return SV_PARSE_MALFORMED;
+		p->sport = ports[0];
+		p->dport = ports[1];
+		p->pol_port = ports[1];
+		return SV_PARSE_OK;
+	}
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6: {
+		__u8 icmp[8];
+		if (bpf_skb_load_bytes(skb, p->l4_off, icmp, sizeof(icmp)))
+			return SV_PARSE_MALFORMED;
+		if ((p->proto == IPPROTO_ICMP) != (p->family == SV_FAMILY_V4))
+			return SV_PARSE_MALFORMED;
+		__u8 type = icmp[0], code = icmp[1];
+		p->pol_port = bpf_htons(((__u16)type << 8) | code);
+		if ((p->proto == IPPROTO_ICMP && (type == SV_ICMP_ECHO || type == SV_ICMP_ECHOREPLY)) ||
+		    (p->proto == IPPROTO_ICMPV6 &&
+		     (type == SV_ICMPV6_ECHO_REQUEST || type == SV_ICMPV6_ECHO_REPLY))) {
+			__be16 id;
+			__builtin_memcpy(&id, &icmp[4], sizeof(id));
+			p->sport = id;
+			p->dport = id;
+		}
+		return SV_PARSE_OK;
+	}
+	default:
+		return SV_PARSE_OK;
+	}
+}
+
+static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return SV_PARSE_MALFORMED;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return SV_PARSE_MALFORMED;
+		if (ip->version != 4 || ip->ihl < 5)
+			return SV_PARSE_MALFORMED;
+		if (ip->frag_off & bpf_htons(SV_IP_MF | SV_IP_OFFSET))
+			return SV_PARSE_FRAGMENT;
+		p->family = SV_FAMILY_V4;
+		sv_addr_v4(&p->saddr, ip->saddr);
+		sv_addr_v4(&p->daddr, ip->daddr);
+		p->proto = ip->protocol;
+		p->l4_off = ETH_HLEN + ip->ihl * 4;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return SV_PARSE_MALFORMED;
+		if (ip6->version != 6)
+			return SV_PARSE_MALFORMED;
+		p->family = SV_FAMILY_V6;
+		__builtin_memcpy(p->saddr.b, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr.b, &ip6->daddr, 16);
+		__u8 next = ip6->nexthdr;
+		__u32 off = ETH_HLEN + sizeof(struct ipv6hdr);
+#pragma unroll
+		for (int i = 0; i < SV_IPV6_MAX_EXT; i++) {
+			if (next == IPPROTO_FRAGMENT)
+				return SV_PARSE_FRAGMENT;
+			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
+			    next != IPPROTO_DSTOPTS)
+				break;
+			__u8 ext[2];
+			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+				return SV_PARSE_MALFORMED;
+			next = ext[0];
+			off += ((__u32)ext[1] + 1) * 8;
+		}
+		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
+		    next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT)
+			return SV_PARSE_MALFORMED;
+		p->proto = next;
+		p->l4_off = off;
+	} else {
+		return SV_PARSE_NOT_IP;
+	}
+	return sv_parse_l4(skb, p);
+}
+
+static __always_inline int sv_is_ndp(const struct sv_pkt *p)
+{
+	__u8 type = bpf_ntohs(p->pol_port) >> 8;
+	return p->proto == IPPROTO_ICMPV6 && type >= 133 && type <= 137;
+}
+
+static __always_inline int sv_drop(__u32 reason)
+{
+	__u64 *count = bpf_map_lookup_elem(&sv_drops, &reason);
+	if (count)
+		*count += 1;
+	sv_log("drop reason=%u", reason);
+	return TC_ACT_SHOT;
+}
+
+/* ---- conntrack of host flows ------------------------------------------------------------ */
+
+#define SV_SEC 1000000000ull
+#define SV_HEP_CT_TCP_SYN (20 * SV_SEC)
+#define SV_HEP_CT_TCP_EST (3600 * SV_SEC)
+#define SV_HEP_CT_TCP_FIN (30 * SV_SEC)
+#define SV_HEP_CT_TCP_RST (10 * SV_SEC)
+#define SV_HEP_CT_UDP (60 * SV_SEC)
+#define SV_HEP_CT_ICMP (5 * SV_SEC)
+
+/* Fills the normalised key (as sv_ct); returns 1 when the packet's sender is side a. */
+static __always_inline int sv_ct_key_of(const struct sv_pkt *p, struct sv_ct_key *k)
+{
+	int c = sv_addr_cmp(&p->saddr, &p->daddr);
+	int src_is_a = c < 0 || (c == 0 && bpf_ntohs(p->sport) <= bpf_ntohs(p->dport));
+
+	__builtin_memset(k, 0, sizeof(*k));
+	if (src_is_a) {
+		k->addr_a = p->saddr;
+		k->addr_b = p->daddr;
+		k->port_a = p->sport;
+		k->port_b = p->dport;
+	} else {
+		k->addr_a = p->daddr;
+		k->addr_b = p->saddr;
+		k->port_a = p->dport;
+		k->port_b = p->sport;
+	}
+	k->proto = p->proto;
+	k->family = p->family;
+	return src_is_a;
+}
+
+static __always_inline __u32 sv_ct_bits(const struct sv_pkt *p, int from_a, __u32 old)
+{
+	__u32 add = from_a ? SV_CT_F_SEEN_A : SV_CT_F_SEEN_B;
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & SV_TCP_SYN)
+			add |= from_a ? SV_CT_F_SYN_A : SV_CT_F_SYN_B;
+		if (p->tcp_flags & SV_TCP_FIN)
+			add |= from_a ? SV_CT_F_FIN_A : SV_CT_F_FIN_B;
+		if (p->tcp_flags & SV_TCP_RST)
+			add |= SV_CT_F_RST;
+		__u32 all = old | add;
+		if ((all & SV_CT_F_SYN_A) && (all & SV_CT_F_SYN_B))
+			add |= SV_CT_F_ESTABLISHED;
+	} else {
+		__u32 all = old | add;
+		if ((all & SV_CT_F_SEEN_A) && (all & SV_CT_F_SEEN_B))
+			add |= SV_CT_F_ESTABLISHED;
+	}
+	return add;
+}
+
+/* How long an entry in state flags lives without packets (Calico's timeouts). */
+static __always_inline __u64 sv_ct_timeout(__u8 proto, __u32 flags)
+{
+	if (proto == IPPROTO_TCP) {
+		if (flags & SV_CT_F_RST)
+			return SV_HEP_CT_TCP_RST;
+		if ((flags & SV_CT_F_FIN_A) && (flags & SV_CT_F_FIN_B))
+			return SV_HEP_CT_TCP_FIN;
+		if (flags & SV_CT_F_ESTABLISHED)
+			return SV_HEP_CT_TCP_EST;
+		return SV_HEP_CT_TCP_SYN;
+	}
+	if (proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6)
+		return SV_HEP_CT_ICMP;
+	return SV_HEP_CT_UDP;
+}
+
+/* ---- the packet path -------------------------------------------------------------------- */
+
+static __always_inline struct sv_route_val *sv_route(const union sv_addr *addr)
+{
+	struct sv_route_key k = {.prefixlen = 128};
+	k.addr = *addr;
+	return bpf_map_lookup_elem(&sv_routes, &k);
+}
+
+static __always_inline int sv_failsafe(__u8 dir, const struct sv_pkt *p,
+				       const union sv_addr *remote)
+{
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP && p->proto != IPPROTO_SCTP)
+		return 0;
+	struct sv_hep_fs_key k = {
+		.prefixlen = SV_HEP_FS_PREFIX_BASE + 128,
+		.data =
+			{
+				.dir = dir,
+				.proto = p->proto,
+				.port = p->dport,
+			},
+	};
+	k.data.remote = *remote;
+	return bpf_map_lookup_elem(&sv_hep_fs, &k) != 0;
+}
+
+static __always_inline int sv_policy_allows(__u32 ep_id, __u8 dir, __u32 identity,
+					    const struct sv_pkt *p)
+{
+	struct sv_pol_key k = {
+		.prefixlen = SV_POL_PREFIX_FULL,
+		.data =
+			{
+				.ep_id = bpf_htonl(ep_id),
+				.remote_id = bpf_htonl(identity),
+				.dir = dir,
+				.proto = p->proto,
+				.port = p->pol_port,
+			},
+	};
+	struct sv_pol_val *v = bpf_map_lookup_elem(&sv_policy, &k);
+	if (!v) {
+		k.data.remote_id = bpf_htonl(SV_IDENTITY_ANY);
+		v = bpf_map_lookup_elem(&sv_policy, &k);
+	}
+	int allow = v && v->verdict == SV_VERDICT_ALLOW;
+	sv_log("policy ep=%u dir=%u identity=%u", ep_id, dir, identity);
+	sv_log("policy verdict=%d rule=%u", allow, v ? v->rule_id : 0);
+	return allow;
+}
+
+/* dir: SV_DIR_INGRESS (tc ingress, traffic to the host) or SV_DIR_EGRESS (from it). */
+static __noinline int sv_hep(struct __sk_buff *skb, const __u8 dir)
+{
+	if (skb->mark & SV_MARK_SEEN)
+		return SV_NEXT;
+
+	struct sv_pkt p;
+	__builtin_memset(&p, 0, sizeof(p));
+	int rc = sv_parse(skb, &p);
+	if (rc == SV_PARSE_NOT_IP)
+		return SV_NEXT;
+	if (rc == SV_PARSE_FRAGMENT)
+		return sv_drop(SV_DROP_FRAGMENT);
+	if (rc != SV_PARSE_OK)
+		return sv_drop(SV_DROP_MALFORMED);
+	if (sv_is_ndp(&p))
+		return SV_NEXT;
+
+	__u32 ifindex = skb->ifindex;
+	struct sv_hep_iface_val *hep = bpf_map_lookup_elem(&sv_hep_ifaces, &ifindex);
+	if (!hep)
+		return SV_NEXT;
+	__u32 ep_id = hep->ep_id;
+
+	const union sv_addr *local = dir == SV_DIR_INGRESS ? &p.daddr : &p.saddr;
+	const union sv_addr *remote = dir == SV_DIR_INGRESS ? &p.saddr : &p.daddr;
+	struct sv_route_val *lr = sv_route(local);
+	if (!lr || !(lr->flags & SV_RT_F_HOST))
+		return SV_NEXT; /* forwarded, not the host's own traffic */
+
+	__u64 now = bpf_ktime_get_ns();
+	struct sv_ct_key key;
+	int from_a = sv_ct_key_of(&p, &key);
+	struct sv_hep_ct_val *ct = bpf_map_lookup_elem(&sv_hep_ct, &key);
+	if (ct && now - ct->last_seen_ns <= sv_ct_timeout(p.proto, ct->flags)) {
+		__u32 add = sv_ct_bits(&p, from_a, ct->flags);
+		if ((ct->flags & add) != add)
+			__sync_fetch_and_or(&ct->flags, add);
+		ct->last_seen_ns = now;
+		return SV_NEXT;
+	}
+
+	int allow = sv_failsafe(dir, &p, remote);
+	if (allow) {
+		sv_log("failsafe proto=%u port=%u", p.proto, bpf_ntohs(p.dport));
+	} else {
+		struct sv_route_val *rr = sv_route(remote);
+		if (rr && (rr->flags & SV_RT_F_REMOTE_HOST) && p.proto == IPPROTO_UDP &&
+		    p.dport == bpf_htons(SV_VXLAN_PORT)) {
+			allow = 1;
+			sv_log("vxlan between nodes");
+		} else {
+			__u32 id = rr ? rr->identity
+				      : (sv_addr_is_v4(remote) ? SV_IDENTITY_WORLD
+							       : SV_IDENTITY_WORLD6);
+			allow = sv_policy_allows(ep_id, dir, id, &p);
+		}
+	}
+	if (!allow)
+		return sv_drop(SV_DROP_HOST_POLICY);
+
+	struct sv_hep_ct_val v;
+	__builtin_memset(&v, 0, sizeof(v));
+	v.last_seen_ns = now;
+	v.flags = sv_ct_bits(&p, from_a, 0);
+	/* LRU: never full; a failed insert only costs re-evaluating the next packet. */
+	bpf_map_update_elem(&sv_hep_ct, &key, &v, BPF_ANY);
+	return SV_NEXT;
+}
+
+SEC("classifier")
+int serval_hep_ingress(struct __sk_buff *skb)
+{
+	return sv_hep(skb, SV_DIR_INGRESS);
+}
+
+SEC("classifier")
+int serval_hep_egress(struct __sk_buff *skb)
+{
+	return sv_hep(skb, SV_DIR_EGRESS);
+}

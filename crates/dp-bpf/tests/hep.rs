@@ -1,0 +1,301 @@
+//! BPF program tests of the host endpoint programs (`bpf/serval_hep.c`): the real embedded
+//! object, loaded into the running kernel (root) with private maps, fed crafted packets with
+//! BPF_PROG_TEST_RUN (the test run's interface, ifindex 1, plays the host interface). Asserts
+//! verdicts, the host flow conntrack and the drop counter.
+
+mod common;
+
+use std::net::IpAddr;
+
+use common::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, packet, tcp, udp};
+use serval_dp_bpf::{
+    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_SHOT, TEST_RUN_IFINDEX, abi::*,
+    hep::TC_ACT_NEXT,
+};
+
+/// The host endpoint's endpoint id in sv_policy.
+const HEP: u32 = 40;
+const HOST_ID: u32 = 3;
+const PEER_ID: u32 = 100;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// This node, a peer with its own identity (a pod of another node), a stranger (WORLD), an
+/// address of neither kind (forwarded traffic), another node.
+struct Net {
+    host: IpAddr,
+    peer: IpAddr,
+    stranger: IpAddr,
+    pod: IpAddr,
+    other_node: IpAddr,
+    /// The failsafe `net` of TCP 2222 (contains peer, not stranger).
+    fs_net: (IpAddr, u8),
+}
+
+fn v4() -> Net {
+    Net {
+        host: ip("172.31.0.11"),
+        peer: ip("10.244.1.5"),
+        stranger: ip("192.0.2.7"),
+        pod: ip("10.244.0.9"),
+        other_node: ip("172.31.0.12"),
+        fs_net: (ip("10.244.0.0"), 16),
+    }
+}
+
+fn v6() -> Net {
+    Net {
+        host: ip("fd00:5e::11"),
+        peer: ip("fd00:10:244:1::5"),
+        stranger: ip("2001:db8::7"),
+        pod: ip("fd00:10:244::9"),
+        other_node: ip("fd00:5e::12"),
+        fs_net: (ip("fd00:10:244::"), 48),
+    }
+}
+
+fn host_len(a: IpAddr) -> u8 {
+    if a.is_ipv4() { 32 } else { 128 }
+}
+
+fn allow(rule_id: u32) -> PolVal {
+    PolVal {
+        verdict: SV_VERDICT_ALLOW,
+        rule_id,
+    }
+}
+
+const DENY: PolVal = PolVal {
+    verdict: SV_VERDICT_DENY,
+    rule_id: 99,
+};
+
+/// The host endpoint object with private maps: ifindex 1 has host endpoint HEP; routes for
+/// both families; policy: ingress TCP 80 from the peer's identity, egress TCP 443 to anyone,
+/// everything else denied; failsafe: inbound TCP 22 from anywhere and TCP 2222 from
+/// `fs_net`, outbound UDP 53.
+fn setup() -> Option<Dataplane> {
+    if !serval_sys::testing::require_root("dp-bpf host endpoint program test") {
+        return None;
+    }
+    let mut dp = Dataplane::load_hep(&LoadOptions {
+        pins: None,
+        sizes: MapSizes {
+            route: 64,
+            policy: 256,
+            conntrack: 64,
+            nat_frontend: 16,
+            nat_backend: 16,
+            nat_affinity: 16,
+            endpoints: 16,
+        },
+        log_level: LogLevel::Off,
+    })
+    .expect("load the embedded host endpoint programs");
+    dp.set_hep_iface(
+        TEST_RUN_IFINDEX,
+        &HepIfaceVal {
+            ep_id: HEP,
+            flags: 0,
+        },
+    )
+    .unwrap();
+    for net in [v4(), v6()] {
+        let mut m = dp.maps();
+        for (addr, identity, flags) in [
+            (net.host, HOST_ID, SV_RT_F_HOST),
+            (net.peer, PEER_ID, SV_RT_F_REMOTE_WORKLOAD),
+            (net.pod, PEER_ID, SV_RT_F_LOCAL_WORKLOAD),
+            (net.other_node, PEER_ID, SV_RT_F_REMOTE_HOST),
+        ] {
+            let val = RouteVal {
+                identity,
+                flags,
+                ..RouteVal::default()
+            };
+            m.set_route(&route_key(addr, host_len(addr)), &val).unwrap();
+        }
+        let (fs_addr, fs_len) = net.fs_net;
+        dp.set_hep_failsafe(&HepFsMatch::key(
+            SV_DIR_INGRESS,
+            PROTO_TCP,
+            2222,
+            Some((fs_addr, fs_len)),
+        ))
+        .unwrap();
+    }
+    dp.set_hep_failsafe(&HepFsMatch::key(SV_DIR_INGRESS, PROTO_TCP, 22, None))
+        .unwrap();
+    dp.set_hep_failsafe(&HepFsMatch::key(SV_DIR_EGRESS, PROTO_UDP, 53, None))
+        .unwrap();
+    let mut m = dp.maps();
+    let full = |remote, dir, proto, port| {
+        aya::maps::lpm_trie::Key::new(
+            SV_POL_PREFIX_FULL,
+            PolMatch::new(HEP, remote, dir, proto, port),
+        )
+    };
+    m.set_policy(&full(PEER_ID, SV_DIR_INGRESS, PROTO_TCP, 80), &allow(1))
+        .unwrap();
+    m.set_policy(&pol_key_any_proto(HEP, PEER_ID, SV_DIR_INGRESS), &DENY)
+        .unwrap();
+    m.set_policy(
+        &pol_key_any_proto(HEP, SV_IDENTITY_ANY, SV_DIR_INGRESS),
+        &DENY,
+    )
+    .unwrap();
+    m.set_policy(
+        &full(SV_IDENTITY_ANY, SV_DIR_EGRESS, PROTO_TCP, 443),
+        &allow(2),
+    )
+    .unwrap();
+    m.set_policy(
+        &pol_key_any_proto(HEP, SV_IDENTITY_ANY, SV_DIR_EGRESS),
+        &DENY,
+    )
+    .unwrap();
+    Some(dp)
+}
+
+fn run(dp: &Dataplane, hook: Hook, pkt: &[u8]) -> i32 {
+    dp.test_run(hook, pkt)
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}: {e:?}"))
+        .verdict
+}
+
+fn host_drops(dp: &mut Dataplane) -> u64 {
+    dp.maps().drop_counters().unwrap().get(SV_DROP_HOST_POLICY)
+}
+
+#[test]
+fn host_bound_packets_are_allowed_and_denied_by_the_host_endpoint_policy() {
+    let Some(mut dp) = setup() else { return };
+    let mut denied = 0;
+    for net in [v4(), v6()] {
+        let cases = [
+            (net.peer, tcp(40000, 80, TCP_SYN), TC_ACT_NEXT),
+            (net.peer, tcp(40001, 81, TCP_SYN), TC_ACT_SHOT),
+            (net.peer, udp(40002, 80), TC_ACT_SHOT),
+            (net.stranger, tcp(40003, 80, TCP_SYN), TC_ACT_SHOT),
+        ];
+        for (src, l4, want) in cases {
+            let got = run(&dp, Hook::HostIngress, &packet(src, net.host, l4));
+            assert_eq!(got, want, "{src} -> {} {l4:?}", net.host);
+            denied += u64::from(want == TC_ACT_SHOT);
+        }
+    }
+    assert_eq!(host_drops(&mut dp), denied);
+    // The allowed flows were recorded, the denied ones not.
+    let ct = dp.hep_conntrack().unwrap();
+    assert_eq!(ct.len(), 2, "{ct:?}");
+}
+
+#[test]
+fn failsafe_ports_pass_under_deny_all() {
+    let Some(mut dp) = setup() else { return };
+    // Deny every ingress packet whatever the identity: only failsafe ports get through.
+    dp.maps()
+        .set_policy(&pol_key_any_proto(HEP, PEER_ID, SV_DIR_INGRESS), &DENY)
+        .unwrap();
+    dp.maps()
+        .remove_policy(&aya::maps::lpm_trie::Key::new(
+            SV_POL_PREFIX_FULL,
+            PolMatch::new(HEP, PEER_ID, SV_DIR_INGRESS, PROTO_TCP, 80),
+        ))
+        .unwrap();
+    for net in [v4(), v6()] {
+        let cases = [
+            (net.stranger, tcp(41000, 22, TCP_SYN), TC_ACT_NEXT),
+            (net.peer, tcp(41001, 22, TCP_SYN), TC_ACT_NEXT),
+            (net.peer, udp(41002, 22), TC_ACT_SHOT), // TCP 22 only
+            (net.peer, tcp(41003, 80, TCP_SYN), TC_ACT_SHOT),
+            (net.peer, tcp(41004, 2222, TCP_SYN), TC_ACT_NEXT), // in the failsafe net
+            (net.stranger, tcp(41005, 2222, TCP_SYN), TC_ACT_SHOT), // outside it
+        ];
+        for (src, l4, want) in cases {
+            let got = run(&dp, Hook::HostIngress, &packet(src, net.host, l4));
+            assert_eq!(got, want, "{src} -> {} {l4:?}", net.host);
+        }
+        // Outbound failsafe: UDP 53 from the host to anyone; TCP 53 is not failsafe.
+        let out = |l4| run(&dp, Hook::HostEgress, &packet(net.host, net.stranger, l4));
+        assert_eq!(out(udp(41006, 53)), TC_ACT_NEXT);
+        assert_eq!(out(tcp(41007, 53, TCP_SYN)), TC_ACT_SHOT);
+    }
+}
+
+#[test]
+fn replies_of_host_flows_pass_both_ways() {
+    let Some(mut dp) = setup() else { return };
+    for net in [v4(), v6()] {
+        // Ingress policy denies TCP from port 443 to port 42000: a reply without its flow is
+        // denied.
+        let reply = packet(net.stranger, net.host, tcp(443, 42000, TCP_SYN | TCP_ACK));
+        assert_eq!(run(&dp, Hook::HostIngress, &reply), TC_ACT_SHOT);
+        // The host opens the flow (egress TCP 443 allowed): now its reply passes.
+        let syn = packet(net.host, net.stranger, tcp(42000, 443, TCP_SYN));
+        assert_eq!(run(&dp, Hook::HostEgress, &syn), TC_ACT_NEXT);
+        assert_eq!(run(&dp, Hook::HostIngress, &reply), TC_ACT_NEXT);
+        // A host-originated flow egress policy denies is dropped, and nothing is recorded.
+        let denied = packet(net.host, net.stranger, tcp(42001, 444, TCP_SYN));
+        assert_eq!(run(&dp, Hook::HostEgress, &denied), TC_ACT_SHOT);
+        let back = packet(net.stranger, net.host, tcp(444, 42001, TCP_SYN | TCP_ACK));
+        assert_eq!(run(&dp, Hook::HostIngress, &back), TC_ACT_SHOT);
+        // An allowed inbound flow's replies leave although egress policy denies TCP 40000.
+        let inbound = packet(net.peer, net.host, tcp(42002, 80, TCP_SYN));
+        assert_eq!(run(&dp, Hook::HostIngress, &inbound), TC_ACT_NEXT);
+        let answer = packet(net.host, net.peer, tcp(80, 42002, TCP_SYN | TCP_ACK));
+        assert_eq!(run(&dp, Hook::HostEgress, &answer), TC_ACT_NEXT);
+    }
+    let ct = dp.hep_conntrack().unwrap();
+    assert!(
+        ct.iter().any(|(_, v)| v.flags & SV_CT_F_ESTABLISHED != 0),
+        "SYN both ways marks the flow established: {ct:?}"
+    );
+}
+
+#[test]
+fn marked_forwarded_and_foreign_packets_are_not_policed() {
+    let Some(mut dp) = setup() else { return };
+    for net in [v4(), v6()] {
+        let denied = packet(net.stranger, net.host, tcp(43000, 8080, TCP_SYN));
+        assert_eq!(run(&dp, Hook::HostIngress, &denied), TC_ACT_SHOT);
+        // The same packet carrying SV_MARK_SEEN (another Serval program handled it) passes.
+        let marked = dp
+            .test_run_marked(Hook::HostIngress, &denied, SV_MARK_SEEN | 0x42)
+            .unwrap();
+        assert_eq!(marked.verdict, TC_ACT_NEXT);
+        // Forwarded traffic (neither end is this host) passes in both directions.
+        let fwd = packet(net.stranger, net.pod, tcp(43001, 8080, TCP_SYN));
+        assert_eq!(run(&dp, Hook::HostIngress, &fwd), TC_ACT_NEXT);
+        let fwd_out = packet(net.pod, net.stranger, tcp(43002, 8080, TCP_SYN));
+        assert_eq!(run(&dp, Hook::HostEgress, &fwd_out), TC_ACT_NEXT);
+        // VXLAN between nodes is allowed before policy; from a stranger it is not.
+        let vxlan = packet(net.other_node, net.host, udp(51000, 4789));
+        assert_eq!(run(&dp, Hook::HostIngress, &vxlan), TC_ACT_NEXT);
+        let vxlan_out = packet(net.host, net.other_node, udp(51001, 4789));
+        assert_eq!(run(&dp, Hook::HostEgress, &vxlan_out), TC_ACT_NEXT);
+        let spoof = packet(net.stranger, net.host, udp(51002, 4789));
+        assert_eq!(run(&dp, Hook::HostIngress, &spoof), TC_ACT_SHOT);
+    }
+    // An interface without a host endpoint: nothing is policed.
+    assert!(dp.remove_hep_iface(TEST_RUN_IFINDEX).unwrap());
+    let denied = packet(v4().stranger, v4().host, tcp(43003, 8080, TCP_SYN));
+    assert_eq!(run(&dp, Hook::HostIngress, &denied), TC_ACT_NEXT);
+}
+
+#[test]
+fn the_debug_build_loads_too() {
+    if !serval_sys::testing::require_root("dp-bpf host endpoint program test") {
+        return;
+    }
+    let dp = Dataplane::load_hep(&LoadOptions {
+        log_level: LogLevel::Debug,
+        ..LoadOptions::default()
+    })
+    .expect("load the debug host endpoint programs");
+    let pkt = packet(v4().stranger, v4().host, tcp(1, 2, TCP_SYN));
+    // No sv_hep_ifaces entry: passes.
+    assert_eq!(run(&dp, Hook::HostIngress, &pkt), TC_ACT_NEXT);
+}
