@@ -64,6 +64,7 @@ use serval_sys::NetNs;
 
 use super::{DataplaneError, DataplaneKind, DataplaneStats, Written};
 
+pub mod maglev;
 /// What the eBPF programs do not do yet; logged when they are loaded. The driver does not
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
@@ -233,6 +234,8 @@ pub struct MapContents {
     pub policy: HashMap<EntryKey, PolVal>,
     pub frontends: HashMap<NatFeKey, NatFeVal>,
     pub backends: HashMap<NatBeKey, NatBeVal>,
+    /// Maglev tables (`sv_maglev`) of the Maglev frontends, see [`maglev`].
+    pub maglev: HashMap<serval_dp_bpf::abi::MaglevKey, serval_dp_bpf::abi::MaglevVal>,
 }
 
 /// What the host knows besides the desired state: interfaces and addresses.
@@ -510,6 +513,7 @@ pub fn desired_contents(
             },
         );
     }
+    out.maglev = maglev::add_tables(state, &mut out.frontends, maglev::TABLE_SIZE);
     out
 }
 
@@ -720,6 +724,7 @@ fn read_kernel(pins: &PinScope) -> Result<MapContents, BpfError> {
             out.backends.insert(k, v);
         }
     }
+    out.maglev = maglev::read_kernel(pins)?;
     Ok(out)
 }
 
@@ -888,6 +893,7 @@ impl BpfDriver {
         let (ep_up, ep_del) = map_diff(&kernel.eps, &want.eps);
         let (be_up, be_del) = map_diff(&kernel.backends, &want.backends);
         let (fe_up, fe_del) = map_diff(&kernel.frontends, &want.frontends);
+        let (mg_up, mg_del) = map_diff(&kernel.maglev, &want.maglev);
         w.rule_groups_written = pol_up
             .iter()
             .map(|(k, _)| k.0)
@@ -909,7 +915,9 @@ impl BpfDriver {
             + be_up.len()
             + be_del.len()
             + fe_up.len()
-            + fe_del.len();
+            + fe_del.len()
+            + mg_up.len()
+            + mg_del.len();
         w.sets_changed = fe_up.len() + fe_del.len();
 
         let Some(dp) = self.dp.as_mut() else {
@@ -929,6 +937,11 @@ impl BpfDriver {
             }
             for (k, v) in &be_up {
                 m.set_backend(k, v).map_err(maps_err)?;
+            }
+            // Tables before the frontends that use them (a frontend without its table
+            // falls back to the random choice, never fails).
+            for (k, v) in &mg_up {
+                m.set_maglev(k, v).map_err(maps_err)?;
             }
             for (k, v) in &fe_up {
                 m.set_frontend(k, v).map_err(maps_err)?;
@@ -964,6 +977,9 @@ impl BpfDriver {
             }
             for k in &be_del {
                 m.remove_backend(k).map_err(maps_err)?;
+            }
+            for k in &mg_del {
+                m.remove_maglev(k).map_err(maps_err)?;
             }
         }
         if !(be_up.is_empty() && be_del.is_empty() && fe_del.is_empty()) {
