@@ -89,6 +89,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 
+pub mod hep;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -566,6 +567,9 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
         (
             IdentityClass {
                 v4: true,
+    // Host endpoints are compiled as endpoints too (keys from hep::host_endpoint_key).
+    let with_hosts = hep::with_host_endpoints(state);
+    let state = with_hosts.as_ref().unwrap_or(state);
                 sets: BTreeSet::new(),
             },
             IDENTITY_WORLD,
