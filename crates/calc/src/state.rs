@@ -56,6 +56,17 @@ pub fn node_addrs(model: &Model, node: Option<&str>) -> Vec<IpAddr> {
 
 /// Computes the desired state for `node` (or the whole cluster when `None`).
 pub fn desired_state(model: &Model, node: Option<&str>) -> DesiredState {
+    desired_state_with_services(model, node, |m, n| services(m, n, &node_addrs(m, n)))
+}
+
+/// [`desired_state`] with the services part made by `services_of(model, node)` — e.g. a
+/// [`crate::services::ServiceTracker`] built alongside (given the same
+/// `node_addrs(model, node)`), which then keeps it up to date as services change.
+pub fn desired_state_with_services(
+    model: &Model,
+    node: Option<&str>,
+    services_of: impl FnOnce(&Model, Option<&str>) -> ServiceState,
+) -> DesiredState {
     let all = model.endpoints();
     let mut reg = SetRegistry::default();
     let policies = compile::compile_policies(model, &mut reg);
@@ -91,7 +102,7 @@ pub fn desired_state(model: &Model, node: Option<&str>) -> DesiredState {
         node: node.map(str::to_string),
         endpoints,
         ipsets,
-        services: services(model, node, &node_addrs(model, node)),
+        services: services_of(model, node),
         nat_outgoing: nat_outgoing(model),
         host_endpoints,
         failsafe: compile::failsafe(&felix),

@@ -39,6 +39,8 @@
 //!   [`ServiceState::replace_service`] swaps them in and [`ServiceState::diff`] yields the
 //!   changed and removed keys. [`affected_services`] tells which services a change to one
 //!   resource can affect ([`services_selecting`]: which services a pod's labels feed).
+//!   [`ServiceTracker`] keeps a whole [`ServiceState`] equal to [`services`] that way, contested
+//!   frontend keys included.
 //!
 //! Not covered: hostNetwork pods as backends (they have no endpoint record), EndpointSlice
 //! `serving`/`terminating` (only `ready` is read), LoadBalancer ingress hostnames,
@@ -50,6 +52,7 @@ mod build;
 mod resolve;
 #[cfg(test)]
 mod tests;
+mod tracker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -62,6 +65,7 @@ use crate::model::Model;
 pub use affected::affected_services;
 pub use build::{node_addresses, services_selecting};
 pub use resolve::{hairpin_snat, resolve};
+pub use tracker::ServiceTracker;
 
 #[cfg(doc)]
 use crate::endpoints::Endpoint;

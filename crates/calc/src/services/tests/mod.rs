@@ -4,6 +4,7 @@
 mod frontends;
 mod incremental;
 mod policies;
+mod tracker;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
