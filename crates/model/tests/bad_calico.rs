@@ -448,6 +448,8 @@ fn felix() {
         (format!("{FELIX}spec: {{bpfPSNATPorts: '0:100'}}\n"), "spec.bpfPSNATPorts", "port 0 is out of range"),
         (format!("{FELIX}spec: {{bpfMapSizeNATFrontend: 0}}\n"), "spec.bpfMapSizeNATFrontend", "must be a positive map size"),
         (format!("{FELIX}spec: {{bpfMapSizeConntrack: -1}}\n"), "spec.bpfMapSizeConntrack", "must be a positive map size"),
+        (format!("{FELIX}spec: {{bpfMaglevMaxEndpointsPerService: 3001}}\n"), "spec.bpfMaglevMaxEndpointsPerService", "out of range 1-3000"),
+        (format!("{FELIX}spec: {{bpfMaglevMaxServices: 0}}\n"), "spec.bpfMaglevMaxServices", "out of range 1-3000"),
         (format!("{FELIX}spec: {{bpfMapSizeRoute: 99999999999}}\n"), "spec.bpfMapSizeRoute", "must be a positive map size"),
         (format!("{FELIX}spec: {{bpfDSROptoutCIDRs: [10.0.0.0/8, nope]}}\n"), "spec.bpfDSROptoutCIDRs[1]", "not an IP address or CIDR"),
         (format!("{FELIX}spec: {{bpfHostNetworkedNATWithoutCTLB: Maybe}}\n"), "spec.bpfHostNetworkedNATWithoutCTLB", "unknown variant `Maybe`"),

@@ -426,6 +426,8 @@ fn felix_default_yaml_shows_calico_defaults() {
         "bpfMapSizeNATAffinity: 65536",
         "bpfMapSizeRoute: 262144",
         "bpfMapSizeConntrack: 512000",
+        "bpfMaglevMaxEndpointsPerService: 100",
+        "bpfMaglevMaxServices: 100",
         "bpfPSNATPorts: 20000:29999",
         "bpfDSROptoutCIDRs: []",
         "bpfHostNetworkedNATWithoutCTLB: Enabled",

@@ -119,6 +119,14 @@ pub struct FelixConfigurationSpec {
     pub bpf_map_size_route: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bpf_map_size_conntrack: Option<i64>,
+    /// Most backends a Maglev table is sized for (1-3000): its size M is the smallest prime
+    /// ≥ 100 × this (services annotated `lb.projectcalico.org/external-traffic-strategy:
+    /// maglev`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_maglev_max_endpoints_per_service: Option<i64>,
+    /// Most Maglev frontends with a table (1-3000); sizes the table map.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bpf_maglev_max_services: Option<i64>,
     /// Source ports for SNAT on collision, `min:max`.
     #[serde(
         default,
@@ -298,6 +306,8 @@ pub struct FelixSettings {
     pub bpf_map_size_nat_affinity: u32,
     pub bpf_map_size_route: u32,
     pub bpf_map_size_conntrack: u32,
+    pub bpf_maglev_max_endpoints_per_service: u32,
+    pub bpf_maglev_max_services: u32,
     /// Inclusive range.
     pub bpf_psnat_ports: (u16, u16),
     pub bpf_dsr_optout_cidrs: Vec<IpNet>,
@@ -353,6 +363,8 @@ impl Default for FelixSettings {
             bpf_map_size_nat_affinity: 65536,
             bpf_map_size_route: 262144,
             bpf_map_size_conntrack: 512000,
+            bpf_maglev_max_endpoints_per_service: 100,
+            bpf_maglev_max_services: 100,
             bpf_psnat_ports: (20000, 29999),
             bpf_dsr_optout_cidrs: Vec::new(),
             bpf_host_networked_nat_without_ctlb: EnabledDisabled::Enabled,
@@ -397,6 +409,8 @@ impl FelixConfigurationSpec {
             bpf_map_size_nat_affinity,
             bpf_map_size_route,
             bpf_map_size_conntrack,
+            bpf_maglev_max_endpoints_per_service,
+            bpf_maglev_max_services,
             bpf_psnat_ports,
             bpf_dsr_optout_cidrs,
             bpf_host_networked_nat_without_ctlb,
@@ -450,6 +464,11 @@ impl FelixConfigurationSpec {
             ),
             bpf_map_size_route: size(self.bpf_map_size_route, d.bpf_map_size_route),
             bpf_map_size_conntrack: size(self.bpf_map_size_conntrack, d.bpf_map_size_conntrack),
+            bpf_maglev_max_endpoints_per_service: size(
+                self.bpf_maglev_max_endpoints_per_service,
+                d.bpf_maglev_max_endpoints_per_service,
+            ),
+            bpf_maglev_max_services: size(self.bpf_maglev_max_services, d.bpf_maglev_max_services),
             bpf_psnat_ports: self
                 .bpf_psnat_ports
                 .as_ref()
@@ -506,6 +525,10 @@ impl FelixConfigurationSpec {
             bpf_map_size_nat_affinity: Some(i64::from(e.bpf_map_size_nat_affinity)),
             bpf_map_size_route: Some(i64::from(e.bpf_map_size_route)),
             bpf_map_size_conntrack: Some(i64::from(e.bpf_map_size_conntrack)),
+            bpf_maglev_max_endpoints_per_service: Some(i64::from(
+                e.bpf_maglev_max_endpoints_per_service,
+            )),
+            bpf_maglev_max_services: Some(i64::from(e.bpf_maglev_max_services)),
             bpf_psnat_ports: Some(CalicoPort::Range(e.bpf_psnat_ports.0, e.bpf_psnat_ports.1)),
             bpf_dsr_optout_cidrs: Some(e.bpf_dsr_optout_cidrs),
             bpf_host_networked_nat_without_ctlb: Some(e.bpf_host_networked_nat_without_ctlb),
@@ -578,6 +601,22 @@ impl FelixConfiguration {
                 errs.add(
                     format!("spec.{field}"),
                     format!("{v} must be a positive map size (1-{})", u32::MAX),
+                );
+            }
+        }
+        for (v, field) in [
+            (
+                s.bpf_maglev_max_endpoints_per_service,
+                "bpfMaglevMaxEndpointsPerService",
+            ),
+            (s.bpf_maglev_max_services, "bpfMaglevMaxServices"),
+        ] {
+            if let Some(v) = v
+                && !(1..=3000).contains(&v)
+            {
+                errs.add(
+                    format!("spec.{field}"),
+                    format!("{v} is out of range 1-3000 (Calico's bounds)"),
                 );
             }
         }
