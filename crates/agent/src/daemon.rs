@@ -67,6 +67,15 @@ pub async fn run_until(
             task: "dataplane driver",
             reason: e.to_string(),
         })?;
+    // The node's cgroup, for the eBPF driver's connect-time load balancer (before any open).
+    let cgroup = config.cgroup.clone();
+    driver
+        .call(move |_| crate::dataplane::bpf::ctlb::set_thread_cgroup(cgroup))
+        .await
+        .map_err(|e| AgentError::TaskEnded {
+            task: "dataplane driver",
+            reason: e.to_string(),
+        })?;
     let client = Client::open(&config.datastore)
         .await
         .map_err(|source| AgentError::Datastore {

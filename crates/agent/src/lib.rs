@@ -125,6 +125,10 @@ pub struct AgentConfig {
     pub routing: RoutingMode,
     /// BIRD's directory and timers in BGP mode.
     pub bgp: BgpOptions,
+    /// The node's cgroup v2 directory (`--cgroup`): the eBPF dataplane attaches its
+    /// connect-time load balancer there, and the lab's pod runtime starts pod servers in it.
+    /// None: no connect-time load balancing (the tc programs NAT every service packet).
+    pub cgroup: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -142,6 +146,7 @@ impl AgentConfig {
             pod_server_command: None,
             routing: RoutingMode::Static,
             bgp: BgpOptions::default(),
+            cgroup: None,
         }
     }
 

@@ -197,6 +197,8 @@ pub struct Runtime {
     children: BTreeMap<u32, Child>,
     /// Retry schedule of pods whose setup failed.
     backoff: BTreeMap<(String, String), (Duration, Instant)>,
+    /// The node's cgroup v2 directory (`--cgroup`): pod servers are started in it.
+    cgroup: Option<PathBuf>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -238,6 +240,7 @@ impl Runtime {
             pods: BTreeMap::new(),
             children: BTreeMap::new(),
             backoff: BTreeMap::new(),
+            cgroup: config.cgroup.clone(),
         }
     }
 
@@ -574,14 +577,32 @@ impl Runtime {
         cmd.arg("--ready-file").arg(&ready);
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         let fd = ns.as_raw_fd();
+        // The node's cgroup: the child moves itself there before exec (writing "0").
+        let procs = match &self.cgroup {
+            Some(cg) => Some(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(cg.join("cgroup.procs"))
+                    .map_err(state_err(&cg.join("cgroup.procs")))?,
+            ),
+            None => None,
+        };
+        let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
         {
             use std::os::unix::process::CommandExt;
-            // SAFETY: the closure runs in the forked child before exec and calls only setns(2)
-            // and setsid(2), both async-signal-safe; `fd` stays open (owned by `ns`) until
-            // `spawn` returns, and the child's copy is closed at exec (O_CLOEXEC).
+            // SAFETY: the closure runs in the forked child before exec and calls only setns(2),
+            // write(2) and setsid(2), all async-signal-safe; `fd` and `procs_fd` stay open
+            // (owned by `ns` and `procs`) until `spawn` returns, and the child's copies are
+            // closed at exec (O_CLOEXEC).
             unsafe {
                 cmd.pre_exec(move || {
                     if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    // Into the node's cgroup ("0": the writing process).
+                    if let Some(pfd) = procs_fd
+                        && libc::write(pfd, b"0".as_ptr().cast(), 1) != 1
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                     // Its own session: signals to the agent's process group (Ctrl-C) do not
@@ -597,6 +618,7 @@ impl Runtime {
             source,
         })?;
         drop(ns);
+        drop(procs);
         let pid = child.id();
         self.children.insert(pid, child);
         let deadline = Instant::now() + SERVER_START_TIMEOUT;

@@ -64,10 +64,12 @@ use serval_sys::NetNs;
 
 use super::{DataplaneError, DataplaneKind, DataplaneStats, Written};
 
+pub mod ctlb;
 pub mod maglev;
 /// What the eBPF programs do not do yet; logged when they are loaded. The driver does not
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
+    "NAT of host-networked clients' service traffic in tc (bpfHostNetworkedNATWithoutCTLB): host processes reach services only through connect-time load balancing, for the protocols it covers",
     "NodePort/externalIP/LoadBalancer traffic from outside the cluster (no program on the uplink or VXLAN device; pods reaching these frontends are served)",
     "NAT outgoing (no SNAT of pod traffic leaving the cluster)",
     "masquerade of externalTrafficPolicy: Cluster and hairpin service traffic",
@@ -202,6 +204,8 @@ pub fn thread_scope() -> String {
 pub struct BpfSettings {
     pub sizes: MapSizes,
     pub log_level: LogLevel,
+    /// `bpfConnectTimeLoadBalancing`, `bpfHostNetworkedNATWithoutCTLB` ([`ctlb`]).
+    pub ctlb: ctlb::CtlbSettings,
 }
 
 impl BpfSettings {
@@ -220,6 +224,7 @@ impl BpfSettings {
                 BpfLogLevel::Debug => LogLevel::Debug,
                 _ => LogLevel::Off,
             },
+            ctlb: ctlb::CtlbSettings::from_felix(f),
         }
     }
 }
@@ -844,6 +849,12 @@ impl BpfDriver {
         self.dp = Some(dp);
         self.kernel = None;
         self.attached.clear();
+        ctlb::sync(
+            &pins,
+            &self.settings.ctlb,
+            &self.settings.sizes,
+            self.settings.log_level,
+        );
         Ok(())
     }
 
@@ -1102,6 +1113,12 @@ impl super::Dataplane for BpfDriver {
             self.attached.retain(|i, _| hooks(i));
         }
         let w = self.write(&state)?;
+        ctlb::repair(
+            &pins,
+            &self.settings.ctlb,
+            &self.settings.sizes,
+            self.settings.log_level,
+        );
         if !w.is_empty() {
             self.counters.resync_repairs += 1;
         }

@@ -1,0 +1,401 @@
+//! Connect-time load balancing through the real agent (root, real kernel): the node
+//! namespace and pods of `tests/bpf_dataplane.rs`, the agent given a cgroup v2 directory of
+//! its own (`AgentConfig::cgroup`, the lab's `--cgroup`), and clients that are processes in
+//! a pod's network namespace *and* in a cgroup (this test binary re-executed as
+//! [`client_helper`]):
+//!
+//! - default `bpfConnectTimeLoadBalancing: TCP`: a TCP connection from a process in the
+//!   node's cgroup to the ClusterIP reaches the backend, `getpeername` shows the ClusterIP,
+//!   and `sv_ct` holds the plain flow pod → backend and no NAT entry at all;
+//! - a process in another node's cgroup (a sibling without programs) is untouched: its
+//!   connection is NATed by tc (a NAT entry for its port appears);
+//! - `Enabled`: UDP from an unconnected socket to the ClusterIP gets its reply from the
+//!   ClusterIP (recvfrom), no NAT entry;
+//! - `Disabled`: nothing stays attached and the same TCP connection is NATed by tc;
+//! - the agent's cleanup leaves no pin (cgroup links included) behind.
+//!
+//! IPv4 here (the harness' pods are IPv4); the programs' IPv6 paths are exercised by
+//! `crates/dp-bpf/tests/ctlb.rs`. Unique namespaces, cgroups and pin scope, removed on drop.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use aya::maps::{Map, MapData};
+use serval_agent::dataplane::bpf::scope_name;
+use serval_api::{ApplyMode, Client};
+use serval_dp_bpf::PinScope;
+use serval_dp_bpf::abi::{Addr, CtKey, CtVal, SV_CT_F_DNAT, SV_CT_TYPE_NAT_FWD};
+use serval_store::testing::SqliteFile;
+use serval_sys::testing::{require_root, unique_name};
+
+#[expect(
+    dead_code,
+    reason = "the shared harness has helpers this test does not use"
+)]
+mod common;
+
+use common::agent::{Agent, apply, config};
+use common::node::Node;
+use common::wait::wait_for;
+
+const HELPER_ENV: &str = "SERVAL_CTLB_AGENT_CLIENT";
+const VIP: &str = "10.96.0.53";
+
+const SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ctlb, namespace: x}
+spec:
+  clusterIP: 10.96.0.53
+  selector: {app: b}
+  ports:
+  - {name: web, protocol: TCP, port: 8080, targetPort: 80}
+  - {name: dns, protocol: UDP, port: 53, targetPort: 5353}
+"#;
+
+fn felix(ctlb: &str) -> String {
+    format!(
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {{name: default}}\n\
+         spec: {{bpfEnabled: true, bpfConnectTimeLoadBalancing: {ctlb}}}\n"
+    )
+}
+
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("serval_agent=info,serval_dp_bpf=info")
+        .try_init();
+}
+
+/// Not a test of its own: the client, run by the test in a child process that `ip netns
+/// exec` put in a pod's namespace and the test put in a cgroup. Does nothing unless
+/// `SERVAL_CTLB_AGENT_CLIENT` is `tcp ADDR` or `udp ADDR`; prints `CTLB-RESULT local=PORT
+/// peer=ADDR reply=TEXT` or `CTLB-RESULT error=KIND`.
+#[test]
+fn client_helper() {
+    let Ok(spec) = std::env::var(HELPER_ENV) else {
+        return;
+    };
+    let (mode, addr) = spec.split_once(' ').expect("MODE ADDR");
+    let to: SocketAddr = addr.parse().expect("ADDR");
+    let result = match mode {
+        "tcp" => (|| -> std::io::Result<String> {
+            use std::io::Read;
+            let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let (local, peer) = (c.local_addr()?, c.peer_addr()?);
+            let mut s = String::new();
+            c.read_to_string(&mut s)?;
+            Ok(format!(
+                "local={} peer={peer} reply={}",
+                local.port(),
+                s.trim()
+            ))
+        })(),
+        "udp" => (|| -> std::io::Result<String> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(1)))?;
+            s.send_to(b"ping", to)?;
+            let mut buf = [0u8; 256];
+            let (n, from) = s.recv_from(&mut buf)?;
+            Ok(format!(
+                "local={} peer={from} reply={}",
+                s.local_addr()?.port(),
+                String::from_utf8_lossy(&buf[..n]).trim()
+            ))
+        })(),
+        other => panic!("unknown mode {other}"),
+    };
+    match result {
+        Ok(line) => println!("CTLB-RESULT {line}"),
+        Err(e) => println!("CTLB-RESULT error={:?}", e.kind()),
+    }
+}
+
+/// What the client reported.
+#[derive(Debug)]
+struct Outcome {
+    local_port: u16,
+    peer: String,
+    reply: String,
+}
+
+/// Runs [`client_helper`] in network namespace `netns` and in `cgroup`.
+fn run_client(netns: &str, cgroup: &Path, mode: &str, to: &str) -> Result<Outcome> {
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .context("open cgroup.procs")?;
+    let fd = procs.as_raw_fd();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(std::env::current_exe()?)
+        .args([
+            "--exact",
+            "client_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(HELPER_ENV, format!("{mode} {to}"));
+    // SAFETY: runs in the forked child before exec; write(2) is async-signal-safe and `fd`
+    // stays open in the parent until `output()` returns. "0" moves the writing process (and
+    // so everything it executes) into the cgroup.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output()?;
+    drop(procs);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| Some(&l[l.find("CTLB-RESULT ")? + "CTLB-RESULT ".len()..]))
+        .with_context(|| {
+            format!(
+                "no result from the client: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let field = |k: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{k}=")))
+            .map(str::to_owned)
+    };
+    if let Some(e) = field("error") {
+        anyhow::bail!("client {mode} {to} failed: {e}");
+    }
+    Ok(Outcome {
+        local_port: field("local").context("local")?.parse()?,
+        peer: field("peer").context("peer")?,
+        reply: line.split_once("reply=").map(|x| x.1).unwrap_or("").into(),
+    })
+}
+
+/// `<cgroup2>/svctlb-XXXX/{node,other}`; removed on drop.
+struct Cgroups {
+    root: PathBuf,
+}
+
+impl Cgroups {
+    fn new() -> Option<Cgroups> {
+        let root = serval_dp_bpf::cgroup::cgroup2_mount()?.join(unique_name("svctlb", 24));
+        std::fs::create_dir(&root).ok()?;
+        let cg = Cgroups { root };
+        std::fs::create_dir(cg.node()).ok()?;
+        std::fs::create_dir(cg.other()).ok()?;
+        Some(cg)
+    }
+    /// The agent's node.
+    fn node(&self) -> PathBuf {
+        self.root.join("node")
+    }
+    /// Another node's (no programs of this agent).
+    fn other(&self) -> PathBuf {
+        self.root.join("other")
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.node());
+        let _ = std::fs::remove_dir(self.other());
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+/// Removes the scope's pins on drop (a failed run must not leave any).
+struct PinsGuard(PinScope);
+
+impl Drop for PinsGuard {
+    fn drop(&mut self) {
+        let _ = serval_dp_bpf::cleanup(&self.0, None);
+    }
+}
+
+/// A UDP echo server in pod `b` on port 5353 (replies `pong:MSG`); stopped on drop.
+struct UdpEcho(Arc<AtomicBool>);
+
+impl UdpEcho {
+    fn start(node: &Node) -> Result<UdpEcho> {
+        let sock = node.pod("b").run(|| UdpSocket::bind("0.0.0.0:5353"))??;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    let reply = format!("pong:{}", String::from_utf8_lossy(&buf[..n]));
+                    let _ = sock.send_to(reply.as_bytes(), from);
+                }
+            }
+        });
+        Ok(UdpEcho(stop))
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The conntrack entries whose side a or b is `(addr, port)`.
+fn ct_entries_of(pins: &PinScope, addr: &str, port: u16) -> Result<Vec<(CtKey, CtVal)>> {
+    let d = MapData::from_pin(pins.map_path("sv_ct"))?;
+    let m: aya::maps::HashMap<MapData, CtKey, CtVal> =
+        aya::maps::HashMap::try_from(Map::HashMap(d))?;
+    let a = Addr::new(addr.parse()?);
+    let p = port.to_be();
+    let mut out = Vec::new();
+    for kv in m.iter() {
+        let (k, v) = kv?;
+        if (k.addr_a == a && k.port_a == p) || (k.addr_b == a && k.port_b == p) {
+            out.push((k, v));
+        }
+    }
+    Ok(out)
+}
+
+fn is_nat(v: &CtVal) -> bool {
+    v.kind == SV_CT_TYPE_NAT_FWD || v.flags & SV_CT_F_DNAT != 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
+    if !require_root("connect_time_load_balancing_through_the_agent") {
+        return Ok(());
+    }
+    let Some(cg) = Cgroups::new() else {
+        eprintln!(
+            "skipping connect_time_load_balancing_through_the_agent: no writable cgroup v2 hierarchy"
+        );
+        return Ok(());
+    };
+    logs();
+    let node = Node::start(
+        "svag-ctlb",
+        "svag-ctlbp",
+        &[("a", "10.244.7.1"), ("b", "10.244.7.2")],
+    )?;
+    let pins = PinsGuard(PinScope::new(&scope_name(node.name()))?);
+    let _echo = UdpEcho::start(&node)?;
+    let pod_a = node.pod("a").name().to_string();
+    let a_addr = node.addr("a");
+    let store = SqliteFile::new()?;
+    let client = Client::open(&store.url()).await?;
+    client.apply(node.resources()?, ApplyMode::Apply).await?;
+    apply(&client, &felix("TCP")).await?;
+    apply(&client, SERVICE).await?;
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(&store, &dir, Duration::from_secs(2));
+    cfg.cgroup = Some(cg.node());
+    cfg.cleanup_on_exit = true;
+    let mut agent = Agent::start(&node.node, cfg)?;
+    agent.wait_ready().await?;
+    let vip_tcp = format!("{VIP}:8080");
+    let vip_udp = format!("{VIP}:53");
+
+    // TCP mode: the connection from the node's cgroup is translated at connect().
+    wait_for(
+        "the ClusterIP to answer over TCP from the node's cgroup",
+        || async { Ok(client_ok(&pod_a, &cg.node(), "tcp", &vip_tcp)) },
+    )
+    .await?;
+    ensure!(
+        serval_dp_bpf::cgroup::attached(&pins.0)?.len() == 8,
+        "the eight cgroup programs are pinned"
+    );
+    let o = run_client(&pod_a, &cg.node(), "tcp", &vip_tcp)?;
+    ensure!(o.reply == "x/b", "reached {o:?}");
+    ensure!(
+        o.peer == vip_tcp,
+        "getpeername must show the ClusterIP: {o:?}"
+    );
+    let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
+    ensure!(
+        !ct.is_empty(),
+        "the flow passed tc: a conntrack entry for it"
+    );
+    ensure!(
+        ct.iter().all(|(_, v)| !is_nat(v)),
+        "connect-time LB: no NAT conntrack entry, got {ct:#?}"
+    );
+
+    // Another node's cgroup: untouched by this node's programs; tc NATs its connection.
+    let o = run_client(&pod_a, &cg.other(), "tcp", &vip_tcp)?;
+    ensure!(o.reply == "x/b" && o.peer == vip_tcp, "{o:?}");
+    let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
+    ensure!(
+        ct.iter().any(|(_, v)| is_nat(v)),
+        "a process outside the node's cgroup is NATed by tc: {ct:#?}"
+    );
+
+    // TCP mode leaves UDP to tc (NATed, reply reverse-NATed by tc).
+    let o = run_client(&pod_a, &cg.node(), "udp", &vip_udp)?;
+    ensure!(o.reply == "pong:ping" && o.peer == vip_udp, "{o:?}");
+    let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
+    ensure!(
+        ct.iter().any(|(_, v)| is_nat(v)),
+        "UDP in TCP mode is NATed by tc: {ct:#?}"
+    );
+
+    // Enabled: unconnected UDP is translated too; the reply comes from the ClusterIP.
+    apply(&client, &felix("Enabled")).await?;
+    wait_for("UDP to be translated at sendmsg (no NAT entry)", || async {
+        Ok(match run_client(&pod_a, &cg.node(), "udp", &vip_udp) {
+            Ok(o) => {
+                o.reply == "pong:ping"
+                    && o.peer == vip_udp
+                    && ct_entries_of(&pins.0, a_addr, o.local_port)
+                        .is_ok_and(|ct| !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v)))
+            }
+            Err(_) => false,
+        })
+    })
+    .await?;
+
+    // Disabled: nothing attached; tc NATs the node's TCP connections again.
+    apply(&client, &felix("Disabled")).await?;
+    wait_for("the cgroup programs to be removed", || async {
+        Ok(serval_dp_bpf::cgroup::attached(&pins.0)?.is_empty())
+    })
+    .await?;
+    let o = run_client(&pod_a, &cg.node(), "tcp", &vip_tcp)?;
+    ensure!(o.reply == "x/b" && o.peer == vip_tcp, "{o:?}");
+    let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
+    ensure!(
+        ct.iter().any(|(_, v)| is_nat(v)),
+        "Disabled: the connection is NATed by tc: {ct:#?}"
+    );
+
+    // Back to TCP, then a clean stop: nothing of the scope is left (cgroup links included).
+    apply(&client, &felix("TCP")).await?;
+    wait_for("the cgroup programs to be attached again", || async {
+        Ok(serval_dp_bpf::cgroup::attached(&pins.0)?.len() == 8)
+    })
+    .await?;
+    agent.stop()?;
+    ensure!(
+        !pins.0.dir().exists(),
+        "pins left after the agent's cleanup: {:?}",
+        std::fs::read_dir(pins.0.dir()).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+    Ok(())
+}
+
+fn client_ok(netns: &str, cgroup: &Path, mode: &str, to: &str) -> bool {
+    run_client(netns, cgroup, mode, to).is_ok_and(|o| o.reply == "x/b")
+}
