@@ -204,6 +204,8 @@ pub fn thread_scope() -> String {
 pub struct BpfSettings {
     pub sizes: MapSizes,
     pub log_level: LogLevel,
+    /// `bpfMaglevMaxEndpointsPerService`, `bpfMaglevMaxServices` ([`maglev`]).
+    pub maglev: maglev::MaglevSettings,
     /// `bpfConnectTimeLoadBalancing`, `bpfHostNetworkedNATWithoutCTLB` ([`ctlb`]).
     pub ctlb: ctlb::CtlbSettings,
 }
@@ -220,6 +222,7 @@ impl BpfSettings {
                 conntrack: f.bpf_map_size_conntrack,
                 ..MapSizes::default()
             },
+            maglev: maglev::MaglevSettings::from_felix(f),
             log_level: match f.bpf_log_level {
                 BpfLogLevel::Debug => LogLevel::Debug,
                 _ => LogLevel::Off,
@@ -518,7 +521,11 @@ pub fn desired_contents(
             },
         );
     }
-    out.maglev = maglev::add_tables(state, &mut out.frontends, maglev::TABLE_SIZE);
+    out.maglev = maglev::add_tables(
+        state,
+        &mut out.frontends,
+        &maglev::MaglevSettings::default(),
+    );
     out
 }
 
@@ -872,7 +879,8 @@ impl BpfDriver {
             .iter()
             .map(|(k, v)| (*k, v.svc_id))
             .collect();
-        let want = desired_contents(state, &compiled, &host, &prev_ids);
+        let mut want = desired_contents(state, &compiled, &host, &prev_ids);
+        maglev::apply_settings(state, &mut want, &self.settings.maglev);
         let mut w = Written::default();
         let result = self.write_diff(&pins, &kernel, &want, &host, state, &mut w);
         match result {

@@ -9,10 +9,14 @@
 //! the other maps: written before the frontends that use them, deleted after the frontend is
 //! gone (a removed service's table goes with it).
 //!
-//! `M` is [`serval_calc::maglev::DEFAULT_TABLE_SIZE`] (10007: tables for up to 100 backends
-//! with ≥ 100 entries each, Calico's default `bpfMaglevMaxEndpointsPerService`), the same on
-//! every node, which the cross-node agreement needs. A frontend with more backends than that
-//! still gets a table (each backend fewer than 100 entries: less even, still consistent).
+//! **Sizes.** `M` = [`serval_calc::maglev::table_size`] of FelixConfiguration
+//! `bpfMaglevMaxEndpointsPerService` (10007 for the default 100): every node must use the same
+//! M for the cross-node agreement, which a cluster-wide `default` FelixConfiguration gives. A
+//! frontend with more backends than that still gets a table (each backend fewer than 100
+//! entries: less even, still consistent). At most `bpfMaglevMaxServices` frontends get a
+//! table, and no more than fit the map ([`MAP_ENTRIES`] entries, `M + 1` per table), the first
+//! ones by frontend key (the same choice on every node); the others keep the random choice
+//! and a warning names the setting.
 
 use std::collections::HashMap;
 
@@ -24,28 +28,87 @@ use serval_dp_bpf::abi::{
     MaglevKey, MaglevVal, NatFeKey, NatFeVal, SV_MAGLEV_META, SV_NAT_FE_F_MAGLEV,
 };
 use serval_dp_bpf::object::MAP_MAGLEV;
+use serval_model::calico::felix::FelixSettings;
 
 use super::BpfError;
 
-/// The table size every node uses.
+/// The table size for the default settings.
 pub const TABLE_SIZE: u32 = maglev::DEFAULT_TABLE_SIZE;
 
+/// `max_entries` of `sv_maglev` (bpf/serval_maps_def.h): `(10007 + 1) × 100`, the tables of the
+/// default settings.
+pub const MAP_ENTRIES: u32 = 1_000_800;
+
+/// The FelixConfiguration settings of the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaglevSettings {
+    /// M, from `bpfMaglevMaxEndpointsPerService`.
+    pub table_size: u32,
+    /// `bpfMaglevMaxServices`.
+    pub max_services: u32,
+}
+
+impl Default for MaglevSettings {
+    fn default() -> Self {
+        MaglevSettings {
+            table_size: TABLE_SIZE,
+            max_services: maglev::DEFAULT_MAX_SERVICES,
+        }
+    }
+}
+
+impl MaglevSettings {
+    pub fn from_felix(f: &FelixSettings) -> Self {
+        MaglevSettings {
+            table_size: maglev::table_size(f.bpf_maglev_max_endpoints_per_service),
+            max_services: f.bpf_maglev_max_services,
+        }
+    }
+
+    /// How many tables may be written: `bpfMaglevMaxServices`, and no more than the map holds.
+    pub fn max_tables(&self) -> usize {
+        let fit = MAP_ENTRIES / (self.table_size + 1);
+        self.max_services.min(fit) as usize
+    }
+}
+
+/// Recomputes `want`'s tables (and the frontends' flags) for `settings` when they differ from
+/// the defaults [`super::desired_contents`] used.
+pub fn apply_settings(
+    state: &DesiredState,
+    want: &mut super::MapContents,
+    settings: &MaglevSettings,
+) {
+    if *settings != MaglevSettings::default() {
+        want.maglev = add_tables(state, &mut want.frontends, settings);
+    }
+}
+
 /// Sets `SV_NAT_FE_F_MAGLEV` on the Maglev frontends of `frontends` (the driver's desired
-/// `sv_nat_fe`, service ids assigned) and returns their tables' entries.
+/// `sv_nat_fe`, service ids assigned) that get a table, clears it on the others, and returns
+/// the tables' entries.
 pub fn add_tables(
     state: &DesiredState,
     frontends: &mut HashMap<NatFeKey, NatFeVal>,
-    size: u32,
+    settings: &MaglevSettings,
 ) -> HashMap<MaglevKey, MaglevVal> {
     let mut out = HashMap::new();
+    let (mut tables, mut over) = (0usize, 0usize);
+    let size = settings.table_size;
     for (k, fe) in &state.services.frontends {
-        if !fe.maglev || fe.backends.is_empty() {
-            continue;
-        }
         let fk = NatFeKey::new(k.ip, k.port, k.protocol.number());
         let Some(val) = frontends.get_mut(&fk) else {
             continue;
         };
+        val.flags &= !SV_NAT_FE_F_MAGLEV;
+        if !fe.maglev || fe.backends.is_empty() {
+            continue;
+        }
+        if tables >= settings.max_tables() {
+            over += 1;
+            continue;
+        }
+        tables += 1;
         let table = match Table::build(fe.backends.iter().map(|b| (b.ip, b.port)), size) {
             Ok(t) => t,
             Err(e) => {
@@ -68,6 +131,15 @@ pub fn add_tables(
                 MaglevVal::new(ip, port, table.size()),
             );
         }
+    }
+    if over > 0 {
+        tracing::warn!(
+            frontends = over,
+            tables = tables,
+            table_size = size,
+            "Maglev frontends beyond bpfMaglevMaxServices (or the sv_maglev map) choose backends \
+             at random; raise bpfMaglevMaxServices or lower bpfMaglevMaxEndpointsPerService"
+        );
     }
     out
 }
@@ -182,6 +254,53 @@ ports: [{port: 8080}]
             }]
                 .size,
             TABLE_SIZE
+        );
+    }
+
+    #[test]
+    fn settings_bound_the_tables_by_bpf_maglev_max_services_and_the_map() {
+        let mut f = FelixSettings::default();
+        assert_eq!(MaglevSettings::from_felix(&f), MaglevSettings::default());
+        assert_eq!(MaglevSettings::default().max_tables(), 100);
+        f.bpf_maglev_max_endpoints_per_service = 3000;
+        let big = MaglevSettings::from_felix(&f);
+        assert_eq!(big.table_size, 300_007);
+        assert_eq!(
+            big.max_tables(),
+            3,
+            "three tables of 300008 entries fit the map"
+        );
+        f.bpf_maglev_max_endpoints_per_service = 20;
+        f.bpf_maglev_max_services = 1;
+        let small = MaglevSettings::from_felix(&f);
+        assert_eq!((small.table_size, small.max_tables()), (2003, 1));
+
+        // two Maglev services, one table allowed: the first frontend by key gets it, the
+        // other keeps the random choice (flag cleared)
+        let two = format!(
+            "{YAML}---\n{}",
+            YAML.replace("name: web\n", "name: web2\n")
+                .replace("198.51.100.10", "198.51.100.20")
+                .replace("10.96.0.10", "10.96.0.20")
+                .replace("service-name: web}", "service-name: web2}")
+                .replace("name: web-1", "name: web2-1")
+        );
+        let st = state("n1", &two);
+        let mut c = contents("n1", &two);
+        let lb = |ip: &str| NatFeKey::new(ip.parse().unwrap(), 80, 6);
+        assert_ne!(
+            c.frontends[&lb("198.51.100.20")].flags & SV_NAT_FE_F_MAGLEV,
+            0
+        );
+        apply_settings(&st, &mut c, &small);
+        assert_eq!(c.maglev.len(), 2003 + 1);
+        assert_ne!(
+            c.frontends[&lb("198.51.100.10")].flags & SV_NAT_FE_F_MAGLEV,
+            0
+        );
+        assert_eq!(
+            c.frontends[&lb("198.51.100.20")].flags & SV_NAT_FE_F_MAGLEV,
+            0
         );
     }
 
