@@ -83,6 +83,12 @@ struct AgentArgs {
     /// default they stay in force so a restarted agent keeps connections flowing).
     #[arg(long)]
     cleanup_on_exit: bool,
+    /// The node's cgroup v2 directory: the eBPF dataplane attaches its connect-time load
+    /// balancer there (FelixConfiguration bpfConnectTimeLoadBalancing) and the lab's pod
+    /// servers run in it. Default: the cgroup v2 root (every process on the host, as Calico's
+    /// root-cgroup attachment) without --lab-dir; none (no connect-time LB) with it.
+    #[arg(long)]
+    cgroup: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -160,6 +166,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.routing = args.routing;
             config.bgp.fast_timers = args.bgp_fast_timers;
             config.cleanup_on_exit = args.cleanup_on_exit;
+            config.cgroup = match args.cgroup {
+                Some(path) => Some(path),
+                None if config.lab_dir.is_none() => serval_dp_bpf::cgroup::cgroup2_mount(),
+                None => None,
+            };
             serval_agent::run(config).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -149,6 +149,9 @@ pub async fn teardown(layout: &Layout) -> anyhow::Result<Removed> {
         }
     }
 
+    // 2c. The nodes' cgroups (anything still inside is killed first).
+    super::cgroup::remove(layout).context("removing the lab's cgroups")?;
+
     // 3. Links in the root namespace: the veths go with their namespaces (asynchronously);
     //    delete any left, then the bridge.
     let root = Netlink::current().context("opening netlink in the root namespace")?;

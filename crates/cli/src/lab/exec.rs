@@ -29,6 +29,14 @@ pub async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     let layout = super::load_layout(&args.name)?;
     let st = LabState::load(&layout).map_err(|e| Usage(format!("{e:#}")))?;
     let netns = source_netns(&layout, &st, &args.target)?;
+    // A pod's (or node's) command runs in its node's cgroup, as the pod servers do, so the
+    // node's connect-time load balancer applies to it (and no other node's).
+    if let Some(cg) = super::cgroup::node_of_target(&layout, &st, &args.target)
+        .and_then(|node| super::cgroup::node_cgroup(&layout, &node))
+        .filter(|cg| cg.exists())
+    {
+        super::cgroup::join(&cg)?;
+    }
     let ns = NetNs::open(&netns).with_context(|| format!("opening {netns}"))?;
     let fd = ns.as_raw_fd();
     let mut cmd = Command::new(&args.command[0]);

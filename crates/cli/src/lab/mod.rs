@@ -5,6 +5,7 @@
 //! or a real etcd), and its directory `/var/lib/serval/labs/L/`. The agents create the pods.
 
 mod bgp;
+mod cgroup;
 mod down;
 mod etcd;
 mod exec;

@@ -461,6 +461,9 @@ async fn bring_up(
             .arg(layout.netns_prefix())
             .arg("--log-level")
             .arg("info");
+        if let Some(cg) = super::cgroup::create(layout, &node.name)? {
+            cmd.arg("--cgroup").arg(cg);
+        }
         if st.routing == Routing::Bgp {
             // Short BGP timers: sessions up in a second or two, a dead peer noticed in 6 s.
             cmd.arg("--routing").arg("bgp").arg("--bgp-fast-timers");
