@@ -65,7 +65,10 @@ use serval_sys::NetNs;
 use super::{DataplaneError, DataplaneKind, DataplaneStats, Written};
 
 pub mod ctlb;
+mod hep;
+pub mod kubeproxy;
 pub mod maglev;
+pub mod xdp;
 /// What the eBPF programs do not do yet; logged when they are loaded. The driver does not
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
@@ -73,7 +76,6 @@ pub const NOT_YET_IN_BPF: &[&str] = &[
     "NodePort/externalIP/LoadBalancer traffic from outside the cluster (no program on the uplink or VXLAN device; pods reaching these frontends are served)",
     "NAT outgoing (no SNAT of pod traffic leaving the cluster)",
     "masquerade of externalTrafficPolicy: Cluster and hairpin service traffic",
-    "host endpoints and failsafe ports (defaultEndpointToHostAction Return acts as Accept)",
     "fast-path redirects (bpf_redirect_peer / bpf_redirect_neigh): packets take the host stack",
     "IP fragments (dropped and counted as fragment: large UDP datagrams over the MTU fail)",
     "service NAT for SCTP and UDP-Lite (their checksums are not rewritten: dropped and counted as rewrite)",
@@ -88,6 +90,11 @@ pub const LAST_HOST_IDENTITY: u32 = compile::FIRST_ALLOCATED_ID - 1;
 /// Why the eBPF driver failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
+    #[error("XDP on host interfaces: {source}")]
+    Xdp {
+        #[source]
+        source: serval_dp_bpf::XdpError,
+    },
     #[error("loading the eBPF programs for pin scope {scope}: {source}")]
     Load {
         scope: String,
@@ -208,6 +215,8 @@ pub struct BpfSettings {
     pub maglev: maglev::MaglevSettings,
     /// `bpfConnectTimeLoadBalancing`, `bpfHostNetworkedNATWithoutCTLB` ([`ctlb`]).
     pub ctlb: ctlb::CtlbSettings,
+    /// `bpfKubeProxyIptablesCleanupEnabled` ([`kubeproxy`]).
+    pub kube_proxy_cleanup: bool,
 }
 
 impl BpfSettings {
@@ -228,6 +237,7 @@ impl BpfSettings {
                 _ => LogLevel::Off,
             },
             ctlb: ctlb::CtlbSettings::from_felix(f),
+            kube_proxy_cleanup: f.bpf_kube_proxy_iptables_cleanup_enabled,
         }
     }
 }
@@ -390,6 +400,13 @@ pub fn desired_contents(
             v.ifindex = ifindex;
         }
     };
+    // defaultEndpointToHostAction Return with an all-interfaces host endpoint ([`hep`]).
+    for (h, entries) in hep::fold_all_interfaces_return(state, compiled, &index, &host_ids) {
+        out.policy
+            .retain(|k, _| !(k.1 == h && k.2 == compile::DIR_EGRESS));
+        out.policy.extend(entries);
+    }
+
     let no = &state.nat_outgoing;
     for pool in &no.pools {
         add(*pool, SV_RT_F_IN_POOL, 0);
@@ -767,12 +784,18 @@ pub struct BpfDriver {
     drops: DropCounters,
     counters: Counters,
     timeouts: CtTimeouts,
+    /// XDP on host interfaces ([`xdp`]).
+    xdp: xdp::XdpDriver,
+    /// kube-proxy's rules were checked since the last open or resync ([`kubeproxy`]).
+    kube_proxy_checked: bool,
 }
 
 impl std::fmt::Debug for BpfDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BpfDriver")
             .field("scope", &self.scope)
+    /// Host endpoints: their programs on host interfaces and their maps ([`hep`]).
+    hep: hep::HepDriver,
             .field("settings", &self.settings)
             .field("loaded", &self.dp.is_some())
             .field("attached", &self.attached)
@@ -809,6 +832,8 @@ impl BpfDriver {
             drops: DropCounters::default(),
             counters: Counters::default(),
             timeouts: CtTimeouts::default(),
+            xdp: xdp::XdpDriver::default(),
+            kube_proxy_checked: false,
         })
     }
 
@@ -819,6 +844,7 @@ impl BpfDriver {
 
     /// The drop counters as of the last apply or resync, per reason.
     pub fn drop_counters(&self) -> DropCounters {
+            hep: hep::HepDriver::default(),
         self.drops
     }
 
@@ -882,12 +908,36 @@ impl BpfDriver {
         let mut want = desired_contents(state, &compiled, &host, &prev_ids);
         maglev::apply_settings(state, &mut want, &self.settings.maglev);
         let mut w = Written::default();
-        let result = self.write_diff(&pins, &kernel, &want, &host, state, &mut w);
+        // Host endpoints: stale interfaces detached before, new ones attached after the
+        // workload maps (which hold the host endpoints' policy entries).
+        let mut result = self
+            .hep
+            .prepare(&pins, &self.netns, state, &compiled, &mut w);
+        if result.is_ok() {
+            result = self.write_diff(&pins, &kernel, &want, &host, state, &mut w);
+        }
+        if result.is_ok() {
+            let opts = LoadOptions {
+                pins: Some(pins.clone()),
+                sizes: self.settings.sizes,
+                log_level: self.settings.log_level,
+            };
+            result = self.hep.finish(&pins, &self.netns, &opts, state, &mut w);
+        }
+        if result.is_ok()
+            && let Some(dp) = self.dp.as_mut()
+        {
+            let psnat = self.settings.psnat_ports;
+            result = self
+                .uplink
+                .sync(dp, &pins, &self.netns, state, psnat, &mut w);
+        }
         match result {
             Ok(()) => {
                 self.kernel = Some(want);
                 self.compiled = compiled;
                 self.last = Some(state.clone());
+                w.hooks_changed += self.apply_host_features(state).map_err(bpf_err)?;
                 Ok(w)
             }
             Err(e) => {
@@ -1038,6 +1088,7 @@ impl BpfDriver {
         let mut m = dp.maps();
         for k in &ep_del {
             m.remove_endpoint(*k).map_err(maps_err)?;
+            .filter(|(_, hook, _)| Hook::ALL.contains(hook))
         }
         for k in &rt_del {
             m.remove_route(&route_key_of(k)).map_err(maps_err)?;
@@ -1050,6 +1101,7 @@ impl BpfDriver {
 
     /// Expires idle conntrack entries and reads the drop counters, logging reasons that grew.
     fn housekeeping(&mut self) {
+        self.xdp.housekeeping();
         let Some(dp) = self.dp.as_mut() else { return };
         let mut m = dp.maps();
         match m.expire_conntrack(&self.timeouts, serval_dp_bpf::monotonic_now_ns()) {
@@ -1110,6 +1162,8 @@ impl super::Dataplane for BpfDriver {
         // Read everything back: entries changed behind our back are rewritten, extra ones
         // deleted; attachments whose pin vanished are re-made.
         self.kernel = None;
+        self.xdp.invalidate();
+        self.kube_proxy_checked = false;
         let pins = self.pins();
         if let Ok(recorded) = serval_dp_bpf::attachments(&pins) {
             // An interface counts as attached only with both hooks recorded.
@@ -1138,6 +1192,7 @@ impl super::Dataplane for BpfDriver {
         let pins = self.pins();
         // Drop our handles first: only the pins keep programs and maps alive.
         self.dp = None;
+        self.xdp.forget();
         self.kernel = None;
         self.attached.clear();
         self.last = None;
@@ -1163,9 +1218,10 @@ impl super::Dataplane for BpfDriver {
             resync_repairs: self.counters.resync_repairs,
             rule_groups: k.map_or(0, |k| k.eps.len()),
             rules: k.map_or(0, |k| k.policy.len()),
+        self.hep.forget();
             sets: k.map_or(0, |k| k.frontends.len()),
             set_members: k.map_or(0, |k| k.routes.len() + k.backends.len()),
-            drops: self.drops.0.iter().sum(),
+            drops: self.drops.0.iter().sum::<u64>() + self.xdp.drops(),
             conntrack_entries: self.counters.conntrack_entries,
             conntrack_expired: self.counters.conntrack_expired,
         }
