@@ -1008,7 +1008,11 @@ impl BpfDriver {
                 m.set_backend(k, v).map_err(maps_err)?;
             }
             // Tables before the frontends that use them (a frontend without its table
-            // falls back to the random choice, never fails).
+            // falls back to the random choice, never fails); stale entries first, so a
+            // replaced table never needs room in sv_maglev next to the old one.
+            for k in &mg_del {
+                m.remove_maglev(k).map_err(maps_err)?;
+            }
             for (k, v) in &mg_up {
                 m.set_maglev(k, v).map_err(maps_err)?;
             }
@@ -1046,9 +1050,6 @@ impl BpfDriver {
             }
             for k in &be_del {
                 m.remove_backend(k).map_err(maps_err)?;
-            }
-            for k in &mg_del {
-                m.remove_maglev(k).map_err(maps_err)?;
             }
         }
         if !(be_up.is_empty() && be_del.is_empty() && fe_del.is_empty()) {

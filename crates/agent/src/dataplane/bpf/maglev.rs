@@ -6,8 +6,10 @@
 //!
 //! Entries are `(svc_id, index) → (backend, M)` for `index` in `0..M`, plus the
 //! `SV_MAGLEV_META` entry that tells the programs M. They are diffed against the kernel like
-//! the other maps: written before the frontends that use them, deleted after the frontend is
-//! gone (a removed service's table goes with it).
+//! the other maps and written before the frontends that use them; stale entries (a removed
+//! service's table, a table beyond the limits below) are deleted first, so the map never
+//! holds an old and a new table at once (a frontend whose table is missing for that moment
+//! falls back to the random choice).
 //!
 //! **Sizes.** `M` = [`serval_calc::maglev::table_size`] of FelixConfiguration
 //! `bpfMaglevMaxEndpointsPerService` (10007 for the default 100): every node must use the same
