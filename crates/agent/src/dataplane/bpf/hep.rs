@@ -28,11 +28,11 @@ use serval_calc::compile::ports::{PORT_MAX, port_blocks};
 use serval_calc::compile::{self, CompiledPolicy, EntryKey, PolicyIndex, PolicyVerdict};
 use serval_calc::policy::Direction;
 use serval_dp_bpf::abi::{
-    HepFsKey, HepFsMatch, HepIfaceVal, PolVal, SV_DIR_EGRESS, SV_DIR_INGRESS,
-    SV_HEP_F_ALL_IFACES, SV_VERDICT_ALLOW, SV_VERDICT_DENY,
+    HepFsKey, HepFsMatch, HepIfaceVal, PolVal, SV_DIR_EGRESS, SV_DIR_INGRESS, SV_HEP_F_ALL_IFACES,
+    SV_VERDICT_ALLOW, SV_VERDICT_DENY,
 };
-use serval_model::calico::EndpointToHostAction;
 use serval_dp_bpf::{AttachMode, Hook, LoadOptions, PinScope};
+use serval_model::calico::EndpointToHostAction;
 use serval_sys::NetNs;
 
 use super::{BpfError, bpf_err, maps_err};
@@ -201,7 +201,7 @@ pub fn fold_all_interfaces_return(
     // owner map has it).
     let mut owner: BTreeMap<IpAddr, u32> = BTreeMap::new();
     for (name, h) in &state.host_endpoints {
-        if !h.iface.as_deref().is_none_or(|i| i == "*") {
+        if h.iface.as_deref().is_some_and(|i| i != "*") {
             continue;
         }
         let Some(&hep_ep) = compiled.endpoints.get(&host_endpoint_key(name)) else {
@@ -223,11 +223,17 @@ pub fn fold_all_interfaces_return(
             let Some(&ep_id) = compiled.endpoints.get(key) else {
                 continue;
             };
-            let Some(pod) = ep.addrs.iter().copied().find(|p| p.is_ipv4() == addr.is_ipv4())
+            let Some(pod) = ep
+                .addrs
+                .iter()
+                .copied()
+                .find(|p| p.is_ipv4() == addr.is_ipv4())
             else {
                 continue;
             };
-            entries.extend(fold_one(state, compiled, index, ep_id, h, *addr, pod, hep_ep));
+            entries.extend(fold_one(
+                state, compiled, index, ep_id, h, *addr, pod, hep_ep,
+            ));
         }
         out.insert(h, entries);
     }
@@ -235,7 +241,10 @@ pub fn fold_all_interfaces_return(
 }
 
 /// The folded entries of one workload endpoint (see [`fold_all_interfaces_return`]).
-#[expect(clippy::too_many_arguments, reason = "one pod, one host address, one endpoint")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one pod, one host address, one endpoint"
+)]
 fn fold_one(
     state: &DesiredState,
     compiled: &CompiledPolicy,
@@ -314,7 +323,14 @@ fn fold_one(
     };
     let base = eval(other, 0);
     let mut out = vec![(
-        (ep_id, host_id, compile::DIR_EGRESS, 0, 0, compile::PREFIX_ANY_PROTO),
+        (
+            ep_id,
+            host_id,
+            compile::DIR_EGRESS,
+            0,
+            0,
+            compile::PREFIX_ANY_PROTO,
+        ),
         base,
     )];
     for (proto, bps) in protos {
@@ -618,7 +634,10 @@ spec:
         };
         let m = super::super::desired_contents(&state, &c, &host, &Default::default());
         let ep = c.endpoints[&serval_calc::endpoints::EndpointKey::new("x", "a")];
-        let h = m.routes[&(128, serval_dp_bpf::abi::Addr::new("172.31.0.11".parse().unwrap()).0)]
+        let h = m.routes[&(
+            128,
+            serval_dp_bpf::abi::Addr::new("172.31.0.11".parse().unwrap()).0,
+        )]
             .identity;
         assert_eq!(h, super::super::FIRST_HOST_IDENTITY);
         move |proto, port| lookup(&m, ep, h, proto, port)
@@ -638,10 +657,18 @@ spec:
     #[test]
     fn return_with_a_named_interface_endpoint_accepts_and_drop_drops() {
         let v = pod_to_host("eth0", "Return");
-        assert_eq!(v(6, 80), SV_VERDICT_ALLOW, "the eth0 endpoint does not see it");
+        assert_eq!(
+            v(6, 80),
+            SV_VERDICT_ALLOW,
+            "the eth0 endpoint does not see it"
+        );
         let v = pod_to_host("*", "Drop");
         assert_eq!(v(6, 8080), SV_VERDICT_DENY);
-        assert_eq!(v(6, 22), SV_VERDICT_DENY, "failsafe ports are host endpoint ports");
+        assert_eq!(
+            v(6, 22),
+            SV_VERDICT_DENY,
+            "failsafe ports are host endpoint ports"
+        );
         let v = pod_to_host("*", "Accept");
         assert_eq!(v(6, 80), SV_VERDICT_ALLOW);
     }
