@@ -58,6 +58,10 @@ fn nets() -> [Net; 2] {
 /// A dataplane whose test-run endpoint is the client (both families) with an allow-all
 /// egress policy; or None (skipped) without root.
 fn load() -> Option<Dataplane> {
+    load_level(LogLevel::Off)
+}
+
+fn load_level(level: LogLevel) -> Option<Dataplane> {
     if !serval_sys::testing::require_root("dp-bpf maglev test") {
         return None;
     }
@@ -72,7 +76,7 @@ fn load() -> Option<Dataplane> {
             policy: 64,
             endpoints: 16,
         },
-        log_level: LogLevel::Off,
+        log_level: level,
     })
     .expect("load the embedded programs");
     let [n4, n6] = nets();
@@ -227,5 +231,31 @@ fn without_the_flag_the_choice_is_random_and_a_missing_table_falls_back() {
     for sport in 31000..31050u16 {
         let be = pick(&a, &net, PROTO_UDP, sport);
         assert!(net.backends.contains(&be), "{be:?}");
+    }
+}
+
+#[test]
+fn the_debug_build_picks_the_same_backends() {
+    let (Some(mut off), Some(mut debug)) = (load(), load_level(LogLevel::Debug)) else {
+        return;
+    };
+    let [n4, n6] = nets();
+    for net in [n4, n6] {
+        let order: Vec<usize> = (0..net.backends.len()).collect();
+        install(&mut off, &net, PROTO_TCP, &order, SV_NAT_FE_F_MAGLEV, true);
+        install(
+            &mut debug,
+            &net,
+            PROTO_TCP,
+            &order,
+            SV_NAT_FE_F_MAGLEV,
+            true,
+        );
+        for sport in 32000..32040u16 {
+            assert_eq!(
+                pick(&off, &net, PROTO_TCP, sport),
+                pick(&debug, &net, PROTO_TCP, sport)
+            );
+        }
     }
 }
