@@ -2,13 +2,11 @@
 //! pods with random labels and named ports, random Kubernetes NetworkPolicies and Calico
 //! NetworkPolicies / GlobalNetworkPolicies in random tiers with Allow/Deny/Pass/Log, nets
 //! and notNets, selectors and notSelectors, ports, notPorts, ranges, named ports, protocols,
-//! notProtocol, ipVersion, ICMP and notICMP) and every packet between an endpoint of
+//! notProtocol, ipVersion, ICMP and notICMP, source ports and source named ports) and every
+//! packet (several source ports) between an endpoint of
 //! `node-1` and any pod or outside address (IPv4 and IPv6), the emulated BPF lookups on
 //! `compile(desired_state(model, "node-1"))` give the reference evaluator's verdict for that
 //! endpoint's leg, and the rule that decided.
-//!
-//! Source ports are not generated: the verdict key has no source port (the compiler reports
-//! such rules as inexact; `compile_units.rs` checks their fail-closed handling).
 
 use std::net::IpAddr;
 
@@ -251,7 +249,19 @@ struct CalicoRule {
     not_ports: Option<usize>,
     icmp: Option<(usize, bool)>,
     not_icmp: Option<usize>,
+    src_ports: Option<usize>,
+    not_src_ports: Option<usize>,
 }
+
+/// Source-port conditions (the source side: the peer for ingress, the local endpoint for
+/// egress).
+const SRC_PORTS: [&str; 5] = [
+    "[40000]",
+    "['1024:65535']",
+    "[http]",
+    "[53, '30000:40000']",
+    "[dns, '1:1023']",
+];
 
 fn calico_rule() -> impl Strategy<Value = CalicoRule> {
     (
@@ -269,12 +279,17 @@ fn calico_rule() -> impl Strategy<Value = CalicoRule> {
             prop::option::weighted(0.5, (0..2usize, any::<bool>())),
             prop::option::weighted(0.3, 0..2usize),
         ),
+        (
+            prop::option::weighted(0.3, 0..5usize),
+            prop::option::weighted(0.15, 0..5usize),
+        ),
     )
         .prop_map(
             |(
                 (action, proto, not_proto, ip_version, v6_nets),
                 (peer, local, local_used),
                 (ports, not_ports, icmp, not_icmp),
+                (src_ports, not_src_ports),
             )| CalicoRule {
                 action,
                 proto,
@@ -288,6 +303,8 @@ fn calico_rule() -> impl Strategy<Value = CalicoRule> {
                 not_ports,
                 icmp,
                 not_icmp,
+                src_ports,
+                not_src_ports,
             },
         )
 }
@@ -359,11 +376,19 @@ fn calico_rule_yaml(r: &CalicoRule, ingress: bool) -> String {
             dst.push(format!("notPorts: {}", PORTS[i]));
         }
     }
-    let (src, dst) = if ingress {
+    let (mut src, dst) = if ingress {
         (peer, local)
     } else {
         (local, peer)
     };
+    if port_proto {
+        if let Some(i) = r.src_ports {
+            src.push(format!("ports: {}", SRC_PORTS[i]));
+        }
+        if let Some(i) = r.not_src_ports {
+            src.push(format!("notPorts: {}", SRC_PORTS[i]));
+        }
+    }
     if !src.is_empty() {
         f.push(format!("source: {{{}}}", src.join(", ")));
     }
@@ -575,22 +600,34 @@ fn check(model: &Model, compiled: &CompiledPolicy) -> Result<usize, String> {
                 .filter(|r| r.is_ipv4() == local.is_ipv4() && !ep.addrs.contains(r))
             {
                 for (proto, port, icmp) in probes(local.is_ipv4()) {
-                    for dir in [Direction::Ingress, Direction::Egress] {
-                        let p = match dir {
+                    let sports: &[u16] = if proto.has_ports() {
+                        &[40000, 53, 80, 1500]
+                    } else {
+                        &[0]
+                    };
+                    for (&sport, dir) in sports
+                        .iter()
+                        .flat_map(|s| [(s, Direction::Ingress), (s, Direction::Egress)])
+                    {
+                        let mut p = match dir {
                             Direction::Ingress => packet(remote, local, proto, port, icmp),
                             Direction::Egress => packet(local, remote, proto, port, icmp),
                         };
+                        if proto.has_ports() {
+                            p.src_port = sport;
+                        }
                         let v = ev.evaluate(&p);
                         let want = match dir {
                             Direction::Ingress => v.ingress.as_ref(),
                             Direction::Egress => v.egress.as_ref(),
                         }
                         .ok_or_else(|| format!("evaluator has no {dir:?} leg for {p:?}"))?;
-                        let (verdict, rule) = index.lookup(
+                        let (verdict, rule) = index.lookup_with_sport(
                             ep_id,
                             dir,
                             remote,
                             p.protocol.number(),
+                            p.src_port,
                             policy_port(p.protocol, p.dst_port, p.icmp),
                         );
                         let got_ref = compiled.rules.get(&rule);
@@ -599,8 +636,9 @@ fn check(model: &Model, compiled: &CompiledPolicy) -> Result<usize, String> {
                             || got_ref != Some(&want_ref)
                         {
                             return Err(format!(
-                                "{key} {dir:?} {} -> {} {}/{} {:?}: evaluator {} by {want_ref}, compiled {verdict:?} by {} (rule id {rule}, identity {})",
+                                "{key} {dir:?} {}:{} -> {} {}/{} {:?}: evaluator {} by {want_ref}, compiled {verdict:?} by {} (rule id {rule}, identity {})",
                                 p.src,
+                                p.src_port,
                                 p.dst,
                                 p.protocol,
                                 p.dst_port,
@@ -622,6 +660,17 @@ fn check(model: &Model, compiled: &CompiledPolicy) -> Result<usize, String> {
 /// Applies a delta to the old policy's maps and checks the result is the new policy's.
 fn delta_applies(old: &CompiledPolicy, new: &CompiledPolicy) -> Result<(), String> {
     let d = diff(old, new);
+    let mut sport: std::collections::BTreeMap<_, _> =
+        old.sport_entries.iter().map(|e| (e.key(), *e)).collect();
+    for e in &d.upsert_sport_entries {
+        sport.insert(e.key(), *e);
+    }
+    for e in &d.delete_sport_entries {
+        sport.remove(&e.key());
+    }
+    if sport.into_values().collect::<Vec<_>>() != new.sport_entries {
+        return Err("old source-port entries + delta != new ones".into());
+    }
     let mut entries: std::collections::BTreeMap<_, _> =
         old.entries.iter().map(|e| (e.key(), *e)).collect();
     for e in &d.upsert_entries {

@@ -1,18 +1,19 @@
 //! Unit and property tests of the policy compiler's parts: port blocks, the LPM encoding of
-//! decision maps, tier / Pass / Deny / Log resolution on a small cluster, the fail-closed
-//! handling of source ports, entry-count bounds for notNets / notPorts, and id stability.
+//! decision maps and source-port tables, tier / Pass / Deny / Log resolution on a small
+//! cluster, exact source ports (source-port tables), entry-count bounds for notNets /
+//! notPorts, and id stability.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use proptest::prelude::*;
-use serval_calc::compile::encode::encode;
+use serval_calc::compile::encode::{encode, encode_sport};
 use serval_calc::compile::ports::{PORT_MAX, PortSet, port_blocks};
 use serval_calc::compile::resolve::{DecisionMap, Outcome};
 use serval_calc::compile::trie::Lpm;
 use serval_calc::compile::{
-    self, CompiledPolicy, IDENTITY_WORLD, IDENTITY_WORLD6, Inexact, PolicyIndex, PolicyVerdict,
-    RuleRef, diff, key_data,
+    self, CompiledPolicy, IDENTITY_WORLD, IDENTITY_WORLD6, PolicyIndex, PolicyVerdict, RuleRef,
+    diff, key_data, sport_key_data,
 };
 use serval_calc::endpoints::EndpointKey;
 use serval_calc::policy::Direction;
@@ -60,10 +61,7 @@ proptest! {
 // ---- encoding ---------------------------------------------------------------------------
 
 fn outcome(i: u8) -> Outcome {
-    Outcome {
-        allow: i.is_multiple_of(2),
-        rule: 100 + u32::from(i),
-    }
+    Outcome::fixed(i.is_multiple_of(2), 100 + u32::from(i))
 }
 
 /// A random decision map: for a few protocols, cut points and an outcome per piece.
@@ -84,6 +82,7 @@ fn decision_map() -> impl Strategy<Value = DecisionMap> {
             let mut map = DecisionMap {
                 other,
                 protos: BTreeMap::new(),
+                sport_tables: Vec::new(),
             };
             for (p, (cuts, outs)) in protos {
                 let mut starts = vec![0u32];
@@ -123,6 +122,37 @@ proptest! {
                 let got = lpm.lookup(&key_data(7, 9, 0, proto, port)).copied();
                 prop_assert_eq!(got, Some(map.get(proto, port)), "proto {} port {}", proto, port);
             }
+        }
+    }
+
+    #[test]
+    fn encoded_sport_tables_answer_like_the_table(
+        cuts in prop::collection::btree_set(1u32..=PORT_MAX, 0..6),
+        outs in prop::collection::vec(0u8..3, 7),
+        probes in prop::collection::vec(0u32..=PORT_MAX, 32),
+    ) {
+        let mut starts = vec![0u32];
+        starts.extend(cuts);
+        let mut table: Vec<(u32, u32, Outcome)> = Vec::new();
+        for (i, &s) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).map_or(PORT_MAX, |n| n - 1);
+            let o = outcome(outs[i]);
+            match table.last_mut() {
+                Some(last) if last.2 == o => last.1 = end,
+                _ => table.push((s, end, o)),
+            }
+        }
+        let mut lpm: Lpm<8, Outcome> = Lpm::default();
+        for (sport, len, o) in encode_sport(&table) {
+            lpm.insert(len, sport_key_data(5, sport), o);
+        }
+        let mut ports = probes;
+        for (a, b, _) in &table {
+            ports.extend([*a, *b, a.saturating_sub(1), (*b + 1).min(PORT_MAX)]);
+        }
+        for p in ports {
+            let want = table.iter().find(|(a, b, _)| *a <= p && p <= *b).map(|t| t.2);
+            prop_assert_eq!(lpm.lookup(&sport_key_data(5, p as u16)).copied(), want, "sport {}", p);
         }
     }
 }
@@ -268,7 +298,7 @@ spec:
         c.index.identity("2001:db8::1".parse().unwrap()),
         IDENTITY_WORLD6
     );
-    assert!(c.c.inexact.is_empty());
+    assert!(c.c.sport_entries.is_empty());
 }
 
 #[test]
@@ -307,7 +337,7 @@ spec:
 }
 
 #[test]
-fn source_ports_fail_closed_and_are_reported() {
+fn source_ports_are_exact_through_source_port_tables() {
     let yaml = format!(
         "{BASE}{}{}",
         pods(),
@@ -322,29 +352,60 @@ spec:
   ingress:
   - {action: Deny, protocol: TCP, source: {ports: [1234]}}
   - {action: Allow, protocol: UDP, source: {ports: [53]}}
-  - {action: Allow, protocol: TCP}
+  - {action: Allow, protocol: TCP, source: {notPorts: ['2000:2999']}}
   - {action: Allow, protocol: ICMP, source: {ports: []}}
 "#
     );
     let c = Compiled::new(&yaml);
     let ep = c.ep("x", "web");
     let r: IpAddr = "10.0.1.1".parse().unwrap();
-    // The Deny with a source port applies to every TCP source port (fail closed).
+    let ing = Direction::Ingress;
+    let rule = |(v, id): (PolicyVerdict, u32)| (v, c.c.rules[&id].to_string());
+    // The first lookup says "depends on the source port" for TCP and UDP.
     assert_eq!(
-        c.index.lookup(ep, Direction::Ingress, r, 6, 80).0,
+        c.index.lookup(ep, ing, r, 6, 80).0,
+        PolicyVerdict::BySourcePort
+    );
+    // TCP from 1234: the Deny; from 2500: not the Allow (notPorts), the tier's end; else
+    // the Allow.
+    let (v, by) = rule(c.index.lookup_with_sport(ep, ing, r, 6, 1234, 80));
+    assert_eq!(v, PolicyVerdict::Deny);
+    assert!(by.contains("ingress[0]"), "{by}");
+    let (v, by) = rule(c.index.lookup_with_sport(ep, ing, r, 6, 2500, 80));
+    assert_eq!(v, PolicyVerdict::Deny);
+    assert!(by.contains("end of tier security"), "{by}");
+    for sport in [0, 1233, 1235, 1999, 3000, 65535] {
+        let (v, by) = rule(c.index.lookup_with_sport(ep, ing, r, 6, sport, 80));
+        assert_eq!(v, PolicyVerdict::Allow, "sport {sport}");
+        assert!(by.contains("ingress[2]"), "{by}");
+    }
+    // UDP from 53 only.
+    assert_eq!(
+        c.index.lookup_with_sport(ep, ing, r, 17, 53, 9999).0,
+        PolicyVerdict::Allow
+    );
+    assert_eq!(
+        c.index.lookup_with_sport(ep, ing, r, 17, 54, 9999).0,
         PolicyVerdict::Deny
     );
-    // The Allow with a source port never allows: UDP ends at the tier's end.
+    // ICMP has no ports: decided without a table (the rule with `ports: []` is no
+    // condition and allows).
     assert_eq!(
-        c.index.lookup(ep, Direction::Ingress, r, 17, 53).0,
-        PolicyVerdict::Deny
+        c.index.lookup(ep, ing, r, 1, 8 << 8).0,
+        PolicyVerdict::Allow
     );
-    assert_eq!(c.c.inexact.len(), 2);
-    assert!(
-        c.c.inexact
-            .iter()
-            .all(|(_, why)| *why == Inexact::SourcePort)
+    // Two tables (TCP's, UDP's), shared by every identity and endpoint that has them.
+    assert_eq!(c.c.stats.sport_tables, 2, "{:?}", c.c.sport_tables);
+    assert!(c.c.sport_entries.len() <= 2 + 1 + 2 * 30);
+    // Recompiling keeps the table ids.
+    let again = compile::compile_incremental(
+        &desired_state(
+            &Model::from_resources(parse_documents("test", &yaml).unwrap()),
+            Some("n1"),
+        ),
+        &c.c,
     );
+    assert!(diff(&c.c, &again).is_empty());
 }
 
 #[test]

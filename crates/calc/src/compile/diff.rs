@@ -5,14 +5,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{CompiledPolicy, EntryKey, PolicyEntry, RuleRef};
+use super::{CompiledPolicy, EntryKey, PolicyEntry, RuleRef, SportEntry, SportKey};
 use crate::endpoints::EndpointKey;
 
 /// The changes from an old [`CompiledPolicy`] to a new one.
 ///
 /// A writer that wants no packet to see a half-written state applies, in order:
+/// `upsert_sport_entries` (tables exist before a verdict names them),
 /// `upsert_entries` (entries of new identities exist before any address maps to them),
-/// `upsert_identities`, `delete_identities`, then `delete_entries`; endpoint ids change
+/// `upsert_identities`, `delete_identities`, `delete_entries`, then
+/// `delete_sport_entries`; endpoint ids change
 /// with `endpoints_changed` (for `sv_eps`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CompiledDelta {
@@ -20,6 +22,9 @@ pub struct CompiledDelta {
     pub upsert_entries: Vec<PolicyEntry>,
     /// Entries (of the old policy) whose key is gone.
     pub delete_entries: Vec<PolicyEntry>,
+    /// New and changed `sv_pol_sport` entries, and those whose key is gone.
+    pub upsert_sport_entries: Vec<SportEntry>,
+    pub delete_sport_entries: Vec<SportEntry>,
     /// New identity prefixes and prefixes whose identity changed.
     pub upsert_identities: Vec<(IpNet, u32)>,
     pub delete_identities: Vec<IpNet>,
@@ -43,6 +48,10 @@ fn by_key(c: &CompiledPolicy) -> BTreeMap<EntryKey, &PolicyEntry> {
     c.entries.iter().map(|e| (e.key(), e)).collect()
 }
 
+fn sport_by_key(c: &CompiledPolicy) -> BTreeMap<SportKey, &SportEntry> {
+    c.sport_entries.iter().map(|e| (e.key(), e)).collect()
+}
+
 /// The difference between two compiled policies.
 pub fn diff(old: &CompiledPolicy, new: &CompiledPolicy) -> CompiledDelta {
     let (o, n) = (by_key(old), by_key(new));
@@ -54,6 +63,17 @@ pub fn diff(old: &CompiledPolicy, new: &CompiledPolicy) -> CompiledDelta {
     let delete_entries = o
         .iter()
         .filter(|(k, _)| !n.contains_key(*k))
+        .map(|(_, e)| **e)
+        .collect();
+    let (os, ns) = (sport_by_key(old), sport_by_key(new));
+    let upsert_sport_entries = ns
+        .iter()
+        .filter(|(k, e)| os.get(*k) != Some(*e))
+        .map(|(_, e)| **e)
+        .collect();
+    let delete_sport_entries = os
+        .iter()
+        .filter(|(k, _)| !ns.contains_key(*k))
         .map(|(_, e)| **e)
         .collect();
     let oi: BTreeMap<IpNet, u32> = old.identities.iter().copied().collect();
@@ -102,6 +122,8 @@ pub fn diff(old: &CompiledPolicy, new: &CompiledPolicy) -> CompiledDelta {
     CompiledDelta {
         upsert_entries,
         delete_entries,
+        upsert_sport_entries,
+        delete_sport_entries,
         upsert_identities,
         delete_identities,
         identities_changed,

@@ -3,8 +3,8 @@
 //! differs from it, and aligned port blocks (prefix 80 + k) for the other decisions.
 
 use super::ports::port_blocks;
-use super::resolve::{DecisionMap, Outcome};
-use super::{PREFIX_ANY_PORT, PREFIX_ANY_PROTO};
+use super::resolve::{DecisionMap, Outcome, SportTable};
+use super::{PREFIX_ANY_PORT, PREFIX_ANY_PROTO, SPORT_PREFIX_ANY};
 
 /// One entry without its endpoint, identity and direction: `(proto, port, prefix_len,
 /// outcome)`, port and proto zero beyond the prefix.
@@ -46,6 +46,38 @@ pub fn encode(map: &DecisionMap) -> Vec<RawEntry> {
                     o,
                 ));
             }
+        }
+    }
+    out
+}
+
+/// The `sv_pol_sport` entries of one source-port table, without the table id: `(source
+/// port, prefix_len, outcome)`. The outcome covering the most aligned blocks is the table's
+/// default (prefix 32); the others are their blocks (prefix 32 + k). Looked up by longest
+/// prefix they give exactly the table's outcome for every source port.
+pub fn encode_sport(table: &SportTable) -> Vec<(u16, u32, Outcome)> {
+    let mut cost: Vec<(Outcome, usize)> = Vec::new();
+    for &(a, b, o) in table {
+        let n = port_blocks(a, b).len();
+        match cost.iter_mut().find(|(x, _)| *x == o) {
+            Some(c) => c.1 += n,
+            None => cost.push((o, n)),
+        }
+    }
+    let Some(default) = cost
+        .iter()
+        .max_by_key(|(o, n)| (*n, std::cmp::Reverse(*o)))
+        .map(|c| c.0)
+    else {
+        return Vec::new();
+    };
+    let mut out = vec![(0u16, SPORT_PREFIX_ANY, default)];
+    for &(a, b, o) in table {
+        if o == default {
+            continue;
+        }
+        for blk in port_blocks(a, b) {
+            out.push((blk.base, SPORT_PREFIX_ANY + u32::from(blk.fixed_bits), o));
         }
     }
     out

@@ -1,6 +1,8 @@
 //! What the BPF program does with the maps, emulated: the identity of the remote address
 //! by longest prefix in `sv_routes` (WORLD on a miss), then `sv_policy` at (ep, identity,
-//! dir, proto, port), then at (ep, ANY, …); a miss on both is a deny. Tests hold the
+//! dir, proto, port), then at (ep, ANY, …); a miss on both is a deny; a
+//! [`PolicyVerdict::BySourcePort`] verdict continues in `sv_pol_sport` at (table, source
+//! port), a miss there is a deny too. Tests hold the
 //! encoding against the reference evaluator through this; the dp-bpf tests can reuse it to
 //! predict what a loaded program must answer.
 
@@ -11,6 +13,7 @@ use ipnet::IpNet;
 use super::trie::{Lpm, addr_bytes, route_key};
 use super::{
     CompiledPolicy, IDENTITY_ANY, IDENTITY_WORLD, PolicyVerdict, RULE_NONE, dir_code, key_data,
+    sport_key_data,
 };
 use crate::policy::{Direction, IpProto};
 
@@ -29,6 +32,7 @@ pub fn policy_port(proto: IpProto, dst_port: u16, icmp: Option<(u8, u8)>) -> u16
 pub struct PolicyIndex {
     routes: Lpm<16, u32>,
     policy: Lpm<12, (PolicyVerdict, u32)>,
+    sport: Lpm<8, (PolicyVerdict, u32)>,
 }
 
 impl PolicyIndex {
@@ -42,7 +46,15 @@ impl PolicyIndex {
         for e in &c.entries {
             policy.insert(e.prefix_len, e.key_data(), (e.verdict, e.rule_id));
         }
-        PolicyIndex { routes, policy }
+        let mut sport = Lpm::default();
+        for e in &c.sport_entries {
+            sport.insert(e.prefix_len, e.key_data(), (e.verdict, e.rule_id));
+        }
+        PolicyIndex {
+            routes,
+            policy,
+            sport,
+        }
     }
 
     /// The identity of an address (`sv_identity` in the program).
@@ -63,7 +75,9 @@ impl PolicyIndex {
             .unwrap_or(IDENTITY_WORLD)
     }
 
-    /// The verdict and rule id the program reaches for a packet of an endpoint.
+    /// The verdict and rule id of the program's first lookup for a packet of an endpoint:
+    /// [`PolicyVerdict::BySourcePort`] (with a table id) when the decision depends on the
+    /// source port; [`PolicyIndex::lookup_with_sport`] follows it.
     pub fn lookup(
         &self,
         ep_id: u32,
@@ -82,6 +96,27 @@ impl PolicyIndex {
             })
             .copied()
             .unwrap_or((PolicyVerdict::Deny, RULE_NONE))
+    }
+
+    /// The final verdict (Allow or Deny) and rule id the program reaches for a packet of an
+    /// endpoint from source port `sport`.
+    pub fn lookup_with_sport(
+        &self,
+        ep_id: u32,
+        dir: Direction,
+        remote: IpAddr,
+        proto: u8,
+        sport: u16,
+        port: u16,
+    ) -> (PolicyVerdict, u32) {
+        match self.lookup(ep_id, dir, remote, proto, port) {
+            (PolicyVerdict::BySourcePort, table) => self
+                .sport
+                .lookup(&sport_key_data(table, sport))
+                .copied()
+                .unwrap_or((PolicyVerdict::Deny, RULE_NONE)),
+            v => v,
+        }
     }
 }
 

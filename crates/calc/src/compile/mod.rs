@@ -54,13 +54,20 @@
 //! - Compile time: one resolution per distinct (policy shape, local address view,
 //!   identity group); endpoints with the same policy and local view share the work.
 //!
-//! # Not expressible in the key (reported in [`CompiledPolicy::inexact`])
+//! # Source ports
 //!
-//! Source-port conditions (`src_ports`, `not_src_ports`, source named ports): the key has
-//! the destination port only. For port protocols such a rule fails closed: a Deny rule
-//! matches as if the source port matched, any other action as if it did not. For
-//! protocols without ports the result is exact (such a rule never matches). Also an
-//! endpoint with two addresses of one family is compiled with its first (local-side sets
+//! Source-port conditions (`src_ports`, `not_src_ports`, source named ports) are exact, at
+//! one more lookup for the packets they concern: a verdict entry whose decision depends on
+//! the source port has verdict [`PolicyVerdict::BySourcePort`] and, in place of the rule id,
+//! the id of a *source-port table*; the program then looks up `sv_pol_sport` at (table,
+//! source port), an LPM trie of aligned source-port blocks ([`SportEntry`]: prefix 32 = any
+//! source port, 32 + k = ports sharing the top k bits). Tables are resolved per identity
+//! group ([`resolve`]: once per elementary source-port interval the rules cut), deduplicated
+//! by content across endpoints and keep their ids across recompiles like identities do.
+//! Source named ports are identity conditions on the source address (the remote's on
+//! ingress, so they join the identity classes like destination named ports on egress).
+//!
+//! An endpoint with two addresses of one family is compiled with its first (local-side sets
 //! are evaluated on it).
 //!
 //! # For the map writer (dp-bpf)
@@ -72,6 +79,8 @@
 //!   [`IDENTITY_WORLD6`] (2), which serval_maps.h should name (`SV_IDENTITY_WORLD6`).
 //! - `sv_policy`: one entry per [`PolicyEntry`]: key `{prefix_len, key_data()}`, value
 //!   `{verdict.code(), rule_id}`.
+//! - `sv_pol_sport`: one entry per [`SportEntry`]: key `{prefix_len, key_data()}`, value
+//!   `{verdict.code(), rule_id}`; written before the `sv_policy` entries naming its table.
 //! - `sv_eps`: `ep_id` from [`CompiledPolicy::endpoints`].
 //! - Updates: [`diff()`] and the order documented on [`CompiledDelta`]; keep the previous
 //!   [`CompiledPolicy`] and pass it to [`compile_incremental`].
@@ -80,6 +89,7 @@
 
 pub mod diff;
 pub mod encode;
+pub mod hep;
 pub mod lookup;
 pub mod ports;
 pub mod resolve;
@@ -89,7 +99,6 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 
-pub mod hep;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -138,6 +147,48 @@ pub fn dir_code(d: Direction) -> u8 {
 pub enum PolicyVerdict {
     Allow = 1,
     Deny = 2,
+    /// `SV_VERDICT_BY_SPORT`: the decision depends on the source port; the entry's rule id
+    /// is a source-port table id (see [`SportEntry`]). Never in a [`SportEntry`].
+    BySourcePort = 3,
+}
+
+/// `SV_POL_SPORT_PREFIX_*`: `sv_pol_sport` prefix lengths (table id, then source port).
+pub const SPORT_PREFIX_ANY: u32 = 32;
+pub const SPORT_PREFIX_FULL: u32 = 48;
+
+/// One `sv_pol_sport` entry, host byte order: in source-port table `table`, the source ports
+/// sharing the top `prefix_len - 32` bits with `sport` get `verdict` (Allow or Deny) by
+/// `rule_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SportEntry {
+    pub table: u32,
+    pub sport: u16,
+    /// 32 + k (k ≤ 16).
+    pub prefix_len: u32,
+    pub verdict: PolicyVerdict,
+    pub rule_id: u32,
+}
+
+/// The key of a [`SportEntry`]: (table, source port, prefix length).
+pub type SportKey = (u32, u16, u32);
+
+impl SportEntry {
+    /// `struct sv_pol_sport_match` as bytes (network byte order).
+    pub fn key_data(&self) -> [u8; 8] {
+        sport_key_data(self.table, self.sport)
+    }
+
+    pub fn key(&self) -> SportKey {
+        (self.table, self.sport, self.prefix_len)
+    }
+}
+
+/// `struct sv_pol_sport_match` as bytes (network byte order).
+pub fn sport_key_data(table: u32, sport: u16) -> [u8; 8] {
+    let mut d = [0u8; 8];
+    d[0..4].copy_from_slice(&table.to_be_bytes());
+    d[4..6].copy_from_slice(&sport.to_be_bytes());
+    d
 }
 
 impl PolicyVerdict {
@@ -241,14 +292,6 @@ pub fn key_data(ep_id: u32, remote: u32, dir: u8, proto: u8, port: u16) -> [u8; 
     d
 }
 
-/// Why a rule is not compiled exactly.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Inexact {
-    /// A source-port condition (the verdict key has the destination port only); compiled
-    /// fail-closed.
-    SourcePort,
-}
-
 /// Entry counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct CompileStats {
@@ -261,6 +304,9 @@ pub struct CompileStats {
     pub max_entries_per_endpoint: usize,
     /// Distinct (policy, local view) shapes resolved.
     pub shapes: usize,
+    /// Source-port tables and their `sv_pol_sport` entries.
+    pub sport_tables: usize,
+    pub sport_entries: usize,
 }
 
 /// The compiled policy of a node: a straight dump of `sv_routes` identities and
@@ -280,8 +326,11 @@ pub struct CompiledPolicy {
     pub entries: Vec<PolicyEntry>,
     /// rule id → what it names.
     pub rules: BTreeMap<u32, RuleRef>,
-    /// Rules compiled approximately, and why.
-    pub inexact: Vec<(RuleId, Inexact)>,
+    /// Source-port table id → its partition of the source ports (first, last, verdict,
+    /// rule id), for id reuse and `serval trace`.
+    pub sport_tables: BTreeMap<u32, Vec<(u16, u16, PolicyVerdict, u32)>>,
+    /// Every `sv_pol_sport` entry, sorted by key.
+    pub sport_entries: Vec<SportEntry>,
     pub stats: CompileStats,
 }
 
@@ -350,6 +399,12 @@ fn sets_used(tiers: &[TierRules], dir: Direction) -> SetsUsed {
             Direction::Ingress => {
                 u.remote
                     .extend(m.src_sets.iter().chain(&m.not_src_sets).cloned());
+                u.remote_named.extend(
+                    m.src_named_port_sets
+                        .iter()
+                        .chain(&m.not_src_named_port_sets)
+                        .cloned(),
+                );
                 u.local
                     .extend(m.dst_sets.iter().chain(&m.not_dst_sets).cloned());
                 u.local_named.extend(
@@ -370,6 +425,12 @@ fn sets_used(tiers: &[TierRules], dir: Direction) -> SetsUsed {
                 );
                 u.local
                     .extend(m.src_sets.iter().chain(&m.not_src_sets).cloned());
+                u.local_named.extend(
+                    m.src_named_port_sets
+                        .iter()
+                        .chain(&m.not_src_named_port_sets)
+                        .cloned(),
+                );
             }
         }
     }
@@ -425,8 +486,10 @@ fn tiers_fingerprint(tiers: &[TierRules]) -> u64 {
 
 /// The entries of one shape, without the endpoint id.
 struct ShapeResult {
-    /// `(remote identity, raw entries)`, ANY first.
-    per_identity: Vec<(u32, Vec<encode::RawEntry>)>,
+    /// `(remote identity, raw entries, index into tables)`, ANY first; an outcome's
+    /// `table` t > 0 is `tables[index][t - 1]`.
+    per_identity: Vec<(u32, Vec<encode::RawEntry>, usize)>,
+    tables: Vec<Vec<resolve::SportTable>>,
 }
 
 /// Resolves one (direction, tiers, local view) for every identity.
@@ -475,19 +538,25 @@ fn resolve_shape(
         }
     }
     let mut per_identity = Vec::new();
+    let mut tables = Vec::new();
     if let Some((any_map, _)) = maps.get(best) {
-        per_identity.push((IDENTITY_ANY, encode::encode(any_map)));
+        tables.push(any_map.sport_tables.clone());
+        per_identity.push((IDENTITY_ANY, encode::encode(any_map), tables.len() - 1));
     }
     for (i, (map, ids)) in maps.iter().enumerate() {
         if i == best {
             continue;
         }
         let raw = encode::encode(map);
+        tables.push(map.sport_tables.clone());
         for &id in ids {
-            per_identity.push((id, raw.clone()));
+            per_identity.push((id, raw.clone(), tables.len() - 1));
         }
     }
-    ShapeResult { per_identity }
+    ShapeResult {
+        per_identity,
+        tables,
+    }
 }
 
 /// Compiles the policy of a desired state from scratch.
@@ -498,6 +567,9 @@ pub fn compile(state: &DesiredState) -> CompiledPolicy {
 /// Compiles the policy of a desired state, keeping the identity, endpoint and rule ids of
 /// `previous` for whatever still exists (so [`diff()`] finds few changes).
 pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> CompiledPolicy {
+    // Host endpoints are compiled as endpoints too (keys from hep::host_endpoint_key).
+    let with_hosts = hep::with_host_endpoints(state);
+    let state = with_hosts.as_ref().unwrap_or(state);
     let dirs = [Direction::Ingress, Direction::Egress];
     // Endpoint ids.
     let fixed_none = BTreeMap::new();
@@ -511,7 +583,6 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
     let mut used: BTreeMap<(EndpointKey, u8), SetsUsed> = BTreeMap::new();
     let mut remote_sets = BTreeSet::new();
     let mut remote_named = BTreeSet::new();
-    let mut inexact = BTreeSet::new();
     let mut rule_refs: BTreeSet<RuleRef> = BTreeSet::new();
     for (k, (_, pol)) in &state.endpoints {
         for dir in dirs {
@@ -527,9 +598,6 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
                 for r in t.policies.iter().flat_map(|p| &p.rules) {
                     if matches!(r.action, Action::Allow | Action::Deny) {
                         rule_refs.insert(RuleRef::Rule(r.id.clone()));
-                    }
-                    if resolve::has_src_port_condition(&r.r#match) {
-                        inexact.insert((r.id.clone(), Inexact::SourcePort));
                     }
                 }
             }
@@ -567,9 +635,6 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
         (
             IdentityClass {
                 v4: true,
-    // Host endpoints are compiled as endpoints too (keys from hep::host_endpoint_key).
-    let with_hosts = hep::with_host_endpoints(state);
-    let state = with_hosts.as_ref().unwrap_or(state);
                 sets: BTreeSet::new(),
             },
             IDENTITY_WORLD,
@@ -633,6 +698,9 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
     type ShapeKey = (u8, u64, LocalFam, LocalFam);
     let mut memo: HashMap<ShapeKey, Vec<(Vec<TierRules>, ShapeResult)>> = HashMap::new();
     let mut entries = Vec::new();
+    // Source-port tables by content → a provisional number (ids are allocated below), and
+    // the entries that name one.
+    let mut table_nums: BTreeMap<resolve::SportTable, u32> = BTreeMap::new();
     let mut max_per_ep = 0;
     let mut shapes = 0;
     for (k, (ep, pol)) in &state.endpoints {
@@ -661,8 +729,19 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
                     bucket.len() - 1
                 }
             };
-            for (remote, raw) in &bucket[idx].1.per_identity {
+            let shape = &bucket[idx].1;
+            for (remote, raw, t) in &shape.per_identity {
                 for &(proto, port, prefix_len, o) in raw {
+                    let (verdict, rule_id) = if o.table != 0 {
+                        let content = &shape.tables[*t][o.table as usize - 1];
+                        let next = u32::try_from(table_nums.len()).unwrap_or(u32::MAX);
+                        let num = *table_nums.entry(content.clone()).or_insert(next);
+                        (PolicyVerdict::BySourcePort, num)
+                    } else if o.allow {
+                        (PolicyVerdict::Allow, o.rule)
+                    } else {
+                        (PolicyVerdict::Deny, o.rule)
+                    };
                     entries.push(PolicyEntry {
                         ep_id,
                         remote_identity: *remote,
@@ -670,19 +749,72 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
                         proto,
                         port,
                         prefix_len,
-                        verdict: if o.allow {
-                            PolicyVerdict::Allow
-                        } else {
-                            PolicyVerdict::Deny
-                        },
-                        rule_id: o.rule,
+                        verdict,
+                        rule_id,
                     });
                 }
             }
         }
         max_per_ep = max_per_ep.max(entries.len() - before);
     }
+
+    // Source-port table ids: by content, previous ids kept.
+    let as_verdicts = |t: &resolve::SportTable| -> Vec<(u16, u16, PolicyVerdict, u32)> {
+        t.iter()
+            .map(|&(a, b, o)| {
+                let v = if o.allow {
+                    PolicyVerdict::Allow
+                } else {
+                    PolicyVerdict::Deny
+                };
+                (a as u16, b as u16, v, o.rule)
+            })
+            .collect()
+    };
+    let prev_tables: BTreeMap<Vec<(u16, u16, PolicyVerdict, u32)>, u32> = previous
+        .sport_tables
+        .iter()
+        .map(|(id, t)| (t.clone(), *id))
+        .collect();
+    let table_ids = allocate(
+        table_nums.keys().map(|t| {
+            let v = as_verdicts(t);
+            let text = format!("{v:?}");
+            (v, text)
+        }),
+        &BTreeMap::new(),
+        &prev_tables,
+    );
+    let mut num_to_id: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut sport_tables = BTreeMap::new();
+    let mut sport_entries = Vec::new();
+    for (t, num) in &table_nums {
+        let v = as_verdicts(t);
+        let id = table_ids[&v];
+        num_to_id.insert(*num, id);
+        for (sport, prefix_len, o) in encode::encode_sport(t) {
+            sport_entries.push(SportEntry {
+                table: id,
+                sport,
+                prefix_len,
+                verdict: if o.allow {
+                    PolicyVerdict::Allow
+                } else {
+                    PolicyVerdict::Deny
+                },
+                rule_id: o.rule,
+            });
+        }
+        sport_tables.insert(id, v);
+    }
+    for e in entries
+        .iter_mut()
+        .filter(|e| e.verdict == PolicyVerdict::BySourcePort)
+    {
+        e.rule_id = num_to_id[&e.rule_id];
+    }
     entries.sort();
+    sport_entries.sort();
 
     let stats = CompileStats {
         endpoints: endpoints.len(),
@@ -691,6 +823,8 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
         entries: entries.len(),
         max_entries_per_endpoint: max_per_ep,
         shapes,
+        sport_tables: sport_tables.len(),
+        sport_entries: sport_entries.len(),
     };
     tracing::debug!(
         endpoints = stats.endpoints,
@@ -699,6 +833,7 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
         entries = stats.entries,
         max_entries_per_endpoint = stats.max_entries_per_endpoint,
         shapes = stats.shapes,
+        sport_tables = stats.sport_tables,
         "policy compiled"
     );
     CompiledPolicy {
@@ -707,7 +842,8 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
         endpoints,
         entries,
         rules: rule_ids.into_iter().map(|(r, id)| (id, r)).collect(),
-        inexact: inexact.into_iter().collect(),
+        sport_tables,
+        sport_entries,
         stats,
     }
 }

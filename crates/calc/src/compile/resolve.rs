@@ -1,6 +1,12 @@
 //! Ordered Calico policy resolved ahead of time: for one endpoint, one direction and one
 //! group of remote identities (same family, same membership in the sets the rules name), the
 //! decision for every (protocol, port) as a disjoint partition.
+//!
+//! Source ports: the source-port ranges the rules name (ranges and the group's named ports)
+//! cut the source-port space into a few elementary intervals; the tiers are resolved once
+//! per interval (a rule's source-port condition is constant on each), and a destination-port
+//! interval whose decision differs between source intervals gets a *source-port table*
+//! ([`DecisionMap::sport_tables`]): the program's second lookup.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,12 +15,29 @@ use super::{RuleRef, SetKey};
 use crate::ipsets::IpSetId;
 use crate::policy::{Action, Direction, EndOfTier, Rule, RuleMatch, TierRules};
 
-/// A decision: allow or deny, and the compiled rule id (see [`RuleRef`]) that made it.
+/// A decision: allow or deny, and the compiled rule id (see [`RuleRef`]) that made it; or,
+/// when `table` is not 0, "depends on the source port: see source-port table `table - 1` of
+/// the [`DecisionMap`]" (`allow` and `rule` are then false and 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Outcome {
     pub allow: bool,
     pub rule: u32,
+    pub table: u32,
 }
+
+impl Outcome {
+    pub fn fixed(allow: bool, rule: u32) -> Outcome {
+        Outcome {
+            allow,
+            rule,
+            table: 0,
+        }
+    }
+}
+
+/// A partition of the source-port space `0..=PORT_MAX` into `(first, last, outcome)`
+/// intervals (outcomes without tables), adjacent equal outcomes merged.
+pub type SportTable = Vec<(u32, u32, Outcome)>;
 
 /// The decision over (protocol, port) for one group: `other` for every protocol not in
 /// `protos`; `protos` maps a protocol to a partition of `0..=PORT_MAX` into intervals
@@ -24,6 +47,8 @@ pub struct Outcome {
 pub struct DecisionMap {
     pub other: Outcome,
     pub protos: BTreeMap<u8, Vec<(u32, u32, Outcome)>>,
+    /// Source-port tables the outcomes refer to (`Outcome::table` - 1).
+    pub sport_tables: Vec<SportTable>,
 }
 
 impl DecisionMap {
@@ -36,6 +61,18 @@ impl DecisionMap {
                 .find(|(a, b, _)| *a <= u32::from(port) && u32::from(port) <= *b)
                 .map_or(self.other, |p| p.2),
         }
+    }
+
+    /// The final outcome for one (protocol, source port, destination port).
+    pub fn get_with_sport(&self, proto: u8, sport: u16, port: u16) -> Outcome {
+        let o = self.get(proto, port);
+        if o.table == 0 {
+            return o;
+        }
+        self.sport_tables[o.table as usize - 1]
+            .iter()
+            .find(|(a, b, _)| *a <= u32::from(sport) && u32::from(sport) <= *b)
+            .map_or(o, |p| p.2)
     }
 }
 
@@ -50,6 +87,9 @@ pub struct LocalFam {
     pub named: BTreeSet<(IpSetId, u8, u16)>,
 }
 
+/// Inclusive port ranges.
+type Ranges = Vec<(u32, u32)>;
+
 /// The protocols with ports (TCP, UDP, SCTP, UDPLite), as the evaluator has them.
 pub fn has_ports(proto: u8) -> bool {
     matches!(proto, 6 | 17 | 132 | 136)
@@ -59,8 +99,7 @@ fn is_icmp(proto: u8) -> bool {
     matches!(proto, 1 | 58)
 }
 
-/// True when the rule has a source-port condition, which the verdict key (destination port
-/// only) cannot express.
+/// True when the rule has a source-port condition (resolved through source-port tables).
 pub fn has_src_port_condition(m: &RuleMatch) -> bool {
     !(m.src_ports.is_empty()
         && m.not_src_ports.is_empty()
@@ -88,9 +127,19 @@ impl Group<'_> {
 
     /// Ports `p` such that `(dst address, proto, p)` is in the named-port set.
     fn dst_named_ports(&self, id: &IpSetId, proto: u8) -> impl Iterator<Item = u32> + '_ {
-        let remote: Vec<u32> = match self.dir {
-            Direction::Egress => self
-                .remote
+        self.named_ports(self.dir == Direction::Egress, id, proto)
+    }
+
+    /// Ports `p` such that `(src address, proto, p)` is in the named-port set.
+    fn src_named_ports(&self, id: &IpSetId, proto: u8) -> impl Iterator<Item = u32> + '_ {
+        self.named_ports(self.dir == Direction::Ingress, id, proto)
+    }
+
+    /// Ports of the named-port set for the remote side's address (`remote`) or the local
+    /// endpoint's.
+    fn named_ports(&self, remote: bool, id: &IpSetId, proto: u8) -> impl Iterator<Item = u32> + '_ {
+        let ports: Vec<u32> = if remote {
+            self.remote
                 .iter()
                 .filter_map(|k| match k {
                     SetKey::NamedPort {
@@ -100,20 +149,45 @@ impl Group<'_> {
                     } if set == id && *p == proto => Some(u32::from(*port)),
                     _ => None,
                 })
-                .collect(),
-            Direction::Ingress => self
-                .local
+                .collect()
+        } else {
+            self.local
                 .named
                 .iter()
                 .filter(|(s, p, _)| self.local.present && s == id && *p == proto)
                 .map(|(_, _, port)| u32::from(*port))
-                .collect(),
+                .collect()
         };
-        remote.into_iter()
+        ports.into_iter()
     }
 
-    /// The ports (of `proto`) a rule matches for this group.
-    pub fn rule_ports(&self, r: &Rule, proto: u8) -> PortSet {
+    /// The source-port ranges (`first`, `last`) of the rule's source-port conditions for
+    /// this group: `(ports, not_ports)`, each empty when the rule has none.
+    fn src_port_ranges(&self, m: &RuleMatch, proto: u8) -> (Ranges, Ranges) {
+        let named = |ids: &[IpSetId]| -> Vec<(u32, u32)> {
+            ids.iter()
+                .flat_map(|id| self.src_named_ports(id, proto).collect::<Vec<_>>())
+                .map(|p| (p, p))
+                .collect()
+        };
+        let pos = m
+            .src_ports
+            .iter()
+            .map(|r| (u32::from(r.first), u32::from(r.last)))
+            .chain(named(&m.src_named_port_sets))
+            .collect();
+        let neg = m
+            .not_src_ports
+            .iter()
+            .map(|r| (u32::from(r.first), u32::from(r.last)))
+            .chain(named(&m.not_src_named_port_sets))
+            .collect();
+        (pos, neg)
+    }
+
+    /// The destination ports (of `proto`) a rule matches for this group, for packets from
+    /// source port `sport`.
+    pub fn rule_ports(&self, r: &Rule, proto: u8, sport: u32) -> PortSet {
         let m = &r.r#match;
         let empty = PortSet::empty();
         if m.ip_version.is_some_and(|v| (v == 4) != self.v4) {
@@ -166,12 +240,14 @@ impl Group<'_> {
         }
         if has_src_port_condition(m) {
             if !has_ports(proto) {
-                // Exact: a packet without ports never matches a port condition.
+                // A packet without ports never matches a port condition.
                 return empty;
             }
-            // Not expressible (the key has the destination port only): fail closed — a Deny
-            // rule matches as if the source port matched, any other action as if it did not.
-            if r.action != Action::Deny {
+            let (pos, neg) = self.src_port_ranges(m, proto);
+            let within = |v: &[(u32, u32)]| v.iter().any(|&(a, b)| a <= sport && sport <= b);
+            let pos_given = !(m.src_ports.is_empty() && m.src_named_port_sets.is_empty());
+            let neg_given = !(m.not_src_ports.is_empty() && m.not_src_named_port_sets.is_empty());
+            if (pos_given && !within(&pos)) || (neg_given && within(&neg)) {
                 return empty;
             }
         }
@@ -200,19 +276,44 @@ fn rule_id(ids: &RuleIds, r: &RuleRef) -> u32 {
     ids.get(r).copied().unwrap_or(super::RULE_NONE)
 }
 
-/// The partition of the port space of `proto` for a group: walks tiers, policies and rules
-/// over port intervals instead of one packet.
+/// The starts of the elementary source-port intervals of `proto` for a group: the
+/// source-port ranges any rule names cut `0..=PORT_MAX` there (always starts with 0).
+fn sport_cuts(tiers: &[TierRules], g: &Group<'_>, proto: u8) -> Vec<u32> {
+    let mut cuts: BTreeSet<u32> = [0].into_iter().collect();
+    if !has_ports(proto) {
+        return cuts.into_iter().collect();
+    }
+    for r in tiers
+        .iter()
+        .flat_map(|t| &t.policies)
+        .flat_map(|p| &p.rules)
+        .filter(|r| has_src_port_condition(&r.r#match))
+    {
+        let (pos, neg) = g.src_port_ranges(&r.r#match, proto);
+        for (a, b) in pos.into_iter().chain(neg) {
+            if a <= b && a <= PORT_MAX {
+                cuts.insert(a);
+                if b < PORT_MAX {
+                    cuts.insert(b + 1);
+                }
+            }
+        }
+    }
+    cuts.into_iter().collect()
+}
+
+/// The partition of the destination-port space of `proto` for a group and packets from
+/// source port `sport`: walks tiers, policies and rules over port intervals instead of one
+/// packet.
 fn resolve_proto(
     tiers: &[TierRules],
     g: &Group<'_>,
     proto: u8,
+    sport: u32,
     ids: &RuleIds,
 ) -> Vec<(PortSet, Outcome)> {
     if tiers.is_empty() {
-        let o = Outcome {
-            allow: true,
-            rule: rule_id(ids, &RuleRef::NoPolicy),
-        };
+        let o = Outcome::fixed(true, rule_id(ids, &RuleRef::NoPolicy));
         return vec![(PortSet::full(), o)];
     }
     let mut out = Vec::new();
@@ -228,17 +329,17 @@ fn resolve_proto(
                 if rule.action == Action::Log {
                     continue;
                 }
-                let hit = pending.intersect(&g.rule_ports(rule, proto));
+                let hit = pending.intersect(&g.rule_ports(rule, proto, sport));
                 if hit.is_empty() {
                     continue;
                 }
                 pending = pending.subtract(&hit);
                 match rule.action {
                     Action::Allow | Action::Deny => {
-                        let o = Outcome {
-                            allow: rule.action == Action::Allow,
-                            rule: rule_id(ids, &RuleRef::Rule(rule.id.clone())),
-                        };
+                        let o = Outcome::fixed(
+                            rule.action == Action::Allow,
+                            rule_id(ids, &RuleRef::Rule(rule.id.clone())),
+                        );
                         out.push((hit, o));
                     }
                     Action::Pass => passed = passed.union(&hit),
@@ -249,10 +350,8 @@ fn resolve_proto(
         match tier.default_action {
             EndOfTier::Deny => {
                 if !pending.is_empty() {
-                    let o = Outcome {
-                        allow: false,
-                        rule: rule_id(ids, &RuleRef::EndOfTier(tier.name.clone())),
-                    };
+                    let o =
+                        Outcome::fixed(false, rule_id(ids, &RuleRef::EndOfTier(tier.name.clone())));
                     out.push((pending, o));
                 }
             }
@@ -263,19 +362,21 @@ fn resolve_proto(
             return out;
         }
     }
-    let o = Outcome {
-        allow: true,
-        rule: rule_id(ids, &RuleRef::PassedAllTiers),
-    };
+    let o = Outcome::fixed(true, rule_id(ids, &RuleRef::PassedAllTiers));
     out.push((live, o));
     out
 }
 
 fn pieces(parts: Vec<(PortSet, Outcome)>) -> Vec<(u32, u32, Outcome)> {
-    let mut v: Vec<(u32, u32, Outcome)> = parts
+    let v: Vec<(u32, u32, Outcome)> = parts
         .iter()
         .flat_map(|(s, o)| s.intervals().iter().map(move |&(a, b)| (a, b, *o)))
         .collect();
+    merge_pieces(v)
+}
+
+/// Sorts disjoint intervals and merges adjacent ones with equal outcomes.
+fn merge_pieces(mut v: Vec<(u32, u32, Outcome)>) -> Vec<(u32, u32, Outcome)> {
     v.sort_unstable();
     let mut out: Vec<(u32, u32, Outcome)> = Vec::with_capacity(v.len());
     for (a, b, o) in v {
@@ -308,6 +409,69 @@ pub fn relevant_protos(tiers: &[TierRules]) -> (BTreeSet<u8>, u8) {
     (set, other)
 }
 
+/// The outcome of the piece containing `port` (pieces cover the whole space).
+fn piece_at(pieces: &[(u32, u32, Outcome)], port: u32) -> Outcome {
+    pieces
+        .iter()
+        .find(|(a, b, _)| *a <= port && port <= *b)
+        .map_or_else(|| pieces[0].2, |p| p.2)
+}
+
+/// The destination-port partition of `proto` over every source port: one resolution per
+/// elementary source-port interval; where they differ, a source-port table (interned in
+/// `tables`).
+fn resolve_proto_sports(
+    tiers: &[TierRules],
+    g: &Group<'_>,
+    proto: u8,
+    ids: &RuleIds,
+    tables: &mut Vec<SportTable>,
+) -> Vec<(u32, u32, Outcome)> {
+    let cuts = sport_cuts(tiers, g, proto);
+    let per_sport: Vec<Vec<(u32, u32, Outcome)>> = cuts
+        .iter()
+        .map(|&s| pieces(resolve_proto(tiers, g, proto, s, ids)))
+        .collect();
+    if per_sport.iter().all(|p| *p == per_sport[0]) {
+        return per_sport.into_iter().next().unwrap_or_default();
+    }
+    // Destination-port boundaries of every source interval's partition.
+    let bounds: BTreeSet<u32> = per_sport
+        .iter()
+        .flat_map(|p| p.iter().map(|x| x.0))
+        .collect();
+    let bounds: Vec<u32> = bounds.into_iter().collect();
+    let mut out = Vec::with_capacity(bounds.len());
+    for (i, &a) in bounds.iter().enumerate() {
+        let b = bounds.get(i + 1).map_or(PORT_MAX, |n| n - 1);
+        let outs: Vec<Outcome> = per_sport.iter().map(|p| piece_at(p, a)).collect();
+        if outs.iter().all(|o| *o == outs[0]) {
+            out.push((a, b, outs[0]));
+            continue;
+        }
+        let table = merge_pieces(
+            cuts.iter()
+                .enumerate()
+                .map(|(j, &s)| (s, cuts.get(j + 1).map_or(PORT_MAX, |n| n - 1), outs[j]))
+                .collect(),
+        );
+        let idx = match tables.iter().position(|t| *t == table) {
+            Some(i) => i,
+            None => {
+                tables.push(table);
+                tables.len() - 1
+            }
+        };
+        let o = Outcome {
+            allow: false,
+            rule: 0,
+            table: u32::try_from(idx + 1).unwrap_or(u32::MAX),
+        };
+        out.push((a, b, o));
+    }
+    merge_pieces(out)
+}
+
 /// The decision map of one group.
 pub fn resolve(
     tiers: &[TierRules],
@@ -316,15 +480,16 @@ pub fn resolve(
     other: u8,
     ids: &RuleIds,
 ) -> DecisionMap {
-    let other_pieces = pieces(resolve_proto(tiers, g, other, ids));
+    let other_pieces = pieces(resolve_proto(tiers, g, other, 0, ids));
     // Protocols without ports and without ICMP are decided by protocol alone.
     let other_outcome = other_pieces[0].2;
     let mut map = DecisionMap {
         other: other_outcome,
         protos: BTreeMap::new(),
+        sport_tables: Vec::new(),
     };
     for &p in protos {
-        let pc = pieces(resolve_proto(tiers, g, p, ids));
+        let pc = resolve_proto_sports(tiers, g, p, ids, &mut map.sport_tables);
         if pc.len() == 1 && pc[0].2 == other_outcome {
             continue;
         }
