@@ -27,6 +27,7 @@ pub mod results;
 pub mod stats;
 
 pub mod baseline;
+mod ctlb;
 mod serval;
 mod throughput;
 
@@ -360,7 +361,13 @@ impl Labs<'_> {
             return r.clone();
         }
         let result = if dp == Dataplane::ServalBpfCtlb {
-            ctlb(self.services(Dataplane::ServalBpf))
+            match ctlb(self.services(Dataplane::ServalBpf)) {
+                Ok(()) => match self.get("bpf") {
+                    Ok(lab) => ctlb::check(lab),
+                    Err(e) => Err(format!("its lab did not come up: {e}")),
+                },
+                Err(e) => Err(e),
+            }
         } else {
             self.check(dp, serval::check_services)
         };
@@ -406,18 +413,10 @@ impl Labs<'_> {
     }
 }
 
-/// The connect-time load-balancing column, given how plain serval-bpf fared: the eBPF
-/// dataplane does not implement it yet.
+/// The connect-time load-balancing column shares serval-bpf's lab (and its programs): it
+/// works only where plain serval-bpf does ([`ctlb::check`] then checks the cgroup part).
 fn ctlb(bpf: std::result::Result<(), String>) -> std::result::Result<(), String> {
-    match bpf {
-        Err(e) => Err(format!("as serval-bpf: {e}")),
-        Ok(()) => Err(
-            "the eBPF dataplane has no connect-time load balancing yet (serval-dp-bpf attaches \
-             no cgroup connect hook; FelixConfiguration bpfConnectTimeLoadBalancing is not acted \
-             on), and `serval lab up` has no switch for it"
-                .into(),
-        ),
-    }
+    bpf.map_err(|e| format!("as serval-bpf: {e}"))
 }
 
 /// Runs the benchmark and writes the report, the JSON and the plots.
@@ -725,6 +724,20 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
                             std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
                         )?);
                     }
+                    // serval-bpf-ctlb: the client (this process) inside node1's cgroup.
+                    let _in_cgroup = if dp == Dataplane::ServalBpfCtlb {
+                        match ctlb::InCgroup::join(lab, &lab.client.node) {
+                            Ok(g) => Some(g),
+                            Err(reason) => {
+                                for &s in &sections {
+                                    unavailable(r, s, dp, &reason);
+                                }
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
                     match serval::measure_services(
                         lab,
                         dp.name(),
