@@ -297,6 +297,34 @@ struct sv_pol_val {
 };
 _Static_assert(sizeof(struct sv_pol_val) == 8, "sv_pol_val");
 
+/* ---- IP fragments (map sv_frags: LRU_HASH; key sv_frag_key -> sv_frag_val) ------------- */
+
+/*
+ * Only the first fragment of a datagram carries the transport header. When a program sees
+ * it, it records the datagram's ports under (addresses, IP identification, protocol), as
+ * seen at that hook; a later fragment takes its ports from the record and gets the same
+ * conntrack, policy and NAT decisions as the first (a later fragment without a record is
+ * dropped: SV_DROP_FRAGMENT). IPv4 and IPv6 (fragment header).
+ */
+struct sv_frag_key {
+	union sv_addr saddr;
+	union sv_addr daddr;
+	__be32 id; /* IPv4: the 16-bit identification in the low bytes; IPv6: the fragment header's */
+	__u8 proto; /* the transport protocol */
+	__u8 family; /* SV_FAMILY_* */
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct sv_frag_key) == 40, "sv_frag_key");
+
+struct sv_frag_val {
+	__be16 sport; /* as struct sv_pkt has them after parsing the first fragment */
+	__be16 dport;
+	__be16 pol_port;
+	__u8 icmp_echo;
+	__u8 pad;
+};
+_Static_assert(sizeof(struct sv_frag_val) == 8, "sv_frag_val");
+
 /* ---- source-port tables (map sv_pol_sport: LPM_TRIE; key sv_pol_sport_key -> sv_pol_val) */
 
 /*
@@ -347,7 +375,7 @@ _Static_assert(sizeof(struct sv_ep_val) == 40, "sv_ep_val");
 #define SV_DROP_CT_FULL 5 /* conntrack map full: the new flow could not be recorded */
 #define SV_DROP_NAT_BACKEND_MISSING 6 /* frontend counts a backend slot that is not in sv_nat_be */
 #define SV_DROP_REWRITE 7 /* a packet rewrite / checksum helper failed */
-#define SV_DROP_FRAGMENT 8 /* IP fragments are not handled yet */
+#define SV_DROP_FRAGMENT 8 /* a non-first IP fragment whose first fragment was not seen */
 #define SV_DROP_NO_LOCAL_BACKEND 9 /* node-local traffic policy, no backend on this node */
 #define SV_DROP_SNAT_PORTS 10 /* no free source port in bpfPSNATPorts for a new SNATed flow */
 #define SV_DROP_HOST_POLICY 12 /* denied by host endpoint policy (bpf/serval_hep.c) */

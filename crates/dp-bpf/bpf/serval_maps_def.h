@@ -71,12 +71,58 @@ struct {
 } sv_policy SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_pol_sport_key);
+	__type(value, struct sv_pol_val);
+} sv_pol_sport SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct sv_frag_key);
+	__type(value, struct sv_frag_val);
+} sv_frags SEC(".maps");
+
+/* Room for either policy key: lets a program reuse the stack of its sv_policy key. */
+union sv_pol_any_key {
+	struct sv_pol_key pol;
+	struct sv_pol_sport_key sport;
+};
+
+/*
+ * Follows an sv_policy verdict that depends on the source port (SV_VERDICT_BY_SPORT) into
+ * its source-port table; any other verdict (or NULL) is returned as it is. NULL: a deny.
+ * `scratch` is overwritten (pass the sv_policy key's storage: no extra stack).
+ */
+static __always_inline struct sv_pol_val *sv_pol_by_sport(struct sv_pol_val *v, __be16 sport,
+							  union sv_pol_any_key *scratch)
+{
+	if (!v || v->verdict != SV_VERDICT_BY_SPORT)
+		return v;
+	__u32 table = v->rule_id;
+	__builtin_memset(scratch, 0, sizeof(*scratch));
+	scratch->sport.prefixlen = SV_POL_SPORT_PREFIX_FULL;
+	scratch->sport.data.table_id = bpf_htonl(table);
+	scratch->sport.data.sport = sport;
+	return bpf_map_lookup_elem(&sv_pol_sport, &scratch->sport);
+}
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u32);
 	__type(value, struct sv_ep_val);
 } sv_eps SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sv_host_val);
+} sv_host SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -69,7 +69,8 @@ struct sv_pkt {
 	__u8 family;
 	__u8 tcp_flags;
 	__u8 icmp_echo;
-	__u16 pad;
+	__u8 frag; /* SV_FRAG_*: an IP fragment (LATER: no transport header at l4_off) */
+	__u8 pad;
 	__u32 l4_off; /* offset of the transport header from the Ethernet header */
 };
 
@@ -160,12 +161,164 @@ static __always_inline int sv_parse_l4(struct __sk_buff *skb, struct sv_pkt *p)
 	}
 }
 
+/* ---- IP fragments ----------------------------------------------------------------------- */
+
+#define SV_FRAG_NONE 0
+#define SV_FRAG_FIRST 1 /* offset 0, more to come: carries the transport header */
+#define SV_FRAG_LATER 2 /* no transport header: ports from sv_frags (serval_maps.h) */
+
+/* Per-CPU scratch for the fragment key, value and IPv6 fragment header: off the stack. */
+struct sv_frag_scratch {
+	struct sv_frag_key key;
+	struct sv_frag_val val;
+	__u8 hdr[8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sv_frag_scratch);
+} sv_frag_scratch SEC(".maps");
+
+/* The scratch with the sv_frags key of p's datagram filled in (NULL: no scratch). */
+static __always_inline struct sv_frag_scratch *sv_frag_key_of(const struct sv_pkt *p, __be32 id)
+{
+	__u32 zero = 0;
+	struct sv_frag_scratch *s = bpf_map_lookup_elem(&sv_frag_scratch, &zero);
+	if (!s)
+		return 0;
+	s->key.saddr = p->saddr;
+	s->key.daddr = p->daddr;
+	s->key.id = id;
+	s->key.proto = p->proto;
+	s->key.family = p->family;
+	s->key.pad[0] = 0;
+	s->key.pad[1] = 0;
+	return s;
+}
+
+static __always_inline __be32 sv_frag6_id(void);
+
+/*
+ * A parsed first fragment (p->frag == SV_FRAG_FIRST): records its ports for the later
+ * fragments of its datagram. The identification is read again here (IPv4: from the header;
+ * IPv6: from the scratch sv_frag6_hdr filled) rather than kept live across the transport
+ * parsing, which would cost stack.
+ */
+static __always_inline void sv_frag_record(struct __sk_buff *skb, struct sv_pkt *p)
+{
+	__be32 id;
+	if (p->family == SV_FAMILY_V4) {
+		void *data_end = (void *)(long)skb->data_end;
+		struct iphdr *ip = (void *)(long)skb->data + ETH_HLEN;
+		if ((void *)(ip + 1) > data_end)
+			return;
+		id = bpf_htonl(bpf_ntohs(ip->id));
+	} else {
+		id = sv_frag6_id();
+	}
+	struct sv_frag_scratch *s = sv_frag_key_of(p, id);
+	if (!s)
+		return;
+	s->val.sport = p->sport;
+	s->val.dport = p->dport;
+	s->val.pol_port = p->pol_port;
+	s->val.icmp_echo = p->icmp_echo;
+	s->val.pad = 0;
+	/* LRU: never full; a failure only costs this datagram its later fragments. */
+	bpf_map_update_elem(&sv_frags, &s->key, &s->val, BPF_ANY);
+	sv_log("fragment: first of id %u recorded", bpf_ntohl(id));
+}
+
+/* A later fragment: the ports of its datagram, or SV_PARSE_FRAGMENT when the first fragment
+ * was not seen here. */
+static __always_inline int sv_frag_later(struct sv_pkt *p, __be32 id)
+{
+	struct sv_frag_scratch *s = sv_frag_key_of(p, id);
+	if (!s)
+		return SV_PARSE_FRAGMENT;
+	struct sv_frag_val *v = bpf_map_lookup_elem(&sv_frags, &s->key);
+	if (!v)
+		return SV_PARSE_FRAGMENT;
+	p->sport = v->sport;
+	p->dport = v->dport;
+	p->pol_port = v->pol_port;
+	p->icmp_echo = v->icmp_echo;
+	p->frag = SV_FRAG_LATER;
+	return SV_PARSE_OK;
+}
+
+#define SV_FRAG6_LATER 0x100
+
+/*
+ * Reads the IPv6 fragment header at off into the scratch: returns its next header, with
+ * SV_FRAG6_LATER set for a later fragment (offset > 0), or -1 when it cannot be read. Results
+ * in registers, not through pointers: taking a local's address would put it on the stack.
+ */
+static __always_inline int sv_frag6_hdr(struct __sk_buff *skb, __u32 off)
+{
+	__u32 zero = 0;
+	struct sv_frag_scratch *s = bpf_map_lookup_elem(&sv_frag_scratch, &zero);
+	if (!s || bpf_skb_load_bytes(skb, off, s->hdr, sizeof(s->hdr)))
+		return -1;
+	/* fragment offset: the top 13 bits of bytes 2-3 */
+	int later = (((__u16)s->hdr[2] << 8) | s->hdr[3]) & 0xfff8;
+	return s->hdr[0] | (later ? SV_FRAG6_LATER : 0);
+}
+
+/* The identification of the IPv6 fragment header sv_frag6_hdr read last. */
+static __always_inline __be32 sv_frag6_id(void)
+{
+	__u32 zero = 0;
+	struct sv_frag_scratch *s = bpf_map_lookup_elem(&sv_frag_scratch, &zero);
+	if (!s)
+		return 0;
+	return ((__be32)s->hdr[4]) | ((__be32)s->hdr[5] << 8) | ((__be32)s->hdr[6] << 16) |
+	       ((__be32)s->hdr[7] << 24);
+}
+
+/*
+ * NAT of a later fragment (no transport header): rewrites only the IP address (IPv4: with
+ * the header checksum); the port lives in the first fragment, which the full rewrite changed,
+ * and the transport checksum there covers the whole datagram.
+ */
+static __always_inline int sv_rewrite_l3(struct __sk_buff *skb, struct sv_pkt *p, int src,
+					 const union sv_addr *addr, __be16 port)
+{
+	if (p->family == SV_FAMILY_V4) {
+		__be32 from = src ? p->saddr.w[3] : p->daddr.w[3], to = addr->w[3];
+		__u32 addr_off = ETH_HLEN + (src ? offsetof(struct iphdr, saddr)
+						 : offsetof(struct iphdr, daddr));
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from, to,
+					sizeof(to)))
+			return -1;
+		if (bpf_skb_store_bytes(skb, addr_off, &to, sizeof(to), 0))
+			return -1;
+	} else {
+		__u32 addr_off = ETH_HLEN + (src ? offsetof(struct ipv6hdr, saddr)
+						 : offsetof(struct ipv6hdr, daddr));
+		if (bpf_skb_store_bytes(skb, addr_off, addr->b, sizeof(*addr), 0))
+			return -1;
+	}
+	if (src) {
+		p->saddr = *addr;
+		p->sport = port;
+	} else {
+		p->daddr = *addr;
+		p->dport = port;
+		p->pol_port = port;
+	}
+	return 0;
+}
+
 static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 
+	p->frag = SV_FRAG_NONE;
 	if ((void *)(eth + 1) > data_end)
 		return SV_PARSE_MALFORMED;
 
@@ -175,13 +328,15 @@ static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
 			return SV_PARSE_MALFORMED;
 		if (ip->version != 4 || ip->ihl < 5)
 			return SV_PARSE_MALFORMED;
-		if (ip->frag_off & bpf_htons(SV_IP_MF | SV_IP_OFFSET))
-			return SV_PARSE_FRAGMENT;
 		p->family = SV_FAMILY_V4;
 		sv_addr_v4(&p->saddr, ip->saddr);
 		sv_addr_v4(&p->daddr, ip->daddr);
 		p->proto = ip->protocol;
 		p->l4_off = ETH_HLEN + ip->ihl * 4;
+		if (ip->frag_off & bpf_htons(SV_IP_OFFSET))
+			return sv_frag_later(p, bpf_htonl(bpf_ntohs(ip->id)));
+		if (ip->frag_off & bpf_htons(SV_IP_MF))
+			p->frag = SV_FRAG_FIRST;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 		if ((void *)(ip6 + 1) > data_end)
@@ -195,8 +350,20 @@ static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
 		__u32 off = ETH_HLEN + sizeof(struct ipv6hdr);
 #pragma unroll
 		for (int i = 0; i < SV_IPV6_MAX_EXT; i++) {
-			if (next == IPPROTO_FRAGMENT)
-				return SV_PARSE_FRAGMENT;
+			if (next == IPPROTO_FRAGMENT) {
+				int fh = sv_frag6_hdr(skb, off);
+				if (fh < 0)
+					return SV_PARSE_MALFORMED;
+				next = fh & 0xff;
+				off += 8;
+				if (fh & SV_FRAG6_LATER) {
+					p->proto = next;
+					p->l4_off = off;
+					return sv_frag_later(p, sv_frag6_id());
+				}
+				p->frag = SV_FRAG_FIRST;
+				continue;
+			}
 			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
 			    next != IPPROTO_DSTOPTS)
 				break;
@@ -214,7 +381,10 @@ static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
 	} else {
 		return SV_PARSE_NOT_IP;
 	}
-	return sv_parse_l4(skb, p);
+	int rc = sv_parse_l4(skb, p);
+	if (rc == SV_PARSE_OK && p->frag == SV_FRAG_FIRST)
+		sv_frag_record(skb, p);
+	return rc;
 }
 
 /* ---- counters --------------------------------------------------------------------------- */
@@ -342,22 +512,22 @@ static __always_inline int sv_policy_allows(const struct sv_ep_val *ep, __u8 dir
 					    const union sv_addr *remote, const struct sv_pkt *p)
 {
 	__u32 id = sv_identity(remote);
-	struct sv_pol_key k = {
-		.prefixlen = SV_POL_PREFIX_FULL,
-		.data =
-			{
-				.ep_id = bpf_htonl(ep->ep_id),
-				.remote_id = bpf_htonl(id),
-				.dir = dir,
-				.proto = p->proto,
-				.port = p->pol_port,
-			},
-	};
-	struct sv_pol_val *v = bpf_map_lookup_elem(&sv_policy, &k);
+	union sv_pol_any_key key;
+	struct sv_pol_key *k = &key.pol;
+	__builtin_memset(&key, 0, sizeof(key));
+	k->prefixlen = SV_POL_PREFIX_FULL;
+	k->data.ep_id = bpf_htonl(ep->ep_id);
+	k->data.remote_id = bpf_htonl(id);
+	k->data.dir = dir;
+	k->data.proto = p->proto;
+	k->data.port = p->pol_port;
+	struct sv_pol_val *v = bpf_map_lookup_elem(&sv_policy, k);
 	if (!v) {
-		k.data.remote_id = bpf_htonl(SV_IDENTITY_ANY);
-		v = bpf_map_lookup_elem(&sv_policy, &k);
+		k->data.remote_id = bpf_htonl(SV_IDENTITY_ANY);
+		v = bpf_map_lookup_elem(&sv_policy, k);
 	}
+	/* rules with source ports: the verdict names a source-port table (same stack slot) */
+	v = sv_pol_by_sport(v, p->sport, &key);
 	int allow = v && v->verdict == SV_VERDICT_ALLOW;
 	sv_log("policy ep=%u dir=%u identity=%u", ep->ep_id, dir, id);
 	sv_log("policy verdict=%d rule=%u", allow, v ? v->rule_id : 0);
@@ -373,21 +543,28 @@ static __always_inline __u32 sv_l4_csum_off(const struct sv_pkt *p)
 		return p->l4_off + offsetof(struct tcphdr, check);
 	if (p->proto == IPPROTO_UDP)
 		return p->l4_off + offsetof(struct udphdr, check);
+	if (p->icmp_echo)
+		return p->l4_off + 2; /* type, code, checksum */
 	return 0;
 }
 
 /*
  * Rewrites the source (src = 1) or destination address and port of p to addr/port, fixing the
- * IPv4 header checksum and the TCP/UDP checksum (pseudo header included). UDP over IPv4 with
- * no checksum (0) stays without one (BPF_F_MARK_MANGLED_0).
+ * IPv4 header checksum and the TCP/UDP/ICMP checksum (pseudo header included where the
+ * protocol has one: not ICMPv4). UDP over IPv4 with no checksum (0) stays without one
+ * (BPF_F_MARK_MANGLED_0). For ICMP echo the "port" is the identifier, which both directions
+ * carry in the same field, so p->sport and p->dport both become port.
  */
 static __always_inline int sv_rewrite(struct __sk_buff *skb, struct sv_pkt *p, int src,
 				      const union sv_addr *addr, __be16 port)
 {
+	if (p->frag == SV_FRAG_LATER)
+		return sv_rewrite_l3(skb, p, src, addr, port);
 	union sv_addr old_addr = src ? p->saddr : p->daddr;
 	__be16 old_port = src ? p->sport : p->dport;
 	__u32 csum_off = sv_l4_csum_off(p);
 	__u64 mangled0 = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	int icmp = p->icmp_echo;
 
 	if (!csum_off)
 		return -1;
@@ -395,8 +572,8 @@ static __always_inline int sv_rewrite(struct __sk_buff *skb, struct sv_pkt *p, i
 		__be32 from = old_addr.w[3], to = addr->w[3];
 		__u32 addr_off = ETH_HLEN + (src ? offsetof(struct iphdr, saddr)
 						 : offsetof(struct iphdr, daddr));
-		if (bpf_l4_csum_replace(skb, csum_off, from, to,
-					BPF_F_PSEUDO_HDR | mangled0 | sizeof(to)))
+		if (!icmp && bpf_l4_csum_replace(skb, csum_off, from, to,
+						 BPF_F_PSEUDO_HDR | mangled0 | sizeof(to)))
 			return -1;
 		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), from, to,
 					sizeof(to)))
@@ -416,7 +593,7 @@ static __always_inline int sv_rewrite(struct __sk_buff *skb, struct sv_pkt *p, i
 			return -1;
 	}
 	if (old_port != port) {
-		__u32 port_off = p->l4_off + (src ? 0 : 2);
+		__u32 port_off = icmp ? p->l4_off + 4 : p->l4_off + (src ? 0 : 2);
 		if (bpf_l4_csum_replace(skb, csum_off, old_port, port, mangled0 | sizeof(port)))
 			return -1;
 		if (bpf_skb_store_bytes(skb, port_off, &port, sizeof(port), 0))
@@ -428,7 +605,12 @@ static __always_inline int sv_rewrite(struct __sk_buff *skb, struct sv_pkt *p, i
 	} else {
 		p->daddr = *addr;
 		p->dport = port;
-		p->pol_port = port;
+		if (!icmp)
+			p->pol_port = port;
+	}
+	if (icmp) {
+		p->sport = port;
+		p->dport = port;
 	}
 	return 0;
 }
@@ -444,7 +626,20 @@ struct sv_backend {
 	__be16 port;
 	__u16 pad;
 	__u32 svc_id;
+	__u32 fe_flags; /* the frontend's SV_NAT_FE_F_* */
 };
+
+/* skb->cb (5 words, this program run's scratch) carries a backend address and port from one
+ * stack frame to the next (sv_process to sv_hairpin). */
+static __always_inline void sv_backend_to_cb(struct __sk_buff *skb, const struct sv_backend *be)
+{
+	skb->cb[0] = be->addr.w[0];
+	skb->cb[1] = be->addr.w[1];
+	skb->cb[2] = be->addr.w[2];
+	skb->cb[3] = be->addr.w[3];
+	skb->cb[4] = be->port;
+}
+
 
 /* ---- Maglev ----------------------------------------------------------------------------- */
 
@@ -517,10 +712,17 @@ static __always_inline int sv_maglev_pick(const struct sv_pkt *p, __u32 svc_id,
  * entry when the service has ClientIP affinity and it is fresh, otherwise the flow's Maglev
  * table entry for a SV_NAT_FE_F_MAGLEV frontend, otherwise a random slot among all backends
  * (or only the node-local ones under internalTrafficPolicy: Local).
- * Returns SV_SVC_NONE (not a service), SV_SVC_HIT (*be filled) or SV_SVC_DROP (counted).
+ * outside: the client is outside the cluster (a packet from an uplink whose source is no
+ * pod or node): an external frontend then picks among the node-local backends only under
+ * externalTrafficPolicy: Local and among all under Cluster, whatever internalTrafficPolicy
+ * says (serval_calc::services::resolve). Clients inside the cluster meet
+ * internalTrafficPolicy for every frontend kind (kube-proxy's short-circuit).
+ * Returns SV_SVC_NONE (not a service), SV_SVC_HIT (*be filled) or SV_SVC_DROP (*reason:
+ * SV_DROP_NO_BACKEND when the frontend has no backend at all, SV_DROP_NO_LOCAL_BACKEND when a
+ * node-local policy leaves none).
  */
 static __always_inline int sv_service(const struct sv_pkt *p, __u64 now, struct sv_backend *be,
-				      int *reason)
+				      int *reason, int outside)
 {
 	struct sv_nat_fe_key fk;
 	__builtin_memset(&fk, 0, sizeof(fk));
@@ -532,12 +734,16 @@ static __always_inline int sv_service(const struct sv_pkt *p, __u64 now, struct 
 		return SV_SVC_NONE;
 
 	__u32 svc_id = fe->svc_id;
-	__u32 count = (fe->flags & SV_NAT_FE_F_INT_LOCAL) ? fe->local_count : fe->count;
+	__u32 local_flag = (outside && (fe->flags & SV_NAT_FE_F_EXTERNAL)) ? SV_NAT_FE_F_EXT_LOCAL
+									  : SV_NAT_FE_F_INT_LOCAL;
+	int local_only = (fe->flags & local_flag) != 0;
+	__u32 count = local_only ? fe->local_count : fe->count;
 	if (count == 0) {
-		*reason = SV_DROP_NO_BACKEND;
+		*reason = fe->count == 0 ? SV_DROP_NO_BACKEND : SV_DROP_NO_LOCAL_BACKEND;
 		return SV_SVC_DROP;
 	}
 	be->svc_id = svc_id;
+	be->fe_flags = fe->flags;
 
 	struct sv_nat_aff_key ak;
 	__builtin_memset(&ak, 0, sizeof(ak));
@@ -556,7 +762,7 @@ static __always_inline int sv_service(const struct sv_pkt *p, __u64 now, struct 
 		}
 	}
 
-	if (!(fe->flags & SV_NAT_FE_F_MAGLEV) || sv_maglev_pick(p, svc_id, be)) {
+	if (!(fe->flags & SV_NAT_FE_F_MAGLEV) || local_only || sv_maglev_pick(p, svc_id, be)) {
 		struct sv_nat_be_key bk = {.svc_id = svc_id, .slot = bpf_get_prandom_u32() % count};
 		struct sv_nat_be_val *bv = bpf_map_lookup_elem(&sv_nat_be, &bk);
 		if (!bv) {
@@ -584,6 +790,10 @@ static __always_inline int sv_service(const struct sv_pkt *p, __u64 now, struct 
 
 /* sv_process's verdict for "answer the client with a TCP RST / ICMP port unreachable". */
 #define SV_ACT_REJECT 0x100
+/* ... for "forward the (NATed) packet yourself": sv_fib_forward. */
+#define SV_ACT_FORWARD 0x101
+/* ... for "a new hairpin flow: masquerade it" (sv_hairpin, with the chosen backend). */
+#define SV_ACT_HAIRPIN 0x102
 
 #define SV_TCP_ACK 0x10
 #define SV_ICMP_DEST_UNREACH 3
@@ -635,10 +845,11 @@ static __always_inline __s64 sv_pseudo_sum(struct sv_reply *r, int v4, __u32 l4_
  * Turns the packet (a client's first packet to a service frontend without backends, parsed
  * by sv_parse) into the answer kube-proxy's REJECT gives: a TCP RST for TCP (none for an RST),
  * an ICMP / ICMPv6 port unreachable quoting the packet's start otherwise, and sends it back
- * to the workload it came from (only at tc ingress of the host veth: serval_from_ep). Not
- * inlined: called from the entry point so its buffers do not add to sv_process's stack.
+ * where it came from: peer = 1 into the workload (tc ingress of the host veth, serval_from_ep),
+ * peer = 0 out of the interface it arrived on (an uplink: serval_uplink_in). Not inlined:
+ * called from the entry point so its buffers do not add to sv_process's stack.
  */
-static __noinline int sv_reject(struct __sk_buff *skb)
+static __noinline int sv_reject(struct __sk_buff *skb, int peer)
 {
 	struct sv_pkt p;
 	__builtin_memset(&p, 0, sizeof(p));
@@ -781,6 +992,8 @@ static __noinline int sv_reject(struct __sk_buff *skb)
 	/* Into the workload's interface (the veth peer), past the host veth's egress: there
 	 * serval_to_ep would take the answer for a new flow and police it against the client's
 	 * ingress policy (iptables lets REJECT's answer pass as part of the flow). */
+	if (!peer)
+		return bpf_redirect(skb->ifindex, 0); /* an uplink: back out where it came in */
 	return bpf_redirect_peer(skb->ifindex, 0);
 }
 
@@ -851,15 +1064,28 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir)
 		be.addr = ct->nat_addr;
 		be.port = ct->nat_port;
 		be.svc_id = ct->svc_id;
+		int masq = ct->flags & SV_CT_F_SNAT_FWD;
 		if (sv_rewrite(skb, &p, 0, &be.addr, be.port))
+			return sv_drop(SV_DROP_REWRITE);
+		if (masq && sv_rewrite(skb, &p, 1, &ct->snat_addr, ct->snat_port))
 			return sv_drop(SV_DROP_REWRITE);
 		nat_known = 1;
 		from_a = sv_ct_key_of(&p, &key);
 		ct = bpf_map_lookup_elem(&sv_ct, &key);
+		if (!ct && masq) {
+			/* the masqueraded flow's wire entry is gone: start over with a new flow */
+			bpf_map_delete_elem(&sv_ct, &nat_key);
+			return sv_drop(SV_DROP_CT_FULL);
+		}
 	}
 
 	if (ct) {
 		sv_ct_touch(ct, &p, from_a, now);
+		/* Packets the workload sends in a flow NATed by an uplink program or masqueraded
+		 * (hairpin) may carry an address of this node as their source: forwarded by FIB
+		 * lookup, past the host's routing (which drops them as martians). */
+		int pass = (dir == SV_DIR_EGRESS && (ct->flags & SV_CT_F_REDIRECT)) ? SV_ACT_FORWARD
+										    : TC_ACT_OK;
 		if (!sv_ct_forward(ct->flags, from_a)) {
 			if (ct->flags & SV_CT_F_DNAT) {
 				/* reply from the backend: the client must see the VIP */
@@ -868,23 +1094,27 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir)
 					return sv_drop(SV_DROP_REWRITE);
 				sv_log("ct: reverse NAT of a reply");
 			}
-			return TC_ACT_OK;
+			/* ... and goes back to the client's own address and port */
+			if ((ct->flags & SV_CT_F_SNAT_REV) &&
+			    sv_rewrite(skb, &p, 0, &ct->snat_addr, ct->snat_port))
+				return sv_drop(SV_DROP_REWRITE);
+			return pass;
 		}
 		__u32 leg = dir == SV_DIR_EGRESS ? SV_CT_F_APPROVED_SRC : SV_CT_F_APPROVED_DST;
 		if (ct->flags & leg)
-			return TC_ACT_OK; /* established: no policy */
+			return pass; /* established: no policy */
 		union sv_addr *remote = dir == SV_DIR_EGRESS ? &p.daddr : &p.saddr;
 		if (!sv_policy_allows(ep, dir, remote, &p))
 			return sv_drop(SV_DROP_POLICY);
 		__sync_fetch_and_or(&ct->flags, leg);
-		return TC_ACT_OK;
+		return pass;
 	}
 
 	/* A new flow. Services are resolved where the client's packets enter: at from_ep. */
 	int natted = nat_known;
 	if (!nat_known && dir == SV_DIR_EGRESS) {
 		int reason = SV_DROP_NO_BACKEND;
-		int svc = sv_service(&p, now, &be, &reason);
+		int svc = sv_service(&p, now, &be, &reason, 0);
 		if (svc == SV_SVC_DROP && reason == SV_DROP_NO_BACKEND) {
 			sv_drop(reason); /* counted as no_backend, answered by sv_reject */
 			return SV_ACT_REJECT;
@@ -908,6 +1138,12 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir)
 	__u32 leg = dir == SV_DIR_EGRESS ? SV_CT_F_APPROVED_SRC : SV_CT_F_APPROVED_DST;
 	union sv_addr zero;
 	__builtin_memset(&zero, 0, sizeof(zero));
+	if (natted && !nat_known && dir == SV_DIR_EGRESS && sv_addr_eq(&be.addr, &p.saddr)) {
+		/* serval_from_ep masquerades it (sv_hairpin, in its own stack frame): the chosen
+		 * backend travels in skb->cb */
+		sv_backend_to_cb(skb, &be);
+		return SV_ACT_HAIRPIN;
+	}
 	if (natted) {
 		if (!nat_known &&
 		    sv_ct_create(&nat_key, &p, nat_from_a, 0, SV_CT_TYPE_NAT_FWD, &be.addr, be.port,
@@ -932,12 +1168,20 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir)
 	return TC_ACT_OK;
 }
 
+/* ---- source NAT and forwarding: serval_nat.h --------------------------------------------- */
+
+#include "serval_nat.h"
+
 SEC("classifier")
 int serval_from_ep(struct __sk_buff *skb)
 {
 	int verdict = sv_process(skb, SV_DIR_EGRESS);
 	if (verdict == SV_ACT_REJECT)
-		return sv_reject(skb);
+		return sv_reject(skb, 1);
+	if (verdict == SV_ACT_HAIRPIN)
+		verdict = sv_hairpin(skb);
+	if (verdict == SV_ACT_FORWARD)
+		return sv_fib_forward(skb, TC_ACT_OK);
 	return verdict;
 }
 
@@ -946,3 +1190,7 @@ int serval_to_ep(struct __sk_buff *skb)
 {
 	return sv_process(skb, SV_DIR_INGRESS);
 }
+
+/* ---- uplink and VXLAN devices: serval_uplink.h ------------------------------------------ */
+
+#include "serval_uplink.h"

@@ -460,6 +460,39 @@ pub const SV_VERDICT_DENY: u32 = 2;
 /// ([`PolSportMatch`]).
 pub const SV_VERDICT_BY_SPORT: u32 = 3;
 
+/// `struct sv_frag_key`: a fragmented datagram, as a hook saw its first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FragKey {
+    pub saddr: Addr,
+    pub daddr: Addr,
+    /// Network order: IPv4's 16-bit identification in the low bytes, IPv6's 32-bit one.
+    pub id: u32,
+    pub proto: u8,
+    /// `SV_FAMILY_*`.
+    pub family: u8,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<FragKey>() == 40);
+
+/// `struct sv_frag_val`: the ports of the datagram (network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FragVal {
+    pub sport: u16,
+    pub dport: u16,
+    pub pol_port: u16,
+    pub icmp_echo: u8,
+    pub pad: u8,
+}
+const _: () = assert!(size_of::<FragVal>() == 8);
+
+// SAFETY: #[repr(C)] plain integers, addresses and explicit pad arrays (layout checked against
+// the C header), so any bit pattern is valid and no byte is uninitialised.
+unsafe impl aya::Pod for FragKey {}
+// SAFETY: as FragKey.
+unsafe impl aya::Pod for FragVal {}
+
 /// `struct sv_pol_sport_match`: the data of a source-port table key (network order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]

@@ -2,7 +2,7 @@
 //! endpoints, routes/identities, compiled policy and services, and the readers for
 //! conntrack, affinity and drop counters.
 
-use aya::maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray};
 
 use crate::{
     abi::{
@@ -179,6 +179,32 @@ impl Maps<'_> {
         let mut m: HashMap<_, crate::abi::MaglevKey, crate::abi::MaglevVal> =
             typed!(self, HashMap, name);
         removed(m.remove(key), name)
+    }
+
+    // ---- this node ----
+
+    /// Writes the node's SNAT addresses and `bpfPSNATPorts` (`sv_host`, its one entry).
+    pub fn set_host(&mut self, val: &crate::abi::HostVal) -> Result<(), MapsError> {
+        let mut m = self.host_map()?;
+        m.set(0, *val, 0)
+            .map_err(op_err("writing", crate::object::MAP_HOST))
+    }
+
+    /// The node's entry in `sv_host` (all zero until written).
+    pub fn host(&mut self) -> Result<crate::abi::HostVal, MapsError> {
+        let m = self.host_map()?;
+        m.get(&0, 0)
+            .map_err(op_err("reading", crate::object::MAP_HOST))
+    }
+
+    fn host_map(&mut self) -> Result<Array<&mut MapData, crate::abi::HostVal>, MapsError> {
+        let name = crate::object::MAP_HOST;
+        let map: &mut Map = self
+            .dp
+            .ebpf
+            .map_mut(name)
+            .ok_or(MapsError::Missing { map: name })?;
+        Array::try_from(map).map_err(op_err("opening", name))
     }
 
     // ---- conntrack ----

@@ -126,6 +126,9 @@ pub const MAP_NAT_BE: &str = "sv_nat_be";
 pub const MAP_NAT_AFF: &str = "sv_nat_aff";
 pub const MAP_ROUTES: &str = "sv_routes";
 pub const MAP_POLICY: &str = "sv_policy";
+/// Ports of fragmented datagrams, recorded from first fragments
+/// ([`crate::abi::FragKey`] → [`crate::abi::FragVal`]).
+pub const MAP_FRAGS: &str = "sv_frags";
 /// Source-port tables of the compiled policy ([`crate::abi::PolSportKey`] → [`PolVal`]).
 pub const MAP_POL_SPORT: &str = "sv_pol_sport";
 pub const MAP_EPS: &str = "sv_eps";
@@ -152,7 +155,7 @@ const fn spec<K, V>(name: &'static str) -> MapSpec {
 }
 
 /// Every map of the tc object.
-pub const MAPS: [MapSpec; 11] = [
+pub const MAPS: [MapSpec; 12] = [
     spec::<CtKey, CtVal>(MAP_CT),
     spec::<NatFeKey, NatFeVal>(MAP_NAT_FE),
     spec::<NatBeKey, NatBeVal>(MAP_NAT_BE),
@@ -160,6 +163,7 @@ pub const MAPS: [MapSpec; 11] = [
     spec::<RouteKey, RouteVal>(MAP_ROUTES),
     spec::<PolKey, PolVal>(MAP_POLICY),
     spec::<crate::abi::PolSportKey, PolVal>(MAP_POL_SPORT),
+    spec::<crate::abi::FragKey, crate::abi::FragVal>(MAP_FRAGS),
     spec::<u32, EpVal>(MAP_EPS),
     spec::<u32, u64>(MAP_DROPS),
     spec::<crate::abi::MaglevKey, crate::abi::MaglevVal>(MAP_MAGLEV),

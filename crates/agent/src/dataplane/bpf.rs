@@ -24,6 +24,13 @@
 //! - **Conntrack cleaner and counters:** every resync expires idle conntrack entries
 //!   (Calico's timeouts) and reads the per-reason drop counters, logging the reasons whose
 //!   count grew; [`Dataplane::stats`] reports the totals.
+//! - **Uplink and VXLAN devices** ([`uplink`]): `serval_uplink_in` / `serval_uplink_out` on
+//!   the interface holding the node's address and on `vxlan.serval` / `vxlan-v6.serval`:
+//!   NodePort, externalIP and LoadBalancer frontends reached from outside (externalTrafficPolicy
+//!   Local: local backends, client address kept, dropped without one; Cluster: masqueraded to
+//!   the node), NAT outgoing, replies of both; `sv_host` holds the node's SNAT addresses and
+//!   FelixConfiguration `bpfPSNATPorts`. Hairpin service traffic is masqueraded to the node's
+//!   address by `serval_from_ep`. No iptables rule of ours is involved.
 //!
 //! Not done by the programs yet (logged once at load, see [`NOT_YET_IN_BPF`]).
 
@@ -68,15 +75,16 @@ pub mod ctlb;
 mod hep;
 pub mod kubeproxy;
 pub mod maglev;
+pub mod polsport;
+pub mod uplink;
 pub mod xdp;
+
 /// What the eBPF programs do not do yet; logged when they are loaded. The driver does not
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
     "NAT of host-networked clients' service traffic in tc (bpfHostNetworkedNATWithoutCTLB): host processes reach services only through connect-time load balancing, for the protocols it covers",
-    "NodePort/externalIP/LoadBalancer traffic from outside the cluster (no program on the uplink or VXLAN device; pods reaching these frontends are served)",
-    "NAT outgoing (no SNAT of pod traffic leaving the cluster)",
-    "masquerade of externalTrafficPolicy: Cluster and hairpin service traffic",
-    "fast-path redirects (bpf_redirect_peer / bpf_redirect_neigh): packets take the host stack",
+    "fast-path redirects of ordinary pod traffic (bpf_redirect_peer / bpf_redirect_neigh): it takes the host stack (only NATed uplink and hairpin flows are forwarded by FIB lookup and redirect)",
+    "ICMP errors about NATed flows (e.g. fragmentation needed) are not translated back to the client",
     "IP fragments (dropped and counted as fragment: large UDP datagrams over the MTU fail)",
     "service NAT for SCTP and UDP-Lite (their checksums are not rewritten: dropped and counted as rewrite)",
 ];
@@ -217,6 +225,8 @@ pub struct BpfSettings {
     pub ctlb: ctlb::CtlbSettings,
     /// `bpfKubeProxyIptablesCleanupEnabled` ([`kubeproxy`]).
     pub kube_proxy_cleanup: bool,
+    /// `bpfPSNATPorts`: the source ports of SNAT ([`uplink`]).
+    pub psnat_ports: (u16, u16),
 }
 
 impl BpfSettings {
@@ -238,6 +248,7 @@ impl BpfSettings {
             },
             ctlb: ctlb::CtlbSettings::from_felix(f),
             kube_proxy_cleanup: f.bpf_kube_proxy_iptables_cleanup_enabled,
+            psnat_ports: f.bpf_psnat_ports,
         }
     }
 }
@@ -252,6 +263,8 @@ pub struct MapContents {
     pub policy: HashMap<EntryKey, PolVal>,
     pub frontends: HashMap<NatFeKey, NatFeVal>,
     pub backends: HashMap<NatBeKey, NatBeVal>,
+    /// Source-port tables (`sv_pol_sport`), see [`polsport`].
+    pub policy_sport: HashMap<compile::SportKey, PolVal>,
     /// Maglev tables (`sv_maglev`) of the Maglev frontends, see [`maglev`].
     pub maglev: HashMap<serval_dp_bpf::abi::MaglevKey, serval_dp_bpf::abi::MaglevVal>,
 }
@@ -333,7 +346,8 @@ pub fn desired_contents(
         out.eps.insert(ifindex, EpVal::new(ep_id, &ep.addrs));
     }
 
-    // Policy: the compiled entries as they are.
+    // Policy: the compiled entries as they are, and their source-port tables.
+    out.policy_sport = polsport::desired(compiled);
     for e in &compiled.entries {
         out.policy.insert(
             e.key(),
@@ -391,6 +405,13 @@ pub fn desired_contents(
         }
     }
 
+    // defaultEndpointToHostAction Return with an all-interfaces host endpoint ([`hep`]).
+    for (h, entries) in hep::fold_all_interfaces_return(state, compiled, &index, &host_ids) {
+        out.policy
+            .retain(|k, _| !(k.1 == h && k.2 == compile::DIR_EGRESS));
+        out.policy.extend(entries);
+    }
+
     // Routing flags, by prefix.
     let mut routing: BTreeMap<IpNet, RouteVal> = BTreeMap::new();
     let mut add = |net: IpNet, flags: u32, ifindex: u32| {
@@ -400,13 +421,6 @@ pub fn desired_contents(
             v.ifindex = ifindex;
         }
     };
-    // defaultEndpointToHostAction Return with an all-interfaces host endpoint ([`hep`]).
-    for (h, entries) in hep::fold_all_interfaces_return(state, compiled, &index, &host_ids) {
-        out.policy
-            .retain(|k, _| !(k.1 == h && k.2 == compile::DIR_EGRESS));
-        out.policy.extend(entries);
-    }
-
     let no = &state.nat_outgoing;
     for pool in &no.pools {
         add(*pool, SV_RT_F_IN_POOL, 0);
@@ -505,9 +519,9 @@ pub fn desired_contents(
                 flags |= SV_NAT_FE_F_EXT_LOCAL;
             }
         }
-        // The programs run on workload interfaces only: every frontend here serves pod
-        // clients, which kube-proxy sends to any backend even under externalTrafficPolicy:
-        // Local (its short-circuit), so the external kinds keep every backend.
+        // Pod clients go to any backend even under externalTrafficPolicy: Local (kube-proxy's
+        // short-circuit), so the external kinds keep every backend; the uplink program picks
+        // among the first local_count (node-local) ones for clients outside the cluster.
         debug_assert!(matches!(
             fe.kind,
             FrontendKind::ClusterIP
@@ -754,6 +768,7 @@ fn read_kernel(pins: &PinScope) -> Result<MapContents, BpfError> {
         }
     }
     out.maglev = maglev::read_kernel(pins)?;
+    out.policy_sport = polsport::read_kernel(pins)?;
     Ok(out)
 }
 
@@ -784,6 +799,10 @@ pub struct BpfDriver {
     drops: DropCounters,
     counters: Counters,
     timeouts: CtTimeouts,
+    /// Host endpoints: their programs on host interfaces and their maps ([`hep`]).
+    hep: hep::HepDriver,
+    /// The uplink programs and `sv_host` ([`uplink`]).
+    uplink: uplink::UplinkDriver,
     /// XDP on host interfaces ([`xdp`]).
     xdp: xdp::XdpDriver,
     /// kube-proxy's rules were checked since the last open or resync ([`kubeproxy`]).
@@ -794,8 +813,6 @@ impl std::fmt::Debug for BpfDriver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BpfDriver")
             .field("scope", &self.scope)
-    /// Host endpoints: their programs on host interfaces and their maps ([`hep`]).
-    hep: hep::HepDriver,
             .field("settings", &self.settings)
             .field("loaded", &self.dp.is_some())
             .field("attached", &self.attached)
@@ -832,6 +849,8 @@ impl BpfDriver {
             drops: DropCounters::default(),
             counters: Counters::default(),
             timeouts: CtTimeouts::default(),
+            hep: hep::HepDriver::default(),
+            uplink: uplink::UplinkDriver::default(),
             xdp: xdp::XdpDriver::default(),
             kube_proxy_checked: false,
         })
@@ -844,7 +863,6 @@ impl BpfDriver {
 
     /// The drop counters as of the last apply or resync, per reason.
     pub fn drop_counters(&self) -> DropCounters {
-            hep: hep::HepDriver::default(),
         self.drops
     }
 
@@ -882,6 +900,7 @@ impl BpfDriver {
         self.dp = Some(dp);
         self.kernel = None;
         self.attached.clear();
+        self.uplink.forget();
         ctlb::sync(
             &pins,
             &self.settings.ctlb,
@@ -958,6 +977,7 @@ impl BpfDriver {
         w: &mut Written,
     ) -> Result<(), DataplaneError> {
         let (pol_up, pol_del) = map_diff(&kernel.policy, &want.policy);
+        let (sp_up, sp_del) = map_diff(&kernel.policy_sport, &want.policy_sport);
         let (rt_up, rt_del) = map_diff(&kernel.routes, &want.routes);
         let (ep_up, ep_del) = map_diff(&kernel.eps, &want.eps);
         let (be_up, be_del) = map_diff(&kernel.backends, &want.backends);
@@ -977,6 +997,8 @@ impl BpfDriver {
             .len();
         w.members_changed = pol_up.len()
             + pol_del.len()
+            + sp_up.len()
+            + sp_del.len()
             + rt_up.len()
             + rt_del.len()
             + ep_up.len()
@@ -993,6 +1015,11 @@ impl BpfDriver {
             return Ok(());
         };
         check_capacity(kernel, want, &self.settings.sizes).map_err(bpf_err)?;
+        // Source-port tables before the verdicts that name them.
+        for (k, v) in &sp_up {
+            dp.set_policy_sport(&polsport::key(k), v)
+                .map_err(maps_err)?;
+        }
         {
             let mut m = dp.maps();
             for (k, v) in &pol_up {
@@ -1067,6 +1094,7 @@ impl BpfDriver {
         })?;
         let stale: BTreeSet<String> = recorded
             .into_iter()
+            .filter(|(_, hook, _)| Hook::ALL.contains(hook))
             .map(|(ifname, _, _)| ifname)
             .chain(self.attached.keys().cloned())
             .filter(|i| !wanted.contains_key(i.as_str()))
@@ -1089,13 +1117,16 @@ impl BpfDriver {
         let mut m = dp.maps();
         for k in &ep_del {
             m.remove_endpoint(*k).map_err(maps_err)?;
-            .filter(|(_, hook, _)| Hook::ALL.contains(hook))
         }
         for k in &rt_del {
             m.remove_route(&route_key_of(k)).map_err(maps_err)?;
         }
         for k in &pol_del {
             m.remove_policy(&pol_key(k)).map_err(maps_err)?;
+        }
+        for k in &sp_del {
+            dp.remove_policy_sport(&polsport::key(k))
+                .map_err(maps_err)?;
         }
         Ok(())
     }
@@ -1193,6 +1224,8 @@ impl super::Dataplane for BpfDriver {
         let pins = self.pins();
         // Drop our handles first: only the pins keep programs and maps alive.
         self.dp = None;
+        self.hep.forget();
+        self.uplink.forget();
         self.xdp.forget();
         self.kernel = None;
         self.attached.clear();
@@ -1219,10 +1252,10 @@ impl super::Dataplane for BpfDriver {
             resync_repairs: self.counters.resync_repairs,
             rule_groups: k.map_or(0, |k| k.eps.len()),
             rules: k.map_or(0, |k| k.policy.len()),
-        self.hep.forget();
             sets: k.map_or(0, |k| k.frontends.len()),
             set_members: k.map_or(0, |k| k.routes.len() + k.backends.len()),
             drops: self.drops.0.iter().sum::<u64>() + self.xdp.drops(),
+            drop_counters: self.drops,
             conntrack_entries: self.counters.conntrack_entries,
             conntrack_expired: self.counters.conntrack_expired,
         }

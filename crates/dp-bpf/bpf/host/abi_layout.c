@@ -141,6 +141,20 @@ int main(void)
 	FIELD(struct sv_pol_val, "PolVal", verdict);
 	FIELD(struct sv_pol_val, "PolVal", rule_id);
 
+	TYPE(struct sv_frag_key, "FragKey");
+	FIELD(struct sv_frag_key, "FragKey", saddr);
+	FIELD(struct sv_frag_key, "FragKey", daddr);
+	FIELD(struct sv_frag_key, "FragKey", id);
+	FIELD(struct sv_frag_key, "FragKey", proto);
+	FIELD(struct sv_frag_key, "FragKey", family);
+	FIELD(struct sv_frag_key, "FragKey", pad);
+	TYPE(struct sv_frag_val, "FragVal");
+	FIELD(struct sv_frag_val, "FragVal", sport);
+	FIELD(struct sv_frag_val, "FragVal", dport);
+	FIELD(struct sv_frag_val, "FragVal", pol_port);
+	FIELD(struct sv_frag_val, "FragVal", icmp_echo);
+	FIELD(struct sv_frag_val, "FragVal", pad);
+
 	TYPE(struct sv_pol_sport_match, "PolSportMatch");
 	FIELD(struct sv_pol_sport_match, "PolSportMatch", table_id);
 	FIELD(struct sv_pol_sport_match, "PolSportMatch", sport);

@@ -1,0 +1,268 @@
+//! The uplink programs of the eBPF dataplane (`serval_uplink_in` / `serval_uplink_out` of
+//! `bpf/serval_tc.c`): on the node's uplink, the interface holding the node's address, and on
+//! its VXLAN devices (`vxlan.serval`, `vxlan-v6.serval`) when they exist.
+//!
+//! - **Node addresses.** Per family the node's address is the first address of this node's
+//!   interfaces that a Node resource names ([`NatOutgoing::node_nets`]); without one, the
+//!   first global address of an interface that is not a workload veth, `lo` or a VXLAN
+//!   device. Source NAT (NodePort/externalIP/LoadBalancer with externalTrafficPolicy Cluster,
+//!   NAT outgoing, hairpin) uses it; it is written with FelixConfiguration `bpfPSNATPorts`
+//!   to `sv_host`.
+//! - **Attachments.** Both hooks ([`Hook::UPLINK`]) on every wanted interface; an interface
+//!   re-created (new ifindex) or with a hook missing from the pins is attached again; an
+//!   interface no longer wanted is detached. [`serval_dp_bpf::cleanup`] covers these hooks.
+//!
+//! [`NatOutgoing::node_nets`]: serval_calc::natoutgoing::NatOutgoing::node_nets
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serval_calc::DesiredState;
+use serval_dp_bpf::abi::HostVal;
+use serval_dp_bpf::{AttachMode, Hook, PinScope};
+use serval_sys::NetNs;
+
+use super::{BpfError, bpf_err, maps_err};
+use crate::dataplane::{DataplaneError, Written};
+
+/// The VXLAN devices of the routing code (IPv4 and IPv6 overlays).
+pub const VXLAN_DEVICES: [&str; 2] = ["vxlan.serval", "vxlan-v6.serval"];
+
+/// One interface of the node's namespace with its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    pub name: String,
+    pub ifindex: u32,
+    pub addrs: Vec<IpAddr>,
+}
+
+/// Every interface of the calling thread's namespace, with its addresses.
+pub fn read_ifaces() -> Vec<Iface> {
+    let mut by_name: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    if let Ok(it) = nix::ifaddrs::getifaddrs() {
+        for a in it {
+            let addrs = by_name.entry(a.interface_name.clone()).or_default();
+            let Some(sa) = a.address else { continue };
+            if let Some(v4) = sa.as_sockaddr_in() {
+                addrs.push(IpAddr::V4(v4.ip()));
+            } else if let Some(v6) = sa.as_sockaddr_in6() {
+                addrs.push(IpAddr::V6(v6.ip()));
+            }
+        }
+    }
+    by_name
+        .into_iter()
+        .filter_map(|(name, mut addrs)| {
+            let ifindex = nix::net::if_::if_nametoindex(name.as_str()).ok()?;
+            addrs.sort();
+            addrs.dedup();
+            Some(Iface {
+                name,
+                ifindex,
+                addrs,
+            })
+        })
+        .collect()
+}
+
+fn is_global(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => !v4.is_loopback() && !v4.is_link_local() && !v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            !v6.is_loopback() && !v6.is_unspecified() && (v6.segments()[0] & 0xffc0) != 0xfe80
+        }
+    }
+}
+
+/// What the uplink programs get on this node (pure: tests run it without privileges).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UplinkPlan {
+    /// The node's SNAT address per family (IPv4 first).
+    pub addrs: Vec<IpAddr>,
+    /// Interfaces to attach to, by name, with their ifindex.
+    pub ifaces: BTreeMap<String, u32>,
+}
+
+/// The plan for `state` on a node with `ifaces` (see the module docs).
+pub fn plan(state: &DesiredState, ifaces: &[Iface]) -> UplinkPlan {
+    let workload: BTreeSet<&str> = state
+        .endpoints
+        .values()
+        .map(|(ep, _)| ep.iface.as_str())
+        .collect();
+    let candidates: Vec<&Iface> = ifaces
+        .iter()
+        .filter(|i| {
+            i.name != "lo"
+                && !workload.contains(i.name.as_str())
+                && !VXLAN_DEVICES.contains(&i.name.as_str())
+        })
+        .collect();
+    let node_nets = &state.nat_outgoing.node_nets;
+    let mut out = UplinkPlan::default();
+    for v4 in [true, false] {
+        let of_family = |a: &&IpAddr| a.is_ipv4() == v4 && is_global(a);
+        let named = candidates.iter().find_map(|i| {
+            i.addrs
+                .iter()
+                .filter(of_family)
+                .find(|a| node_nets.iter().any(|n| n.contains(*a)))
+                .map(|a| (*i, *a))
+        });
+        let any = || {
+            candidates
+                .iter()
+                .find_map(|i| i.addrs.iter().find(of_family).map(|a| (*i, *a)))
+        };
+        if let Some((iface, addr)) = named.or_else(any) {
+            out.addrs.push(addr);
+            out.ifaces.insert(iface.name.clone(), iface.ifindex);
+        }
+    }
+    for i in ifaces {
+        if VXLAN_DEVICES.contains(&i.name.as_str()) {
+            out.ifaces.insert(i.name.clone(), i.ifindex);
+        }
+    }
+    out
+}
+
+/// The uplink part of the driver: what it wrote and attached.
+#[derive(Debug, Default)]
+pub struct UplinkDriver {
+    host: Option<HostVal>,
+    attached: BTreeMap<String, u32>,
+}
+
+impl UplinkDriver {
+    /// Our handles are gone (cleanup, reload): everything is written and checked again.
+    pub fn forget(&mut self) {
+        self.host = None;
+        self.attached.clear();
+    }
+
+    /// Writes `sv_host` and attaches/detaches the uplink programs for `state`.
+    pub fn sync(
+        &mut self,
+        dp: &mut serval_dp_bpf::Dataplane,
+        pins: &PinScope,
+        netns: &NetNs,
+        state: &DesiredState,
+        psnat: (u16, u16),
+        w: &mut Written,
+    ) -> Result<(), DataplaneError> {
+        let plan = plan(state, &read_ifaces());
+        let host = HostVal::new(&plan.addrs, psnat);
+        if self.host != Some(host) {
+            dp.maps().set_host(&host).map_err(maps_err)?;
+            tracing::info!(
+                addrs = ?plan.addrs,
+                psnat_ports = ?psnat,
+                "eBPF uplink programs: node SNAT addresses and port range"
+            );
+            self.host = Some(host);
+            w.members_changed += 1;
+        }
+        let recorded = serval_dp_bpf::attachments(pins).map_err(|source| {
+            bpf_err(BpfError::Attach {
+                ifname: "*".into(),
+                source,
+            })
+        })?;
+        let has = |ifname: &str, hook: Hook| {
+            recorded
+                .iter()
+                .any(|(i, h, _)| i.as_str() == ifname && *h == hook)
+        };
+        for (ifname, &ifindex) in &plan.ifaces {
+            let complete = Hook::UPLINK.iter().all(|h| has(ifname, *h));
+            if complete && self.attached.get(ifname) == Some(&ifindex) {
+                continue;
+            }
+            for hook in Hook::UPLINK {
+                dp.attach(netns, ifname, hook, AttachMode::Auto)
+                    .map_err(|source| {
+                        bpf_err(BpfError::Attach {
+                            ifname: ifname.clone(),
+                            source,
+                        })
+                    })?;
+                w.hooks_changed += 1;
+            }
+            self.attached.insert(ifname.clone(), ifindex);
+        }
+        let stale: BTreeSet<String> = recorded
+            .iter()
+            .filter(|(_, h, _)| Hook::UPLINK.contains(h))
+            .map(|(i, _, _)| i.clone())
+            .chain(self.attached.keys().cloned())
+            .filter(|i| !plan.ifaces.contains_key(i))
+            .collect();
+        for ifname in stale {
+            for hook in Hook::UPLINK {
+                if serval_dp_bpf::detach(pins, Some(netns), &ifname, hook).map_err(|source| {
+                    bpf_err(BpfError::Attach {
+                        ifname: ifname.clone(),
+                        source,
+                    })
+                })? {
+                    w.hooks_changed += 1;
+                }
+            }
+            self.attached.remove(&ifname);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iface(name: &str, ifindex: u32, addrs: &[&str]) -> Iface {
+        Iface {
+            name: name.into(),
+            ifindex,
+            addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_uplink_holds_the_node_address_and_vxlan_devices_join() {
+        let mut state = DesiredState::default();
+        state.nat_outgoing.node_nets = vec![
+            "172.31.1.12/32".parse().unwrap(),
+            "fd00:5e:1::12/128".parse().unwrap(),
+        ];
+        let ifaces = [
+            iface("lo", 1, &["127.0.0.1", "::1"]),
+            iface("dummy0", 2, &["192.0.2.1"]),
+            iface("eth0", 3, &["172.31.1.12", "fd00:5e:1::12", "fe80::1"]),
+            iface("vxlan.serval", 4, &["10.244.0.0"]),
+        ];
+        let p = plan(&state, &ifaces);
+        assert_eq!(
+            p.addrs,
+            vec![
+                "172.31.1.12".parse::<IpAddr>().unwrap(),
+                "fd00:5e:1::12".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            p.ifaces.into_iter().collect::<Vec<_>>(),
+            vec![("eth0".to_string(), 3), ("vxlan.serval".to_string(), 4)]
+        );
+    }
+
+    #[test]
+    fn without_node_resources_the_first_global_address_counts() {
+        let state = DesiredState::default();
+        let ifaces = [
+            iface("lo", 1, &["127.0.0.1"]),
+            iface("eth0", 3, &["fe80::1", "10.0.0.5"]),
+        ];
+        let p = plan(&state, &ifaces);
+        assert_eq!(p.addrs, vec!["10.0.0.5".parse::<IpAddr>().unwrap()]);
+        assert_eq!(p.ifaces.get("eth0"), Some(&3));
+    }
+}
