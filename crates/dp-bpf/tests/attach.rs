@@ -198,7 +198,7 @@ fn tcx_attachment_survives_agent_restart_and_cleanup_leaves_nothing() {
     // Cleanup: nothing attached, nothing pinned.
     let report = cleanup(&scope, Some(&ns)).expect("cleanup");
     assert_eq!(report.detached.len(), 2);
-    assert_eq!(report.maps_removed, 8);
+    assert_eq!(report.maps_removed, serval_dp_bpf::object::MAPS.len());
     assert_eq!(tcx_ids(&ns, &host), (vec![], vec![]));
     assert!(
         !scope.dir().exists(),
