@@ -6,13 +6,21 @@
 //! packet of the flow and expire by the same rules. If only the wire entry is gone, the next
 //! forward packet recreates it; if only the `NAT_FWD` entry is gone, the next forward packet
 //! is load-balanced afresh and the wire entry ages out.
+//!
+//! A source-NATed flow (NAT outgoing, masqueraded service traffic, hairpin) holds a port of
+//! `bpfPSNATPorts` in its wire entry; its original entry (`SV_CT_F_SNAT_FWD`) names that
+//! wire tuple. When the original entry expires, its wire entry goes with it, so the port is
+//! free again at once and no binding outlives its flow.
 
 use std::time::Duration;
 
 use nix::time::{ClockId, clock_gettime};
 
 use crate::{
-    abi::{CtKey, CtVal, SV_CT_F_ESTABLISHED, SV_CT_F_FIN_A, SV_CT_F_FIN_B, SV_CT_F_RST},
+    abi::{
+        CtKey, CtVal, SV_CT_F_ESTABLISHED, SV_CT_F_FIN_A, SV_CT_F_FIN_B, SV_CT_F_OPENER_B,
+        SV_CT_F_RST, SV_CT_F_SNAT_FWD, SV_CT_TYPE_NAT_FWD,
+    },
     error::MapsError,
     maps::Maps,
 };
@@ -74,6 +82,30 @@ impl CtTimeouts {
     }
 }
 
+/// The wire entry (after source NAT) of a flow whose original entry is `(key, val)`, if the
+/// flow is source-NATed (`SV_CT_F_SNAT_FWD`): the SNAT source (`snat_*`) and the flow's
+/// destination after NAT (the backend of a `NAT_FWD` entry, else the side that did not open).
+pub fn snat_wire_key(key: &CtKey, val: &CtVal) -> Option<CtKey> {
+    if val.flags & SV_CT_F_SNAT_FWD == 0 {
+        return None;
+    }
+    let (dst, dport) = if val.kind == SV_CT_TYPE_NAT_FWD {
+        (val.nat_addr, val.nat_port)
+    } else if val.flags & SV_CT_F_OPENER_B != 0 {
+        (key.addr_a, key.port_a)
+    } else {
+        (key.addr_b, key.port_b)
+    };
+    let sport = u16::from_be(val.snat_port);
+    // ICMP echo: both "ports" are the (translated) identifier.
+    let dport = if matches!(key.proto, PROTO_ICMP | PROTO_ICMPV6) {
+        sport
+    } else {
+        u16::from_be(dport)
+    };
+    Some(CtKey::of(val.snat_addr.ip(), sport, dst.ip(), dport, key.proto).0)
+}
+
 /// CLOCK_MONOTONIC now, in the programs' time base.
 pub fn monotonic_now_ns() -> u64 {
     clock_gettime(ClockId::CLOCK_MONOTONIC)
@@ -104,7 +136,15 @@ impl Maps<'_> {
             removed: 0,
         };
         for (key, val) in entries {
-            if timeouts.expired(&key, &val, now_ns) && self.remove_conntrack(&key)? {
+            if !timeouts.expired(&key, &val, now_ns) {
+                continue;
+            }
+            if self.remove_conntrack(&key)? {
+                report.removed += 1;
+            }
+            if let Some(wire) = snat_wire_key(&key, &val)
+                && self.remove_conntrack(&wire)?
+            {
                 report.removed += 1;
             }
         }
@@ -162,6 +202,49 @@ mod tests {
         assert!(t.expired(&k, &v, 160 * 1_000_000_000 + 1));
         // a clock behind the entry (just written) never expires it
         assert!(!t.expired(&k, &v, 0));
+    }
+
+    #[test]
+    fn the_wire_entry_of_a_source_nated_flow_is_found_from_its_original() {
+        use crate::abi::{Addr, SV_CT_TYPE_NORMAL};
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let node = ip("172.31.1.12");
+        // NAT outgoing: pod 10.244.0.5:33000 -> outside 172.31.1.100:9000 became node:20005
+        let (key, pod_is_a) = CtKey::of(ip("10.244.0.5"), 33000, ip("172.31.1.100"), 9000, 6);
+        let val = CtVal {
+            kind: SV_CT_TYPE_NORMAL,
+            flags: SV_CT_F_SNAT_FWD | if pod_is_a { 0 } else { SV_CT_F_OPENER_B },
+            snat_addr: Addr::new(node),
+            snat_port: 20005u16.to_be(),
+            ..CtVal::default()
+        };
+        let want = CtKey::of(node, 20005, ip("172.31.1.100"), 9000, 6).0;
+        assert_eq!(snat_wire_key(&key, &val), Some(want));
+        // a masqueraded service flow: outside -> node:30000, backend 10.244.1.5:80
+        let (key, _) = CtKey::of(ip("172.31.1.100"), 40000, node, 30000, 6);
+        let val = CtVal {
+            kind: SV_CT_TYPE_NAT_FWD,
+            flags: SV_CT_F_SNAT_FWD,
+            nat_addr: Addr::new(ip("10.244.1.5")),
+            nat_port: 80u16.to_be(),
+            snat_addr: Addr::new(node),
+            snat_port: 20006u16.to_be(),
+            ..CtVal::default()
+        };
+        let want = CtKey::of(node, 20006, ip("10.244.1.5"), 80, 6).0;
+        assert_eq!(snat_wire_key(&key, &val), Some(want));
+        // ICMP echo: the identifier on both sides
+        let (key, _) = CtKey::of(ip("10.244.0.5"), 0x4242, ip("172.31.1.100"), 0x4242, 1);
+        let val = CtVal {
+            flags: SV_CT_F_SNAT_FWD,
+            snat_addr: Addr::new(node),
+            snat_port: 20007u16.to_be(),
+            ..CtVal::default()
+        };
+        let want = CtKey::of(node, 20007, ip("172.31.1.100"), 20007, 1).0;
+        assert_eq!(snat_wire_key(&key, &val), Some(want));
+        // not source-NATed: none
+        assert_eq!(snat_wire_key(&key, &CtVal::default()), None);
     }
 
     #[test]

@@ -614,3 +614,31 @@ fn both_builds_pass_the_verifier() {
         .unwrap_or_else(|e| panic!("{level:?} build: {e}: {e:?}"));
     }
 }
+
+#[test]
+fn the_cleaner_frees_a_snat_port_with_its_flow() {
+    in_fresh_netns("snat_cleaner", || {
+        let net = v4();
+        let mut dp = load((25000, 25000));
+        let pkt = packet(net.local_pod, net.outside, udp(33000, 9000));
+        let (_, out) = run(&dp, Hook::UplinkEgress, &pkt);
+        assert_eq!(parse(&out).sport, 25000);
+        let wire = CtKey::of(net.node, 25000, net.outside, 9000, PROTO_UDP).0;
+        // The wire entry was just used by a reply; the original entry went idle: the flow is
+        // over when its original entry expires, and its port goes with it.
+        let mut fresh = dp.maps().conntrack(&wire).unwrap().expect("wire entry");
+        let later = serval_dp_bpf::monotonic_now_ns() + 61_000_000_000;
+        fresh.last_seen_ns = later;
+        dp.maps().set_conntrack(&wire, &fresh).unwrap();
+        let report = dp
+            .maps()
+            .expire_conntrack(&serval_dp_bpf::CtTimeouts::default(), later)
+            .unwrap();
+        assert_eq!(report.removed, 2, "{report:?}");
+        assert_eq!(dp.maps().conntrack(&wire).unwrap(), None);
+        // the one port of the range serves the next flow
+        let pkt = packet(net.local_pod, net.outside, udp(33001, 9000));
+        let (verdict, out) = run(&dp, Hook::UplinkEgress, &pkt);
+        assert_eq!((verdict, parse(&out).sport), (NEXT, 25000));
+    });
+}
