@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use aya::maps::lpm_trie::Key;
-use serval_agent::dataplane::bpf::{HostView, MapContents, desired_contents};
+use serval_agent::dataplane::bpf::{HostView, MapContents, desired_contents, polsport};
 use serval_calc::compile::{self, CompiledPolicy, PolicyIndex, policy_port};
 use serval_calc::evaluator::{Evaluator, Packet};
 use serval_calc::policy::{Direction, IpProto};
@@ -232,7 +232,7 @@ const SRC_PORTS: [&str; 6] = [
 ];
 
 /// Whether the generator puts source-port conditions into rules.
-const SOURCE_PORTS: bool = false;
+const SOURCE_PORTS: bool = true;
 
 /// Fields of one side of a Calico rule (selector, notSelector, namespaceSelector, nets,
 /// notNets).
@@ -431,9 +431,9 @@ fn model_of(yaml: &str) -> Model {
 // ---- random packets ---------------------------------------------------------------------
 
 /// Ports near the edges the generated rules name, and some arbitrary ones.
-const PORT_POOL: [u16; 20] = [
-    0, 1, 53, 79, 80, 81, 85, 86, 443, 1023, 1024, 8000, 8050, 8080, 8100, 8101, 30000, 40000,
-    49151, 65535,
+const PORT_POOL: [u16; 22] = [
+    0, 1, 53, 79, 80, 81, 85, 86, 443, 1023, 1024, 8000, 8050, 8080, 8100, 8101, 30000, 32767,
+    32768, 40000, 49151, 65535,
 ];
 
 fn port(rng: &mut Rng) -> u16 {
@@ -550,8 +550,20 @@ fn pol_key(k: &compile::EntryKey) -> Key<PolMatch> {
     Key::new(prefix, PolMatch::new(ep, remote, dir, proto, port))
 }
 
-/// Replaces the policy and route entries of `old` with those of `new`.
+/// Replaces the policy, source-port table and route entries of `old` with those of `new`.
 fn write_maps(dp: &mut Dataplane, old: &MapContents, new: &MapContents) {
+    for (k, v) in &new.policy_sport {
+        dp.set_policy_sport(&polsport::key(k), v)
+            .expect("write source-port entry");
+    }
+    for k in old
+        .policy_sport
+        .keys()
+        .filter(|k| !new.policy_sport.contains_key(*k))
+    {
+        dp.remove_policy_sport(&polsport::key(k))
+            .expect("remove source-port entry");
+    }
     let mut m = dp.maps();
     for k in old.policy.keys().filter(|k| !new.policy.contains_key(*k)) {
         m.remove_policy(&pol_key(k)).expect("remove policy entry");
@@ -724,7 +736,7 @@ fn loaded_program_verdicts_equal_the_reference_evaluator() {
         return;
     }
     let seed = env_u64("SERVAL_DIFF_SEED", 0x5e7a_1d1f);
-    let cases = env_u64("SERVAL_DIFF_CASES", 300);
+    let cases = env_u64("SERVAL_DIFF_CASES", 200);
     let mut dp = Dataplane::load(&LoadOptions {
         pins: None,
         log_level: LogLevel::Off,
