@@ -10,6 +10,9 @@
 //! - [`loader`]: [`Dataplane::load`] with [`LoadOptions`] (pin scope, map sizes, log level).
 //! - [`attach`]: [`Dataplane::attach`] (TCX, clsact fallback) inside a namespace, pinned links
 //!   that survive restarts, [`attach::detach`], [`attach::cleanup`] of a whole scope.
+//! - [`cgroup`]: connect-time load balancing, `bpf/serval_ctlb.c` (cgroup v2 connect,
+//!   sendmsg, recvmsg and getpeername programs) loaded in the same pin scope and attached to
+//!   a node's cgroup with pinned links; [`cleanup`] removes them with the rest of a scope.
 //! - [`maps`]: typed readers and writers; [`conntrack`]: timeouts and the expiry sweep;
 //!   [`test_run`]: `BPF_PROG_TEST_RUN`.
 //!

@@ -172,10 +172,11 @@ mod tests {
     use super::*;
 
     fn felix(ctlb: BpfConnectTimeLoadBalancing, host: EnabledDisabled) -> FelixSettings {
-        let mut f = FelixSettings::default();
-        f.bpf_connect_time_load_balancing = ctlb;
-        f.bpf_host_networked_nat_without_ctlb = host;
-        f
+        FelixSettings {
+            bpf_connect_time_load_balancing: ctlb,
+            bpf_host_networked_nat_without_ctlb: host,
+            ..FelixSettings::default()
+        }
     }
 
     #[test]
