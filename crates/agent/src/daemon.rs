@@ -76,6 +76,16 @@ pub async fn run_until(
             task: "dataplane driver",
             reason: e.to_string(),
         })?;
+    // Prometheus /metrics (bound here, in the node's namespace; a busy address fails the start).
+    let metrics = match config.metrics_addr {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr).await?;
+            Some(tokio::spawn(
+                crate::metrics::serve(listener, driver.clone()).instrument(span.clone()),
+            ))
+        }
+        None => None,
+    };
     let client = Client::open(&config.datastore)
         .await
         .map_err(|source| AgentError::Datastore {
@@ -150,6 +160,9 @@ pub async fn run_until(
         () = shutdown => Ok(()),
     };
     ready.abort();
+    if let Some(m) = &metrics {
+        m.abort();
+    }
     if result.is_ok() {
         tracing::info!(node = %config.node, "agent stopping");
         if let Some(path) = config.ready_path() {

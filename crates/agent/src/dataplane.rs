@@ -157,6 +157,8 @@ pub struct DataplaneStats {
     pub set_members: usize,
     /// Packets the dataplane dropped (eBPF: every drop reason summed).
     pub drops: u64,
+    /// eBPF: packets dropped per reason (`SV_DROP_*`), as of the last apply or resync.
+    pub drop_counters: serval_dp_bpf::DropCounters,
     /// Flows in the dataplane's own conntrack (eBPF), and flows its cleaner expired.
     pub conntrack_entries: usize,
     pub conntrack_expired: u64,
@@ -273,8 +275,9 @@ pub type Slot = Option<Box<dyn Dataplane>>;
 
 type Job = Box<dyn FnOnce(&mut Slot) + Send>;
 
-/// A thread owning the active driver; jobs run on it one at a time, in order.
-#[derive(Debug)]
+/// A thread owning the active driver; jobs run on it one at a time, in order. Clones send
+/// to the same thread.
+#[derive(Debug, Clone)]
 pub struct DriverThread {
     jobs: mpsc::Sender<Job>,
 }

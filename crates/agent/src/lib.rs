@@ -76,6 +76,7 @@ pub mod bgp;
 pub mod cache;
 pub mod calc;
 pub mod dataplane;
+pub mod metrics;
 pub mod podserver;
 pub mod routes;
 pub mod routing;
@@ -129,6 +130,9 @@ pub struct AgentConfig {
     /// connect-time load balancer there, and the lab's pod runtime starts pod servers in it.
     /// None: no connect-time load balancing (the tc programs NAT every service packet).
     pub cgroup: Option<PathBuf>,
+    /// Serve Prometheus `/metrics` on this address (`--metrics-addr`; see [`metrics`]).
+    /// None: no metrics endpoint.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl AgentConfig {
@@ -147,6 +151,7 @@ impl AgentConfig {
             routing: RoutingMode::Static,
             bgp: BgpOptions::default(),
             cgroup: None,
+            metrics_addr: None,
         }
     }
 
@@ -193,4 +198,6 @@ pub enum AgentError {
     },
     #[error("the agent's {task} task stopped unexpectedly: {reason}")]
     TaskEnded { task: &'static str, reason: String },
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }

@@ -89,6 +89,11 @@ struct AgentArgs {
     /// root-cgroup attachment) without --lab-dir; none (no connect-time LB) with it.
     #[arg(long)]
     cgroup: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics (dataplane counters, eBPF drops per reason as
+    /// serval_bpf_drops_total{reason}) on http://ADDR/metrics, e.g. 0.0.0.0:9091 (Calico's
+    /// prometheusMetricsPort). Default: off.
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -166,6 +171,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.routing = args.routing;
             config.bgp.fast_timers = args.bgp_fast_timers;
             config.cleanup_on_exit = args.cleanup_on_exit;
+            config.metrics_addr = args.metrics_addr;
             config.cgroup = match args.cgroup {
                 Some(path) => Some(path),
                 None if config.lab_dir.is_none() => serval_dp_bpf::cgroup::cgroup2_mount(),
