@@ -170,19 +170,30 @@ fn maglev_picks_one_backend_per_flow_on_every_node_and_moves_one_nth_on_removal(
     lab.wait_pods().expect("pods ready");
     let outside = NetNs::open(&lab.netns("outside")).expect("outside netns");
 
-    // Reachable through both nodes before measuring (the agents program asynchronously).
+    // Before measuring, every backend answers through both nodes (the agents program
+    // asynchronously; a node that has not yet seen every backend has another table).
     let mut next_port = 20000u16;
     for family in [IpFamily::V4, IpFamily::V6] {
         for node in ["node1", "node2"] {
             route_via(&lab, family, node);
             let src = lab.outside_addr(family).expect("outside address");
             let (ok, last) = converge(converge_timeout(), || {
-                next_port += 1;
-                let r = ask(&outside, src, next_port, ext(family), Protocol::Tcp);
-                Ok((r.is_ok(), r))
+                let mut seen = BTreeSet::new();
+                for _ in 0..40 {
+                    next_port += 1;
+                    match ask(&outside, src, next_port, ext(family), Protocol::Tcp) {
+                        Ok(who) => seen.insert(who),
+                        Err(e) => return Ok((false, format!("{e}"))),
+                    };
+                }
+                Ok((seen.len() == BACKENDS.len(), format!("{seen:?}")))
             })
             .unwrap();
-            assert!(ok, "{} not reachable via {node}: {last:?}", ext(family));
+            assert!(
+                ok,
+                "{} via {node}: not every backend answers: {last}",
+                ext(family)
+            );
         }
     }
 
@@ -217,47 +228,58 @@ fn maglev_picks_one_backend_per_flow_on_every_node_and_moves_one_nth_on_removal(
     }
 
     // 2. Removing one of four backends: measure via node1, delete, measure via node2.
-    let family = IpFamily::V4;
+    let families = [IpFamily::V4, IpFamily::V6];
     let ports: Vec<u16> = (40000..40200).collect();
-    route_via(&lab, family, "node1");
-    let before = backends(&lab, &outside, family, Protocol::Tcp, ports.iter().copied());
+    let mut before = BTreeMap::new();
+    for family in families {
+        route_via(&lab, family, "node1");
+        let b = backends(&lab, &outside, family, Protocol::Tcp, ports.iter().copied());
+        before.insert(family, b);
+    }
     let gone = "mg/mg-4";
     lab.delete(&[ResourceKey::new(Kind::Pod, Some("mg"), "mg-4")])
         .expect("delete a backend");
-    route_via(&lab, family, "node2");
-    // Until node2's table no longer names the deleted backend: 40 fresh flows in a row
-    // answered by the others.
-    let src = lab.outside_addr(family).unwrap();
     let mut probe_port = 45000u16;
-    let (ok, last) = converge(converge_timeout(), || {
-        let mut answers = Vec::new();
-        for _ in 0..40 {
-            probe_port += 1;
-            let r = ask(&outside, src, probe_port, ext(family), Protocol::Tcp);
-            let done = matches!(&r, Ok(w) if w != gone);
-            answers.push(r.map_err(|e| e.to_string()));
-            if !done {
-                return Ok((false, answers));
+    for family in families {
+        route_via(&lab, family, "node2");
+        // Until node2's table no longer names the deleted backend: 40 fresh flows in a row
+        // answered by the others.
+        let src = lab.outside_addr(family).unwrap();
+        let (ok, last) = converge(converge_timeout(), || {
+            let mut answers = Vec::new();
+            for _ in 0..40 {
+                probe_port += 1;
+                let r = ask(&outside, src, probe_port, ext(family), Protocol::Tcp);
+                let done = matches!(&r, Ok(w) if w != gone);
+                answers.push(r.map_err(|e| e.to_string()));
+                if !done {
+                    return Ok((false, answers));
+                }
             }
-        }
-        Ok((true, answers))
-    })
-    .unwrap();
-    assert!(ok, "node2 still answers from {gone} (or fails): {last:?}");
-    let after = backends(&lab, &outside, family, Protocol::Tcp, ports.iter().copied());
-    let moved = ports.iter().filter(|p| before[p] != after[p]).count();
-    let on_gone = ports.iter().filter(|p| before[*p] == gone).count();
-    let f = moved as f64 / ports.len() as f64;
-    println!(
-        "removing 1 of {} backends moved {moved} of {} flows ({f:.3}); {on_gone} were on the removed backend",
-        BACKENDS.len(),
-        ports.len()
-    );
-    assert!(after.values().all(|w| w != gone));
-    assert!(moved >= on_gone, "the removed backend's flows must move");
-    assert!(
-        f <= 1.0 / BACKENDS.len() as f64 + 0.1,
-        "moved {f:.3} of the flows; Maglev should move about 1/{}",
-        BACKENDS.len()
-    );
+            Ok((true, answers))
+        })
+        .unwrap();
+        assert!(
+            ok,
+            "{family}: node2 still answers from {gone} (or fails): {last:?}"
+        );
+        let after = backends(&lab, &outside, family, Protocol::Tcp, ports.iter().copied());
+        let before = &before[&family];
+        let moved = ports.iter().filter(|p| before[p] != after[p]).count();
+        let on_gone = ports.iter().filter(|p| before[*p] == gone).count();
+        let f = moved as f64 / ports.len() as f64;
+        println!(
+            "{family}: removing 1 of {} backends moved {moved} of {} flows ({f:.3}); {on_gone} \
+             were on the removed backend",
+            BACKENDS.len(),
+            ports.len()
+        );
+        assert!(after.values().all(|w| w != gone));
+        assert!(moved >= on_gone, "the removed backend's flows must move");
+        assert!(
+            f <= 1.0 / BACKENDS.len() as f64 + 0.1,
+            "{family}: moved {f:.3} of the flows; Maglev should move about 1/{}",
+            BACKENDS.len()
+        );
+    }
 }
