@@ -14,8 +14,8 @@
 //! - `Disabled`: nothing stays attached and the same TCP connection is NATed by tc;
 //! - the agent's cleanup leaves no pin (cgroup links included) behind.
 //!
-//! IPv4 here (the harness' pods are IPv4); the programs' IPv6 paths are exercised by
-//! `crates/dp-bpf/tests/ctlb.rs`. Unique namespaces, cgroups and pin scope, removed on drop.
+//! IPv4, and IPv6 in [`connect_time_load_balancing_ipv6`] (the harness' pods get IPv6
+//! addresses there). Unique namespaces, cgroups and pin scope, removed on drop.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -43,7 +43,7 @@ use serval_sys::testing::{require_root, unique_name};
 mod common;
 
 use common::agent::{Agent, apply, config};
-use common::node::Node;
+use common::node::{Node, ip};
 use common::wait::wait_for;
 
 const HELPER_ENV: &str = "SERVAL_CTLB_AGENT_CLIENT";
@@ -101,7 +101,7 @@ fn client_helper() {
             ))
         })(),
         "udp" => (|| -> std::io::Result<String> {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
             s.set_read_timeout(Some(Duration::from_secs(1)))?;
             s.send_to(b"ping", to)?;
             let mut buf = [0u8; 256];
@@ -229,7 +229,11 @@ struct UdpEcho(Arc<AtomicBool>);
 
 impl UdpEcho {
     fn start(node: &Node) -> Result<UdpEcho> {
-        let sock = node.pod("b").run(|| UdpSocket::bind("0.0.0.0:5353"))??;
+        Self::start_on(node, "0.0.0.0:5353")
+    }
+
+    fn start_on(node: &Node, addr: &'static str) -> Result<UdpEcho> {
+        let sock = node.pod("b").run(move || UdpSocket::bind(addr))??;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -398,4 +402,208 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
 
 fn client_ok(netns: &str, cgroup: &Path, mode: &str, to: &str) -> bool {
     run_client(netns, cgroup, mode, to).is_ok_and(|o| o.reply == "x/b")
+}
+
+const VIP6: &str = "fd00:10:96::35";
+
+const SERVICE6: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: ctlb6, namespace: x}
+spec:
+  clusterIP: fd00:10:96::35
+  ipFamilies: [IPv6]
+  selector: {app: b}
+  ports:
+  - {name: web, protocol: TCP, port: 8080, targetPort: 8081}
+  - {name: dns, protocol: UDP, port: 53, targetPort: 5354}
+"#;
+
+/// Gives the harness' pods IPv6 addresses too: `fd00:244::N/128` on the pod's eth0, the
+/// node's veth end `fe80::1` as the pods' gateway, host routes to the pods in the node.
+fn add_ipv6(node: &Node, pods: &[(&str, &str)]) -> Result<()> {
+    let n = node.name();
+    node.node
+        .sysctl_write("net/ipv6/conf/all/forwarding", "1")?;
+    for (pod, addr) in pods {
+        let p = node.pod(pod).name();
+        let host = format!("sv{pod}");
+        ip(&["-n", n, "addr", "add", "fe80::1/64", "dev", &host, "nodad"])?;
+        ip(&[
+            "-n",
+            n,
+            "route",
+            "add",
+            &format!("{addr}/128"),
+            "dev",
+            &host,
+        ])?;
+        ip(&[
+            "-n",
+            p,
+            "addr",
+            "add",
+            &format!("{addr}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
+        ip(&[
+            "-n", p, "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+        ])?;
+    }
+    Ok(())
+}
+
+/// The harness' resources with the pods' IPv6 addresses added (podIPs, WorkloadEndpoints)
+/// and an IPv6 pool.
+fn dual_stack_resources(node: &Node, v6: &[(&str, &str)]) -> Result<Vec<serval_model::Resource>> {
+    use serval_model::Resource;
+    let mut out = Vec::new();
+    for r in node.resources()? {
+        match r {
+            Resource::Pod(mut p) => {
+                if let Some((_, a)) = v6.iter().find(|(n, _)| *n == p.metadata.name) {
+                    if let Some(st) = p.status.as_mut() {
+                        st.pod_ips
+                            .push(serval_model::k8s::pod::PodIp { ip: a.parse()? });
+                    }
+                }
+                out.push(Resource::Pod(p));
+            }
+            Resource::WorkloadEndpoint(mut w) => {
+                if let Some((_, a)) = v6.iter().find(|(n, _)| *n == w.spec.pod) {
+                    w.spec.ip_networks.push(format!("{a}/128").parse()?);
+                }
+                out.push(Resource::WorkloadEndpoint(w));
+            }
+            other => out.push(other),
+        }
+    }
+    out.extend(serval_model::parse_documents(
+        "test",
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p6}\nspec: {cidr: 'fd00:244::/64'}\n",
+    )?);
+    Ok(out)
+}
+
+/// A TCP server on `[::]:8081` in pod `b` answering `x/b6`; stopped on drop.
+struct Tcp6(Arc<AtomicBool>);
+
+impl Tcp6 {
+    fn start(node: &Node) -> Result<Tcp6> {
+        let l = node
+            .pod("b")
+            .run(|| std::net::TcpListener::bind("[::]:8081"))??;
+        l.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        thread::spawn(move || {
+            use std::io::Write;
+            while !flag.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.write_all(b"x/b6\n");
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Ok(Tcp6(stop))
+    }
+}
+
+impl Drop for Tcp6 {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// IPv6: TCP to an IPv6 ClusterIP from the node's cgroup is translated at connect()
+/// (getpeername shows the ClusterIP, no NAT conntrack entry); another cgroup's connection is
+/// NATed by tc; with `Enabled`, unconnected UDP replies come from the ClusterIP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_time_load_balancing_ipv6() -> Result<()> {
+    if !require_root("connect_time_load_balancing_ipv6") {
+        return Ok(());
+    }
+    let Some(cg) = Cgroups::new() else {
+        eprintln!("skipping connect_time_load_balancing_ipv6: no writable cgroup v2 hierarchy");
+        return Ok(());
+    };
+    logs();
+    let v6 = [("a", "fd00:244::1"), ("b", "fd00:244::2")];
+    let node = Node::start(
+        "svag-ctlb6",
+        "svag-ctlb6p",
+        &[("a", "10.244.6.1"), ("b", "10.244.6.2")],
+    )?;
+    add_ipv6(&node, &v6)?;
+    let pins = PinsGuard(PinScope::new(&scope_name(node.name()))?);
+    let _echo = UdpEcho::start_on(&node, "[::]:5354")?;
+    let _tcp = Tcp6::start(&node)?;
+    let pod_a = node.pod("a").name().to_string();
+    let a6 = v6[0].1;
+    let store = SqliteFile::new()?;
+    let client = Client::open(&store.url()).await?;
+    client
+        .apply(dual_stack_resources(&node, &v6)?, ApplyMode::Apply)
+        .await?;
+    apply(&client, &felix("TCP")).await?;
+    apply(&client, SERVICE6).await?;
+    let dir = tempfile::tempdir()?;
+    let mut cfg = config(&store, &dir, Duration::from_secs(2));
+    cfg.cgroup = Some(cg.node());
+    cfg.cleanup_on_exit = true;
+    let mut agent = Agent::start(&node.node, cfg)?;
+    agent.wait_ready().await?;
+    let vip_tcp = format!("[{VIP6}]:8080");
+    let vip_udp = format!("[{VIP6}]:53");
+
+    wait_for("the IPv6 ClusterIP to answer over TCP", || async {
+        Ok(run_client(&pod_a, &cg.node(), "tcp", &vip_tcp).is_ok_and(|o| o.reply == "x/b6"))
+    })
+    .await?;
+    let o = run_client(&pod_a, &cg.node(), "tcp", &vip_tcp)?;
+    ensure!(
+        o.peer == vip_tcp,
+        "getpeername must show the ClusterIP: {o:?}"
+    );
+    let ct = ct_entries_of(&pins.0, a6, o.local_port)?;
+    ensure!(
+        !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v)),
+        "no NAT entry: {ct:#?}"
+    );
+
+    let o = run_client(&pod_a, &cg.other(), "tcp", &vip_tcp)?;
+    ensure!(o.reply == "x/b6" && o.peer == vip_tcp, "{o:?}");
+    let ct = ct_entries_of(&pins.0, a6, o.local_port)?;
+    ensure!(
+        ct.iter().any(|(_, v)| is_nat(v)),
+        "other cgroup NATed by tc: {ct:#?}"
+    );
+
+    apply(&client, &felix("Enabled")).await?;
+    wait_for(
+        "IPv6 UDP to be translated at sendmsg (no NAT entry)",
+        || async {
+            Ok(match run_client(&pod_a, &cg.node(), "udp", &vip_udp) {
+                Ok(o) => {
+                    o.reply == "pong:ping"
+                        && o.peer == vip_udp
+                        && ct_entries_of(&pins.0, a6, o.local_port)
+                            .is_ok_and(|ct| !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v)))
+                }
+                Err(_) => false,
+            })
+        },
+    )
+    .await?;
+    agent.stop()?;
+    ensure!(
+        !pins.0.dir().exists(),
+        "pins left after the agent's cleanup"
+    );
+    Ok(())
 }
