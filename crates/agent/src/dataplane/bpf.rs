@@ -935,14 +935,6 @@ impl BpfDriver {
         if result.is_ok() {
             result = self.write_diff(&pins, &kernel, &want, &host, state, &mut w);
         }
-        if result.is_ok() {
-            let opts = LoadOptions {
-                pins: Some(pins.clone()),
-                sizes: self.settings.sizes,
-                log_level: self.settings.log_level,
-            };
-            result = self.hep.finish(&pins, &self.netns, &opts, state, &mut w);
-        }
         if result.is_ok()
             && let Some(dp) = self.dp.as_mut()
         {
@@ -950,6 +942,16 @@ impl BpfDriver {
             result = self
                 .uplink
                 .sync(dp, &pins, &self.netns, state, psnat, &mut w);
+        }
+        // After the uplink programs: a new host endpoint ingress link goes last, behind
+        // theirs (their NAT undone and SV_MARK_SEEN set before host policy looks).
+        if result.is_ok() {
+            let opts = LoadOptions {
+                pins: Some(pins.clone()),
+                sizes: self.settings.sizes,
+                log_level: self.settings.log_level,
+            };
+            result = self.hep.finish(&pins, &self.netns, &opts, state, &mut w);
         }
         match result {
             Ok(()) => {
