@@ -1,6 +1,7 @@
 //! Maglev end to end (issue 6), in a real dual-stack eBPF lab, as root: a service annotated
 //! `lb.projectcalico.org/external-traffic-strategy: maglev` with four backends on two nodes,
-//! reached from the `outside` host at its externalIP with fixed client source ports,
+//! reached from the `outside` host at its externalIPs and LoadBalancer ingress IPs with fixed
+//! client source ports,
 //!
 //! - through node1 and then through node2 (the outside host's route to the externalIP moved):
 //!   every flow (same 5-tuple) is answered by the same backend through either node, TCP and
@@ -28,6 +29,9 @@ use socket2::{Domain, Socket, Type};
 
 const EXT_V4: &str = "203.0.113.40";
 const EXT_V6: &str = "2001:db8:5e::40";
+/// The service's LoadBalancer ingress IPs (`status.loadBalancer.ingress`).
+const LB_V4: &str = "203.0.113.41";
+const LB_V6: &str = "2001:db8:5e::41";
 const PORT: u16 = 80;
 const BACKENDS: [(&str, &str); 4] = [
     ("mg-1", "node1"),
@@ -48,10 +52,11 @@ fn yaml() -> String {
     }
     y.push_str(&format!(
         "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: mg\n  namespace: mg\n  annotations:\n    \
-         lb.projectcalico.org/external-traffic-strategy: maglev\nspec:\n  \
+         lb.projectcalico.org/external-traffic-strategy: maglev\nspec:\n  type: LoadBalancer\n  \
          ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  selector: {{app: mg}}\n  \
          externalIPs: [\"{EXT_V4}\", \"{EXT_V6}\"]\n  ports:\n  \
-         - {{name: t, port: {PORT}, protocol: TCP}}\n  - {{name: u, port: {PORT}, protocol: UDP}}\n"
+         - {{name: t, port: {PORT}, protocol: TCP}}\n  - {{name: u, port: {PORT}, protocol: UDP}}\n\
+         status:\n  loadBalancer:\n    ingress: [{{ip: \"{LB_V4}\"}}, {{ip: \"{LB_V6}\"}}]\n"
     ));
     y
 }
@@ -101,11 +106,12 @@ fn ask(
         .map_err(io::Error::other)?
 }
 
-/// Routes the externalIP of `family` via `node` on the outside host.
-fn route_via(lab: &Lab, family: IpFamily, node: &str) {
-    let (ext, flag, len) = match family {
-        IpFamily::V4 => (EXT_V4, "-4", 32),
-        IpFamily::V6 => (EXT_V6, "-6", 128),
+/// Routes the service address `ext` via `node` on the outside host.
+fn route_via(lab: &Lab, ext: IpAddr, node: &str) {
+    let family = IpFamily::of_addr(&ext);
+    let (flag, len) = match family {
+        IpFamily::V4 => ("-4", 32),
+        IpFamily::V6 => ("-6", 128),
     };
     let gw = lab
         .node_addr(node, family)
@@ -123,31 +129,26 @@ fn route_via(lab: &Lab, family: IpFamily, node: &str) {
     );
 }
 
-fn ext(family: IpFamily) -> IpAddr {
-    match family {
-        IpFamily::V4 => EXT_V4.parse().unwrap(),
-        IpFamily::V6 => EXT_V6.parse().unwrap(),
-    }
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
 }
 
 /// The backend of each flow from `ports` (all must be answered).
 fn backends(
     lab: &Lab,
     outside: &NetNs,
-    family: IpFamily,
+    ext: IpAddr,
     proto: Protocol,
     ports: impl IntoIterator<Item = u16>,
 ) -> BTreeMap<u16, String> {
-    let src = lab.outside_addr(family).expect("outside address");
+    let src = lab
+        .outside_addr(IpFamily::of_addr(&ext))
+        .expect("outside address");
     ports
         .into_iter()
         .map(|sport| {
-            let who = ask(outside, src, sport, ext(family), proto).unwrap_or_else(|e| {
-                panic!(
-                    "{family} {proto:?} from {src}:{sport} to {}: {e}",
-                    ext(family)
-                )
-            });
+            let who = ask(outside, src, sport, ext, proto)
+                .unwrap_or_else(|e| panic!("{proto:?} from {src}:{sport} to {ext}: {e}"));
             (sport, who)
         })
         .collect()
@@ -170,18 +171,23 @@ fn maglev_picks_one_backend_per_flow_on_every_node_and_moves_one_nth_on_removal(
     lab.wait_pods().expect("pods ready");
     let outside = NetNs::open(&lab.netns("outside")).expect("outside netns");
 
+    // Every frontend: the externalIPs and the LoadBalancer ingress IPs.
+    let frontends = [ip(EXT_V4), ip(EXT_V6), ip(LB_V4), ip(LB_V6)];
+
     // Before measuring, every backend answers through both nodes (the agents program
     // asynchronously; a node that has not yet seen every backend has another table).
     let mut next_port = 20000u16;
-    for family in [IpFamily::V4, IpFamily::V6] {
+    for ext in frontends {
+        let src = lab
+            .outside_addr(IpFamily::of_addr(&ext))
+            .expect("outside address");
         for node in ["node1", "node2"] {
-            route_via(&lab, family, node);
-            let src = lab.outside_addr(family).expect("outside address");
+            route_via(&lab, ext, node);
             let (ok, last) = converge(converge_timeout(), || {
                 let mut seen = BTreeSet::new();
                 for _ in 0..40 {
                     next_port += 1;
-                    match ask(&outside, src, next_port, ext(family), Protocol::Tcp) {
+                    match ask(&outside, src, next_port, ext, Protocol::Tcp) {
                         Ok(who) => seen.insert(who),
                         Err(e) => return Ok((false, format!("{e}"))),
                     };
@@ -189,23 +195,19 @@ fn maglev_picks_one_backend_per_flow_on_every_node_and_moves_one_nth_on_removal(
                 Ok((seen.len() == BACKENDS.len(), format!("{seen:?}")))
             })
             .unwrap();
-            assert!(
-                ok,
-                "{} via {node}: not every backend answers: {last}",
-                ext(family)
-            );
+            assert!(ok, "{ext} via {node}: not every backend answers: {last}");
         }
     }
 
     // 1. Same flow, same backend, through either node.
-    for family in [IpFamily::V4, IpFamily::V6] {
+    for ext in frontends {
         for proto in [Protocol::Tcp, Protocol::Udp] {
             let base = if proto == Protocol::Tcp { 30000 } else { 31000 };
             let ports: Vec<u16> = (base..base + 60).collect();
-            route_via(&lab, family, "node1");
-            let via1 = backends(&lab, &outside, family, proto, ports.iter().copied());
-            route_via(&lab, family, "node2");
-            let via2 = backends(&lab, &outside, family, proto, ports.iter().copied());
+            route_via(&lab, ext, "node1");
+            let via1 = backends(&lab, &outside, ext, proto, ports.iter().copied());
+            route_via(&lab, ext, "node2");
+            let via2 = backends(&lab, &outside, ext, proto, ports.iter().copied());
             let differ: Vec<_> = ports
                 .iter()
                 .filter(|p| via1[p] != via2[p])
@@ -213,11 +215,11 @@ fn maglev_picks_one_backend_per_flow_on_every_node_and_moves_one_nth_on_removal(
                 .collect();
             assert!(
                 differ.is_empty(),
-                "{family} {proto:?}: flows answered by different backends via node1 / node2: {differ:?}"
+                "{ext} {proto:?}: flows answered by different backends via node1 / node2: {differ:?}"
             );
             let spread: BTreeSet<&String> = via1.values().collect();
             println!(
-                "{family} {proto:?}: 60 flows, same backend via both nodes, spread over {spread:?}"
+                "{ext} {proto:?}: 60 flows, same backend via both nodes, spread over {spread:?}"
             );
             assert_eq!(
                 spread.len(),
@@ -228,28 +230,28 @@ fn maglev_picks_one_backend_per_flow_on_every_node_and_moves_one_nth_on_removal(
     }
 
     // 2. Removing one of four backends: measure via node1, delete, measure via node2.
-    let families = [IpFamily::V4, IpFamily::V6];
+    let exts = [ip(EXT_V4), ip(EXT_V6)];
     let ports: Vec<u16> = (40000..40200).collect();
     let mut before = BTreeMap::new();
-    for family in families {
-        route_via(&lab, family, "node1");
-        let b = backends(&lab, &outside, family, Protocol::Tcp, ports.iter().copied());
-        before.insert(family, b);
+    for ext in exts {
+        route_via(&lab, ext, "node1");
+        let b = backends(&lab, &outside, ext, Protocol::Tcp, ports.iter().copied());
+        before.insert(ext, b);
     }
     let gone = "mg/mg-4";
     lab.delete(&[ResourceKey::new(Kind::Pod, Some("mg"), "mg-4")])
         .expect("delete a backend");
     let mut probe_port = 45000u16;
-    for family in families {
-        route_via(&lab, family, "node2");
+    for ext in exts {
+        route_via(&lab, ext, "node2");
         // Until node2's table no longer names the deleted backend: 40 fresh flows in a row
         // answered by the others.
-        let src = lab.outside_addr(family).unwrap();
+        let src = lab.outside_addr(IpFamily::of_addr(&ext)).unwrap();
         let (ok, last) = converge(converge_timeout(), || {
             let mut answers = Vec::new();
             for _ in 0..40 {
                 probe_port += 1;
-                let r = ask(&outside, src, probe_port, ext(family), Protocol::Tcp);
+                let r = ask(&outside, src, probe_port, ext, Protocol::Tcp);
                 let done = matches!(&r, Ok(w) if w != gone);
                 answers.push(r.map_err(|e| e.to_string()));
                 if !done {
@@ -261,15 +263,15 @@ fn maglev_picks_one_backend_per_flow_on_every_node_and_moves_one_nth_on_removal(
         .unwrap();
         assert!(
             ok,
-            "{family}: node2 still answers from {gone} (or fails): {last:?}"
+            "{ext}: node2 still answers from {gone} (or fails): {last:?}"
         );
-        let after = backends(&lab, &outside, family, Protocol::Tcp, ports.iter().copied());
-        let before = &before[&family];
+        let after = backends(&lab, &outside, ext, Protocol::Tcp, ports.iter().copied());
+        let before = &before[&ext];
         let moved = ports.iter().filter(|p| before[p] != after[p]).count();
         let on_gone = ports.iter().filter(|p| before[*p] == gone).count();
         let f = moved as f64 / ports.len() as f64;
         println!(
-            "{family}: removing 1 of {} backends moved {moved} of {} flows ({f:.3}); {on_gone} \
+            "{ext}: removing 1 of {} backends moved {moved} of {} flows ({f:.3}); {on_gone} \
              were on the removed backend",
             BACKENDS.len(),
             ports.len()
@@ -278,7 +280,7 @@ fn maglev_picks_one_backend_per_flow_on_every_node_and_moves_one_nth_on_removal(
         assert!(moved >= on_gone, "the removed backend's flows must move");
         assert!(
             f <= 1.0 / BACKENDS.len() as f64 + 0.1,
-            "{family}: moved {f:.3} of the flows; Maglev should move about 1/{}",
+            "{ext}: moved {f:.3} of the flows; Maglev should move about 1/{}",
             BACKENDS.len()
         );
     }
