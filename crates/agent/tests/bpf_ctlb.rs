@@ -463,11 +463,11 @@ fn dual_stack_resources(node: &Node, v6: &[(&str, &str)]) -> Result<Vec<serval_m
     for r in node.resources()? {
         match r {
             Resource::Pod(mut p) => {
-                if let Some((_, a)) = v6.iter().find(|(n, _)| *n == p.metadata.name) {
-                    if let Some(st) = p.status.as_mut() {
-                        st.pod_ips
-                            .push(serval_model::k8s::pod::PodIp { ip: a.parse()? });
-                    }
+                if let Some((_, a)) = v6.iter().find(|(n, _)| *n == p.metadata.name)
+                    && let Some(st) = p.status.as_mut()
+                {
+                    st.pod_ips
+                        .push(serval_model::k8s::pod::PodIp { ip: a.parse()? });
                 }
                 out.push(Resource::Pod(p));
             }
