@@ -3,9 +3,10 @@
 //!
 //! - **Interfaces.** A host endpoint with `interfaceName: NAME` polices NAME; one with only
 //!   `expectedIPs` polices the interfaces holding those addresses; `interfaceName: '*'` (or
-//!   neither) polices every other interface of the node except `lo` and workload veths. An
-//!   interface named by an endpoint is not also given to a `*` one; among endpoints of one
-//!   kind the first by name wins.
+//!   neither) polices every other Ethernet interface of the node except workload veths (not
+//!   `lo`, not L3 tunnels: the programs parse Ethernet frames). An interface named by an
+//!   endpoint is not also given to a `*` one; among endpoints of one kind the first by name
+//!   wins.
 //! - **Policy.** The compiler compiles every host endpoint like a workload
 //!   ([`serval_calc::compile::hep`]); `sv_hep_ifaces` maps the interface to that endpoint id.
 //! - **Failsafe ports** go to `sv_hep_fs` (checked by the programs before policy), from
@@ -44,16 +45,27 @@ pub struct HostIface {
     pub name: String,
     pub ifindex: u32,
     pub addrs: Vec<IpAddr>,
+    /// An Ethernet interface (ARPHRD_ETHER): the programs parse Ethernet frames, so only
+    /// these are policed (L3 tunnels and loopback are left alone).
+    pub ether: bool,
 }
+
+/// `ARPHRD_ETHER`.
+const ARPHRD_ETHER: u16 = 1;
 
 /// Every interface of the calling thread's namespace, with its addresses, by name.
 pub fn read_ifaces() -> Vec<HostIface> {
     let mut by_name: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+    let mut ether: BTreeSet<String> = BTreeSet::new();
     if let Ok(it) = nix::ifaddrs::getifaddrs() {
         for a in it {
             let addrs = by_name.entry(a.interface_name.clone()).or_default();
             let Some(sa) = a.address else { continue };
-            if let Some(v4) = sa.as_sockaddr_in() {
+            if let Some(link) = sa.as_link_addr() {
+                if link.hatype() == ARPHRD_ETHER {
+                    ether.insert(a.interface_name.clone());
+                }
+            } else if let Some(v4) = sa.as_sockaddr_in() {
                 addrs.push(IpAddr::V4(v4.ip()));
             } else if let Some(v6) = sa.as_sockaddr_in6() {
                 addrs.push(IpAddr::V6(v6.ip()));
@@ -67,6 +79,7 @@ pub fn read_ifaces() -> Vec<HostIface> {
             addrs.sort();
             addrs.dedup();
             Some(HostIface {
+                ether: ether.contains(&name),
                 name,
                 ifindex,
                 addrs,
@@ -88,7 +101,7 @@ pub fn wanted_ifaces(
         .collect();
     let host_ifaces: Vec<&HostIface> = ifaces
         .iter()
-        .filter(|i| i.name != "lo" && !workload.contains(i.name.as_str()))
+        .filter(|i| i.ether && i.name != "lo" && !workload.contains(i.name.as_str()))
         .collect();
     // (precedence, interface) → endpoint name: named 0, by address 1, every interface 2.
     let mut claims: BTreeMap<String, (u8, String)> = BTreeMap::new();
@@ -530,6 +543,7 @@ mod tests {
             name: name.into(),
             ifindex,
             addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            ether: name != "lo" && name != "tun0",
         }
     }
 
@@ -541,6 +555,7 @@ mod tests {
             iface("lo", 1, &["127.0.0.1"]),
             iface("eth0", 2, &["172.31.0.11"]),
             iface("eth1", 3, &["192.168.7.1"]),
+            iface("tun0", 4, &["192.168.8.1"]),
         ];
         wanted_ifaces(&state, &c, &ifaces)
     }
@@ -563,7 +578,7 @@ spec: {node: n2, interfaceName: eth1}
 "#;
 
     #[test]
-    fn named_interfaces_win_over_all_interfaces_and_lo_is_never_policed() {
+    fn named_interfaces_win_over_all_interfaces_and_lo_and_l3_devices_are_never_policed() {
         let w = wanted(HEPS);
         assert_eq!(
             w.keys().map(String::as_str).collect::<Vec<_>>(),
