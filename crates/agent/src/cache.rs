@@ -3,13 +3,13 @@
 //! calculators ([`crate::routing`], [`crate::runtime`]) wait on; they then read a consistent
 //! snapshot under the lock and compute their desired state from it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use ipnet::IpNet;
 use serval_api::ResourceEvent;
 use serval_ipam::Affinity;
-use serval_model::{Resource, ResourceKey};
+use serval_model::{Kind, Resource, ResourceKey};
 use serval_store::Revision;
 use tokio::sync::{mpsc, watch};
 
@@ -57,6 +57,22 @@ pub enum ResourceChange {
     Deleted(ResourceKey),
 }
 
+/// The kinds only the policy/service calculation reads (through [`Cache::follow_resources`]);
+/// the agent's cache passes them on without keeping a copy ([`Cache::with_follower_only`]).
+/// The routing, BGP and pod-runtime loops read Nodes, IPPools, BGP resources, Pods and
+/// WorkloadEndpoints from the cache's state.
+pub const FOLLOWER_ONLY_KINDS: &[Kind] = &[
+    Kind::Namespace,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::K8sNetworkPolicy,
+    Kind::NetworkPolicy,
+    Kind::GlobalNetworkPolicy,
+    Kind::Tier,
+    Kind::HostEndpoint,
+    Kind::FelixConfiguration,
+];
+
 /// The shared cache: state under a mutex plus a change counter.
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -64,6 +80,8 @@ pub struct Cache {
     changed: Arc<watch::Sender<u64>>,
     /// Subscribers of [`ResourceChange`]s (closed ones are dropped on the next send).
     followers: Arc<Mutex<Vec<mpsc::UnboundedSender<ResourceChange>>>>,
+    /// Kinds passed to followers but not kept in [`State::resources`].
+    follower_only: Arc<BTreeSet<Kind>>,
 }
 
 impl Default for Cache {
@@ -73,18 +91,32 @@ impl Default for Cache {
 }
 
 impl Cache {
+    /// A cache that keeps every resource.
     pub fn new() -> Cache {
+        Cache::with_follower_only(&[])
+    }
+
+    /// A cache that passes resources of `kinds` to its followers only: they are not kept in
+    /// [`State::resources`] (one copy fewer of every Service and policy), and their changes do
+    /// not wake [`Cache::subscribe`]rs. Followers must subscribe before the first list
+    /// ([`Cache::follow_resources`] can only replay what is kept).
+    pub fn with_follower_only(kinds: &[Kind]) -> Cache {
         let (tx, _rx) = watch::channel(0);
         Cache {
             state: Arc::new(Mutex::new(State::default())),
             changed: Arc::new(tx),
             followers: Arc::new(Mutex::new(Vec::new())),
+            follower_only: Arc::new(kinds.iter().copied().collect()),
         }
     }
 
+    fn keeps(&self, kind: Kind) -> bool {
+        !self.follower_only.contains(&kind)
+    }
+
     /// A stream of every resource change from now on. When resources have been listed
-    /// already, it starts with a [`ResourceChange::Replaced`] holding the current ones, so no
-    /// change falls between the snapshot and the stream.
+    /// already, it starts with a [`ResourceChange::Replaced`] holding the current ones (those
+    /// the cache keeps), so no change falls between the snapshot and the stream.
     pub fn follow_resources(&self) -> mpsc::UnboundedReceiver<ResourceChange> {
         let (tx, rx) = mpsc::unbounded_channel();
         // Lock order: state, then followers (as in `publish`).
@@ -111,9 +143,11 @@ impl Cache {
             return;
         }
         let change = change();
-        for f in followers.iter() {
+        let (last, rest) = followers.split_last().expect("not empty");
+        for f in rest {
             let _ = f.send(change.clone());
         }
+        let _ = last.send(change);
     }
 
     /// A receiver that sees a new value after every change.
@@ -132,16 +166,28 @@ impl Cache {
 
     /// Replaces every resource with a fresh list (initial sync and resync after compaction).
     pub fn replace_resources(&self, items: Vec<Resource>, rev: Revision) {
-        let fresh: BTreeMap<ResourceKey, Resource> =
-            items.into_iter().map(|r| (r.key(), r)).collect();
+        let mut fresh: BTreeMap<ResourceKey, Resource> = BTreeMap::new();
+        let mut passed_on = Vec::new();
+        for r in items {
+            if self.keeps(r.kind()) {
+                fresh.insert(r.key(), r);
+            } else {
+                passed_on.push(r);
+            }
+        }
         let changed = {
             let mut st = self.read();
             let changed = !st.resources_synced || st.resources != fresh;
             if changed {
                 tracing::debug!(count = fresh.len(), rev, "resources listed");
             }
-            if changed {
-                self.publish(|| ResourceChange::Replaced(fresh.values().cloned().collect()));
+            // Followers compare with what they hold; kinds the cache does not keep cannot be
+            // compared here, so a relist always reaches them then.
+            if changed || !passed_on.is_empty() || !self.follower_only.is_empty() {
+                self.publish(|| {
+                    passed_on.extend(fresh.values().cloned());
+                    ResourceChange::Replaced(passed_on)
+                });
             }
             st.resources = fresh;
             st.resources_rev = rev;
@@ -155,23 +201,35 @@ impl Cache {
 
     /// Applies one watched resource change.
     pub fn apply_resource(&self, event: ResourceEvent, rev: Revision) {
-        {
+        let kept = {
             let mut st = self.read();
             st.resources_rev = rev;
             match event {
                 ResourceEvent::Applied(r) => {
-                    tracing::debug!(key = %r.key(), rev, "resource applied");
-                    self.publish(|| ResourceChange::Applied(Box::new(r.clone())));
-                    st.resources.insert(r.key(), r);
+                    tracing::trace!(key = %r.key(), rev, "resource applied");
+                    if self.keeps(r.kind()) {
+                        self.publish(|| ResourceChange::Applied(Box::new(r.clone())));
+                        st.resources.insert(r.key(), r);
+                        true
+                    } else {
+                        self.publish(|| ResourceChange::Applied(Box::new(r)));
+                        false
+                    }
                 }
                 ResourceEvent::Deleted { key, .. } => {
-                    tracing::debug!(%key, rev, "resource deleted");
-                    self.publish(|| ResourceChange::Deleted(key.clone()));
-                    st.resources.remove(&key);
+                    tracing::trace!(%key, rev, "resource deleted");
+                    let kept = self.keeps(key.kind);
+                    if kept {
+                        st.resources.remove(&key);
+                    }
+                    self.publish(|| ResourceChange::Deleted(key));
+                    kept
                 }
             }
+        };
+        if kept {
+            self.notify();
         }
-        self.notify();
     }
 
     /// Replaces every affinity with a fresh list.
@@ -301,5 +359,55 @@ mod tests {
             st.affinities
                 .contains_key(&("n2".to_string(), "10.0.0.64/26".parse().unwrap()))
         );
+    }
+
+    #[test]
+    fn follower_only_kinds_reach_followers_but_are_not_kept() {
+        let cache = Cache::with_follower_only(&[Kind::Namespace]);
+        let mut follower = cache.follow_resources();
+        let mut rx = cache.subscribe();
+        let node = Resource::Node(serval_model::calico::Node {
+            metadata: serval_model::ObjectMeta::named("n1"),
+            ..Default::default()
+        });
+        cache.replace_resources(vec![ns("a"), node.clone()], 1);
+        assert!(rx.has_changed().unwrap());
+        rx.mark_unchanged();
+        match follower.try_recv().unwrap() {
+            ResourceChange::Replaced(all) => {
+                assert_eq!(all.len(), 2);
+                assert!(all.contains(&ns("a")) && all.contains(&node));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cache.read().resources.len(), 1, "only the node is kept");
+        // A namespace change goes to the follower, is not kept and wakes no one.
+        cache.apply_resource(ResourceEvent::Applied(ns("b")), 2);
+        assert_eq!(
+            follower.try_recv().unwrap(),
+            ResourceChange::Applied(Box::new(ns("b")))
+        );
+        assert!(!rx.has_changed().unwrap());
+        assert_eq!(cache.read().resources.len(), 1);
+        assert_eq!(cache.read().resources_rev, 2);
+        cache.apply_resource(
+            ResourceEvent::Deleted {
+                key: ns("b").key(),
+                last: None,
+            },
+            3,
+        );
+        assert_eq!(
+            follower.try_recv().unwrap(),
+            ResourceChange::Deleted(ns("b").key())
+        );
+        assert!(!rx.has_changed().unwrap());
+        // A relist always reaches followers (they compare), even when the kept part is equal.
+        cache.replace_resources(vec![ns("a"), node], 4);
+        assert!(matches!(
+            follower.try_recv().unwrap(),
+            ResourceChange::Replaced(_)
+        ));
+        assert!(!rx.has_changed().unwrap());
     }
 }

@@ -1,5 +1,5 @@
 //! The policy/service pipeline: cache → [`serval_calc::Model`] (updated one resource at a
-//! time from [`Cache::follow_resources`]) → [`serval_calc::desired_state`] for this node →
+//! time from [`crate::cache::Cache::follow_resources`]) → [`serval_calc::desired_state`] for this node →
 //! the active [`Dataplane`] driver.
 //!
 //! - Bursts of changes are batched ([`AgentConfig::debounce`]); a batch that changes the model
@@ -17,15 +17,20 @@
 //! The node's own NodePort addresses come from its Node resource (`spec.bgp` addresses):
 //! `desired_state(model, Some(node))` reads them from the model.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serval_calc::{Delta, DesiredState, Model, desired_state, diff};
+use serval_calc::model::NsName;
+use serval_calc::services::{FrontendDelta, ServiceTracker, affected_services};
+use serval_calc::state::{desired_state_with_services, node_addrs};
+use serval_calc::{Delta, DesiredState, Model, diff};
+use serval_model::{Kind, Resource, ResourceKey};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::AgentConfig;
-use crate::cache::{Cache, ResourceChange};
+use crate::cache::ResourceChange;
 use crate::dataplane::{self, DataplaneError, DataplaneKind, DriverThread, Written};
 
 /// How soon a failed apply is retried.
@@ -69,6 +74,124 @@ fn absorb(model: &mut Model, synced: &mut bool, change: ResourceChange) -> bool 
         ResourceChange::Applied(r) => model.apply(*r).is_some(),
         ResourceChange::Deleted(key) => model.remove(&key).is_some(),
     }
+}
+
+/// What a batch of changes asks of the calculation.
+#[derive(Debug, Default)]
+struct Batch {
+    /// Changes received.
+    changes: usize,
+    /// Something other than Services and EndpointSlices changed (or everything was relisted):
+    /// the whole desired state is computed again.
+    full: bool,
+    /// The services whose frontends may have changed (when not `full`).
+    services: BTreeSet<NsName>,
+    /// When the first change of the batch arrived.
+    since: Option<Instant>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        !self.full && self.services.is_empty()
+    }
+}
+
+/// The stored version of `key` in `model`, for the kinds whose changes are followed
+/// incrementally (EndpointSlices: the service an old slice fed).
+fn old_slice(model: &Model, key: &ResourceKey) -> Option<Resource> {
+    (key.kind == Kind::EndpointSlice)
+        .then(|| {
+            model
+                .endpoint_slices
+                .get(&(key.namespace.clone().unwrap_or_default(), key.name.clone()))
+                .cloned()
+                .map(Resource::EndpointSlice)
+        })
+        .flatten()
+}
+
+/// Applies one cache change to the model and records in `batch` what it asks of the
+/// calculation. Service and EndpointSlice changes name the services to recompute; any other
+/// change to the model makes the batch a full recomputation.
+fn absorb_into(model: &mut Model, synced: &mut bool, batch: &mut Batch, change: ResourceChange) {
+    batch.changes += 1;
+    batch.since.get_or_insert_with(Instant::now);
+    let incremental = |k: Kind| matches!(k, Kind::Service | Kind::EndpointSlice);
+    match change {
+        ResourceChange::Applied(r) if *synced && incremental(r.kind()) => {
+            let old = old_slice(model, &r.key());
+            let new = (r.kind() == Kind::EndpointSlice).then(|| (*r).clone());
+            let name = (r.meta().namespace_str().to_string(), r.meta().name.clone());
+            let kind = r.kind();
+            if model.apply(*r).is_some() {
+                if kind == Kind::Service {
+                    batch.services.insert(name);
+                } else {
+                    batch
+                        .services
+                        .extend(affected_services(model, old.as_ref(), new.as_ref()));
+                }
+            }
+        }
+        ResourceChange::Deleted(key) if *synced && incremental(key.kind) => {
+            let old = old_slice(model, &key);
+            if model.remove(&key).is_some() {
+                if key.kind == Kind::Service {
+                    batch
+                        .services
+                        .insert((key.namespace.clone().unwrap_or_default(), key.name.clone()));
+                } else {
+                    batch
+                        .services
+                        .extend(affected_services(model, old.as_ref(), None));
+                }
+            }
+        }
+        other => {
+            if absorb(model, synced, other) {
+                batch.full = true;
+            }
+        }
+    }
+}
+
+/// What [`Pipeline::calculate`] did, for the logs.
+enum Calculated {
+    /// The whole desired state again; `old` is the one before.
+    Full {
+        batch: Batch,
+        old: Option<Arc<DesiredState>>,
+    },
+    /// Only the services the batch names; what changed in the frontends.
+    Services {
+        batch: Batch,
+        services: FrontendDelta,
+    },
+}
+
+impl Calculated {
+    fn batch(&self) -> &Batch {
+        match self {
+            Calculated::Full { batch, .. } | Calculated::Services { batch, .. } => batch,
+        }
+    }
+
+    fn path(&self) -> &'static str {
+        match self {
+            Calculated::Full { .. } => "full",
+            Calculated::Services { .. } => "services",
+        }
+    }
+}
+
+/// Milliseconds with a fraction, for timing fields.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// `~changed/-removed` frontends of an incremental update (added ones count as changed).
+fn counts_of(d: &FrontendDelta) -> String {
+    format!("~{}/-{}", d.changed.len(), d.removed.len())
 }
 
 /// `+added/~changed/-removed` of a keyed part of the delta.
@@ -144,6 +267,54 @@ pub struct DeltaSummary {
     pub totals: String,
 }
 
+/// The desired state of this node, kept up to date with the model batch by batch.
+#[derive(Debug, Default)]
+struct Calculation {
+    /// The desired state last calculated (kept up to date in place by the incremental path,
+    /// so it is shared with the driver only for the length of a call).
+    current: Option<Arc<DesiredState>>,
+    /// Keeps `current.services` up to date service by service.
+    tracker: ServiceTracker,
+}
+
+impl Calculation {
+    /// Brings `current` up to date with the model: the whole desired state when the batch
+    /// needs it (or nothing was calculated yet), else only the services it names. Returns
+    /// whether `current` changed, and the old state (full path) or the frontend changes
+    /// (incremental path) for the log.
+    fn calculate(&mut self, model: &Model, node: Option<&str>, batch: Batch) -> (bool, Calculated) {
+        match self.current.as_mut() {
+            Some(current) if !batch.full => {
+                let addrs = node_addrs(model, node);
+                // The driver gave its reference back when its call returned: no copy here.
+                let state = Arc::make_mut(current);
+                let delta =
+                    self.tracker
+                        .update(&mut state.services, model, node, &addrs, &batch.services);
+                (
+                    !delta.is_empty(),
+                    Calculated::Services {
+                        batch,
+                        services: delta,
+                    },
+                )
+            }
+            _ => {
+                let mut tracker = ServiceTracker::default();
+                let new = desired_state_with_services(model, node, |m, n| {
+                    let (t, s) = ServiceTracker::build(m, n, &node_addrs(m, n));
+                    tracker = t;
+                    s
+                });
+                self.tracker = tracker;
+                let old = self.current.replace(Arc::new(new));
+                let changed = old.as_deref() != self.current.as_deref();
+                (changed, Calculated::Full { batch, old })
+            }
+        }
+    }
+}
+
 /// The pipeline's state between batches.
 struct Pipeline {
     config: AgentConfig,
@@ -151,38 +322,46 @@ struct Pipeline {
     status: watch::Sender<Option<DataplaneStatus>>,
     model: Model,
     synced: bool,
+    /// Changes absorbed into `model` and not yet calculated.
+    batch: Batch,
     /// The dataplane selected; `None` before the first full sync.
     selected: Option<DataplaneKind>,
     /// The eBPF load settings (map sizes, log level) the open bpf driver was made with.
     bpf_settings: Option<crate::dataplane::bpf::BpfSettings>,
     /// Whether a driver is open for `selected`.
     has_driver: bool,
-    /// The state the driver holds (as far as we know).
-    applied: Option<Arc<DesiredState>>,
+    /// The desired state calculated from `model`.
+    calc: Calculation,
+    /// Whether the driver holds `calc.current` (as far as we know).
+    in_driver: bool,
+    /// The endpoints last recorded as programmed (lab only).
+    programmed: Option<Vec<String>>,
     /// An apply is owed (it failed, or the driver was just opened).
     pending: bool,
 }
 
 /// Runs the pipeline until `shutdown` turns true (then cleans up if configured) or the cache
-/// goes away.
+/// goes away. `changes` is [`crate::cache::Cache::follow_resources`], subscribed before the syncer starts.
 pub(crate) async fn run(
     config: AgentConfig,
-    cache: Cache,
+    mut changes: mpsc::UnboundedReceiver<ResourceChange>,
     driver: DriverThread,
     status: watch::Sender<Option<DataplaneStatus>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), DataplaneError> {
-    let mut changes = cache.follow_resources();
     let mut p = Pipeline {
         config,
         driver,
         status,
         model: Model::default(),
         synced: false,
+        batch: Batch::default(),
         selected: None,
         bpf_settings: None,
         has_driver: false,
-        applied: None,
+        calc: Calculation::default(),
+        in_driver: false,
+        programmed: None,
         pending: false,
     };
     let mut resync_at = Instant::now() + p.config.resync_interval;
@@ -192,14 +371,19 @@ pub(crate) async fn run(
         } else {
             resync_at
         };
-        let mut changed = false;
         let mut stop = false;
         tokio::select! {
             c = changes.recv() => {
                 let Some(c) = c else { return Ok(()) };
-                changed |= absorb(&mut p.model, &mut p.synced, c);
-                tokio::time::sleep(p.config.debounce).await;
-                changed |= p.drain(&mut changes);
+                absorb_into(&mut p.model, &mut p.synced, &mut p.batch, c);
+                p.drain(&mut changes);
+                // A change that needs the whole state calculated again waits for the rest of
+                // its burst; service changes are calculated at once (changes arriving
+                // meanwhile form the next batch).
+                if p.batch.full {
+                    tokio::time::sleep(p.config.debounce).await;
+                    p.drain(&mut changes);
+                }
             }
             _ = tokio::time::sleep_until(wake) => {}
             r = shutdown.changed() => match r {
@@ -215,7 +399,7 @@ pub(crate) async fn run(
         if !p.synced {
             continue;
         }
-        if changed || p.pending || p.selected.is_none() {
+        if !p.batch.is_empty() || p.pending || p.selected.is_none() {
             p.select().await;
             if p.has_driver {
                 p.apply().await;
@@ -235,20 +419,18 @@ impl Pipeline {
         &self.config.node
     }
 
-    /// Absorbs every change already queued; true when the model changed.
-    fn drain(&mut self, changes: &mut mpsc::UnboundedReceiver<ResourceChange>) -> bool {
-        let mut changed = false;
+    /// Absorbs every change already queued into the model and the batch.
+    fn drain(&mut self, changes: &mut mpsc::UnboundedReceiver<ResourceChange>) {
         while let Ok(c) = changes.try_recv() {
-            changed |= absorb(&mut self.model, &mut self.synced, c);
+            absorb_into(&mut self.model, &mut self.synced, &mut self.batch, c);
         }
-        changed
     }
 
     /// In the lab, records which endpoints the dataplane has programmed
     /// (`<lab-dir>/nodes/<node>/dataplane.programmed`: JSON `{dataplane, endpoints: ["ns/pod"]}`)
     /// so `serval lab up`/`wait` return only once new pods are policed and served, not merely
     /// ready. Written atomically, only when the set changes.
-    fn record_programmed(&self, kind: DataplaneKind, desired: &DesiredState) {
+    fn record_programmed(&mut self, kind: DataplaneKind, desired: &DesiredState) {
         let Some(lab_dir) = &self.config.lab_dir else {
             return;
         };
@@ -257,13 +439,7 @@ impl Pipeline {
             .values()
             .map(|(e, _)| format!("{}/{}", e.namespace, e.pod))
             .collect();
-        let before: Option<Vec<String>> = self.applied.as_deref().map(|a| {
-            a.endpoints
-                .values()
-                .map(|(e, _)| format!("{}/{}", e.namespace, e.pod))
-                .collect()
-        });
-        if before.as_ref() == Some(&endpoints) {
+        if self.programmed.as_ref() == Some(&endpoints) {
             return;
         }
         let dir = lab_dir.join("nodes").join(&self.config.node);
@@ -273,8 +449,11 @@ impl Pipeline {
         let result = std::fs::create_dir_all(&dir)
             .and_then(|()| std::fs::write(&tmp, body.to_string()))
             .and_then(|()| std::fs::rename(&tmp, &path));
-        if let Err(e) = result {
-            tracing::warn!(file = %path.display(), error = %e, "could not record the programmed endpoints");
+        match result {
+            Ok(()) => self.programmed = Some(endpoints),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not record the programmed endpoints")
+            }
         }
     }
 
@@ -318,7 +497,7 @@ impl Pipeline {
                 .await
                 .and_then(|r| r);
             self.bpf_settings = bpf_settings;
-            self.applied = None;
+            self.in_driver = false;
             match reopened {
                 Ok(()) => {
                     self.has_driver = true;
@@ -380,7 +559,7 @@ impl Pipeline {
             .await
             .and_then(|r| r);
         self.selected = Some(want);
-        self.applied = None;
+        self.in_driver = false;
         match opened {
             Ok(()) => {
                 self.has_driver = true;
@@ -402,13 +581,29 @@ impl Pipeline {
         }
     }
 
-    /// Computes the desired state and applies it if the driver does not hold it already.
+    fn calculate(&mut self) -> (bool, Calculated) {
+        let batch = std::mem::take(&mut self.batch);
+        self.calc
+            .calculate(&self.model, Some(self.config.node.as_str()), batch)
+    }
+
+    /// Calculates the desired state and applies it if the driver does not hold it already.
     async fn apply(&mut self) {
         let Some(kind) = self.selected else { return };
-        let desired = Arc::new(desired_state(&self.model, Some(&self.config.node)));
-        if !self.pending && self.applied.as_deref() == Some(&*desired) {
+        let started = Instant::now();
+        let (changed, calculated) = self.calculate();
+        let calc_took = started.elapsed();
+        if !self.pending && self.in_driver && !changed {
+            tracing::debug!(
+                changes = calculated.batch().changes,
+                calc_ms = ms(calc_took),
+                "changes leave the desired state as it is"
+            );
             return;
         }
+        let Some(desired) = self.calc.current.clone() else {
+            return;
+        };
         let d = desired.clone();
         let result = self
             .driver
@@ -418,16 +613,34 @@ impl Pipeline {
             })
             .await
             .and_then(|r| r);
+        let driver_took = started.elapsed() - calc_took;
         match result {
             Ok(written) => {
-                self.log_update(kind, &desired, written);
+                let waited = calculated
+                    .batch()
+                    .since
+                    .map(|t| started.saturating_duration_since(t))
+                    .unwrap_or_default();
+                self.log_update(kind, &desired, &calculated, written);
+                tracing::info!(
+                    dataplane = %kind,
+                    path = calculated.path(),
+                    changes = calculated.batch().changes,
+                    services = calculated.batch().services.len(),
+                    wait_ms = ms(waited),
+                    calc_ms = ms(calc_took),
+                    driver_ms = ms(driver_took),
+                    "pipeline timings: first change received → calculation (wait), calculation, driver write"
+                );
                 self.record_programmed(kind, &desired);
-                self.applied = Some(desired);
+                drop(desired);
+                self.in_driver = true;
                 self.pending = false;
                 self.publish(kind, DataplaneState::Programmed);
             }
             Err(e) => {
                 tracing::warn!(dataplane = %kind, error = %e, retry_in = ?RETRY, "dataplane apply failed; the previous rules stay in force");
+                self.in_driver = false;
                 self.pending = true;
                 if self
                     .status
@@ -446,9 +659,24 @@ impl Pipeline {
         }
     }
 
-    fn log_update(&self, kind: DataplaneKind, desired: &DesiredState, written: Written) {
-        match &self.applied {
-            Some(old) => {
+    fn log_update(
+        &self,
+        kind: DataplaneKind,
+        desired: &DesiredState,
+        calculated: &Calculated,
+        written: Written,
+    ) {
+        match calculated {
+            Calculated::Services { services, .. } => {
+                tracing::info!(
+                    dataplane = %kind,
+                    endpoint = "-",
+                    frontends = %counts_of(services),
+                    %written,
+                    "policy updated"
+                );
+            }
+            Calculated::Full { old: Some(old), .. } if self.in_driver => {
                 let delta = diff(old, desired);
                 let s = describe(old, desired, &delta);
                 tracing::info!(
@@ -463,7 +691,7 @@ impl Pipeline {
                     "policy updated"
                 );
             }
-            None => {
+            Calculated::Full { .. } => {
                 let s = describe(
                     &DesiredState::default(),
                     desired,
@@ -556,6 +784,7 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests {
+    use serval_calc::desired_state;
     use serval_model::{Kind, Resource, ResourceKey, parse_documents};
 
     use super::*;
@@ -687,5 +916,103 @@ spec:
         let back = diff(&new, &old);
         let s = describe(&new, &old, &back);
         assert!(s.sets.ends_with("/-1"), "{s:?}");
+    }
+
+    fn svc(name: &str, ip: &str, app: &str) -> Resource {
+        resources(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec:\n  \
+             clusterIP: {ip}\n  selector: {{app: {app}}}\n  ports: [{{port: 80}}]\n"
+        ))
+        .remove(0)
+    }
+
+    fn slice(name: &str, service: &str, addr: &str) -> Resource {
+        resources(&format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: x, \
+             labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: IPv4\n\
+             ports: [{{port: 8080}}]\nendpoints:\n- addresses: [{addr}]\n"
+        ))
+        .remove(0)
+    }
+
+    /// Batches of changes through the pipeline's calculation: services and slices take the
+    /// incremental path, anything else the full one, and after every batch the state equals
+    /// a full calculation from the model.
+    #[test]
+    fn batched_calculation_matches_a_full_calculation_after_every_batch() {
+        let svc_key = |n: &str| ResourceKey::new(Kind::Service, Some("x"), n);
+        let base = model_with_weps("");
+        let mut all: Vec<Resource> = Vec::new();
+        all.extend(base.namespaces.values().cloned().map(Resource::Namespace));
+        all.extend(base.pods.values().cloned().map(Resource::Pod));
+        all.extend(
+            base.workload_endpoints
+                .values()
+                .cloned()
+                .map(Resource::WorkloadEndpoint),
+        );
+        let manual = resources(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: manual, namespace: x}\nspec:\n  \
+             clusterIP: 10.96.0.80\n  ports: [{port: 80}]\n",
+        )
+        .remove(0);
+        let policy = resources(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n\
+             spec: {podSelector: {matchLabels: {app: b}}, ingress: [{}]}\n",
+        )
+        .remove(0);
+        let applied = |r: Resource| ResourceChange::Applied(Box::new(r));
+        let batches: Vec<(Vec<ResourceChange>, &str)> = vec![
+            (vec![ResourceChange::Replaced(all)], "full"),
+            (
+                vec![
+                    applied(svc("a", "10.96.0.1", "a")),
+                    applied(svc("b", "10.96.0.2", "b")),
+                    applied(manual),
+                ],
+                "services",
+            ),
+            (
+                vec![applied(slice("m1", "manual", "10.244.0.2"))],
+                "services",
+            ),
+            // b takes a's address: contested, a keeps it (first by name).
+            (vec![applied(svc("b", "10.96.0.1", "b"))], "services"),
+            // a goes: b gets the address.
+            (vec![ResourceChange::Deleted(svc_key("a"))], "services"),
+            (
+                vec![ResourceChange::Deleted(ResourceKey::new(
+                    Kind::EndpointSlice,
+                    Some("x"),
+                    "m1",
+                ))],
+                "services",
+            ),
+            // A policy and a service in one batch: the whole state.
+            (
+                vec![applied(policy), applied(svc("c", "10.96.0.3", "a"))],
+                "full",
+            ),
+            (vec![ResourceChange::Deleted(svc_key("c"))], "services"),
+        ];
+        let mut model = Model::default();
+        let mut synced = false;
+        let mut calc = Calculation::default();
+        for (i, (changes, path)) in batches.into_iter().enumerate() {
+            let mut batch = Batch::default();
+            for c in changes {
+                absorb_into(&mut model, &mut synced, &mut batch, c);
+            }
+            let (changed, calculated) = calc.calculate(&model, Some("n1"), batch);
+            assert!(changed, "batch {i} changes the state");
+            assert_eq!(calculated.path(), path, "batch {i}");
+            let want = desired_state(&model, Some("n1"));
+            assert_eq!(calc.current.as_deref(), Some(&want), "batch {i}");
+        }
+        let fe = &calc.current.as_ref().unwrap().services.frontends;
+        assert_eq!(fe.len(), 2, "{fe:?}");
+        // An empty batch changes nothing.
+        let (changed, _) = calc.calculate(&model, Some("n1"), Batch::default());
+        assert!(!changed);
     }
 }

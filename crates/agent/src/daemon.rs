@@ -103,7 +103,10 @@ pub async fn run_until(
         cleanup_on_exit = config.cleanup_on_exit,
         "agent starting"
     );
-    let cache = Cache::new();
+    // Services, policies and the like reach the policy pipeline only (no second copy in the
+    // cache); it follows the cache from before the first list.
+    let cache = Cache::with_follower_only(crate::cache::FOLLOWER_ONLY_KINDS);
+    let follow = cache.follow_resources();
     let mut syncer =
         tokio::spawn(syncer::run(client.clone(), cache.clone()).instrument(span.clone()));
     let (routed_tx, routed_rx) = watch::channel(false);
@@ -131,7 +134,7 @@ pub async fn run_until(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (dp_tx, dp_rx) = watch::channel(None);
     let mut policy = tokio::spawn(
-        calc::run(config.clone(), cache.clone(), driver, dp_tx, stop_rx).instrument(span.clone()),
+        calc::run(config.clone(), follow, driver, dp_tx, stop_rx).instrument(span.clone()),
     );
     let ready = tokio::spawn(ready_writer(config.clone(), routed_rx, dp_rx).instrument(span));
 
