@@ -927,6 +927,28 @@ fn memory_section(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progres
                 "idle: 3 pods, no Services or policies".to_string()
             }
         };
+        // Services and policies together: the largest N this column runs (50,000 for
+        // serval-bpf in the default set) with the largest policy count.
+        let policies = plan.policy_sizes.iter().copied().max().unwrap_or(0);
+        if labs.services(dp).is_ok()
+            && let Some(n) = plan.largest_size(dp)
+        {
+            let lab = labs.get(dp.lab_dataplane())?;
+            match serval::measure_combined_memory(lab, dp.name(), n, policies, p) {
+                Ok(point) => {
+                    p.line(&format!(
+                        "{} memory with {n} Services + {policies} policies: agent RSS {}",
+                        dp.name(),
+                        point.agent_rss_kib.map_or("unknown".into(), |k| format!(
+                            "{:.1} MiB",
+                            k as f64 / 1024.0
+                        ))
+                    ));
+                    r.memory.push(point);
+                }
+                Err(e) => failed(r, Section::Memory, dp, Some(n), &e, p),
+            }
+        }
         let lab = labs.get(dp.lab_dataplane())?;
         let point = throughput::agent_memory(
             &format!("{} lab ({})", dp.name(), lab.name),

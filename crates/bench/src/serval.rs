@@ -413,6 +413,80 @@ pub fn measure_policies(
     })
 }
 
+/// The agent's memory with `n` Services and `policies` NetworkPolicies programmed at once
+/// (issue 7's memory target: 50,000 services + 10,000 policies). Every step is observed from
+/// the client before the next: the Services until the last answers, the policies that do not
+/// allow the client until it is blocked, the one allowing it until it answers again. Then
+/// node1's agent RSS and BPF map memory, and everything is removed (until the last service
+/// stops answering).
+pub fn measure_combined_memory(
+    lab: &Lab,
+    column: &str,
+    n: usize,
+    policies: usize,
+    progress: &Progress,
+) -> Result<MemoryPoint> {
+    let items: Vec<(String, Ipv4Addr)> = (0..n)
+        .map(|i| (format!("svc-{i}"), kubeproxy::service_ip(i)))
+        .collect();
+    let last = SocketAddrV4::new(kubeproxy::service_ip(n - 1), 80);
+    let cleanup = |stems: &[&str]| {
+        for stem in stems {
+            let _ = lab.delete(stem);
+        }
+    };
+    progress.line(&format!(
+        "{column} memory: applying {n} Services and {policies} NetworkPolicies"
+    ));
+    let start = Instant::now();
+    lab.apply("memory-services", &services_yaml(&items))?;
+    let deadline = || Instant::now() + crate::baseline::ANSWER_TIMEOUT;
+    if let Err(e) = net::wait_answer(&lab.client.netns, &lab.client.netns_name, last, deadline()) {
+        cleanup(&["memory-services"]);
+        return Err(e);
+    }
+    let mut stems = vec!["memory-services"];
+    if policies > 1 {
+        lab.apply(
+            "memory-policies-base",
+            &policies_yaml(policies - 1, 0, false),
+        )?;
+        stems.push("memory-policies-base");
+        if let Err(e) = wait_gone(lab, last) {
+            cleanup(&stems);
+            return Err(e);
+        }
+    }
+    if policies > 0 {
+        lab.apply(
+            "memory-policies-last",
+            &policies_yaml(1, policies - 1, true),
+        )?;
+        stems.push("memory-policies-last");
+        if let Err(e) =
+            net::wait_answer(&lab.client.netns, &lab.client.netns_name, last, deadline())
+        {
+            cleanup(&stems);
+            return Err(e);
+        }
+    }
+    progress.line(&format!(
+        "{column} memory: {n} Services and {policies} policies in force after {}",
+        human_us(start.elapsed().as_secs_f64() * 1e6)
+    ));
+    let point = crate::throughput::agent_memory(
+        &format!("{column} lab ({})", lab.name),
+        &format!("{n} Services + {policies} NetworkPolicies programmed"),
+        lab.agent_pid("node1"),
+        &lab.no_bpf_maps_reason(),
+    );
+    for stem in stems.iter().rev() {
+        lab.delete(stem)?;
+    }
+    wait_gone(lab, last)?;
+    Ok(point)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
