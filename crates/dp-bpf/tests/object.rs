@@ -54,8 +54,8 @@ fn stale_object_from_another_header_is_rejected_before_loading() {
     // conntrack values grew by 8 bytes in this "other version" of the header
     let stale = compile_modified(&[(
         "serval_maps.h",
-        "\t__u32 pad1;\n};\n_Static_assert(sizeof(struct sv_ct_val) == 48",
-        "\t__u32 pad1;\n\t__u64 extra;\n};\n_Static_assert(sizeof(struct sv_ct_val) == 56",
+        "\t__u32 pad3;\n};\n_Static_assert(sizeof(struct sv_ct_val) == 72",
+        "\t__u32 pad3;\n\t__u64 extra;\n};\n_Static_assert(sizeof(struct sv_ct_val) == 80",
     )]);
     let err = object::validate("stale.o", &stale).unwrap_err();
     match &err {
@@ -68,7 +68,7 @@ fn stale_object_from_another_header_is_rejected_before_loading() {
         } => {
             assert_eq!(*map, "sv_ct");
             assert_eq!(*what, "value size");
-            assert_eq!((*found, *expected), (56, 48));
+            assert_eq!((*found, *expected), (80, 72));
         }
         other => panic!("expected an ABI mismatch, got {other:?}"),
     }

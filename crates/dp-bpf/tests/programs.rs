@@ -533,7 +533,8 @@ fn service_without_backends_rejects_and_counts() {
         assert_eq!(verdict, TC_ACT_REDIRECT, "rejected with a RST");
     }
     assert_eq!(drops(&mut dp, SV_DROP_NO_BACKEND), 2);
-    // internalTrafficPolicy: Local with no local backend: also no backend
+    // internalTrafficPolicy: Local with no local backend: dropped, not rejected (kube-proxy
+    // and the reference evaluator: ServiceDecision::Drop), counted as no_local_backend
     let net = v4();
     let mut maps = dp.maps();
     maps.set_frontend(
@@ -560,8 +561,9 @@ fn service_without_backends_rejects_and_counts() {
         Hook::FromEndpoint,
         &packet(net.client, net.vip, tcp(44001, 80, TCP_SYN)),
     );
-    assert_eq!(verdict, TC_ACT_REDIRECT, "rejected with a RST");
-    assert_eq!(drops(&mut dp, SV_DROP_NO_BACKEND), 3);
+    assert_eq!(verdict, TC_ACT_SHOT, "dropped");
+    assert_eq!(drops(&mut dp, SV_DROP_NO_BACKEND), 2);
+    assert_eq!(drops(&mut dp, SV_DROP_NO_LOCAL_BACKEND), 1);
     // a frontend counting a slot that is missing: its own reason
     dp.maps()
         .set_frontend(
