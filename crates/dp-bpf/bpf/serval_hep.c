@@ -11,8 +11,9 @@
  *
  * Per packet, in order (every step a fixed number of hash/LPM lookups):
  *   1. skb->mark has SV_MARK_SEEN (another Serval program NATed/forwarded it): next;
- *   2. not IP, IPv6 neighbour discovery: next; fragments: dropped (SV_DROP_FRAGMENT), as the
- *      workload programs do (no ports to police);
+ *   2. not IP, IPv6 neighbour discovery, non-first fragments: next (a first fragment carries
+ *      the transport header and is policed like a whole packet; the kernel cannot
+ *      reassemble the rest without it); a malformed IP packet: dropped (SV_DROP_MALFORMED);
  *   3. the interface has no sv_hep_ifaces entry, or the packet is not host traffic: next;
  *   4. a live entry of the flow in sv_hep_ct (this object's own LRU conntrack; replies of
  *      allowed flows, either direction): next;
@@ -89,7 +90,6 @@ struct {
 #define SV_PARSE_MALFORMED 2
 #define SV_PARSE_FRAGMENT 3
 
-#define SV_IP_MF 0x2000
 #define SV_IP_OFFSET 0x1fff
 
 #define SV_TCP_FIN 0x01
@@ -206,11 +206,12 @@ static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
 			return SV_PARSE_MALFORMED;
 		if (ip->version != 4 || ip->ihl < 5)
 			return SV_PARSE_MALFORMED;
-		if (ip->frag_off & bpf_htons(SV_IP_MF | SV_IP_OFFSET))
-			return SV_PARSE_FRAGMENT;
 		p->family = SV_FAMILY_V4;
 		sv_addr_v4(&p->saddr, ip->saddr);
 		sv_addr_v4(&p->daddr, ip->daddr);
+		/* a first fragment carries the transport header and is policed as a packet */
+		if (ip->frag_off & bpf_htons(SV_IP_OFFSET))
+			return SV_PARSE_FRAGMENT;
 		p->proto = ip->protocol;
 		p->l4_off = ETH_HLEN + ip->ihl * 4;
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
@@ -226,8 +227,17 @@ static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
 		__u32 off = ETH_HLEN + sizeof(struct ipv6hdr);
 #pragma unroll
 		for (int i = 0; i < SV_IPV6_MAX_EXT; i++) {
-			if (next == IPPROTO_FRAGMENT)
-				return SV_PARSE_FRAGMENT;
+			if (next == IPPROTO_FRAGMENT) {
+				/* next header, reserved, offset << 3 | flags, identification */
+				__u8 frag[4];
+				if (bpf_skb_load_bytes(skb, off, frag, sizeof(frag)))
+					return SV_PARSE_MALFORMED;
+				if ((((__u16)frag[2] << 8) | frag[3]) >> 3)
+					return SV_PARSE_FRAGMENT; /* not the first fragment */
+				next = frag[0];
+				off += 8;
+				continue;
+			}
 			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
 			    next != IPPROTO_DSTOPTS)
 				break;
@@ -397,8 +407,10 @@ static __noinline int sv_hep(struct __sk_buff *skb, const __u8 dir)
 	int rc = sv_parse(skb, &p);
 	if (rc == SV_PARSE_NOT_IP)
 		return SV_NEXT;
+	/* A later fragment has no ports; its first fragment was policed, and without that
+	 * one the kernel cannot reassemble the packet. */
 	if (rc == SV_PARSE_FRAGMENT)
-		return sv_drop(SV_DROP_FRAGMENT);
+		return SV_NEXT;
 	if (rc != SV_PARSE_OK)
 		return sv_drop(SV_DROP_MALFORMED);
 	if (sv_is_ndp(&p))

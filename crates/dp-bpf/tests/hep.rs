@@ -299,3 +299,48 @@ fn the_debug_build_loads_too() {
     // No sv_hep_ifaces entry: passes.
     assert_eq!(run(&dp, Hook::HostIngress, &pkt), TC_ACT_NEXT);
 }
+
+/// `pkt` as an IP fragment at `offset` (8-byte units) with more fragments to come: IPv4
+/// sets the header's fragment field; IPv6 inserts a fragment extension header.
+fn fragment(pkt: &[u8], offset: u16) -> Vec<u8> {
+    let mut p = pkt.to_vec();
+    if p[12..14] == [0x08, 0x00] {
+        let v = 0x2000 | offset; // MF
+        p[20..22].copy_from_slice(&v.to_be_bytes());
+        return p;
+    }
+    let next = p[14 + 6];
+    p[14 + 6] = 44; // IPPROTO_FRAGMENT
+    let len = u16::from_be_bytes([p[18], p[19]]) + 8;
+    p[18..20].copy_from_slice(&len.to_be_bytes());
+    let mut frag = vec![next, 0];
+    frag.extend(((offset << 3) | 1).to_be_bytes());
+    frag.extend(0x5e57_0001u32.to_be_bytes());
+    p.splice(54..54, frag);
+    p
+}
+
+#[test]
+fn first_fragments_are_policed_and_later_ones_pass() {
+    let Some(dp) = setup() else { return };
+    for net in [v4(), v6()] {
+        let open = packet(net.peer, net.host, tcp(44000, 80, TCP_SYN));
+        let closed = packet(net.peer, net.host, tcp(44001, 81, TCP_SYN));
+        assert_eq!(
+            run(&dp, Hook::HostIngress, &fragment(&open, 0)),
+            TC_ACT_NEXT
+        );
+        assert_eq!(
+            run(&dp, Hook::HostIngress, &fragment(&closed, 0)),
+            TC_ACT_SHOT,
+            "a first fragment carries the ports: policed ({})",
+            net.host
+        );
+        assert_eq!(
+            run(&dp, Hook::HostIngress, &fragment(&closed, 100)),
+            TC_ACT_NEXT,
+            "a later fragment cannot be reassembled without its first ({})",
+            net.host
+        );
+    }
+}
