@@ -110,10 +110,45 @@ fn old_slice(model: &Model, key: &ResourceKey) -> Option<Resource> {
         .flatten()
 }
 
+/// Drops what the datastore adds to every resource and the calculation never reads (uid,
+/// creation time, resourceVersion): less memory per resource held in the model, and a
+/// write that changes nothing else is no change to the model.
+fn slim(r: &mut Resource) {
+    let meta = r.meta_mut();
+    meta.resource_version = None;
+    meta.uid = None;
+    meta.creation_timestamp = None;
+}
+
+/// Returns the heap pages freed by a large batch (the decoded resources and the temporary
+/// maps of a full calculation and a driver write) to the kernel, so the agent's resident
+/// memory follows what it holds rather than its peak.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only gives free pages of the malloc arenas back to the kernel; it
+    // touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Batches at least this large release freed memory afterwards ([`release_freed_memory`]).
+const TRIM_AFTER_CHANGES: usize = 1000;
+
 /// Applies one cache change to the model and records in `batch` what it asks of the
 /// calculation. Service and EndpointSlice changes name the services to recompute; any other
 /// change to the model makes the batch a full recomputation.
-fn absorb_into(model: &mut Model, synced: &mut bool, batch: &mut Batch, change: ResourceChange) {
+fn absorb_into(
+    model: &mut Model,
+    synced: &mut bool,
+    batch: &mut Batch,
+    mut change: ResourceChange,
+) {
+    match &mut change {
+        ResourceChange::Replaced(all) => all.iter_mut().for_each(slim),
+        ResourceChange::Applied(r) => slim(r),
+        ResourceChange::Deleted(_) => {}
+    }
     batch.changes += 1;
     batch.since.get_or_insert_with(Instant::now);
     let incremental = |k: Kind| matches!(k, Kind::Service | Kind::EndpointSlice);
@@ -634,6 +669,10 @@ impl Pipeline {
                 );
                 self.record_programmed(kind, &desired);
                 drop(desired);
+                if calculated.batch().changes >= TRIM_AFTER_CHANGES {
+                    drop(calculated);
+                    release_freed_memory();
+                }
                 self.in_driver = true;
                 self.pending = false;
                 self.publish(kind, DataplaneState::Programmed);
