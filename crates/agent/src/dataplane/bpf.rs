@@ -85,7 +85,6 @@ pub const NOT_YET_IN_BPF: &[&str] = &[
     "NAT of host-networked clients' service traffic in tc (bpfHostNetworkedNATWithoutCTLB): host processes reach services only through connect-time load balancing, for the protocols it covers",
     "fast-path redirects of ordinary pod traffic (bpf_redirect_peer / bpf_redirect_neigh): it takes the host stack (only NATed uplink and hairpin flows are forwarded by FIB lookup and redirect)",
     "ICMP errors about NATed flows (e.g. fragmentation needed) are not translated back to the client",
-    "IP fragments (dropped and counted as fragment: large UDP datagrams over the MTU fail)",
     "service NAT for SCTP and UDP-Lite (their checksums are not rewritten: dropped and counted as rewrite)",
 ];
 
