@@ -756,9 +756,11 @@ fn malformed_and_non_ip_frames() {
     let (verdict, out) = run(&dp, Hook::FromEndpoint, &arp);
     assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(out, arp);
-    // IPv4 fragments are counted separately (not handled yet)
+    // A later IPv4 fragment whose first fragment was never seen is counted separately
+    // (tests/fragments.rs has the fragments that pass)
     let mut frag = full.clone();
-    frag[14 + 6] = 0x20; // MF
+    frag[14 + 6] = 0x00;
+    frag[14 + 7] = 0x10; // offset 128, no MF: a last fragment
     let (verdict, _) = run(&dp, Hook::FromEndpoint, &frag);
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(drops(&mut dp, SV_DROP_FRAGMENT), 1);
