@@ -22,8 +22,9 @@
  *   6. VXLAN (UDP 4789) from/to another node's address (SV_RT_F_REMOTE_HOST): allowed, as
  *      Felix allows the overlay between hosts before host endpoint policy;
  *   7. the host endpoint's compiled policy in sv_policy (its ep_id, the remote identity from
- *      sv_routes, direction, protocol, port; then the SV_IDENTITY_ANY fallback): allowed, or
- *      dropped and counted as SV_DROP_HOST_POLICY.
+ *      sv_routes, direction, protocol, port; then the SV_IDENTITY_ANY fallback; a
+ *      SV_VERDICT_BY_SPORT entry goes on to its source-port table in sv_pol_sport): allowed,
+ *      or dropped and counted as SV_DROP_HOST_POLICY.
  * Allowed new flows (5-7) are recorded in sv_hep_ct. "next" is TC_ACT_UNSPEC (-1), which is
  * TCX_NEXT under TCX (the next program of the chain, then the stack, decides) and "the
  * default action" under clsact.
@@ -389,6 +390,14 @@ static __always_inline int sv_policy_allows(__u32 ep_id, __u8 dir, __u32 identit
 	if (!v) {
 		k.data.remote_id = bpf_htonl(SV_IDENTITY_ANY);
 		v = bpf_map_lookup_elem(&sv_policy, &k);
+	}
+	if (v && v->verdict == SV_VERDICT_BY_SPORT) {
+		/* the decision depends on the source port: the table rule_id names decides */
+		struct sv_pol_sport_key sk = {
+			.prefixlen = SV_POL_SPORT_PREFIX_FULL,
+			.data = {.table_id = bpf_htonl(v->rule_id), .sport = p->sport},
+		};
+		v = bpf_map_lookup_elem(&sv_pol_sport, &sk);
 	}
 	int allow = v && v->verdict == SV_VERDICT_ALLOW;
 	sv_log("policy ep=%u dir=%u identity=%u", ep_id, dir, identity);

@@ -348,3 +348,41 @@ fn first_fragments_are_policed_and_later_ones_pass() {
         );
     }
 }
+
+#[test]
+fn source_port_tables_decide_by_source_port() {
+    let Some(mut dp) = setup() else { return };
+    // TCP 8443 from the peer: allowed only from source ports 1024-2047 (table 7).
+    let table = 7;
+    dp.maps()
+        .set_policy(
+            &aya::maps::lpm_trie::Key::new(
+                SV_POL_PREFIX_FULL,
+                PolMatch::new(HEP, PEER_ID, SV_DIR_INGRESS, PROTO_TCP, 8443),
+            ),
+            &PolVal {
+                verdict: SV_VERDICT_BY_SPORT,
+                rule_id: table,
+            },
+        )
+        .unwrap();
+    dp.set_policy_sport(
+        &aya::maps::lpm_trie::Key::new(
+            SV_POL_SPORT_PREFIX_ANY + 6,
+            PolSportMatch::new(table, 1024),
+        ),
+        &allow(3),
+    )
+    .unwrap();
+    dp.set_policy_sport(
+        &aya::maps::lpm_trie::Key::new(SV_POL_SPORT_PREFIX_ANY, PolSportMatch::new(table, 0)),
+        &DENY,
+    )
+    .unwrap();
+    for net in [v4(), v6()] {
+        let from = |sport| packet(net.peer, net.host, tcp(sport, 8443, TCP_SYN));
+        assert_eq!(run(&dp, Hook::HostIngress, &from(1500)), TC_ACT_NEXT);
+        assert_eq!(run(&dp, Hook::HostIngress, &from(2048)), TC_ACT_SHOT);
+        assert_eq!(run(&dp, Hook::HostIngress, &from(40000)), TC_ACT_SHOT);
+    }
+}
