@@ -20,7 +20,11 @@
 //! - **Workload to host:** this node's addresses get their own identities
 //!   ([`FIRST_HOST_IDENTITY`]…), whose egress verdict is FelixConfiguration
 //!   `defaultEndpointToHostAction` (Drop by default) and whose ingress verdicts are those of
-//!   the class the addresses would have had.
+//!   the class the addresses would have had; with Return and an all-interfaces (`*`) host
+//!   endpoint owning the address, that endpoint's ingress policy and failsafe ports are
+//!   folded into those egress verdicts ([`hep::fold_all_interfaces_return`]).
+//! - **Host endpoints** ([`hep`]): `bpf/serval_hep.c` on the interfaces of the node's
+//!   HostEndpoints (policy compiled like a workload's, failsafe ports in `sv_hep_fs`).
 //! - **Conntrack cleaner and counters:** every resync expires idle conntrack entries
 //!   (Calico's timeouts) and reads the per-reason drop counters, logging the reasons whose
 //!   count grew; [`Dataplane::stats`] reports the totals.
