@@ -158,7 +158,7 @@ fn log_host_networked(settings: &CtlbSettings) {
             "bpfConnectTimeLoadBalancing: Disabled with bpfHostNetworkedNATWithoutCTLB: Disabled: \
              host-networked processes cannot reach services"
         ),
-        mode => tracing::warn!(
+        mode => tracing::info!(
             ?mode,
             "host-networked NAT in tc is not available (Serval's tc programs run on workload \
              interfaces only): host-networked clients reach services through connect-time LB, \
