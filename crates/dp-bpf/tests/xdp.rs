@@ -211,6 +211,27 @@ fn malformed_ip_headers_are_dropped_and_counted_non_ip_passes() {
 }
 
 #[test]
+fn icmpv6_neighbour_discovery_from_a_blocked_source_passes() {
+    let mut dp = load();
+    block(&mut dp, 0, 0, 0, V6.net, V6.len);
+    let icmp = |kind| L4::Icmp {
+        kind,
+        code: 0,
+        id: 7,
+    };
+    // Neighbour solicitation and advertisement: IPv6's ARP.
+    for kind in [133, 135, 136, 137] {
+        assert_eq!(
+            run(&mut dp, V6.blocked, V6.host, icmp(kind)),
+            XDP_PASS,
+            "type {kind}"
+        );
+    }
+    // Echo request: dropped like everything else from the source.
+    assert_eq!(run(&mut dp, V6.blocked, V6.host, icmp(128)), XDP_DROP);
+}
+
+#[test]
 fn non_first_fragments_match_only_any_protocol_entries() {
     let mut dp = load();
     block(&mut dp, 0, PROTO_TCP, 80, V4.net, V4.len);

@@ -90,6 +90,8 @@ pub const NOT_YET_IN_BPF: &[&str] = &[
     "fast-path redirects of ordinary pod traffic (bpf_redirect_peer / bpf_redirect_neigh): it takes the host stack (only NATed uplink and hairpin flows are forwarded by FIB lookup and redirect)",
     "ICMP errors about NATed flows (e.g. fragmentation needed) are not translated back to the client",
     "service NAT for SCTP and UDP-Lite (their checksums are not rewritten: dropped and counted as rewrite)",
+    "coexistence with kube-proxy's rules (bpfKubeProxyIptablesCleanupEnabled: false): its KUBE-FORWARD `--ctstate INVALID -j DROP` drops backend replies the tc programs reverse-NATed before netfilter (same-node service connections fail)",
+    "untracked (doNotTrack) host endpoint rules XDP cannot express (only deny rules on source nets, protocol and destination ports are enforced, at XDP)",
 ];
 
 /// Identities the driver gives this node's own addresses (one per identity class they

@@ -151,10 +151,10 @@ pub struct XdpDriver {
 }
 
 impl XdpDriver {
-    /// Forget what the kernel holds (resync: read it back).
+    /// Forget what the maps hold (resync: read them back; attachments are checked against
+    /// their pins at the next apply).
     pub fn invalidate(&mut self) {
         self.kernel = None;
-        self.attached.clear();
     }
 
     /// Packets dropped at XDP (as of the last read).
@@ -194,7 +194,8 @@ impl XdpDriver {
             })?;
             tracing::info!(scope = pins.scope(), "XDP program loaded (host interfaces)");
             self.dp = Some(dp);
-            self.invalidate();
+            self.kernel = None;
+            self.attached.clear();
         }
         let Some(dp) = self.dp.as_mut() else {
             return Ok(0);
@@ -214,6 +215,9 @@ impl XdpDriver {
         for ((len, m), v) in &bl_up {
             dp.set_block(&aya::maps::lpm_trie::Key::new(*len, *m), v)?;
         }
+        // An interface counts as attached only while its pinned link exists (drift repair).
+        let recorded = bpf_xdp::attachments(pins)?;
+        self.attached.retain(|i, _| recorded.contains(i));
         let mut changed = 0;
         for (ifname, ifindex) in &wanted {
             if self.attached.get(ifname) == Some(ifindex) {
@@ -228,7 +232,6 @@ impl XdpDriver {
             self.attached.insert(ifname.clone(), *ifindex);
             changed += 1;
         }
-        let recorded = bpf_xdp::attachments(pins)?;
         let stale: BTreeSet<String> = recorded
             .into_iter()
             .chain(self.attached.keys().cloned())
@@ -275,7 +278,8 @@ impl XdpDriver {
     /// Drops our handles (the caller removes the scope's pins, XDP ones included).
     pub fn forget(&mut self) {
         self.dp = None;
-        self.invalidate();
+        self.kernel = None;
+        self.attached.clear();
     }
 
     /// Reads the counters, logging those that grew.
