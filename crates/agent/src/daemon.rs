@@ -76,14 +76,10 @@ pub async fn run_until(
             task: "dataplane driver",
             reason: e.to_string(),
         })?;
-    // Prometheus /metrics (bound here, in the node's namespace; a busy address fails the start).
-    let metrics = match config.metrics_addr {
-        Some(addr) => {
-            let listener = crate::metrics::bind(addr).await?;
-            Some(tokio::spawn(
-                crate::metrics::serve(listener, driver.clone()).instrument(span.clone()),
-            ))
-        }
+    // Prometheus /metrics on --metrics-addr (bound here, in the node's namespace; a busy
+    // address fails the start), else as FelixConfiguration prometheusMetrics* says.
+    let metrics_flag = match config.metrics_addr {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
         None => None,
     };
     let client = Client::open(&config.datastore)
@@ -107,6 +103,15 @@ pub async fn run_until(
     // cache); it follows the cache from before the first list.
     let cache = Cache::with_follower_only(crate::cache::FOLLOWER_ONLY_KINDS);
     let follow = cache.follow_resources();
+    let metrics = tokio::spawn(
+        crate::metrics::run(
+            metrics_flag,
+            config.node.clone(),
+            cache.follow_resources(),
+            driver.clone(),
+        )
+        .instrument(span.clone()),
+    );
     let mut syncer =
         tokio::spawn(syncer::run(client.clone(), cache.clone()).instrument(span.clone()));
     let (routed_tx, routed_rx) = watch::channel(false);
@@ -163,9 +168,7 @@ pub async fn run_until(
         () = shutdown => Ok(()),
     };
     ready.abort();
-    if let Some(m) = &metrics {
-        m.abort();
-    }
+    metrics.abort();
     if result.is_ok() {
         tracing::info!(node = %config.node, "agent stopping");
         if let Some(path) = config.ready_path() {

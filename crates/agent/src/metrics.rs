@@ -1,4 +1,7 @@
-//! Prometheus `/metrics` of the agent (`serval agent --metrics-addr ADDR`; off by default).
+//! Prometheus `/metrics` of the agent: on `serval agent --metrics-addr ADDR`, else as
+//! FelixConfiguration says (`prometheusMetricsEnabled`, `prometheusMetricsPort`, Calico's
+//! names; the node's `node.NAME` configuration overrides `default`): on every address of
+//! the node at that port, re-bound when the configuration changes. Off by default.
 //!
 //! Served on a tiny tokio listener with a hand-written text exposition (format 0.0.4): the
 //! handful of counters and gauges below do not justify an HTTP server or a metrics crate.
@@ -20,14 +23,19 @@
 //!
 //! [`Dataplane::stats`]: crate::dataplane::Dataplane::stats
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use serval_dp_bpf::abi::{SV_DROP_REASONS, drop_reason_name};
+use serval_model::{Kind, Resource, ResourceKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
+use crate::cache::ResourceChange;
 use crate::dataplane::{DataplaneStats, DriverThread};
 
 /// How long a client may take to send its request.
@@ -182,6 +190,101 @@ pub async fn serve(listener: TcpListener, driver: DriverThread) {
                 tracing::debug!(%peer, error = %e, "metrics request failed");
             }
         });
+    }
+}
+
+/// The FelixConfiguration resources, for the effective `prometheusMetrics*` of a node.
+#[derive(Default)]
+struct FelixConfigs(BTreeMap<ResourceKey, Resource>);
+
+impl FelixConfigs {
+    /// Absorbs one change; true when a FelixConfiguration changed.
+    fn absorb(&mut self, change: ResourceChange) -> bool {
+        match change {
+            ResourceChange::Replaced(all) => {
+                let fresh: BTreeMap<ResourceKey, Resource> = all
+                    .into_iter()
+                    .filter(|r| r.kind() == Kind::FelixConfiguration)
+                    .map(|r| (r.key(), r))
+                    .collect();
+                let changed = fresh != self.0;
+                self.0 = fresh;
+                changed
+            }
+            ResourceChange::Applied(r) if r.kind() == Kind::FelixConfiguration => {
+                self.0.insert(r.key(), *r);
+                true
+            }
+            ResourceChange::Deleted(k) if k.kind == Kind::FelixConfiguration => {
+                self.0.remove(&k).is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// The port FelixConfiguration asks metrics on for `node`, if enabled.
+    fn port(&self, node: &str) -> Option<u16> {
+        let model = serval_calc::Model::from_resources(self.0.values().cloned());
+        let felix = model.felix(Some(node));
+        felix
+            .prometheus_metrics_enabled
+            .then_some(felix.prometheus_metrics_port)
+    }
+}
+
+/// Binds every address of the node at `port` (`[::]`, dual-stack; `0.0.0.0` where IPv6 is
+/// off), as Calico's empty `prometheusMetricsHost` does.
+async fn bind_any(port: u16) -> Result<TcpListener, MetricsError> {
+    match bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await {
+        Ok(l) => Ok(l),
+        Err(_) => bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await,
+    }
+}
+
+/// Serves `/metrics` for the agent's lifetime: on `flag` (already bound) when the command
+/// line gave an address, else wherever FelixConfiguration asks (followed through
+/// `changes`), re-bound when it changes and closed when it is disabled.
+pub async fn run(
+    flag: Option<TcpListener>,
+    node: String,
+    mut changes: mpsc::UnboundedReceiver<ResourceChange>,
+    driver: DriverThread,
+) {
+    if let Some(listener) = flag {
+        // The command line wins; FelixConfiguration is not consulted.
+        drop(changes);
+        return serve(listener, driver).await;
+    }
+    let mut felix = FelixConfigs::default();
+    let mut current: Option<(u16, JoinHandle<()>)> = None;
+    while let Some(change) = changes.recv().await {
+        if !felix.absorb(change) {
+            continue;
+        }
+        let want = felix.port(&node);
+        if current.as_ref().map(|c| c.0) == want {
+            continue;
+        }
+        if let Some((port, task)) = current.take() {
+            task.abort();
+            let _ = task.await;
+            tracing::info!(port, "metrics endpoint closed (FelixConfiguration changed)");
+        }
+        let Some(port) = want else { continue };
+        match bind_any(port).await {
+            Ok(listener) => {
+                let task = tokio::spawn(serve(listener, driver.clone()));
+                current = Some((port, task));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "FelixConfiguration prometheusMetricsEnabled: cannot serve metrics; change \
+                 prometheusMetricsPort"
+            ),
+        }
+    }
+    if let Some((_, task)) = current {
+        task.abort();
     }
 }
 

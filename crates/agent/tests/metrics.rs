@@ -4,8 +4,11 @@
 //! up as `serval_bpf_drops_total{reason="policy"}`, every other drop reason (the map-full
 //! ones included) is exported with its count, and the dataplane counters are there.
 //!
-//! The endpoint listens on 127.0.0.1:9091 inside the node's own (uniquely named, deleted on
-//! drop) network namespace, so tests do not collide.
+//! Without the flag, FelixConfiguration `prometheusMetricsEnabled` / `prometheusMetricsPort`
+//! turn the endpoint on (every address of the node at that port) and off again.
+//!
+//! The endpoints listen inside the node's own (uniquely named, deleted on drop) network
+//! namespace, so tests do not collide.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -31,8 +34,12 @@ const ADDR: &str = "127.0.0.1:9091";
 
 /// One HTTP GET inside the node namespace: (status line, body).
 fn get(node: &Node, path: &str) -> Result<(String, String)> {
-    let addr: SocketAddr = ADDR.parse()?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {ADDR}\r\nConnection: close\r\n\r\n");
+    get_at(node, ADDR, path)
+}
+
+fn get_at(node: &Node, at: &str, path: &str) -> Result<(String, String)> {
+    let addr: SocketAddr = at.parse()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {at}\r\nConnection: close\r\n\r\n");
     let resp = node.node.run(move || -> std::io::Result<String> {
         let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         c.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -134,6 +141,54 @@ async fn metrics_endpoint_reports_bpf_drops_by_reason() -> Result<()> {
     );
     let (status, _) = get(&node, "/nothing")?;
     ensure!(status.contains("404"), "{status}");
+    agent.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn felix_configuration_turns_the_metrics_endpoint_on_and_off() -> Result<()> {
+    if !require_root("felix_configuration_turns_the_metrics_endpoint_on_and_off") {
+        return Ok(());
+    }
+    let node = Node::start("svag-mef", "svag-mefp", &[("a", "10.244.6.1")])?;
+    let store = SqliteFile::new()?;
+    let client = Client::open(&store.url()).await?;
+    client
+        .apply(node.resources()?, serval_api::ApplyMode::Apply)
+        .await?;
+    let felix = |enabled: bool| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {{name: default}}\n\
+             spec: {{prometheusMetricsEnabled: {enabled}, prometheusMetricsPort: 9092}}\n"
+        )
+    };
+    apply(&client, &felix(true)).await?;
+    let dir = tempfile::tempdir()?;
+    let mut agent = Agent::start(&node.node, config(&store, &dir, Duration::from_secs(1)))?;
+    agent.wait_ready().await?;
+    let at = "127.0.0.1:9092";
+    wait_for(
+        "metrics on FelixConfiguration's prometheusMetricsPort",
+        || {
+            let ok = get_at(&node, at, "/metrics").is_ok_and(|(status, body)| {
+                status.contains("200")
+                    && sample(&body, "serval_dataplane_info{dataplane=\"iptables\"}") == Some(1)
+            });
+            async move { Ok(ok) }
+        },
+    )
+    .await?;
+    // Not on the flag's default address: only where FelixConfiguration says.
+    ensure!(
+        get(&node, "/metrics").is_err(),
+        "something answers on {ADDR}"
+    );
+    apply(&client, &felix(false)).await?;
+    wait_for("the metrics endpoint to close", || {
+        let closed = get_at(&node, at, "/metrics").is_err();
+        async move { Ok(closed) }
+    })
+    .await?;
     agent.stop()?;
     Ok(())
 }

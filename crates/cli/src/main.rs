@@ -90,8 +90,8 @@ struct AgentArgs {
     #[arg(long)]
     cgroup: Option<std::path::PathBuf>,
     /// Serve Prometheus metrics (dataplane counters, eBPF drops per reason as
-    /// serval_bpf_drops_total{reason}) on http://ADDR/metrics, e.g. 0.0.0.0:9091 (Calico's
-    /// prometheusMetricsPort). Default: off.
+    /// serval_bpf_drops_total{reason}) on http://ADDR/metrics, e.g. 0.0.0.0:9091. Default:
+    /// as FelixConfiguration prometheusMetricsEnabled / prometheusMetricsPort say (off).
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
 }
