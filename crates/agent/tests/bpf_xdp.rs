@@ -318,6 +318,27 @@ async fn xdp_blocklist_drops_before_the_host_failsafe_stays_open_and_disabling_d
         ensure!(xdp_counter(&pins.0, SV_XDP_PASS_FAILSAFE)? > fs_before);
     }
 
+    // Restart: the stopped agent leaves the program attached (pinned link) and enforcing;
+    // the next agent re-points the same link at its program and keeps enforcing.
+    agent.stop().context("agent stop")?;
+    ensure!(
+        xdp_on_uplink(&node)?,
+        "the XDP program must survive the agent"
+    );
+    let before = xdp_counter(&pins.0, SV_XDP_DROP_BLOCKLIST)?;
+    ensure!(connect(&out, BLOCKED4, NODE4, 8080).is_err());
+    ensure!(xdp_counter(&pins.0, SV_XDP_DROP_BLOCKLIST)? > before);
+    let mut agent = Agent::start(&node.node, config(&store, &dir, Duration::from_secs(2)))?;
+    agent.wait_ready().await?;
+    ensure!(serval_dp_bpf::xdp::attachments(&pins.0)? == vec!["xo".to_string()]);
+    let before = xdp_counter(&pins.0, SV_XDP_DROP_BLOCKLIST)?;
+    ensure!(connect(&out, BLOCKED6, NODE6, 8080).is_err());
+    ensure!(
+        xdp_counter(&pins.0, SV_XDP_DROP_BLOCKLIST)? > before,
+        "counters kept across the restart"
+    );
+    ensure!(connect(&out, ALLOWED4, NODE4, 8080).as_deref() == Ok("host\n"));
+
     // xdpEnabled: false detaches the program and removes its maps; the source gets through.
     apply(&client, &felix(false)).await?;
     wait_for("the XDP program to be detached", || async {
