@@ -120,9 +120,9 @@ fn slim(r: &mut Resource) {
     meta.creation_timestamp = None;
 }
 
-/// Returns the heap pages freed by a large batch (the decoded resources and the temporary
-/// maps of a full calculation and a driver write) to the kernel, so the agent's resident
-/// memory follows what it holds rather than its peak.
+/// Returns the heap pages freed by a batch (the decoded resources, the temporary maps of a
+/// calculation and of the driver's write) to the kernel after each write, so the agent's
+/// resident memory follows what it holds rather than its peak.
 fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only gives free pages of the malloc arenas back to the kernel; it
@@ -131,9 +131,6 @@ fn release_freed_memory() {
         libc::malloc_trim(0);
     }
 }
-
-/// Batches at least this large release freed memory afterwards ([`release_freed_memory`]).
-const TRIM_AFTER_CHANGES: usize = 1000;
 
 /// Applies one cache change to the model and records in `batch` what it asks of the
 /// calculation. Service and EndpointSlice changes name the services to recompute; any other
@@ -669,10 +666,13 @@ impl Pipeline {
                 );
                 self.record_programmed(kind, &desired);
                 drop(desired);
-                if calculated.batch().changes >= TRIM_AFTER_CHANGES {
-                    drop(calculated);
-                    release_freed_memory();
-                }
+                drop(calculated);
+                let trim_started = Instant::now();
+                release_freed_memory();
+                tracing::debug!(
+                    trim_ms = ms(trim_started.elapsed()),
+                    "freed memory returned to the kernel"
+                );
                 self.in_driver = true;
                 self.pending = false;
                 self.publish(kind, DataplaneState::Programmed);
