@@ -384,6 +384,30 @@ impl XdpDataplane {
         Ok(r.return_value)
     }
 
+    /// Runs the program `repeat` times on `packet` in the kernel; the verdict and the
+    /// kernel's average time per run (for benchmarks; never asserted in tests).
+    pub fn test_run_timed(
+        &mut self,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), XdpError> {
+        let program = self.program_mut()?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let r = program
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                data_out: Some(&mut out),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| XdpError::TestRun {
+                program: PROG_XDP,
+                len: packet.len(),
+                source,
+            })?;
+        Ok((r.return_value, r.duration))
+    }
+
     fn map(&mut self, name: &'static str) -> Result<&mut Map, MapsError> {
         self.ebpf
             .map_mut(name)
