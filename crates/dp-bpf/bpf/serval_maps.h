@@ -210,6 +210,54 @@ struct sv_host_val {
 };
 _Static_assert(sizeof(struct sv_host_val) == 40, "sv_host_val");
 
+/* ---- NodePort tunnel and DSR (bpf/serval_tunnel.h) ------------------------------------- */
+
+/*
+ * FelixConfiguration bpfExternalServiceMode: a node receiving traffic from outside the cluster
+ * for an external frontend (NodePort, externalIP, LoadBalancer; externalTrafficPolicy Cluster)
+ * whose chosen backend runs on another node DNATs it, keeps the client's source and sends it
+ * to the backend's node encapsulated (outer IP + UDP to SV_TUN_PORT + struct sv_tun_hdr + the
+ * inner IP packet, same family inside and out). Tunnel (default): replies come back through
+ * the tunnel and the receiving node reverse-NATs them; DSR (SV_HOST_F_DSR in sv_host): the
+ * backend's node reverse-NATs them itself (the frontend travels in the header) and sends them
+ * straight to the client; clients in sv_dsr_optout get Tunnel.
+ */
+#define SV_HOST_F_DSR (1u << 2) /* bpfExternalServiceMode: DSR (else Tunnel) */
+
+#define SV_TUN_PORT 4797 /* UDP destination port of the tunnel */
+#define SV_TUN_VNI 0x5e7a1 /* VXLAN-style network identifier in every header */
+#define SV_TUN_F_VNI 0x08 /* sv_tun_hdr.flags: the VNI is valid (VXLAN's I bit) */
+#define SV_TUN_SF_DSR 0x01 /* sv_tun_hdr.sv_flags: the backend's node answers directly */
+
+/* The tunnel header after the outer UDP header: VXLAN's 8 bytes, then the frontend the
+ * receiving node DNATed from (zero in replies). */
+struct sv_tun_hdr {
+	__u8 flags; /* SV_TUN_F_VNI */
+	__u8 sv_flags; /* SV_TUN_SF_* (VXLAN: reserved) */
+	__u8 rsvd[2];
+	__be32 vni; /* SV_TUN_VNI << 8 */
+	union sv_addr fe_addr; /* the frontend (IPv4-mapped) */
+	__be16 fe_port;
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct sv_tun_hdr) == 28, "sv_tun_hdr");
+
+/* sv_ct_val.flags of tunnelled flows (snat_addr = the node at the tunnel's other end) */
+#define SV_CT_F_TUN_FWD (1u << 15) /* receiving node, wire entry: forward packets go encapsulated */
+#define SV_CT_F_TUN_REPLY (1u << 16) /* backend's node: replies go back encapsulated ... */
+#define SV_CT_F_TUN_DSR (1u << 17) /* ... or, with this, straight to the client from nat_* */
+
+/* map sv_dsr_optout: LPM_TRIE; struct sv_route_key (client prefix) -> __u32 1 */
+
+/* map sv_tun_stats: PERCPU_ARRAY; key __u32 counter -> __u64 packets */
+#define SV_TUN_ENCAP_FWD 0 /* receiving node: client packets sent to the backend's node */
+#define SV_TUN_DECAP_FWD 1 /* backend's node: client packets received from the tunnel */
+#define SV_TUN_ENCAP_REPLY 2 /* backend's node: replies sent back through the tunnel */
+#define SV_TUN_DECAP_REPLY 3 /* receiving node: replies received from the tunnel */
+#define SV_TUN_DSR_REPLY 4 /* backend's node: replies sent straight to the client */
+#define SV_TUN_DROP 5 /* tunnel packets dropped (bad header, no node address, rewrite) */
+#define SV_TUN_STATS 8 /* max_entries of sv_tun_stats */
+
 /* ---- routes and identities (map sv_routes: LPM_TRIE) ------------------------------------ */
 
 /* prefixlen counts bits of addr; IPv4 /n is 96 + n (IPv4-mapped). */

@@ -131,4 +131,21 @@ struct {
 	__type(value, __u64);
 } sv_drops SEC(".maps");
 
+/* bpfDSROptoutCIDRs: clients that get Tunnel under DSR (serval_tunnel.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct sv_route_key);
+	__type(value, __u32);
+} sv_dsr_optout SEC(".maps");
+
+/* NodePort tunnel counters (SV_TUN_*). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SV_TUN_STATS);
+	__type(key, __u32);
+	__type(value, __u64);
+} sv_tun_stats SEC(".maps");
+
 #endif /* SERVAL_MAPS_DEF_H */

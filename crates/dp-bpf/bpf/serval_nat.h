@@ -91,10 +91,13 @@ static __noinline int sv_snat_insert(struct sv_pkt *w, __u32 base_flags, struct 
  * Forwards the packet (already NATed) the way the host's routing would, without its source
  * check: a FIB lookup gives the egress interface and the MAC addresses, the TTL / hop limit is
  * decremented, the packet is marked SV_MARK_SEEN and redirected to that interface's egress
- * (bpf_redirect_neigh when the neighbour is not resolved yet). When the FIB cannot tell (no
- * route, TTL running out, ...), returns `fallback` and the stack decides.
+ * (bpf_redirect_neigh when the neighbour is not resolved yet). With peer (a workload's host
+ * veth, which the FIB must name) it goes into that veth's peer instead (bpf_redirect_peer:
+ * the workload's namespace, past the veth's tc egress); an unresolved neighbour then leaves
+ * it to the stack. When the FIB cannot tell (no route, TTL running out, ...), returns
+ * `fallback` and the stack decides.
  */
-static __noinline int sv_fib_forward(struct __sk_buff *skb, int fallback)
+static __noinline int sv_fib_forward(struct __sk_buff *skb, int fallback, __u32 peer)
 {
 	struct bpf_fib_lookup fib;
 	__builtin_memset(&fib, 0, sizeof(fib));
@@ -130,6 +133,8 @@ static __noinline int sv_fib_forward(struct __sk_buff *skb, int fallback)
 		sv_log("fib: lookup %ld, left to the stack", rc);
 		return fallback;
 	}
+	if (peer && (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != peer))
+		return fallback;
 	if (v4) {
 		/* ttl and protocol share a 16-bit word of the header checksum */
 		__u8 word[2];
@@ -160,8 +165,56 @@ static __noinline int sv_fib_forward(struct __sk_buff *skb, int fallback)
 	if (bpf_skb_store_bytes(skb, 0, fib.dmac, ETH_ALEN, 0) ||
 	    bpf_skb_store_bytes(skb, ETH_ALEN, fib.smac, ETH_ALEN, 0))
 		return fallback;
+	if (peer) {
+		sv_log("fib: redirect_peer to %u", fib.ifindex);
+		return bpf_redirect_peer(fib.ifindex, 0);
+	}
 	sv_log("fib: redirect to %u", fib.ifindex);
 	return bpf_redirect(fib.ifindex, 0);
+}
+
+#define SV_FAST_NONE (-1)
+#define SV_FAST_REMOTE (-2)
+
+/*
+ * Where an allowed packet from a workload may go without the host stack: the host-side
+ * interface (> 0) of the workload on this node it is addressed to (not the sender's own),
+ * SV_FAST_REMOTE for an address of an IP pool on another node, SV_FAST_NONE for anything else
+ * (this node, the world: the host stack, with NAT outgoing at the uplink, decides).
+ */
+static __noinline int sv_fast_target(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return SV_FAST_NONE;
+	struct sv_route_key k = {.prefixlen = 128};
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return SV_FAST_NONE;
+		sv_addr_v4(&k.addr, ip->daddr);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return SV_FAST_NONE;
+		__builtin_memcpy(k.addr.b, &ip6->daddr, 16);
+	} else {
+		return SV_FAST_NONE;
+	}
+	struct sv_route_val *r = bpf_map_lookup_elem(&sv_routes, &k);
+	if (!r)
+		return SV_FAST_NONE;
+	if (r->flags & SV_RT_F_LOCAL_WORKLOAD) {
+		__u32 ifindex = r->ifindex;
+		if (ifindex == 0 || ifindex == skb->ifindex || ifindex > 0x7fffffff)
+			return SV_FAST_NONE;
+		return (int)ifindex;
+	}
+	if ((r->flags & SV_RT_F_IN_POOL) && !(r->flags & (SV_RT_F_HOST | SV_RT_F_REMOTE_HOST)))
+		return SV_FAST_REMOTE;
+	return SV_FAST_NONE;
 }
 
 /*

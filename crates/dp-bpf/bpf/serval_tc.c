@@ -794,6 +794,9 @@ static __always_inline int sv_service(const struct sv_pkt *p, __u64 now, struct 
 #define SV_ACT_FORWARD 0x101
 /* ... for "a new hairpin flow: masquerade it" (sv_hairpin, with the chosen backend). */
 #define SV_ACT_HAIRPIN 0x102
+/* ... for "a reply in a flow that came through the NodePort tunnel": sv_tun_reply
+ * (serval_tunnel.h: back through the tunnel, or DSR). */
+#define SV_ACT_TUN_REPLY 0x122
 
 #define SV_TCP_ACK 0x10
 #define SV_ICMP_DEST_UNREACH 3
@@ -1009,9 +1012,11 @@ static __always_inline int sv_is_ndp(const struct sv_pkt *p)
  * Not inlined: the entry points call it and then, for SV_ACT_REJECT, sv_reject, so the two
  * frames are never on the stack together (the combined limit is 512 bytes).
  * dir is the policy direction of the endpoint this program serves: SV_DIR_EGRESS for packets
- * the workload sends (from_ep), SV_DIR_INGRESS for packets delivered to it (to_ep).
+ * the workload sends (from_ep), SV_DIR_INGRESS for packets delivered to it (to_ep); ifindex
+ * is that endpoint's host-side interface (skb->ifindex, or for the fast path's inline
+ * ingress check the destination's).
  */
-static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir)
+static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir, __u32 ifindex)
 {
 	struct sv_pkt p;
 	__builtin_memset(&p, 0, sizeof(p));
@@ -1027,7 +1032,6 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir)
 	if (sv_is_ndp(&p))
 		return TC_ACT_OK;
 
-	__u32 ifindex = skb->ifindex;
 	struct sv_ep_val *ep = bpf_map_lookup_elem(&sv_eps, &ifindex);
 	if (!ep)
 		return sv_drop(SV_DROP_UNKNOWN_IFACE);
@@ -1087,6 +1091,8 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir)
 		int pass = (dir == SV_DIR_EGRESS && (ct->flags & SV_CT_F_REDIRECT)) ? SV_ACT_FORWARD
 										    : TC_ACT_OK;
 		if (!sv_ct_forward(ct->flags, from_a)) {
+			if (dir == SV_DIR_EGRESS && (ct->flags & SV_CT_F_TUN_REPLY))
+				return SV_ACT_TUN_REPLY;
 			if (ct->flags & SV_CT_F_DNAT) {
 				/* reply from the backend: the client must see the VIP */
 				union sv_addr orig = ct->nat_addr;
@@ -1172,23 +1178,47 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir)
 
 #include "serval_nat.h"
 
+/* ---- NodePort tunnel and DSR: serval_tunnel.h --------------------------------------------- */
+
+#include "serval_tunnel.h"
+
+/*
+ * Packets the workload sends. Allowed packets to another workload take the fast path
+ * (sv_fast_target): on this node the destination's ingress check (what serval_to_ep would
+ * do) runs here and the packet goes straight into the destination's namespace
+ * (bpf_redirect_peer), past the host stack and serval_to_ep; to a workload on another node it
+ * leaves by FIB lookup and redirect. Whatever the FIB cannot resolve takes the host stack.
+ */
 SEC("classifier")
 int serval_from_ep(struct __sk_buff *skb)
 {
-	int verdict = sv_process(skb, SV_DIR_EGRESS);
+	int verdict = sv_process(skb, SV_DIR_EGRESS, skb->ifindex);
 	if (verdict == SV_ACT_REJECT)
 		return sv_reject(skb, 1);
+	if (verdict == SV_ACT_TUN_REPLY)
+		return sv_tun_reply(skb);
 	if (verdict == SV_ACT_HAIRPIN)
 		verdict = sv_hairpin(skb);
 	if (verdict == SV_ACT_FORWARD)
-		return sv_fib_forward(skb, TC_ACT_OK);
-	return verdict;
+		return sv_fib_forward(skb, TC_ACT_OK, 0);
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	int target = sv_fast_target(skb);
+	if (target == SV_FAST_REMOTE)
+		return sv_fib_forward(skb, TC_ACT_OK, 0);
+	if (target > 0) {
+		verdict = sv_process(skb, SV_DIR_INGRESS, (__u32)target);
+		if (verdict != TC_ACT_OK)
+			return verdict;
+		return sv_fib_forward(skb, TC_ACT_OK, (__u32)target);
+	}
+	return TC_ACT_OK;
 }
 
 SEC("classifier")
 int serval_to_ep(struct __sk_buff *skb)
 {
-	return sv_process(skb, SV_DIR_INGRESS);
+	return sv_process(skb, SV_DIR_INGRESS, skb->ifindex);
 }
 
 /* ---- uplink and VXLAN devices: serval_uplink.h ------------------------------------------ */

@@ -80,6 +80,13 @@ static __noinline int sv_uplink_pick(struct __sk_buff *skb)
 	sv_backend_to_cb(skb, &be);
 	int masq = (be.fe_flags & SV_NAT_FE_F_EXTERNAL) ? !(be.fe_flags & SV_NAT_FE_F_EXT_LOCAL)
 							: !inside;
+	if (masq && !inside && (be.fe_flags & SV_NAT_FE_F_EXTERNAL)) {
+		/* bpfExternalServiceMode (serval_tunnel.h): the client's source is kept */
+		int t = sv_tun_pick(skb, &be.addr);
+		return t == SV_TUN_PICK_LOCAL	 ? SV_ACT_NAT
+		       : t == SV_TUN_PICK_TUNNEL ? SV_ACT_NAT_TUN
+						 : SV_ACT_NAT_MASQ;
+	}
 	return masq ? SV_ACT_NAT_MASQ : SV_ACT_NAT;
 }
 
@@ -89,6 +96,8 @@ static __noinline int sv_uplink_ingress(struct __sk_buff *skb)
 	__builtin_memset(&p, 0, sizeof(p));
 	if (sv_parse(skb, &p) != SV_PARSE_OK || sv_is_ndp(&p))
 		return SV_NEXT; /* not ours: the stack (and host endpoint policy) decide */
+	if (p.proto == IPPROTO_UDP && p.dport == bpf_htons(SV_TUN_PORT))
+		return SV_ACT_TUN_DECAP; /* maybe the NodePort tunnel: sv_tun_decap */
 	__u32 zero = 0;
 	struct sv_host_val *h = bpf_map_lookup_elem(&sv_host, &zero);
 	if (!h)
@@ -125,6 +134,8 @@ static __noinline int sv_uplink_ingress(struct __sk_buff *skb)
 		if (wire)
 			sv_ct_touch(wire, &p, wa, now);
 		skb->mark |= SV_MARK_SEEN;
+		if (!masq && wire && (wire->flags & SV_CT_F_TUN_FWD))
+			return SV_ACT_TUN_FWD; /* to the backend's node: sv_tun_fwd */
 		return masq ? SV_ACT_FORWARD : SV_NEXT;
 	}
 	if (ct) {
@@ -235,6 +246,8 @@ SEC("classifier")
 int serval_uplink_in(struct __sk_buff *skb)
 {
 	int verdict = sv_uplink_ingress(skb);
+	if (verdict == SV_ACT_TUN_DECAP)
+		verdict = sv_tun_decap(skb);
 	if (verdict == SV_ACT_NEW_FLOW)
 		verdict = sv_uplink_pick(skb);
 	/* The wire entry's replies are reverse-NATed and forwarded by FIB lookup (their source,
@@ -243,10 +256,14 @@ int serval_uplink_in(struct __sk_buff *skb)
 		verdict = sv_nat_new(skb, 0, SV_CT_F_DNAT | SV_CT_F_REDIRECT);
 	else if (verdict == SV_ACT_NAT_MASQ)
 		verdict = sv_nat_new(skb, 1, SV_CT_F_DNAT | SV_CT_F_SNAT_REV | SV_CT_F_REDIRECT);
+	else if (verdict == SV_ACT_NAT_TUN)
+		verdict = sv_tun_nat_new(skb);
+	if (verdict == SV_ACT_TUN_FWD)
+		return sv_tun_fwd(skb);
 	if (verdict == SV_ACT_REJECT)
 		return sv_reject(skb, 0);
 	if (verdict == SV_ACT_FORWARD)
-		return sv_fib_forward(skb, SV_NEXT);
+		return sv_fib_forward(skb, SV_NEXT, 0);
 	return verdict;
 }
 

@@ -646,6 +646,50 @@ pub fn drop_reason_name(reason: u32) -> &'static str {
     }
 }
 
+// ---- NodePort tunnel and DSR (bpf/serval_tunnel.h, [`crate::tunnel`]) -------------------
+
+/// `sv_host` flag: FelixConfiguration `bpfExternalServiceMode: DSR` (else Tunnel).
+pub const SV_HOST_F_DSR: u32 = 1 << 2;
+/// UDP destination port of the NodePort tunnel.
+pub const SV_TUN_PORT: u16 = 4797;
+/// The VXLAN-style network identifier of every tunnel header.
+pub const SV_TUN_VNI: u32 = 0x5e7a1;
+/// [`TunHdr::flags`]: the VNI is valid (VXLAN's I bit).
+pub const SV_TUN_F_VNI: u8 = 0x08;
+/// [`TunHdr::sv_flags`]: the backend's node answers the client directly (DSR).
+pub const SV_TUN_SF_DSR: u8 = 0x01;
+/// Receiving node, wire entry: forward packets go encapsulated to `snat_addr`.
+pub const SV_CT_F_TUN_FWD: u32 = 1 << 15;
+/// Backend's node: replies go back encapsulated to `snat_addr` ...
+pub const SV_CT_F_TUN_REPLY: u32 = 1 << 16;
+/// ... or, with this flag, straight to the client from the frontend (`nat_*`).
+pub const SV_CT_F_TUN_DSR: u32 = 1 << 17;
+/// `sv_tun_stats` counters.
+pub const SV_TUN_ENCAP_FWD: u32 = 0;
+pub const SV_TUN_DECAP_FWD: u32 = 1;
+pub const SV_TUN_ENCAP_REPLY: u32 = 2;
+pub const SV_TUN_DECAP_REPLY: u32 = 3;
+pub const SV_TUN_DSR_REPLY: u32 = 4;
+pub const SV_TUN_DROP: u32 = 5;
+pub const SV_TUN_STATS: u32 = 8;
+
+/// `struct sv_tun_hdr`: the tunnel header after the outer UDP header (VXLAN's 8 bytes, then
+/// the frontend the receiving node DNATed from).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunHdr {
+    pub flags: u8,
+    pub sv_flags: u8,
+    pub rsvd: [u8; 2],
+    /// Network order, `SV_TUN_VNI << 8`.
+    pub vni: u32,
+    pub fe_addr: Addr,
+    /// Network order.
+    pub fe_port: u16,
+    pub pad: [u8; 2],
+}
+const _: () = assert!(size_of::<TunHdr>() == 28);
+
 // ---- aya Pod ---------------------------------------------------------------------------
 
 macro_rules! pod {

@@ -46,6 +46,7 @@ pub mod maps;
 pub mod object;
 pub mod policy_sport;
 pub mod test_run;
+pub mod tunnel;
 pub mod xdp;
 
 pub use attach::{AttachMode, Attachment, CleanupReport, Hook, attachments, detach};

@@ -46,6 +46,13 @@ impl Dataplane {
     }
 }
 
+impl Maps<'_> {
+    /// The dataplane, for the map writers of other modules ([`crate::tunnel`]).
+    pub(crate) fn dp_mut(&mut self) -> &mut Dataplane {
+        self.dp
+    }
+}
+
 fn op_err(op: &'static str, map: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Map { op, map, source }
 }

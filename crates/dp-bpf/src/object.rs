@@ -137,6 +137,10 @@ pub const MAP_DROPS: &str = "sv_drops";
 pub const MAP_MAGLEV: &str = "sv_maglev";
 /// This node's SNAT addresses and `bpfPSNATPorts` (one entry, [`crate::abi::HostVal`]).
 pub const MAP_HOST: &str = "sv_host";
+/// `bpfDSROptoutCIDRs` (LPM, [`RouteKey`] → `u32`), see [`crate::tunnel`].
+pub const MAP_DSR_OPTOUT: &str = "sv_dsr_optout";
+/// NodePort tunnel counters (per-CPU `u64` per `SV_TUN_*`), see [`crate::tunnel`].
+pub const MAP_TUN_STATS: &str = "sv_tun_stats";
 
 /// A map the programs use, with the key and value sizes of its Rust mirror.
 #[derive(Clone, Copy, Debug)]
@@ -155,7 +159,7 @@ const fn spec<K, V>(name: &'static str) -> MapSpec {
 }
 
 /// Every map of the tc object.
-pub const MAPS: [MapSpec; 12] = [
+pub const MAPS: [MapSpec; 14] = [
     spec::<CtKey, CtVal>(MAP_CT),
     spec::<NatFeKey, NatFeVal>(MAP_NAT_FE),
     spec::<NatBeKey, NatBeVal>(MAP_NAT_BE),
@@ -168,6 +172,8 @@ pub const MAPS: [MapSpec; 12] = [
     spec::<u32, u64>(MAP_DROPS),
     spec::<crate::abi::MaglevKey, crate::abi::MaglevVal>(MAP_MAGLEV),
     spec::<u32, crate::abi::HostVal>(MAP_HOST),
+    spec::<RouteKey, u32>(MAP_DSR_OPTOUT),
+    spec::<u32, u64>(MAP_TUN_STATS),
 ];
 
 const ELF_MAGIC: &[u8; 4] = b"\x7fELF";

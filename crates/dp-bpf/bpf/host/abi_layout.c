@@ -289,5 +289,30 @@ int main(void)
 	FIELD(struct sv_hep_ct_val, "HepCtVal", last_seen_ns);
 	FIELD(struct sv_hep_ct_val, "HepCtVal", flags);
 	FIELD(struct sv_hep_ct_val, "HepCtVal", pad);
+
+	/* NodePort tunnel and DSR (serval_tunnel.h) */
+	TYPE(struct sv_tun_hdr, "TunHdr");
+	FIELD(struct sv_tun_hdr, "TunHdr", flags);
+	FIELD(struct sv_tun_hdr, "TunHdr", sv_flags);
+	FIELD(struct sv_tun_hdr, "TunHdr", rsvd);
+	FIELD(struct sv_tun_hdr, "TunHdr", vni);
+	FIELD(struct sv_tun_hdr, "TunHdr", fe_addr);
+	FIELD(struct sv_tun_hdr, "TunHdr", fe_port);
+	FIELD(struct sv_tun_hdr, "TunHdr", pad);
+	CONST(SV_HOST_F_DSR);
+	CONST(SV_TUN_PORT);
+	CONST(SV_TUN_VNI);
+	CONST(SV_TUN_F_VNI);
+	CONST(SV_TUN_SF_DSR);
+	CONST(SV_CT_F_TUN_FWD);
+	CONST(SV_CT_F_TUN_REPLY);
+	CONST(SV_CT_F_TUN_DSR);
+	CONST(SV_TUN_ENCAP_FWD);
+	CONST(SV_TUN_DECAP_FWD);
+	CONST(SV_TUN_ENCAP_REPLY);
+	CONST(SV_TUN_DECAP_REPLY);
+	CONST(SV_TUN_DSR_REPLY);
+	CONST(SV_TUN_DROP);
+	CONST(SV_TUN_STATS);
 	return 0;
 }
