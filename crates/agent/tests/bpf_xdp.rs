@@ -362,7 +362,17 @@ async fn xdp_blocklist_drops_before_the_host_failsafe_stays_open_and_disabling_d
     .await?;
     ensure!(connect(&out, BLOCKED6, NODE6, 8080).is_err());
 
+    // Switching to the iptables dataplane removes the XDP program, its link and maps too.
+    apply(
+        &client,
+        "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {bpfEnabled: false}\n",
+    )
+    .await?;
+    wait_for("the eBPF pins and the XDP program to be gone", || async {
+        Ok(!xdp_on_uplink(&node)? && !pins.0.dir().exists())
+    })
+    .await?;
+
     agent.stop().context("agent stop")?;
-    // The agent leaves its pins in place on a plain stop; the guard removes them.
     Ok(())
 }
