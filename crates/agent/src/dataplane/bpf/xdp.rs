@@ -305,6 +305,12 @@ impl XdpDriver {
 }
 
 impl super::BpfDriver {
+    /// The XDP counters (blocklist and malformed drops, failsafe passes) as of the last apply
+    /// or resync, like [`super::BpfDriver::drop_counters`] for the tc programs.
+    pub fn xdp_counters(&self) -> XdpStats {
+        self.xdp.stats()
+    }
+
     /// The host-interface parts of an apply: XDP (an error fails the apply, which is retried)
     /// and, once per open and per resync, kube-proxy coexistence (an error is logged and
     /// retried at the next resync). Returns the attachments changed.
