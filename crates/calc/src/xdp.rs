@@ -92,7 +92,7 @@ impl XdpState {
     }
 }
 
-/// The untracked GlobalNetworkPolicies that select `hep` for ingress, in evaluation order.
+/// The untracked GlobalNetworkPolicies that select `hep`, in evaluation order.
 fn untracked_policies<'m>(
     model: &'m Model,
     hep: &HostEndpointState,
@@ -107,7 +107,7 @@ fn untracked_policies<'m>(
     let mut out: Vec<(&str, &GlobalNetworkPolicy)> = model
         .global_policies
         .iter()
-        .filter(|(_, p)| p.spec.do_not_track && p.spec.applies_to_ingress())
+        .filter(|(_, p)| p.spec.do_not_track)
         .filter(|(_, p)| {
             p.spec
                 .namespace_selector
@@ -223,6 +223,15 @@ pub fn xdp_state(
         let iface = hep_iface(hep);
         let mut stopped: Option<String> = None;
         for (name, policy) in untracked_policies(model, hep) {
+            if policy.spec.applies_to_egress() && !policy.spec.egress.is_empty() {
+                out.skipped.push(format!(
+                    "{}/{name} egress on host endpoint {}: XDP sees ingress only",
+                    policy.spec.tier, hep.name
+                ));
+            }
+            if !policy.spec.applies_to_ingress() {
+                continue;
+            }
             for (i, rule) in policy.spec.ingress.iter().enumerate() {
                 let id = format!("{}/{name} ingress[{i}]", policy.spec.tier);
                 if let Some(by) = &stopped {
@@ -442,15 +451,23 @@ spec:
   ingress:
   - action: Deny
     source: {nets: [10.4.0.0/16]}
+  egress:
+  - action: Deny
+    destination: {nets: [10.5.0.0/16]}
 "#,
         );
         let srcs: Vec<String> = s.entries.keys().map(|e| e.src.to_string()).collect();
         assert_eq!(srcs, vec!["10.2.0.0/16"], "only the deny before the allow");
-        assert_eq!(s.skipped.len(), 4, "{:#?}", s.skipped);
+        assert_eq!(s.skipped.len(), 5, "{:#?}", s.skipped);
         assert!(s.skipped[0].contains("no source nets"), "{}", s.skipped[0]);
         assert!(s.skipped[1].contains("source matches"), "{}", s.skipped[1]);
         assert!(s.skipped[2].contains("after non-Deny rule default/a ingress[3]"));
-        assert!(s.skipped[3].contains("default/b ingress[0]"));
+        assert!(
+            s.skipped[3].contains("default/b egress"),
+            "{}",
+            s.skipped[3]
+        );
+        assert!(s.skipped[4].contains("default/b ingress[0]"));
     }
 
     #[test]
