@@ -11,7 +11,7 @@
  *
  * Per packet, in order (every step a fixed number of hash/LPM lookups):
  *   1. skb->mark has SV_MARK_SEEN (another Serval program NATed/forwarded it): next;
- *   2. not IP, IPv6 neighbour discovery, non-first fragments: next (a first fragment carries
+ *   2. not IP, IPv6 neighbour discovery and MLD, non-first fragments: next (a first fragment carries
  *      the transport header and is policed like a whole packet; the kernel cannot
  *      reassemble the rest without it); a malformed IP packet: dropped (SV_DROP_MALFORMED);
  *   3. the interface has no sv_hep_ifaces entry, or the packet is not host traffic: next;
@@ -259,10 +259,12 @@ static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
 	return sv_parse_l4(skb, p);
 }
 
+/* IPv6 link control the host needs whatever its policy: multicast listener discovery
+ * (130-132, MLDv2 reports 143) and neighbour discovery (133-137). */
 static __always_inline int sv_is_ndp(const struct sv_pkt *p)
 {
 	__u8 type = bpf_ntohs(p->pol_port) >> 8;
-	return p->proto == IPPROTO_ICMPV6 && type >= 133 && type <= 137;
+	return p->proto == IPPROTO_ICMPV6 && ((type >= 130 && type <= 137) || type == 143);
 }
 
 static __always_inline int sv_drop(__u32 reason)

@@ -283,6 +283,19 @@ fn marked_forwarded_and_foreign_packets_are_not_policed() {
         let spoof = packet(net.stranger, net.host, udp(51002, 4789));
         assert_eq!(run(&dp, Hook::HostIngress, &spoof), TC_ACT_SHOT);
     }
+    // IPv6 link control (MLDv2 report, neighbour solicitation) leaves under deny-all egress;
+    // an echo request does not.
+    let icmp6 = |kind| {
+        let l4 = common::packet::L4::Icmp {
+            kind,
+            code: 0,
+            id: 7,
+        };
+        run(&dp, Hook::HostEgress, &packet(v6().host, v6().stranger, l4))
+    };
+    assert_eq!(icmp6(143), TC_ACT_NEXT);
+    assert_eq!(icmp6(135), TC_ACT_NEXT);
+    assert_eq!(icmp6(128), TC_ACT_SHOT);
     // An interface without a host endpoint: nothing is policed.
     assert!(dp.remove_hep_iface(TEST_RUN_IFINDEX).unwrap());
     let denied = packet(v4().stranger, v4().host, tcp(43003, 8080, TCP_SYN));
