@@ -181,6 +181,11 @@ pub trait Dataplane: Send {
     fn cleanup(&mut self) -> Result<Written, DataplaneError>;
     /// Counters and gauges.
     fn stats(&self) -> DataplaneStats;
+    /// [`Dataplane::stats`] with the kernel counters that are cheap to read read now (eBPF
+    /// drop counters), for `/metrics`; by default the same as `stats`.
+    fn stats_now(&mut self) -> DataplaneStats {
+        self.stats()
+    }
 }
 
 /// The iptables dataplane ([`IptablesDataplane`]) for IPv4 and IPv6, in the calling

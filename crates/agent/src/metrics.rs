@@ -5,9 +5,9 @@
 //!
 //! Served on a tiny tokio listener with a hand-written text exposition (format 0.0.4): the
 //! handful of counters and gauges below do not justify an HTTP server or a metrics crate.
-//! Every scrape asks the dataplane driver thread for [`Dataplane::stats`] of the active
-//! driver, so the values are those of its last apply or resync (drop counters are read
-//! from the kernel there, at least every resync interval).
+//! Every scrape asks the dataplane driver thread for [`Dataplane::stats_now`] of the active
+//! driver: its counters as of its last apply or resync, and the eBPF drop counters read from
+//! the kernel at the scrape.
 //!
 //! Metrics:
 //! - `serval_dataplane_info{dataplane}` 1 for the active dataplane (none: no dataplane).
@@ -21,7 +21,7 @@
 //!   (`policy`, `conntrack_full`, `fragment`, … as [`serval_dp_bpf::abi::drop_reason_name`]
 //!   names them); every reason is listed, 0 included, while the eBPF dataplane is active.
 //!
-//! [`Dataplane::stats`]: crate::dataplane::Dataplane::stats
+//! [`Dataplane::stats_now`]: crate::dataplane::Dataplane::stats_now
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -291,7 +291,7 @@ pub async fn run(
 /// The active driver's name and stats, from the driver thread.
 async fn snapshot(driver: &DriverThread) -> Snapshot {
     driver
-        .call(|slot| slot.as_ref().map(|dp| (dp.name(), dp.stats())))
+        .call(|slot| slot.as_mut().map(|dp| (dp.name(), dp.stats_now())))
         .await
         .ok()
         .flatten()

@@ -1250,6 +1250,19 @@ impl super::Dataplane for BpfDriver {
         })
     }
 
+    fn stats_now(&mut self) -> DataplaneStats {
+        let mut s = self.stats();
+        // The drop counters as they are now (the logged ones stay those of the last
+        // housekeeping, so its "since_last" is not disturbed).
+        if let Some(dp) = self.dp.as_mut()
+            && let Ok(now) = dp.maps().drop_counters()
+        {
+            s.drops = now.0.iter().sum::<u64>() + self.xdp.drops();
+            s.drop_counters = now;
+        }
+        s
+    }
+
     fn stats(&self) -> DataplaneStats {
         let k = self.kernel.as_ref();
         DataplaneStats {
