@@ -642,3 +642,115 @@ fn the_cleaner_frees_a_snat_port_with_its_flow() {
         assert_eq!((verdict, parse(&out).sport), (NEXT, 25000));
     });
 }
+
+#[test]
+fn fast_path_checks_the_destination_ingress_policy_and_redirects_into_its_namespace() {
+    in_fresh_netns("fast_path", || {
+        let sh = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                o.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        sh(&["link", "set", "lo", "up"]);
+        sh(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+        sh(&["addr", "add", "10.244.2.1/24", "dev", "d0"]);
+        sh(&["link", "set", "d0", "up"]);
+        sh(&["link", "set", "d1", "up"]);
+        sh(&[
+            "neigh",
+            "add",
+            "10.244.2.9",
+            "lladdr",
+            "02:00:00:00:00:09",
+            "dev",
+            "d0",
+            "nud",
+            "permanent",
+        ]);
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
+        let d0 = nix::net::if_::if_nametoindex("d0").expect("d0 ifindex");
+        let net = v4();
+        let dst: IpAddr = ip("10.244.2.9");
+        let mut dp = load(PSNAT);
+        const DST_EP: u32 = 20;
+        {
+            let mut m = dp.maps();
+            m.set_endpoint(TEST_RUN_IFINDEX, &EpVal::new(EP, &[net.local_pod]))
+                .unwrap();
+            m.set_endpoint(d0, &EpVal::new(DST_EP, &[dst])).unwrap();
+            let route = RouteVal {
+                identity: 50,
+                flags: SV_RT_F_LOCAL_WORKLOAD | SV_RT_F_IN_POOL,
+                ifindex: d0,
+                ..RouteVal::default()
+            };
+            m.set_route(&route_key(dst, 32), &route).unwrap();
+            // the destination denies everything inbound
+            m.set_policy(
+                &pol_key_any_proto(DST_EP, SV_IDENTITY_ANY, SV_DIR_INGRESS),
+                &PolVal {
+                    verdict: SV_VERDICT_DENY,
+                    rule_id: 9,
+                },
+            )
+            .unwrap();
+        }
+        let syn = packet(net.local_pod, dst, tcp(42000, 80, TCP_SYN));
+        let before = drops(&mut dp, SV_DROP_POLICY);
+        let (verdict, _) = run(&dp, Hook::FromEndpoint, &syn);
+        assert_eq!(
+            verdict, TC_ACT_SHOT,
+            "denied by the destination's ingress policy, inline"
+        );
+        assert_eq!(drops(&mut dp, SV_DROP_POLICY), before + 1);
+
+        // allowed: straight into the destination's namespace, MACs from the FIB, TTL - 1
+        dp.maps()
+            .set_policy(
+                &pol_key_any_proto(DST_EP, SV_IDENTITY_ANY, SV_DIR_INGRESS),
+                &PolVal {
+                    verdict: SV_VERDICT_ALLOW,
+                    rule_id: 9,
+                },
+            )
+            .unwrap();
+        let syn = packet(net.local_pod, dst, tcp(42001, 80, TCP_SYN));
+        let (verdict, out) = run(&dp, Hook::FromEndpoint, &syn);
+        assert_eq!(verdict, TC_ACT_REDIRECT, "bpf_redirect_peer");
+        assert_eq!(
+            out[..6],
+            [0x02, 0, 0, 0, 0, 0x09],
+            "destination MAC from the neighbour table"
+        );
+        assert_eq!(out[14 + 8], 63, "TTL decremented");
+        let p = parse(&out);
+        assert!(p.l3_csum_ok && p.l4_csum_ok);
+        // both legs recorded: serval_to_ep, skipped, would have approved the destination's
+        let e = ct(&mut dp, net.local_pod, 42001, dst, 80, PROTO_TCP).expect("flow entry");
+        let both = SV_CT_F_APPROVED_SRC | SV_CT_F_APPROVED_DST;
+        assert_eq!(e.flags & both, both, "{e:?}");
+
+        // an address the FIB leaves to the host (no neighbour): the stack decides
+        let other: IpAddr = ip("10.244.2.10");
+        let route = RouteVal {
+            identity: 50,
+            flags: SV_RT_F_LOCAL_WORKLOAD | SV_RT_F_IN_POOL,
+            ifindex: d0,
+            ..RouteVal::default()
+        };
+        dp.maps().set_route(&route_key(other, 32), &route).unwrap();
+        dp.maps()
+            .set_endpoint(d0, &EpVal::new(DST_EP, &[other]))
+            .unwrap();
+        let (verdict, out) = run(
+            &dp,
+            Hook::FromEndpoint,
+            &packet(net.local_pod, other, tcp(42002, 80, TCP_SYN)),
+        );
+        assert_eq!(verdict, TC_ACT_OK);
+        assert_eq!(out[14 + 8], 64, "untouched");
+    });
+}

@@ -31,10 +31,18 @@
 //! - **Uplink and VXLAN devices** ([`uplink`]): `serval_uplink_in` / `serval_uplink_out` on
 //!   the interface holding the node's address and on `vxlan.serval` / `vxlan-v6.serval`:
 //!   NodePort, externalIP and LoadBalancer frontends reached from outside (externalTrafficPolicy
-//!   Local: local backends, client address kept, dropped without one; Cluster: masqueraded to
-//!   the node), NAT outgoing, replies of both; `sv_host` holds the node's SNAT addresses and
-//!   FelixConfiguration `bpfPSNATPorts`. Hairpin service traffic is masqueraded to the node's
+//!   Local: local backends, client address kept, dropped without one; Cluster: the client's
+//!   address kept too, a backend on another node reached through the NodePort tunnel with
+//!   `bpfExternalServiceMode` Tunnel or DSR, see [`uplink::ExternalSettings`]; masqueraded to
+//!   the node only where no node route leads to the backend), NAT outgoing, replies of both;
+//!   `sv_host` holds the node's SNAT addresses, FelixConfiguration `bpfPSNATPorts` and the
+//!   DSR flag. Hairpin service traffic is masqueraded to the node's
 //!   address by `serval_from_ep`. No iptables rule of ours is involved.
+//! - **Fast path:** an allowed packet a workload sends to a workload on this node is checked
+//!   against the destination's ingress policy inside `serval_from_ep` and redirected into the
+//!   destination's namespace (`bpf_redirect_peer`, MACs from a FIB lookup); one to a pool
+//!   address on another node leaves by FIB lookup and redirect (`bpf_redirect_neigh` while the
+//!   neighbour is unresolved). What the FIB cannot resolve takes the host stack.
 //!
 //! Not done by the programs yet (logged once at load, see [`NOT_YET_IN_BPF`]).
 
@@ -87,7 +95,7 @@ pub mod xdp;
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
     "NAT of host-networked clients' service traffic in tc (bpfHostNetworkedNATWithoutCTLB): host processes reach services only through connect-time load balancing, for the protocols it covers",
-    "fast-path redirects of ordinary pod traffic (bpf_redirect_peer / bpf_redirect_neigh): it takes the host stack (only NATed uplink and hairpin flows are forwarded by FIB lookup and redirect)",
+    "fast path for traffic arriving from other nodes (only what a workload sends is redirected; packets into a pod from the uplink take the host stack)",
     "ICMP errors about NATed flows (e.g. fragmentation needed) are not translated back to the client",
     "service NAT for SCTP and UDP-Lite (their checksums are not rewritten: dropped and counted as rewrite)",
     "coexistence with kube-proxy's rules (bpfKubeProxyIptablesCleanupEnabled: false): its KUBE-FORWARD `--ctstate INVALID -j DROP` drops backend replies the tc programs reverse-NATed before netfilter (same-node service connections fail)",
@@ -220,7 +228,7 @@ pub fn thread_scope() -> String {
 }
 
 /// Load settings from the node's effective FelixConfiguration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BpfSettings {
     pub sizes: MapSizes,
     pub log_level: LogLevel,
@@ -232,6 +240,8 @@ pub struct BpfSettings {
     pub kube_proxy_cleanup: bool,
     /// `bpfPSNATPorts`: the source ports of SNAT ([`uplink`]).
     pub psnat_ports: (u16, u16),
+    /// `bpfExternalServiceMode`, `bpfDSROptoutCIDRs` ([`uplink::ExternalSettings`]).
+    pub external: uplink::ExternalSettings,
 }
 
 impl BpfSettings {
@@ -254,6 +264,7 @@ impl BpfSettings {
             ctlb: ctlb::CtlbSettings::from_felix(f),
             kube_proxy_cleanup: f.bpf_kube_proxy_iptables_cleanup_enabled,
             psnat_ports: f.bpf_psnat_ports,
+            external: uplink::ExternalSettings::from_felix(f),
         }
     }
 }
@@ -943,10 +954,9 @@ impl BpfDriver {
         if result.is_ok()
             && let Some(dp) = self.dp.as_mut()
         {
-            let psnat = self.settings.psnat_ports;
             result = self
                 .uplink
-                .sync(dp, &pins, &self.netns, state, psnat, &mut w);
+                .sync(dp, &pins, &self.netns, state, &self.settings, &mut w);
         }
         // After the uplink programs: a new host endpoint ingress link goes last, behind
         // theirs (their NAT undone and SV_MARK_SEEN set before host policy looks).
