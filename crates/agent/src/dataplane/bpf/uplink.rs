@@ -12,14 +12,22 @@
 //!   re-created (new ifindex) or with a hook missing from the pins is attached again; an
 //!   interface no longer wanted is detached. [`serval_dp_bpf::cleanup`] covers these hooks.
 //!
+//! - **External service mode** ([`ExternalSettings`]): FelixConfiguration
+//!   `bpfExternalServiceMode` is the `SV_HOST_F_DSR` flag of `sv_host` (Tunnel without it),
+//!   `bpfDSROptoutCIDRs` the LPM map `sv_dsr_optout`, kept equal to the setting by diff. A
+//!   change reloads the driver (the agent compares [`super::BpfSettings`]), not the agent.
+//!   What the programs do with them: `bpf/serval_tunnel.h`.
+//!
 //! [`NatOutgoing::node_nets`]: serval_calc::natoutgoing::NatOutgoing::node_nets
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use serval_calc::DesiredState;
-use serval_dp_bpf::abi::HostVal;
+use serval_dp_bpf::abi::{Addr, HostVal, SV_HOST_F_DSR, lpm_prefix_len};
 use serval_dp_bpf::{AttachMode, Hook, PinScope};
+use serval_model::calico::felix::{BpfExternalServiceMode, FelixSettings};
 use serval_sys::NetNs;
 
 use super::{BpfError, bpf_err, maps_err};
@@ -127,11 +135,50 @@ pub fn plan(state: &DesiredState, ifaces: &[Iface]) -> UplinkPlan {
     out
 }
 
+/// FelixConfiguration `bpfExternalServiceMode` and `bpfDSROptoutCIDRs`: how external
+/// frontends reached from outside answer when the backend is on another node (the request
+/// always goes there through the NodePort tunnel, the client's address kept).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExternalSettings {
+    /// DSR: the backend's node answers the client itself; else Tunnel (replies return
+    /// through the receiving node).
+    pub dsr: bool,
+    /// Clients that get Tunnel under DSR.
+    pub dsr_optout: Vec<IpNet>,
+}
+
+impl ExternalSettings {
+    pub fn from_felix(f: &FelixSettings) -> Self {
+        let mut dsr_optout: Vec<IpNet> = f.bpf_dsr_optout_cidrs.iter().map(IpNet::trunc).collect();
+        dsr_optout.sort();
+        dsr_optout.dedup();
+        Self {
+            dsr: f.bpf_external_service_mode == BpfExternalServiceMode::Dsr,
+            dsr_optout,
+        }
+    }
+
+    /// The `sv_dsr_optout` entries, as (LPM prefix length, address).
+    pub fn optout_entries(&self) -> BTreeSet<(u32, [u8; 16])> {
+        self.dsr_optout
+            .iter()
+            .map(|n| {
+                (
+                    lpm_prefix_len(n.addr(), n.prefix_len()),
+                    Addr::new(n.addr()).0,
+                )
+            })
+            .collect()
+    }
+}
+
 /// The uplink part of the driver: what it wrote and attached.
 #[derive(Debug, Default)]
 pub struct UplinkDriver {
     host: Option<HostVal>,
     attached: BTreeMap<String, u32>,
+    /// `sv_dsr_optout` as last written (`None`: read it back first).
+    optout: Option<BTreeSet<(u32, [u8; 16])>>,
 }
 
 impl UplinkDriver {
@@ -139,26 +186,77 @@ impl UplinkDriver {
     pub fn forget(&mut self) {
         self.host = None;
         self.attached.clear();
+        self.optout = None;
     }
 
-    /// Writes `sv_host` and attaches/detaches the uplink programs for `state`.
+    /// Makes `sv_dsr_optout` hold exactly the opt-out CIDRs of `external`.
+    fn sync_optout(
+        &mut self,
+        dp: &mut serval_dp_bpf::Dataplane,
+        external: &ExternalSettings,
+        w: &mut Written,
+    ) -> Result<(), DataplaneError> {
+        let want = external.optout_entries();
+        let have = match self.optout.take() {
+            Some(h) => h,
+            None => dp
+                .maps()
+                .dsr_optout()
+                .map_err(maps_err)?
+                .into_iter()
+                .map(|(len, a)| (len, a.0))
+                .collect(),
+        };
+        for &(len, addr) in have.difference(&want) {
+            dp.maps()
+                .remove_dsr_optout(len, Addr(addr))
+                .map_err(maps_err)?;
+            w.members_changed += 1;
+        }
+        for n in &external.dsr_optout {
+            let key = (
+                lpm_prefix_len(n.addr(), n.prefix_len()),
+                Addr::new(n.addr()).0,
+            );
+            if !have.contains(&key) {
+                dp.maps()
+                    .set_dsr_optout(n.addr(), n.prefix_len())
+                    .map_err(maps_err)?;
+                w.members_changed += 1;
+            }
+        }
+        self.optout = Some(want);
+        Ok(())
+    }
+
+    /// Writes `sv_host` (`bpfPSNATPorts`, `bpfExternalServiceMode`) and `sv_dsr_optout`, and
+    /// attaches/detaches the uplink programs for `state`.
     pub fn sync(
         &mut self,
         dp: &mut serval_dp_bpf::Dataplane,
         pins: &PinScope,
         netns: &NetNs,
         state: &DesiredState,
-        psnat: (u16, u16),
+        settings: &super::BpfSettings,
         w: &mut Written,
     ) -> Result<(), DataplaneError> {
+        let psnat = settings.psnat_ports;
+        let external = &settings.external;
         let plan = plan(state, &read_ifaces());
-        let host = HostVal::new(&plan.addrs, psnat);
+        let mut host = HostVal::new(&plan.addrs, psnat);
+        if external.dsr {
+            host.flags |= SV_HOST_F_DSR;
+        }
+        // The opt-out prefixes before the mode flag: DSR never applies to an opted-out client.
+        self.sync_optout(dp, external, w)?;
         if self.host != Some(host) {
             dp.maps().set_host(&host).map_err(maps_err)?;
             tracing::info!(
                 addrs = ?plan.addrs,
                 psnat_ports = ?psnat,
-                "eBPF uplink programs: node SNAT addresses and port range"
+                external_service_mode = if external.dsr { "DSR" } else { "Tunnel" },
+                dsr_optout = ?external.dsr_optout,
+                "eBPF uplink programs: node addresses, SNAT ports, external service mode"
             );
             self.host = Some(host);
             w.members_changed += 1;
@@ -252,6 +350,25 @@ mod tests {
             p.ifaces.into_iter().collect::<Vec<_>>(),
             vec![("eth0".to_string(), 3), ("vxlan.serval".to_string(), 4)]
         );
+    }
+
+    #[test]
+    fn external_settings_follow_felix() {
+        let mut f = FelixSettings::default();
+        let tunnel = ExternalSettings::from_felix(&f);
+        assert!(!tunnel.dsr, "Tunnel is the default");
+        f.bpf_external_service_mode = BpfExternalServiceMode::Dsr;
+        f.bpf_dsr_optout_cidrs = vec![
+            "10.1.2.3/16".parse().unwrap(),
+            "fd00::1/64".parse().unwrap(),
+            "10.1.0.0/16".parse().unwrap(),
+        ];
+        let dsr = ExternalSettings::from_felix(&f);
+        assert!(dsr.dsr);
+        let got: Vec<String> = dsr.dsr_optout.iter().map(ToString::to_string).collect();
+        assert_eq!(got, ["10.1.0.0/16", "fd00::/64"], "truncated, deduplicated");
+        let entries: Vec<u32> = dsr.optout_entries().iter().map(|e| e.0).collect();
+        assert!(entries.contains(&(96 + 16)) && entries.contains(&64));
     }
 
     #[test]
