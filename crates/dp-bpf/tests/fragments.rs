@@ -95,6 +95,14 @@ fn setup() -> Option<Dataplane> {
         );
         m.set_policy(&k, &allow).unwrap();
     }
+    // ICMP / ICMPv6 echo requests (type 8 / 128, any code) to the server.
+    for (proto, kind) in [(1u8, 8u16), (58, 128)] {
+        let k = aya::maps::lpm_trie::Key::new(
+            SV_POL_PREFIX_ANY_PORT + 8,
+            PolMatch::new(EP, SERVER_ID, eg, proto, kind << 8),
+        );
+        m.set_policy(&k, &allow).unwrap();
+    }
     m.set_policy(&pol_key_any_proto(EP, SERVER_ID, eg), &deny)
         .unwrap();
     m.set_policy(&pol_key_any_proto(EP, SV_IDENTITY_ANY, eg), &deny)
@@ -142,6 +150,16 @@ fn fold(mut s: u32) -> u16 {
     s as u16
 }
 
+/// An ICMP / ICMPv6 echo request (`kind`) of `len` payload bytes with identifier `id`
+/// (checksum left 0: the programs do not check it).
+fn echo_segment(kind: u8, id: u16, len: usize) -> Vec<u8> {
+    let mut s = vec![kind, 0, 0, 0];
+    s.extend(id.to_be_bytes());
+    s.extend(1u16.to_be_bytes());
+    s.extend((0..len).map(|i| i as u8));
+    s
+}
+
 fn pseudo(src: IpAddr, dst: IpAddr, len: usize) -> u32 {
     let addrs = match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => sum16(&s.octets()) + sum16(&d.octets()),
@@ -167,6 +185,18 @@ fn udp_segment(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, len: usize) -> 
 /// The segment split into Ethernet frames of IP fragments (payload chunks of at most
 /// `chunk` bytes, a multiple of 8) with identification `id`.
 fn fragments(src: IpAddr, dst: IpAddr, seg: &[u8], id: u32, chunk: usize) -> Vec<Vec<u8>> {
+    fragments_of(src, dst, UDP, seg, id, chunk)
+}
+
+/// As [`fragments`] for a segment of transport protocol `proto`.
+fn fragments_of(
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    seg: &[u8],
+    id: u32,
+    chunk: usize,
+) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut off = 0;
     while off < seg.len() {
@@ -182,7 +212,7 @@ fn fragments(src: IpAddr, dst: IpAddr, seg: &[u8], id: u32, chunk: usize) -> Vec
                 h.extend(((20 + data.len()) as u16).to_be_bytes());
                 h.extend((id as u16).to_be_bytes());
                 h.extend(fo.to_be_bytes());
-                h.extend([64, UDP, 0, 0]);
+                h.extend([64, proto, 0, 0]);
                 h.extend(s.octets());
                 h.extend(d.octets());
                 let c = !fold(sum16(&h));
@@ -195,7 +225,7 @@ fn fragments(src: IpAddr, dst: IpAddr, seg: &[u8], id: u32, chunk: usize) -> Vec
                 f.extend([44, 64]); // next header: fragment
                 f.extend(s.octets());
                 f.extend(d.octets());
-                f.extend([UDP, 0]);
+                f.extend([proto, 0]);
                 f.extend((off as u16 | u16::from(more)).to_be_bytes());
                 f.extend(id.to_be_bytes());
             }
@@ -333,5 +363,47 @@ fn service_nat_of_later_fragments_rewrites_only_the_ip_header() {
             0xffff,
             "UDP checksum of the reassembled datagram"
         );
+    }
+}
+
+#[test]
+fn fragmented_icmp_echo_follows_its_first_fragment() {
+    let Some(mut dp) = setup() else { return };
+    for (n, net) in nets().iter().enumerate() {
+        let v4 = net.client.is_ipv4();
+        let (proto, request) = if v4 { (1u8, 8u8) } else { (58, 128) };
+        let seg = echo_segment(request, 0x77 + n as u16, 3000);
+        let frags = fragments_of(
+            net.client,
+            net.server,
+            proto,
+            &seg,
+            0x5234 + n as u32,
+            chunk(v4),
+        );
+        assert_eq!(frags.len(), 3);
+        for (i, f) in frags.iter().enumerate() {
+            assert_eq!(run(&dp, f).0, TC_ACT_OK, "{} echo fragment {i}", net.client);
+        }
+        // ICMP timestamp / ICMPv6 node information queries are not allowed: the later
+        // fragments share the first fragment's fate.
+        let before = drops(&mut dp, SV_DROP_POLICY);
+        let seg = echo_segment(if v4 { 13 } else { 139 }, 0x99 + n as u16, 3000);
+        for f in fragments_of(
+            net.client,
+            net.server,
+            proto,
+            &seg,
+            0x6234 + n as u32,
+            chunk(v4),
+        ) {
+            assert_eq!(
+                run(&dp, &f).0,
+                TC_ACT_SHOT,
+                "{} denied ICMP fragment",
+                net.client
+            );
+        }
+        assert_eq!(drops(&mut dp, SV_DROP_POLICY), before + 3);
     }
 }
