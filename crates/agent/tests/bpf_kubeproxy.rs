@@ -71,11 +71,9 @@ fn in_ns_stdin(ns: &str, cmd: &[&str], input: &str) -> Result<()> {
 /// points at 10.244.99.99:80, which does not exist: if netfilter ever DNATed the service,
 /// connections would fail.
 ///
-/// Left out: kube-proxy's `-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP`. The tc
-/// programs reverse-NAT a backend's reply where it leaves the backend (before netfilter),
-/// so netfilter's conntrack sees `VIP -> client` SYN-ACKs of flows it knows as
-/// `client -> backend` and calls them INVALID: with that rule in place, same-node service
-/// connections fail while kube-proxy's rules are kept (`NOT_YET_IN_BPF` says so).
+/// kube-proxy's `KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP` is included: the tc
+/// programs send same-node service traffic (and its reverse-NATed replies) into the pod with
+/// `bpf_redirect_peer`, past netfilter, so netfilter never sees a reply it would call INVALID.
 const KUBE_PROXY_V4: &str = "*nat
 :KUBE-SERVICES - [0:0]
 :KUBE-NODEPORTS - [0:0]
@@ -124,6 +122,7 @@ COMMIT
 -I OUTPUT 1 -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
 -I OUTPUT 1 -j KUBE-FIREWALL
 -A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment \"block incoming localnet connections\" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP
 -A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT
 -A OTHER-FW -p tcp -m tcp --dport 9999 -j ACCEPT
 COMMIT

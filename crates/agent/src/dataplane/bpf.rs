@@ -98,7 +98,7 @@ pub const NOT_YET_IN_BPF: &[&str] = &[
     "fast path for traffic arriving from other nodes (only what a workload sends is redirected; packets into a pod from the uplink take the host stack)",
     "ICMP errors about NATed flows (e.g. fragmentation needed) are not translated back to the client",
     "service NAT for SCTP and UDP-Lite (their checksums are not rewritten: dropped and counted as rewrite)",
-    "coexistence with kube-proxy's rules (bpfKubeProxyIptablesCleanupEnabled: false): its KUBE-FORWARD `--ctstate INVALID -j DROP` drops backend replies the tc programs reverse-NATed before netfilter (same-node service connections fail)",
+    "coexistence with kube-proxy's rules (bpfKubeProxyIptablesCleanupEnabled: false) for service flows to backends on other nodes (not tested): the SYN leaves by redirect, unseen by this node's netfilter, so kube-proxy's KUBE-FORWARD `--ctstate INVALID -j DROP` may drop the reply arriving through the host stack (same-node flows are redirected past netfilter and work)",
     "untracked (doNotTrack) host endpoint rules XDP cannot express (only deny rules on source nets, protocol and destination ports are enforced, at XDP)",
 ];
 
