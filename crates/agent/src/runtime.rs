@@ -577,16 +577,18 @@ impl Runtime {
         cmd.arg("--ready-file").arg(&ready);
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         let fd = ns.as_raw_fd();
-        // The node's cgroup: the child moves itself there before exec (writing "0").
-        let procs = match &self.cgroup {
-            Some(cg) => Some(
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(cg.join("cgroup.procs"))
-                    .map_err(state_err(&cg.join("cgroup.procs")))?,
-            ),
-            None => None,
-        };
+        // The node's cgroup: the child moves itself there before exec (writing "0"). Without
+        // it the pod still starts (outside the node's connect-time load balancing).
+        let procs = self.cgroup.as_ref().and_then(|cg| {
+            let path = cg.join("cgroup.procs");
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .inspect_err(|e| {
+                    tracing::warn!(pod = %id, cgroup = %cg.display(), error = %e, "cannot start the pod server in the node's cgroup; starting it outside")
+                })
+                .ok()
+        });
         let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
         {
             use std::os::unix::process::CommandExt;

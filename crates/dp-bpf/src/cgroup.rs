@@ -220,6 +220,18 @@ impl Ctlb {
         })?;
         let maps = pins.maps_dir();
         fs::create_dir_all(&maps).map_err(io_err("creating pin directory", &maps))?;
+        // A pinned map of ours from another build (other key/value sizes) is recreated: its
+        // entries are only a cache of translations.
+        for map in OWN_MAPS {
+            let path = pins.map_path(map);
+            if let Ok(info) = aya::maps::MapInfo::from_pin(&path)
+                && (info.key_size() as usize != size_of::<CtlbKey>()
+                    || info.value_size() as usize != size_of::<CtlbVal>())
+            {
+                tracing::warn!(map, path = %path.display(), "pinned map does not match this build; recreating it");
+                fs::remove_file(&path).map_err(io_err("removing stale pinned map", &path))?;
+            }
+        }
         let bits = protocols.bits();
         let mut loader = EbpfLoader::new();
         for spec in MAPS {
