@@ -13,7 +13,7 @@
  *                  is XDP_DROP (SV_XDP_DROP_BLOCKLIST);
  *               4. everything else: XDP_PASS (the kernel and the tc programs decide).
  *
- * Non-IP frames (ARP) and ICMPv6 neighbour discovery pass. Non-first IPv4 fragments and IPv6 fragments carry no ports: only the
+ * Non-IP frames (ARP) and ICMPv6 neighbour discovery and MLD pass. Non-first IPv4 fragments and IPv6 fragments carry no ports: only the
  * "any protocol" entries of their source apply. Maps and their layout: serval_maps.h; the
  * maps are this object's own (no tc program uses them), pinned in the node's scope.
  */
@@ -71,6 +71,9 @@ struct {
 #define SV_NEXTHDR_DEST 60
 #define SV_ICMPV6_ND_FIRST 133 /* router solicitation */
 #define SV_ICMPV6_ND_LAST 137 /* redirect */
+#define SV_ICMPV6_MLD_FIRST 130 /* multicast listener query */
+#define SV_ICMPV6_MLD_LAST 132 /* multicast listener done */
+#define SV_ICMPV6_MLD2_REPORT 143
 
 struct sv_xdp_pkt {
 	union sv_addr saddr;
@@ -180,10 +183,14 @@ static __always_inline int sv_parse(struct xdp_md *ctx, struct sv_xdp_pkt *p)
 		if (next == IPPROTO_ICMPV6) {
 			/* Neighbour discovery (router/neighbour solicitation and advertisement,
 			 * redirect) is IPv6's ARP: never dropped, as ARP is not, or the host
-			 * could not answer a blocked source even on a failsafe port. */
+			 * could not answer a blocked source even on a failsafe port. MLD
+			 * (multicast listener query/report/done, v2 report) neither, as the
+			 * host endpoint programs do. */
 			__u8 *icmp6 = l4;
-			if ((void *)(icmp6 + 1) <= end && icmp6[0] >= SV_ICMPV6_ND_FIRST &&
-			    icmp6[0] <= SV_ICMPV6_ND_LAST)
+			if ((void *)(icmp6 + 1) <= end &&
+			    ((icmp6[0] >= SV_ICMPV6_ND_FIRST && icmp6[0] <= SV_ICMPV6_ND_LAST) ||
+			     (icmp6[0] >= SV_ICMPV6_MLD_FIRST && icmp6[0] <= SV_ICMPV6_MLD_LAST) ||
+			     icmp6[0] == SV_ICMPV6_MLD2_REPORT))
 				return SV_PARSE_PASS;
 		}
 		sv_load_dport(p, l4, end);

@@ -211,7 +211,7 @@ fn malformed_ip_headers_are_dropped_and_counted_non_ip_passes() {
 }
 
 #[test]
-fn icmpv6_neighbour_discovery_from_a_blocked_source_passes() {
+fn icmpv6_neighbour_discovery_and_mld_from_a_blocked_source_pass() {
     let mut dp = load();
     block(&mut dp, 0, 0, 0, V6.net, V6.len);
     let icmp = |kind| L4::Icmp {
@@ -219,8 +219,8 @@ fn icmpv6_neighbour_discovery_from_a_blocked_source_passes() {
         code: 0,
         id: 7,
     };
-    // Neighbour solicitation and advertisement: IPv6's ARP.
-    for kind in [133, 135, 136, 137] {
+    // Neighbour discovery (IPv6's ARP) and MLD.
+    for kind in [130, 131, 132, 133, 135, 136, 137, 143] {
         assert_eq!(
             run(&mut dp, V6.blocked, V6.host, icmp(kind)),
             XDP_PASS,
