@@ -934,7 +934,16 @@ fn memory_section(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progres
             && let Some(n) = plan.largest_size(dp)
         {
             let lab = labs.get(dp.lab_dataplane())?;
-            match serval::measure_combined_memory(lab, dp.name(), n, policies, p) {
+            // The client must get answers through the services (and be refused by the
+            // policies) to see each step in force.
+            let echo = net::EchoServer::start(
+                &lab.server.netns,
+                &lab.server.netns_name,
+                std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
+            )?;
+            let measured = serval::measure_combined_memory(lab, dp.name(), n, policies, p);
+            drop(echo);
+            match measured {
                 Ok(point) => {
                     p.line(&format!(
                         "{} memory with {n} Services + {policies} policies: agent RSS {}",

@@ -219,6 +219,12 @@ pub fn latency(
     })
 }
 
+/// How long [`wait_answer`] probes with [`FINE_PROBE_TIMEOUT`] attempts before 100 ms ones.
+const FINE_PROBING_FOR: Duration = Duration::from_secs(2);
+/// The timeout of one early [`wait_answer`] attempt: the resolution of programming times under
+/// [`FINE_PROBING_FOR`] (an exchange with a programmed service takes well under it here).
+const FINE_PROBE_TIMEOUT: Duration = Duration::from_millis(5);
+
 /// Tries an exchange with `target` from inside `ns` until one succeeds or `deadline`
 /// passes; returns when it succeeded.
 pub fn wait_answer(
@@ -231,7 +237,16 @@ pub fn wait_answer(
     ns.run(|| {
         let mut last_error;
         loop {
-            match exchange(target, Duration::from_millis(100)) {
+            // A SYN sent before the target is programmed is lost (the kernel would resend it
+            // only after 1 s), so each attempt's timeout is the resolution of the measured
+            // time: short attempts for the first seconds, where sub-second programming is
+            // told apart, then 100 ms.
+            let attempt = if started.elapsed() < FINE_PROBING_FOR {
+                FINE_PROBE_TIMEOUT
+            } else {
+                Duration::from_millis(100)
+            };
+            match exchange(target, attempt) {
                 Ok(_) => return Ok(Instant::now()),
                 Err(e) => last_error = e.to_string(),
             }
