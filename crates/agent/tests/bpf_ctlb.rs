@@ -9,6 +9,8 @@
 //!   and `sv_ct` holds the plain flow pod → backend and no NAT entry at all;
 //! - a process in another node's cgroup (a sibling without programs) is untouched: its
 //!   connection is NATed by tc (a NAT entry for its port appears);
+//! - TCP mode leaves a pod's UDP to tc (NATed), but a host-networked client's UDP (a socket
+//!   of the node's own namespace) is translated (`bpfHostNetworkedNATWithoutCTLB`);
 //! - `Enabled`: UDP from an unconnected socket to the ClusterIP gets its reply from the
 //!   ClusterIP (recvfrom), no NAT entry;
 //! - `Disabled`: nothing stays attached and the same TCP connection is NATed by tc;
@@ -354,6 +356,23 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     ensure!(
         ct.iter().any(|(_, v)| is_nat(v)),
         "UDP in TCP mode is NATed by tc: {ct:#?}"
+    );
+
+    // ... but a host-networked client's UDP (a socket of the node's own namespace) is
+    // translated by the cgroup programs (Calico NATs it in tc; Serval's tc sees none of it).
+    ip(&[
+        "-n",
+        node.name(),
+        "addr",
+        "add",
+        "172.30.77.1/32",
+        "dev",
+        "svup",
+    ])?;
+    let o = run_client(node.name(), &cg.node(), "udp", &vip_udp)?;
+    ensure!(
+        o.reply == "pong:ping" && o.peer == vip_udp,
+        "host-networked UDP in TCP mode: {o:?}"
     );
 
     // Enabled: unconnected UDP is translated too; the reply comes from the ClusterIP.

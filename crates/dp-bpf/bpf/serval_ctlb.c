@@ -22,7 +22,9 @@
  *
  * A frontend without (local) backends is left alone: the tc program rejects it (TCP RST /
  * ICMP unreachable). Which protocols are translated is the global sv_ctlb_protos
- * (SV_CTLB_F_*), set by the loader from FelixConfiguration bpfConnectTimeLoadBalancing.
+ * (SV_CTLB_F_*), set by the loader from FelixConfiguration bpfConnectTimeLoadBalancing, plus
+ * sv_ctlb_host_protos for the sockets of the node's own network namespace
+ * (bpfHostNetworkedNATWithoutCTLB).
  *
  * Maps: the node's pinned sv_nat_fe / sv_nat_be / sv_nat_aff (serval_maps_def.h) and this
  * object's own sv_ctlb_fwd / sv_ctlb_rev (LRU, pinned in the same scope by the loader).
@@ -46,6 +48,14 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* SV_CTLB_F_*: set by the loader before load (rodata). */
 const volatile __u32 sv_ctlb_protos = SV_CTLB_F_TCP;
+/*
+ * Protocols translated in addition for sockets of the node's own network namespace
+ * (host-networked clients), whose cookie is sv_ctlb_host_netns: with
+ * bpfConnectTimeLoadBalancing TCP, Calico NATs host-networked UDP in tc; Serval has no tc
+ * program on the host's own traffic, so these programs do it for the host's sockets.
+ */
+const volatile __u32 sv_ctlb_host_protos = 0;
+const volatile __u64 sv_ctlb_host_netns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -63,13 +73,15 @@ struct {
 
 #define SV_ALLOW 1 /* a cgroup sock_addr program's "go on" */
 
-static __always_inline int sv_proto_on(__u32 proto)
+static __always_inline int sv_proto_on(struct bpf_sock_addr *ctx, __u32 proto)
 {
-	if (proto == IPPROTO_TCP)
-		return sv_ctlb_protos & SV_CTLB_F_TCP;
-	if (proto == IPPROTO_UDP)
-		return sv_ctlb_protos & SV_CTLB_F_UDP;
-	return 0;
+	__u32 bit = proto == IPPROTO_TCP ? SV_CTLB_F_TCP : proto == IPPROTO_UDP ? SV_CTLB_F_UDP : 0;
+	if (!bit)
+		return 0;
+	if (sv_ctlb_protos & bit)
+		return 1;
+	return (sv_ctlb_host_protos & bit) && sv_ctlb_host_netns &&
+	       bpf_get_netns_cookie(ctx) == sv_ctlb_host_netns;
 }
 
 static __always_inline void sv_addr_v4(union sv_addr *a, __be32 v4)
@@ -229,7 +241,7 @@ static __always_inline struct sv_ctlb_val *sv_recall(struct bpf_sock_addr *ctx,
 static __always_inline int sv_to_backend4(struct bpf_sock_addr *ctx, int use_fwd)
 {
 	__u8 proto = ctx->protocol;
-	if (!sv_proto_on(proto))
+	if (!sv_proto_on(ctx, proto))
 		return SV_ALLOW;
 	union sv_addr vip;
 	sv_addr_v4(&vip, ctx->user_ip4);
@@ -302,7 +314,7 @@ static __always_inline void sv_set_user_ip6(struct bpf_sock_addr *ctx, const uni
 static __always_inline int sv_to_backend6(struct bpf_sock_addr *ctx, int use_fwd)
 {
 	__u8 proto = ctx->protocol;
-	if (!sv_proto_on(proto))
+	if (!sv_proto_on(ctx, proto))
 		return SV_ALLOW;
 	union sv_addr vip;
 	sv_user_ip6(ctx, &vip);

@@ -47,8 +47,10 @@ pub const MAP_CTLB_FWD: &str = "sv_ctlb_fwd";
 /// (socket, backend) → the frontend it stands for (recvmsg, getpeername).
 pub const MAP_CTLB_REV: &str = "sv_ctlb_rev";
 const OWN_MAPS: [&str; 2] = [MAP_CTLB_FWD, MAP_CTLB_REV];
-/// The rodata global holding the protocols.
+/// The rodata globals: the protocols, and those of the host's own sockets.
 const GLOBAL_PROTOS: &str = "sv_ctlb_protos";
+const GLOBAL_HOST_PROTOS: &str = "sv_ctlb_host_protos";
+const GLOBAL_HOST_NETNS: &str = "sv_ctlb_host_netns";
 /// A pin being replaced carries this suffix until the old one is gone (bpffs refuses '.').
 const NEW_SUFFIX: &str = "-new";
 
@@ -70,6 +72,53 @@ impl CtlbProtocols {
             Self::TcpUdp => SV_CTLB_F_TCP | SV_CTLB_F_UDP,
         }
     }
+}
+
+/// Translation for the sockets of one network namespace only (the node's own: its
+/// host-networked clients), in addition to [`CtlbProtocols`] for every socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HostSockets {
+    /// The namespace's cookie ([`netns_cookie`]).
+    pub netns_cookie: u64,
+    pub tcp: bool,
+    pub udp: bool,
+}
+
+impl HostSockets {
+    fn bits(&self) -> u32 {
+        (if self.tcp { SV_CTLB_F_TCP } else { 0 }) | (if self.udp { SV_CTLB_F_UDP } else { 0 })
+    }
+}
+
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14+),
+/// as `bpf_get_netns_cookie` reports it.
+pub fn netns_cookie() -> io::Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: socket(2) with constant arguments; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a socket we just created and own; OwnedFd closes it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` (8) bytes into `cookie`, which lives on our
+    // stack for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Why loading, attaching or detaching the connect-time load balancer failed.
@@ -211,6 +260,18 @@ impl Ctlb {
         log_level: LogLevel,
         protocols: CtlbProtocols,
     ) -> Result<Ctlb, CgroupError> {
+        Self::load_with_host(pins, sizes, log_level, protocols, None)
+    }
+
+    /// [`Ctlb::load`], translating in addition `host`'s protocols for the sockets of its
+    /// network namespace.
+    pub fn load_with_host(
+        pins: &PinScope,
+        sizes: &MapSizes,
+        log_level: LogLevel,
+        protocols: CtlbProtocols,
+        host: Option<HostSockets>,
+    ) -> Result<Ctlb, CgroupError> {
         let (name, data) = ctlb_object(log_level);
         validate(name, data)?;
         ensure_bpffs(pins.bpffs()).map_err(|e| CgroupError::Io {
@@ -244,6 +305,10 @@ impl Ctlb {
             loader.map_pin_path(map, pins.map_path(map));
         }
         loader.override_global(GLOBAL_PROTOS, &bits, true);
+        let host_bits = host.map_or(0, |h| h.bits());
+        let host_netns = host.map_or(0, |h| h.netns_cookie);
+        loader.override_global(GLOBAL_HOST_PROTOS, &host_bits, true);
+        loader.override_global(GLOBAL_HOST_NETNS, &host_netns, true);
         let mut ebpf = loader.load(data).map_err(|source| CgroupError::Load {
             name: name.to_owned(),
             scope: pins.scope().to_owned(),
@@ -267,6 +332,7 @@ impl Ctlb {
             object = name,
             scope = pins.scope(),
             ?protocols,
+            ?host,
             "loaded connect-time load balancer"
         );
         Ok(Ctlb {

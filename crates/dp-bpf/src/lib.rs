@@ -50,7 +50,7 @@ pub mod tunnel;
 pub mod xdp;
 
 pub use attach::{AttachMode, Attachment, CleanupReport, Hook, attachments, detach};
-pub use cgroup::{CgroupError, Ctlb, CtlbProtocols, cleanup};
+pub use cgroup::{CgroupError, Ctlb, CtlbProtocols, HostSockets, cleanup};
 pub use conntrack::{CtTimeouts, SweepReport, monotonic_now_ns};
 pub use error::{AttachError, LoadError, MapsError, ObjectError, TestRunError};
 pub use loader::{BPFFS, Dataplane, LoadOptions, MapSizes, PinScope, ensure_bpffs};

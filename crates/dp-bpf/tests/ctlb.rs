@@ -23,8 +23,8 @@ use std::thread;
 use std::time::Duration;
 
 use serval_dp_bpf::{
-    Ctlb, CtlbProtocols, Dataplane, LoadOptions, LogLevel, MapSizes, PinScope, abi::*, cgroup,
-    cleanup,
+    Ctlb, CtlbProtocols, Dataplane, HostSockets, LoadOptions, LogLevel, MapSizes, PinScope, abi::*,
+    cgroup, cleanup,
 };
 use serval_sys::testing::{require_root, unique_name};
 
@@ -375,5 +375,56 @@ fn enabled_mode_translates_unconnected_udp_and_replies_come_from_the_service() {
     assert!(!s.scope.0.dir().exists(), "scope directory left behind");
     let got = client(&s.cg.a(), "udp", vip(VIP4, 53));
     assert!(got.starts_with("error="), "after cleanup: {got}");
+    drop(s.dp);
+}
+
+/// `TCP` mode with the host's own sockets ([`HostSockets`]): UDP from a socket of the given
+/// network namespace is translated (Calico NATs host-networked UDP in tc in this mode), from
+/// any other namespace it is not.
+#[test]
+fn host_sockets_get_udp_in_tcp_mode() {
+    let Some(s) = setup("host_sockets_get_udp_in_tcp_mode") else {
+        return;
+    };
+    let here = cgroup::netns_cookie().expect("SO_NETNS_COOKIE");
+    let other_ns = serval_sys::testing::NetNsGuard::new("svctlbh").expect("a namespace");
+    let other = other_ns
+        .run(cgroup::netns_cookie)
+        .expect("run in the namespace")
+        .expect("its cookie");
+    assert_ne!(here, other);
+    for (cookie, translated) in [(other, false), (here, true)] {
+        let mut ctlb = Ctlb::load_with_host(
+            &s.scope.0,
+            &MapSizes::default(),
+            LogLevel::Off,
+            CtlbProtocols::Tcp,
+            Some(HostSockets {
+                netns_cookie: cookie,
+                tcp: false,
+                udp: true,
+            }),
+        )
+        .expect("load the ctlb object");
+        ctlb.attach(&s.cg.a()).expect("attach");
+        for v in [VIP4, VIP6] {
+            let got = client(&s.cg.a(), "udp", vip(v, 53));
+            if translated {
+                assert_eq!(
+                    got,
+                    format!("peer={} reply=be-udp:ping", vip(v, 53)),
+                    "host UDP to {v}:53"
+                );
+            } else {
+                assert!(
+                    got.starts_with("error="),
+                    "UDP of another namespace's host: {got}"
+                );
+            }
+            // TCP as in plain TCP mode.
+            let got = client(&s.cg.a(), "tcp", vip(v, 80));
+            assert_eq!(got, format!("peer={} reply=be-tcp", vip(v, 80)));
+        }
+    }
     drop(s.dp);
 }

@@ -94,7 +94,7 @@ pub mod xdp;
 /// What the eBPF programs do not do yet; logged when they are loaded. The driver does not
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
-    "NAT of host-networked clients' service traffic in tc (bpfHostNetworkedNATWithoutCTLB): host processes reach services only through connect-time load balancing, for the protocols it covers",
+    "NAT of host-networked clients' service traffic in tc (bpfHostNetworkedNATWithoutCTLB): host processes reach services through the cgroup programs only (TCP, and UDP of the node's own sockets, under bpfConnectTimeLoadBalancing TCP; everything under Enabled; nothing under Disabled)",
     "fast path for traffic arriving from other nodes (only what a workload sends is redirected; packets into a pod from the uplink take the host stack)",
     "ICMP errors about NATed flows (e.g. fragmentation needed) are not translated back to the client",
     "service NAT for SCTP and UDP-Lite (their checksums are not rewritten: dropped and counted as rewrite)",

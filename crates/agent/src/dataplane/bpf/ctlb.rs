@@ -14,16 +14,17 @@
 //! - **`bpfHostNetworkedNATWithoutCTLB`** (Calico: whether the tc programs NAT service
 //!   traffic of host-networked processes that connect-time LB does not handle; with `TCP`
 //!   Calico always NATs host-networked UDP in tc, with `Disabled` + `Disabled` it warns that
-//!   host-networked clients cannot reach services). Serval's tc programs run on workload
-//!   interfaces only, so there is no tc path for host-networked traffic to NAT: the setting
-//!   is resolved as Calico resolves it and what it would need is logged as not available
-//!   ([`HostNetworkedNat`]); host-networked clients (processes in the cgroup, outside pods)
-//!   reach services only through connect-time LB, for the protocols it covers.
+//!   host-networked clients cannot reach services). Serval's tc programs see no traffic a
+//!   host process sends, so the setting is resolved as Calico resolves it
+//!   ([`HostNetworkedNat`]) and carried out where Serval can: with `TCP` (Calico's
+//!   "host-networked UDP only") the cgroup programs also translate UDP for sockets of the
+//!   node's own network namespace ([`serval_dp_bpf::HostSockets`]); with `Disabled` nothing is
+//!   attached, so host-networked clients are not served whatever the setting says (logged).
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use serval_dp_bpf::{Ctlb, CtlbProtocols, LogLevel, MapSizes, PinScope, cgroup};
+use serval_dp_bpf::{Ctlb, CtlbProtocols, HostSockets, LogLevel, MapSizes, PinScope, cgroup};
 use serval_model::calico::felix::{BpfConnectTimeLoadBalancing, EnabledDisabled, FelixSettings};
 
 thread_local! {
@@ -93,7 +94,7 @@ pub fn sync(pins: &PinScope, settings: &CtlbSettings, sizes: &MapSizes, log_leve
     log_host_networked(settings);
     match (settings.protocols, cgroup) {
         (Some(protocols), Some(cg)) => {
-            if let Err(e) = attach(pins, &cg, protocols, sizes, log_level) {
+            if let Err(e) = attach(pins, &cg, settings, protocols, sizes, log_level) {
                 tracing::error!(
                     cgroup = %cg.display(),
                     error = %e,
@@ -139,14 +140,37 @@ pub fn repair(pins: &PinScope, settings: &CtlbSettings, sizes: &MapSizes, log_le
     }
 }
 
+/// The host's own sockets' extra protocols: UDP under `TCP` (Calico's UdpOnly host NAT), in
+/// the calling (driver) thread's namespace, the node's.
+fn host_sockets(settings: &CtlbSettings) -> Option<HostSockets> {
+    if settings.protocols != Some(CtlbProtocols::Tcp)
+        || settings.host_networked_nat != HostNetworkedNat::UdpOnly
+    {
+        return None;
+    }
+    match serval_dp_bpf::cgroup::netns_cookie() {
+        Ok(netns_cookie) => Some(HostSockets {
+            netns_cookie,
+            tcp: false,
+            udp: true,
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "no network namespace cookie (SO_NETNS_COOKIE, Linux 5.14+): host-networked UDP to services is not translated");
+            None
+        }
+    }
+}
+
 fn attach(
     pins: &PinScope,
     cg: &Path,
+    settings: &CtlbSettings,
     protocols: CtlbProtocols,
     sizes: &MapSizes,
     log_level: LogLevel,
 ) -> Result<(), serval_dp_bpf::CgroupError> {
-    let mut ctlb = Ctlb::load(pins, sizes, log_level, protocols)?;
+    let host = host_sockets(settings);
+    let mut ctlb = Ctlb::load_with_host(pins, sizes, log_level, protocols, host)?;
     ctlb.attach(cg)?;
     // Dropping the loader's handles is fine: the pinned links hold the programs.
     Ok(())
@@ -154,15 +178,18 @@ fn attach(
 
 fn log_host_networked(settings: &CtlbSettings) {
     match settings.host_networked_nat {
-        HostNetworkedNat::Disabled => tracing::warn!(
+        HostNetworkedNat::Disabled if settings.protocols.is_none() => tracing::warn!(
             "bpfConnectTimeLoadBalancing: Disabled with bpfHostNetworkedNATWithoutCTLB: Disabled: \
              host-networked processes cannot reach services"
         ),
-        mode => tracing::info!(
-            ?mode,
-            "host-networked NAT in tc is not available (Serval's tc programs run on workload \
-             interfaces only): host-networked clients reach services through connect-time LB, \
-             for the protocols it covers"
+        HostNetworkedNat::Disabled => {}
+        HostNetworkedNat::UdpOnly => tracing::info!(
+            "host-networked UDP to services is translated by the cgroup programs for the node's \
+             own sockets (Calico NATs it in tc)"
+        ),
+        HostNetworkedNat::Enabled => tracing::info!(
+            "host-networked clients reach services through connect-time LB (Enabled), or not at \
+             all when it is Disabled (Serval's tc programs see no host-sent traffic)"
         ),
     }
 }
