@@ -3,9 +3,18 @@
  * Serval's tc programs for workload interfaces (the host side of each pod veth):
  *
  *   serval_from_ep  tc ingress of the host-side veth: packets sent BY the workload
- *                   (anti-spoofing, conntrack, service DNAT, the endpoint's egress policy)
+ *                   (anti-spoofing, conntrack, service DNAT, the endpoint's egress policy,
+ *                   hairpin masquerade; the fast path: a same-node destination's ingress
+ *                   policy inline and bpf_redirect_peer, FIB redirect to other nodes)
  *   serval_to_ep    tc egress of the host-side veth: packets delivered TO the workload
  *                   (conntrack, reverse NAT, the endpoint's ingress policy)
+ *
+ * and, in the same object, for the node's uplink and VXLAN devices (serval_uplink.h):
+ *
+ *   serval_uplink_in   service frontends reached from outside, replies to SNATed flows
+ *   serval_uplink_out  NAT outgoing
+ *
+ * Source NAT, FIB forwarding and the fast path's helpers: serval_nat.h.
  *
  * Per packet: a fixed number of hash/LPM lookups, never a walk over rules, services or
  * endpoints. Maps and their layout: serval_maps.h. Built twice by build.rs: without and with
