@@ -428,3 +428,138 @@ fn host_sockets_get_udp_in_tcp_mode() {
     }
     drop(s.dp);
 }
+
+/// A loopback TCP server answering `name`; stopped on drop.
+struct Named(SocketAddr, Arc<AtomicBool>);
+
+impl Named {
+    fn start(name: &'static str) -> Named {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.write_all(format!("{name}\n").as_bytes());
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Named(addr, stop)
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        self.1.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The backend names that `tries` connections to `to` from the cgroup reached.
+fn reached(cg: &Path, to: SocketAddr, tries: usize) -> std::collections::BTreeSet<String> {
+    (0..tries)
+        .map(|_| {
+            let got = client(cg, "tcp", to);
+            got.split_once("reply=")
+                .unwrap_or_else(|| panic!("{got}"))
+                .1
+                .to_string()
+        })
+        .collect()
+}
+
+/// Backend choice as the tc path makes it: ClientIP affinity keeps a client (its network
+/// namespace) on one backend and records it in sv_nat_aff; internalTrafficPolicy Local picks
+/// among the node-local slots only; otherwise both backends are used.
+#[test]
+fn affinity_and_internal_traffic_policy_local() {
+    let Some(mut s) = setup("affinity_and_internal_traffic_policy_local") else {
+        return;
+    };
+    let (one, two) = (Named::start("be-1"), Named::start("be-2"));
+    let vip4: IpAddr = VIP4.parse().unwrap();
+    let services = [
+        (81, 201, SV_NAT_FE_F_AFFINITY),
+        (82, 202, SV_NAT_FE_F_INT_LOCAL),
+        (83, 203, 0),
+    ];
+    {
+        let mut m = s.dp.maps();
+        for (port, id, flags) in services {
+            // Slot 0 is the node-local one (local backends come first).
+            for (slot, be, bflags) in [(0, &two, SV_NAT_BE_F_LOCAL), (1, &one, 0)] {
+                m.set_backend(
+                    &NatBeKey { svc_id: id, slot },
+                    &NatBeVal::new(be.0.ip(), be.0.port(), bflags),
+                )
+                .unwrap();
+            }
+            m.set_frontend(
+                &NatFeKey::new(vip4, port, IPPROTO_TCP),
+                &NatFeVal {
+                    svc_id: id,
+                    count: 2,
+                    local_count: 1,
+                    flags,
+                    affinity_timeout_s: 600,
+                    pad: 0,
+                },
+            )
+            .unwrap();
+        }
+    }
+    let mut ctlb = Ctlb::load(
+        &s.scope.0,
+        &MapSizes::default(),
+        LogLevel::Off,
+        CtlbProtocols::Tcp,
+    )
+    .expect("load");
+    ctlb.attach(&s.cg.a()).expect("attach");
+
+    let sticky = reached(&s.cg.a(), vip(VIP4, 81), 12);
+    assert_eq!(
+        sticky.len(),
+        1,
+        "affinity: one backend for the client, got {sticky:?}"
+    );
+    // The affinity entry: client 100::/64 + the client's netns cookie (ours), service 201.
+    let cookie = cgroup::netns_cookie().unwrap();
+    let mut client = [0u8; 16];
+    client[0] = 1;
+    client[8..12].copy_from_slice(&((cookie >> 32) as u32).to_ne_bytes());
+    client[12..16].copy_from_slice(&(cookie as u32).to_ne_bytes());
+    let entry =
+        s.dp.maps()
+            .affinity(&NatAffKey {
+                client: Addr(client),
+                svc_id: 201,
+            })
+            .unwrap()
+            .expect("an affinity entry for the client's namespace");
+    let chosen = if entry.addr == Addr::new(two.0.ip()) && entry.port == two.0.port().to_be() {
+        "be-2"
+    } else {
+        "be-1"
+    };
+    assert_eq!(sticky.iter().next().map(String::as_str), Some(chosen));
+
+    let local = reached(&s.cg.a(), vip(VIP4, 82), 12);
+    assert_eq!(
+        local,
+        ["be-2".to_string()].into(),
+        "internalTrafficPolicy Local: the node-local slot only"
+    );
+    let both = reached(&s.cg.a(), vip(VIP4, 83), 20);
+    assert_eq!(
+        both.len(),
+        2,
+        "no affinity, no Local: both backends, got {both:?}"
+    );
+    drop(ctlb);
+}
