@@ -139,6 +139,21 @@ static __always_inline int sv_tun_dsr(const struct sv_host_val *h, const union s
 	return bpf_map_lookup_elem(&sv_dsr_optout, &k) == 0;
 }
 
+/* Marks a DSR flow established on the receiving node: its wire entry ct and its NAT_FWD entry
+ * (the client's tuple w to the frontend, nat_*). */
+static __noinline void sv_tun_dsr_established(struct sv_ct_val *ct, const struct sv_pkt *w)
+{
+	__sync_fetch_and_or(&ct->flags, SV_CT_F_ESTABLISHED);
+	struct sv_pkt p = *w;
+	p.daddr = ct->nat_addr;
+	p.dport = ct->nat_port;
+	struct sv_ct_key key;
+	sv_ct_key_of(&p, &key);
+	struct sv_ct_val *fwd = bpf_map_lookup_elem(&sv_ct, &key);
+	if (fwd && fwd->kind == SV_CT_TYPE_NAT_FWD)
+		__sync_fetch_and_or(&fwd->flags, SV_CT_F_ESTABLISHED);
+}
+
 /* A UDP source port for the outer header from the inner flow (49152-65535). */
 static __always_inline __be16 sv_tun_entropy(const struct sv_pkt *p)
 {
@@ -276,8 +291,15 @@ static __noinline int sv_tun_fwd(struct __sk_buff *skb)
 	th.vni = bpf_htonl(SV_TUN_VNI << 8);
 	th.fe_addr = ct->nat_addr;
 	th.fe_port = ct->nat_port;
-	if (sv_tun_dsr(h, &p.saddr))
+	if (sv_tun_dsr(h, &p.saddr)) {
 		th.sv_flags = SV_TUN_SF_DSR;
+		/* DSR: this node never sees a reply. A TCP client's ACK without SYN shows that the
+		 * handshake completed: the flow counts as established here (idle timeout of an
+		 * established flow, not of a half-open one), its NAT_FWD entry too. */
+		if (p.proto == IPPROTO_TCP && (p.tcp_flags & (SV_TCP_ACK | SV_TCP_SYN)) == SV_TCP_ACK &&
+		    !(ct->flags & SV_CT_F_ESTABLISHED))
+			sv_tun_dsr_established(ct, &p);
+	}
 	union sv_addr node = ct->snat_addr;
 	if (!node.w[0] && !node.w[1] && !node.w[2] && !node.w[3]) {
 		node = p.daddr;
@@ -315,6 +337,12 @@ static __noinline int sv_tun_inner(struct __sk_buff *skb, const union sv_addr *p
 		sv_ct_touch(ct, &p, from_a, now);
 		if (sv_rewrite(skb, &p, 1, &ct->nat_addr, ct->nat_port))
 			return sv_tun_drop();
+		/* p is now the reply as the client sees it: the flow's NAT_FWD entry sees it too
+		 * (else it would never be established and expire early) */
+		from_a = sv_ct_key_of(&p, &key);
+		struct sv_ct_val *fwd = bpf_map_lookup_elem(&sv_ct, &key);
+		if (fwd && fwd->kind == SV_CT_TYPE_NAT_FWD)
+			sv_ct_touch(fwd, &p, from_a, now);
 		sv_tun_count(SV_TUN_DECAP_REPLY);
 		skb->mark |= SV_MARK_SEEN;
 		sv_log("tunnel: reply reverse-NATed");

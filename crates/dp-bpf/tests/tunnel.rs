@@ -459,6 +459,13 @@ fn tunnel_mode_keeps_the_client_and_replies_return_through_the_receiving_node() 
             assert!(p.l3_csum_ok && p.l4_csum_ok, "checksums after reverse NAT");
             let s = stats(&mut r);
             assert_eq!((s.decap_reply, s.dropped), (1, 0));
+            let fwd = ct(&mut r, net.client, flow.sport, net.r, NODE_PORT, proto);
+            assert_eq!(fwd.kind, SV_CT_TYPE_NAT_FWD);
+            assert_ne!(
+                fwd.flags & SV_CT_F_ESTABLISHED,
+                0,
+                "R's NAT_FWD entry saw the reply ({proto})"
+            );
         }
     });
 }
@@ -505,6 +512,22 @@ fn dsr_mode_answers_from_the_backends_node_and_optout_cidrs_get_tunnel() {
             assert!(p.l3_csum_ok && p.l4_csum_ok);
             let s = stats(&mut b);
             assert_eq!((s.dsr_reply, s.encap_reply), (1, 0));
+            // R never sees the reply; the client's ACK marks the flow established there
+            let est = |r: &mut Dataplane| {
+                let w = ct(r, net.client, 41000, net.pod, BACKEND_PORT, PROTO_TCP);
+                let f = ct(r, net.client, 41000, net.r, NODE_PORT, PROTO_TCP);
+                (w.flags & SV_CT_F_ESTABLISHED, f.flags & SV_CT_F_ESTABLISHED)
+            };
+            assert_eq!(est(&mut r), (0, 0), "half-open until the client's ACK");
+            let ack = packet(net.client, net.r, tcp(41000, NODE_PORT, TCP_ACK));
+            let (verdict, out) = run(&r, Hook::UplinkIngress, &ack);
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            assert_eq!(outer(&out).hdr.sv_flags, SV_TUN_SF_DSR);
+            assert_eq!(
+                est(&mut r),
+                (SV_CT_F_ESTABLISHED, SV_CT_F_ESTABLISHED),
+                "established on R"
+            );
 
             // bpfDSROptoutCIDRs: the client's prefix gets Tunnel
             let len = if net.client.is_ipv4() { 24 } else { 64 };
