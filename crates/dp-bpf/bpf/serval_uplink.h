@@ -18,9 +18,12 @@
  *       address outside every pool and every node gets the node's address and a port (ICMP
  *       echo: identifier) of bpfPSNATPorts; the flow's original entry remembers the binding.
  *
- * Everything else, and every packet they NATed without forwarding it themselves, is returned
- * with SV_NEXT (TCX_NEXT: the next program, e.g. host endpoint policy, then the stack); NATed
- * and forwarded packets carry SV_MARK_SEEN. Per packet a fixed number of hash/LPM lookups.
+ * A packet for a workload of this node (after any of the above) takes the fast path: the
+ * workload's ingress check runs here (serval_to_ep's work) and the packet goes straight into
+ * its namespace (bpf_redirect_peer) when the FIB resolves it. Everything else, and every
+ * packet they NATed without forwarding it themselves, is returned with SV_NEXT (TCX_NEXT: the
+ * next program, e.g. host endpoint policy, then the stack); NATed and forwarded packets carry
+ * SV_MARK_SEEN. Per packet a fixed number of hash/LPM lookups.
  */
 #ifndef SERVAL_UPLINK_H
 #define SERVAL_UPLINK_H
@@ -264,7 +267,17 @@ int serval_uplink_in(struct __sk_buff *skb)
 		return sv_reject(skb, 0);
 	if (verdict == SV_ACT_FORWARD)
 		return sv_fib_forward(skb, SV_NEXT, 0);
-	return verdict;
+	if (verdict != SV_NEXT)
+		return verdict;
+	/* Fast path into a workload of this node: its ingress check (what serval_to_ep would do)
+	 * here, then straight into its namespace; what the FIB cannot resolve takes the stack. */
+	int target = sv_fast_target(skb);
+	if (target <= 0)
+		return SV_NEXT;
+	verdict = sv_process(skb, SV_DIR_INGRESS, (__u32)target);
+	if (verdict != TC_ACT_OK)
+		return verdict;
+	return sv_fib_forward(skb, SV_NEXT, (__u32)target);
 }
 
 SEC("classifier")

@@ -754,3 +754,105 @@ fn fast_path_checks_the_destination_ingress_policy_and_redirects_into_its_namesp
         assert_eq!(out[14 + 8], 64, "untouched");
     });
 }
+
+#[test]
+fn packets_from_the_uplink_to_a_local_workload_take_the_fast_path() {
+    in_fresh_netns("uplink_fast_path", || {
+        let sh = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                o.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        sh(&["link", "set", "lo", "up"]);
+        sh(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+        sh(&["addr", "add", "10.244.2.1/24", "dev", "d0"]);
+        sh(&["link", "set", "d0", "up"]);
+        sh(&["link", "set", "d1", "up"]);
+        sh(&[
+            "neigh",
+            "add",
+            "10.244.2.9",
+            "lladdr",
+            "02:00:00:00:00:09",
+            "dev",
+            "d0",
+            "nud",
+            "permanent",
+        ]);
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
+        let d0 = nix::net::if_::if_nametoindex("d0").expect("d0 ifindex");
+        let net = v4();
+        let dst: IpAddr = ip("10.244.2.9");
+        let mut dp = load(PSNAT);
+        const DST_EP: u32 = 21;
+        {
+            let mut m = dp.maps();
+            m.set_endpoint(d0, &EpVal::new(DST_EP, &[dst])).unwrap();
+            let route = RouteVal {
+                identity: 50,
+                flags: SV_RT_F_LOCAL_WORKLOAD | SV_RT_F_IN_POOL,
+                ifindex: d0,
+                ..RouteVal::default()
+            };
+            m.set_route(&route_key(dst, 32), &route).unwrap();
+            // ingress: TCP 80 from a pod of another node, nothing from the world
+            let pod = aya::maps::lpm_trie::Key::new(
+                SV_POL_PREFIX_FULL,
+                PolMatch::new(DST_EP, 50, SV_DIR_INGRESS, PROTO_TCP, 80),
+            );
+            m.set_policy(
+                &pod,
+                &PolVal {
+                    verdict: SV_VERDICT_ALLOW,
+                    rule_id: 1,
+                },
+            )
+            .unwrap();
+            m.set_policy(
+                &pol_key_any_proto(DST_EP, 50, SV_DIR_INGRESS),
+                &PolVal {
+                    verdict: SV_VERDICT_DENY,
+                    rule_id: 2,
+                },
+            )
+            .unwrap();
+            m.set_policy(
+                &pol_key_any_proto(DST_EP, SV_IDENTITY_ANY, SV_DIR_INGRESS),
+                &PolVal {
+                    verdict: SV_VERDICT_DENY,
+                    rule_id: 3,
+                },
+            )
+            .unwrap();
+        }
+        let (verdict, out) = run(
+            &dp,
+            Hook::UplinkIngress,
+            &packet(net.remote_pod, dst, tcp(42000, 80, TCP_SYN)),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT, "allowed: bpf_redirect_peer");
+        assert_eq!(out[..6], [0x02, 0, 0, 0, 0, 0x09]);
+        assert_eq!(out[14 + 8], 63, "TTL decremented");
+        let e = ct(&mut dp, net.remote_pod, 42000, dst, 80, PROTO_TCP).expect("flow entry");
+        assert_ne!(e.flags & SV_CT_F_APPROVED_DST, 0, "{e:?}");
+        let before = drops(&mut dp, SV_DROP_POLICY);
+        for pkt in [
+            packet(net.remote_pod, dst, tcp(42001, 81, TCP_SYN)),
+            packet(net.outside, dst, tcp(42002, 80, TCP_SYN)),
+        ] {
+            let (verdict, _) = run(&dp, Hook::UplinkIngress, &pkt);
+            assert_eq!(
+                verdict, TC_ACT_SHOT,
+                "denied by the workload's ingress policy"
+            );
+        }
+        assert_eq!(drops(&mut dp, SV_DROP_POLICY), before + 2);
+        // not a workload of this node: left to the next program and the stack, untouched
+        let pkt = packet(net.outside, net.node, tcp(42003, 22, TCP_SYN));
+        let (verdict, out) = run(&dp, Hook::UplinkIngress, &pkt);
+        assert_eq!((verdict, out), (NEXT, pkt));
+    });
+}
