@@ -42,7 +42,8 @@
 //!   against the destination's ingress policy inside `serval_from_ep` and redirected into the
 //!   destination's namespace (`bpf_redirect_peer`, MACs from a FIB lookup); one to a pool
 //!   address on another node leaves by FIB lookup and redirect (`bpf_redirect_neigh` while the
-//!   neighbour is unresolved). What the FIB cannot resolve takes the host stack.
+//!   neighbour is unresolved). `serval_uplink_in` does the same for packets arriving for a
+//!   workload of this node. What the FIB cannot resolve takes the host stack.
 //!
 //! Not done by the programs yet (logged once at load, see [`NOT_YET_IN_BPF`]).
 
@@ -95,7 +96,6 @@ pub mod xdp;
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
     "NAT of host-networked clients' service traffic in tc (bpfHostNetworkedNATWithoutCTLB): host processes reach services through the cgroup programs only (TCP, and UDP of the node's own sockets, under bpfConnectTimeLoadBalancing TCP; everything under Enabled; nothing under Disabled)",
-    "fast path for traffic arriving from other nodes (only what a workload sends is redirected; packets into a pod from the uplink take the host stack)",
     "ICMP errors about NATed flows (e.g. fragmentation needed) are not translated back to the client",
     "service NAT for SCTP and UDP-Lite (their checksums are not rewritten: dropped and counted as rewrite)",
     "coexistence with kube-proxy's rules (bpfKubeProxyIptablesCleanupEnabled: false) for service flows to backends on other nodes (not tested): the SYN leaves by redirect, unseen by this node's netfilter, so kube-proxy's KUBE-FORWARD `--ctstate INVALID -j DROP` may drop the reply arriving through the host stack (same-node flows are redirected past netfilter and work)",
