@@ -6,8 +6,12 @@
 //! (default 50000 10000).
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::Ipv4Addr;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serval_agent::dataplane::bpf::{HostView, desired_contents};
+use serval_calc::compile;
 
 use serval_calc::services::ServiceTracker;
 use serval_calc::state::{desired_state_with_services, node_addrs};
@@ -169,5 +173,28 @@ fn main() {
         mib(held() - before)
     );
     assert_eq!(full, state);
+    drop(full);
+
+    // What the eBPF driver keeps besides its copy of the state: the compiled policy and the
+    // mirror of the map contents.
+    let host = HostView {
+        ifindex: [("svserver".to_string(), 7), ("svclient".to_string(), 8)]
+            .into_iter()
+            .collect(),
+        addrs: vec![IpAddr::V4(Ipv4Addr::new(172, 31, 0, 11))],
+    };
+    let before = held();
+    let compiled = compile::compile(&state);
+    let compiled_bytes = held() - before;
+    let before = held();
+    let contents = desired_contents(&state, &compiled, &host, &HashMap::new());
+    println!(
+        "eBPF driver: compiled policy {}, map contents mirror {} ({} policy entries, {} frontends, {} backends)",
+        mib(compiled_bytes),
+        mib(held() - before),
+        contents.policy.len(),
+        contents.frontends.len(),
+        contents.backends.len()
+    );
     println!("total held: {}", mib(held()));
 }

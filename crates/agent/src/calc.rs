@@ -84,8 +84,12 @@ struct Batch {
     /// Something other than Services and EndpointSlices changed (or everything was relisted):
     /// the whole desired state is computed again.
     full: bool,
-    /// The services whose frontends may have changed (when not `full`).
+    /// The services whose frontends may have changed.
     services: BTreeSet<NsName>,
+    /// A change that can reach any service (pods, workload endpoints, nodes, a relist): the
+    /// services part is built again too when `full`; otherwise it is kept and only
+    /// `services` are recomputed.
+    services_stale: bool,
     /// When the first change of the batch arrived.
     since: Option<Instant>,
 }
@@ -180,11 +184,24 @@ fn absorb_into(
             }
         }
         other => {
+            // What services read besides Services and EndpointSlices: endpoints (Pods,
+            // WorkloadEndpoints) and node addresses (Nodes). A relist may change anything.
+            let feeds_services = match &other {
+                ResourceChange::Replaced(_) => true,
+                ResourceChange::Applied(r) => feeds_services(r.kind()),
+                ResourceChange::Deleted(k) => feeds_services(k.kind),
+            };
             if absorb(model, synced, other) {
                 batch.full = true;
+                batch.services_stale |= feeds_services;
             }
         }
     }
+}
+
+/// Kinds other than Service and EndpointSlice whose changes can change service frontends.
+fn feeds_services(kind: Kind) -> bool {
+    matches!(kind, Kind::Pod | Kind::WorkloadEndpoint | Kind::Node)
 }
 
 /// What [`Pipeline::calculate`] did, for the logs.
@@ -199,12 +216,23 @@ enum Calculated {
         batch: Batch,
         services: FrontendDelta,
     },
+    /// Everything but the services part again, and the services the batch names: what
+    /// changed besides services (`flags`: NAT outgoing, host endpoints, failsafe) and in the
+    /// frontends.
+    Policy {
+        batch: Batch,
+        summary: DeltaSummary,
+        flags: (bool, usize, bool),
+        services: FrontendDelta,
+    },
 }
 
 impl Calculated {
     fn batch(&self) -> &Batch {
         match self {
-            Calculated::Full { batch, .. } | Calculated::Services { batch, .. } => batch,
+            Calculated::Full { batch, .. }
+            | Calculated::Services { batch, .. }
+            | Calculated::Policy { batch, .. } => batch,
         }
     }
 
@@ -212,6 +240,7 @@ impl Calculated {
         match self {
             Calculated::Full { .. } => "full",
             Calculated::Services { .. } => "services",
+            Calculated::Policy { .. } => "policy",
         }
     }
 }
@@ -327,6 +356,40 @@ impl Calculation {
                     !delta.is_empty(),
                     Calculated::Services {
                         batch,
+                        services: delta,
+                    },
+                )
+            }
+            Some(current) if !batch.services_stale => {
+                // Policy-side changes: everything but the services part is calculated again;
+                // that part is taken over and updated for the services the batch names.
+                let mut services = std::mem::take(&mut Arc::make_mut(current).services);
+                let mut delta = FrontendDelta::default();
+                let tracker = &mut self.tracker;
+                let mut new = desired_state_with_services(model, node, |m, n| {
+                    delta = tracker.update(&mut services, m, n, &node_addrs(m, n), &batch.services);
+                    services
+                });
+                // Compared and described without the services part (the old state gave it up).
+                let services = std::mem::take(&mut new.services);
+                let old = self.current.take().unwrap_or_default();
+                let rest = diff(&old, &new);
+                let changed = *old != new || !delta.is_empty();
+                let summary = describe(&old, &new, &rest);
+                let flags = (
+                    rest.nat_outgoing_changed,
+                    rest.host_endpoints_changed.len() + rest.host_endpoints_removed.len(),
+                    rest.failsafe_changed,
+                );
+                drop(old);
+                new.services = services;
+                self.current = Some(Arc::new(new));
+                (
+                    changed,
+                    Calculated::Policy {
+                        batch,
+                        summary,
+                        flags,
                         services: delta,
                     },
                 )
@@ -715,6 +778,24 @@ impl Pipeline {
                     "policy updated"
                 );
             }
+            Calculated::Policy {
+                summary,
+                flags,
+                services,
+                ..
+            } => {
+                tracing::info!(
+                    dataplane = %kind,
+                    endpoint = %summary.endpoints,
+                    sets = %summary.sets,
+                    frontends = %counts_of(services),
+                    nat_outgoing = flags.0,
+                    host_endpoints = flags.1,
+                    failsafe = flags.2,
+                    %written,
+                    "policy updated"
+                );
+            }
             Calculated::Full { old: Some(old), .. } if self.in_driver => {
                 let delta = diff(old, desired);
                 let s = describe(old, desired, &delta);
@@ -1001,6 +1082,12 @@ spec:
         )
         .remove(0);
         let applied = |r: Resource| ResourceChange::Applied(Box::new(r));
+        let mut relabelled_a = base.pods[&("x".to_string(), "a".to_string())].clone();
+        relabelled_a
+            .metadata
+            .labels
+            .insert("app".to_string(), "b".to_string());
+        let relabelled_a = Resource::Pod(relabelled_a);
         let batches: Vec<(Vec<ResourceChange>, &str)> = vec![
             (vec![ResourceChange::Replaced(all)], "full"),
             (
@@ -1027,12 +1114,18 @@ spec:
                 ))],
                 "services",
             ),
-            // A policy and a service in one batch: the whole state.
+            // A policy and a service in one batch: everything but the services part again,
+            // and service c.
             (
                 vec![applied(policy), applied(svc("c", "10.96.0.3", "a"))],
-                "full",
+                "policy",
             ),
             (vec![ResourceChange::Deleted(svc_key("c"))], "services"),
+            // A pod (a backend of services) relabelled with a service: the whole state.
+            (
+                vec![applied(relabelled_a), applied(svc("d", "10.96.0.4", "b"))],
+                "full",
+            ),
         ];
         let mut model = Model::default();
         let mut synced = false;
@@ -1049,7 +1142,7 @@ spec:
             assert_eq!(calc.current.as_deref(), Some(&want), "batch {i}");
         }
         let fe = &calc.current.as_ref().unwrap().services.frontends;
-        assert_eq!(fe.len(), 2, "{fe:?}");
+        assert_eq!(fe.len(), 3, "{fe:?}");
         // An empty batch changes nothing.
         let (changed, _) = calc.calculate(&model, Some("n1"), Batch::default());
         assert!(!changed);
