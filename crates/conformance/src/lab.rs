@@ -346,6 +346,58 @@ impl Lab {
             .find(|a| IpFamily::of_addr(a) == family)
     }
 
+    /// The dataplane the lab's agents run (`SERVAL_CONFORMANCE_DATAPLANE`, default iptables).
+    pub fn dataplane(&self) -> String {
+        std::env::var("SERVAL_CONFORMANCE_DATAPLANE").unwrap_or_else(|_| "iptables".into())
+    }
+
+    /// With the eBPF dataplane, no node may have Serval iptables/ip6tables state (chains,
+    /// rules jumping to them, ipsets) in its path: issue 5 requires the whole suite to pass
+    /// with no `SERVAL-` rules of ours. Returns the offending lines per node; Ok with iptables.
+    pub fn check_no_serval_iptables(&self) -> Result<(), String> {
+        if self.dataplane() != "bpf" {
+            return Ok(());
+        }
+        let mut found = Vec::new();
+        for (node, _) in self.nodes() {
+            let ns = self.netns(&node);
+            for cmd in [
+                &["iptables-save"][..],
+                &["ip6tables-save"][..],
+                &["ipset", "list", "-n"][..],
+            ] {
+                let o = std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns])
+                    .args(cmd)
+                    .output();
+                let o = match o {
+                    Ok(o) if o.status.success() => o,
+                    Ok(o) => {
+                        found.push(format!("{node}: {cmd:?} failed: {}", describe(&o)));
+                        continue;
+                    }
+                    Err(e) => {
+                        found.push(format!("{node}: running {cmd:?}: {e}"));
+                        continue;
+                    }
+                };
+                for line in String::from_utf8_lossy(&o.stdout).lines() {
+                    if line.contains("SERVAL") || line.starts_with("serval") {
+                        found.push(format!("{node} ({}): {line}", cmd[0]));
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the eBPF dataplane left Serval iptables/ipset state on the nodes:\n{}",
+                found.join("\n")
+            ))
+        }
+    }
+
     /// The network namespace of `NS/POD`, a node name, or `outside`.
     pub fn netns(&self, target: &str) -> String {
         if target == "outside" {

@@ -36,15 +36,19 @@ fn netpol() {
             "the mutant's report lacks {want:?}:\n{text}"
         );
     }
+    let clean = lab.lab.check_no_serval_iptables();
     drop(lab);
     assert_reports("netpol", &reports);
+    clean.unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
 fn calico() {
     require_root!();
     let (lab, reports) = run_group("cal", "calico").unwrap_or_else(|e| panic!("calico: {e:#}"));
+    let clean = lab.lab.check_no_serval_iptables();
     drop(lab);
     assert!(reports.len() >= 8 || only(), "{} scenarios", reports.len());
     assert_reports("calico", &reports);
+    clean.unwrap_or_else(|e| panic!("{e}"));
 }

@@ -584,6 +584,9 @@ fn services() {
             }
         }
     }
+    if let Err(e) = lab.check_no_serval_iptables() {
+        failures.push(e);
+    }
     assert!(
         failures.is_empty(),
         "{} service cases failed:\n{}",
@@ -700,6 +703,9 @@ fn nat_outgoing() {
                 }
             }
         }
+    }
+    if let Err(e) = lab.check_no_serval_iptables() {
+        failures.push(e);
     }
     assert!(
         failures.is_empty(),
