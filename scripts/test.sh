@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole Serval test suite: formatting, lints, and every test tier that runs here
-# (unit, datastore conformance against sqlite and a real etcd, privileged network tests).
+# (unit, datastore conformance against sqlite and a real etcd, privileged network tests, and the
+# lab conformance suite once per dataplane: iptables, then eBPF).
 # Installs missing packages first. Run as root (the network tests need it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,3 +15,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked 2>&1 | tee target/test-output.txt
+echo "== conformance suite again with the eBPF dataplane (issue 5: same tables, no SERVAL- rules)"
+SERVAL_CONFORMANCE_DATAPLANE=bpf cargo test -p serval-conformance --locked 2>&1 | tee -a target/test-output.txt
