@@ -158,6 +158,29 @@ fn show(d: &[u64; 6]) -> String {
         .join(" ")
 }
 
+/// The agents' process ids (`serval lab status -o json`): the same before and after the
+/// FelixConfiguration changes, so the modes switch without an agent restart.
+fn agent_pids(lab: &Lab) -> Vec<u64> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<u64>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(p) = m.get("agent_pid").and_then(serde_json::Value::as_u64) {
+                    out.push(p);
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let o = lab.lab_cmd("status", &["-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let mut out = Vec::new();
+    walk(&v, &mut out);
+    out.sort_unstable();
+    out
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Tunnel,
@@ -255,6 +278,8 @@ fn nodeport_tunnel_and_dsr_keep_the_client_and_take_their_reply_paths() {
     let tcp_port = node_port(&lab, "t").expect("TCP node port");
     let udp_port = node_port(&lab, "u").expect("UDP node port");
 
+    let pids = agent_pids(&lab);
+    assert_eq!(pids.len(), 2, "two agents running: {pids:?}");
     let mut failures = Vec::new();
     for mode in [Mode::Tunnel, Mode::Dsr, Mode::DsrOptedOut] {
         lab.apply_yaml("felix", &felix_yaml(&lab, mode))
@@ -283,10 +308,75 @@ fn nodeport_tunnel_and_dsr_keep_the_client_and_take_their_reply_paths() {
             }
         }
     }
+    assert_eq!(
+        agent_pids(&lab),
+        pids,
+        "the mode changes were applied by the running agents, not by restarts"
+    );
     assert!(
         failures.is_empty(),
         "{} checks failed:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+}
+
+/// With VXLAN routing (IPPool encapsulation VXLAN) the backend's node is still found for IPv4
+/// (the VXLAN route's next hop is the node's underlay address, onlink): the default Tunnel
+/// mode keeps the client and uses the NodePort tunnel, not the VXLAN device. IPv6 VXLAN routes
+/// go via the remote VTEP's link-local address, which is no node address: such flows keep
+/// kube-proxy's masquerade to the receiving node (docs/architecture.md).
+#[test]
+fn vxlan_routing_ipv4_uses_the_tunnel_ipv6_falls_back_to_masquerade() {
+    if !serval_conformance::is_root() {
+        eprintln!("skipped: the lab test needs root (labs: network namespaces, veths)");
+        return;
+    }
+    if std::env::var("SERVAL_CONFORMANCE_DATAPLANE").as_deref() != Ok("bpf") {
+        eprintln!("skipped: run with SERVAL_CONFORMANCE_DATAPLANE=bpf");
+        return;
+    }
+    let lab = Lab::up(
+        "xmvx",
+        &[
+            "--nodes",
+            "2",
+            "--ip-family",
+            "dual",
+            "--encapsulation",
+            "vxlan",
+        ],
+    )
+    .expect("lab up");
+    lab.apply_yaml("tunnel service", &yaml()).expect("apply");
+    lab.wait_pods().expect("pods ready");
+    lab.ensure_echo("xm/be-1", Protocol::Tcp, PORT)
+        .expect("echo server in the backend");
+    let port = node_port(&lab, "t").expect("TCP node port");
+    let r = converge(converge_timeout(), || {
+        let why = check(
+            &lab,
+            Mode::Tunnel,
+            IpFamily::V4,
+            "node2",
+            Protocol::Tcp,
+            port,
+        )?;
+        Ok::<_, anyhow::Error>((why.is_none(), why))
+    })
+    .expect("probe");
+    assert!(r.0, "IPv4 over VXLAN routing: {}", r.1.unwrap_or_default());
+    let node2 = lab.node_addr("node2", IpFamily::V6).expect("node2 IPv6");
+    let target = node2.to_string();
+    let r = converge(converge_timeout(), || {
+        let o = lab.probe("outside", &target, port, Protocol::Tcp, PROBE_TIMEOUT_MS)?;
+        let peer = o.reply.as_deref().and_then(parse_echo);
+        Ok::<_, anyhow::Error>((peer == Some(node2), peer))
+    })
+    .expect("probe");
+    assert!(
+        r.0,
+        "IPv6 over VXLAN routing: the backend should see node2 (masquerade), saw {:?}",
+        r.1
     );
 }
