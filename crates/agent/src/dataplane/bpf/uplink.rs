@@ -162,6 +162,7 @@ impl ExternalSettings {
     pub fn optout_entries(&self) -> BTreeSet<(u32, [u8; 16])> {
         self.dsr_optout
             .iter()
+            .map(IpNet::trunc)
             .map(|n| {
                 (
                     lpm_prefix_len(n.addr(), n.prefix_len()),
@@ -213,7 +214,7 @@ impl UplinkDriver {
                 .map_err(maps_err)?;
             w.members_changed += 1;
         }
-        for n in &external.dsr_optout {
+        for n in external.dsr_optout.iter().map(IpNet::trunc) {
             let key = (
                 lpm_prefix_len(n.addr(), n.prefix_len()),
                 Addr::new(n.addr()).0,
