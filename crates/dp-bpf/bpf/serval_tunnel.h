@@ -39,6 +39,7 @@
 #define SV_ACT_TUN_DECAP 0x123 /* uplink: a tunnel packet (sv_tun_decap) */
 
 #define SV_TUN_TTL 64
+#define SV_ADJ_ROOM_DECAP_L4_UDP (1ULL << 10) /* BPF_F_ADJ_ROOM_DECAP_L4_UDP */
 #define SV_NEXT TC_ACT_UNSPEC /* as serval_uplink.h: TCX_NEXT */
 
 struct sv_tun_outer4 {
@@ -416,7 +417,10 @@ static __noinline int sv_tun_decap(struct __sk_buff *skb)
 		sv_log("tunnel: packet from a non-node, left to the stack");
 		return SV_NEXT;
 	}
-	if (bpf_skb_adjust_room(skb, -(__s32)hl, BPF_ADJ_ROOM_MAC, 0))
+	/* BPF_F_ADJ_ROOM_DECAP_L4_UDP (1 << 10, newer kernels) also resets the GSO tunnel state
+	 * of a GRO-merged packet; a kernel without it refuses the flag and the plain call runs. */
+	if (bpf_skb_adjust_room(skb, -(__s32)hl, BPF_ADJ_ROOM_MAC, SV_ADJ_ROOM_DECAP_L4_UDP) &&
+	    bpf_skb_adjust_room(skb, -(__s32)hl, BPF_ADJ_ROOM_MAC, 0))
 		return sv_tun_drop();
 	return sv_tun_inner(skb, &peer, &th);
 }
