@@ -1166,6 +1166,10 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir, __u32 if
 			return sv_drop(SV_DROP_CT_FULL);
 		struct sv_ct_key post_key;
 		int post_from_a = sv_ct_key_of(&post, &post_key);
+		/* a SYN's new flow replaces a closed flow's wire entry of this tuple (serval_ct.h) */
+		if ((p.tcp_flags & (SV_TCP_SYN | SV_TCP_ACK | SV_TCP_RST)) == SV_TCP_SYN &&
+		    p.proto == IPPROTO_TCP)
+			bpf_map_delete_elem(&sv_ct, &post_key);
 		if (sv_ct_create(&post_key, &post, post_from_a, leg | SV_CT_F_DNAT,
 				 SV_CT_TYPE_NORMAL, &vip, vport, be.svc_id, now)) {
 			if (!nat_known)
@@ -1191,6 +1195,10 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir, __u32 if
 
 #include "serval_tunnel.h"
 
+/* ---- conntrack tuple reuse: serval_ct.h -------------------------------------------------- */
+
+#include "serval_ct.h"
+
 /*
  * Packets the workload sends. Allowed packets to another workload take the fast path
  * (sv_fast_target): on this node the destination's ingress check (what serval_to_ep would
@@ -1201,6 +1209,7 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir, __u32 if
 SEC("classifier")
 int serval_from_ep(struct __sk_buff *skb)
 {
+	sv_ct_reuse(skb);
 	int verdict = sv_process(skb, SV_DIR_EGRESS, skb->ifindex);
 	if (verdict == SV_ACT_REJECT)
 		return sv_reject(skb, 1);
@@ -1227,6 +1236,7 @@ int serval_from_ep(struct __sk_buff *skb)
 SEC("classifier")
 int serval_to_ep(struct __sk_buff *skb)
 {
+	sv_ct_reuse(skb);
 	return sv_process(skb, SV_DIR_INGRESS, skb->ifindex);
 }
 

@@ -248,6 +248,7 @@ static __noinline int sv_uplink_snat_new(struct __sk_buff *skb)
 SEC("classifier")
 int serval_uplink_in(struct __sk_buff *skb)
 {
+	sv_ct_reuse(skb);
 	int verdict = sv_uplink_ingress(skb);
 	if (verdict == SV_ACT_TUN_DECAP)
 		verdict = sv_tun_decap(skb);
@@ -283,6 +284,7 @@ int serval_uplink_in(struct __sk_buff *skb)
 SEC("classifier")
 int serval_uplink_out(struct __sk_buff *skb)
 {
+	sv_ct_reuse(skb);
 	int verdict = sv_uplink_egress(skb);
 	if (verdict == SV_ACT_SNAT_NEW)
 		verdict = sv_uplink_snat_new(skb);
