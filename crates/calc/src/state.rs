@@ -70,6 +70,7 @@ pub fn desired_state_with_services(
     let all = model.endpoints();
     let mut reg = SetRegistry::default();
     let policies = compile::compile_policies(model, &mut reg);
+    let untracked = compile::compile_untracked_policies(model, &mut reg);
     let mut endpoints = BTreeMap::new();
     for ep in all.iter().filter(|e| node.is_none_or(|n| e.node == n)) {
         let pol = compile::endpoint_policy(model, &policies, ep);
@@ -80,12 +81,18 @@ pub fn desired_state_with_services(
         if node.is_some_and(|n| hep.spec.node != n) {
             continue;
         }
-        host_endpoints.insert(name.clone(), compile::host_endpoint_state(&policies, hep));
+        let mut h = compile::host_endpoint_state(&policies, hep);
+        h.untracked = compile::host_endpoint_untracked(&untracked, hep);
+        host_endpoints.insert(name.clone(), h);
     }
     let used: BTreeSet<IpSetId> = endpoints
         .values()
         .map(|(_, p)| p)
-        .chain(host_endpoints.values().map(|h| &h.policy))
+        .chain(
+            host_endpoints
+                .values()
+                .flat_map(|h| [&h.policy, &h.untracked]),
+        )
         .flat_map(EndpointPolicy::sets)
         .collect();
     let index = MemberIndex::new(model, &all);

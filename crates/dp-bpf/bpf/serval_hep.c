@@ -10,6 +10,9 @@
  *                       against the host endpoint's egress policy
  *
  * Per packet, in order (every step a fixed number of hash/LPM lookups):
+ *   0. the interface's untracked (doNotTrack) verdict set, when it has one (sv_hep_untracked:
+ *      forwarded traffic too, failsafe ports first; Allow accepts without conntrack, Deny
+ *      drops, no decision goes on);
  *   1. skb->mark has SV_MARK_SEEN (another Serval program NATed/forwarded it): next;
  *   2. not IP, IPv6 neighbour discovery and MLD, non-first fragments: next (a first fragment carries
  *      the transport header and is policed like a whole packet; the kernel cannot
@@ -407,9 +410,73 @@ static __always_inline int sv_policy_allows(__u32 ep_id, __u8 dir, __u32 identit
 	return allow;
 }
 
+#define SV_UNTRACKED_GO_ON 1 /* no untracked rule decided: the tracked path goes on */
+
+/* The interface's untracked (doNotTrack) verdict set, before everything else of sv_hep (and
+ * before SV_MARK_SEEN: Calico's raw table sees forwarded and NATed traffic too): returns
+ * SV_NEXT (an untracked Allow: accepted, no conntrack entry, no ordinary policy),
+ * TC_ACT_SHOT (an untracked Deny, counted as SV_DROP_HOST_POLICY) or SV_UNTRACKED_GO_ON (no
+ * untracked set, not IP, not policed (fragments, NDP, failsafe ports, which come first), or
+ * no untracked rule decided). The remote identity is the remote address's in sv_routes
+ * (ingress: source, egress: destination) as for ordinary policy. */
+static __noinline int sv_hep_untracked(struct __sk_buff *skb, const __u8 dir)
+{
+	__u32 ifindex = skb->ifindex;
+	struct sv_hep_iface_val *hep = bpf_map_lookup_elem(&sv_hep_ifaces, &ifindex);
+	if (!hep || !hep->untracked_ep_id)
+		return SV_UNTRACKED_GO_ON;
+	__u32 ep_id = hep->untracked_ep_id;
+
+	struct sv_pkt p;
+	__builtin_memset(&p, 0, sizeof(p));
+	if (sv_parse(skb, &p) != SV_PARSE_OK || sv_is_ndp(&p))
+		return SV_UNTRACKED_GO_ON; /* the tracked path judges these as it always has */
+	const union sv_addr *remote = dir == SV_DIR_INGRESS ? &p.saddr : &p.daddr;
+	if (sv_failsafe(dir, &p, remote))
+		return SV_UNTRACKED_GO_ON;
+	struct sv_route_val *rr = sv_route(remote);
+	__u32 id = rr ? rr->identity
+		      : (sv_addr_is_v4(remote) ? SV_IDENTITY_WORLD : SV_IDENTITY_WORLD6);
+
+	struct sv_pol_key k = {
+		.prefixlen = SV_POL_PREFIX_FULL,
+		.data =
+			{
+				.ep_id = bpf_htonl(ep_id),
+				.remote_id = bpf_htonl(id),
+				.dir = dir,
+				.proto = p.proto,
+				.port = p.pol_port,
+			},
+	};
+	struct sv_pol_val *v = bpf_map_lookup_elem(&sv_policy, &k);
+	if (!v) {
+		k.data.remote_id = bpf_htonl(SV_IDENTITY_ANY);
+		v = bpf_map_lookup_elem(&sv_policy, &k);
+	}
+	if (v && v->verdict == SV_VERDICT_BY_SPORT) {
+		struct sv_pol_sport_key sk = {
+			.prefixlen = SV_POL_SPORT_PREFIX_FULL,
+			.data = {.table_id = bpf_htonl(v->rule_id), .sport = p.sport},
+		};
+		v = bpf_map_lookup_elem(&sv_pol_sport, &sk);
+	}
+	if (!v)
+		return SV_UNTRACKED_GO_ON; /* an unwritten set decides nothing */
+	sv_log("untracked ep=%u verdict=%u rule=%u", ep_id, v->verdict, v->rule_id);
+	if (v->verdict != SV_VERDICT_ALLOW) /* Deny (anything else is a deny too) */
+		return sv_drop(SV_DROP_HOST_POLICY);
+	if (v->rule_id != SV_RULE_NO_POLICY && v->rule_id != SV_RULE_PASSED_ALL_TIERS)
+		return SV_NEXT;
+	return SV_UNTRACKED_GO_ON;
+}
+
 /* dir: SV_DIR_INGRESS (tc ingress, traffic to the host) or SV_DIR_EGRESS (from it). */
 static __noinline int sv_hep(struct __sk_buff *skb, const __u8 dir)
 {
+	int untracked = sv_hep_untracked(skb, dir);
+	if (untracked != SV_UNTRACKED_GO_ON)
+		return untracked;
 	if (skb->mark & SV_MARK_SEEN)
 		return SV_NEXT;
 

@@ -539,8 +539,14 @@ _Static_assert(sizeof(struct sv_xdp_fs_key) == 24, "sv_xdp_fs_key");
 struct sv_hep_iface_val {
 	__u32 ep_id; /* the host endpoint's endpoint id in sv_policy */
 	__u32 flags; /* SV_HEP_F_* */
+	/* The endpoint id of its untracked (doNotTrack) verdict set in sv_policy, 0: none.
+	 * Allow with rule_id SV_RULE_NO_POLICY / SV_RULE_PASSED_ALL_TIERS = no untracked rule
+	 * decided (go on); other Allow = accept untracked; Deny = drop. */
+	__u32 untracked_ep_id;
 };
-_Static_assert(sizeof(struct sv_hep_iface_val) == 8, "sv_hep_iface_val");
+_Static_assert(sizeof(struct sv_hep_iface_val) == 12, "sv_hep_iface_val");
+#define SV_RULE_NO_POLICY 1
+#define SV_RULE_PASSED_ALL_TIERS 2
 
 /*
  * map sv_hep_fs: LPM_TRIE, NO_PREALLOC; failsafe ports, allowed before host endpoint policy:

@@ -954,8 +954,10 @@ pub struct HepIfaceVal {
     pub ep_id: u32,
     /// `SV_HEP_F_*`.
     pub flags: u32,
+    /// The endpoint id of its untracked (`doNotTrack`) verdict set in `sv_policy`; 0: none.
+    pub untracked_ep_id: u32,
 }
-const _: () = assert!(size_of::<HepIfaceVal>() == 8);
+const _: () = assert!(size_of::<HepIfaceVal>() == 12);
 
 /// `struct sv_hep_fs_match`: the data of a failsafe LPM key. `port` network order.
 #[repr(C)]

@@ -103,6 +103,7 @@ fn setup() -> Option<Dataplane> {
         &HepIfaceVal {
             ep_id: HEP,
             flags: 0,
+            untracked_ep_id: 0,
         },
     )
     .unwrap();

@@ -101,7 +101,6 @@ pub const NOT_YET_IN_BPF: &[&str] = &[
     "NodePort tunnel: its 56 (IPv4) / 76 (IPv6) header bytes are not subtracted from any MTU and no fragmentation-needed is sent to the client: full-size packets of tunnelled flows need that much headroom on the node network",
     "service NAT for SCTP and UDP-Lite (their checksums are not rewritten: dropped and counted as rewrite)",
     "coexistence with kube-proxy's rules (bpfKubeProxyIptablesCleanupEnabled: false) for service flows to backends on other nodes (not tested): the SYN leaves by redirect, unseen by this node's netfilter, so kube-proxy's KUBE-FORWARD `--ctstate INVALID -j DROP` may drop the reply arriving through the host stack (same-node flows are redirected past netfilter and work)",
-    "untracked (doNotTrack) host endpoint rules XDP cannot express (only deny rules on source nets, protocol and destination ports are enforced, at XDP)",
 ];
 
 /// Identities the driver gives this node's own addresses (one per identity class they

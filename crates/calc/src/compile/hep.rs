@@ -79,7 +79,8 @@ fn as_endpoint(h: &HostEndpointState) -> Endpoint {
 }
 
 /// The endpoints the compiler sees: the workloads, then every host endpoint under
-/// [`host_endpoint_key`] with [`host_endpoint_policy`].
+/// [`host_endpoint_key`] with [`host_endpoint_policy`], and, for a host endpoint with
+/// untracked policy, its untracked tier under [`untracked_host_endpoint_key`].
 pub fn endpoints_with_hosts(
     state: &DesiredState,
 ) -> BTreeMap<EndpointKey, (Endpoint, EndpointPolicy)> {
@@ -89,8 +90,39 @@ pub fn endpoints_with_hosts(
             host_endpoint_key(name),
             (as_endpoint(h), host_endpoint_policy(h)),
         );
+        add_untracked(&mut all, name, h);
     }
     all
+}
+
+/// The namespace of host endpoints' untracked verdict sets (see [`untracked_host_endpoint_key`]).
+pub const UNTRACKED_HOST_ENDPOINT_NAMESPACE: &str = "HostEndpointUntracked";
+
+/// The key a host endpoint's untracked (`doNotTrack`) policy is compiled under: an endpoint
+/// of its own, with the host endpoint's addresses and [`HostEndpointState::untracked`] as its
+/// policy, so it gets a separate endpoint id and verdict set. Its verdicts read: Allow with a
+/// rule of a policy = accept untracked; Deny = drop; Allow with
+/// [`super::RULE_NO_POLICY`] / [`super::RULE_PASSED_ALL_TIERS`] = no untracked rule decided,
+/// go on to conntrack and ordinary policy (untracked tiers end in Pass).
+pub fn untracked_host_endpoint_key(name: &str) -> EndpointKey {
+    EndpointKey::new(UNTRACKED_HOST_ENDPOINT_NAMESPACE, name)
+}
+
+/// True when the host endpoint has an untracked policy in either direction.
+pub fn has_untracked(h: &HostEndpointState) -> bool {
+    !h.untracked.ingress.is_empty() || !h.untracked.egress.is_empty()
+}
+
+fn add_untracked(
+    all: &mut BTreeMap<EndpointKey, (Endpoint, EndpointPolicy)>,
+    name: &str,
+    h: &HostEndpointState,
+) {
+    if has_untracked(h) {
+        let mut ep = as_endpoint(h);
+        ep.namespace = UNTRACKED_HOST_ENDPOINT_NAMESPACE.to_string();
+        all.insert(untracked_host_endpoint_key(name), (ep, h.untracked.clone()));
+    }
 }
 
 /// `state` with its host endpoints among the endpoints (see the module docs); `None` when it
@@ -187,6 +219,77 @@ spec:
         assert_eq!(verdict(&c, ep, Direction::Ingress, 81), PolicyVerdict::Deny);
         // No egress policy: the host default (deny) stays for egress.
         assert_eq!(verdict(&c, ep, Direction::Egress, 80), PolicyVerdict::Deny);
+    }
+
+    const UNTRACKED: &str = r#"---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: raw}
+spec:
+  selector: role == 'host'
+  doNotTrack: true
+  applyOnForward: true
+  types: [Ingress]
+  ingress:
+  - {action: Deny, protocol: TCP, source: {nets: [10.244.1.0/24]}, destination: {ports: [22]}}
+  - {action: Allow, protocol: UDP, destination: {ports: [53]}}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: ssh}
+spec:
+  selector: role == 'host'
+  types: [Ingress]
+  ingress: [{action: Allow, protocol: TCP, destination: {ports: [22]}}]
+"#;
+
+    #[test]
+    fn untracked_policy_is_a_separate_verdict_set_that_passes_when_no_rule_decides() {
+        let (c, ep) = compiled(UNTRACKED);
+        let uep = c.endpoints[&untracked_host_endpoint_key("n1-eth0")];
+        assert_ne!(uep, ep);
+        assert!(
+            !c.endpoints
+                .contains_key(&untracked_host_endpoint_key("n2-eth0"))
+        );
+        let idx = PolicyIndex::new(&c);
+        let at = |ep: u32, dir: Direction, src: &str, proto: u8, port: u16| {
+            let (v, rule) = idx.lookup(ep, dir, src.parse().unwrap(), proto, port);
+            (v, c.rules.get(&rule).cloned())
+        };
+        // Untracked: Deny decides; Allow by its rule; anything else passes on.
+        let (v, r) = at(uep, Direction::Ingress, "10.244.1.5", 6, 22);
+        assert_eq!(v, PolicyVerdict::Deny);
+        assert!(matches!(r, Some(RuleRef::Rule(_))));
+        let (v, r) = at(uep, Direction::Ingress, "10.9.9.9", 17, 53);
+        assert_eq!(v, PolicyVerdict::Allow);
+        assert!(matches!(r, Some(RuleRef::Rule(_))));
+        assert_eq!(
+            at(uep, Direction::Ingress, "10.9.9.9", 6, 22),
+            (PolicyVerdict::Allow, Some(RuleRef::PassedAllTiers))
+        );
+        assert_eq!(
+            at(uep, Direction::Egress, "10.9.9.9", 17, 53),
+            (PolicyVerdict::Allow, Some(RuleRef::NoPolicy))
+        );
+        // The ordinary set ignores the untracked policy: 22 allowed, 53 denied.
+        assert_eq!(
+            at(ep, Direction::Ingress, "10.244.1.5", 6, 22).0,
+            PolicyVerdict::Allow
+        );
+        assert_eq!(
+            at(ep, Direction::Ingress, "10.9.9.9", 17, 53).0,
+            PolicyVerdict::Deny
+        );
+    }
+
+    #[test]
+    fn no_untracked_set_without_untracked_policy() {
+        let (c, _) = compiled("");
+        assert!(
+            !c.endpoints
+                .contains_key(&untracked_host_endpoint_key("n1-eth0"))
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ use serval_model::calico::EndpointToHostAction;
 use crate::endpoints::EndpointKey;
 use crate::model::Model;
 use crate::natoutgoing::should_masquerade;
-use crate::policy::{Direction, EndpointPolicy, FailsafePort, IpProto, RuleId};
+use crate::policy::{Direction, EndpointPolicy, FailsafePort, IpProto, RuleId, TierRules};
 use crate::services::{Backend, FrontendKey, ServiceDecision, hairpin_snat, resolve};
 use crate::state::{DesiredState, desired_state};
 
@@ -186,6 +186,18 @@ pub struct Evaluator {
     endpoint_to_host: BTreeMap<String, EndpointToHostAction>,
 }
 
+/// The host endpoint's untracked (`doNotTrack`) tiers: a rule's Allow or Deny decides,
+/// anything else (no rule matched, Pass, every tier's end) goes on to ordinary policy
+/// (`None`). After the failsafe ports, before ordinary policy, as Calico's raw table.
+fn untracked(
+    tiers: &[TierRules],
+    flow: &Flow,
+    sets: &BTreeMap<crate::ipsets::IpSetId, crate::ipsets::IpSetMembers>,
+) -> Option<Decision> {
+    let d = walk(tiers, flow, sets, true);
+    matches!(d.by, DecidedBy::Rule(_)).then_some(d)
+}
+
 /// Evaluates one packet against a model. For many packets build an [`Evaluator`] once.
 pub fn evaluate(model: &Model, packet: &Packet) -> Verdict {
     Evaluator::new(model).evaluate(packet)
@@ -279,6 +291,9 @@ impl Evaluator {
                         by: DecidedBy::Failsafe(fs.clone()),
                         logged: Vec::new(),
                     });
+                }
+                if let Some(d) = untracked(hep.untracked.direction(dir), flow, &self.state.ipsets) {
+                    return Some(d);
                 }
                 Some(walk(
                     hep.policy.direction(dir),

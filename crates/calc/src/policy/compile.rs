@@ -152,10 +152,13 @@ pub fn compile_policies(model: &Model, reg: &mut SetRegistry) -> Vec<CompiledTie
         all.push(super::calico::compile(name, Some(ns), &p.spec, reg));
     }
     for (name, p) in &model.global_policies {
-        if p.spec.do_not_track || p.spec.pre_dnat {
-            // These run in other netfilter hooks (raw / mangle before DNAT) with other
-            // semantics; not modelled yet, and wrong to evaluate as ordinary policy.
-            tracing::warn!(policy = %name, "doNotTrack / preDNAT policies are not supported yet; ignored");
+        if p.spec.do_not_track {
+            continue; // host endpoints' untracked tier: compile_untracked_policies
+        }
+        if p.spec.pre_dnat {
+            // Runs in another netfilter hook (mangle before DNAT) with other semantics;
+            // not modelled yet, and wrong to evaluate as ordinary policy.
+            tracing::warn!(policy = %name, "preDNAT policies are not supported yet; ignored");
             continue;
         }
         all.push(super::calico::compile(name, None, &p.spec, reg));
@@ -235,7 +238,52 @@ pub fn host_endpoint_state(tiers: &[CompiledTier], hep: &HostEndpoint) -> HostEn
         addrs,
         labels: labels.clone(),
         policy: pick(tiers, |p| p.selects_host(labels)),
+        untracked: EndpointPolicy::default(),
     }
+}
+
+/// The `doNotTrack` GlobalNetworkPolicies in their tiers, as [`compile_policies`] does for
+/// the others, except that every tier's end passes (no end-of-tier drop for untracked
+/// policy, as Calico renders it): a packet no untracked rule decides goes on to conntrack
+/// and the host endpoint's ordinary policy.
+pub fn compile_untracked_policies(model: &Model, reg: &mut SetRegistry) -> Vec<CompiledTier> {
+    let mut tiers: Vec<CompiledTier> = model
+        .tiers()
+        .into_iter()
+        .map(|t| CompiledTier {
+            name: t.metadata.name.clone(),
+            order: t.spec.order.unwrap_or(f64::INFINITY),
+            default_action: EndOfTier::Pass,
+            policies: Vec::new(),
+        })
+        .collect();
+    for (name, p) in &model.global_policies {
+        if !p.spec.do_not_track {
+            continue;
+        }
+        let c = super::calico::compile(name, None, &p.spec, reg);
+        match tiers.iter_mut().find(|t| t.name == c.id.tier) {
+            Some(t) => t.policies.push(c),
+            None => {
+                tracing::warn!(policy = %c.id, tier = %c.id.tier, "untracked policy names a tier that does not exist; ignored until the tier is created")
+            }
+        }
+    }
+    for t in &mut tiers {
+        t.policies.sort_by(|a, b| {
+            a.order
+                .total_cmp(&b.order)
+                .then_with(|| a.id.name.cmp(&b.id.name))
+        });
+    }
+    tiers
+}
+
+/// The untracked policy of a host endpoint (see [`HostEndpointState::untracked`]) from
+/// [`compile_untracked_policies`].
+pub fn host_endpoint_untracked(untracked: &[CompiledTier], hep: &HostEndpoint) -> EndpointPolicy {
+    let labels = &hep.metadata.labels;
+    pick(untracked, |p| p.selects_host(labels))
 }
 
 fn failsafe_port(p: &ProtoPort) -> Option<FailsafePort> {

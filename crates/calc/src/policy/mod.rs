@@ -352,6 +352,14 @@ pub struct HostEndpointState {
     pub addrs: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
     pub policy: EndpointPolicy,
+    /// The untracked (`doNotTrack`) GlobalNetworkPolicies selecting it, per direction, in
+    /// tiers whose end PASSES: evaluated before conntrack and before [`Self::policy`], for
+    /// traffic to/from the host and forwarded through its interface; Allow accepts without
+    /// conntrack (replies need a rule of their own), Deny drops, no decision goes on to the
+    /// failsafe ports, conntrack and [`Self::policy`] (Calico renders no end-of-tier drop for
+    /// untracked policy).
+    #[serde(default)]
+    pub untracked: EndpointPolicy,
 }
 
 /// A port that host-endpoint policy can never close.

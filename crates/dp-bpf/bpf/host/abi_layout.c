@@ -279,6 +279,7 @@ int main(void)
 	TYPE(struct sv_hep_iface_val, "HepIfaceVal");
 	FIELD(struct sv_hep_iface_val, "HepIfaceVal", ep_id);
 	FIELD(struct sv_hep_iface_val, "HepIfaceVal", flags);
+	FIELD(struct sv_hep_iface_val, "HepIfaceVal", untracked_ep_id);
 	TYPE(struct sv_hep_fs_match, "HepFsMatch");
 	FIELD(struct sv_hep_fs_match, "HepFsMatch", dir);
 	FIELD(struct sv_hep_fs_match, "HepFsMatch", proto);

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use serval_calc::DesiredState;
-use serval_calc::compile::hep::host_endpoint_key;
+use serval_calc::compile::hep::{host_endpoint_key, untracked_host_endpoint_key};
 use serval_calc::compile::ports::{PORT_MAX, port_blocks};
 use serval_calc::compile::{self, CompiledPolicy, EntryKey, PolicyIndex, PolicyVerdict};
 use serval_calc::policy::Direction;
@@ -140,7 +140,17 @@ pub fn wanted_ifaces(
             let ep_id = *compiled.endpoints.get(&host_endpoint_key(&hep))?;
             let ifindex = host_ifaces.iter().find(|i| i.name == iface)?.ifindex;
             let flags = if rank == 2 { SV_HEP_F_ALL_IFACES } else { 0 };
-            Some((iface, (ifindex, HepIfaceVal { ep_id, flags })))
+            let untracked_ep_id = compiled
+                .endpoints
+                .get(&untracked_host_endpoint_key(&hep))
+                .copied()
+                .unwrap_or(0);
+            let val = HepIfaceVal {
+                ep_id,
+                flags,
+                untracked_ep_id,
+            };
+            Some((iface, (ifindex, val)))
         })
         .collect()
 }
