@@ -1199,6 +1199,10 @@ static __noinline int sv_process(struct __sk_buff *skb, const __u8 dir, __u32 if
 
 #include "serval_ct.h"
 
+/* ---- ICMP errors about tracked flows: serval_icmp.h --------------------------------------- */
+
+#include "serval_icmp.h"
+
 /*
  * Packets the workload sends. Allowed packets to another workload take the fast path
  * (sv_fast_target): on this node the destination's ingress check (what serval_to_ep would
@@ -1210,7 +1214,7 @@ SEC("classifier")
 int serval_from_ep(struct __sk_buff *skb)
 {
 	sv_ct_reuse(skb);
-	int verdict = sv_process(skb, SV_DIR_EGRESS, skb->ifindex);
+	int verdict = sv_process_related(skb, SV_DIR_EGRESS, skb->ifindex);
 	if (verdict == SV_ACT_REJECT)
 		return sv_reject(skb, 1);
 	if (verdict == SV_ACT_TUN_REPLY)
@@ -1225,7 +1229,7 @@ int serval_from_ep(struct __sk_buff *skb)
 	if (target == SV_FAST_REMOTE)
 		return sv_fib_forward(skb, TC_ACT_OK, 0);
 	if (target > 0) {
-		verdict = sv_process(skb, SV_DIR_INGRESS, (__u32)target);
+		verdict = sv_process_related(skb, SV_DIR_INGRESS, (__u32)target);
 		if (verdict != TC_ACT_OK)
 			return verdict;
 		return sv_fib_forward(skb, TC_ACT_OK, (__u32)target);
@@ -1237,7 +1241,7 @@ SEC("classifier")
 int serval_to_ep(struct __sk_buff *skb)
 {
 	sv_ct_reuse(skb);
-	return sv_process(skb, SV_DIR_INGRESS, skb->ifindex);
+	return sv_process_related(skb, SV_DIR_INGRESS, skb->ifindex);
 }
 
 /* ---- uplink and VXLAN devices: serval_uplink.h ------------------------------------------ */

@@ -249,7 +249,9 @@ SEC("classifier")
 int serval_uplink_in(struct __sk_buff *skb)
 {
 	sv_ct_reuse(skb);
-	int verdict = sv_uplink_ingress(skb);
+	int verdict = sv_icmp_related(skb, SV_ICMP_AT_UPLINK_IN, 0); /* serval_icmp.h */
+	if (verdict == SV_ICMP_UNRELATED)
+		verdict = sv_uplink_ingress(skb);
 	if (verdict == SV_ACT_TUN_DECAP)
 		verdict = sv_tun_decap(skb);
 	if (verdict == SV_ACT_NEW_FLOW)
@@ -275,7 +277,7 @@ int serval_uplink_in(struct __sk_buff *skb)
 	int target = sv_fast_target(skb);
 	if (target <= 0)
 		return SV_NEXT;
-	verdict = sv_process(skb, SV_DIR_INGRESS, (__u32)target);
+	verdict = sv_process_related(skb, SV_DIR_INGRESS, (__u32)target);
 	if (verdict != TC_ACT_OK)
 		return verdict;
 	return sv_fib_forward(skb, SV_NEXT, (__u32)target);
@@ -285,7 +287,9 @@ SEC("classifier")
 int serval_uplink_out(struct __sk_buff *skb)
 {
 	sv_ct_reuse(skb);
-	int verdict = sv_uplink_egress(skb);
+	int verdict = sv_icmp_related(skb, SV_ICMP_AT_UPLINK_OUT, 0); /* serval_icmp.h */
+	if (verdict == SV_ICMP_UNRELATED)
+		verdict = sv_uplink_egress(skb);
 	if (verdict == SV_ACT_SNAT_NEW)
 		verdict = sv_uplink_snat_new(skb);
 	return verdict;

@@ -2,7 +2,10 @@
 //! private maps:
 //! - tuple reuse: a TCP SYN (no ACK) reusing the tuple of a flow closed by RST / FIN or idle
 //!   past its timeout opens a new flow (new backend, new translations both ways), while a
-//!   retransmitted SYN of a live flow keeps its backend.
+//!   retransmitted SYN of a live flow keeps its backend;
+//! - ICMP errors about NATed flows (service DNAT, NAT outgoing) are translated like their flow
+//!   (outer and embedded addresses and ports, ICMP and embedded IPv4 header checksums) and pass
+//!   policy as RELATED; errors about unknown flows are policed as before.
 
 #[expect(
     dead_code,
@@ -12,9 +15,13 @@ mod common;
 
 use std::net::IpAddr;
 
-use common::packet::{PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, packet, parse, tcp};
+use common::packet::{
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, packet,
+    parse, tcp, udp,
+};
 use serval_dp_bpf::{
-    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_OK, TEST_RUN_IFINDEX, abi::*,
+    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX,
+    abi::*,
 };
 
 const EP: u32 = 10;
@@ -60,6 +67,11 @@ fn host_len(a: IpAddr) -> u8 {
 /// The test-run interface is the client's endpoint (both families), allowed everything both
 /// ways; the servers are pods (routes without an interface: no fast path).
 fn setup() -> Option<Dataplane> {
+    setup_with(true)
+}
+
+/// As [`setup`]; `ingress_allow` false: the client's ingress policy denies everything.
+fn setup_with(ingress_allow: bool) -> Option<Dataplane> {
     if !serval_sys::testing::require_root("dp-bpf ct_correctness test") {
         return None;
     }
@@ -97,19 +109,33 @@ fn setup() -> Option<Dataplane> {
         verdict: SV_VERDICT_ALLOW,
         rule_id: 1,
     };
-    for dir in [SV_DIR_EGRESS, SV_DIR_INGRESS] {
-        m.set_policy(&pol_key_any_proto(EP, SV_IDENTITY_ANY, dir), &allow)
-            .unwrap();
-    }
+    let deny = PolVal {
+        verdict: SV_VERDICT_DENY,
+        rule_id: 2,
+    };
+    m.set_policy(
+        &pol_key_any_proto(EP, SV_IDENTITY_ANY, SV_DIR_EGRESS),
+        &allow,
+    )
+    .unwrap();
+    m.set_policy(
+        &pol_key_any_proto(EP, SV_IDENTITY_ANY, SV_DIR_INGRESS),
+        if ingress_allow { &allow } else { &deny },
+    )
+    .unwrap();
     drop(m);
     Some(dp)
 }
 
 /// Service `svc_id` at (vip, 80/TCP) with the one backend (addr, 8080).
 fn service(dp: &mut Dataplane, vip: IpAddr, svc_id: u32, backend: IpAddr) {
+    service_proto(dp, vip, PROTO_TCP, svc_id, backend);
+}
+
+fn service_proto(dp: &mut Dataplane, vip: IpAddr, proto: u8, svc_id: u32, backend: IpAddr) {
     let mut m = dp.maps();
     m.set_frontend(
-        &NatFeKey::new(vip, 80, PROTO_TCP),
+        &NatFeKey::new(vip, 80, proto),
         &NatFeVal {
             svc_id,
             count: 1,
@@ -301,6 +327,286 @@ fn syn_after_timeout_is_a_new_flow_but_a_retransmitted_syn_is_not() {
                 .unwrap()
                 .is_none(),
             "the expired flow's wire entry went with it"
+        );
+    }
+}
+
+// ---- ICMP errors ---------------------------------------------------------------------------
+
+fn sum16(data: &[u8]) -> u32 {
+    data.chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// An ICMP (IPv4) / ICMPv6 error `kind`/`code` from `src` to `dst` quoting `inner` (a frame as
+/// `packet` builds it: the quote is its IP header and 8 bytes of transport for IPv4, up to
+/// 64 bytes of the IPv6 packet), with valid checksums.
+fn icmp_error(src: IpAddr, dst: IpAddr, kind: u8, code: u8, inner: &[u8]) -> Vec<u8> {
+    let ip = &inner[14..];
+    let quote = if src.is_ipv4() {
+        &ip[..usize::from(ip[0] & 0x0f) * 4 + 8]
+    } else {
+        &ip[..ip.len().min(64)]
+    };
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0, 0];
+    if !src.is_ipv4() && kind == 2 {
+        icmp[4..8].copy_from_slice(&1280u32.to_be_bytes()); // packet too big: the MTU
+    }
+    if src.is_ipv4() && kind == 3 && code == 4 {
+        icmp[6..8].copy_from_slice(&1400u16.to_be_bytes()); // fragmentation needed: MTU
+    }
+    icmp.extend(quote);
+    let mut pkt = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let c = !fold(sum16(&icmp));
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            pkt.extend(0x0800u16.to_be_bytes());
+            let mut h = vec![0x45, 0];
+            h.extend(((20 + icmp.len()) as u16).to_be_bytes());
+            h.extend([0, 1, 0x40, 0, 64, PROTO_ICMP, 0, 0]);
+            h.extend(s.octets());
+            h.extend(d.octets());
+            let c = !fold(sum16(&h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            pkt.extend(h);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let pseudo = sum16(&s.octets())
+                + sum16(&d.octets())
+                + icmp.len() as u32
+                + u32::from(PROTO_ICMPV6);
+            let c = !fold(pseudo + sum16(&icmp));
+            icmp[2..4].copy_from_slice(&c.to_be_bytes());
+            pkt.extend(0x86ddu16.to_be_bytes());
+            pkt.extend([0x60, 0, 0, 0]);
+            pkt.extend((icmp.len() as u16).to_be_bytes());
+            pkt.extend([PROTO_ICMPV6, 64]);
+            pkt.extend(s.octets());
+            pkt.extend(d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    pkt.extend(icmp);
+    pkt
+}
+
+/// An error as the programs hand it back: outer addresses (checksums verified), the ICMP
+/// type, the embedded tuple, and whether the embedded IPv4 header checksum verifies.
+#[derive(Debug, PartialEq, Eq)]
+struct Err {
+    outer: (IpAddr, IpAddr),
+    kind: u8,
+    inner: (IpAddr, u16, IpAddr, u16),
+}
+
+fn parse_error(frame: &[u8]) -> Err {
+    let p = parse(frame);
+    assert!(p.l3_csum_ok, "outer IPv4 header checksum: {p:?}");
+    assert!(p.l4_csum_ok, "ICMP checksum: {p:?}");
+    let ip = &frame[14..];
+    let l4 = if p.src.is_ipv4() {
+        usize::from(ip[0] & 0x0f) * 4
+    } else {
+        40
+    };
+    let kind = ip[l4];
+    let q = &ip[l4 + 8..];
+    let (src, dst, t) = if p.src.is_ipv4() {
+        let ihl = usize::from(q[0] & 0x0f) * 4;
+        assert_eq!(
+            fold(sum16(&q[..ihl])),
+            0xffff,
+            "embedded IPv4 header checksum"
+        );
+        let s: [u8; 4] = q[12..16].try_into().unwrap();
+        let d: [u8; 4] = q[16..20].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d), &q[ihl..])
+    } else {
+        let s: [u8; 16] = q[8..24].try_into().unwrap();
+        let d: [u8; 16] = q[24..40].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d), &q[40..])
+    };
+    Err {
+        outer: (p.src, p.dst),
+        kind,
+        inner: (
+            src,
+            u16::from_be_bytes([t[0], t[1]]),
+            dst,
+            u16::from_be_bytes([t[2], t[3]]),
+        ),
+    }
+}
+
+fn run_error(dp: &Dataplane, hook: Hook, pkt: &[u8], verdict: i32) -> Err {
+    let out = dp.test_run(hook, pkt).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(out.verdict, verdict, "{hook:?}");
+    parse_error(&out.packet)
+}
+
+#[test]
+fn icmp_errors_about_service_flows_are_translated_and_related() {
+    // the client's ingress policy denies everything: only RELATED errors reach it
+    let Some(mut dp) = setup_with(false) else {
+        return;
+    };
+    for (i, net) in [v4(), v6()].into_iter().enumerate() {
+        let v4 = net.client.is_ipv4();
+        let c = net.client;
+        let router = if v4 { ip("10.0.0.254") } else { ip("fd00::fe") };
+        let (unreach, port_unreach) = if v4 { (3, 3) } else { (1, 4) };
+        let (too_big, too_big_code) = if v4 { (3, 4) } else { (2, 0) };
+        let time_exceeded = if v4 { 11 } else { 3 };
+        service_proto(&mut dp, net.vip1, PROTO_UDP, 1 + i as u32, net.server1);
+        service_proto(&mut dp, net.vip1, PROTO_TCP, 11 + i as u32, net.server1);
+
+        // UDP to the service; the backend answers port unreachable about the DNATed packet
+        let sport = 5000 + i as u16;
+        let fwd = packet(c, net.vip1, udp(sport, 80));
+        assert_eq!(
+            pass(&dp, Hook::FromEndpoint, &fwd),
+            (c, sport, net.server1, 8080)
+        );
+        let wire = packet(c, net.server1, udp(sport, 8080));
+        let err = icmp_error(net.server1, c, unreach, port_unreach, &wire);
+        assert_eq!(
+            run_error(&dp, Hook::ToEndpoint, &err, TC_ACT_OK),
+            Err {
+                outer: (net.vip1, c),
+                kind: unreach,
+                inner: (c, sport, net.vip1, 80),
+            },
+            "the client sees an error from and about the service address"
+        );
+
+        // TCP: a router's fragmentation needed / packet too big and time exceeded
+        let tport = 6000 + i as u16;
+        assert_eq!(
+            pass(
+                &dp,
+                Hook::FromEndpoint,
+                &packet(c, net.vip1, tcp(tport, 80, TCP_SYN))
+            ),
+            (c, tport, net.server1, 8080)
+        );
+        let wire = packet(c, net.server1, tcp(tport, 8080, TCP_ACK));
+        for (kind, code) in [(too_big, too_big_code), (time_exceeded, 0)] {
+            let err = icmp_error(router, c, kind, code, &wire);
+            assert_eq!(
+                run_error(&dp, Hook::ToEndpoint, &err, TC_ACT_OK),
+                Err {
+                    outer: (router, c),
+                    kind,
+                    inner: (c, tport, net.vip1, 80),
+                },
+                "a router's error keeps its source, the quote names the service"
+            );
+        }
+
+        // the client's own error about a reply from the service goes to the backend
+        let reply = packet(net.vip1, c, udp(80, sport));
+        let err = icmp_error(c, net.vip1, unreach, port_unreach, &reply);
+        assert_eq!(
+            run_error(&dp, Hook::FromEndpoint, &err, TC_ACT_OK),
+            Err {
+                outer: (c, net.server1),
+                kind: unreach,
+                inner: (net.server1, 8080, c, sport),
+            }
+        );
+
+        // an error about no tracked flow is policed as before: denied
+        let stray = packet(c, net.server2, udp(sport, 9999));
+        let err = icmp_error(net.server2, c, unreach, port_unreach, &stray);
+        let out = dp.test_run(Hook::ToEndpoint, &err).unwrap();
+        assert_eq!(out.verdict, TC_ACT_SHOT, "unrelated error: ingress policy");
+    }
+}
+
+#[test]
+fn icmp_errors_about_nat_outgoing_flows_are_translated_at_the_uplink() {
+    if !serval_sys::testing::require_root("dp-bpf ct_correctness test") {
+        return;
+    }
+    let node4 = ip("172.31.1.12");
+    let node6 = ip("fd00:5e:1::12");
+    let psnat = (20000, 20009);
+    for (pod, node, outside, router) in [
+        (v4().client, node4, ip("192.0.2.10"), ip("192.0.2.1")),
+        (v6().client, node6, ip("2001:db8::10"), ip("2001:db8::1")),
+    ] {
+        let mut dp = Dataplane::load(&LoadOptions {
+            pins: None,
+            sizes: MapSizes {
+                nat_frontend: 16,
+                nat_backend: 16,
+                nat_affinity: 16,
+                route: 16,
+                conntrack: 256,
+                policy: 16,
+                endpoints: 4,
+            },
+            log_level: LogLevel::Off,
+        })
+        .expect("load the embedded programs");
+        let mut m = dp.maps();
+        m.set_host(&HostVal::new(&[node4, node6], psnat)).unwrap();
+        let pool = RouteVal {
+            identity: POD_ID,
+            flags: SV_RT_F_IN_POOL | SV_RT_F_NAT_OUTGOING,
+            ..RouteVal::default()
+        };
+        m.set_route(&route_key(pod, host_len(pod)), &pool).unwrap();
+        let host = RouteVal {
+            identity: 3,
+            flags: SV_RT_F_HOST,
+            ..RouteVal::default()
+        };
+        m.set_route(&route_key(node, host_len(node)), &host)
+            .unwrap();
+        drop(m);
+        let v4 = pod.is_ipv4();
+        let (unreach, code) = if v4 { (3, 4) } else { (2, 0) };
+
+        let out = dp
+            .test_run(Hook::UplinkEgress, &packet(pod, outside, udp(33001, 9000)))
+            .unwrap();
+        let p = parse(&out.packet);
+        assert_eq!((p.src, p.dst), (node, outside));
+        let nport = p.sport;
+        assert!((psnat.0..=psnat.1).contains(&nport));
+
+        // a router's error about the SNATed packet: back to the pod, about the pod's packet
+        let wire = packet(node, outside, udp(nport, 9000));
+        let err = icmp_error(router, node, unreach, code, &wire);
+        assert_eq!(
+            run_error(&dp, Hook::UplinkIngress, &err, -1),
+            Err {
+                outer: (router, pod),
+                kind: unreach,
+                inner: (pod, 33001, outside, 9000),
+            }
+        );
+        // the pod's error about a reply: from the node, about the node's port
+        let (pu, pu_code) = if v4 { (3, 3) } else { (1, 4) };
+        let reply = packet(outside, pod, udp(9000, 33001));
+        let err = icmp_error(pod, outside, pu, pu_code, &reply);
+        assert_eq!(
+            run_error(&dp, Hook::UplinkEgress, &err, -1),
+            Err {
+                outer: (node, outside),
+                kind: pu,
+                inner: (outside, 9000, node, nport),
+            }
         );
     }
 }
