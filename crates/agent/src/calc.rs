@@ -429,8 +429,8 @@ struct Pipeline {
     calc: Calculation,
     /// Whether the driver holds `calc.current` (as far as we know).
     in_driver: bool,
-    /// The endpoints last recorded as programmed (lab only).
-    programmed: Option<Vec<String>>,
+    /// The dataplane and endpoints last recorded as programmed (lab only).
+    programmed: Option<(DataplaneKind, Vec<String>)>,
     /// An apply is owed (it failed, or the driver was just opened).
     pending: bool,
 }
@@ -534,7 +534,11 @@ impl Pipeline {
             .values()
             .map(|(e, _)| format!("{}/{}", e.namespace, e.pod))
             .collect();
-        if self.programmed.as_ref() == Some(&endpoints) {
+        if self
+            .programmed
+            .as_ref()
+            .is_some_and(|(k, e)| *k == kind && *e == endpoints)
+        {
             return;
         }
         let dir = lab_dir.join("nodes").join(&self.config.node);
@@ -545,7 +549,7 @@ impl Pipeline {
             .and_then(|()| std::fs::write(&tmp, body.to_string()))
             .and_then(|()| std::fs::rename(&tmp, &path));
         match result {
-            Ok(()) => self.programmed = Some(endpoints),
+            Ok(()) => self.programmed = Some((kind, endpoints)),
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "could not record the programmed endpoints")
             }
