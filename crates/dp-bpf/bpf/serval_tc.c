@@ -550,12 +550,14 @@ static __always_inline __u32 sv_l4_csum_off(const struct sv_pkt *p)
 {
 	if (p->proto == IPPROTO_TCP)
 		return p->l4_off + offsetof(struct tcphdr, check);
-	if (p->proto == IPPROTO_UDP)
-		return p->l4_off + offsetof(struct udphdr, check);
+	if (p->proto == IPPROTO_UDP || p->proto == IPPROTO_UDPLITE)
+		return p->l4_off + offsetof(struct udphdr, check); /* UDPLite: the same offset */
 	if (p->icmp_echo)
 		return p->l4_off + 2; /* type, code, checksum */
 	return 0;
 }
+
+#include "serval_sctp.h"
 
 /*
  * Rewrites the source (src = 1) or destination address and port of p to addr/port, fixing the
@@ -567,12 +569,17 @@ static __always_inline __u32 sv_l4_csum_off(const struct sv_pkt *p)
 static __always_inline int sv_rewrite(struct __sk_buff *skb, struct sv_pkt *p, int src,
 				      const union sv_addr *addr, __be16 port)
 {
-	if (p->frag == SV_FRAG_LATER)
+	/* SCTP: the port and its CRC32c (serval_sctp.h), then only the address */
+	if (p->proto == IPPROTO_SCTP && sv_sctp_rewrite_port(skb, p, src, port))
+		return -1;
+	if (p->frag == SV_FRAG_LATER || p->proto == IPPROTO_SCTP)
 		return sv_rewrite_l3(skb, p, src, addr, port);
 	union sv_addr old_addr = src ? p->saddr : p->daddr;
 	__be16 old_port = src ? p->sport : p->dport;
 	__u32 csum_off = sv_l4_csum_off(p);
-	__u64 mangled0 = p->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+	/* UDPLite: a checksum that comes out 0 is sent as 0xffff too (RFC 3828) */
+	__u64 mangled0 =
+		(p->proto == IPPROTO_UDP || p->proto == IPPROTO_UDPLITE) ? BPF_F_MARK_MANGLED_0 : 0;
 	int icmp = p->icmp_echo;
 
 	if (!csum_off)

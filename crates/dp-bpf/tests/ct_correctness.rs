@@ -5,7 +5,9 @@
 //!   retransmitted SYN of a live flow keeps its backend;
 //! - ICMP errors about NATed flows (service DNAT, NAT outgoing) are translated like their flow
 //!   (outer and embedded addresses and ports, ICMP and embedded IPv4 header checksums) and pass
-//!   policy as RELATED; errors about unknown flows are policed as before.
+//!   policy as RELATED; errors about unknown flows are policed as before;
+//! - SCTP and UDP-Lite service NAT: SCTP's CRC32c updated for the port change (checked
+//!   against the `crc32c` crate for several lengths), UDP-Lite's checksum like UDP's.
 
 #[expect(
     dead_code,
@@ -123,7 +125,6 @@ fn setup_with(ingress_allow: bool) -> Option<Dataplane> {
         if ingress_allow { &allow } else { &deny },
     )
     .unwrap();
-    drop(m);
     Some(dp)
 }
 
@@ -319,7 +320,6 @@ fn syn_after_timeout_is_a_new_flow_but_a_retransmitted_syn_is_not() {
             v.last_seen_ns = v.last_seen_ns.saturating_sub(3601 * 1_000_000_000);
             m.set_conntrack(&key, &v).unwrap();
         }
-        drop(m);
         connect(&dp, &net, sport, net.vip1, net.server2);
         assert!(
             dp.maps()
@@ -573,7 +573,6 @@ fn icmp_errors_about_nat_outgoing_flows_are_translated_at_the_uplink() {
         };
         m.set_route(&route_key(node, host_len(node)), &host)
             .unwrap();
-        drop(m);
         let v4 = pod.is_ipv4();
         let (unreach, code) = if v4 { (3, 4) } else { (2, 0) };
 
@@ -609,4 +608,240 @@ fn icmp_errors_about_nat_outgoing_flows_are_translated_at_the_uplink() {
             }
         );
     }
+}
+
+// ---- SCTP and UDP-Lite service NAT ----------------------------------------------------------
+
+const PROTO_UDPLITE: u8 = 136;
+const PROTO_SCTP: u8 = 132;
+
+/// An Ethernet frame from `src` to `dst` carrying the transport segment `seg` as is.
+fn ip_frame(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8]) -> Vec<u8> {
+    let mut pkt = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pkt.extend(0x0800u16.to_be_bytes());
+            let mut h = vec![0x45, 0];
+            h.extend(((20 + seg.len()) as u16).to_be_bytes());
+            h.extend([0, 1, 0x40, 0, 64, proto, 0, 0]);
+            h.extend(s.octets());
+            h.extend(d.octets());
+            let c = !fold(sum16(&h));
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            pkt.extend(h);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pkt.extend(0x86ddu16.to_be_bytes());
+            pkt.extend([0x60, 0, 0, 0]);
+            pkt.extend((seg.len() as u16).to_be_bytes());
+            pkt.extend([proto, 64]);
+            pkt.extend(s.octets());
+            pkt.extend(d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    pkt.extend(seg);
+    pkt
+}
+
+/// (src, dst, the transport segment) of a frame; the IPv4 header checksum verified.
+fn segment(frame: &[u8]) -> (IpAddr, IpAddr, Vec<u8>) {
+    let ip = &frame[14..];
+    if frame[12] == 0x08 {
+        let ihl = usize::from(ip[0] & 0x0f) * 4;
+        assert_eq!(fold(sum16(&ip[..ihl])), 0xffff, "IPv4 header checksum");
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let s: [u8; 4] = ip[12..16].try_into().unwrap();
+        let d: [u8; 4] = ip[16..20].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d), ip[ihl..total].to_vec())
+    } else {
+        let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+        let s: [u8; 16] = ip[8..24].try_into().unwrap();
+        let d: [u8; 16] = ip[24..40].try_into().unwrap();
+        (IpAddr::from(s), IpAddr::from(d), ip[40..40 + len].to_vec())
+    }
+}
+
+/// The SCTP checksum of a segment (CRC32c with the field zeroed), as the field holds it.
+fn sctp_crc(seg: &[u8]) -> [u8; 4] {
+    let mut z = seg.to_vec();
+    z[8..12].fill(0);
+    crc32c::crc32c(&z).to_le_bytes()
+}
+
+/// An SCTP segment with one DATA chunk of `payload` bytes (padded to 4), valid checksum.
+fn sctp_seg(sport: u16, dport: u16, payload: usize) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend(sport.to_be_bytes());
+    s.extend(dport.to_be_bytes());
+    s.extend(0x1234_5678u32.to_be_bytes()); // verification tag
+    s.extend([0, 0, 0, 0]);
+    s.extend([0, 3]);
+    s.extend(((16 + payload) as u16).to_be_bytes());
+    s.extend([0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0]); // TSN, stream, ssn, ppid
+    s.extend((0..payload).map(|i| (i * 7 + 3) as u8));
+    s.resize(s.len().next_multiple_of(4), 0);
+    let c = sctp_crc(&s);
+    s[8..12].copy_from_slice(&c);
+    s
+}
+
+/// Checks a frame's SCTP checksum; returns (src, sport, dst, dport).
+fn sctp_ok(frame: &[u8]) -> (IpAddr, u16, IpAddr, u16) {
+    let (src, dst, seg) = segment(frame);
+    assert_eq!(
+        seg[8..12],
+        sctp_crc(&seg),
+        "SCTP CRC32c of {} bytes",
+        seg.len()
+    );
+    (
+        src,
+        u16::from_be_bytes([seg[0], seg[1]]),
+        dst,
+        u16::from_be_bytes([seg[2], seg[3]]),
+    )
+}
+
+#[test]
+fn sctp_service_nat_updates_the_crc32c_for_every_length() {
+    let Some(mut dp) = setup() else { return };
+    for (i, net) in [v4(), v6()].into_iter().enumerate() {
+        let c = net.client;
+        service_proto(&mut dp, net.vip1, PROTO_SCTP, 1 + i as u32, net.server1);
+        // the same port on the backend: only the address changes, which the CRC does not cover
+        {
+            let mut m = dp.maps();
+            m.set_frontend(
+                &NatFeKey::new(net.vip2, 80, PROTO_SCTP),
+                &NatFeVal {
+                    svc_id: 11 + i as u32,
+                    count: 1,
+                    local_count: 1,
+                    ..NatFeVal::default()
+                },
+            )
+            .unwrap();
+            m.set_backend(
+                &NatBeKey {
+                    svc_id: 11 + i as u32,
+                    slot: 0,
+                },
+                &NatBeVal::new(net.server2, 80, SV_NAT_BE_F_LOCAL),
+            )
+            .unwrap();
+        }
+        for (j, payload) in [0usize, 1, 5, 37, 200, 1001, 1400].into_iter().enumerate() {
+            let sport = 7000 + 10 * i as u16 + j as u16;
+            let out = dp
+                .test_run(
+                    Hook::FromEndpoint,
+                    &ip_frame(c, net.vip1, PROTO_SCTP, &sctp_seg(sport, 80, payload)),
+                )
+                .unwrap();
+            assert_eq!(out.verdict, TC_ACT_OK, "payload {payload}");
+            assert_eq!(
+                sctp_ok(&out.packet),
+                (c, sport, net.server1, 8080),
+                "DNAT, payload {payload}"
+            );
+            let reply = ip_frame(net.server1, c, PROTO_SCTP, &sctp_seg(8080, sport, payload));
+            let out = dp.test_run(Hook::ToEndpoint, &reply).unwrap();
+            assert_eq!(out.verdict, TC_ACT_OK);
+            assert_eq!(
+                sctp_ok(&out.packet),
+                (net.vip1, 80, c, sport),
+                "reverse NAT, payload {payload}"
+            );
+            let out = dp
+                .test_run(
+                    Hook::FromEndpoint,
+                    &ip_frame(c, net.vip2, PROTO_SCTP, &sctp_seg(sport, 80, payload)),
+                )
+                .unwrap();
+            assert_eq!(out.verdict, TC_ACT_OK);
+            assert_eq!(sctp_ok(&out.packet), (c, sport, net.server2, 80));
+        }
+    }
+    assert_eq!(dp.maps().drop_counters().unwrap().get(SV_DROP_REWRITE), 0);
+}
+
+/// A UDP-Lite segment covering `coverage` bytes (0: all) with its checksum.
+fn udplite_seg(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, coverage: u16) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend(sport.to_be_bytes());
+    s.extend(dport.to_be_bytes());
+    s.extend(coverage.to_be_bytes());
+    s.extend([0, 0]);
+    s.extend(b"serval-udplite-payload!");
+    let c = udplite_sum(src, dst, &s);
+    s[6..8].copy_from_slice(&(!c).to_be_bytes());
+    s
+}
+
+/// The folded sum over the pseudo header and the covered bytes (0xffff: valid).
+fn udplite_sum(src: IpAddr, dst: IpAddr, seg: &[u8]) -> u16 {
+    let cov = usize::from(u16::from_be_bytes([seg[4], seg[5]]));
+    let cov = if cov == 0 { seg.len() } else { cov };
+    let pseudo = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => sum16(&s.octets()) + sum16(&d.octets()),
+        (IpAddr::V6(s), IpAddr::V6(d)) => sum16(&s.octets()) + sum16(&d.octets()),
+        _ => panic!("mixed families"),
+    } + u32::from(PROTO_UDPLITE)
+        + seg.len() as u32;
+    fold(pseudo + sum16(&seg[..cov]))
+}
+
+#[test]
+fn udplite_service_nat_updates_its_checksum_both_ways() {
+    let Some(mut dp) = setup() else { return };
+    for (i, net) in [v4(), v6()].into_iter().enumerate() {
+        let c = net.client;
+        service_proto(&mut dp, net.vip1, PROTO_UDPLITE, 1 + i as u32, net.server1);
+        for (j, coverage) in [0u16, 8, 12].into_iter().enumerate() {
+            let sport = 9000 + 10 * i as u16 + j as u16;
+            let pkt = ip_frame(
+                c,
+                net.vip1,
+                PROTO_UDPLITE,
+                &udplite_seg(c, net.vip1, sport, 80, coverage),
+            );
+            let out = dp.test_run(Hook::FromEndpoint, &pkt).unwrap();
+            assert_eq!(out.verdict, TC_ACT_OK);
+            let (s, d, seg) = segment(&out.packet);
+            assert_eq!((s, d), (c, net.server1));
+            assert_eq!(
+                &seg[0..4],
+                &[&sport.to_be_bytes()[..], &8080u16.to_be_bytes()].concat()
+            );
+            assert_eq!(
+                udplite_sum(s, d, &seg),
+                0xffff,
+                "UDP-Lite checksum after DNAT"
+            );
+            assert_ne!(
+                &seg[6..8],
+                &[0, 0],
+                "UDP-Lite never carries a zero checksum"
+            );
+
+            let reply = ip_frame(
+                net.server1,
+                c,
+                PROTO_UDPLITE,
+                &udplite_seg(net.server1, c, 8080, sport, coverage),
+            );
+            let out = dp.test_run(Hook::ToEndpoint, &reply).unwrap();
+            assert_eq!(out.verdict, TC_ACT_OK);
+            let (s, d, seg) = segment(&out.packet);
+            assert_eq!((s, d), (net.vip1, c));
+            assert_eq!(u16::from_be_bytes([seg[0], seg[1]]), 80);
+            assert_eq!(
+                udplite_sum(s, d, &seg),
+                0xffff,
+                "UDP-Lite checksum after reverse NAT"
+            );
+        }
+    }
+    assert_eq!(dp.maps().drop_counters().unwrap().get(SV_DROP_REWRITE), 0);
 }
