@@ -93,9 +93,11 @@ static __noinline int sv_snat_insert(struct sv_pkt *w, __u32 base_flags, struct 
  * decremented, the packet is marked SV_MARK_SEEN and redirected to that interface's egress
  * (bpf_redirect_neigh when the neighbour is not resolved yet). With peer (a workload's host
  * veth, which the FIB must name) it goes into that veth's peer instead (bpf_redirect_peer:
- * the workload's namespace, past the veth's tc egress); an unresolved neighbour then leaves
- * it to the stack. When the FIB cannot tell (no route, TTL running out, ...), returns
- * `fallback` and the stack decides.
+ * the workload's namespace, past the veth's tc egress); an unresolved neighbour then takes
+ * bpf_redirect_neigh to that veth (its tc egress, serval_to_ep, passes the approved flow),
+ * never the host stack: netfilter must not see half a flow whose other packets bypass it
+ * (kube-proxy's `--ctstate INVALID -j DROP` would drop the replies). When the FIB cannot
+ * tell (no route, TTL running out, ...), returns `fallback` and the stack decides.
  */
 static __noinline int sv_fib_forward(struct __sk_buff *skb, int fallback, __u32 peer)
 {
@@ -133,7 +135,7 @@ static __noinline int sv_fib_forward(struct __sk_buff *skb, int fallback, __u32 
 		sv_log("fib: lookup %ld, left to the stack", rc);
 		return fallback;
 	}
-	if (peer && (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex != peer))
+	if (peer && fib.ifindex != peer)
 		return fallback;
 	if (v4) {
 		/* ttl and protocol share a 16-bit word of the header checksum */

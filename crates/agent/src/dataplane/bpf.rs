@@ -98,7 +98,6 @@ pub const NOT_YET_IN_BPF: &[&str] = &[
     "NAT of host-networked clients' service traffic in tc (bpfHostNetworkedNATWithoutCTLB): host processes reach services through the cgroup programs only (TCP, and UDP of the node's own sockets, under bpfConnectTimeLoadBalancing TCP; everything under Enabled; nothing under Disabled)",
     "NodePort tunnel (bpfExternalServiceMode) where the route to the backend's node has no node address as gateway (IPv6 over VXLAN routing: link-local next hops): such flows are masqueraded to the receiving node as kube-proxy does",
     "NodePort tunnel: its 56 (IPv4) / 76 (IPv6) header bytes are not subtracted from any MTU and no fragmentation-needed is sent to the client: full-size packets of tunnelled flows need that much headroom on the node network",
-    "coexistence with kube-proxy's rules (bpfKubeProxyIptablesCleanupEnabled: false) for service flows to backends on other nodes (not tested): the SYN leaves by redirect, unseen by this node's netfilter, so kube-proxy's KUBE-FORWARD `--ctstate INVALID -j DROP` may drop the reply arriving through the host stack (same-node flows are redirected past netfilter and work)",
 ];
 
 /// Identities the driver gives this node's own addresses (one per identity class they
