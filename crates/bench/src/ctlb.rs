@@ -79,21 +79,12 @@ pub fn check(lab: &Lab) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// The client's ephemeral ports while the column runs: above the default range
-/// (32768-60999), which serval-bpf's flows used. The tc conntrack does not yet start a new
-/// entry when a SYN reuses the tuple of a closed flow, so a connect-time flow (client →
-/// backend, no NAT) on the tuple of an earlier NATed one (whose entry says "reverse-NAT the
-/// replies") would lose its replies; disjoint ports keep the two columns' flows apart.
-pub const CTLB_PORT_RANGE: &str = "61000\t65535";
-
-const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
-
-/// The bench process inside node1's cgroup while this lives (and the client pod's ephemeral
-/// port range set to [`CTLB_PORT_RANGE`]); both restored after.
+/// The bench process inside node1's cgroup while this lives; back in its own cgroup after.
+/// (The client keeps its ordinary ephemeral ports: a connect-time flow reusing the tuple of an
+/// earlier, closed NATed one starts a new conntrack entry, bpf/serval_ct.h.)
 #[derive(Debug)]
 pub struct InCgroup {
     previous: PathBuf,
-    client: Option<(serval_sys::NetNs, String)>,
 }
 
 fn move_self(cgroup: &Path) -> std::io::Result<()> {
@@ -113,22 +104,7 @@ impl InCgroup {
             .ok_or("cannot read this process's cgroup v2 path from /proc/self/cgroup")?;
         let previous = mount.join(own.trim_start_matches('/'));
         let target = node_cgroup(lab, node).ok_or("no cgroup v2 hierarchy is mounted")?;
-        // The client pod's port range first (read and written inside its namespace).
-        let ns = serval_sys::NetNs::open(&lab.client.netns_name)
-            .map_err(|e| format!("opening {}: {e}", lab.client.netns_name))?;
-        let old = ns
-            .run(|| -> std::io::Result<String> {
-                let old = fs::read_to_string(PORT_RANGE)?;
-                fs::write(PORT_RANGE, CTLB_PORT_RANGE)?;
-                Ok(old)
-            })
-            .map_err(|e| format!("in {}: {e}", lab.client.netns_name))?
-            .map_err(|e| format!("setting {PORT_RANGE} in {}: {e}", lab.client.netns_name))?;
-        // On an early return the guard puts the port range back.
-        let guard = InCgroup {
-            previous,
-            client: Some((ns, old.trim().to_string())),
-        };
+        let guard = InCgroup { previous };
         move_self(&target).map_err(|e| format!("joining {}: {e}", target.display()))?;
         Ok(guard)
     }
@@ -136,12 +112,6 @@ impl InCgroup {
 
 impl Drop for InCgroup {
     fn drop(&mut self) {
-        if let Some((ns, old)) = self.client.take() {
-            let restored = ns.run(move || fs::write(PORT_RANGE, old));
-            if !matches!(restored, Ok(Ok(()))) {
-                tracing::warn!(?restored, "could not restore the client pod's port range");
-            }
-        }
         if let Err(e) = move_self(&self.previous) {
             tracing::warn!(cgroup = %self.previous.display(), error = %e, "could not return the bench to its cgroup");
         }
