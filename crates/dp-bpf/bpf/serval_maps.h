@@ -223,6 +223,9 @@ _Static_assert(sizeof(struct sv_host_val) == 40, "sv_host_val");
  * straight to the client; clients in sv_dsr_optout get Tunnel.
  */
 #define SV_HOST_F_DSR (1u << 2) /* bpfExternalServiceMode: DSR (else Tunnel) */
+/* bpfHostNetworkedNATWithoutCTLB: the tc programs NAT host-networked clients' service flows
+ * (bpf/serval_hostnat.h) */
+#define SV_HOST_F_HOST_NAT (1u << 3)
 
 #define SV_TUN_PORT 4797 /* UDP destination port of the tunnel */
 #define SV_TUN_VNI 0x5e7a1 /* VXLAN-style network identifier in every header */

@@ -1253,4 +1253,5 @@ int serval_to_ep(struct __sk_buff *skb)
 
 /* ---- uplink and VXLAN devices: serval_uplink.h ------------------------------------------ */
 
+#include "serval_hostnat.h"
 #include "serval_uplink.h"

@@ -114,7 +114,7 @@ static __noinline int sv_uplink_ingress(struct __sk_buff *skb)
 	int frontend = bpf_map_lookup_elem(&sv_nat_fe, &fk) != 0;
 	/* Only frontends and replies to our SNAT ports can be ours: nothing else costs a
 	 * conntrack lookup. */
-	if (!frontend && !sv_in_psnat(h, p.dport))
+	if (!frontend && !sv_in_psnat(h, p.dport) && !sv_host_nat_reply(h, &p))
 		return SV_NEXT;
 
 	__u64 now = bpf_ktime_get_ns();
@@ -287,6 +287,9 @@ SEC("classifier")
 int serval_uplink_out(struct __sk_buff *skb)
 {
 	sv_ct_reuse(skb);
+	int host = sv_host_nat_egress(skb); /* serval_hostnat.h */
+	if (host != SV_NEXT)
+		return host;
 	int verdict = sv_icmp_related(skb, SV_ICMP_AT_UPLINK_OUT, 0); /* serval_icmp.h */
 	if (verdict == SV_ICMP_UNRELATED)
 		verdict = sv_uplink_egress(skb);

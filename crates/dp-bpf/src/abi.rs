@@ -650,6 +650,9 @@ pub fn drop_reason_name(reason: u32) -> &'static str {
 
 /// `sv_host` flag: FelixConfiguration `bpfExternalServiceMode: DSR` (else Tunnel).
 pub const SV_HOST_F_DSR: u32 = 1 << 2;
+/// `sv_host` flag: the tc programs NAT host-networked clients' service flows
+/// (FelixConfiguration `bpfHostNetworkedNATWithoutCTLB`; bpf/serval_hostnat.h).
+pub const SV_HOST_F_HOST_NAT: u32 = 1 << 3;
 /// UDP destination port of the NodePort tunnel.
 pub const SV_TUN_PORT: u16 = 4797;
 /// The VXLAN-style network identifier of every tunnel header.

@@ -95,7 +95,6 @@ pub mod xdp;
 /// What the eBPF programs do not do yet; logged when they are loaded. The driver does not
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
-    "NAT of host-networked clients' service traffic in tc (bpfHostNetworkedNATWithoutCTLB): host processes reach services through the cgroup programs only (TCP, and UDP of the node's own sockets, under bpfConnectTimeLoadBalancing TCP; everything under Enabled; nothing under Disabled)",
     "NodePort tunnel (bpfExternalServiceMode) where the route to the backend's node has no node address as gateway (IPv6 over VXLAN routing: link-local next hops): such flows are masqueraded to the receiving node as kube-proxy does",
     "NodePort tunnel: its 56 (IPv4) / 76 (IPv6) header bytes are not subtracted from any MTU and no fragmentation-needed is sent to the client: full-size packets of tunnelled flows need that much headroom on the node network",
 ];

@@ -301,6 +301,7 @@ int main(void)
 	FIELD(struct sv_tun_hdr, "TunHdr", fe_port);
 	FIELD(struct sv_tun_hdr, "TunHdr", pad);
 	CONST(SV_HOST_F_DSR);
+	CONST(SV_HOST_F_HOST_NAT);
 	CONST(SV_TUN_PORT);
 	CONST(SV_TUN_VNI);
 	CONST(SV_TUN_F_VNI);

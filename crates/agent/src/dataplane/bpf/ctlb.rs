@@ -14,12 +14,14 @@
 //! - **`bpfHostNetworkedNATWithoutCTLB`** (Calico: whether the tc programs NAT service
 //!   traffic of host-networked processes that connect-time LB does not handle; with `TCP`
 //!   Calico always NATs host-networked UDP in tc, with `Disabled` + `Disabled` it warns that
-//!   host-networked clients cannot reach services). Serval's tc programs see no traffic a
-//!   host process sends, so the setting is resolved as Calico resolves it
-//!   ([`HostNetworkedNat`]) and carried out where Serval can: with `TCP` (Calico's
-//!   "host-networked UDP only") the cgroup programs also translate UDP for sockets of the
-//!   node's own network namespace ([`serval_dp_bpf::HostSockets`]); with `Disabled` nothing is
-//!   attached, so host-networked clients are not served whatever the setting says (logged).
+//!   host-networked clients cannot reach services). Resolved as Calico resolves it
+//!   ([`HostNetworkedNat`]): with `TCP` (Calico's "host-networked UDP only") the cgroup
+//!   programs also translate UDP for sockets of the node's own network namespace
+//!   ([`serval_dp_bpf::HostSockets`]); unless both settings are `Disabled`, the uplink's tc
+//!   egress program also NATs what host processes still send to a frontend (flag
+//!   `SV_HOST_F_HOST_NAT` of `sv_host`, `bpf/serval_hostnat.h`: the packets leave by the
+//!   node's default route, are DNATed and forwarded by FIB lookup at the uplink's egress,
+//!   and their replies reverse-NATed before the host stack sees them).
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -188,8 +190,8 @@ fn log_host_networked(settings: &CtlbSettings) {
              own sockets (Calico NATs it in tc)"
         ),
         HostNetworkedNat::Enabled => tracing::info!(
-            "host-networked clients reach services through connect-time LB (Enabled), or not at \
-             all when it is Disabled (Serval's tc programs see no host-sent traffic)"
+            "host-networked clients reach services through connect-time LB (Enabled), else \
+             through the uplink's tc egress NAT (bpf/serval_hostnat.h)"
         ),
     }
 }

@@ -25,7 +25,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serval_calc::DesiredState;
-use serval_dp_bpf::abi::{Addr, HostVal, SV_HOST_F_DSR, lpm_prefix_len};
+use serval_dp_bpf::abi::{Addr, HostVal, SV_HOST_F_DSR, SV_HOST_F_HOST_NAT, lpm_prefix_len};
 use serval_dp_bpf::{AttachMode, Hook, PinScope};
 use serval_model::calico::felix::{BpfExternalServiceMode, FelixSettings};
 use serval_sys::NetNs;
@@ -248,6 +248,7 @@ impl UplinkDriver {
         if external.dsr {
             host.flags |= SV_HOST_F_DSR;
         }
+        host.flags |= host_nat_flag(&settings.ctlb);
         // The opt-out prefixes before the mode flag: DSR never applies to an opted-out client.
         self.sync_optout(dp, external, w)?;
         if self.host != Some(host) {
@@ -314,9 +315,41 @@ impl UplinkDriver {
     }
 }
 
+/// `SV_HOST_F_HOST_NAT` unless host-networked clients are not to be NATed
+/// (`bpfConnectTimeLoadBalancing: Disabled` with `bpfHostNetworkedNATWithoutCTLB: Disabled`).
+/// Where the connect-time programs translate a socket its packets never carry a frontend, so
+/// the tc path only sees what they leave: UDP under `TCP`, everything without them.
+fn host_nat_flag(ctlb: &super::ctlb::CtlbSettings) -> u32 {
+    if ctlb.host_networked_nat == super::ctlb::HostNetworkedNat::Disabled {
+        0
+    } else {
+        SV_HOST_F_HOST_NAT
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_clients_are_natted_in_tc_unless_both_settings_are_disabled() {
+        use serval_model::calico::felix::{BpfConnectTimeLoadBalancing, EnabledDisabled};
+        let flag = |ctlb, hn| {
+            let f = FelixSettings {
+                bpf_connect_time_load_balancing: ctlb,
+                bpf_host_networked_nat_without_ctlb: hn,
+                ..FelixSettings::default()
+            };
+            host_nat_flag(&super::super::ctlb::CtlbSettings::from_felix(&f))
+        };
+        use BpfConnectTimeLoadBalancing as C;
+        use EnabledDisabled as E;
+        assert_eq!(flag(C::Disabled, E::Disabled), 0);
+        assert_eq!(flag(C::Disabled, E::Enabled), SV_HOST_F_HOST_NAT);
+        assert_eq!(flag(C::Tcp, E::Disabled), SV_HOST_F_HOST_NAT);
+        assert_eq!(flag(C::Enabled, E::Enabled), SV_HOST_F_HOST_NAT);
+        assert_eq!(flag(C::Enabled, E::Disabled), 0);
+    }
 
     fn iface(name: &str, ifindex: u32, addrs: &[&str]) -> Iface {
         Iface {
