@@ -270,6 +270,88 @@ fn syn_after_rst_gets_a_new_backend_and_translation_both_ways() {
 }
 
 #[test]
+fn uplink_syn_after_rst_gets_a_new_backend() {
+    if !serval_sys::testing::require_root("dp-bpf ct_correctness test") {
+        return;
+    }
+    for (node, outside, pod_a, pod_b) in [
+        (
+            ip("172.31.1.12"),
+            ip("192.0.2.10"),
+            ip("10.244.2.7"),
+            ip("10.244.2.8"),
+        ),
+        (
+            ip("fd00:5e:1::12"),
+            ip("2001:db8::10"),
+            ip("fd00:10:244:2::7"),
+            ip("fd00:10:244:2::8"),
+        ),
+    ] {
+        let mut dp = Dataplane::load(&LoadOptions {
+            pins: None,
+            sizes: MapSizes {
+                nat_frontend: 16,
+                nat_backend: 16,
+                nat_affinity: 16,
+                route: 16,
+                conntrack: 256,
+                policy: 16,
+                endpoints: 4,
+            },
+            log_level: LogLevel::Off,
+        })
+        .expect("load the embedded programs");
+        let mut m = dp.maps();
+        m.set_host(&HostVal::new(&[node], (20000, 20009))).unwrap();
+        // a NodePort with externalTrafficPolicy Local: DNAT only, the client's address kept
+        m.set_frontend(
+            &NatFeKey::new(node, 30000, PROTO_TCP),
+            &NatFeVal {
+                svc_id: 7,
+                count: 1,
+                local_count: 1,
+                flags: SV_NAT_FE_F_EXTERNAL | SV_NAT_FE_F_EXT_LOCAL,
+                ..NatFeVal::default()
+            },
+        )
+        .unwrap();
+        let backend = |m: &mut serval_dp_bpf::maps::Maps<'_>, a| {
+            m.set_backend(
+                &NatBeKey { svc_id: 7, slot: 0 },
+                &NatBeVal::new(a, 8080, SV_NAT_BE_F_LOCAL),
+            )
+            .unwrap();
+        };
+        backend(&mut m, pod_a);
+        let syn = packet(outside, node, tcp(40000, 30000, TCP_SYN));
+        let to = |dp: &Dataplane, pkt: &[u8]| {
+            let out = dp.test_run(Hook::UplinkIngress, pkt).unwrap();
+            assert_eq!(out.verdict, -1, "TCX_NEXT");
+            let p = parse(&out.packet);
+            assert!(p.l3_csum_ok && p.l4_csum_ok);
+            (p.dst, p.dport)
+        };
+        assert_eq!(to(&dp, &syn), (pod_a, 8080));
+        // the client resets the connection; the service's backend changes
+        assert_eq!(
+            to(
+                &dp,
+                &packet(outside, node, tcp(40000, 30000, TCP_RST | TCP_ACK))
+            ),
+            (pod_a, 8080)
+        );
+        let mut m = dp.maps();
+        backend(&mut m, pod_b);
+        assert_eq!(
+            to(&dp, &syn),
+            (pod_b, 8080),
+            "a new flow, load-balanced afresh"
+        );
+    }
+}
+
+#[test]
 fn syn_after_timeout_is_a_new_flow_but_a_retransmitted_syn_is_not() {
     let Some(mut dp) = setup() else { return };
     for (i, net) in [v4(), v6()].into_iter().enumerate() {
