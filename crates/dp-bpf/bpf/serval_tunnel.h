@@ -163,6 +163,84 @@ static __always_inline __be16 sv_tun_entropy(const struct sv_pkt *p)
 	return bpf_htons(0xc000 | (h & 0x3fff));
 }
 
+#define SV_TUN_MTU_DEFAULT 1500
+#define SV_TCP_OPT_MSS 2
+
+/*
+ * MSS clamping for the tunnel: a TCP SYN (or SYN-ACK) of a tunnelled flow gets its MSS option
+ * lowered to what fits `mtu` after the tunnel's outer headers (outer_len), so neither end
+ * sends segments that grow past the node network's MTU once encapsulated. The transport
+ * checksum is updated. l4_off: the TCP header (no IPv6 extension headers).
+ */
+static __noinline void sv_tun_clamp_mss(struct __sk_buff *skb, __u32 l4_off, __u32 ip_len,
+					__u32 mtu, __u32 outer_len)
+{
+	__u8 hdr[20];
+	if (bpf_skb_load_bytes(skb, l4_off, hdr, sizeof(hdr)))
+		return;
+	if (!(hdr[13] & SV_TCP_SYN))
+		return;
+	__u32 optlen = ((__u32)(hdr[12] >> 4) * 4);
+	if (optlen <= 20)
+		return;
+	optlen -= 20;
+	if (optlen < 4 || optlen > 40 || mtu < outer_len + ip_len + 20 + 64)
+		return;
+	__u16 max = mtu - outer_len - ip_len - 20;
+	__u8 opt[40];
+	__builtin_memset(opt, 0, sizeof(opt));
+	if (bpf_skb_load_bytes(skb, l4_off + 20, opt, optlen))
+		return;
+	__u32 i = 0;
+	for (int n = 0; n < 20; n++) {
+		if (i >= optlen || i >= 36)
+			return;
+		__u8 kind = opt[i & 0x3f];
+		if (kind == 0)
+			return;
+		if (kind == 1) {
+			i++;
+			continue;
+		}
+		__u8 len = opt[(i + 1) & 0x3f];
+		if (kind == SV_TCP_OPT_MSS && len == 4) {
+			__u16 mss = ((__u16)opt[(i + 2) & 0x3f] << 8) | opt[(i + 3) & 0x3f];
+			if (mss <= max)
+				return;
+			__be16 old = bpf_htons(mss), new = bpf_htons(max);
+			__u32 off = l4_off + 20 + i + 2;
+			if (bpf_l4_csum_replace(skb, l4_off + offsetof(struct tcphdr, check), old, new,
+						sizeof(new)) == 0)
+				bpf_skb_store_bytes(skb, off, &new, sizeof(new), 0);
+			sv_log("tunnel: MSS %u clamped to %u", mss, max);
+			return;
+		}
+		if (len < 2)
+			return;
+		i += len;
+	}
+}
+
+/* The inner packet's TCP header offset and IP header length for sv_tun_clamp_mss, or 0 when it
+ * is no TCP (or has IPv6 extension headers). */
+static __always_inline __u32 sv_tun_tcp_off(struct __sk_buff *skb, int v4, __u32 *ip_len)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	if (v4) {
+		struct iphdr *ip = data + ETH_HLEN;
+		if ((void *)(ip + 1) > data_end || ip->protocol != IPPROTO_TCP)
+			return 0;
+		*ip_len = ip->ihl * 4;
+		return ETH_HLEN + ip->ihl * 4;
+	}
+	struct ipv6hdr *ip6 = data + ETH_HLEN;
+	if ((void *)(ip6 + 1) > data_end || ip6->nexthdr != IPPROTO_TCP)
+		return 0;
+	*ip_len = sizeof(*ip6);
+	return ETH_HLEN + sizeof(*ip6);
+}
+
 /*
  * Encapsulates the packet (Ethernet, then an IP packet) towards node `dst`: outer IP from this
  * node's address of the family (sv_host), UDP to SV_TUN_PORT from `sport`, header *th; then
@@ -209,10 +287,23 @@ static __noinline int sv_tun_send(struct __sk_buff *skb, const union sv_addr *ds
 	fib.l4_protocol = IPPROTO_UDP;
 	fib.ifindex = skb->ifindex;
 	long rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH &&
+	    rc != BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 		sv_log("tunnel: no route to the node (fib %ld)", rc);
 		return sv_tun_drop();
 	}
+	{
+		/* tot_len 0: on success the FIB reports the egress device's MTU */
+		__u32 mtu = rc == BPF_FIB_LKUP_RET_NO_NEIGH ? SV_TUN_MTU_DEFAULT : fib.mtu_result;
+		__u32 ip_len = 0;
+		__u32 tcp = sv_tun_tcp_off(skb, v4, &ip_len);
+		if (tcp)
+			sv_tun_clamp_mss(skb, tcp, ip_len, mtu ? mtu : SV_TUN_MTU_DEFAULT,
+					 v4 ? sizeof(struct sv_tun_outer4)
+					    : sizeof(struct sv_tun_outer6));
+	}
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return sv_tun_drop(); /* the packet itself is over the MTU already */
 
 	if (v4) {
 		struct sv_tun_outer4 o;
@@ -442,6 +533,14 @@ static __noinline int sv_tun_reply(struct __sk_buff *skb)
 	if (!ct || !(ct->flags & SV_CT_F_TUN_REPLY))
 		return TC_ACT_OK;
 	if (ct->flags & SV_CT_F_TUN_DSR) {
+		/* the client's packets reach us through the tunnel: its MSS must leave room */
+		__u32 ip_len = 0;
+		int v4 = p.family == SV_FAMILY_V4;
+		__u32 tcp = sv_tun_tcp_off(skb, v4, &ip_len);
+		if (tcp)
+			sv_tun_clamp_mss(skb, tcp, ip_len, SV_TUN_MTU_DEFAULT,
+					 v4 ? sizeof(struct sv_tun_outer4)
+					    : sizeof(struct sv_tun_outer6));
 		union sv_addr fe = ct->nat_addr;
 		if (sv_rewrite(skb, &p, 1, &fe, ct->nat_port))
 			return sv_tun_drop();

@@ -550,6 +550,111 @@ fn dsr_mode_answers_from_the_backends_node_and_optout_cidrs_get_tunnel() {
     });
 }
 
+/// A TCP SYN frame (with ACK: a SYN-ACK) carrying an MSS option, checksums computed.
+fn syn_with_mss(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, ack: bool, mss: u16) -> Vec<u8> {
+    let mut tcp = Vec::new();
+    tcp.extend(sport.to_be_bytes());
+    tcp.extend(dport.to_be_bytes());
+    tcp.extend(1000u32.to_be_bytes());
+    tcp.extend(if ack { 2000u32 } else { 0 }.to_be_bytes());
+    tcp.push(7 << 4); // 28 bytes: 20 + NOP, NOP, MSS(4), NOP, NOP (8 bytes of options)
+    tcp.push(if ack { TCP_SYN | TCP_ACK } else { TCP_SYN });
+    tcp.extend(64240u16.to_be_bytes());
+    tcp.extend([0, 0, 0, 0]);
+    tcp.extend([1, 1, 2, 4]);
+    tcp.extend(mss.to_be_bytes());
+    tcp.extend([1, 1]);
+    let pseudo: u32 = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            sum16(&s.octets()) + sum16(&d.octets()) + u32::from(PROTO_TCP) + tcp.len() as u32
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            sum16(&s.octets()) + sum16(&d.octets()) + u32::from(PROTO_TCP) + tcp.len() as u32
+        }
+        _ => panic!("mixed families"),
+    };
+    let c = !fold(pseudo + sum16(&tcp));
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            f.extend(0x0800u16.to_be_bytes());
+            let mut ip = vec![0x45, 0];
+            ip.extend(((20 + tcp.len()) as u16).to_be_bytes());
+            ip.extend([0, 1, 0x40, 0, 64, PROTO_TCP, 0, 0]);
+            ip.extend(s.octets());
+            ip.extend(d.octets());
+            let c = !fold(sum16(&ip));
+            ip[10..12].copy_from_slice(&c.to_be_bytes());
+            f.extend(ip);
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend(0x86ddu16.to_be_bytes());
+            f.extend([0x60, 0, 0, 0]);
+            f.extend((tcp.len() as u16).to_be_bytes());
+            f.extend([PROTO_TCP, 64]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+        }
+        _ => panic!("mixed families"),
+    }
+    f.extend(tcp);
+    f
+}
+
+/// The MSS option of a frame built by [`syn_with_mss`] (after any rewrite).
+fn mss_of(frame: &[u8]) -> u16 {
+    let l4 = if frame[12] == 0x08 { 14 + 20 } else { 14 + 40 };
+    u16::from_be_bytes([frame[l4 + 24], frame[l4 + 25]])
+}
+
+#[test]
+fn tunnelled_syns_get_an_mss_that_fits_after_encapsulation() {
+    in_netns("tunnel_mss", || {
+        for net in [v4(), v6()] {
+            // 1500 (no MTU from the FIB while the neighbour is unresolved) - outer headers
+            // - inner IP - TCP
+            let max = if net.r.is_ipv4() {
+                1500 - 56 - 20 - 20
+            } else {
+                1500 - 76 - 40 - 20
+            };
+            let mut r = node(true, false);
+            let b = node(false, false);
+            let syn = syn_with_mss(net.client, net.r, 43000, NODE_PORT, false, 1460);
+            let (verdict, out) = run(&r, Hook::UplinkIngress, &syn);
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            let inner = outer(&out).inner;
+            assert_eq!(mss_of(&inner), max, "the client's MSS clamped");
+            let p = parse(&inner);
+            assert!(p.l3_csum_ok && p.l4_csum_ok, "TCP checksum after the clamp");
+            // a small MSS is left alone
+            let syn = syn_with_mss(net.client, net.r, 43001, NODE_PORT, false, 536);
+            let (_, out) = run(&r, Hook::UplinkIngress, &syn);
+            assert_eq!(mss_of(&outer(&out).inner), 536);
+
+            // the backend's SYN-ACK back through the tunnel (Tunnel) is clamped too
+            run(
+                &b,
+                Hook::UplinkIngress,
+                &run(
+                    &r,
+                    Hook::UplinkIngress,
+                    &syn_with_mss(net.client, net.r, 43002, NODE_PORT, false, 1460),
+                )
+                .1,
+            );
+            let synack = syn_with_mss(net.pod, net.client, BACKEND_PORT, 43002, true, 1460);
+            let (verdict, out) = run(&b, Hook::FromEndpoint, &synack);
+            assert_eq!(verdict, TC_ACT_REDIRECT);
+            let inner = outer(&out).inner;
+            assert_eq!(mss_of(&inner), max, "the backend's MSS clamped");
+            assert!(parse(&inner).l4_csum_ok);
+            let _ = stats(&mut r);
+        }
+    });
+}
+
 fn ipnet_trunc4(a: std::net::Ipv4Addr, len: u8) -> std::net::Ipv4Addr {
     let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
     std::net::Ipv4Addr::from(u32::from(a) & mask)
