@@ -212,7 +212,10 @@ async fn bpf_policy_services_restart_and_switch_to_iptables() -> Result<()> {
         async move { Ok(back) }
     })
     .await?;
-    ensure!(!node.reaches("c", "b"), "c must not reach b after the resync");
+    ensure!(
+        !node.reaches("c", "b"),
+        "c must not reach b after the resync"
+    );
     ensure!(node.reaches("a", "b"));
 
     // Back to no policy.
