@@ -40,12 +40,27 @@
 //!                                    └▶ SERVAL-NAT-OUTGOING (natOutgoing pools → outside)
 //! ```
 //!
+//! raw table (only while a host endpoint has untracked, `doNotTrack`, policy):
+//! ```text
+//! PREROUTING ─▶ SERVAL-RAW-PREROUTING ─┬ clear marks; -i WORKLOAD → RETURN
+//!                                      ├▶ not ACCEPT-marked, host endpoint (-i IFACE, or
+//!                                      │  -d ADDR, or ! -i lo for `*`) → SERVAL-UI-h
+//!                                      └ ACCEPT mark → NOTRACK, ACCEPT
+//! OUTPUT     ─▶ SERVAL-RAW-OUTPUT     ─  the same with -o / -s → SERVAL-UO-h
+//! SERVAL-UI-h / SERVAL-UO-h: failsafe ports (--dport) and their replies (--sport) → ACCEPT
+//!     (tracked, on to filter); then the untracked tiers as above with SERVAL-UPI-h /
+//!     SERVAL-UPO-h policy chains (Allow: ACCEPT mark; Deny: DROP); every tier ends in Pass.
+//! filter SERVAL-FORWARD / -INPUT / -OUTPUT then start with: ACCEPT mark + ctstate UNTRACKED
+//!     → ACCEPT (untracked Allow skips ordinary policy; the reply needs its own rule).
+//! ```
+//!
 //! ipsets: `serval-4-h` / `serval-6-h` for every calc [`IpSetId`] a rendered rule uses (h =
 //! hash of the id and the set type; members of the family only), plus `serval-F-all-pools`,
 //! `serval-F-masq-pools` and `serval-F-nodes` for NAT outgoing and service masquerading.
 
 mod policy;
 mod services;
+mod untracked;
 
 use std::collections::BTreeSet;
 
@@ -88,6 +103,10 @@ pub mod chains {
     pub const MASQ: &str = "SERVAL-MASQ";
     /// nat: NAT outgoing.
     pub const NAT_OUTGOING: &str = "SERVAL-NAT-OUTGOING";
+    /// raw PREROUTING dispatch (untracked host endpoint policy, ingress).
+    pub const RAW_PREROUTING: &str = "SERVAL-RAW-PREROUTING";
+    /// raw OUTPUT dispatch (untracked host endpoint policy, egress).
+    pub const RAW_OUTPUT: &str = "SERVAL-RAW-OUTPUT";
 }
 
 /// `PREFIX` + 12 hash characters of `parts`.
@@ -132,6 +151,7 @@ fn render_family(state: &DesiredState, family: Family) -> FamilyRules {
     let mut out = FamilyRules::default();
     let mut used: BTreeSet<IpSetId> = BTreeSet::new();
     policy::render(state, family, &mut out, &mut used);
+    untracked::render(state, family, &mut out, &mut used);
     services::render(state, family, &mut out);
     for id in used {
         let Some(members) = state.ipsets.get(&id) else {

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serval_calc::{
     DesiredState, IpSetId,
     policy::{
-        Action, Direction, EndOfTier, EndpointPolicy, FailsafePort, IcmpMatch, IpProto,
-        PolicyRules, PortRange, RuleMatch, TierRules,
+        Action, Direction, EndOfTier, EndpointPolicy, FailsafePort, HostEndpointState, IcmpMatch,
+        IpProto, PolicyRules, PortRange, RuleMatch, TierRules,
     },
 };
 use serval_model::calico::EndpointToHostAction;
@@ -24,15 +24,34 @@ const NDP_TYPES: [u8; 6] = [130, 131, 132, 133, 135, 136];
 /// Largest number of ports in one `-m multiport` match (a range counts two).
 const MULTIPORT_SLOTS: usize = 15;
 
-struct Ctx<'a> {
-    state: &'a DesiredState,
-    family: Family,
+pub(super) struct Ctx<'a> {
+    pub(super) state: &'a DesiredState,
+    pub(super) family: Family,
     used: &'a mut BTreeSet<IpSetId>,
     /// Per-policy chains already rendered: (policy, direction) → chain name.
     policy_chains: BTreeMap<(String, Direction), String>,
+    /// Prefixes of the per-policy chains (ingress, egress).
+    policy_prefixes: (&'static str, &'static str),
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A context whose per-policy chains are named `PREFIX` + hash, per direction
+    /// (ingress, egress).
+    pub(super) fn new(
+        state: &'a DesiredState,
+        family: Family,
+        used: &'a mut BTreeSet<IpSetId>,
+        policy_prefixes: (&'static str, &'static str),
+    ) -> Self {
+        Self {
+            state,
+            family,
+            used,
+            policy_chains: BTreeMap::new(),
+            policy_prefixes,
+        }
+    }
+
     fn set(&mut self, id: &IpSetId) -> String {
         self.used.insert(id.clone());
         set_name(id, set_type_of(self.state.ipsets.get(id)), self.family)
@@ -45,12 +64,7 @@ pub(super) fn render(
     out: &mut FamilyRules,
     used: &mut BTreeSet<IpSetId>,
 ) {
-    let mut ctx = Ctx {
-        state,
-        family,
-        used,
-        policy_chains: BTreeMap::new(),
-    };
+    let mut ctx = Ctx::new(state, family, used, ("SERVAL-PI-", "SERVAL-PO-"));
     let t = out.table(Table::Filter);
     for (chain, builtin) in [
         (chains::FORWARD, "FORWARD"),
@@ -125,25 +139,8 @@ pub(super) fn render(
     for (name, hep) in &state.host_endpoints {
         let hi = hashed_chain("SERVAL-HI-", &[name]);
         let ho = hashed_chain("SERVAL-HO-", &[name]);
-        let (ins, outs): (Vec<String>, Vec<String>) = match hep.iface.as_deref() {
-            Some(iface) if iface != "*" => {
-                (vec![format!("-i {iface}")], vec![format!("-o {iface}")])
-            }
-            _ if !hep.addrs.is_empty() => {
-                let addrs: Vec<_> = hep
-                    .addrs
-                    .iter()
-                    .filter(|a| Family::of(a) == family)
-                    .collect();
-                if addrs.is_empty() {
-                    continue;
-                }
-                (
-                    addrs.iter().map(|a| format!("-d {a}")).collect(),
-                    addrs.iter().map(|a| format!("-s {a}")).collect(),
-                )
-            }
-            _ => (vec!["! -i lo".to_owned()], vec!["! -o lo".to_owned()]),
+        let Some((ins, outs)) = host_endpoint_matches(hep, family) else {
+            continue;
         };
         endpoint_chain(
             &mut ctx,
@@ -170,6 +167,35 @@ pub(super) fn render(
         for m in outs {
             t.push(chains::OUTPUT, format!("{m} {c} -j {ho}"));
         }
+    }
+}
+
+/// The matches selecting a host endpoint's packets (alternatives), for ingress and egress:
+/// its interface; without one (or `*`), its expected addresses of this family; with neither,
+/// every interface but `lo`. `None`: addresses, but none of this family.
+pub(super) fn host_endpoint_matches(
+    hep: &HostEndpointState,
+    family: Family,
+) -> Option<(Vec<String>, Vec<String>)> {
+    match hep.iface.as_deref() {
+        Some(iface) if iface != "*" => {
+            Some((vec![format!("-i {iface}")], vec![format!("-o {iface}")]))
+        }
+        _ if !hep.addrs.is_empty() => {
+            let addrs: Vec<_> = hep
+                .addrs
+                .iter()
+                .filter(|a| Family::of(a) == family)
+                .collect();
+            if addrs.is_empty() {
+                return None;
+            }
+            Some((
+                addrs.iter().map(|a| format!("-d {a}")).collect(),
+                addrs.iter().map(|a| format!("-s {a}")).collect(),
+            ))
+        }
+        _ => Some((vec!["! -i lo".to_owned()], vec!["! -o lo".to_owned()])),
     }
 }
 
@@ -258,6 +284,19 @@ fn endpoint_chain(
 }
 
 fn failsafe_rule(fs: &FailsafePort, dir: Direction, family: Family) -> Option<String> {
+    failsafe_accept(fs, dir, "--dport", family, "failsafe")
+}
+
+/// `-j ACCEPT` for a failsafe port: `port_flag` `--dport` for the port itself, `--sport` for
+/// its replies; the port's network is the remote side of a packet travelling in `dir`
+/// (ingress: source, egress: destination). `None` when the network is of the other family.
+pub(super) fn failsafe_accept(
+    fs: &FailsafePort,
+    dir: Direction,
+    port_flag: &str,
+    family: Family,
+    why: &str,
+) -> Option<String> {
     let net = match fs.net {
         Some(net) if Family::of(&net.addr()) != family => return None,
         Some(net) => match dir {
@@ -268,13 +307,13 @@ fn failsafe_rule(fs: &FailsafePort, dir: Direction, family: Family) -> Option<St
     };
     let proto = fs.protocol.as_str().to_ascii_lowercase();
     Some(format!(
-        "-p {proto}{net} --dport {} {} -j ACCEPT",
+        "-p {proto}{net} {port_flag} {} {} -j ACCEPT",
         fs.port,
-        comment("failsafe")
+        comment(why)
     ))
 }
 
-fn tier_rules(
+pub(super) fn tier_rules(
     ctx: &mut Ctx<'_>,
     t: &mut TableRules,
     chain: &str,
@@ -319,8 +358,8 @@ fn policy_chain(
         return chain.clone();
     }
     let prefix = match dir {
-        Direction::Ingress => "SERVAL-PI-",
-        Direction::Egress => "SERVAL-PO-",
+        Direction::Ingress => ctx.policy_prefixes.0,
+        Direction::Egress => ctx.policy_prefixes.1,
     };
     let chain = hashed_chain(prefix, &[&id]);
     ctx.policy_chains.insert((id.clone(), dir), chain.clone());
@@ -602,12 +641,7 @@ mod tests {
     fn matches(family: Family, m: &RuleMatch) -> Option<Vec<String>> {
         let state = DesiredState::default();
         let mut used = BTreeSet::new();
-        let mut ctx = Ctx {
-            state: &state,
-            family,
-            used: &mut used,
-            policy_chains: BTreeMap::new(),
-        };
+        let mut ctx = Ctx::new(&state, family, &mut used, ("SERVAL-PI-", "SERVAL-PO-"));
         rule_matches(&mut ctx, m)
     }
 
