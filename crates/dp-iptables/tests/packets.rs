@@ -654,3 +654,196 @@ fn services_spread_and_affinity_sticks() {
     assert!((b, c) == (24, 0) || (b, c) == (0, 24), "b {b}, c {c}");
     dp.cleanup().unwrap();
 }
+
+/// The node's uplink as a host endpoint whose ordinary policy allows TCP 8080 in and
+/// anything out (IPv6 neighbour discovery from the node included).
+const UPLINK_HEP: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: HostEndpoint
+metadata: {name: n1-up, labels: {edge: "true"}}
+spec: {node: n1, interfaceName: svup, expectedIPs: [192.168.200.1, "fd01::1"]}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: host-web}
+spec:
+  selector: edge == 'true'
+  types: [Ingress, Egress]
+  ingress:
+  - action: Allow
+    protocol: TCP
+    destination: {ports: [8080]}
+  egress:
+  - action: Allow
+"#;
+
+/// Untracked policy on the uplink: drop everything from 192.168.200.2 and fd01::2, allow TCP
+/// 9090 in and its replies out without conntrack.
+const UNTRACKED: &str = r#"
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: edge-untracked}
+spec:
+  selector: edge == 'true'
+  doNotTrack: true
+  applyOnForward: true
+  types: [Ingress, Egress]
+  ingress:
+  - action: Deny
+    source: {nets: [192.168.200.2/32]}
+  - action: Deny
+    source: {nets: ["fd01::2/128"]}
+  - action: Allow
+    protocol: TCP
+    destination: {ports: [9090]}
+  egress:
+  - action: Allow
+    protocol: TCP
+    source: {ports: [9090]}
+"#;
+
+/// Whether a TCP connection from the outside namespace, bound to `src`, to `to` completes.
+fn connects_from(lab: &Lab, src: &str, to: &str) -> Result<(), std::io::ErrorKind> {
+    use socket2::{Domain, Socket, Type};
+    let src: std::net::IpAddr = src.parse().unwrap();
+    let to: SocketAddr = to.parse().unwrap();
+    lab.outside
+        .run(move || {
+            let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+            socket.bind(&SocketAddr::new(src, 0).into())?;
+            socket.connect_timeout(&to.into(), Duration::from_millis(400))
+        })
+        .unwrap()
+        .map_err(|e| e.kind())
+}
+
+/// The node namespace's conntrack table (`/proc/net/nf_conntrack`, read by a process
+/// inside it).
+fn conntrack(lab: &Lab) -> String {
+    Exec::in_netns(lab.node.try_clone().unwrap())
+        .run("cat", &["/proc/net/nf_conntrack"], None)
+        .expect("read /proc/net/nf_conntrack in the node namespace")
+}
+
+#[test]
+fn untracked_policy_drops_before_conntrack_and_allows_untracked() {
+    if !require_root("untracked_policy_drops_before_conntrack_and_allows_untracked") {
+        return;
+    }
+    let lab = Lab::new(&[("a", "10.244.1.1")]);
+    // A second source on the outside host, and listeners on the node (22 is a failsafe port).
+    ipn(lab.outside.name(), "addr add 192.168.200.3/24 dev eth0");
+    ipn(lab.outside.name(), "addr add fd01::3/64 dev eth0 nodad");
+    let _listeners: Vec<TcpListener> = [22u16, 8080, 9090]
+        .into_iter()
+        .map(|port| {
+            lab.node
+                .run(move || TcpListener::bind(("::", port)))
+                .unwrap()
+                .expect("listen on the node")
+        })
+        .collect();
+    let exec = Exec::in_netns(lab.node.try_clone().unwrap());
+    let mut dp =
+        IptablesDataplane::new(Exec::in_netns(lab.node.try_clone().unwrap()), &Family::ALL);
+    let apply = |dp: &mut IptablesDataplane, extra: &str| {
+        dp.apply(&desired_state(&lab.model(extra), Some("n1")))
+            .expect("apply");
+    };
+    use std::io::ErrorKind::TimedOut;
+    let node = |port: u16| [format!("192.168.200.1:{port}"), format!("[fd01::1]:{port}")];
+    let sources = |n: u8| [format!("192.168.200.{n}"), format!("fd01::{n}")];
+
+    // Ordinary host endpoint policy only: 8080 from anyone, 9090 from no one; no raw rules.
+    apply(&mut dp, UPLINK_HEP);
+    for (src2, (src3, (web, other))) in sources(2).iter().zip(
+        sources(3)
+            .iter()
+            .zip(node(8080).iter().zip(node(9090).iter())),
+    ) {
+        assert_eq!(connects_from(&lab, src2, web), Ok(()), "{src2} -> {web}");
+        assert_eq!(connects_from(&lab, src3, web), Ok(()), "{src3} -> {web}");
+        assert_eq!(
+            connects_from(&lab, src3, other),
+            Err(TimedOut),
+            "{src3} -> {other}"
+        );
+    }
+    let raw = exec.run("iptables-save", &["-t", "raw"], None).unwrap();
+    assert!(
+        !raw.contains("SERVAL"),
+        "raw rules without untracked policy:\n{raw}"
+    );
+
+    // Untracked policy: .2 / ::2 dropped before conntrack, except on a failsafe port; .3 / ::3
+    // unaffected; 9090 allowed without a conntrack entry, although ordinary policy denies it.
+    apply(&mut dp, &format!("{UPLINK_HEP}---\n{UNTRACKED}"));
+    for (src2, (src3, ((web, other), ssh))) in sources(2).iter().zip(
+        sources(3).iter().zip(
+            node(8080)
+                .iter()
+                .zip(node(9090).iter())
+                .zip(node(22).iter()),
+        ),
+    ) {
+        assert_eq!(
+            connects_from(&lab, src2, web),
+            Err(TimedOut),
+            "{src2} -> {web}"
+        );
+        assert_eq!(
+            connects_from(&lab, src2, ssh),
+            Ok(()),
+            "{src2} -> {ssh} (failsafe)"
+        );
+        assert_eq!(connects_from(&lab, src3, web), Ok(()), "{src3} -> {web}");
+        assert_eq!(
+            connects_from(&lab, src3, other),
+            Ok(()),
+            "{src3} -> {other}"
+        );
+    }
+    let table = conntrack(&lab);
+    // The tracked connections are there (the table is readable and per namespace) ...
+    assert!(table.contains("dport=8080"), "{table}");
+    assert!(table.contains("dport=22 "), "{table}");
+    // ... the untracked ones are not, in either direction or family.
+    assert!(
+        !table.contains("port=9090 "),
+        "untracked connections have conntrack entries:\n{table}"
+    );
+    // The drops happened in the raw table: the untracked Deny rules counted the packets.
+    for (tool, rule) in [
+        ("iptables-save", "ingress[0]"),
+        ("ip6tables-save", "ingress[1]"),
+    ] {
+        let raw = exec.run(tool, &["-c", "-t", "raw"], None).unwrap();
+        let line = raw
+            .lines()
+            .find(|l| l.contains(rule) && l.ends_with("-j DROP"))
+            .unwrap_or_else(|| panic!("{tool}: no untracked Deny rule:\n{raw}"));
+        assert!(
+            !line.starts_with("[0:"),
+            "{tool}: the Deny rule dropped nothing: {line}"
+        );
+    }
+
+    // Removing the untracked policy removes the raw chains (a partial write); cleanup
+    // leaves nothing.
+    apply(&mut dp, UPLINK_HEP);
+    assert_eq!(
+        connects_from(&lab, "192.168.200.2", "192.168.200.1:8080"),
+        Ok(())
+    );
+    let raw = exec.run("iptables-save", &["-t", "raw"], None).unwrap();
+    assert!(!raw.contains("SERVAL"), "{raw}");
+    apply(&mut dp, &format!("{UPLINK_HEP}---\n{UNTRACKED}"));
+    dp.cleanup().unwrap();
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let saved = exec.run(tool, &[], None).unwrap();
+        assert!(
+            !saved.to_ascii_lowercase().contains("serval"),
+            "{tool}:\n{saved}"
+        );
+    }
+}
