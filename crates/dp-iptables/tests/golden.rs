@@ -101,3 +101,46 @@ fn rendering_is_deterministic_and_shaped() {
             .contains("DNAT --to-destination [fd00:244::1:1]:8080")
     );
 }
+
+#[test]
+fn untracked_policy_is_rendered_in_raw_only_while_there_is_some() {
+    let r = rendering();
+    for family in Family::ALL {
+        let f = r.family(family);
+        let raw = &f.tables[&Table::Raw];
+        let hooks: Vec<_> = raw.hooks.iter().map(|h| h.builtin.as_str()).collect();
+        assert_eq!(hooks, ["OUTPUT", "PREROUTING"], "{family}");
+        for prefix in ["SERVAL-UI-", "SERVAL-UO-"] {
+            let (_, rules) = raw
+                .chains
+                .iter()
+                .find(|(c, _)| c.starts_with(prefix))
+                .unwrap_or_else(|| panic!("{family}: no {prefix} chain"));
+            // Failsafe ports first, then the untracked policy.
+            let last_failsafe = rules.iter().rposition(|r| r.contains("failsafe")).unwrap();
+            let policy = rules
+                .iter()
+                .position(|r| r.contains("-j SERVAL-UP"))
+                .unwrap();
+            assert!(last_failsafe < policy, "{family} {prefix}: {rules:#?}");
+        }
+        // The filter dispatch chains accept what untracked policy allowed, before anything.
+        let filter = &f.tables[&Table::Filter];
+        for chain in ["SERVAL-FORWARD", "SERVAL-INPUT", "SERVAL-OUTPUT"] {
+            assert!(
+                filter.chains[chain][0].contains("--ctstate UNTRACKED"),
+                "{family} {chain}"
+            );
+        }
+    }
+
+    // Without doNotTrack policies: no raw table, and the filter chains lose the rule.
+    let mut model = common::model();
+    model.global_policies.retain(|_, p| !p.spec.do_not_track);
+    let plain = serval_dp_iptables::render::render(&serval_calc::desired_state(&model, Some("n1")));
+    for family in Family::ALL {
+        let f = plain.family(family);
+        assert!(!f.tables.contains_key(&Table::Raw), "{family}");
+        assert!(!f.tables[&Table::Filter].chains["SERVAL-INPUT"][0].contains("UNTRACKED"));
+    }
+}
