@@ -96,7 +96,7 @@ pub mod xdp;
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
     "NodePort tunnel (bpfExternalServiceMode) where the route to the backend's node has no node address as gateway (IPv6 over VXLAN routing: link-local next hops): such flows are masqueraded to the receiving node as kube-proxy does",
-    "NodePort tunnel: its 56 (IPv4) / 76 (IPv6) header bytes are not subtracted from any MTU and no fragmentation-needed is sent to the client: full-size packets of tunnelled flows need that much headroom on the node network",
+    "NodePort tunnel: TCP is MSS-clamped for its 56 (IPv4) / 76 (IPv6) header bytes, other protocols are not and get no fragmentation-needed: their packets within that much of the MTU are dropped once encapsulated",
 ];
 
 /// Identities the driver gives this node's own addresses (one per identity class they
