@@ -86,6 +86,7 @@ use super::{DataplaneError, DataplaneKind, DataplaneStats, Written};
 
 pub mod ctlb;
 mod hep;
+mod incremental;
 pub mod kubeproxy;
 pub mod maglev;
 pub mod polsport;
@@ -346,8 +347,103 @@ pub fn desired_contents(
     host: &HostView,
     previous_svc_ids: &HashMap<NatFeKey, u32>,
 ) -> MapContents {
-    let mut out = MapContents::default();
+    let mut out = desired_base(state, compiled, host);
     let node = state.node.as_deref().unwrap_or("");
+
+    // Services: one service id per frontend (its own backend slots, local ones first).
+    let mut taken: BTreeSet<u32> = BTreeSet::new();
+    let mut ids: Vec<(NatFeKey, u32)> = Vec::new();
+    let keys: Vec<(NatFeKey, &serval_calc::services::FrontendKey)> = state
+        .services
+        .frontends
+        .keys()
+        .map(|k| (NatFeKey::new(k.ip, k.port, k.protocol.number()), k))
+        .collect();
+    for (fk, _) in &keys {
+        if let Some(&id) = previous_svc_ids.get(fk)
+            && id != 0
+            && taken.insert(id)
+        {
+            ids.push((*fk, id));
+        }
+    }
+    let kept: std::collections::HashSet<NatFeKey> = ids.iter().map(|(f, _)| *f).collect();
+    for (fk, k) in &keys {
+        if kept.contains(fk) {
+            continue;
+        }
+        let mut id = fnv32(&k.to_string()).max(1);
+        while !taken.insert(id) {
+            id = id.checked_add(1).unwrap_or(1);
+        }
+        ids.push((*fk, id));
+    }
+    let ids: HashMap<NatFeKey, u32> = ids.into_iter().collect();
+    for (fk, k) in &keys {
+        let fe = &state.services.frontends[*k];
+        let svc_id = ids[fk];
+        let (mut local, mut remote): (Vec<_>, Vec<_>) =
+            fe.backends.iter().partition(|b| b.node == node);
+        local.sort();
+        remote.sort();
+        let mut flags = 0;
+        if fe.affinity_timeout.is_some() {
+            flags |= SV_NAT_FE_F_AFFINITY;
+        }
+        if fe.internal_local {
+            flags |= SV_NAT_FE_F_INT_LOCAL;
+        }
+        if fe.kind.is_external() {
+            flags |= SV_NAT_FE_F_EXTERNAL;
+            if fe.external_local {
+                flags |= SV_NAT_FE_F_EXT_LOCAL;
+            }
+        }
+        // Pod clients go to any backend even under externalTrafficPolicy: Local (kube-proxy's
+        // short-circuit), so the external kinds keep every backend; the uplink program picks
+        // among the first local_count (node-local) ones for clients outside the cluster.
+        debug_assert!(matches!(
+            fe.kind,
+            FrontendKind::ClusterIP
+                | FrontendKind::NodePort
+                | FrontendKind::ExternalIP
+                | FrontendKind::LoadBalancer
+        ));
+        let all: Vec<_> = local.iter().chain(remote.iter()).collect();
+        for (slot, b) in all.iter().enumerate() {
+            let bflags = if b.node == node { SV_NAT_BE_F_LOCAL } else { 0 };
+            out.backends.insert(
+                NatBeKey {
+                    svc_id,
+                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                },
+                NatBeVal::new(b.ip, b.port, bflags),
+            );
+        }
+        out.frontends.insert(
+            *fk,
+            NatFeVal {
+                svc_id,
+                count: u32::try_from(all.len()).unwrap_or(u32::MAX),
+                local_count: u32::try_from(local.len()).unwrap_or(u32::MAX),
+                flags,
+                affinity_timeout_s: fe.affinity_timeout.unwrap_or(0),
+                pad: 0,
+            },
+        );
+    }
+    out.maglev = maglev::add_tables(
+        state,
+        &mut out.frontends,
+        &maglev::MaglevSettings::default(),
+    );
+    out
+}
+
+/// Everything of [`desired_contents`] but the service maps (`sv_nat_fe`, `sv_nat_be`,
+/// `sv_maglev`, left empty).
+fn desired_base(state: &DesiredState, compiled: &CompiledPolicy, host: &HostView) -> MapContents {
+    let mut out = MapContents::default();
 
     // Endpoints.
     for (key, (ep, _)) in &state.endpoints {
@@ -482,94 +578,6 @@ pub fn desired_contents(
         }
         out.routes.insert(route_mirror_key(&net), val);
     }
-
-    // Services: one service id per frontend (its own backend slots, local ones first).
-    let mut taken: BTreeSet<u32> = BTreeSet::new();
-    let mut ids: Vec<(NatFeKey, u32)> = Vec::new();
-    let keys: Vec<(NatFeKey, &serval_calc::services::FrontendKey)> = state
-        .services
-        .frontends
-        .keys()
-        .map(|k| (NatFeKey::new(k.ip, k.port, k.protocol.number()), k))
-        .collect();
-    for (fk, _) in &keys {
-        if let Some(&id) = previous_svc_ids.get(fk)
-            && id != 0
-            && taken.insert(id)
-        {
-            ids.push((*fk, id));
-        }
-    }
-    let kept: std::collections::HashSet<NatFeKey> = ids.iter().map(|(f, _)| *f).collect();
-    for (fk, k) in &keys {
-        if kept.contains(fk) {
-            continue;
-        }
-        let mut id = fnv32(&k.to_string()).max(1);
-        while !taken.insert(id) {
-            id = id.checked_add(1).unwrap_or(1);
-        }
-        ids.push((*fk, id));
-    }
-    let ids: HashMap<NatFeKey, u32> = ids.into_iter().collect();
-    for (fk, k) in &keys {
-        let fe = &state.services.frontends[*k];
-        let svc_id = ids[fk];
-        let (mut local, mut remote): (Vec<_>, Vec<_>) =
-            fe.backends.iter().partition(|b| b.node == node);
-        local.sort();
-        remote.sort();
-        let mut flags = 0;
-        if fe.affinity_timeout.is_some() {
-            flags |= SV_NAT_FE_F_AFFINITY;
-        }
-        if fe.internal_local {
-            flags |= SV_NAT_FE_F_INT_LOCAL;
-        }
-        if fe.kind.is_external() {
-            flags |= SV_NAT_FE_F_EXTERNAL;
-            if fe.external_local {
-                flags |= SV_NAT_FE_F_EXT_LOCAL;
-            }
-        }
-        // Pod clients go to any backend even under externalTrafficPolicy: Local (kube-proxy's
-        // short-circuit), so the external kinds keep every backend; the uplink program picks
-        // among the first local_count (node-local) ones for clients outside the cluster.
-        debug_assert!(matches!(
-            fe.kind,
-            FrontendKind::ClusterIP
-                | FrontendKind::NodePort
-                | FrontendKind::ExternalIP
-                | FrontendKind::LoadBalancer
-        ));
-        let all: Vec<_> = local.iter().chain(remote.iter()).collect();
-        for (slot, b) in all.iter().enumerate() {
-            let bflags = if b.node == node { SV_NAT_BE_F_LOCAL } else { 0 };
-            out.backends.insert(
-                NatBeKey {
-                    svc_id,
-                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
-                },
-                NatBeVal::new(b.ip, b.port, bflags),
-            );
-        }
-        out.frontends.insert(
-            *fk,
-            NatFeVal {
-                svc_id,
-                count: u32::try_from(all.len()).unwrap_or(u32::MAX),
-                local_count: u32::try_from(local.len()).unwrap_or(u32::MAX),
-                flags,
-                affinity_timeout_s: fe.affinity_timeout.unwrap_or(0),
-                pad: 0,
-            },
-        );
-    }
-    out.maglev = maglev::add_tables(
-        state,
-        &mut out.frontends,
-        &maglev::MaglevSettings::default(),
-    );
     out
 }
 
@@ -694,6 +702,9 @@ fn clean_affinity(
             Err(MapError::KeyNotFound) => {}
             Err(e) => return Err(rd(e)),
         }
+    }
+    if entries.is_empty() {
+        return Ok(0);
     }
     let stale = stale_affinity(entries, backends);
     for k in &stale {
@@ -820,6 +831,9 @@ pub struct BpfDriver {
     xdp: xdp::XdpDriver,
     /// kube-proxy's rules were checked since the last open or resync ([`kubeproxy`]).
     kube_proxy_checked: bool,
+    /// The services last written, for incremental service writes ([`incremental`]); `last`
+    /// holds the rest of the state.
+    services: Option<incremental::ServiceMirror>,
 }
 
 impl std::fmt::Debug for BpfDriver {
@@ -866,6 +880,7 @@ impl BpfDriver {
             uplink: uplink::UplinkDriver::default(),
             xdp: xdp::XdpDriver::default(),
             kube_proxy_checked: false,
+            services: None,
         })
     }
 
@@ -928,17 +943,37 @@ impl BpfDriver {
         let pins = self.pins();
         let compiled = compile::compile_incremental(state, &self.compiled);
         let host = HostView::read(state);
-        let kernel = match self.kernel.take() {
+        let mut kernel = match self.kernel.take() {
             Some(k) => k,
-            None => read_kernel(&pins).map_err(bpf_err)?,
+            None => {
+                self.services = None;
+                read_kernel(&pins).map_err(bpf_err)?
+            }
         };
-        let prev_ids: HashMap<NatFeKey, u32> = kernel
-            .frontends
-            .iter()
-            .map(|(k, v)| (*k, v.svc_id))
-            .collect();
-        let mut want = desired_contents(state, &compiled, &host, &prev_ids);
-        maglev::apply_settings(state, &mut want, &self.settings.maglev);
+        // Services incrementally when the mirror applies ([`incremental`]): the service maps
+        // move from `kernel` into `want` and only the changed frontends are rendered.
+        let mut incremental = None;
+        let mut want = MapContents::default();
+        if let Some(mirror) = self.services.as_mut() {
+            let mut base = desired_base(state, &compiled, &host);
+            incremental = incremental::services_into(mirror, state, &mut kernel, &mut base);
+            if incremental.is_some() {
+                want = base;
+            }
+        }
+        if incremental.is_none() {
+            let prev_ids: HashMap<NatFeKey, u32> = kernel
+                .frontends
+                .iter()
+                .map(|(k, v)| (*k, v.svc_id))
+                .collect();
+            want = desired_contents(state, &compiled, &host, &prev_ids);
+            maglev::apply_settings(state, &mut want, &self.settings.maglev);
+        }
+        let (delta, pending) = match incremental {
+            Some((d, p)) => (Some(d), Some(p)),
+            None => (None, None),
+        };
         let mut w = Written::default();
         // Host endpoints: stale interfaces detached before, new ones attached after the
         // workload maps (which hold the host endpoints' policy entries).
@@ -946,7 +981,7 @@ impl BpfDriver {
             .hep
             .prepare(&pins, &self.netns, state, &compiled, &mut w);
         if result.is_ok() {
-            result = self.write_diff(&pins, &kernel, &want, &host, state, &mut w);
+            result = self.write_diff(&pins, &kernel, &want, delta, &host, state, &mut w);
         }
         if result.is_ok()
             && let Some(dp) = self.dp.as_mut()
@@ -967,25 +1002,42 @@ impl BpfDriver {
         }
         match result {
             Ok(()) => {
+                match (self.services.as_mut(), pending) {
+                    (Some(mirror), Some(p)) => mirror.commit(p),
+                    _ => {
+                        self.services = Some(incremental::ServiceMirror::after_full_write(
+                            state,
+                            &want.frontends,
+                        ));
+                    }
+                }
                 self.kernel = Some(want);
                 self.compiled = compiled;
-                self.last = Some(state.clone());
+                self.last = Some(incremental::without_services(state));
                 w.hooks_changed += self.apply_host_features(state).map_err(bpf_err)?;
                 Ok(w)
             }
             Err(e) => {
                 // Unknown what the kernel holds now: read it back next time.
                 self.kernel = None;
+                if let Some(m) = self.services.as_mut() {
+                    m.invalidate();
+                }
                 Err(e)
             }
         }
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the write's inputs, each used once; a struct would only rename them"
+    )]
     fn write_diff(
         &mut self,
         pins: &PinScope,
         kernel: &MapContents,
         want: &MapContents,
+        services: Option<incremental::ServiceDelta>,
         host: &HostView,
         state: &DesiredState,
         w: &mut Written,
@@ -994,8 +1046,18 @@ impl BpfDriver {
         let (sp_up, sp_del) = map_diff(&kernel.policy_sport, &want.policy_sport);
         let (rt_up, rt_del) = map_diff(&kernel.routes, &want.routes);
         let (ep_up, ep_del) = map_diff(&kernel.eps, &want.eps);
-        let (be_up, be_del) = map_diff(&kernel.backends, &want.backends);
-        let (fe_up, fe_del) = map_diff(&kernel.frontends, &want.frontends);
+        // Incremental: `kernel` has no service maps (they moved into `want`), `services` says
+        // what to write.
+        let svc_capacity = services
+            .as_ref()
+            .map(|d| incremental::check_service_capacity(want, d, &self.settings.sizes));
+        let ((be_up, be_del), (fe_up, fe_del)) = match services {
+            Some(d) => ((d.be_up, d.be_del), (d.fe_up, d.fe_del)),
+            None => (
+                map_diff(&kernel.backends, &want.backends),
+                map_diff(&kernel.frontends, &want.frontends),
+            ),
+        };
         let (mg_up, mg_del) = map_diff(&kernel.maglev, &want.maglev);
         w.rule_groups_written = pol_up
             .iter()
@@ -1029,6 +1091,9 @@ impl BpfDriver {
             return Ok(());
         };
         check_capacity(kernel, want, &self.settings.sizes).map_err(bpf_err)?;
+        if let Some(r) = svc_capacity {
+            r.map_err(bpf_err)?;
+        }
         // Source-port tables before the verdicts that name them.
         for (k, v) in &sp_up {
             dp.set_policy_sport(&polsport::key(k), v)
@@ -1202,9 +1267,12 @@ impl super::Dataplane for BpfDriver {
 
     fn resync(&mut self) -> Result<Written, DataplaneError> {
         self.counters.resyncs += 1;
-        let Some(state) = self.last.clone() else {
+        let Some(mut state) = self.last.clone() else {
             return Ok(Written::default());
         };
+        if let Some(m) = &self.services {
+            state.services.frontends = m.frontends().clone();
+        }
         // Read everything back: entries changed behind our back are rewritten, extra ones
         // deleted; attachments whose pin vanished are re-made.
         self.kernel = None;
@@ -1244,6 +1312,7 @@ impl super::Dataplane for BpfDriver {
         self.kernel = None;
         self.attached.clear();
         self.last = None;
+        self.services = None;
         let r = serval_dp_bpf::cleanup(&pins, Some(&self.netns)).map_err(|source| {
             bpf_err(BpfError::Cleanup {
                 scope: self.scope.clone(),
