@@ -803,6 +803,34 @@ fn untracked_policy_drops_before_conntrack_and_allows_untracked() {
             "{src3} -> {other}"
         );
     }
+    // The reference evaluator agrees, source by source and port by port.
+    {
+        use serval_calc::{
+            evaluator::{Packet, evaluate},
+            policy::IpProto,
+        };
+        let model = lab.model(&format!("{UPLINK_HEP}---\n{UNTRACKED}"));
+        for n in [2u8, 3] {
+            for (src, dst) in sources(n).iter().zip(["192.168.200.1", "fd01::1"]) {
+                for port in [22u16, 8080, 9090] {
+                    let to = SocketAddr::new(dst.parse().unwrap(), port).to_string();
+                    let real = connects_from(&lab, src, &to).is_ok();
+                    let packet = Packet::l4(
+                        src.parse().unwrap(),
+                        dst.parse().unwrap(),
+                        IpProto::Tcp,
+                        port,
+                    );
+                    let verdict = evaluate(&model, &packet);
+                    assert_eq!(
+                        real, verdict.allowed,
+                        "{src} -> {to}: kernel {real}, evaluator: {}",
+                        verdict.reason
+                    );
+                }
+            }
+        }
+    }
     let table = conntrack(&lab);
     // The tracked connections are there (the table is readable and per namespace) ...
     assert!(table.contains("dport=8080"), "{table}");
