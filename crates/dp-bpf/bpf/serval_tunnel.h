@@ -21,10 +21,13 @@
  *   R, serval_uplink_in   (Tunnel) sv_tun_decap of the reply: the wire entry's reverse NAT
  *                         (source = the frontend), forwarded to the client.
  *
- * B is the gateway of the host's route to the backend when that gateway is another node's
- * address (sv_routes SV_RT_F_REMOTE_HOST): the native routes of encapsulation None, VXLAN over
- * IPv4 and BGP. Where it is not (IPv6 VXLAN's link-local next hops, no route) the flow is
- * masqueraded to the node as kube-proxy does (serval_uplink.h). The tunnel header is VXLAN's
+ * B is the next_hop of the backend's sv_routes entry when that entry is a remote workload's
+ * (SV_RT_F_REMOTE_WORKLOAD) and next_hop another node's address (SV_RT_F_REMOTE_HOST), which
+ * needs no kernel route; otherwise the gateway of the host's route to the backend when that
+ * gateway is another node's address: the native routes of encapsulation None, VXLAN over
+ * IPv4 and BGP. Where neither names a node (IPv6 VXLAN's link-local next hops without the
+ * sv_routes entry, no route) the flow is masqueraded to the node as kube-proxy does
+ * (serval_uplink.h). The tunnel header is VXLAN's
  * 8 bytes (I flag, VNI SV_TUN_VNI; a reserved byte carries SV_TUN_SF_DSR) plus a 20-byte
  * frontend option, followed directly by the inner IP packet (no inner Ethernet header, the
  * same family as the outer): 56 bytes over IPv4, 76 over IPv6. The outer UDP checksum is 0
@@ -79,12 +82,33 @@ static __always_inline __u32 sv_tun_route_flags(const union sv_addr *addr)
 }
 
 /*
- * The node behind the remote backend *addr: the gateway of the host's route towards it, when
- * that is another node's address. Overwrites *addr with it and returns 0; -1 when there is
- * none (a local or directly connected backend, no route, a gateway that is no node's address).
+ * The node sv_routes names for the remote workload *addr (SV_RT_F_REMOTE_WORKLOAD, next_hop),
+ * when next_hop is another node's address. Overwrites *addr with it and returns 0; -1 else.
+ */
+static __always_inline int sv_tun_node_of_route(union sv_addr *addr)
+{
+	struct sv_route_key k = {.prefixlen = 128};
+	k.addr = *addr;
+	struct sv_route_val *r = bpf_map_lookup_elem(&sv_routes, &k);
+	if (!r || !(r->flags & SV_RT_F_REMOTE_WORKLOAD))
+		return -1;
+	union sv_addr node = r->next_hop;
+	if (!(sv_tun_route_flags(&node) & SV_RT_F_REMOTE_HOST))
+		return -1;
+	*addr = node;
+	return 0;
+}
+
+/*
+ * The node behind the remote backend *addr: the one its sv_routes entry names
+ * (sv_tun_node_of_route), else the gateway of the host's route towards it when that is
+ * another node's address. Overwrites *addr with it and returns 0; -1 when there is none (a
+ * local or directly connected backend, no route, a gateway that is no node's address).
  */
 static __noinline int sv_tun_node_of(struct __sk_buff *skb, union sv_addr *addr)
 {
+	if (!sv_tun_node_of_route(addr))
+		return 0;
 	struct bpf_fib_lookup fib;
 	__builtin_memset(&fib, 0, sizeof(fib));
 	int v4 = sv_addr_is_v4(addr);

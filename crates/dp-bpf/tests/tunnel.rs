@@ -724,6 +724,77 @@ fn tunnel_packets_from_non_nodes_are_left_alone_and_local_backends_need_no_tunne
     });
 }
 
+/// The backend's node from its sv_routes entry (a remote workload, next_hop = B) when the
+/// host's route to the pod network names no node as gateway (VXLAN over IPv6: the remote
+/// VTEP's link-local address); without that entry such a flow is masqueraded to R.
+#[test]
+fn the_remote_workload_route_names_the_node_when_the_gateway_is_no_node() {
+    in_netns("tunnel_route_next_hop", || {
+        let ip_cmd = |args: &[&str]| {
+            let o = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                o.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        ip_cmd(&[
+            "route",
+            "replace",
+            "10.244.1.0/24",
+            "via",
+            "172.31.1.50",
+            "dev",
+            "d0",
+        ]);
+        ip_cmd(&[
+            "-6",
+            "route",
+            "replace",
+            "fd00:10:244:1::/64",
+            "via",
+            "fe80::1",
+            "dev",
+            "d0",
+        ]);
+        for net in [v4(), v6()] {
+            let mut r = node(true, false);
+            // no sv_routes next hop: the gateway is no node, kube-proxy's masquerade
+            let first = packet(net.client, net.r, syn(43000, NODE_PORT));
+            let (_, out) = run(&r, Hook::UplinkIngress, &first);
+            let p = parse(&out);
+            assert_eq!((p.src, p.dst), (net.r, net.pod), "masqueraded to R");
+            assert_eq!(stats(&mut r).encap_fwd, 0, "not tunnelled");
+
+            r.maps()
+                .set_route(
+                    &route_key(net.pod, host_len(net.pod)),
+                    &RouteVal {
+                        identity: 50,
+                        flags: SV_RT_F_IN_POOL | SV_RT_F_REMOTE_WORKLOAD,
+                        next_hop: Addr::new(net.b),
+                        ..RouteVal::default()
+                    },
+                )
+                .unwrap();
+            let first = packet(net.client, net.r, syn(43001, NODE_PORT));
+            let (verdict, out) = run(&r, Hook::UplinkIngress, &first);
+            assert_eq!(verdict, TC_ACT_REDIRECT, "sent to B");
+            let o = outer(&out);
+            assert_eq!((o.src, o.dst), (net.r, net.b), "outer R -> B");
+            let inner = parse(&o.inner);
+            assert_eq!(
+                (inner.src, inner.dst, inner.dport),
+                (net.client, net.pod, BACKEND_PORT),
+                "DNATed, the client's address kept"
+            );
+            let wire = ct(&mut r, net.client, 43001, net.pod, BACKEND_PORT, PROTO_TCP);
+            assert_eq!(wire.snat_addr, Addr::new(net.b), "B cached");
+            assert_eq!(stats(&mut r).encap_fwd, 1);
+        }
+    });
+}
+
 #[test]
 fn both_builds_with_the_tunnel_pass_the_verifier() {
     if !require_root("both_builds_with_the_tunnel_pass_the_verifier") {
