@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serval_calc::model::NsName;
-use serval_calc::services::{FrontendDelta, ServiceTracker, affected_services};
+use serval_calc::services::{FrontendDelta, FrontendKey, ServiceTracker, affected_services};
 use serval_calc::state::{desired_state_with_services, node_addrs};
 use serval_calc::{Delta, DesiredState, Model, diff};
 use serval_model::{Kind, Resource, ResourceKey};
@@ -704,11 +704,25 @@ impl Pipeline {
             return;
         };
         let d = desired.clone();
+        // The frontends the batch changed: the driver may compare only those (it keeps the
+        // services of its previous successful apply, which the calculation started from).
+        let hint: Option<Vec<FrontendKey>> = match &calculated {
+            Calculated::Services { services, .. } | Calculated::Policy { services, .. } => Some(
+                services
+                    .changed
+                    .keys()
+                    .chain(services.removed.iter())
+                    .cloned()
+                    .collect(),
+            ),
+            Calculated::Full { .. } => None,
+        };
         let result = self
             .driver
-            .call(move |slot| match slot.as_mut() {
-                Some(dp) => dp.apply(&d),
-                None => Err(DataplaneError::ThreadGone),
+            .call(move |slot| match (slot.as_mut(), hint) {
+                (Some(dp), Some(h)) => dp.apply_services_changed(&d, h),
+                (Some(dp), None) => dp.apply(&d),
+                (None, _) => Err(DataplaneError::ThreadGone),
             })
             .await
             .and_then(|r| r);

@@ -175,6 +175,17 @@ pub trait Dataplane: Send {
     fn name(&self) -> &'static str;
     /// Makes the kernel hold `state`, touching only what differs from the last apply.
     fn apply(&mut self, state: &DesiredState) -> Result<Written, DataplaneError>;
+    /// [`Dataplane::apply`] when the caller knows that, of the services part, only
+    /// `frontends` (added, changed or removed) may differ from the state of the previous
+    /// successful apply: a driver may look at those alone. By default the same as `apply`.
+    fn apply_services_changed(
+        &mut self,
+        state: &DesiredState,
+        frontends: Vec<serval_calc::services::FrontendKey>,
+    ) -> Result<Written, DataplaneError> {
+        let _ = frontends;
+        self.apply(state)
+    }
     /// Reads the kernel back and repairs drift from the last applied state.
     fn resync(&mut self) -> Result<Written, DataplaneError>;
     /// Removes everything this dataplane created (including leftovers of earlier runs).

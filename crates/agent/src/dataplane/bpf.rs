@@ -834,6 +834,9 @@ pub struct BpfDriver {
     /// The services last written, for incremental service writes ([`incremental`]); `last`
     /// holds the rest of the state.
     services: Option<incremental::ServiceMirror>,
+    /// The frontends the write in progress may change, when the caller knows
+    /// ([`super::Dataplane::apply_services_changed`]).
+    services_hint: Option<Vec<serval_calc::services::FrontendKey>>,
 }
 
 impl std::fmt::Debug for BpfDriver {
@@ -881,6 +884,7 @@ impl BpfDriver {
             xdp: xdp::XdpDriver::default(),
             kube_proxy_checked: false,
             services: None,
+            services_hint: None,
         })
     }
 
@@ -956,7 +960,8 @@ impl BpfDriver {
         let mut want = MapContents::default();
         if let Some(mirror) = self.services.as_mut() {
             let mut base = desired_base(state, &compiled, &host);
-            incremental = incremental::services_into(mirror, state, &mut kernel, &mut base);
+            let hint = self.services_hint.as_deref();
+            incremental = incremental::services_into(mirror, state, hint, &mut kernel, &mut base);
             if incremental.is_some() {
                 want = base;
             }
@@ -1262,6 +1267,17 @@ impl super::Dataplane for BpfDriver {
         } else {
             self.housekeeping();
         }
+        r
+    }
+
+    fn apply_services_changed(
+        &mut self,
+        state: &DesiredState,
+        frontends: Vec<serval_calc::services::FrontendKey>,
+    ) -> Result<Written, DataplaneError> {
+        self.services_hint = Some(frontends);
+        let r = self.apply(state);
+        self.services_hint = None;
         r
     }
 

@@ -140,9 +140,14 @@ impl ServiceMirror {
     /// Turns `fe` / `be` (the written `sv_nat_fe` / `sv_nat_be`, Maglev-free) into the
     /// contents for `state`, returning what to write; `None` (nothing changed, mirror
     /// untouched) when the incremental path does not apply and the full path must run.
+    ///
+    /// `hint`: every frontend key that may differ from the state last written (the
+    /// calculation's delta, see [`super::super::Dataplane::apply_services_changed`]); only
+    /// those are compared. `None`: every frontend is.
     pub(super) fn update(
         &mut self,
         state: &DesiredState,
+        hint: Option<&[FrontendKey]>,
         fe: &mut HashMap<NatFeKey, NatFeVal>,
         be: &mut HashMap<NatBeKey, NatBeVal>,
     ) -> Option<(ServiceDelta, Pending)> {
@@ -150,8 +155,34 @@ impl ServiceMirror {
         if !self.valid || self.maglev > 0 || node != self.node {
             return None;
         }
-        // What differs, by a walk of both sorted maps.
         let mut changes: Vec<(&FrontendKey, Option<&Frontend>)> = Vec::new();
+        if let Some(keys) = hint {
+            let mut seen = HashSet::new();
+            for k in keys {
+                let new = state.services.frontends.get(k);
+                if seen.insert(k) && self.frontends.get(k) != new {
+                    changes.push((k, new));
+                }
+            }
+        } else {
+            self.walk(state, &mut changes);
+        }
+        if changes.iter().any(|(_, f)| f.is_some_and(|f| f.maglev)) {
+            return None;
+        }
+        let changes: Vec<(FrontendKey, Option<Frontend>)> = changes
+            .into_iter()
+            .map(|(k, f)| (k.clone(), f.cloned()))
+            .collect();
+        Some(self.apply_changes(changes, node, fe, be))
+    }
+
+    /// What differs, by a walk of both sorted maps.
+    fn walk<'a>(
+        &'a self,
+        state: &'a DesiredState,
+        changes: &mut Vec<(&'a FrontendKey, Option<&'a Frontend>)>,
+    ) {
         let mut old = self.frontends.iter().peekable();
         let mut new = state.services.frontends.iter().peekable();
         loop {
@@ -184,13 +215,15 @@ impl ServiceMirror {
                 },
             }
         }
-        if changes.iter().any(|(_, f)| f.is_some_and(|f| f.maglev)) {
-            return None;
-        }
-        let changes: Vec<(FrontendKey, Option<Frontend>)> = changes
-            .into_iter()
-            .map(|(k, f)| (k.clone(), f.cloned()))
-            .collect();
+    }
+
+    fn apply_changes(
+        &mut self,
+        changes: Vec<(FrontendKey, Option<Frontend>)>,
+        node: &str,
+        fe: &mut HashMap<NatFeKey, NatFeVal>,
+        be: &mut HashMap<NatBeKey, NatBeVal>,
+    ) -> (ServiceDelta, Pending) {
         let mut d = ServiceDelta::default();
         // The ids of removed frontends are freed only after this write: a new frontend
         // taking one now would have its backends' upserts undone by the deletes.
@@ -250,7 +283,7 @@ impl ServiceMirror {
         for id in freed {
             self.taken.remove(&id);
         }
-        Some((d, Pending(changes)))
+        (d, Pending(changes))
     }
 }
 
@@ -315,6 +348,7 @@ pub(super) fn check_service_capacity(
 pub(super) fn services_into(
     mirror: &mut ServiceMirror,
     state: &DesiredState,
+    hint: Option<&[FrontendKey]>,
     kernel: &mut MapContents,
     want: &mut MapContents,
 ) -> Option<(ServiceDelta, Pending)> {
@@ -323,7 +357,7 @@ pub(super) fn services_into(
     }
     let mut fe = std::mem::take(&mut kernel.frontends);
     let mut be = std::mem::take(&mut kernel.backends);
-    match mirror.update(state, &mut fe, &mut be) {
+    match mirror.update(state, hint, &mut fe, &mut be) {
         Some(d) => {
             want.frontends = fe;
             want.backends = be;
@@ -429,7 +463,8 @@ mod tests {
 
     /// After random add / change / remove sequences the incrementally kept service maps equal
     /// the full path's for the final state (with the ids the mirror holds), ids stay unique,
-    /// and every step's writes are exactly the diff of the two contents.
+    /// and every step's writes are exactly the diff of the two contents; with and without the
+    /// calculation's hint.
     #[test]
     fn incremental_services_equal_the_full_path() {
         for seed in 1..40u64 {
@@ -442,8 +477,11 @@ mod tests {
             let mut mirror_contents = full(&s, &HashMap::new());
             let mut mirror = ServiceMirror::after_full_write(&s, &mirror_contents.frontends);
             for _step in 0..30 {
+                // Even seeds: the calculation's hint (the touched keys and an untouched one).
+                let mut touched = vec![key(r.below(64))];
                 for _ in 0..1 + r.below(4) {
                     let k = key(r.below(64));
+                    touched.push(k.clone());
                     match r.below(3) {
                         0 => {
                             fronts.remove(&k);
@@ -455,9 +493,11 @@ mod tests {
                 }
                 let s = state(&fronts);
                 let before = mirror_contents.clone();
+                let hint = seed.is_multiple_of(2).then_some(touched.as_slice());
                 let mut want = MapContents::default();
-                let (d, pending) = services_into(&mut mirror, &s, &mut mirror_contents, &mut want)
-                    .expect("no Maglev: incremental");
+                let (d, pending) =
+                    services_into(&mut mirror, &s, hint, &mut mirror_contents, &mut want)
+                        .expect("no Maglev: incremental");
                 mirror.commit(pending);
                 mirror_contents = want;
                 let reference = full(&s, &ids(&mirror_contents));
@@ -517,7 +557,7 @@ mod tests {
         let s2 = state(&fronts);
         let mut want = MapContents::default();
         let before = kernel.clone();
-        assert!(services_into(&mut mirror, &s2, &mut kernel, &mut want).is_none());
+        assert!(services_into(&mut mirror, &s2, None, &mut kernel, &mut want).is_none());
         assert_eq!(kernel, before, "the mirror is left as it was");
         assert_eq!(mirror.frontends().len(), 1);
     }
