@@ -55,6 +55,17 @@ pub enum ResourceChange {
     Applied(Box<Resource>),
     /// One resource was deleted.
     Deleted(ResourceKey),
+    /// The IPAM blocks changed: every block with its affine node's name, after the change
+    /// (sent once the affinities are listed, then on every change to them).
+    Blocks(BTreeMap<IpNet, String>),
+}
+
+/// Every block of `st` with its affine node's name.
+fn blocks_of(st: &State) -> BTreeMap<IpNet, String> {
+    st.affinities
+        .values()
+        .map(|a| (a.block, a.node.clone()))
+        .collect()
 }
 
 /// The kinds only the policy/service calculation reads (through [`Cache::follow_resources`]);
@@ -125,6 +136,9 @@ impl Cache {
             let _ = tx.send(ResourceChange::Replaced(
                 st.resources.values().cloned().collect(),
             ));
+        }
+        if st.affinities_synced {
+            let _ = tx.send(ResourceChange::Blocks(blocks_of(&st)));
         }
         self.followers
             .lock()
@@ -244,6 +258,9 @@ impl Cache {
             st.affinities = fresh;
             st.affinities_rev = rev;
             st.affinities_synced = true;
+            if changed {
+                self.publish(|| ResourceChange::Blocks(blocks_of(&st)));
+            }
             changed
         };
         if changed {
@@ -259,6 +276,7 @@ impl Cache {
             tracing::debug!(node = %affinity.node, block = %affinity.block, rev, "block affinity added");
             st.affinities
                 .insert((affinity.node.clone(), affinity.block), affinity);
+            self.publish(|| ResourceChange::Blocks(blocks_of(&st)));
         }
         self.notify();
     }
@@ -270,6 +288,7 @@ impl Cache {
             st.affinities_rev = rev;
             tracing::debug!(node, %block, rev, "block affinity removed");
             st.affinities.remove(&(node.to_string(), block));
+            self.publish(|| ResourceChange::Blocks(blocks_of(&st)));
         }
         self.notify();
     }
@@ -289,6 +308,38 @@ mod tests {
 
     fn ns(name: &str) -> Resource {
         Resource::Namespace(serval_model::k8s::Namespace::new(name))
+    }
+
+    #[test]
+    fn followers_see_the_blocks_after_every_affinity_change() {
+        let cache = Cache::new();
+        let mut early = cache.follow_resources();
+        let blocks = |v: &[(&str, &str)]| {
+            ResourceChange::Blocks(
+                v.iter()
+                    .map(|(b, n)| (b.parse().unwrap(), n.to_string()))
+                    .collect(),
+            )
+        };
+        cache.replace_affinities(vec![aff("n1", "10.0.0.0/26")], 1);
+        // An identical relist sends nothing.
+        cache.replace_affinities(vec![aff("n1", "10.0.0.0/26")], 2);
+        cache.put_affinity(aff("n2", "fd00::/122"), 3);
+        let mut late = cache.follow_resources();
+        cache.delete_affinity("n1", "10.0.0.0/26".parse().unwrap(), 4);
+        assert_eq!(early.try_recv().unwrap(), blocks(&[("10.0.0.0/26", "n1")]));
+        assert_eq!(
+            early.try_recv().unwrap(),
+            blocks(&[("10.0.0.0/26", "n1"), ("fd00::/122", "n2")])
+        );
+        assert_eq!(early.try_recv().unwrap(), blocks(&[("fd00::/122", "n2")]));
+        assert!(early.try_recv().is_err());
+        // A late follower starts from the current blocks.
+        assert_eq!(
+            late.try_recv().unwrap(),
+            blocks(&[("10.0.0.0/26", "n1"), ("fd00::/122", "n2")])
+        );
+        assert_eq!(late.try_recv().unwrap(), blocks(&[("fd00::/122", "n2")]));
     }
 
     #[test]

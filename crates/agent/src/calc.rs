@@ -65,7 +65,8 @@ impl DataplaneStatus {
 fn absorb(model: &mut Model, synced: &mut bool, change: ResourceChange) -> bool {
     match change {
         ResourceChange::Replaced(all) => {
-            let fresh = Model::from_resources(all);
+            let mut fresh = Model::from_resources(all);
+            fresh.ipam_blocks = model.ipam_blocks.clone();
             let changed = !*synced || fresh != *model;
             *model = fresh;
             *synced = true;
@@ -73,6 +74,11 @@ fn absorb(model: &mut Model, synced: &mut bool, change: ResourceChange) -> bool 
         }
         ResourceChange::Applied(r) => model.apply(*r).is_some(),
         ResourceChange::Deleted(key) => model.remove(&key).is_some(),
+        ResourceChange::Blocks(blocks) => {
+            let changed = blocks != model.ipam_blocks;
+            model.ipam_blocks = blocks;
+            changed
+        }
     }
 }
 
@@ -148,7 +154,7 @@ fn absorb_into(
     match &mut change {
         ResourceChange::Replaced(all) => all.iter_mut().for_each(slim),
         ResourceChange::Applied(r) => slim(r),
-        ResourceChange::Deleted(_) => {}
+        ResourceChange::Deleted(_) | ResourceChange::Blocks(_) => {}
     }
     batch.changes += 1;
     batch.since.get_or_insert_with(Instant::now);
@@ -190,6 +196,7 @@ fn absorb_into(
                 ResourceChange::Replaced(_) => true,
                 ResourceChange::Applied(r) => feeds_services(r.kind()),
                 ResourceChange::Deleted(k) => feeds_services(k.kind),
+                ResourceChange::Blocks(_) => false,
             };
             if absorb(model, synced, other) {
                 batch.full = true;
@@ -972,6 +979,42 @@ mod tests {
             ResourceChange::Deleted(key)
         ));
         assert_eq!(model.namespaces.keys().collect::<Vec<_>>(), ["y"]);
+    }
+
+    #[test]
+    fn blocks_are_absorbed_and_survive_a_relist_of_resources() {
+        let mut model = Model::default();
+        let mut synced = false;
+        let blocks: std::collections::BTreeMap<ipnet::IpNet, String> =
+            [("10.0.0.0/26".parse().unwrap(), "n2".to_string())].into();
+        // Blocks may come before the first list of resources.
+        assert!(absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Blocks(blocks.clone())
+        ));
+        assert!(!absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Blocks(blocks.clone())
+        ));
+        assert!(absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Replaced(Vec::new())
+        ));
+        assert!(!absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Replaced(Vec::new())
+        ));
+        assert_eq!(model.ipam_blocks, blocks);
+        assert!(absorb(
+            &mut model,
+            &mut synced,
+            ResourceChange::Blocks(Default::default())
+        ));
+        assert!(model.ipam_blocks.is_empty());
     }
 
     #[test]

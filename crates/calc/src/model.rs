@@ -57,6 +57,9 @@ pub struct Model {
     pub nodes: BTreeMap<String, Node>,
     /// By name: `default` and `node.<name>`.
     pub felix_configurations: BTreeMap<String, FelixConfiguration>,
+    /// IPAM blocks by their affine node's name (block affinities, not resources: the agent
+    /// sets them; [`Model::from_resources`] leaves them empty).
+    pub ipam_blocks: BTreeMap<ipnet::IpNet, String>,
 }
 
 fn ns_name(r: &Resource) -> NsName {

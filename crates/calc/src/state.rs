@@ -39,6 +39,33 @@ pub struct DesiredState {
     /// of the node's host endpoints it can enforce ([`crate::xdp`]).
     #[serde(default)]
     pub xdp: crate::xdp::XdpState,
+    /// IPAM blocks affine to other nodes, each with that node's address of the block's
+    /// family (its BGP address): where the block's workloads live ([`remote_blocks`]).
+    #[serde(default)]
+    pub remote_blocks: Vec<(ipnet::IpNet, IpAddr)>,
+}
+
+/// The IPAM blocks of [`Model::ipam_blocks`] affine to a node other than `node`, each with
+/// that node's address of the block's family; blocks of a node without such an address are
+/// left out. Empty for the whole cluster (`None`).
+pub fn remote_blocks(model: &Model, node: Option<&str>) -> Vec<(ipnet::IpNet, IpAddr)> {
+    let Some(node) = node else {
+        return Vec::new();
+    };
+    model
+        .ipam_blocks
+        .iter()
+        .filter(|(_, n)| n.as_str() != node)
+        .filter_map(|(block, n)| {
+            let addr = model
+                .nodes
+                .get(n)?
+                .bgp_addrs()
+                .into_iter()
+                .find(|a| a.is_ipv4() == block.addr().is_ipv4())?;
+            Some((*block, addr))
+        })
+        .collect()
 }
 
 /// Addresses of `node` (every node when `None`) from Node resources.
@@ -115,5 +142,6 @@ pub fn desired_state_with_services(
         failsafe: compile::failsafe(&felix),
         endpoint_to_host: felix.default_endpoint_to_host_action,
         xdp,
+        remote_blocks: remote_blocks(model, node),
     }
 }

@@ -70,8 +70,8 @@ use serval_dp_bpf::abi::{
     Addr, EpVal, NatBeKey, NatBeVal, NatFeKey, NatFeVal, PolKey, PolMatch, PolVal, RouteVal,
     SV_DROP_REASONS, SV_NAT_BE_F_LOCAL, SV_NAT_FE_F_AFFINITY, SV_NAT_FE_F_EXT_LOCAL,
     SV_NAT_FE_F_EXTERNAL, SV_NAT_FE_F_INT_LOCAL, SV_RT_F_HOST, SV_RT_F_IN_POOL,
-    SV_RT_F_LOCAL_WORKLOAD, SV_RT_F_NAT_OUTGOING, SV_RT_F_REMOTE_HOST, SV_VERDICT_DENY,
-    drop_reason_name, lpm_prefix_len,
+    SV_RT_F_LOCAL_WORKLOAD, SV_RT_F_NAT_OUTGOING, SV_RT_F_REMOTE_HOST, SV_RT_F_REMOTE_WORKLOAD,
+    SV_VERDICT_DENY, drop_reason_name, lpm_prefix_len,
 };
 use serval_dp_bpf::abi::{NatAffKey, NatAffVal};
 use serval_dp_bpf::object::{MAP_EPS, MAP_NAT_AFF, MAP_NAT_BE, MAP_NAT_FE, MAP_POLICY, MAP_ROUTES};
@@ -96,7 +96,6 @@ pub mod xdp;
 /// What the eBPF programs do not do yet; logged when they are loaded. The driver does not
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
-    "NodePort tunnel (bpfExternalServiceMode) where the route to the backend's node has no node address as gateway (IPv6 over VXLAN routing: link-local next hops): such flows are masqueraded to the receiving node as kube-proxy does",
     "NodePort tunnel: TCP is MSS-clamped for its 56 (IPv4) / 76 (IPv6) header bytes, other protocols are not and get no fragmentation-needed: their packets within that much of the MTU are dropped once encapsulated",
 ];
 
@@ -551,9 +550,17 @@ fn desired_base(state: &DesiredState, compiled: &CompiledPolicy, host: &HostView
             add(IpNet::from(*a), SV_RT_F_LOCAL_WORKLOAD, ifindex);
         }
     }
+    // Other nodes' IPAM blocks: their workloads, behind that node's address (the NodePort
+    // tunnel's destination, whatever the kernel route's gateway is).
+    let mut next_hops: BTreeMap<IpNet, IpAddr> = BTreeMap::new();
+    for (block, node) in &state.remote_blocks {
+        add(*block, SV_RT_F_REMOTE_WORKLOAD, 0);
+        next_hops.insert(block.trunc(), *node);
+    }
     // Merge with the identities: every prefix of either kind; identity of the longest
     // identity prefix containing it, flags of every routing prefix containing it (the most
-    // specific one's interface).
+    // specific one's interface and next hop). A local workload is never a remote one (an
+    // address borrowed from another node's block).
     let mut prefixes: BTreeSet<IpNet> = compiled.identities.iter().map(|(n, _)| *n).collect();
     prefixes.extend(routing.keys().copied());
     for net in prefixes {
@@ -575,6 +582,15 @@ fn desired_base(state: &DesiredState, compiled: &CompiledPolicy, host: &HostView
                     best_len = Some(r.prefix_len());
                 }
             }
+        }
+        if val.flags & SV_RT_F_LOCAL_WORKLOAD != 0 {
+            val.flags &= !SV_RT_F_REMOTE_WORKLOAD;
+        } else if let Some((_, hop)) = next_hops
+            .iter()
+            .filter(|(b, _)| b.contains(&net))
+            .max_by_key(|(b, _)| b.prefix_len())
+        {
+            val.next_hop = Addr::new(*hop);
         }
         out.routes.insert(route_mirror_key(&net), val);
     }
@@ -1469,6 +1485,61 @@ spec:
                 .expect("prefix-72 entry");
             assert_eq!(v.verdict, SV_VERDICT_ALLOW);
         }
+    }
+
+    #[test]
+    fn remote_blocks_and_the_workloads_inside_them_name_their_node_as_next_hop() {
+        let nodes = "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\nspec: {bgp: {ipv4Address: 192.168.0.1/24, ipv6Address: \"fd01::1/64\"}}\n---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n2}\nspec: {bgp: {ipv4Address: 192.168.0.2/24, ipv6Address: \"fd01::2/64\"}}\n---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: from-b, namespace: x}\nspec: {podSelector: {matchLabels: {app: a}}, ingress: [{from: [{podSelector: {matchLabels: {app: b}}}]}]}\n";
+        let mut m = model(nodes);
+        for (block, node) in [
+            ("10.244.0.0/26", "n1"),
+            ("10.244.1.0/26", "n2"),
+            ("fd00:1::/122", "n2"),
+            ("10.244.2.0/26", "gone"),
+        ] {
+            m.ipam_blocks
+                .insert(block.parse().unwrap(), node.to_string());
+        }
+        let state = desired_state(&m, Some("n1"));
+        let compiled = compile::compile(&state);
+        let host = HostView {
+            ifindex: [("sva".to_string(), 7)].into_iter().collect(),
+            addrs: vec!["192.168.0.1".parse().unwrap()],
+        };
+        let c = desired_contents(&state, &compiled, &host, &HashMap::new());
+        let route = |net: &str| {
+            c.routes
+                .get(&route_mirror_key(&net.parse().unwrap()))
+                .copied()
+        };
+        let hop = |a: &str| Addr::new(a.parse().unwrap());
+
+        for (net, node) in [
+            ("10.244.1.0/26", "192.168.0.2"),
+            ("10.244.1.2/32", "192.168.0.2"),
+            ("fd00:1::/122", "fd01::2"),
+        ] {
+            let v = route(net).unwrap_or_else(|| panic!("{net} has an entry"));
+            assert_ne!(v.flags & SV_RT_F_REMOTE_WORKLOAD, 0, "{net}");
+            assert_eq!(v.next_hop, hop(node), "{net}");
+        }
+        // The pod's entry keeps its identity (the policy's peer) and the pool's flags.
+        let b = route("10.244.1.2/32").unwrap();
+        assert_ne!(b.identity, 0);
+        assert_ne!(b.flags & SV_RT_F_IN_POOL, 0);
+        // The node's own block and its workload: no remote entry, no next hop.
+        for net in ["10.244.0.0/26", "10.244.0.1/32"] {
+            if let Some(v) = route(net) {
+                assert_eq!(v.flags & SV_RT_F_REMOTE_WORKLOAD, 0, "{net}");
+                assert_eq!(v.next_hop, Addr::default(), "{net}");
+            }
+        }
+        assert!(route("10.244.0.1/32").is_some());
+        // A block of a node without a Node resource: no address to name, no entry.
+        assert!(route("10.244.2.0/26").is_none());
+        // The node addresses the next hops name are remote hosts (what the tunnel checks).
+        let n2 = route("192.168.0.2/32").expect("node address entry");
+        assert_ne!(n2.flags & SV_RT_F_REMOTE_HOST, 0);
     }
 
     #[test]

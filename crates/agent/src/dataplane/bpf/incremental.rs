@@ -303,6 +303,7 @@ pub(super) fn without_services(state: &DesiredState) -> DesiredState {
         failsafe: state.failsafe.clone(),
         endpoint_to_host: state.endpoint_to_host,
         xdp: state.xdp.clone(),
+        remote_blocks: state.remote_blocks.clone(),
     }
 }
 
