@@ -494,9 +494,12 @@ spec:
             prop_assert_eq!(a, Table::build(rev, 2003).unwrap());
         }
 
-        /// The disruption bound: removing one of N backends changes at most 1/N of the
-        /// entries plus a small slack (the removed backend's ⌈M/N⌉ entries must move; Maglev
-        /// moves only a few others).
+        /// The disruption bound: removing one of N backends changes about 1/N of the entries
+        /// (the removed backend's ⌈M/N⌉ must move; Maglev moves a few others). Maglev is not
+        /// minimal-disruption in the worst case: over random sets the extra is typically
+        /// 0.3–2 points (see the measurement below), but proptest found a 13-backend set that
+        /// moved 11.55% (1/N = 7.7%; kept in proptest-regressions/maglev.txt), so the bound
+        /// is 1.5/N + 0.03.
         #[test]
         fn removing_one_of_n_backends_moves_about_one_nth(bs in backend_set(), pick in any::<prop::sample::Index>()) {
             let n = bs.len();
@@ -505,7 +508,7 @@ spec:
             let rest: Vec<_> = bs.iter().copied().filter(|b| *b != gone).collect();
             let less = Table::build(rest, DEFAULT_TABLE_SIZE).unwrap();
             let f = moved(&full, &less);
-            let bound = 1.0 / n as f64 + 0.02;
+            let bound = 1.5 / n as f64 + 0.03;
             prop_assert!(f <= bound, "removing 1 of {} moved {:.4} of the entries (bound {:.4})", n, f, bound);
             // every entry of the removed backend moved, nothing else points at it
             prop_assert!(less.entries().all(|(_, b)| b != gone));
