@@ -97,6 +97,7 @@ pub mod xdp;
 /// pretend otherwise: such traffic is handled by the kernel alone (or not at all).
 pub const NOT_YET_IN_BPF: &[&str] = &[
     "NodePort tunnel: TCP is MSS-clamped for its 56 (IPv4) / 76 (IPv6) header bytes, other protocols are not and get no fragmentation-needed: their packets within that much of the MTU are dropped once encapsulated",
+    "NodePort tunnel: ICMP errors about tunnelled flows (e.g. from a router between the backend's node and the client) are not relayed through the tunnel",
 ];
 
 /// Identities the driver gives this node's own addresses (one per identity class they
