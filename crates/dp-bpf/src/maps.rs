@@ -260,3 +260,232 @@ impl Maps<'_> {
         Ok(counters)
     }
 }
+
+/// Batched writes of hash maps: `BPF_MAP_UPDATE_BATCH` / `BPF_MAP_DELETE_BATCH` (Linux 5.6+),
+/// one bpf(2) call for many entries instead of one per entry. aya does not expose these
+/// commands, so this is a small raw wrapper around the syscall.
+///
+/// The kernel's generic batch operations (what hash maps use) process the entries in order
+/// and stop at the first failure, reporting how many were done in `count`: an update batch
+/// that fails leaves exactly the entries before the failing one written, as the same
+/// writes one by one would. Where a kernel lacks the commands (`EINVAL` / `ENOTSUPP` before
+/// any entry was processed), the entries are written one by one instead. LPM tries do not
+/// support batch operations; their writers stay per entry.
+mod batch {
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+
+    use aya::Pod;
+
+    /// `enum bpf_cmd` values (include/uapi/linux/bpf.h).
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+    /// The kernel's `ENOTSUPP` (not in libc: it is kernel-internal, but bpf(2) returns it).
+    const ENOTSUPP: i32 = 524;
+    /// Entries per call: bounds one syscall's time (the kernel reschedules between entries
+    /// anyway) and the size of a failure report.
+    pub(super) const CHUNK: usize = 16_384;
+
+    /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h):
+    /// `in_batch, out_batch, keys, values` (aligned u64 pointers), `count, map_fd` (u32),
+    /// `elem_flags, flags` (u64). The kernel zero-fills the rest of the union.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const _: () = assert!(std::mem::size_of::<BatchAttr>() == 56);
+
+    /// How a batch call ended.
+    pub(super) enum Outcome {
+        /// Every entry was processed.
+        Done,
+        /// The kernel does not have the command: nothing was written, write one by one.
+        Unsupported,
+        /// Entry `done` failed with `error`; the entries before it were processed.
+        Failed { done: usize, error: io::Error },
+    }
+
+    fn call(cmd: libc::c_long, attr: &mut BatchAttr) -> Outcome {
+        let want = attr.count as usize;
+        // SAFETY: `attr` is a valid, initialised `bpf_attr` prefix of the size passed; the
+        // `keys` (and for updates `values`) pointers it holds point at `count` contiguous
+        // entries of the map's key (value) size, borrowed by the caller for this call; the
+        // kernel reads them and writes back only `attr.count`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                std::ptr::from_mut(attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if rc >= 0 {
+            return Outcome::Done;
+        }
+        let error = io::Error::last_os_error();
+        let done = (attr.count as usize).min(want);
+        match error.raw_os_error() {
+            Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP) if done == 0 => Outcome::Unsupported,
+            _ => Outcome::Failed { done, error },
+        }
+    }
+
+    /// `BPF_MAP_UPDATE_BATCH` of `keys[i] → values[i]` (same length, at most [`CHUNK`]).
+    pub(super) fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, keys: &[K], values: &[V]) -> Outcome {
+        debug_assert_eq!(keys.len(), values.len());
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: u32::try_from(keys.len().min(values.len())).unwrap_or(u32::MAX),
+            map_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
+            ..BatchAttr::default()
+        };
+        call(BPF_MAP_UPDATE_BATCH, &mut attr)
+    }
+
+    /// `BPF_MAP_DELETE_BATCH` of `keys` (at most [`CHUNK`]).
+    pub(super) fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Outcome {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            count: u32::try_from(keys.len()).unwrap_or(u32::MAX),
+            map_fd: u32::try_from(fd.as_raw_fd()).unwrap_or(u32::MAX),
+            ..BatchAttr::default()
+        };
+        call(BPF_MAP_DELETE_BATCH, &mut attr)
+    }
+}
+
+fn batch_err(
+    op: &'static str,
+    map: &'static str,
+    call: &'static str,
+) -> impl FnOnce(std::io::Error) -> MapsError {
+    move |io_error| MapsError::Map {
+        op,
+        map,
+        source: MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
+    }
+}
+
+/// Writes `entries` into hash map `m` in batches (see [`batch`]); entries are written in
+/// order, and a failure leaves the ones before the failing entry written.
+fn insert_batched<K: aya::Pod, V: aya::Pod>(
+    m: &mut HashMap<&mut MapData, K, V>,
+    entries: &[(K, V)],
+    map: &'static str,
+) -> Result<(), MapsError> {
+    use aya::maps::IterableMap;
+    use std::os::fd::AsFd;
+    let mut rest = entries;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(rest.len().min(batch::CHUNK));
+        let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
+        let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
+        match batch::update(m.map().fd().as_fd(), &keys, &values) {
+            batch::Outcome::Done => {}
+            batch::Outcome::Unsupported => {
+                for (k, v) in chunk {
+                    m.insert(*k, *v, 0).map_err(op_err("writing", map))?;
+                }
+            }
+            batch::Outcome::Failed { error, .. } => {
+                return Err(batch_err("writing", map, "BPF_MAP_UPDATE_BATCH")(error));
+            }
+        }
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// Deletes `keys` from hash map `m` in batches; a key that is not there is skipped (as
+/// [`removed`] does). Returns how many were deleted.
+fn remove_batched<K: aya::Pod, V: aya::Pod>(
+    m: &mut HashMap<&mut MapData, K, V>,
+    keys: &[K],
+    map: &'static str,
+) -> Result<usize, MapsError> {
+    use aya::maps::IterableMap;
+    use std::os::fd::AsFd;
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(batch::CHUNK)];
+        match batch::delete(m.map().fd().as_fd(), chunk) {
+            batch::Outcome::Done => {
+                deleted += chunk.len();
+                rest = &rest[chunk.len()..];
+            }
+            batch::Outcome::Unsupported => {
+                for k in chunk {
+                    deleted += usize::from(removed(m.remove(k), map)?);
+                }
+                rest = &rest[chunk.len()..];
+            }
+            // The kernel stops at a key that is not there: skip it, go on after it.
+            batch::Outcome::Failed { done, error }
+                if error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                deleted += done;
+                rest = &rest[done + 1..];
+            }
+            batch::Outcome::Failed { error, .. } => {
+                return Err(batch_err("deleting from", map, "BPF_MAP_DELETE_BATCH")(
+                    error,
+                ));
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+impl Maps<'_> {
+    /// Writes many `sv_nat_fe` entries with batched syscalls, in order (see [`batch`]).
+    pub fn set_frontends(&mut self, entries: &[(NatFeKey, NatFeVal)]) -> Result<(), MapsError> {
+        let mut m = typed!(self, HashMap, MAP_NAT_FE);
+        insert_batched(&mut m, entries, MAP_NAT_FE)
+    }
+
+    /// Deletes many `sv_nat_fe` entries (missing ones skipped); how many were there.
+    pub fn remove_frontends(&mut self, keys: &[NatFeKey]) -> Result<usize, MapsError> {
+        let mut m: HashMap<_, NatFeKey, NatFeVal> = typed!(self, HashMap, MAP_NAT_FE);
+        remove_batched(&mut m, keys, MAP_NAT_FE)
+    }
+
+    /// Writes many `sv_nat_be` entries with batched syscalls, in order.
+    pub fn set_backends(&mut self, entries: &[(NatBeKey, NatBeVal)]) -> Result<(), MapsError> {
+        let mut m = typed!(self, HashMap, MAP_NAT_BE);
+        insert_batched(&mut m, entries, MAP_NAT_BE)
+    }
+
+    /// Deletes many `sv_nat_be` entries (missing ones skipped); how many were there.
+    pub fn remove_backends(&mut self, keys: &[NatBeKey]) -> Result<usize, MapsError> {
+        let mut m: HashMap<_, NatBeKey, NatBeVal> = typed!(self, HashMap, MAP_NAT_BE);
+        remove_batched(&mut m, keys, MAP_NAT_BE)
+    }
+
+    /// Writes many `sv_eps` entries with batched syscalls, in order.
+    pub fn set_endpoints(&mut self, entries: &[(u32, EpVal)]) -> Result<(), MapsError> {
+        let mut m = typed!(self, HashMap, MAP_EPS);
+        insert_batched(&mut m, entries, MAP_EPS)
+    }
+
+    /// One `sv_nat_fe` entry, `None` when absent.
+    pub fn frontend(&mut self, key: &NatFeKey) -> Result<Option<NatFeVal>, MapsError> {
+        let m: HashMap<_, NatFeKey, NatFeVal> = typed!(self, HashMap, MAP_NAT_FE);
+        found(m.get(key, 0), MAP_NAT_FE)
+    }
+
+    /// One `sv_nat_be` entry, `None` when absent.
+    pub fn backend(&mut self, key: &NatBeKey) -> Result<Option<NatBeVal>, MapsError> {
+        let m: HashMap<_, NatBeKey, NatBeVal> = typed!(self, HashMap, MAP_NAT_BE);
+        found(m.get(key, 0), MAP_NAT_BE)
+    }
+}
