@@ -91,6 +91,7 @@ pub mod diff;
 pub mod encode;
 pub mod hep;
 pub mod lookup;
+pub mod partition;
 pub mod ports;
 pub mod resolve;
 pub mod trie;
