@@ -16,7 +16,6 @@ use crate::lab::{Lab, run_command};
 use crate::net;
 use crate::progress::{Progress, human_us};
 use crate::results::{LatencyPoint, ProgrammingPoint};
-use crate::stats::Summary;
 
 /// kube-proxy's `--cluster-cidr` in the bench: the lab's IPv4 pod pool.
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
@@ -162,8 +161,8 @@ pub fn leftovers(mode: Mode, ns: &NetNs) -> Result<bool> {
     }
 }
 
-/// Programs N services, waits for the last, measures latency to it (when `samples > 0`),
-/// adds one (when `add_one`), and removes everything.
+/// Programs N services, waits for the last, measures latency to it (when `samples > 0`;
+/// interleaved with `direct` when given), adds one (when `add_one`), and removes everything.
 #[expect(
     clippy::too_many_arguments,
     reason = "one measurement's knobs, all needed"
@@ -175,6 +174,7 @@ pub fn measure(
     samples: usize,
     warmup: usize,
     add_one: bool,
+    direct: Option<&crate::paired::Endpoint>,
     work_dir: &Path,
     progress: &Progress,
 ) -> Result<Measured> {
@@ -237,37 +237,10 @@ pub fn measure(
     ));
 
     let latency = if samples > 0 {
-        let report =
-            |done: usize| progress.line(&format!("{column} N={n}: {done}/{samples} samples"));
-        let run = net::latency(
-            &lab.client.netns,
-            &lab.client.netns_name,
-            last,
-            samples,
-            warmup,
-            &report,
-        )?;
-        let summary = Summary::of(&run.samples_us);
-        if let Some(s) = &summary {
-            progress.line(&format!(
-                "{column} N={n}: latency p50 {} p90 {} p99 {} ({} samples, {} failed)",
-                human_us(s.p50),
-                human_us(s.p90),
-                human_us(s.p99),
-                s.count,
-                run.failures
-            ));
-        }
-        Some(LatencyPoint {
-            dataplane: column.to_string(),
-            n,
-            target: last.to_string(),
-            summary,
-            failures: run.failures,
-            last_error: run.last_error,
-            stopped_early: run.stopped_early,
-            samples_us: run.samples_us,
-        })
+        let at = crate::paired::Endpoint::new(&lab.client, last)?;
+        Some(crate::paired::measure_point(
+            column, n, &at, direct, samples, warmup, progress,
+        )?)
     } else {
         None
     };
@@ -310,6 +283,8 @@ pub fn measure(
             add_one_answer_ms: add_answer,
             cleanup_ms: Some(cleanup_took.as_secs_f64() * 1e3),
             input_bytes: full.len(),
+            dataplane_ms: None,
+            add_one_dataplane_ms: None,
         },
     })
 }

@@ -20,6 +20,7 @@ pub mod kubeproxy;
 pub mod lab;
 pub mod machine;
 pub mod net;
+pub mod paired;
 pub mod plot;
 pub mod progress;
 pub mod report;
@@ -39,7 +40,7 @@ use clap::ValueEnum;
 pub use error::{BenchError, Result};
 use lab::Lab;
 use progress::Progress;
-use results::{Failure, LatencyPoint, RatePoint, Results, RunConfig, Skipped, Unavailable};
+use results::{Failure, RatePoint, Results, RunConfig, Skipped, Unavailable};
 
 /// The default service counts.
 pub const DEFAULT_SIZES: [usize; 7] = [1, 100, 1_000, 5_000, 10_000, 25_000, 50_000];
@@ -325,6 +326,11 @@ struct Labs<'a> {
     work: PathBuf,
     iptables: Option<Lab>,
     bpf: Option<Lab>,
+    /// An iptables lab that never gets a Service or policy: the `direct` column and the
+    /// direct exchanges interleaved with every other column's ([`paired`]) run here, so the
+    /// rules a column loads into its own lab (kube-proxy's `KUBE-SERVICES`, which every new
+    /// connection through node1 walks) are never on the baseline's path.
+    direct: Option<Lab>,
     progress: &'a Progress,
     /// Per Serval column: `Err(reason)` when its services do not work in its lab.
     service_check: Vec<(Dataplane, std::result::Result<(), String>)>,
@@ -332,15 +338,21 @@ struct Labs<'a> {
 }
 
 impl Labs<'_> {
+    /// The lab of `dataplane` (`bpf`, `iptables`, or `direct`: the iptables lab of the
+    /// direct baseline).
     fn get(&mut self, dataplane: &str) -> Result<&Lab> {
-        let slot = if dataplane == "bpf" {
-            &mut self.bpf
-        } else {
-            &mut self.iptables
+        let (slot, purpose) = match dataplane {
+            "bpf" => (&mut self.bpf, ""),
+            "direct" => (
+                &mut self.direct,
+                ", kept free of service rules for the direct baseline",
+            ),
+            _ => (&mut self.iptables, ""),
         };
+        let dataplane = if dataplane == "bpf" { "bpf" } else { "iptables" };
         if slot.is_none() {
             self.progress.line(&format!(
-                "bringing up a lab (`serval lab up --dataplane {dataplane}`, 2 nodes, pods client/server on node1, server2 on node2)"
+                "bringing up a lab (`serval lab up --dataplane {dataplane}`, 2 nodes, pods client/server on node1, server2 on node2{purpose})"
             ));
             let lab = Lab::up(&self.plan.serval, dataplane, &self.work)?;
             self.progress.line(&format!(
@@ -492,6 +504,7 @@ pub fn run(args: BenchArgs) -> Result<RunOutput> {
         work: plan.out.join("work"),
         iptables: None,
         bpf: None,
+        direct: None,
         progress: &progress,
         service_check: vec![],
         policy_check: vec![],
@@ -621,13 +634,32 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
         .into_iter()
         .filter(|s| plan.has(*s))
         .collect();
-    // The echo servers live as long as this section.
-    let lab = labs.get("iptables")?;
-    let echo = net::EchoServer::start(
+    // The echo servers live as long as this section. The direct lab's serves the `direct`
+    // column and the direct exchanges interleaved with every other column's.
+    let lab = labs.get("direct")?;
+    let direct_echo = net::EchoServer::start(
         &lab.server.netns,
         &lab.server.netns_name,
         std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
     )?;
+    let direct_at = paired::Endpoint::new(&lab.client, direct_echo.addr)?;
+    let direct = latency.then_some(&direct_at);
+    let needs_iptables_lab = plan.dataplanes.iter().any(|d| {
+        matches!(
+            d,
+            Dataplane::KubeProxyIptables | Dataplane::KubeProxyNftables | Dataplane::ServalIptables
+        )
+    });
+    let echo = if needs_iptables_lab {
+        let lab = labs.get("iptables")?;
+        Some(net::EchoServer::start(
+            &lab.server.netns,
+            &lab.server.netns_name,
+            std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
+        )?)
+    } else {
+        None
+    };
     let mut bpf_echo = None;
     for &n in &plan.sizes {
         for &dp in &plan.dataplanes {
@@ -639,42 +671,20 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
                     if !latency {
                         continue;
                     }
-                    let lab = labs.get("iptables")?;
                     p.line(&format!(
-                        "direct N={n}: {samples} exchanges with {}",
-                        echo.addr
+                        "direct N={n}: {samples} exchanges with {} (alone)",
+                        direct_at.addr
                     ));
-                    let report =
-                        |done: usize| p.line(&format!("direct N={n}: {done}/{samples} samples"));
-                    match net::latency(
-                        &lab.client.netns,
-                        &lab.client.netns_name,
-                        echo.addr,
+                    match paired::measure_point(
+                        dp.name(),
+                        n,
+                        &direct_at,
+                        None,
                         samples,
                         plan.warmup,
-                        &report,
+                        p,
                     ) {
-                        Ok(run) => {
-                            let summary = stats::Summary::of(&run.samples_us);
-                            if let Some(s) = &summary {
-                                p.line(&format!(
-                                    "direct N={n}: latency p50 {} p90 {} p99 {}",
-                                    progress::human_us(s.p50),
-                                    progress::human_us(s.p90),
-                                    progress::human_us(s.p99)
-                                ));
-                            }
-                            r.latency.push(LatencyPoint {
-                                dataplane: dp.name().into(),
-                                n,
-                                target: echo.addr.to_string(),
-                                summary,
-                                failures: run.failures,
-                                last_error: run.last_error,
-                                stopped_early: run.stopped_early,
-                                samples_us: run.samples_us,
-                            });
-                        }
+                        Ok(point) => r.latency.push(point),
                         Err(e) => failed(r, Section::Latency, dp, Some(n), &e, p),
                     }
                 }
@@ -693,6 +703,7 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
                         samples,
                         plan.warmup,
                         programming,
+                        direct,
                         &work,
                         p,
                     ) {
@@ -746,6 +757,7 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
                         plan.warmup,
                         programming,
                         plan.has(Section::Memory) && Some(n) == plan.largest_size(dp),
+                        direct,
                         p,
                     ) {
                         Ok((lat, prog, mem)) => {
@@ -767,6 +779,7 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
     }
     drop(bpf_echo);
     drop(echo);
+    drop(direct_echo);
     Ok(())
 }
 

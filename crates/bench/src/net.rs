@@ -219,14 +219,93 @@ pub fn latency(
     })
 }
 
-/// How long [`wait_answer`] probes with [`FINE_PROBE_TIMEOUT`] attempts before 100 ms ones.
-const FINE_PROBING_FOR: Duration = Duration::from_secs(2);
-/// The timeout of one early [`wait_answer`] attempt: the resolution of programming times under
-/// [`FINE_PROBING_FOR`] (an exchange with a programmed service takes well under it here).
-const FINE_PROBE_TIMEOUT: Duration = Duration::from_millis(5);
+/// The interval between fresh connection attempts of [`wait_answer`] after `elapsed` of
+/// waiting: the resolution of every "until it answers" time. A SYN sent before the target is
+/// programmed is lost (the kernel would resend it only after 1 s), so the first attempt that
+/// can succeed is the first one sent after the change is in force; attempts start this often,
+/// independently of whether the earlier ones are still pending.
+pub fn attempt_interval(elapsed: Duration) -> Duration {
+    if elapsed < Duration::from_secs(2) {
+        Duration::from_micros(500)
+    } else if elapsed < Duration::from_secs(10) {
+        Duration::from_millis(5)
+    } else {
+        Duration::from_millis(50)
+    }
+}
 
-/// Tries an exchange with `target` from inside `ns` until one succeeds or `deadline`
-/// passes; returns when it succeeded.
+/// How long one [`wait_answer`] attempt stays open waiting for its SYN-ACK before it is
+/// abandoned (closed: a socket still in SYN_SENT sends nothing on close). Longer than an
+/// exchange with a programmed service takes here, even under load; a lost SYN never comes
+/// back within it.
+pub const ATTEMPT_LIFETIME: Duration = Duration::from_millis(50);
+
+/// One pending attempt of [`wait_answer`].
+struct Attempt {
+    socket: Socket,
+    started: Instant,
+}
+
+/// Starts a non-blocking connect to `target` (from the calling thread's namespace).
+fn start_attempt(target: SocketAddrV4) -> std::io::Result<Attempt> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_linger(Some(Duration::ZERO))?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    let started = Instant::now();
+    match socket.connect(&SocketAddr::V4(target).into()) {
+        Ok(()) => Ok(Attempt { socket, started }),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(Attempt { socket, started }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Completes the exchange on a connected attempt: 1 byte sent, the 1-byte reply read.
+fn finish_exchange(socket: Socket) -> std::io::Result<()> {
+    socket.set_nonblocking(false)?;
+    let timeout = Duration::from_secs(1);
+    socket.set_read_timeout(Some(timeout))?;
+    socket.set_write_timeout(Some(timeout))?;
+    let mut stream: TcpStream = socket.into();
+    stream.write_all(b"x")?;
+    let mut reply = [0u8; 1];
+    stream.read_exact(&mut reply)?;
+    Ok(())
+}
+
+/// Waits for readiness of `fds` (POLLOUT) for at most `timeout` (sub-millisecond).
+fn poll_out(fds: &mut [libc::pollfd], timeout: Duration) -> std::io::Result<usize> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of pollfd for the duration of the
+    // call and its length is passed with it; `ts` lives on the stack; no signal mask is given.
+    let n = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            &ts,
+            std::ptr::null(),
+        )
+    };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
+/// Tries exchanges with `target` from inside `ns` until one succeeds or `deadline` passes;
+/// returns when it succeeded (the reply's arrival).
+///
+/// A fresh non-blocking connection attempt starts every [`attempt_interval`] (0.5 ms for the
+/// first 2 s), while earlier ones stay pending for [`ATTEMPT_LIFETIME`]; the first attempt
+/// whose connection completes is finished with the 1-byte exchange, the others are closed.
+/// So a time is late by at most one interval plus the exchange itself.
 pub fn wait_answer(
     ns: &NetNs,
     netns_name: &str,
@@ -235,29 +314,80 @@ pub fn wait_answer(
 ) -> Result<Instant> {
     let started = Instant::now();
     ns.run(|| {
-        let mut last_error;
+        let mut last_error = String::from("no attempt completed");
+        let mut pending: std::collections::VecDeque<Attempt> = std::collections::VecDeque::new();
+        let mut next_start = started;
         loop {
-            // A SYN sent before the target is programmed is lost (the kernel would resend it
-            // only after 1 s), so each attempt's timeout is the resolution of the measured
-            // time: short attempts for the first seconds, where sub-second programming is
-            // told apart, then 100 ms.
-            let attempt = if started.elapsed() < FINE_PROBING_FOR {
-                FINE_PROBE_TIMEOUT
-            } else {
-                Duration::from_millis(100)
-            };
-            match exchange(target, attempt) {
-                Ok(_) => return Ok(Instant::now()),
-                Err(e) => last_error = e.to_string(),
-            }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(BenchError::NoAnswer {
                     target: target.to_string(),
                     waited_ms: started.elapsed().as_millis() as u64,
                     last_error,
                 });
             }
-            std::thread::sleep(Duration::from_millis(1));
+            while pending
+                .front()
+                .is_some_and(|a| now.duration_since(a.started) >= ATTEMPT_LIFETIME)
+            {
+                pending.pop_front();
+                last_error = format!("no answer within {ATTEMPT_LIFETIME:?}");
+            }
+            if now >= next_start {
+                match start_attempt(target) {
+                    Ok(a) => pending.push_back(a),
+                    Err(e) => last_error = e.to_string(),
+                }
+                next_start = now + attempt_interval(now.duration_since(started));
+            }
+            let mut fds: Vec<libc::pollfd> = pending
+                .iter()
+                .map(|a| libc::pollfd {
+                    fd: a.socket.as_raw_fd(),
+                    events: libc::POLLOUT,
+                    revents: 0,
+                })
+                .collect();
+            let wait = next_start
+                .saturating_duration_since(Instant::now())
+                .min(deadline.saturating_duration_since(Instant::now()));
+            if fds.is_empty() {
+                std::thread::sleep(wait);
+                continue;
+            }
+            let ready = poll_out(&mut fds, wait).map_err(|source| BenchError::Socket {
+                op: "polling connection attempts to",
+                addr: target.to_string(),
+                source,
+            })?;
+            if ready == 0 {
+                continue;
+            }
+            // Oldest first: the earliest attempt that completed wins.
+            let mut winner = None;
+            let mut keep = std::collections::VecDeque::with_capacity(pending.len());
+            for (attempt, pfd) in pending.drain(..).zip(&fds) {
+                if pfd.revents == 0 {
+                    keep.push_back(attempt);
+                    continue;
+                }
+                match attempt.socket.take_error() {
+                    Ok(None) if winner.is_none() => winner = Some(attempt),
+                    // Connected too, but a winner exists: closed (an RST) below.
+                    Ok(None) => {}
+                    Ok(Some(e)) | Err(e) => last_error = e.to_string(),
+                }
+            }
+            pending = keep;
+            if let Some(attempt) = winner {
+                // The others must not hold the echo server (it serves one connection at a
+                // time) while the winner's exchange runs.
+                pending.clear();
+                match finish_exchange(attempt.socket) {
+                    Ok(()) => return Ok(Instant::now()),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
         }
     })
     .map_err(|source| BenchError::Netns {
@@ -350,5 +480,59 @@ mod tests {
         drop(server);
         // Stopped: nothing answers any more.
         assert!(exchange(addr, Duration::from_millis(200)).is_err());
+    }
+
+    /// The prober keeps starting fresh attempts while nothing listens (each refused), returns
+    /// once the server is up, never before, and gives up at its deadline with the last error.
+    #[test]
+    fn wait_answer_retries_until_the_server_is_up() {
+        let ns = NetNs::current().expect("current netns");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        let addr = match listener.local_addr().expect("addr") {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!("bound to 127.0.0.1"),
+        };
+        drop(listener);
+        let err = wait_answer(
+            &ns,
+            "self",
+            addr,
+            Instant::now() + Duration::from_millis(30),
+        )
+        .expect_err("nothing listens");
+        assert!(
+            matches!(&err, BenchError::NoAnswer { last_error, .. } if last_error.contains("refused")),
+            "{err}"
+        );
+        let server = std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                wait_answer(&ns, "self", addr, Instant::now() + Duration::from_secs(20))
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            let before_bind = Instant::now();
+            let server = EchoServer::start(&ns, "self", addr).expect("server");
+            let answered = waiter.join().expect("waiter").expect("answered");
+            // Nothing can answer before the server was bound.
+            assert!(answered >= before_bind);
+            server
+        });
+        drop(server);
+    }
+
+    #[test]
+    fn attempt_intervals() {
+        assert_eq!(attempt_interval(Duration::ZERO), Duration::from_micros(500));
+        assert_eq!(
+            attempt_interval(Duration::from_millis(1999)),
+            Duration::from_micros(500)
+        );
+        assert_eq!(
+            attempt_interval(Duration::from_secs(5)),
+            Duration::from_millis(5)
+        );
+        assert_eq!(
+            attempt_interval(Duration::from_secs(60)),
+            Duration::from_millis(50)
+        );
     }
 }

@@ -55,6 +55,88 @@ pub struct LatencyPoint {
     pub stopped_early: bool,
     /// Every sample, microseconds, in the order taken.
     pub samples_us: Vec<f64>,
+    /// The `direct` baseline measured interleaved with this column (blocks in ABBA order):
+    /// the base of this point's ratios. `None` for `direct` itself, and in results written
+    /// before the paired method (their ratios are to the `direct` point at the same N).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paired: Option<PairedDirect>,
+}
+
+/// The `direct` exchanges interleaved with one column's (see `paired.rs`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairedDirect {
+    /// The backend pod's own address, in the bench's lab kept free of service rules.
+    pub target: String,
+    pub summary: Option<Summary>,
+    pub failures: usize,
+    pub last_error: Option<String>,
+    pub stopped_early: bool,
+    /// Every direct sample, microseconds, in the order taken.
+    pub samples_us: Vec<f64>,
+    /// Exchanges per block (per side).
+    pub block_len: usize,
+    /// The block pairs in the order taken; their sample counts slice `samples_us` of both
+    /// sides.
+    pub blocks: Vec<BlockPair>,
+    /// The column's percentile over the direct one's (p50: the ratio of the paired medians).
+    pub ratio_p50: Option<f64>,
+    pub ratio_p90: Option<f64>,
+    pub ratio_p99: Option<f64>,
+}
+
+impl PairedDirect {
+    /// Summarises the direct side `run` of a paired measurement against the column's.
+    pub fn new(
+        target: String,
+        run: crate::net::LatencyRun,
+        block_len: usize,
+        blocks: Vec<BlockPair>,
+        column: &crate::net::LatencyRun,
+    ) -> PairedDirect {
+        let summary = Summary::of(&run.samples_us);
+        let col = Summary::of(&column.samples_us);
+        let r = |pick: fn(&Summary) -> f64| match (col, summary) {
+            (Some(c), Some(d)) if pick(&d) > 0.0 => Some(pick(&c) / pick(&d)),
+            _ => None,
+        };
+        PairedDirect {
+            target,
+            summary,
+            failures: run.failures,
+            last_error: run.last_error,
+            stopped_early: run.stopped_early,
+            samples_us: run.samples_us,
+            block_len,
+            blocks,
+            ratio_p50: r(|s| s.p50),
+            ratio_p90: r(|s| s.p90),
+            ratio_p99: r(|s| s.p99),
+        }
+    }
+
+    /// The ratios of the block pairs' medians (column over direct), in the order taken.
+    pub fn block_ratios(&self) -> Vec<f64> {
+        self.blocks
+            .iter()
+            .filter_map(|b| match (b.column_p50, b.direct_p50) {
+                (Some(c), Some(d)) if d > 0.0 => Some(c / d),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// One block of the column's exchanges and the adjacent block of direct ones.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct BlockPair {
+    /// The column's block came first (ABBA: every other pair).
+    pub column_first: bool,
+    /// Successful exchanges in each block.
+    pub column_samples: usize,
+    pub direct_samples: usize,
+    /// Each block's median, µs.
+    pub column_p50: Option<f64>,
+    pub direct_p50: Option<f64>,
 }
 
 /// Programming time of one column at one N.
@@ -69,6 +151,16 @@ pub struct ProgrammingPoint {
     /// One service added at N: the command alone, and until it answered.
     pub add_one_load_ms: Option<f64>,
     pub add_one_answer_ms: Option<f64>,
+    /// Serval columns: the dataplane part of `answer_ms` — from `serval apply` returning (the
+    /// datastore write done, `load_ms`) until the last service answered: the agent noticing
+    /// the change, calculating and writing its dataplane. `answer_ms = load_ms +
+    /// dataplane_ms`. `None` for the kube-proxy baselines, whose `load_ms` is the rule load
+    /// itself, and in results written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataplane_ms: Option<f64>,
+    /// The same for the one service added at N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_one_dataplane_ms: Option<f64>,
     /// Removing everything again (not part of the comparison; for information). For the
     /// Serval columns: until the last service stopped answering.
     pub cleanup_ms: Option<f64>,

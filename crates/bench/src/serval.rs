@@ -199,6 +199,7 @@ pub fn measure_services(
     warmup: usize,
     add_one: bool,
     memory: bool,
+    direct: Option<&crate::paired::Endpoint>,
     progress: &Progress,
 ) -> Result<(Option<LatencyPoint>, ProgrammingPoint, Option<MemoryPoint>)> {
     let items: Vec<(String, Ipv4Addr)> = (0..n)
@@ -209,7 +210,8 @@ pub fn measure_services(
     progress.line(&format!("{column} N={n}: applying {n} Services"));
     let start = Instant::now();
     lab.apply("services", &yaml)?;
-    let load_took = start.elapsed();
+    let applied = Instant::now();
+    let load_took = applied - start;
     let answered = net::wait_answer(
         &lab.client.netns,
         &lab.client.netns_name,
@@ -224,52 +226,28 @@ pub fn measure_services(
         }
     };
     let answer_took = answered - start;
+    let dataplane_took = answered.saturating_duration_since(applied);
     progress.line(&format!(
-        "{column} N={n}: applied in {}, last service answered after {}",
+        "{column} N={n}: applied in {}, last service answered after {} ({} after `serval apply` returned)",
         human_us(load_took.as_secs_f64() * 1e6),
-        human_us(answer_took.as_secs_f64() * 1e6)
+        human_us(answer_took.as_secs_f64() * 1e6),
+        human_us(dataplane_took.as_secs_f64() * 1e6)
     ));
     let latency = if samples > 0 {
-        let report =
-            |done: usize| progress.line(&format!("{column} N={n}: {done}/{samples} samples"));
-        let run = net::latency(
-            &lab.client.netns,
-            &lab.client.netns_name,
-            last,
-            samples,
-            warmup,
-            &report,
-        )?;
-        let summary = Summary::of(&run.samples_us);
-        if let Some(s) = &summary {
-            progress.line(&format!(
-                "{column} N={n}: latency p50 {} p90 {} p99 {} ({} samples, {} failed)",
-                human_us(s.p50),
-                human_us(s.p90),
-                human_us(s.p99),
-                s.count,
-                run.failures
-            ));
-        }
-        Some(LatencyPoint {
-            dataplane: column.to_string(),
-            n,
-            target: last.to_string(),
-            summary,
-            failures: run.failures,
-            last_error: run.last_error,
-            stopped_early: run.stopped_early,
-            samples_us: run.samples_us,
-        })
+        let at = crate::paired::Endpoint::new(&lab.client, last)?;
+        Some(crate::paired::measure_point(
+            column, n, &at, direct, samples, warmup, progress,
+        )?)
     } else {
         None
     };
-    let (mut add_load, mut add_answer) = (None, None);
+    let (mut add_load, mut add_answer, mut add_dataplane) = (None, None, None);
     if add_one {
         let extra = services_yaml(&[(format!("svc-{n}"), kubeproxy::service_ip(n))]);
         let start = Instant::now();
         lab.apply("services-extra", &extra)?;
-        add_load = Some(start.elapsed().as_secs_f64() * 1e3);
+        let applied = Instant::now();
+        add_load = Some((applied - start).as_secs_f64() * 1e3);
         let answered = net::wait_answer(
             &lab.client.netns,
             &lab.client.netns_name,
@@ -277,9 +255,12 @@ pub fn measure_services(
             start + crate::baseline::ANSWER_TIMEOUT,
         )?;
         add_answer = Some((answered - start).as_secs_f64() * 1e3);
+        let dataplane = answered.saturating_duration_since(applied);
+        add_dataplane = Some(dataplane.as_secs_f64() * 1e3);
         progress.line(&format!(
-            "{column} N={n}: one more service answered after {}",
-            human_us((answered - start).as_secs_f64() * 1e6)
+            "{column} N={n}: one more service answered after {} ({} after `serval apply` returned)",
+            human_us((answered - start).as_secs_f64() * 1e6),
+            human_us(dataplane.as_secs_f64() * 1e6)
         ));
     }
     // The agent's memory while the services are programmed.
@@ -311,6 +292,8 @@ pub fn measure_services(
             add_one_answer_ms: add_answer,
             cleanup_ms: Some(cleanup_ms),
             input_bytes: yaml.len(),
+            dataplane_ms: Some(dataplane_took.as_secs_f64() * 1e3),
+            add_one_dataplane_ms: add_dataplane,
         },
         memory,
     ))
