@@ -32,6 +32,30 @@ pub fn net_member(net: &IpNet) -> String {
     }
 }
 
+/// Prefix of a member token that is a `nomatch` entry (see [`nomatch_member`]).
+pub const NOMATCH_MARK: char = '!';
+
+/// A `hash:net` `nomatch` entry: addresses whose longest matching entry it is are NOT in
+/// the set (how a set excludes a nested prefix). The token is `!` + [`net_member`] (members
+/// are single tokens); [`restore_text`] writes it as ipset does, `NET nomatch`.
+pub fn nomatch_member(net: &IpNet) -> String {
+    format!("{NOMATCH_MARK}{}", net_member(net))
+}
+
+/// A member token as `ipset restore` / `ipset save` write it (`NET nomatch` for a
+/// [`nomatch_member`]).
+pub fn restore_text(member: &str) -> String {
+    match member.strip_prefix(NOMATCH_MARK) {
+        Some(net) => format!("{net} nomatch"),
+        None => member.to_owned(),
+    }
+}
+
+/// The element a member token stands for, without its flag (what `del` takes).
+fn element(member: &str) -> &str {
+    member.strip_prefix(NOMATCH_MARK).unwrap_or(member)
+}
+
 /// `0.0.0.0/0` → `0.0.0.0/1` + `128.0.0.0/1` (and the IPv6 equivalent): hash:net refuses a
 /// zero prefix. Other nets are returned unchanged.
 pub fn split_zero_prefix(net: &IpNet) -> Vec<IpNet> {
@@ -77,9 +101,13 @@ pub fn parse_save(text: &str, family: Family) -> BTreeMap<String, IpSet> {
                     );
                 }
             }
-            ["add", name, member, ..] => {
+            ["add", name, member, flags @ ..] => {
                 if let Some(set) = sets.get_mut(*name) {
-                    set.members.insert((*member).to_owned());
+                    if flags.contains(&"nomatch") {
+                        set.members.insert(format!("{NOMATCH_MARK}{member}"));
+                    } else {
+                        set.members.insert((*member).to_owned());
+                    }
                 }
             }
             _ => {}
@@ -138,17 +166,30 @@ pub fn sets_update(
                     );
                     let _ = writeln!(out, "flush {temp}");
                     for member in &set.members {
-                        let _ = writeln!(out, "add {temp} {member} -exist");
+                        let _ = writeln!(out, "add {temp} {} -exist", restore_text(member));
                     }
                     let _ = writeln!(out, "swap {temp} {name}");
                     let _ = writeln!(out, "destroy {temp}");
                     continue;
                 }
+                // An element whose nomatch flag changes is re-added with `-exist` (which
+                // sets the flag either way), never deleted.
+                let added: std::collections::BTreeSet<&str> =
+                    adds.iter().map(|m| element(m)).collect();
                 for member in adds {
-                    let _ = writeln!(out, "add {name} {member} -exist");
+                    let _ = writeln!(out, "add {name} {} -exist", restore_text(member));
                 }
-                for member in dels {
-                    let _ = writeln!(out, "del {name} {member} -exist");
+                // Match entries go before nomatch ones (and adds put nomatch entries first,
+                // by token order), so no address is in the set in between that is in neither
+                // the old nor the new one.
+                let (nomatch_dels, match_dels): (Vec<&&String>, Vec<&&String>) =
+                    dels.iter().partition(|m| m.starts_with(NOMATCH_MARK));
+                for member in match_dels
+                    .into_iter()
+                    .chain(nomatch_dels)
+                    .filter(|m| !added.contains(element(m)))
+                {
+                    let _ = writeln!(out, "del {name} {} -exist", element(member));
                 }
             }
             _ => {
@@ -164,7 +205,7 @@ pub fn sets_update(
                     family.ipset_family()
                 );
                 for member in &set.members {
-                    let _ = writeln!(out, "add {name} {member} -exist");
+                    let _ = writeln!(out, "add {name} {} -exist", restore_text(member));
                 }
             }
         }
@@ -216,6 +257,45 @@ mod tests {
         assert_eq!(v4["serval-4-np"].set_type, Some(SetType::HashIpPort));
         let v6 = parse_save(text, Family::V6);
         assert_eq!(v6.keys().collect::<Vec<_>>(), ["serval-6-a"]);
+    }
+
+    #[test]
+    fn nomatch_entries_round_trip_and_flip_without_a_delete() {
+        let text = "create serval-4-p hash:net family inet hashsize 1024\n\
+                    add serval-4-p 10.0.0.0/8\n\
+                    add serval-4-p 10.1.0.0/16 nomatch\n";
+        let current = parse_save(text, Family::V4);
+        let members: Vec<&str> = current["serval-4-p"]
+            .members
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(members, ["!10.1.0.0/16", "10.0.0.0/8"]);
+        assert_eq!(
+            nomatch_member(&"10.1.0.0/16".parse().unwrap()),
+            "!10.1.0.0/16"
+        );
+        // 10.1.0.0/16 becomes a match entry, 10.0.0.0/8 goes: the flip is an add -exist.
+        let mut desired = current.clone();
+        let set = desired.get_mut("serval-4-p").unwrap();
+        set.members = ["10.1.0.0/16".to_owned()].into_iter().collect();
+        let (text, _) = sets_update(Family::V4, &desired, &current);
+        assert_eq!(
+            text,
+            "add serval-4-p 10.1.0.0/16 -exist\n\
+             del serval-4-p 10.0.0.0/8 -exist\n"
+        );
+        let (text, _) = sets_update(Family::V4, &current, &desired);
+        assert_eq!(
+            text,
+            "add serval-4-p 10.1.0.0/16 nomatch -exist\n\
+             add serval-4-p 10.0.0.0/8 -exist\n"
+        );
+        let (text, _) = sets_update(Family::V4, &current, &BTreeMap::new());
+        assert!(
+            text.contains("add serval-4-p 10.1.0.0/16 nomatch -exist\n"),
+            "{text}"
+        );
     }
 
     #[test]

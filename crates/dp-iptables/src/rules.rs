@@ -156,7 +156,8 @@ impl SetType {
 pub struct IpSet {
     /// The set's type.
     pub set_type: Option<SetType>,
-    /// Members, canonical (see [`crate::ipset::net_member`] and [`crate::ipset::ip_port_member`]).
+    /// Members, canonical (see [`crate::ipset::net_member`], [`crate::ipset::nomatch_member`]
+    /// and [`crate::ipset::ip_port_member`]).
     pub members: BTreeSet<String>,
 }
 
@@ -417,7 +418,7 @@ impl Rendering {
                     family.ipset_family()
                 );
                 for member in &set.members {
-                    let _ = writeln!(out, "add {name} {member}");
+                    let _ = writeln!(out, "add {name} {}", crate::ipset::restore_text(member));
                 }
             }
             let _ = writeln!(out, "# ===== {family} iptables =====");

@@ -65,18 +65,55 @@ fn fixture_applies_and_model_changes_are_partial() {
     assert!(saved.contains("--match-set serval-4-"), "{saved}");
     assert!(run(&ns, "ip6tables-save", &[]).contains("DNAT --to-destination [fd00:244::1:1]:8080"));
 
-    // Relabel pod y/b: it leaves the selector set of the policy; no chain changes, only the
-    // set's members (one IPv4 and one IPv6 address).
+    // Relabel pod y/b: it leaves the selector set of x/a's ingress policy, so the decision
+    // group it was the only member of goes: x/a's ingress chain loses that group's rule, the
+    // group's chain and sets go, the 10.0.0.0/8 group's set loses b's nomatch entry; nothing
+    // else changes.
     let pod = |ns: &str, name: &str| model.pods[&(ns.to_owned(), name.to_owned())].clone();
+    let tw_a = common::rendering().v4.tables[&Table::Filter]
+        .chains
+        .iter()
+        .find(|(c, rules)| {
+            c.starts_with("SERVAL-TW-") && rules.iter().any(|r| r.contains("SERVAL-PD-"))
+        })
+        .map(|(c, _)| c.clone())
+        .expect("x/a's ingress chain");
     let pod_b = pod("y", "b");
     let pod_d = pod("x", "d");
     let mut pod_b = pod_b;
     pod_b.metadata.labels.insert("app".into(), "other".into());
     model.apply(Resource::Pod(pod_b));
     let report = dp.apply(&desired_state(&model, Some("n1"))).unwrap();
-    assert!(report.chains_written.is_empty(), "{report:?}");
-    assert_eq!(report.members_changed, 2, "{report:?}");
-    assert_eq!(report.sets_updated.len(), 2, "{report:?}");
+    let written: Vec<_> = report
+        .chains_written
+        .iter()
+        .map(|(f, t, c)| (*f, *t, c.as_str()))
+        .collect();
+    assert_eq!(
+        written,
+        [
+            (Family::V4, Table::Filter, tw_a.as_str()),
+            (Family::V6, Table::Filter, tw_a.as_str())
+        ],
+        "{report:?}"
+    );
+    assert_eq!(report.chains_deleted.len(), 2, "{report:?}");
+    assert!(
+        report
+            .chains_deleted
+            .iter()
+            .all(|(_, _, c)| c.starts_with("SERVAL-PD-")),
+        "{report:?}"
+    );
+    assert_eq!(report.sets_destroyed.len(), 2, "{report:?}");
+    assert_eq!(report.members_changed, 1, "{report:?}");
+    assert_same(
+        &dp.read_state().unwrap(),
+        &KernelState::from_rendering(&serval_dp_iptables::render::render(&desired_state(
+            &model,
+            Some("n1"),
+        ))),
+    );
 
     // Delete backend pod x/d: only nat chains change (its SEP chains go away).
     model.remove(&Resource::Pod(pod_d).key());

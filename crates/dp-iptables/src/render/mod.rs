@@ -58,13 +58,14 @@
 //! hash of the id and the set type; members of the family only), plus `serval-F-all-pools`,
 //! `serval-F-masq-pools` and `serval-F-nodes` for NAT outgoing and service masquerading.
 
+mod compiled;
 mod policy;
 mod services;
 mod untracked;
 
 use std::collections::BTreeSet;
 
-use serval_calc::{DesiredState, IpSetId, IpSetMembers};
+use serval_calc::{DesiredState, IpSetId, IpSetMembers, compile::partition::PartitionCache};
 
 use crate::{
     hash::short_hash,
@@ -107,6 +108,8 @@ pub mod chains {
     pub const RAW_PREROUTING: &str = "SERVAL-RAW-PREROUTING";
     /// raw OUTPUT dispatch (untracked host endpoint policy, egress).
     pub const RAW_OUTPUT: &str = "SERVAL-RAW-OUTPUT";
+    /// filter: policy allowed the packet (sets the ACCEPT mark; reached by goto).
+    pub const POLICY_ALLOW: &str = "SERVAL-POL-ALLOW";
 }
 
 /// `PREFIX` + 12 hash characters of `parts`.
@@ -141,16 +144,17 @@ pub(crate) fn comment(text: &str) -> String {
 /// Renders the desired state for both families.
 pub fn render(state: &DesiredState) -> Rendering {
     let mut r = Rendering::default();
+    let partitions = PartitionCache::new();
     for family in Family::ALL {
-        *r.family_mut(family) = render_family(state, family);
+        *r.family_mut(family) = render_family(state, family, &partitions);
     }
     r
 }
 
-fn render_family(state: &DesiredState, family: Family) -> FamilyRules {
+fn render_family(state: &DesiredState, family: Family, partitions: &PartitionCache) -> FamilyRules {
     let mut out = FamilyRules::default();
     let mut used: BTreeSet<IpSetId> = BTreeSet::new();
-    policy::render(state, family, &mut out, &mut used);
+    policy::render(state, family, &mut out, &mut used, partitions);
     untracked::render(state, family, &mut out, &mut used);
     services::render(state, family, &mut out);
     for id in used {

@@ -2,9 +2,11 @@
 //! table). See the module docs of [`crate::render`] for the layout.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use serval_calc::{
     DesiredState, IpSetId,
+    compile::partition::PartitionCache,
     policy::{
         Action, Direction, EndOfTier, EndpointPolicy, FailsafePort, HostEndpointState, IcmpMatch,
         IpProto, PolicyRules, PortRange, RuleMatch, TierRules,
@@ -15,7 +17,7 @@ use serval_model::calico::EndpointToHostAction;
 use super::{
     MARK_ACCEPT, MARK_PASS, NFLOG_GROUP, chains, comment, hashed_chain, set_name, set_type_of,
 };
-use crate::rules::{Family, FamilyRules, Hook, Table, TableRules};
+use crate::rules::{Family, FamilyRules, Hook, IpSet, Table, TableRules};
 
 /// ICMPv6 types a pod must always be able to send to its host: MLD query/report/done (130,
 /// 131, 132), router solicitation (133), neighbour solicitation/advertisement (135, 136).
@@ -32,6 +34,11 @@ pub(super) struct Ctx<'a> {
     policy_chains: BTreeMap<(String, Direction), String>,
     /// Prefixes of the per-policy chains (ingress, egress).
     policy_prefixes: (&'static str, &'static str),
+    /// Partitions of endpoint directions (shared by both families); `None`: render tiers
+    /// policy by policy.
+    pub(super) partitions: Option<&'a PartitionCache>,
+    /// The sets of decision groups ([`super::compiled`]).
+    pub(super) sets: BTreeMap<String, IpSet>,
 }
 
 impl<'a> Ctx<'a> {
@@ -42,6 +49,7 @@ impl<'a> Ctx<'a> {
         family: Family,
         used: &'a mut BTreeSet<IpSetId>,
         policy_prefixes: (&'static str, &'static str),
+        partitions: Option<&'a PartitionCache>,
     ) -> Self {
         Self {
             state,
@@ -49,6 +57,8 @@ impl<'a> Ctx<'a> {
             used,
             policy_chains: BTreeMap::new(),
             policy_prefixes,
+            partitions,
+            sets: BTreeMap::new(),
         }
     }
 
@@ -63,8 +73,15 @@ pub(super) fn render(
     family: Family,
     out: &mut FamilyRules,
     used: &mut BTreeSet<IpSetId>,
+    partitions: &PartitionCache,
 ) {
-    let mut ctx = Ctx::new(state, family, used, ("SERVAL-PI-", "SERVAL-PO-"));
+    let mut ctx = Ctx::new(
+        state,
+        family,
+        used,
+        ("SERVAL-PI-", "SERVAL-PO-"),
+        Some(partitions),
+    );
     let t = out.table(Table::Filter);
     for (chain, builtin) in [
         (chains::FORWARD, "FORWARD"),
@@ -108,8 +125,21 @@ pub(super) fn render(
             .filter(|a| Family::of(a) == family)
             .map(ToString::to_string)
             .collect();
-        endpoint_chain(&mut ctx, t, &fw, pol, Direction::Egress, Some(&addrs), true);
-        endpoint_chain(&mut ctx, t, &tw, pol, Direction::Ingress, None, true);
+        let own = Own {
+            name: &name,
+            addrs: &ep.addrs,
+        };
+        endpoint_chain(
+            &mut ctx,
+            t,
+            &fw,
+            &own,
+            pol,
+            Direction::Egress,
+            Some(&addrs),
+            true,
+        );
+        endpoint_chain(&mut ctx, t, &tw, &own, pol, Direction::Ingress, None, true);
         let c = comment(&name);
         from_rules.push(format!("-i {} {c} -j {fw}", ep.iface));
         to_rules.push(format!("-o {} {c} -j {tw}", ep.iface));
@@ -142,10 +172,16 @@ pub(super) fn render(
         let Some((ins, outs)) = host_endpoint_matches(hep, family) else {
             continue;
         };
+        let owner = format!("host endpoint {name}");
+        let own = Own {
+            name: &owner,
+            addrs: &hep.addrs,
+        };
         endpoint_chain(
             &mut ctx,
             t,
             &hi,
+            &own,
             &hep.policy,
             Direction::Ingress,
             None,
@@ -155,6 +191,7 @@ pub(super) fn render(
             &mut ctx,
             t,
             &ho,
+            &own,
             &hep.policy,
             Direction::Egress,
             None,
@@ -168,6 +205,7 @@ pub(super) fn render(
             t.push(chains::OUTPUT, format!("{m} {c} -j {ho}"));
         }
     }
+    out.ipsets.extend(std::mem::take(&mut ctx.sets));
 }
 
 /// The matches selecting a host endpoint's packets (alternatives), for ingress and egress:
@@ -199,13 +237,25 @@ pub(super) fn host_endpoint_matches(
     }
 }
 
+/// Whose chain: the endpoint's name (set names) and its own addresses (local-side rules).
+struct Own<'a> {
+    name: &'a str,
+    addrs: &'a [IpAddr],
+}
+
 /// One endpoint's chain for one direction. `anti_spoof`: the addresses the endpoint may send
 /// from (egress of workloads). `workload`: with no tier, allow (workloads) or deny (hosts,
-/// after the failsafe ports).
+/// after the failsafe ports). Tiers are rendered from their partition
+/// ([`super::compiled`]) unless it cannot express them.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call per endpoint kind; a struct would only rename them"
+)]
 fn endpoint_chain(
     ctx: &mut Ctx<'_>,
     t: &mut TableRules,
     chain: &str,
+    own: &Own<'_>,
     pol: &EndpointPolicy,
     dir: Direction,
     anti_spoof: Option<&[String]>,
@@ -264,6 +314,17 @@ fn endpoint_chain(
         }
     }
     let tiers = pol.direction(dir);
+    if !tiers.is_empty() {
+        match super::compiled::render(ctx, t, chain, own.name, own.addrs, workload, tiers, dir) {
+            Ok(()) => return,
+            Err(why) => tracing::debug!(
+                endpoint = own.name,
+                ?dir,
+                %why,
+                "policy rendered policy by policy"
+            ),
+        }
+    }
     for tier in tiers {
         tier_rules(ctx, t, chain, tier, dir);
     }
@@ -454,7 +515,7 @@ fn icmp_proto(family: Family) -> IpProto {
     }
 }
 
-fn icmp_match(family: Family, m: &IcmpMatch, negate: bool) -> String {
+pub(super) fn icmp_match(family: Family, m: &IcmpMatch, negate: bool) -> String {
     let (module, opt) = match family {
         Family::V4 => ("icmp", "--icmp-type"),
         Family::V6 => ("icmp6", "--icmpv6-type"),
@@ -466,7 +527,7 @@ fn icmp_match(family: Family, m: &IcmpMatch, negate: bool) -> String {
     }
 }
 
-fn port_list(ranges: &[PortRange]) -> Vec<String> {
+pub(super) fn port_list(ranges: &[PortRange]) -> Vec<String> {
     let mut chunks = Vec::new();
     let mut current: Vec<String> = Vec::new();
     let mut slots = 0;
@@ -641,7 +702,13 @@ mod tests {
     fn matches(family: Family, m: &RuleMatch) -> Option<Vec<String>> {
         let state = DesiredState::default();
         let mut used = BTreeSet::new();
-        let mut ctx = Ctx::new(&state, family, &mut used, ("SERVAL-PI-", "SERVAL-PO-"));
+        let mut ctx = Ctx::new(
+            &state,
+            family,
+            &mut used,
+            ("SERVAL-PI-", "SERVAL-PO-"),
+            None,
+        );
         rule_matches(&mut ctx, m)
     }
 

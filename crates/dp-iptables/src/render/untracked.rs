@@ -51,7 +51,7 @@ pub(super) fn render(
         return;
     }
 
-    let mut ctx = Ctx::new(state, family, used, ("SERVAL-UPI-", "SERVAL-UPO-"));
+    let mut ctx = Ctx::new(state, family, used, ("SERVAL-UPI-", "SERVAL-UPO-"), None);
     let raw = out.table(Table::Raw);
     let accepted = format!("-m mark --mark {MARK_ACCEPT:#x}/{MARK_ACCEPT:#x}");
     let not_accepted = format!("-m mark --mark 0x0/{MARK_ACCEPT:#x}");
