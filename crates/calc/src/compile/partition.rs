@@ -18,9 +18,11 @@
 //!
 //! What a partition cannot express ([`Inexact`]): Log rules (the decision skips them; a
 //! dataplane that must still log them renders the tiers rule by rule), and local-side
-//! conditions (`dst` sets on ingress, `src` sets on egress, local named ports) on an endpoint
-//! with several addresses of one family (the partition evaluates the local side on one
-//! address per family, the endpoint's own).
+//! conditions (`dst` sets on ingress, `src` sets on egress, local named ports) when the
+//! local address of a packet is not known to be the endpoint's one address of its family
+//! (the partition evaluates the local side on that address): an endpoint with several
+//! addresses of a family, or a caller that says packets may carry other local addresses
+//! (host endpoints).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -74,6 +76,9 @@ pub enum Inexact {
     /// The rules look at the local address and the endpoint has several of this family
     /// (`true`: IPv4).
     SeveralLocalAddresses { v4: bool },
+    /// The rules look at the local address, and packets may carry a local address that is
+    /// not the endpoint's.
+    LocalAddressUnknown,
 }
 
 impl std::fmt::Display for Inexact {
@@ -85,11 +90,14 @@ impl std::fmt::Display for Inexact {
                 "local-side conditions with several IPv{} addresses",
                 if *v4 { 4 } else { 6 }
             ),
+            Inexact::LocalAddressUnknown => {
+                f.write_str("local-side conditions on an endpoint of several local addresses")
+            }
         }
     }
 }
 
-type ShapeKey = (bool, u64, LocalFam, LocalFam);
+type ShapeKey = (bool, bool, u64, LocalFam, LocalFam);
 type Bucket = Vec<(Vec<TierRules>, Result<Rc<Partition>, Inexact>)>;
 
 /// Partitions of many endpoints; endpoints with the same tiers and local view (replicas
@@ -105,10 +113,14 @@ impl PartitionCache {
     }
 
     /// The partition of `tiers` for an endpoint with local addresses `addrs`, in `dir`.
+    /// `local_known`: every packet's local address (destination on ingress, source on
+    /// egress) is the endpoint's address of its family (workloads: routing and
+    /// anti-spoofing see to it); when false, local-side conditions are [`Inexact`].
     pub fn partition(
         &self,
         ipsets: &BTreeMap<IpSetId, IpSetMembers>,
         addrs: &[IpAddr],
+        local_known: bool,
         tiers: &[TierRules],
         dir: Direction,
     ) -> Result<Rc<Partition>, Inexact> {
@@ -128,6 +140,7 @@ impl PartitionCache {
             local_fam(&ep, false, &used, ipsets),
         );
         let key: ShapeKey = (
+            local_known,
             dir == Direction::Ingress,
             tiers_fingerprint(tiers),
             locals.0.clone(),
@@ -146,6 +159,8 @@ impl PartitionCache {
             .any(|r| r.action == Action::Log)
         {
             Err(Inexact::LogRule)
+        } else if local_side && !local_known {
+            Err(Inexact::LocalAddressUnknown)
         } else if let Some(v4) = [true, false]
             .into_iter()
             .find(|v4| local_side && addrs.iter().filter(|a| a.is_ipv4() == *v4).count() > 1)
@@ -359,14 +374,19 @@ mod tests {
                         for (key, (ep, pol)) in &state.endpoints {
                             for dir in [Direction::Ingress, Direction::Egress] {
                                 let tiers = pol.direction(dir);
-                                let part =
-                                    match cache.partition(&state.ipsets, &ep.addrs, tiers, dir) {
-                                        Ok(p) => p,
-                                        Err(_) => {
-                                            inexact += 1;
-                                            continue;
-                                        }
-                                    };
+                                let part = match cache.partition(
+                                    &state.ipsets,
+                                    &ep.addrs,
+                                    true,
+                                    tiers,
+                                    dir,
+                                ) {
+                                    Ok(p) => p,
+                                    Err(_) => {
+                                        inexact += 1;
+                                        continue;
+                                    }
+                                };
                                 for &local in &ep.addrs {
                                     for &remote in remotes.iter().filter(|r| {
                                         r.is_ipv4() == local.is_ipv4() && !ep.addrs.contains(r)
