@@ -349,7 +349,11 @@ impl Labs<'_> {
             ),
             _ => (&mut self.iptables, ""),
         };
-        let dataplane = if dataplane == "bpf" { "bpf" } else { "iptables" };
+        let dataplane = if dataplane == "bpf" {
+            "bpf"
+        } else {
+            "iptables"
+        };
         if slot.is_none() {
             self.progress.line(&format!(
                 "bringing up a lab (`serval lab up --dataplane {dataplane}`, 2 nodes, pods client/server on node1, server2 on node2{purpose})"

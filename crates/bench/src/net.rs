@@ -505,9 +505,8 @@ mod tests {
             "{err}"
         );
         let server = std::thread::scope(|s| {
-            let waiter = s.spawn(|| {
-                wait_answer(&ns, "self", addr, Instant::now() + Duration::from_secs(20))
-            });
+            let waiter = s
+                .spawn(|| wait_answer(&ns, "self", addr, Instant::now() + Duration::from_secs(20)));
             std::thread::sleep(Duration::from_millis(100));
             let before_bind = Instant::now();
             let server = EchoServer::start(&ns, "self", addr).expect("server");

@@ -32,11 +32,14 @@ impl Endpoint {
     /// Exchanges from `client`'s namespace with `addr`.
     pub fn new(client: &Pod, addr: SocketAddrV4) -> Result<Endpoint> {
         Ok(Endpoint {
-            ns: client.netns.try_clone().map_err(|source| BenchError::Netns {
-                what: "opening the client's namespace again",
-                netns: client.netns_name.clone(),
-                source,
-            })?,
+            ns: client
+                .netns
+                .try_clone()
+                .map_err(|source| BenchError::Netns {
+                    what: "opening the client's namespace again",
+                    netns: client.netns_name.clone(),
+                    source,
+                })?,
             ns_name: client.netns_name.clone(),
             addr,
         })

@@ -351,10 +351,9 @@ fn paired_table(md: &mut String, r: &Results, columns: &[String], sizes: &[usize
                 let Some(point) = r.latency_at(c, n) else {
                     return "—".into();
                 };
-                let (Some(s), Some(d)) = (
-                    point.summary,
-                    point.paired.as_ref().and_then(|d| d.summary),
-                ) else {
+                let (Some(s), Some(d)) =
+                    (point.summary, point.paired.as_ref().and_then(|d| d.summary))
+                else {
                     return "—".into();
                 };
                 let blocks = point
@@ -530,7 +529,10 @@ fn programming_aims(md: &mut String, r: &Results) {
         let at = if p.n == AIM_N {
             format!("{AIM_N}")
         } else {
-            format!("{} (the largest N of this run; the aim is stated at {AIM_N})", p.n)
+            format!(
+                "{} (the largest N of this run; the aim is stated at {AIM_N})",
+                p.n
+            )
         };
         let verdict = |v: f64, aim: f64| if v < aim { "met" } else { "missed" };
         let mut line = format!(
@@ -929,8 +931,14 @@ mod tests {
         let md = render(&r, &[]);
         // p50 300 µs over the interleaved direct p50 100 µs (the lone direct point: 100 µs
         // too, but p90 differs: 330 over 150 = 2.20×, not 330 / 200).
-        assert!(md.contains("| 100 | 100 µs | 300 µs (3.00×) | n/a |"), "{md}");
-        assert!(md.contains("| 100 | 200 µs | 330 µs (2.20×) | n/a |"), "{md}");
+        assert!(
+            md.contains("| 100 | 100 µs | 300 µs (3.00×) | n/a |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 100 | 200 µs | 330 µs (2.20×) | n/a |"),
+            "{md}"
+        );
         assert!(
             md.contains("| 100 | 300 µs / 100 µs = 3.00× [2.00–3.30] | — |"),
             "{md}"
