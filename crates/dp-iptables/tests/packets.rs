@@ -875,3 +875,114 @@ fn untracked_policy_drops_before_conntrack_and_allows_untracked() {
         );
     }
 }
+
+/// `n` NetworkPolicies selecting b, each allowing TCP 8080 from pods labelled `app: p<i>`
+/// (none exist), then one allowing a on 8080 and one allowing c on 9090 (as the bench's
+/// policy section, plus a second decision).
+fn many_policies(n: usize) -> String {
+    let mut yaml = String::new();
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {{name: p{i}, namespace: x}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: b}}}}\n  policyTypes: [Ingress]\n\
+             \x20 ingress:\n  - from: [{{podSelector: {{matchLabels: {{app: p{i}}}}}}}]\n\
+             \x20   ports: [{{protocol: TCP, port: 8080}}]\n---\n"
+        ));
+    }
+    yaml.push_str(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: allow-a, namespace: x}\n\
+         spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n\
+         \x20 ingress:\n  - from: [{podSelector: {matchLabels: {app: a}}}]\n\
+         \x20   ports: [{protocol: TCP, port: 8080}]\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: allow-c, namespace: x}\n\
+         spec:\n  podSelector: {matchLabels: {app: b}}\n  policyTypes: [Ingress]\n\
+         \x20 ingress:\n  - from: [{podSelector: {matchLabels: {app: c}}}]\n\
+         \x20   ports: [{protocol: TCP, port: 9090}]\n",
+    );
+    yaml
+}
+
+/// The rules a packet to `iface`'s pod can walk in the filter table of `family`: its
+/// `SERVAL-TW` chain and every chain reachable from it by jump or goto.
+fn ingress_rules(r: &serval_dp_iptables::Rendering, family: Family, iface: &str) -> usize {
+    let filter = &r.family(family).tables[&serval_dp_iptables::Table::Filter];
+    let start = filter.chains["SERVAL-FORWARD"]
+        .iter()
+        .find(|rule| rule.starts_with(&format!("-o {iface} ")))
+        .and_then(|rule| rule.split_whitespace().last())
+        .expect("dispatch rule")
+        .to_owned();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![start];
+    let mut rules = 0;
+    while let Some(chain) = todo.pop() {
+        if !seen.insert(chain.clone()) {
+            continue;
+        }
+        let chain_rules = &filter.chains[&chain];
+        rules += chain_rules.len();
+        for rule in chain_rules {
+            let words: Vec<&str> = rule.split_whitespace().collect();
+            for w in words.windows(2) {
+                if matches!(w[0], "-j" | "-g") && w[1].starts_with("SERVAL-") {
+                    todo.push(w[1].to_owned());
+                }
+            }
+        }
+    }
+    rules
+}
+
+#[test]
+fn policies_selecting_an_endpoint_cost_constant_rules() {
+    if !require_root("policies_selecting_an_endpoint_cost_constant_rules") {
+        return;
+    }
+    let lab = Lab::new(&[
+        ("a", "10.244.1.1"),
+        ("b", "10.244.1.2"),
+        ("c", "10.244.1.3"),
+    ]);
+    // The rendering: the rules reachable from b's ingress chain do not grow with the number
+    // of policies selecting b (the per-policy rendering had 2 per policy plus theirs).
+    let counts: Vec<usize> = [1, 10, 300]
+        .iter()
+        .map(|&n| {
+            let r = serval_dp_iptables::render::render(&desired_state(
+                &lab.model(&many_policies(n)),
+                Some("n1"),
+            ));
+            ingress_rules(&r, Family::V4, "svb")
+        })
+        .collect();
+    assert_eq!(counts[0], counts[2], "{counts:?}");
+    assert_eq!(counts[1], counts[2], "{counts:?}");
+    assert!(counts[2] < 20, "{counts:?}");
+
+    // In the kernel, with 300 policies: a reaches b on 8080 only, c on 9090 only, and the
+    // peer of no policy is dropped.
+    let _l8080 = lab.listen("b", 8080);
+    let _l9090 = lab.listen("b", 9090);
+    let mut dp =
+        IptablesDataplane::new(Exec::in_netns(lab.node.try_clone().unwrap()), &[Family::V4]);
+    dp.apply(&desired_state(&lab.model(&many_policies(300)), Some("n1")))
+        .expect("apply");
+    let timeout = Err(std::io::ErrorKind::TimedOut);
+    assert_eq!(lab.connects("a", "10.244.1.2:8080"), Ok(()));
+    assert_eq!(lab.connects("a", "10.244.1.2:9090"), timeout);
+    assert_eq!(lab.connects("c", "10.244.1.2:9090"), Ok(()));
+    assert_eq!(lab.connects("c", "10.244.1.2:8080"), timeout);
+    // a and c are allowed out (no egress policy), so b's ingress decides both.
+    let saved = Exec::in_netns(lab.node.try_clone().unwrap())
+        .run("iptables-save", &["-t", "filter"], None)
+        .unwrap();
+    let policy_rules = saved
+        .lines()
+        .filter(|l| l.starts_with("-A SERVAL-P"))
+        .count();
+    assert!(policy_rules < 20, "{policy_rules} policy rules:\n{saved}");
+    dp.cleanup().unwrap();
+}
