@@ -17,9 +17,17 @@
 //!                            └▶ host endpoint → SERVAL-HO-h
 //! SERVAL-FW-h / SERVAL-TW-h / SERVAL-HI-h / SERVAL-HO-h:
 //!     ESTABLISHED,RELATED → ACCEPT; INVALID → DROP; clear marks; (FW: ! -s ADDR → DROP);
+//!     (HI/HO: failsafe ports → ACCEPT); no tier: set ACCEPT mark (workloads) / DROP (hosts);
+//!     else, from the compiled partition (see [`compiled`]):
+//!     -m set --match-set serval-F-p-h src|dst -g SERVAL-PD-h (one per decision group but
+//!     one), -g SERVAL-PD-h (the fall-through group)
+//!     or, where the partition cannot express the tiers (Log rules; local-side rules on host
+//!     endpoints), policy by policy:
 //!     per tier: clear PASS; per policy: (no PASS) → SERVAL-PO-h / SERVAL-PI-h, ACCEPT mark →
 //!     RETURN; end of tier (default action Deny): no PASS → DROP;
-//!     after all tiers: set ACCEPT mark (workloads; host endpoints with no tier: DROP)
+//!     after all tiers: set ACCEPT mark
+//! SERVAL-PD-h (one per distinct decision, named by content): protocol/port → goto
+//!     SERVAL-POL-ALLOW (sets the ACCEPT mark), DROP, or goto SERVAL-PS-h (by source port)
 //! SERVAL-PI-h / SERVAL-PO-h (one per policy and direction, shared by endpoints):
 //!     Allow: match → set ACCEPT mark, then ACCEPT mark → RETURN
 //!     Deny:  match → DROP
@@ -55,7 +63,9 @@
 //! ```
 //!
 //! ipsets: `serval-4-h` / `serval-6-h` for every calc [`IpSetId`] a rendered rule uses (h =
-//! hash of the id and the set type; members of the family only), plus `serval-F-all-pools`,
+//! hash of the id and the set type; members of the family only), `serval-F-p-h` for decision
+//! groups (h = hash of endpoint, direction and group chain; `nomatch` entries exclude nested
+//! prefixes of other groups), plus `serval-F-all-pools`,
 //! `serval-F-masq-pools` and `serval-F-nodes` for NAT outgoing and service masquerading.
 
 mod compiled;
