@@ -35,16 +35,12 @@
 #include <bpf/bpf_endian.h>
 
 #include "serval_maps_def.h"
+#include "serval_net.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#ifdef SERVAL_DEBUG
-#define sv_log(fmt, ...) bpf_printk("serval ctlb: " fmt, ##__VA_ARGS__)
-#else
-#define sv_log(fmt, ...)                                                                           \
-	do {                                                                                       \
-	} while (0)
-#endif
+#define SV_LOG_PREFIX "serval ctlb: "
+#include "serval_log.h"
 
 /* SV_CTLB_F_*: set by the loader before load (rodata). */
 const volatile __u32 sv_ctlb_protos = SV_CTLB_F_TCP;
@@ -82,25 +78,6 @@ static __always_inline int sv_proto_on(struct bpf_sock_addr *ctx, __u32 proto)
 		return 1;
 	return (sv_ctlb_host_protos & bit) && sv_ctlb_host_netns &&
 	       bpf_get_netns_cookie(ctx) == sv_ctlb_host_netns;
-}
-
-static __always_inline void sv_addr_v4(union sv_addr *a, __be32 v4)
-{
-	a->w[0] = 0;
-	a->w[1] = 0;
-	a->w[2] = bpf_htonl(0xffff);
-	a->w[3] = v4;
-}
-
-static __always_inline int sv_addr_is_v4(const union sv_addr *a)
-{
-	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0xffff);
-}
-
-static __always_inline int sv_addr_eq(const union sv_addr *a, const union sv_addr *b)
-{
-	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] &&
-	       a->w[3] == b->w[3];
 }
 
 /* The affinity client of the socket: 100::/64 + its network namespace's cookie. */

@@ -52,13 +52,8 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#ifdef SERVAL_DEBUG
-#define sv_log(fmt, ...) bpf_printk("serval hep: " fmt, ##__VA_ARGS__)
-#else
-#define sv_log(fmt, ...)                                                                           \
-	do {                                                                                       \
-	} while (0)
-#endif
+#define SV_LOG_PREFIX "serval hep: "
+#include "serval_log.h"
 
 /* ---- this object's maps ----------------------------------------------------------------- */
 
@@ -85,181 +80,41 @@ struct {
 	__type(value, struct sv_hep_ct_val);
 } sv_hep_ct SEC(".maps");
 
-/* ---- parsing (as serval_tc.c) ----------------------------------------------------------- */
+/* ---- parsing, drop counting, policy lookup (shared with serval_tc.c) ------------------- */
 
 #define SV_NEXT TC_ACT_UNSPEC /* TCX_NEXT */
 
-#define SV_PARSE_OK 0
-#define SV_PARSE_NOT_IP 1
-#define SV_PARSE_MALFORMED 2
-#define SV_PARSE_FRAGMENT 3
-
-#define SV_IP_OFFSET 0x1fff
-
-#define SV_TCP_FIN 0x01
-#define SV_TCP_SYN 0x02
-#define SV_TCP_RST 0x04
-
-#define SV_ICMP_ECHOREPLY 0
-#define SV_ICMP_ECHO 8
-#define SV_ICMPV6_ECHO_REQUEST 128
-#define SV_ICMPV6_ECHO_REPLY 129
-
-#define SV_IPV6_MAX_EXT 4
-
 #define SV_VXLAN_PORT 4789
 
-struct sv_pkt {
-	union sv_addr saddr;
-	union sv_addr daddr;
-	__be16 sport; /* conntrack ports (ICMP echo: the identifier) */
-	__be16 dport;
-	__be16 pol_port; /* policy port: dport (TCP/UDP/SCTP/UDPLite), type << 8 | code (ICMP) */
-	__u8 proto;
-	__u8 family;
-	__u8 tcp_flags;
-	__u8 pad[3];
-	__u32 l4_off;
-};
+#include "serval_net.h"
+#include "serval_parse.h"
+#include "serval_policy.h"
 
-static __always_inline void sv_addr_v4(union sv_addr *a, __be32 v4)
+/* serval_parse.h's fragment hooks: fragments are not tracked here. A later fragment is
+ * SV_PARSE_FRAGMENT (its first fragment was policed, and without that one the kernel cannot
+ * reassemble the datagram); a first fragment is policed like a whole packet. */
+static __always_inline int sv_frag_later(struct sv_pkt *p, __be32 id)
 {
-	a->w[0] = 0;
-	a->w[1] = 0;
-	a->w[2] = bpf_htonl(0xffff);
-	a->w[3] = v4;
+	return SV_PARSE_FRAGMENT;
 }
 
-static __always_inline int sv_addr_cmp(const union sv_addr *a, const union sv_addr *b)
+static __always_inline int sv_frag6_hdr(struct __sk_buff *skb, __u32 off)
 {
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		__u32 x = bpf_ntohl(a->w[i]), y = bpf_ntohl(b->w[i]);
-		if (x != y)
-			return x < y ? -1 : 1;
-	}
+	/* next header, reserved, offset << 3 | flags, (identification) */
+	__u8 frag[4];
+	if (bpf_skb_load_bytes(skb, off, frag, sizeof(frag)))
+		return -1;
+	int later = ((((__u16)frag[2] << 8) | frag[3]) >> 3) != 0;
+	return frag[0] | (later ? SV_FRAG6_LATER : 0);
+}
+
+static __always_inline __be32 sv_frag6_id(void)
+{
 	return 0;
 }
 
-static __always_inline int sv_addr_is_v4(const union sv_addr *a)
+static __always_inline void sv_frag_record(struct __sk_buff *skb, struct sv_pkt *p)
 {
-	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0xffff);
-}
-
-static __always_inline int sv_parse_l4(struct __sk_buff *skb, struct sv_pkt *p)
-{
-	switch (p->proto) {
-	case IPPROTO_TCP: {
-		struct tcphdr tcp;
-		if (bpf_skb_load_bytes(skb, p->l4_off, &tcp, sizeof(tcp)))
-			return SV_PARSE_MALFORMED;
-		p->sport = tcp.source;
-		p->dport = tcp.dest;
-		p->pol_port = tcp.dest;
-		p->tcp_flags = ((__u8 *)&tcp)[13];
-		return SV_PARSE_OK;
-	}
-	case IPPROTO_UDP:
-	case IPPROTO_UDPLITE:
-	case IPPROTO_SCTP: {
-		/* the first 4 bytes are the source and destination ports for all three */
-		__be16 ports[2];
-		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)))
-			return SV_PARSE_MALFORMED;
-		p->sport = ports[0];
-		p->dport = ports[1];
-		p->pol_port = ports[1];
-		return SV_PARSE_OK;
-	}
-	case IPPROTO_ICMP:
-	case IPPROTO_ICMPV6: {
-		__u8 icmp[8];
-		if (bpf_skb_load_bytes(skb, p->l4_off, icmp, sizeof(icmp)))
-			return SV_PARSE_MALFORMED;
-		if ((p->proto == IPPROTO_ICMP) != (p->family == SV_FAMILY_V4))
-			return SV_PARSE_MALFORMED;
-		__u8 type = icmp[0], code = icmp[1];
-		p->pol_port = bpf_htons(((__u16)type << 8) | code);
-		if ((p->proto == IPPROTO_ICMP && (type == SV_ICMP_ECHO || type == SV_ICMP_ECHOREPLY)) ||
-		    (p->proto == IPPROTO_ICMPV6 &&
-		     (type == SV_ICMPV6_ECHO_REQUEST || type == SV_ICMPV6_ECHO_REPLY))) {
-			__be16 id;
-			__builtin_memcpy(&id, &icmp[4], sizeof(id));
-			p->sport = id;
-			p->dport = id;
-		}
-		return SV_PARSE_OK;
-	}
-	default:
-		return SV_PARSE_OK;
-	}
-}
-
-static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-
-	if ((void *)(eth + 1) > data_end)
-		return SV_PARSE_MALFORMED;
-
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end)
-			return SV_PARSE_MALFORMED;
-		if (ip->version != 4 || ip->ihl < 5)
-			return SV_PARSE_MALFORMED;
-		p->family = SV_FAMILY_V4;
-		sv_addr_v4(&p->saddr, ip->saddr);
-		sv_addr_v4(&p->daddr, ip->daddr);
-		/* a first fragment carries the transport header and is policed as a packet */
-		if (ip->frag_off & bpf_htons(SV_IP_OFFSET))
-			return SV_PARSE_FRAGMENT;
-		p->proto = ip->protocol;
-		p->l4_off = ETH_HLEN + ip->ihl * 4;
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		if ((void *)(ip6 + 1) > data_end)
-			return SV_PARSE_MALFORMED;
-		if (ip6->version != 6)
-			return SV_PARSE_MALFORMED;
-		p->family = SV_FAMILY_V6;
-		__builtin_memcpy(p->saddr.b, &ip6->saddr, 16);
-		__builtin_memcpy(p->daddr.b, &ip6->daddr, 16);
-		__u8 next = ip6->nexthdr;
-		__u32 off = ETH_HLEN + sizeof(struct ipv6hdr);
-#pragma unroll
-		for (int i = 0; i < SV_IPV6_MAX_EXT; i++) {
-			if (next == IPPROTO_FRAGMENT) {
-				/* next header, reserved, offset << 3 | flags, identification */
-				__u8 frag[4];
-				if (bpf_skb_load_bytes(skb, off, frag, sizeof(frag)))
-					return SV_PARSE_MALFORMED;
-				if ((((__u16)frag[2] << 8) | frag[3]) >> 3)
-					return SV_PARSE_FRAGMENT; /* not the first fragment */
-				next = frag[0];
-				off += 8;
-				continue;
-			}
-			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
-			    next != IPPROTO_DSTOPTS)
-				break;
-			__u8 ext[2];
-			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
-				return SV_PARSE_MALFORMED;
-			next = ext[0];
-			off += ((__u32)ext[1] + 1) * 8;
-		}
-		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
-		    next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT)
-			return SV_PARSE_MALFORMED;
-		p->proto = next;
-		p->l4_off = off;
-	} else {
-		return SV_PARSE_NOT_IP;
-	}
-	return sv_parse_l4(skb, p);
 }
 
 /* IPv6 link control the host needs whatever its policy: multicast listener discovery
@@ -267,16 +122,7 @@ static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
 static __always_inline int sv_is_ndp(const struct sv_pkt *p)
 {
 	__u8 type = bpf_ntohs(p->pol_port) >> 8;
-	return p->proto == IPPROTO_ICMPV6 && ((type >= 130 && type <= 137) || type == 143);
-}
-
-static __always_inline int sv_drop(__u32 reason)
-{
-	__u64 *count = bpf_map_lookup_elem(&sv_drops, &reason);
-	if (count)
-		*count += 1;
-	sv_log("drop reason=%u", reason);
-	return TC_ACT_SHOT;
+	return p->proto == IPPROTO_ICMPV6 && (sv_icmp6_is_mld(type) || sv_icmp6_is_nd(type));
 }
 
 /* ---- conntrack of host flows ------------------------------------------------------------ */
@@ -288,50 +134,6 @@ static __always_inline int sv_drop(__u32 reason)
 #define SV_HEP_CT_TCP_RST (10 * SV_SEC)
 #define SV_HEP_CT_UDP (60 * SV_SEC)
 #define SV_HEP_CT_ICMP (5 * SV_SEC)
-
-/* Fills the normalised key (as sv_ct); returns 1 when the packet's sender is side a. */
-static __always_inline int sv_ct_key_of(const struct sv_pkt *p, struct sv_ct_key *k)
-{
-	int c = sv_addr_cmp(&p->saddr, &p->daddr);
-	int src_is_a = c < 0 || (c == 0 && bpf_ntohs(p->sport) <= bpf_ntohs(p->dport));
-
-	__builtin_memset(k, 0, sizeof(*k));
-	if (src_is_a) {
-		k->addr_a = p->saddr;
-		k->addr_b = p->daddr;
-		k->port_a = p->sport;
-		k->port_b = p->dport;
-	} else {
-		k->addr_a = p->daddr;
-		k->addr_b = p->saddr;
-		k->port_a = p->dport;
-		k->port_b = p->sport;
-	}
-	k->proto = p->proto;
-	k->family = p->family;
-	return src_is_a;
-}
-
-static __always_inline __u32 sv_ct_bits(const struct sv_pkt *p, int from_a, __u32 old)
-{
-	__u32 add = from_a ? SV_CT_F_SEEN_A : SV_CT_F_SEEN_B;
-	if (p->proto == IPPROTO_TCP) {
-		if (p->tcp_flags & SV_TCP_SYN)
-			add |= from_a ? SV_CT_F_SYN_A : SV_CT_F_SYN_B;
-		if (p->tcp_flags & SV_TCP_FIN)
-			add |= from_a ? SV_CT_F_FIN_A : SV_CT_F_FIN_B;
-		if (p->tcp_flags & SV_TCP_RST)
-			add |= SV_CT_F_RST;
-		__u32 all = old | add;
-		if ((all & SV_CT_F_SYN_A) && (all & SV_CT_F_SYN_B))
-			add |= SV_CT_F_ESTABLISHED;
-	} else {
-		__u32 all = old | add;
-		if ((all & SV_CT_F_SEEN_A) && (all & SV_CT_F_SEEN_B))
-			add |= SV_CT_F_ESTABLISHED;
-	}
-	return add;
-}
 
 /* How long an entry in state flags lives without packets (Calico's timeouts). */
 static __always_inline __u64 sv_ct_timeout(__u8 proto, __u32 flags)
@@ -351,13 +153,6 @@ static __always_inline __u64 sv_ct_timeout(__u8 proto, __u32 flags)
 }
 
 /* ---- the packet path -------------------------------------------------------------------- */
-
-static __always_inline struct sv_route_val *sv_route(const union sv_addr *addr)
-{
-	struct sv_route_key k = {.prefixlen = 128};
-	k.addr = *addr;
-	return bpf_map_lookup_elem(&sv_routes, &k);
-}
 
 static __always_inline int sv_failsafe(__u8 dir, const struct sv_pkt *p,
 				       const union sv_addr *remote)
@@ -380,30 +175,8 @@ static __always_inline int sv_failsafe(__u8 dir, const struct sv_pkt *p,
 static __always_inline int sv_policy_allows(__u32 ep_id, __u8 dir, __u32 identity,
 					    const struct sv_pkt *p)
 {
-	struct sv_pol_key k = {
-		.prefixlen = SV_POL_PREFIX_FULL,
-		.data =
-			{
-				.ep_id = bpf_htonl(ep_id),
-				.remote_id = bpf_htonl(identity),
-				.dir = dir,
-				.proto = p->proto,
-				.port = p->pol_port,
-			},
-	};
-	struct sv_pol_val *v = bpf_map_lookup_elem(&sv_policy, &k);
-	if (!v) {
-		k.data.remote_id = bpf_htonl(SV_IDENTITY_ANY);
-		v = bpf_map_lookup_elem(&sv_policy, &k);
-	}
-	if (v && v->verdict == SV_VERDICT_BY_SPORT) {
-		/* the decision depends on the source port: the table rule_id names decides */
-		struct sv_pol_sport_key sk = {
-			.prefixlen = SV_POL_SPORT_PREFIX_FULL,
-			.data = {.table_id = bpf_htonl(v->rule_id), .sport = p->sport},
-		};
-		v = bpf_map_lookup_elem(&sv_pol_sport, &sk);
-	}
+	union sv_pol_any_key key;
+	struct sv_pol_val *v = sv_policy_lookup(ep_id, dir, identity, p, &key);
 	int allow = v && v->verdict == SV_VERDICT_ALLOW;
 	sv_log("policy ep=%u dir=%u identity=%u", ep_id, dir, identity);
 	sv_log("policy verdict=%d rule=%u", allow, v ? v->rule_id : 0);
@@ -434,33 +207,8 @@ static __noinline int sv_hep_untracked(struct __sk_buff *skb, const __u8 dir)
 	const union sv_addr *remote = dir == SV_DIR_INGRESS ? &p.saddr : &p.daddr;
 	if (sv_failsafe(dir, &p, remote))
 		return SV_UNTRACKED_GO_ON;
-	struct sv_route_val *rr = sv_route(remote);
-	__u32 id = rr ? rr->identity
-		      : (sv_addr_is_v4(remote) ? SV_IDENTITY_WORLD : SV_IDENTITY_WORLD6);
-
-	struct sv_pol_key k = {
-		.prefixlen = SV_POL_PREFIX_FULL,
-		.data =
-			{
-				.ep_id = bpf_htonl(ep_id),
-				.remote_id = bpf_htonl(id),
-				.dir = dir,
-				.proto = p.proto,
-				.port = p.pol_port,
-			},
-	};
-	struct sv_pol_val *v = bpf_map_lookup_elem(&sv_policy, &k);
-	if (!v) {
-		k.data.remote_id = bpf_htonl(SV_IDENTITY_ANY);
-		v = bpf_map_lookup_elem(&sv_policy, &k);
-	}
-	if (v && v->verdict == SV_VERDICT_BY_SPORT) {
-		struct sv_pol_sport_key sk = {
-			.prefixlen = SV_POL_SPORT_PREFIX_FULL,
-			.data = {.table_id = bpf_htonl(v->rule_id), .sport = p.sport},
-		};
-		v = bpf_map_lookup_elem(&sv_pol_sport, &sk);
-	}
+	union sv_pol_any_key key;
+	struct sv_pol_val *v = sv_policy_lookup(ep_id, dir, sv_identity(remote), &p, &key);
 	if (!v)
 		return SV_UNTRACKED_GO_ON; /* an unwritten set decides nothing */
 	sv_log("untracked ep=%u verdict=%u rule=%u", ep_id, v->verdict, v->rule_id);

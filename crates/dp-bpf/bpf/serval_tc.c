@@ -35,146 +35,21 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#ifdef SERVAL_DEBUG
-#define sv_log(fmt, ...) bpf_printk("serval: " fmt, ##__VA_ARGS__)
-#else
-#define sv_log(fmt, ...)                                                                           \
-	do {                                                                                       \
-	} while (0)
-#endif
+#define SV_LOG_PREFIX "serval: "
+#include "serval_log.h"
 
 /* Maps: serval_maps_def.h (shared with the other objects through their pins). */
 
-/* ---- parsing ---------------------------------------------------------------------------- */
-
-#define SV_PARSE_OK 0
-#define SV_PARSE_NOT_IP 1
-#define SV_PARSE_MALFORMED 2
-#define SV_PARSE_FRAGMENT 3
-
-#define SV_IP_MF 0x2000
-#define SV_IP_OFFSET 0x1fff
-
-#define SV_TCP_FIN 0x01
-#define SV_TCP_SYN 0x02
-#define SV_TCP_RST 0x04
-
-/* ICMP types (linux/icmp.h pulls in libc headers, which do not build for -target bpf). */
-#define SV_ICMP_ECHOREPLY 0
-#define SV_ICMP_ECHO 8
-#define SV_ICMPV6_ECHO_REQUEST 128
-#define SV_ICMPV6_ECHO_REPLY 129
-
-/* IPv6 extension headers skipped before the transport header. */
-#define SV_IPV6_MAX_EXT 4
-
-struct sv_pkt {
-	union sv_addr saddr;
-	union sv_addr daddr;
-	__be16 sport; /* conntrack ports (ICMP echo: the identifier) */
-	__be16 dport;
-	__be16 pol_port; /* policy port: dport (TCP/UDP/SCTP/UDPLite), type << 8 | code (ICMP) */
-	__u8 proto;
-	__u8 family;
-	__u8 tcp_flags;
-	__u8 icmp_echo;
-	__u8 frag; /* SV_FRAG_*: an IP fragment (LATER: no transport header at l4_off) */
-	__u8 pad;
-	__u32 l4_off; /* offset of the transport header from the Ethernet header */
-};
-
-static __always_inline void sv_addr_v4(union sv_addr *a, __be32 v4)
-{
-	a->w[0] = 0;
-	a->w[1] = 0;
-	a->w[2] = bpf_htonl(0xffff);
-	a->w[3] = v4;
-}
-
-static __always_inline int sv_addr_eq(const union sv_addr *a, const union sv_addr *b)
-{
-	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] &&
-	       a->w[3] == b->w[3];
-}
-
-/* <0, 0, >0 like memcmp (network byte order compares as big-endian numbers). */
-static __always_inline int sv_addr_cmp(const union sv_addr *a, const union sv_addr *b)
-{
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		__u32 x = bpf_ntohl(a->w[i]), y = bpf_ntohl(b->w[i]);
-		if (x != y)
-			return x < y ? -1 : 1;
-	}
-	return 0;
-}
-
-static __always_inline int sv_parse_l4(struct __sk_buff *skb, struct sv_pkt *p)
-{
-	switch (p->proto) {
-	case IPPROTO_TCP: {
-		struct tcphdr tcp;
-		if (bpf_skb_load_bytes(skb, p->l4_off, &tcp, sizeof(tcp)))
-			return SV_PARSE_MALFORMED;
-		p->sport = tcp.source;
-		p->dport = tcp.dest;
-		p->pol_port = tcp.dest;
-		p->tcp_flags = ((__u8 *)&tcp)[13];
-		return SV_PARSE_OK;
-	}
-	case IPPROTO_UDP:
-	case IPPROTO_UDPLITE: {
-		/* UDPLite shares UDP's first 4 bytes (ports) */
-		struct udphdr udp;
-		if (bpf_skb_load_bytes(skb, p->l4_off, &udp, sizeof(udp)))
-			return SV_PARSE_MALFORMED;
-		p->sport = udp.source;
-		p->dport = udp.dest;
-		p->pol_port = udp.dest;
-		return SV_PARSE_OK;
-	}
-	case IPPROTO_SCTP: {
-		/* SCTP common header: source port, destination port, verification tag, CRC32c */
-		__be16 ports[2];
-		if (bpf_skb_load_bytes(skb, p->l4_off, ports, sizeof(ports)))
-			return SV_PARSE_MALFORMED;
-		p->sport = ports[0];
-		p->dport = ports[1];
-		p->pol_port = ports[1];
-		return SV_PARSE_OK;
-	}
-	case IPPROTO_ICMP:
-	case IPPROTO_ICMPV6: {
-		/* type, code, checksum, then (echo) identifier and sequence */
-		__u8 icmp[8];
-		if (bpf_skb_load_bytes(skb, p->l4_off, icmp, sizeof(icmp)))
-			return SV_PARSE_MALFORMED;
-		if ((p->proto == IPPROTO_ICMP) != (p->family == SV_FAMILY_V4))
-			return SV_PARSE_MALFORMED;
-		__u8 type = icmp[0], code = icmp[1];
-		p->pol_port = bpf_htons(((__u16)type << 8) | code);
-		if ((p->proto == IPPROTO_ICMP && (type == SV_ICMP_ECHO || type == SV_ICMP_ECHOREPLY)) ||
-		    (p->proto == IPPROTO_ICMPV6 &&
-		     (type == SV_ICMPV6_ECHO_REQUEST || type == SV_ICMPV6_ECHO_REPLY))) {
-			__be16 id;
-			__builtin_memcpy(&id, &icmp[4], sizeof(id));
-			p->sport = id;
-			p->dport = id;
-			p->icmp_echo = 1;
-		}
-		return SV_PARSE_OK;
-	}
-	default:
-		/* other protocols: tracked and policed by protocol alone */
-		return SV_PARSE_OK;
-	}
-}
+/* Wire constants and address helpers, the packet parser (fragment hooks below), drop
+ * counting and the policy lookup, shared with serval_hep.c. */
+#include "serval_net.h"
+#include "serval_parse.h"
+#include "serval_policy.h"
 
 /* ---- IP fragments ----------------------------------------------------------------------- */
 
-#define SV_FRAG_NONE 0
-#define SV_FRAG_FIRST 1 /* offset 0, more to come: carries the transport header */
-#define SV_FRAG_LATER 2 /* no transport header: ports from sv_frags (serval_maps.h) */
+/* serval_parse.h's fragment hooks: sv_frag_later, sv_frag6_hdr, sv_frag6_id, sv_frag_record.
+ * A first fragment's ports are kept in sv_frags; later fragments of its datagram get them. */
 
 /* Per-CPU scratch for the fragment key, value and IPv6 fragment header: off the stack. */
 struct sv_frag_scratch {
@@ -206,8 +81,6 @@ static __always_inline struct sv_frag_scratch *sv_frag_key_of(const struct sv_pk
 	s->key.pad[1] = 0;
 	return s;
 }
-
-static __always_inline __be32 sv_frag6_id(void);
 
 /*
  * A parsed first fragment (p->frag == SV_FRAG_FIRST): records its ports for the later
@@ -257,8 +130,6 @@ static __always_inline int sv_frag_later(struct sv_pkt *p, __be32 id)
 	p->frag = SV_FRAG_LATER;
 	return SV_PARSE_OK;
 }
-
-#define SV_FRAG6_LATER 0x100
 
 /*
  * Reads the IPv6 fragment header at off into the scratch: returns its next header, with
@@ -321,143 +192,12 @@ static __always_inline int sv_rewrite_l3(struct __sk_buff *skb, struct sv_pkt *p
 	return 0;
 }
 
-static __always_inline int sv_parse(struct __sk_buff *skb, struct sv_pkt *p)
-{
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
-	struct ethhdr *eth = data;
-
-	p->frag = SV_FRAG_NONE;
-	if ((void *)(eth + 1) > data_end)
-		return SV_PARSE_MALFORMED;
-
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end)
-			return SV_PARSE_MALFORMED;
-		if (ip->version != 4 || ip->ihl < 5)
-			return SV_PARSE_MALFORMED;
-		p->family = SV_FAMILY_V4;
-		sv_addr_v4(&p->saddr, ip->saddr);
-		sv_addr_v4(&p->daddr, ip->daddr);
-		p->proto = ip->protocol;
-		p->l4_off = ETH_HLEN + ip->ihl * 4;
-		if (ip->frag_off & bpf_htons(SV_IP_OFFSET))
-			return sv_frag_later(p, bpf_htonl(bpf_ntohs(ip->id)));
-		if (ip->frag_off & bpf_htons(SV_IP_MF))
-			p->frag = SV_FRAG_FIRST;
-	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		if ((void *)(ip6 + 1) > data_end)
-			return SV_PARSE_MALFORMED;
-		if (ip6->version != 6)
-			return SV_PARSE_MALFORMED;
-		p->family = SV_FAMILY_V6;
-		__builtin_memcpy(p->saddr.b, &ip6->saddr, 16);
-		__builtin_memcpy(p->daddr.b, &ip6->daddr, 16);
-		__u8 next = ip6->nexthdr;
-		__u32 off = ETH_HLEN + sizeof(struct ipv6hdr);
-#pragma unroll
-		for (int i = 0; i < SV_IPV6_MAX_EXT; i++) {
-			if (next == IPPROTO_FRAGMENT) {
-				int fh = sv_frag6_hdr(skb, off);
-				if (fh < 0)
-					return SV_PARSE_MALFORMED;
-				next = fh & 0xff;
-				off += 8;
-				if (fh & SV_FRAG6_LATER) {
-					p->proto = next;
-					p->l4_off = off;
-					return sv_frag_later(p, sv_frag6_id());
-				}
-				p->frag = SV_FRAG_FIRST;
-				continue;
-			}
-			if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
-			    next != IPPROTO_DSTOPTS)
-				break;
-			__u8 ext[2]; /* next header, length in 8-octet units not counting the first */
-			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
-				return SV_PARSE_MALFORMED;
-			next = ext[0];
-			off += ((__u32)ext[1] + 1) * 8;
-		}
-		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING ||
-		    next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT)
-			return SV_PARSE_MALFORMED;
-		p->proto = next;
-		p->l4_off = off;
-	} else {
-		return SV_PARSE_NOT_IP;
-	}
-	int rc = sv_parse_l4(skb, p);
-	if (rc == SV_PARSE_OK && p->frag == SV_FRAG_FIRST)
-		sv_frag_record(skb, p);
-	return rc;
-}
-
-/* ---- counters --------------------------------------------------------------------------- */
-
-static __always_inline int sv_drop(__u32 reason)
-{
-	__u64 *count = bpf_map_lookup_elem(&sv_drops, &reason);
-	if (count)
-		*count += 1; /* per-CPU slot: no atomics needed */
-	sv_log("drop reason=%u", reason);
-	return TC_ACT_SHOT;
-}
-
 /* ---- conntrack -------------------------------------------------------------------------- */
-
-/* Fills the normalised key; returns 1 when the packet's sender is side a. */
-static __always_inline int sv_ct_key_of(const struct sv_pkt *p, struct sv_ct_key *k)
-{
-	int c = sv_addr_cmp(&p->saddr, &p->daddr);
-	int src_is_a = c < 0 || (c == 0 && bpf_ntohs(p->sport) <= bpf_ntohs(p->dport));
-
-	__builtin_memset(k, 0, sizeof(*k));
-	if (src_is_a) {
-		k->addr_a = p->saddr;
-		k->addr_b = p->daddr;
-		k->port_a = p->sport;
-		k->port_b = p->dport;
-	} else {
-		k->addr_a = p->daddr;
-		k->addr_b = p->saddr;
-		k->port_a = p->dport;
-		k->port_b = p->sport;
-	}
-	k->proto = p->proto;
-	k->family = p->family;
-	return src_is_a;
-}
 
 /* Whether a packet from side a (from_a) / b travels in the flow's opening direction. */
 static __always_inline int sv_ct_forward(__u32 flags, int from_a)
 {
 	return from_a == !(flags & SV_CT_F_OPENER_B);
-}
-
-/* The state bits a packet adds to its flow's entry. */
-static __always_inline __u32 sv_ct_bits(const struct sv_pkt *p, int from_a, __u32 old)
-{
-	__u32 add = from_a ? SV_CT_F_SEEN_A : SV_CT_F_SEEN_B;
-	if (p->proto == IPPROTO_TCP) {
-		if (p->tcp_flags & SV_TCP_SYN)
-			add |= from_a ? SV_CT_F_SYN_A : SV_CT_F_SYN_B;
-		if (p->tcp_flags & SV_TCP_FIN)
-			add |= from_a ? SV_CT_F_FIN_A : SV_CT_F_FIN_B;
-		if (p->tcp_flags & SV_TCP_RST)
-			add |= SV_CT_F_RST;
-		__u32 all = old | add;
-		if ((all & SV_CT_F_SYN_A) && (all & SV_CT_F_SYN_B))
-			add |= SV_CT_F_ESTABLISHED;
-	} else {
-		__u32 all = old | add;
-		if ((all & SV_CT_F_SEEN_A) && (all & SV_CT_F_SEEN_B))
-			add |= SV_CT_F_ESTABLISHED;
-	}
-	return add;
 }
 
 static __always_inline void sv_ct_touch(struct sv_ct_val *ct, const struct sv_pkt *p, int from_a,
@@ -494,49 +234,13 @@ static __always_inline int sv_ct_create(const struct sv_ct_key *k, const struct 
 
 /* ---- policy ----------------------------------------------------------------------------- */
 
-/* An IPv4-mapped address (::ffff:a.b.c.d), i.e. one of the IPv4 family in sv_routes. */
-static __always_inline int sv_addr_is_v4(const union sv_addr *a)
-{
-	return a->w[0] == 0 && a->w[1] == 0 && a->w[2] == bpf_htonl(0xffff);
-}
-
-/*
- * The identity of addr; an address no route covers is WORLD (IPv4) or WORLD6 (IPv6). The
- * family is read off the address itself (IPv4-mapped or not), the same way sv_routes tells
- * the families apart; passing the packet's family instead costs registers the debug build's
- * 512-byte stack cannot spare.
- */
-static __always_inline __u32 sv_identity(const union sv_addr *addr)
-{
-	struct sv_route_key k = {.prefixlen = 128};
-	k.addr = *addr;
-	struct sv_route_val *r = bpf_map_lookup_elem(&sv_routes, &k);
-	if (r)
-		return r->identity;
-	return sv_addr_is_v4(&k.addr) ? SV_IDENTITY_WORLD : SV_IDENTITY_WORLD6;
-}
-
 /* The verdict of the endpoint's policy for a packet to/from remote (dir: SV_DIR_*). */
 static __always_inline int sv_policy_allows(const struct sv_ep_val *ep, __u8 dir,
 					    const union sv_addr *remote, const struct sv_pkt *p)
 {
 	__u32 id = sv_identity(remote);
 	union sv_pol_any_key key;
-	struct sv_pol_key *k = &key.pol;
-	__builtin_memset(&key, 0, sizeof(key));
-	k->prefixlen = SV_POL_PREFIX_FULL;
-	k->data.ep_id = bpf_htonl(ep->ep_id);
-	k->data.remote_id = bpf_htonl(id);
-	k->data.dir = dir;
-	k->data.proto = p->proto;
-	k->data.port = p->pol_port;
-	struct sv_pol_val *v = bpf_map_lookup_elem(&sv_policy, k);
-	if (!v) {
-		k->data.remote_id = bpf_htonl(SV_IDENTITY_ANY);
-		v = bpf_map_lookup_elem(&sv_policy, k);
-	}
-	/* rules with source ports: the verdict names a source-port table (same stack slot) */
-	v = sv_pol_by_sport(v, p->sport, &key);
+	struct sv_pol_val *v = sv_policy_lookup(ep->ep_id, dir, id, p, &key);
 	int allow = v && v->verdict == SV_VERDICT_ALLOW;
 	sv_log("policy ep=%u dir=%u identity=%u", ep->ep_id, dir, id);
 	sv_log("policy verdict=%d rule=%u", allow, v ? v->rule_id : 0);
@@ -1021,7 +725,7 @@ static __noinline int sv_reject(struct __sk_buff *skb, int peer)
 static __always_inline int sv_is_ndp(const struct sv_pkt *p)
 {
 	__u8 type = bpf_ntohs(p->pol_port) >> 8;
-	return p->proto == IPPROTO_ICMPV6 && type >= 133 && type <= 137;
+	return p->proto == IPPROTO_ICMPV6 && sv_icmp6_is_nd(type);
 }
 
 /*

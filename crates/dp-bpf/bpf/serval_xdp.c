@@ -26,16 +26,12 @@
 #include <bpf/bpf_endian.h>
 
 #include "serval_maps.h"
+#include "serval_net.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#ifdef SERVAL_DEBUG
-#define sv_log(fmt, ...) bpf_printk("serval xdp: " fmt, ##__VA_ARGS__)
-#else
-#define sv_log(fmt, ...)                                                                           \
-	do {                                                                                       \
-	} while (0)
-#endif
+#define SV_LOG_PREFIX "serval xdp: "
+#include "serval_log.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -62,18 +58,10 @@ struct {
 
 #define SV_ETH_P_8021Q 0x8100
 #define SV_ETH_P_8021AD 0x88A8
-#define SV_IP_MF 0x2000
-#define SV_IP_OFFSET 0x1fff
-#define SV_IPV6_MAX_EXT 4
 #define SV_NEXTHDR_HOP 0
 #define SV_NEXTHDR_ROUTING 43
 #define SV_NEXTHDR_FRAGMENT 44
 #define SV_NEXTHDR_DEST 60
-#define SV_ICMPV6_ND_FIRST 133 /* router solicitation */
-#define SV_ICMPV6_ND_LAST 137 /* redirect */
-#define SV_ICMPV6_MLD_FIRST 130 /* multicast listener query */
-#define SV_ICMPV6_MLD_LAST 132 /* multicast listener done */
-#define SV_ICMPV6_MLD2_REPORT 143
 
 struct sv_xdp_pkt {
 	union sv_addr saddr;
@@ -136,10 +124,7 @@ static __always_inline int sv_parse(struct xdp_md *ctx, struct sv_xdp_pkt *p)
 		__u32 hlen = ip->ihl * 4;
 		if (l3 + hlen > end || bpf_ntohs(ip->tot_len) < hlen)
 			return SV_PARSE_MALFORMED;
-		p->saddr.w[0] = 0;
-		p->saddr.w[1] = 0;
-		p->saddr.w[2] = bpf_htonl(0xffff);
-		p->saddr.w[3] = ip->saddr;
+		sv_addr_v4(&p->saddr, ip->saddr);
 		p->proto = ip->protocol;
 		/* a non-first fragment has no transport header */
 		if (ip->frag_off & bpf_htons(SV_IP_OFFSET))
@@ -188,9 +173,7 @@ static __always_inline int sv_parse(struct xdp_md *ctx, struct sv_xdp_pkt *p)
 			 * host endpoint programs do. */
 			__u8 *icmp6 = l4;
 			if ((void *)(icmp6 + 1) <= end &&
-			    ((icmp6[0] >= SV_ICMPV6_ND_FIRST && icmp6[0] <= SV_ICMPV6_ND_LAST) ||
-			     (icmp6[0] >= SV_ICMPV6_MLD_FIRST && icmp6[0] <= SV_ICMPV6_MLD_LAST) ||
-			     icmp6[0] == SV_ICMPV6_MLD2_REPORT))
+			    (sv_icmp6_is_nd(icmp6[0]) || sv_icmp6_is_mld(icmp6[0])))
 				return SV_PARSE_PASS;
 		}
 		sv_load_dport(p, l4, end);

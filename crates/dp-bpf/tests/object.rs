@@ -93,9 +93,10 @@ fn verifier_rejection_carries_the_verifier_log() {
     if !serval_sys::testing::require_root("verifier_rejection_carries_the_verifier_log") {
         return;
     }
-    // drop the Ethernet header bounds check: reading h_proto is then out of bounds
+    // drop the Ethernet header bounds check of the parser (serval_parse.h, included by
+    // serval_tc.c): reading h_proto is then out of bounds
     let unsafe_obj = compile_modified(&[(
-        "serval_tc.c",
+        "serval_parse.h",
         "\tif ((void *)(eth + 1) > data_end)\n\t\treturn SV_PARSE_MALFORMED;\n",
         "",
     )]);
