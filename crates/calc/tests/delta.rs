@@ -160,7 +160,7 @@ spec:
 fn changing_a_services_backends_changes_only_its_frontends() {
     let mut m = base();
     let old = desired_state(&m, None);
-    let mut svc = m.services[&("x".to_string(), "web".to_string())].clone();
+    let mut svc = m.service("x", "web").expect("x/web");
     svc.spec.selector.insert("pod".to_string(), "c".to_string());
     m.apply(Resource::Service(svc));
     let new = desired_state(&m, None);

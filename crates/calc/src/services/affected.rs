@@ -49,7 +49,7 @@ pub fn affected_services(
                 model
                     .services
                     .iter()
-                    .filter(|(_, s)| s.spec.has_node_ports())
+                    .filter(|(_, s)| s.has_node_ports())
                     .map(|(k, _)| k.clone()),
             ),
             _ => {}

@@ -201,9 +201,7 @@ pub fn services_selecting(
     model
         .services
         .iter()
-        .filter(|((ns, _), svc)| {
-            ns == namespace && !svc.spec.selector.is_empty() && selects(&svc.spec.selector, labels)
-        })
+        .filter(|((ns, _), svc)| ns == namespace && svc.has_selector() && svc.selects(labels))
         .map(|(k, _)| k.clone())
         .collect()
 }

@@ -296,7 +296,7 @@ pub fn services(model: &Model, this_node: Option<&str>, node_addrs: &[IpAddr]) -
     let ctx = build::Context::new(model, this_node, node_addrs);
     let mut state = ServiceState::default();
     for ((ns, name), svc) in &model.services {
-        for (k, f) in ctx.frontends(ns, name, svc) {
+        for (k, f) in ctx.frontends(ns, name, &svc.to_service(ns, name)) {
             match state.frontends.get(&k) {
                 Some(cur) => tracing::warn!(
                     frontend = %k,
@@ -324,12 +324,9 @@ pub fn frontends_of(
     this_node: Option<&str>,
     node_addrs: &[IpAddr],
 ) -> BTreeMap<FrontendKey, Frontend> {
-    let Some(svc) = model
-        .services
-        .get(&(namespace.to_string(), name.to_string()))
-    else {
+    let Some(svc) = model.service(namespace, name) else {
         return BTreeMap::new();
     };
     let ctx = build::Context::new(model, this_node, node_addrs);
-    ctx.frontends(namespace, name, svc)
+    ctx.frontends(namespace, name, &svc)
 }

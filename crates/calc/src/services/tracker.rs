@@ -44,7 +44,7 @@ impl ServiceTracker {
         let mut delta = FrontendDelta::default();
         for ((ns, name), svc) in &model.services {
             let key = (ns.clone(), name.clone());
-            let new = ctx.frontends(ns, name, svc);
+            let new = ctx.frontends(ns, name, &svc.to_service(ns, name));
             tracker.replace(&ctx, &mut state, &key, new, &mut delta);
         }
         (tracker, state)
@@ -71,8 +71,8 @@ impl ServiceTracker {
         }
         let ctx = Context::new(model, this_node, node_addrs);
         for key in changed {
-            let new = match model.services.get(key) {
-                Some(svc) => ctx.frontends(&key.0, &key.1, svc),
+            let new = match model.service(&key.0, &key.1) {
+                Some(svc) => ctx.frontends(&key.0, &key.1, &svc),
                 None => BTreeMap::new(),
             };
             self.replace(&ctx, state, key, new, &mut delta);
@@ -187,10 +187,10 @@ impl ServiceTracker {
         // The next claimant in order takes the key over. A claimant whose frontends no longer
         // hold it is itself in this update and will release it.
         for other in others {
-            let Some(svc) = ctx.model.services.get(&other) else {
+            let Some(svc) = ctx.model.service(&other.0, &other.1) else {
                 continue;
             };
-            if let Some(f) = ctx.frontends(&other.0, &other.1, svc).remove(k) {
+            if let Some(f) = ctx.frontends(&other.0, &other.1, &svc).remove(k) {
                 Self::set(state, k.clone(), f, delta);
                 return;
             }

@@ -253,7 +253,7 @@ fn current(m: &Model, key: &ResourceKey) -> Option<Resource> {
             .get(&nn)
             .cloned()
             .map(Resource::WorkloadEndpoint),
-        Kind::Service => m.services.get(&nn).cloned().map(Resource::Service),
+        Kind::Service => m.service(&nn.0, &nn.1).map(Resource::Service),
         Kind::EndpointSlice => m
             .endpoint_slices
             .get(&nn)

@@ -146,7 +146,7 @@ fn resource(op: &Op) -> (ResourceKey, Option<Resource>) {
 fn current(m: &Model, key: &ResourceKey) -> Option<Resource> {
     let nn = (key.namespace.clone().unwrap_or_default(), key.name.clone());
     match key.kind {
-        Kind::Service => m.services.get(&nn).cloned().map(Resource::Service),
+        Kind::Service => m.service(&nn.0, &nn.1).map(Resource::Service),
         Kind::Pod => m.pods.get(&nn).cloned().map(Resource::Pod),
         Kind::Node => m.nodes.get(&key.name).cloned().map(Resource::Node),
         _ => None,
