@@ -8,9 +8,12 @@
 //!
 //! Several processes may share one file (WAL mode, `busy_timeout` plus a retry loop so that
 //! `SQLITE_BUSY` never reaches callers). A watch learns about other processes' commits from a
-//! per-store poller thread that checks `PRAGMA data_version` every [`POLL_INTERVAL`] (10 ms),
-//! which bounds the cross-process delivery latency well under 50 ms; writes made through the same
-//! store wake its watches immediately. Every rusqlite call runs on a blocking thread, never on
+//! per-store poller thread that checks `PRAGMA data_version` whenever inotify reports a change
+//! to the database or its WAL (every writer touches the WAL after each commit, see
+//! [`wake`]), so delivery across processes takes about as long as a thread wake-up; a timed
+//! re-check every [`SqliteOptions::safety_poll`] (100 ms by default) is the safety net, and
+//! without inotify the poller checks every [`POLL_INTERVAL`] (10 ms). Writes made through the
+//! same store wake its watches directly. Every rusqlite call runs on a blocking thread, never on
 //! the tokio runtime.
 
 use std::path::{Path, PathBuf};
@@ -20,13 +23,35 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
+mod wake;
+
 use crate::{
     Datastore, EventKind, KeyValue, Result, Revision, StoreError, TxnOp, Watch, WatchEvent,
     check_duplicates, check_op, prefix_end,
 };
 
-/// How often the poller looks for commits made by other connections (other processes).
+/// How often the poller looks for commits made by other connections (other processes) when
+/// inotify is not available to wake it.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// The default [`SqliteOptions::safety_poll`].
+pub const SAFETY_POLL: Duration = Duration::from_millis(100);
+
+/// How a [`SqliteStore`] is opened ([`SqliteStore::open_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// While inotify wakes the watch poller, it also re-checks the store this often when
+    /// nothing woke it (a safety net for missed wake-ups; tests set it very long to show that
+    /// the wake-ups alone deliver).
+    pub safety_poll: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            safety_poll: SAFETY_POLL,
+        }
+    }
+}
 /// How long one lock wait lasts (polled every millisecond by `busy_wait`) before sqlite returns
 /// `SQLITE_BUSY` to us.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -86,6 +111,9 @@ struct Shared {
     path: PathBuf,
     /// `path` for error messages.
     name: String,
+    /// The WAL file, touched after every commit to wake other processes' watches.
+    wal: PathBuf,
+    options: SqliteOptions,
     /// Writes are serialised in-process here, so only other processes contend for sqlite's lock.
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
@@ -98,6 +126,11 @@ impl SqliteStore {
     /// Open (creating if missing, with its parent directory) the store at `path`, which must be
     /// absolute.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, SqliteOptions::default()).await
+    }
+
+    /// [`SqliteStore::open`] with non-default options.
+    pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let name = path.display().to_string();
         if !path.is_absolute() {
@@ -106,7 +139,7 @@ impl SqliteStore {
                 reason: "the sqlite path must be absolute: sqlite:///abs/path/file.db".into(),
             });
         }
-        let shared = tokio::task::spawn_blocking(move || Shared::open(path, name))
+        let shared = tokio::task::spawn_blocking(move || Shared::open(path, name, options))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         Ok(SqliteStore {
@@ -242,7 +275,7 @@ fn get_kv(conn: &Connection, key: &str) -> rusqlite::Result<Option<KeyValue>> {
 }
 
 impl Shared {
-    fn open(path: PathBuf, name: String) -> Result<Shared> {
+    fn open(path: PathBuf, name: String, options: SqliteOptions) -> Result<Shared> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::Io {
                 path: parent.display().to_string(),
@@ -257,6 +290,8 @@ impl Shared {
         })?;
         let head = retry_busy(&name, || meta(&writer, "revision"))?;
         Ok(Shared {
+            wal: wake::wal_path(&path),
+            options,
             path,
             name,
             writer: Mutex::new(writer),
@@ -291,6 +326,7 @@ impl Shared {
         let outcome = retry_busy(&self.name, || apply_txn(&mut conn, ops))?;
         drop(conn);
         let revision = outcome?;
+        wake::signal_commit(&self.wal);
         self.publish(revision);
         // Automatic compaction keeps the change log bounded: every COMPACT_EVERY revisions,
         // history older than RETAINED_REVISIONS is discarded (as the API server compacts
@@ -529,7 +565,7 @@ fn read_window(
     })
 }
 
-fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String) {
+fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Duration) {
     let conn = match retry_busy(&name, || open_connection(&path)) {
         Ok(c) => c,
         Err(error) => {
@@ -537,27 +573,52 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String) {
             return;
         }
     };
+    // Opened after the connection, so the WAL file exists and any commit from here on wakes.
+    let mut waker = match wake::CommitWaker::new(&path) {
+        Ok(w) => Some(w),
+        Err(error) => {
+            tracing::warn!(path = name, %error, "no inotify for the sqlite watch; polling every {POLL_INTERVAL:?} instead");
+            None
+        }
+    };
     let mut version: Option<i64> = None;
     loop {
-        std::thread::sleep(POLL_INTERVAL);
-        let Some(shared) = weak.upgrade() else {
-            return;
-        };
-        if shared.head.receiver_count() == 0 {
-            continue;
-        }
-        let polled = retry_busy(&name, || {
-            let v: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-            if version == Some(v) {
-                return Ok(None);
+        // Check first, then wait: a commit made before the waker existed is seen here, every
+        // later one wakes the wait below.
+        {
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            if shared.head.receiver_count() > 0 {
+                let polled = retry_busy(&name, || {
+                    let v: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+                    if version == Some(v) {
+                        return Ok(None);
+                    }
+                    version = Some(v);
+                    meta(&conn, "revision").map(Some)
+                });
+                match polled {
+                    Ok(Some(head)) => shared.publish(head),
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(path = name, %error, "sqlite watch poll failed"),
+                }
             }
-            version = Some(v);
-            meta(&conn, "revision").map(Some)
-        });
-        match polled {
-            Ok(Some(head)) => shared.publish(head),
-            Ok(None) => {}
-            Err(error) => tracing::warn!(path = name, %error, "sqlite watch poll failed"),
+        }
+        match waker.as_mut().map(|w| w.wait(safety_poll)) {
+            None => std::thread::sleep(POLL_INTERVAL),
+            Some(Ok(wake::Woken::Changed | wake::Woken::Timeout)) => {}
+            Some(Ok(wake::Woken::Lost)) => {
+                tracing::warn!(
+                    path = name,
+                    "the sqlite watch's inotify watch is gone; polling every {POLL_INTERVAL:?} instead"
+                );
+                waker = None;
+            }
+            Some(Err(error)) => {
+                tracing::warn!(path = name, %error, "the sqlite watch's inotify failed; polling every {POLL_INTERVAL:?} instead");
+                waker = None;
+            }
         }
     }
 }
@@ -681,9 +742,10 @@ impl Datastore for SqliteStore {
         shared.poller.get_or_init(|| {
             let weak = Arc::downgrade(&shared);
             let (path, name) = (shared.path.clone(), shared.name.clone());
+            let safety_poll = shared.options.safety_poll;
             if let Err(error) = std::thread::Builder::new()
                 .name("store-sqlite-poll".into())
-                .spawn(move || poll_loop(weak, path, name))
+                .spawn(move || poll_loop(weak, path, name, safety_poll))
             {
                 tracing::error!(path = shared.name, %error, "cannot start the sqlite watch poller; watches only see this process's writes");
             }

@@ -114,6 +114,18 @@ impl SqliteFile {
     pub async fn open(&self) -> Result<Arc<dyn Datastore>, TestingError> {
         Ok(crate::open(&self.url()).await?)
     }
+
+    /// Like [`SqliteFile::open`], but the store's watches re-check the file only once an hour
+    /// unless woken: other connections' and processes' writes reach them through the
+    /// cross-process wake-up alone (a test that sees them does not depend on a timer).
+    pub async fn open_woken_only(&self) -> Result<Arc<dyn Datastore>, TestingError> {
+        let options = crate::sqlite::SqliteOptions {
+            safety_poll: Duration::from_secs(3600),
+        };
+        Ok(Arc::new(
+            crate::SqliteStore::open_with(&self.path, options).await?,
+        ))
+    }
 }
 
 /// A real etcd server on free loopback ports with a temporary data directory. Killed, and its

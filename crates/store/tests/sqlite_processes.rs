@@ -6,10 +6,11 @@
 //! This binary has no libtest harness: run normally, it is the parent and re-executes itself
 //! with `SERVAL_STORE_TEST_CHILD_URL` set to become a child.
 //!
-//! Latency: the parent's watch learns of the children's commits from the store's poller thread,
-//! which checks `PRAGMA data_version` every 10 ms (`serval_store::sqlite::POLL_INTERVAL`), so
-//! delivery is bounded well under the 50 ms requirement by design. The measured latency is
-//! printed, never asserted (timers are not asserted in tests).
+//! Wake-ups: the parent's store is opened with a safety poll of an hour
+//! (`SqliteFile::open_woken_only`), so its watch learns of the children's commits only through
+//! the cross-process wake-up (inotify on the database's directory; every writer touches the WAL
+//! after each commit). The measured latency is printed, never asserted (timers are not asserted
+//! in tests).
 
 mod common;
 
@@ -76,7 +77,7 @@ async fn parent() -> Result<()> {
         );
     }
     // Open concurrently with the children: whoever is first creates the file and schema.
-    let store = file.open().await?;
+    let store = file.open_woken_only().await?;
     let mut w = store.watch("/proc/child/", 0).await?;
     let waiters: Vec<_> = children
         .into_iter()
