@@ -3,9 +3,16 @@
 //! cleanup that leaves no pin and no attachment. Every test owns a unique namespace,
 //! interface names and pin scope, removed on drop even on panic.
 
+#[expect(
+    dead_code,
+    reason = "the shared helpers include packet builders and private-map fixtures this test does not use"
+)]
+mod common;
+
 use std::process::Command;
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
+use common::fixture::small_sizes as sizes;
 use serval_dp_bpf::{
     AttachMode, Dataplane, Hook, LoadOptions, LogLevel, MapSizes, PinScope, abi::*, attachments,
     cleanup,
@@ -23,18 +30,6 @@ impl Drop for ScopeGuard {
         if let Err(err) = cleanup(&self.0, None) {
             eprintln!("ScopeGuard: cleanup of {}: {err}", self.0.scope());
         }
-    }
-}
-
-fn sizes() -> MapSizes {
-    MapSizes {
-        nat_frontend: 64,
-        nat_backend: 64,
-        nat_affinity: 64,
-        route: 64,
-        conntrack: 1024,
-        policy: 64,
-        endpoints: 16,
     }
 }
 

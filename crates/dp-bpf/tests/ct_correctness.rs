@@ -17,21 +17,17 @@ mod common;
 
 use std::net::IpAddr;
 
+use common::fixture::{add_frontend, host_len, ip, load_tc, route, small_sizes, verdict};
 use common::packet::{
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, packet,
-    parse, tcp, udp,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE, TCP_ACK, TCP_FIN,
+    TCP_RST, TCP_SYN, fold, frame, packet, parse, pseudo, sum16, tcp, udp,
 };
 use serval_dp_bpf::{
-    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX,
-    abi::*,
+    Dataplane, Hook, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, abi::*,
 };
 
 const EP: u32 = 10;
 const POD_ID: u32 = 100;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 #[derive(Clone, Copy)]
 struct Net {
@@ -62,10 +58,6 @@ fn v6() -> Net {
     }
 }
 
-fn host_len(a: IpAddr) -> u8 {
-    if a.is_ipv4() { 32 } else { 128 }
-}
-
 /// The test-run interface is the client's endpoint (both families), allowed everything both
 /// ways; the servers are pods (routes without an interface: no fast path).
 fn setup() -> Option<Dataplane> {
@@ -77,20 +69,7 @@ fn setup_with(ingress_allow: bool) -> Option<Dataplane> {
     if !serval_sys::testing::require_root("dp-bpf ct_correctness test") {
         return None;
     }
-    let mut dp = Dataplane::load(&LoadOptions {
-        pins: None,
-        sizes: MapSizes {
-            nat_frontend: 64,
-            nat_backend: 64,
-            nat_affinity: 64,
-            route: 64,
-            conntrack: 1024,
-            policy: 64,
-            endpoints: 16,
-        },
-        log_level: LogLevel::Off,
-    })
-    .expect("load the embedded programs");
+    let mut dp = load_tc(small_sizes(), LogLevel::Off);
     let mut m = dp.maps();
     m.set_endpoint(
         TEST_RUN_IFINDEX,
@@ -99,22 +78,12 @@ fn setup_with(ingress_allow: bool) -> Option<Dataplane> {
     .unwrap();
     for net in [v4(), v6()] {
         for a in [net.client, net.server1, net.server2] {
-            let val = RouteVal {
-                identity: POD_ID,
-                flags: SV_RT_F_LOCAL_WORKLOAD | SV_RT_F_IN_POOL,
-                ..RouteVal::default()
-            };
-            m.set_route(&route_key(a, host_len(a)), &val).unwrap();
+            let flags = SV_RT_F_LOCAL_WORKLOAD | SV_RT_F_IN_POOL;
+            route(&mut m, a, host_len(a), POD_ID, flags);
         }
     }
-    let allow = PolVal {
-        verdict: SV_VERDICT_ALLOW,
-        rule_id: 1,
-    };
-    let deny = PolVal {
-        verdict: SV_VERDICT_DENY,
-        rule_id: 2,
-    };
+    let allow = verdict(SV_VERDICT_ALLOW, 1);
+    let deny = verdict(SV_VERDICT_DENY, 2);
     m.set_policy(
         &pol_key_any_proto(EP, SV_IDENTITY_ANY, SV_DIR_EGRESS),
         &allow,
@@ -128,30 +97,32 @@ fn setup_with(ingress_allow: bool) -> Option<Dataplane> {
     Some(dp)
 }
 
+/// Map sizes for a dataplane of one uplink flow.
+fn tiny_sizes() -> MapSizes {
+    MapSizes {
+        nat_frontend: 16,
+        nat_backend: 16,
+        nat_affinity: 16,
+        route: 16,
+        conntrack: 256,
+        policy: 16,
+        endpoints: 4,
+    }
+}
+
 /// Service `svc_id` at (vip, 80/TCP) with the one backend (addr, 8080).
 fn service(dp: &mut Dataplane, vip: IpAddr, svc_id: u32, backend: IpAddr) {
     service_proto(dp, vip, PROTO_TCP, svc_id, backend);
 }
 
 fn service_proto(dp: &mut Dataplane, vip: IpAddr, proto: u8, svc_id: u32, backend: IpAddr) {
-    let mut m = dp.maps();
-    m.set_frontend(
-        &NatFeKey::new(vip, 80, proto),
-        &NatFeVal {
-            svc_id,
-            count: 1,
-            local_count: 1,
-            flags: 0,
-            affinity_timeout_s: 0,
-            pad: 0,
-        },
-    )
-    .unwrap();
-    m.set_backend(
-        &NatBeKey { svc_id, slot: 0 },
-        &NatBeVal::new(backend, 8080, SV_NAT_BE_F_LOCAL),
-    )
-    .unwrap();
+    add_frontend(
+        &mut dp.maps(),
+        (vip, 80, proto),
+        svc_id,
+        0,
+        &[(backend, 8080, true)],
+    );
 }
 
 /// Runs a packet, expects TC_ACT_OK with valid checksums, returns (src, sport, dst, dport).
@@ -288,20 +259,7 @@ fn uplink_syn_after_rst_gets_a_new_backend() {
             ip("fd00:10:244:2::8"),
         ),
     ] {
-        let mut dp = Dataplane::load(&LoadOptions {
-            pins: None,
-            sizes: MapSizes {
-                nat_frontend: 16,
-                nat_backend: 16,
-                nat_affinity: 16,
-                route: 16,
-                conntrack: 256,
-                policy: 16,
-                endpoints: 4,
-            },
-            log_level: LogLevel::Off,
-        })
-        .expect("load the embedded programs");
+        let mut dp = load_tc(tiny_sizes(), LogLevel::Off);
         let mut m = dp.maps();
         m.set_host(&HostVal::new(&[node], (20000, 20009))).unwrap();
         // a NodePort with externalTrafficPolicy Local: DNAT only, the client's address kept
@@ -415,19 +373,6 @@ fn syn_after_timeout_is_a_new_flow_but_a_retransmitted_syn_is_not() {
 
 // ---- ICMP errors ---------------------------------------------------------------------------
 
-fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
-}
-
 /// An ICMP (IPv4) / ICMPv6 error `kind`/`code` from `src` to `dst` quoting `inner` (a frame as
 /// `packet` builds it: the quote is its IP header and 8 bytes of transport for IPv4, up to
 /// 64 bytes of the IPv6 packet), with valid checksums.
@@ -446,39 +391,14 @@ fn icmp_error(src: IpAddr, dst: IpAddr, kind: u8, code: u8, inner: &[u8]) -> Vec
         icmp[6..8].copy_from_slice(&1400u16.to_be_bytes()); // fragmentation needed: MTU
     }
     icmp.extend(quote);
-    let mut pkt = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let c = !fold(sum16(&icmp));
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            pkt.extend(0x0800u16.to_be_bytes());
-            let mut h = vec![0x45, 0];
-            h.extend(((20 + icmp.len()) as u16).to_be_bytes());
-            h.extend([0, 1, 0x40, 0, 64, PROTO_ICMP, 0, 0]);
-            h.extend(s.octets());
-            h.extend(d.octets());
-            let c = !fold(sum16(&h));
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            pkt.extend(h);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let pseudo = sum16(&s.octets())
-                + sum16(&d.octets())
-                + icmp.len() as u32
-                + u32::from(PROTO_ICMPV6);
-            let c = !fold(pseudo + sum16(&icmp));
-            icmp[2..4].copy_from_slice(&c.to_be_bytes());
-            pkt.extend(0x86ddu16.to_be_bytes());
-            pkt.extend([0x60, 0, 0, 0]);
-            pkt.extend((icmp.len() as u16).to_be_bytes());
-            pkt.extend([PROTO_ICMPV6, 64]);
-            pkt.extend(s.octets());
-            pkt.extend(d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    pkt.extend(icmp);
-    pkt
+    let (proto, base) = if src.is_ipv4() {
+        (PROTO_ICMP, 0) // ICMPv4's checksum has no pseudo header
+    } else {
+        (PROTO_ICMPV6, pseudo(src, dst, PROTO_ICMPV6, icmp.len()))
+    };
+    let c = !fold(base + sum16(&icmp));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    frame(src, dst, proto, &icmp)
 }
 
 /// An error as the programs hand it back: outer addresses (checksums verified), the ICMP
@@ -626,35 +546,12 @@ fn icmp_errors_about_nat_outgoing_flows_are_translated_at_the_uplink() {
         (v4().client, node4, ip("192.0.2.10"), ip("192.0.2.1")),
         (v6().client, node6, ip("2001:db8::10"), ip("2001:db8::1")),
     ] {
-        let mut dp = Dataplane::load(&LoadOptions {
-            pins: None,
-            sizes: MapSizes {
-                nat_frontend: 16,
-                nat_backend: 16,
-                nat_affinity: 16,
-                route: 16,
-                conntrack: 256,
-                policy: 16,
-                endpoints: 4,
-            },
-            log_level: LogLevel::Off,
-        })
-        .expect("load the embedded programs");
+        let mut dp = load_tc(tiny_sizes(), LogLevel::Off);
         let mut m = dp.maps();
         m.set_host(&HostVal::new(&[node4, node6], psnat)).unwrap();
-        let pool = RouteVal {
-            identity: POD_ID,
-            flags: SV_RT_F_IN_POOL | SV_RT_F_NAT_OUTGOING,
-            ..RouteVal::default()
-        };
-        m.set_route(&route_key(pod, host_len(pod)), &pool).unwrap();
-        let host = RouteVal {
-            identity: 3,
-            flags: SV_RT_F_HOST,
-            ..RouteVal::default()
-        };
-        m.set_route(&route_key(node, host_len(node)), &host)
-            .unwrap();
+        let pool_flags = SV_RT_F_IN_POOL | SV_RT_F_NAT_OUTGOING;
+        route(&mut m, pod, host_len(pod), POD_ID, pool_flags);
+        route(&mut m, node, host_len(node), 3, SV_RT_F_HOST);
         let v4 = pod.is_ipv4();
         let (unreach, code) = if v4 { (3, 4) } else { (2, 0) };
 
@@ -693,38 +590,6 @@ fn icmp_errors_about_nat_outgoing_flows_are_translated_at_the_uplink() {
 }
 
 // ---- SCTP and UDP-Lite service NAT ----------------------------------------------------------
-
-const PROTO_UDPLITE: u8 = 136;
-const PROTO_SCTP: u8 = 132;
-
-/// An Ethernet frame from `src` to `dst` carrying the transport segment `seg` as is.
-fn ip_frame(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8]) -> Vec<u8> {
-    let mut pkt = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            pkt.extend(0x0800u16.to_be_bytes());
-            let mut h = vec![0x45, 0];
-            h.extend(((20 + seg.len()) as u16).to_be_bytes());
-            h.extend([0, 1, 0x40, 0, 64, proto, 0, 0]);
-            h.extend(s.octets());
-            h.extend(d.octets());
-            let c = !fold(sum16(&h));
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            pkt.extend(h);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            pkt.extend(0x86ddu16.to_be_bytes());
-            pkt.extend([0x60, 0, 0, 0]);
-            pkt.extend((seg.len() as u16).to_be_bytes());
-            pkt.extend([proto, 64]);
-            pkt.extend(s.octets());
-            pkt.extend(d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    pkt.extend(seg);
-    pkt
-}
 
 /// (src, dst, the transport segment) of a frame; the IPv4 header checksum verified.
 fn segment(frame: &[u8]) -> (IpAddr, IpAddr, Vec<u8>) {
@@ -792,33 +657,20 @@ fn sctp_service_nat_updates_the_crc32c_for_every_length() {
         let c = net.client;
         service_proto(&mut dp, net.vip1, PROTO_SCTP, 1 + i as u32, net.server1);
         // the same port on the backend: only the address changes, which the CRC does not cover
-        {
-            let mut m = dp.maps();
-            m.set_frontend(
-                &NatFeKey::new(net.vip2, 80, PROTO_SCTP),
-                &NatFeVal {
-                    svc_id: 11 + i as u32,
-                    count: 1,
-                    local_count: 1,
-                    ..NatFeVal::default()
-                },
-            )
-            .unwrap();
-            m.set_backend(
-                &NatBeKey {
-                    svc_id: 11 + i as u32,
-                    slot: 0,
-                },
-                &NatBeVal::new(net.server2, 80, SV_NAT_BE_F_LOCAL),
-            )
-            .unwrap();
-        }
+        let backends = [(net.server2, 80, true)];
+        add_frontend(
+            &mut dp.maps(),
+            (net.vip2, 80, PROTO_SCTP),
+            11 + i as u32,
+            0,
+            &backends,
+        );
         for (j, payload) in [0usize, 1, 5, 37, 200, 1001, 1400].into_iter().enumerate() {
             let sport = 7000 + 10 * i as u16 + j as u16;
             let out = dp
                 .test_run(
                     Hook::FromEndpoint,
-                    &ip_frame(c, net.vip1, PROTO_SCTP, &sctp_seg(sport, 80, payload)),
+                    &frame(c, net.vip1, PROTO_SCTP, &sctp_seg(sport, 80, payload)),
                 )
                 .unwrap();
             assert_eq!(out.verdict, TC_ACT_OK, "payload {payload}");
@@ -827,7 +679,7 @@ fn sctp_service_nat_updates_the_crc32c_for_every_length() {
                 (c, sport, net.server1, 8080),
                 "DNAT, payload {payload}"
             );
-            let reply = ip_frame(net.server1, c, PROTO_SCTP, &sctp_seg(8080, sport, payload));
+            let reply = frame(net.server1, c, PROTO_SCTP, &sctp_seg(8080, sport, payload));
             let out = dp.test_run(Hook::ToEndpoint, &reply).unwrap();
             assert_eq!(out.verdict, TC_ACT_OK);
             assert_eq!(
@@ -838,7 +690,7 @@ fn sctp_service_nat_updates_the_crc32c_for_every_length() {
             let out = dp
                 .test_run(
                     Hook::FromEndpoint,
-                    &ip_frame(c, net.vip2, PROTO_SCTP, &sctp_seg(sport, 80, payload)),
+                    &frame(c, net.vip2, PROTO_SCTP, &sctp_seg(sport, 80, payload)),
                 )
                 .unwrap();
             assert_eq!(out.verdict, TC_ACT_OK);
@@ -865,13 +717,7 @@ fn udplite_seg(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, coverage: u16) 
 fn udplite_sum(src: IpAddr, dst: IpAddr, seg: &[u8]) -> u16 {
     let cov = usize::from(u16::from_be_bytes([seg[4], seg[5]]));
     let cov = if cov == 0 { seg.len() } else { cov };
-    let pseudo = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => sum16(&s.octets()) + sum16(&d.octets()),
-        (IpAddr::V6(s), IpAddr::V6(d)) => sum16(&s.octets()) + sum16(&d.octets()),
-        _ => panic!("mixed families"),
-    } + u32::from(PROTO_UDPLITE)
-        + seg.len() as u32;
-    fold(pseudo + sum16(&seg[..cov]))
+    fold(pseudo(src, dst, PROTO_UDPLITE, seg.len()) + sum16(&seg[..cov]))
 }
 
 #[test]
@@ -882,7 +728,7 @@ fn udplite_service_nat_updates_its_checksum_both_ways() {
         service_proto(&mut dp, net.vip1, PROTO_UDPLITE, 1 + i as u32, net.server1);
         for (j, coverage) in [0u16, 8, 12].into_iter().enumerate() {
             let sport = 9000 + 10 * i as u16 + j as u16;
-            let pkt = ip_frame(
+            let pkt = frame(
                 c,
                 net.vip1,
                 PROTO_UDPLITE,
@@ -907,7 +753,7 @@ fn udplite_service_nat_updates_its_checksum_both_ways() {
                 "UDP-Lite never carries a zero checksum"
             );
 
-            let reply = ip_frame(
+            let reply = frame(
                 net.server1,
                 c,
                 PROTO_UDPLITE,

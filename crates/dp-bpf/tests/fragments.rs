@@ -6,21 +6,24 @@
 //! datagram's transport checksum (fixed in the first fragment) still verifies. IPv4 and
 //! IPv6 (fragment extension header).
 
+#[expect(
+    dead_code,
+    reason = "the shared helpers include ones (frames, netns, frontends) this test does not use"
+)]
+mod common;
+
 use std::net::IpAddr;
 
+use common::fixture::{drops, host_len, ip, load_tc, route, small_sizes, verdict};
+use common::packet::{fold, pseudo, sum16};
 use serval_dp_bpf::{
-    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX,
-    abi::*,
+    Dataplane, Hook, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_SHOT, TEST_RUN_IFINDEX, abi::*,
 };
 
 const EP: u32 = 10;
 const SERVER_ID: u32 = 100;
 const CLIENT_ID: u32 = 101;
 const UDP: u8 = 17;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 struct Net {
     client: IpAddr,
@@ -50,43 +53,22 @@ fn setup() -> Option<Dataplane> {
     if !serval_sys::testing::require_root("dp-bpf fragment test") {
         return None;
     }
-    let mut dp = Dataplane::load(&LoadOptions {
-        pins: None,
-        sizes: MapSizes {
-            nat_frontend: 64,
-            nat_backend: 64,
-            nat_affinity: 64,
-            route: 64,
-            conntrack: 1024,
-            policy: 256,
-            endpoints: 16,
-        },
-        log_level: LogLevel::Off,
-    })
-    .expect("load the embedded programs");
+    let sizes = MapSizes {
+        policy: 256,
+        ..small_sizes()
+    };
+    let mut dp = load_tc(sizes, LogLevel::Off);
     let [v4, v6] = nets();
     let mut m = dp.maps();
     m.set_endpoint(TEST_RUN_IFINDEX, &EpVal::new(EP, &[v4.client, v6.client]))
         .unwrap();
     for net in [&v4, &v6] {
         for (addr, id) in [(net.server, SERVER_ID), (net.client, CLIENT_ID)] {
-            let len = if addr.is_ipv4() { 32 } else { 128 };
-            let val = RouteVal {
-                identity: id,
-                flags: SV_RT_F_LOCAL_WORKLOAD,
-                ..RouteVal::default()
-            };
-            m.set_route(&route_key(addr, len), &val).unwrap();
+            route(&mut m, addr, host_len(addr), id, SV_RT_F_LOCAL_WORKLOAD);
         }
     }
-    let allow = PolVal {
-        verdict: SV_VERDICT_ALLOW,
-        rule_id: 1,
-    };
-    let deny = PolVal {
-        verdict: SV_VERDICT_DENY,
-        rule_id: 2,
-    };
+    let allow = verdict(SV_VERDICT_ALLOW, 1);
+    let deny = verdict(SV_VERDICT_DENY, 2);
     let eg = SV_DIR_EGRESS;
     for port in [53, 5353] {
         let k = aya::maps::lpm_trie::Key::new(
@@ -137,19 +119,6 @@ fn setup() -> Option<Dataplane> {
 
 // ---- datagrams and fragments ------------------------------------------------------------
 
-fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
 /// An ICMP / ICMPv6 echo request (`kind`) of `len` payload bytes with identifier `id`
 /// (checksum left 0: the programs do not check it).
 fn echo_segment(kind: u8, id: u16, len: usize) -> Vec<u8> {
@@ -160,15 +129,6 @@ fn echo_segment(kind: u8, id: u16, len: usize) -> Vec<u8> {
     s
 }
 
-fn pseudo(src: IpAddr, dst: IpAddr, len: usize) -> u32 {
-    let addrs = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => sum16(&s.octets()) + sum16(&d.octets()),
-        (IpAddr::V6(s), IpAddr::V6(d)) => sum16(&s.octets()) + sum16(&d.octets()),
-        _ => panic!("mixed families"),
-    };
-    addrs + u32::from(UDP) + sum16(&(len as u32).to_be_bytes())
-}
-
 /// A UDP datagram (header + `len` payload bytes) with a valid checksum.
 fn udp_segment(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, len: usize) -> Vec<u8> {
     let mut s = Vec::with_capacity(8 + len);
@@ -177,7 +137,7 @@ fn udp_segment(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, len: usize) -> 
     s.extend(((8 + len) as u16).to_be_bytes());
     s.extend([0, 0]);
     s.extend((0..len).map(|i| (i % 251) as u8));
-    let c = !fold(pseudo(src, dst, s.len()) + sum16(&s));
+    let c = !fold(pseudo(src, dst, UDP, s.len()) + sum16(&s));
     s[6..8].copy_from_slice(&c.to_be_bytes());
     s
 }
@@ -255,10 +215,6 @@ fn parse_fragment(f: &[u8]) -> (IpAddr, IpAddr, usize, Vec<u8>, bool) {
         let off = usize::from(u16::from_be_bytes([ip[42], ip[43]]) & 0xfff8);
         (s.into(), d.into(), off, ip[48..40 + len].to_vec(), true)
     }
-}
-
-fn drops(dp: &mut Dataplane, reason: u32) -> u64 {
-    dp.maps().drop_counters().unwrap().get(reason)
 }
 
 fn run(dp: &Dataplane, frame: &[u8]) -> (i32, Vec<u8>) {
@@ -359,7 +315,7 @@ fn service_nat_of_later_fragments_rewrites_only_the_ip_header() {
         // The reassembled datagram goes to the backend port with a valid checksum.
         assert_eq!(u16::from_be_bytes([reassembled[2], reassembled[3]]), 5353);
         assert_eq!(
-            fold(pseudo(net.client, net.server, reassembled.len()) + sum16(&reassembled)),
+            fold(pseudo(net.client, net.server, UDP, reassembled.len()) + sum16(&reassembled)),
             0xffff,
             "UDP checksum of the reassembled datagram"
         );

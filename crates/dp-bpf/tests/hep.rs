@@ -11,20 +11,18 @@ mod common;
 
 use std::net::IpAddr;
 
+use common::fixture::{
+    self, drops, hep_sizes, host_len, ip, load_hep, pol_key_full, route, verdict,
+};
 use common::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, packet, tcp, udp};
 use serval_dp_bpf::{
-    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_SHOT, TEST_RUN_IFINDEX, abi::*,
-    hep::TC_ACT_NEXT,
+    Dataplane, Hook, LoadOptions, LogLevel, TC_ACT_SHOT, TEST_RUN_IFINDEX, abi::*, hep::TC_ACT_NEXT,
 };
 
 /// The host endpoint's endpoint id in sv_policy.
 const HEP: u32 = 40;
 const HOST_ID: u32 = 3;
 const PEER_ID: u32 = 100;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// This node, a peer with its own identity (a pod of another node), a stranger (WORLD), an
 /// address of neither kind (forwarded traffic), another node.
@@ -60,17 +58,6 @@ fn v6() -> Net {
     }
 }
 
-fn host_len(a: IpAddr) -> u8 {
-    if a.is_ipv4() { 32 } else { 128 }
-}
-
-fn allow(rule_id: u32) -> PolVal {
-    PolVal {
-        verdict: SV_VERDICT_ALLOW,
-        rule_id,
-    }
-}
-
 const DENY: PolVal = PolVal {
     verdict: SV_VERDICT_DENY,
     rule_id: 99,
@@ -84,20 +71,7 @@ fn setup() -> Option<Dataplane> {
     if !serval_sys::testing::require_root("dp-bpf host endpoint program test") {
         return None;
     }
-    let mut dp = Dataplane::load_hep(&LoadOptions {
-        pins: None,
-        sizes: MapSizes {
-            route: 64,
-            policy: 256,
-            conntrack: 64,
-            nat_frontend: 16,
-            nat_backend: 16,
-            nat_affinity: 16,
-            endpoints: 16,
-        },
-        log_level: LogLevel::Off,
-    })
-    .expect("load the embedded host endpoint programs");
+    let mut dp = load_hep(hep_sizes(), LogLevel::Off);
     dp.set_hep_iface(
         TEST_RUN_IFINDEX,
         &HepIfaceVal {
@@ -115,12 +89,7 @@ fn setup() -> Option<Dataplane> {
             (net.pod, PEER_ID, SV_RT_F_LOCAL_WORKLOAD),
             (net.other_node, PEER_ID, SV_RT_F_REMOTE_HOST),
         ] {
-            let val = RouteVal {
-                identity,
-                flags,
-                ..RouteVal::default()
-            };
-            m.set_route(&route_key(addr, host_len(addr)), &val).unwrap();
+            route(&mut m, addr, host_len(addr), identity, flags);
         }
         let (fs_addr, fs_len) = net.fs_net;
         dp.set_hep_failsafe(&HepFsMatch::key(
@@ -136,14 +105,12 @@ fn setup() -> Option<Dataplane> {
     dp.set_hep_failsafe(&HepFsMatch::key(SV_DIR_EGRESS, PROTO_UDP, 53, None))
         .unwrap();
     let mut m = dp.maps();
-    let full = |remote, dir, proto, port| {
-        aya::maps::lpm_trie::Key::new(
-            SV_POL_PREFIX_FULL,
-            PolMatch::new(HEP, remote, dir, proto, port),
-        )
-    };
-    m.set_policy(&full(PEER_ID, SV_DIR_INGRESS, PROTO_TCP, 80), &allow(1))
-        .unwrap();
+    let full = |remote, dir, proto, port| pol_key_full(HEP, remote, dir, proto, port);
+    m.set_policy(
+        &full(PEER_ID, SV_DIR_INGRESS, PROTO_TCP, 80),
+        &verdict(SV_VERDICT_ALLOW, 1),
+    )
+    .unwrap();
     m.set_policy(&pol_key_any_proto(HEP, PEER_ID, SV_DIR_INGRESS), &DENY)
         .unwrap();
     m.set_policy(
@@ -153,7 +120,7 @@ fn setup() -> Option<Dataplane> {
     .unwrap();
     m.set_policy(
         &full(SV_IDENTITY_ANY, SV_DIR_EGRESS, PROTO_TCP, 443),
-        &allow(2),
+        &verdict(SV_VERDICT_ALLOW, 2),
     )
     .unwrap();
     m.set_policy(
@@ -164,14 +131,9 @@ fn setup() -> Option<Dataplane> {
     Some(dp)
 }
 
+/// The verdict of `pkt` at `hook`.
 fn run(dp: &Dataplane, hook: Hook, pkt: &[u8]) -> i32 {
-    dp.test_run(hook, pkt)
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}: {e:?}"))
-        .verdict
-}
-
-fn host_drops(dp: &mut Dataplane) -> u64 {
-    dp.maps().drop_counters().unwrap().get(SV_DROP_HOST_POLICY)
+    fixture::run(dp, hook, pkt).0
 }
 
 #[test]
@@ -191,7 +153,7 @@ fn host_bound_packets_are_allowed_and_denied_by_the_host_endpoint_policy() {
             denied += u64::from(want == TC_ACT_SHOT);
         }
     }
-    assert_eq!(host_drops(&mut dp), denied);
+    assert_eq!(drops(&mut dp, SV_DROP_HOST_POLICY), denied);
     // The allowed flows were recorded, the denied ones not.
     let ct = dp.hep_conntrack().unwrap();
     assert_eq!(ct.len(), 2, "{ct:?}");
@@ -385,7 +347,7 @@ fn source_port_tables_decide_by_source_port() {
             SV_POL_SPORT_PREFIX_ANY + 6,
             PolSportMatch::new(table, 1024),
         ),
-        &allow(3),
+        &verdict(SV_VERDICT_ALLOW, 3),
     )
     .unwrap();
     dp.set_policy_sport(

@@ -13,10 +13,12 @@ mod common;
 
 use std::net::IpAddr;
 
+use common::fixture::{
+    self, drops, hep_sizes, host_len, ip, load_hep, pol_key_full as full, route, verdict as val,
+};
 use common::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, packet, tcp, udp};
 use serval_dp_bpf::{
-    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_SHOT, TEST_RUN_IFINDEX, abi::*,
-    hep::TC_ACT_NEXT,
+    Dataplane, Hook, LogLevel, TC_ACT_SHOT, TEST_RUN_IFINDEX, abi::*, hep::TC_ACT_NEXT,
 };
 
 /// The host endpoint's ordinary and untracked endpoint ids.
@@ -28,10 +30,6 @@ const PEER_ID: u32 = 100;
 const RULE_NO_POLICY: u32 = 1;
 const RULE_PASSED_ALL_TIERS: u32 = 2;
 const RULE: u32 = 77;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 struct Net {
     host: IpAddr,
@@ -58,17 +56,6 @@ fn nets() -> [Net; 2] {
     ]
 }
 
-fn val(verdict: u32, rule_id: u32) -> PolVal {
-    PolVal { verdict, rule_id }
-}
-
-fn full(ep: u32, remote: u32, dir: u8, proto: u8, port: u16) -> PolKey {
-    aya::maps::lpm_trie::Key::new(
-        SV_POL_PREFIX_FULL,
-        PolMatch::new(ep, remote, dir, proto, port),
-    )
-}
-
 /// Ordinary policy: ingress TCP 80 from the peer and TCP 8080 from anyone allowed, egress
 /// denied; failsafe inbound TCP 22. Untracked, ingress: TCP 80 from the peer denied, UDP 5353
 /// allowed, TCP 22 denied, UDP 9999 denied, the rest "passed every tier"; egress: UDP 5353
@@ -77,20 +64,7 @@ fn setup(untracked_ep_id: u32) -> Option<Dataplane> {
     if !serval_sys::testing::require_root("dp-bpf untracked host endpoint policy test") {
         return None;
     }
-    let mut dp = Dataplane::load_hep(&LoadOptions {
-        pins: None,
-        sizes: MapSizes {
-            route: 64,
-            policy: 256,
-            conntrack: 64,
-            nat_frontend: 16,
-            nat_backend: 16,
-            nat_affinity: 16,
-            endpoints: 16,
-        },
-        log_level: LogLevel::Off,
-    })
-    .expect("load the embedded host endpoint programs");
+    let mut dp = load_hep(hep_sizes(), LogLevel::Off);
     dp.set_hep_iface(
         TEST_RUN_IFINDEX,
         &HepIfaceVal {
@@ -109,13 +83,7 @@ fn setup(untracked_ep_id: u32) -> Option<Dataplane> {
             (net.peer, PEER_ID, SV_RT_F_REMOTE_WORKLOAD),
             (net.pod, PEER_ID, SV_RT_F_LOCAL_WORKLOAD),
         ] {
-            let len = if addr.is_ipv4() { 32 } else { 128 };
-            let rv = RouteVal {
-                identity,
-                flags,
-                ..RouteVal::default()
-            };
-            m.set_route(&route_key(addr, len), &rv).unwrap();
+            route(&mut m, addr, host_len(addr), identity, flags);
         }
     }
     let (allow, deny) = (SV_VERDICT_ALLOW, SV_VERDICT_DENY);
@@ -156,14 +124,9 @@ fn setup(untracked_ep_id: u32) -> Option<Dataplane> {
     Some(dp)
 }
 
+/// The verdict of `pkt` at `hook`.
 fn run(dp: &Dataplane, hook: Hook, pkt: &[u8]) -> i32 {
-    dp.test_run(hook, pkt)
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}: {e:?}"))
-        .verdict
-}
-
-fn host_drops(dp: &mut Dataplane) -> u64 {
-    dp.maps().drop_counters().unwrap().get(SV_DROP_HOST_POLICY)
+    fixture::run(dp, hook, pkt).0
 }
 
 #[test]
@@ -190,7 +153,7 @@ fn untracked_deny_and_allow_decide_before_ordinary_policy() {
             denied += u64::from(want == TC_ACT_SHOT);
         }
     }
-    assert_eq!(host_drops(&mut dp), denied);
+    assert_eq!(drops(&mut dp, SV_DROP_HOST_POLICY), denied);
     // Conntrack holds the two tracked flows per family (8080 by policy, 22 by failsafe), not
     // the untracked UDP 5353.
     let ct = dp.hep_conntrack().unwrap();

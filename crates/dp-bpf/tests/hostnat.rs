@@ -15,19 +15,14 @@ mod common;
 
 use std::net::IpAddr;
 
+use common::fixture::{
+    NEXT, add_frontend, host_len as len, in_fresh_netns, ip, load_tc, route, run, small_sizes,
+};
 use common::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, packet, parse, tcp, udp};
-use serval_dp_bpf::{Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_SHOT, abi::*};
-use serval_sys::testing::{NetNsGuard, require_root};
-
-/// TCX_NEXT / TC_ACT_UNSPEC.
-const NEXT: i32 = -1;
+use serval_dp_bpf::{Dataplane, Hook, LogLevel, TC_ACT_SHOT, abi::*};
 const PORT: u16 = 8080;
 /// The host client's port: outside the SNAT port range.
 const CLIENT_PORT: u16 = 40000;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 struct Net {
     node: IpAddr,
@@ -56,27 +51,10 @@ fn nets() -> [Net; 2] {
     ]
 }
 
-fn len(a: IpAddr) -> u8 {
-    if a.is_ipv4() { 32 } else { 128 }
-}
-
 /// The programs with this node's entry (flag as given), routes, and per family a TCP and a UDP
 /// frontend `vip:PORT` with one backend on another node, and a TCP frontend without backends.
 fn load(host_nat: bool) -> Dataplane {
-    let mut dp = Dataplane::load(&LoadOptions {
-        pins: None,
-        sizes: MapSizes {
-            nat_frontend: 64,
-            nat_backend: 64,
-            nat_affinity: 64,
-            route: 64,
-            conntrack: 1024,
-            policy: 64,
-            endpoints: 16,
-        },
-        log_level: LogLevel::Off,
-    })
-    .expect("load the embedded programs");
+    let mut dp = load_tc(small_sizes(), LogLevel::Off);
     let mut m = dp.maps();
     let [a, b] = nets();
     let mut host = HostVal::new(&[a.node, b.node], (20000, 20009));
@@ -86,73 +64,29 @@ fn load(host_nat: bool) -> Dataplane {
     m.set_host(&host).unwrap();
     let mut svc = 1;
     for net in nets() {
-        let pool = RouteVal {
-            identity: 50,
-            flags: SV_RT_F_IN_POOL,
-            ..RouteVal::default()
-        };
         for pod in [net.backend, net.pod] {
-            m.set_route(&route_key(pod, len(pod)), &pool).unwrap();
+            route(&mut m, pod, len(pod), 50, SV_RT_F_IN_POOL);
         }
-        let node = RouteVal {
-            identity: 3,
-            flags: SV_RT_F_HOST,
-            ..RouteVal::default()
-        };
-        m.set_route(&route_key(net.node, len(net.node)), &node)
-            .unwrap();
+        route(&mut m, net.node, len(net.node), 3, SV_RT_F_HOST);
         for proto in [PROTO_TCP, PROTO_UDP] {
-            m.set_backend(
-                &NatBeKey {
-                    svc_id: svc,
-                    slot: 0,
-                },
-                &NatBeVal::new(net.backend, 80, 0),
-            )
-            .unwrap();
-            m.set_frontend(
-                &NatFeKey::new(net.vip, PORT, proto),
-                &NatFeVal {
-                    svc_id: svc,
-                    count: 1,
-                    ..NatFeVal::default()
-                },
-            )
-            .unwrap();
+            add_frontend(
+                &mut m,
+                (net.vip, PORT, proto),
+                svc,
+                0,
+                &[(net.backend, 80, false)],
+            );
             svc += 1;
         }
-        m.set_frontend(
-            &NatFeKey::new(net.empty_vip, PORT, PROTO_TCP),
-            &NatFeVal {
-                svc_id: svc,
-                count: 0,
-                ..NatFeVal::default()
-            },
-        )
-        .unwrap();
+        add_frontend(&mut m, (net.empty_vip, PORT, PROTO_TCP), svc, 0, &[]);
         svc += 1;
     }
     dp
 }
 
-fn run(dp: &Dataplane, hook: Hook, pkt: &[u8]) -> (i32, Vec<u8>) {
-    let out = dp
-        .test_run(hook, pkt)
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}: {e:?}"));
-    (out.verdict, out.packet)
-}
-
-fn in_fresh_netns(test: &str, f: impl FnOnce() + Send) {
-    if !require_root(test) {
-        return;
-    }
-    let ns = NetNsGuard::new("svhn").expect("create a test namespace");
-    ns.run(f).expect("run in the test namespace");
-}
-
 #[test]
 fn host_client_flows_are_dnated_at_the_uplink_egress_and_replies_come_from_the_frontend() {
-    in_fresh_netns("hostnat", || {
+    in_fresh_netns("svhn", "hostnat", || {
         let mut dp = load(true);
         for net in nets() {
             for (proto, first, next, reply) in [
@@ -230,7 +164,7 @@ fn host_client_flows_are_dnated_at_the_uplink_egress_and_replies_come_from_the_f
 
 #[test]
 fn without_the_flag_or_from_a_pod_nothing_changes() {
-    in_fresh_netns("hostnat_off", || {
+    in_fresh_netns("svhn", "hostnat_off", || {
         for (flag, src_is_pod) in [(false, false), (true, true)] {
             let mut dp = load(flag);
             for net in nets() {

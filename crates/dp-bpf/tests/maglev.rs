@@ -15,20 +15,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use common::fixture::{ip, load_tc, small_sizes, verdict};
 use common::packet::{PROTO_TCP, PROTO_UDP, TCP_SYN, packet, parse, tcp, udp};
 use serval_calc::maglev::{Table, flow_hash};
-use serval_dp_bpf::{
-    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_OK, TEST_RUN_IFINDEX, abi::*,
-};
+use serval_dp_bpf::{Dataplane, Hook, LogLevel, MapSizes, TC_ACT_OK, TEST_RUN_IFINDEX, abi::*};
 
 const EP: u32 = 10;
 const SVC: u32 = 7;
 /// A small prime table keeps the test quick; the algorithm is the same at 10007.
 const M: u32 = 1009;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 struct Net {
     client: IpAddr,
@@ -65,31 +60,18 @@ fn load_level(level: LogLevel) -> Option<Dataplane> {
     if !serval_sys::testing::require_root("dp-bpf maglev test") {
         return None;
     }
-    let mut dp = Dataplane::load(&LoadOptions {
-        pins: None,
-        sizes: MapSizes {
-            nat_frontend: 64,
-            nat_backend: 64,
-            nat_affinity: 64,
-            route: 64,
-            conntrack: 4096,
-            policy: 64,
-            endpoints: 16,
-        },
-        log_level: level,
-    })
-    .expect("load the embedded programs");
+    let sizes = MapSizes {
+        conntrack: 4096,
+        ..small_sizes()
+    };
+    let mut dp = load_tc(sizes, level);
     let [n4, n6] = nets();
     let mut maps = dp.maps();
     maps.set_endpoint(TEST_RUN_IFINDEX, &EpVal::new(EP, &[n4.client, n6.client]))
         .unwrap();
-    let allow = PolVal {
-        verdict: SV_VERDICT_ALLOW,
-        rule_id: 1,
-    };
     maps.set_policy(
         &pol_key_any_proto(EP, SV_IDENTITY_ANY, SV_DIR_EGRESS),
-        &allow,
+        &verdict(SV_VERDICT_ALLOW, 1),
     )
     .unwrap();
     Some(dp)

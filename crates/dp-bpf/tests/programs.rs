@@ -3,27 +3,27 @@
 //! tests run in parallel. Asserts verdicts, rewritten bytes with verified checksums, conntrack
 //! and affinity state and drop counters.
 
+#[expect(
+    dead_code,
+    reason = "the shared fixtures include ones (netns, hep, frontends) this test does not use"
+)]
 mod common;
 
 use std::net::IpAddr;
 
+use common::fixture::{self, ct_entry as ct, drops, host_len, ip, load_tc, route, run};
 use common::packet::{
     L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST,
     TCP_SYN, packet, parse, sctp, tcp, udp, udp_csum,
 };
 use serval_dp_bpf::{
-    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
-    TEST_RUN_IFINDEX,
+    Dataplane, Hook, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_RUN_IFINDEX,
     abi::{self, *},
 };
 
 const EP: u32 = 10;
 const SERVER_ID: u32 = 100;
 const CLIENT_ID: u32 = 101;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 struct Net {
     client: IpAddr,
@@ -50,15 +50,11 @@ fn v6() -> Net {
     }
 }
 
+/// The fixture's small sizes with room for this file's policies.
 fn small_sizes() -> MapSizes {
     MapSizes {
-        nat_frontend: 64,
-        nat_backend: 64,
-        nat_affinity: 64,
-        route: 64,
-        conntrack: 1024,
         policy: 256,
-        endpoints: 16,
+        ..fixture::small_sizes()
     }
 }
 
@@ -70,12 +66,7 @@ fn setup(level: LogLevel, sizes: MapSizes) -> Option<Dataplane> {
     if !serval_sys::testing::require_root("dp-bpf program test") {
         return None;
     }
-    let mut dp = Dataplane::load(&LoadOptions {
-        pins: None,
-        sizes,
-        log_level: level,
-    })
-    .expect("load the embedded programs");
+    let mut dp = load_tc(sizes, level);
     let mut maps = dp.maps();
     maps.set_endpoint(
         TEST_RUN_IFINDEX,
@@ -84,13 +75,7 @@ fn setup(level: LogLevel, sizes: MapSizes) -> Option<Dataplane> {
     .unwrap();
     for net in [v4(), v6()] {
         for (addr, id) in [(net.server, SERVER_ID), (net.client, CLIENT_ID)] {
-            let len = if addr.is_ipv4() { 32 } else { 128 };
-            let val = RouteVal {
-                identity: id,
-                flags: SV_RT_F_LOCAL_WORKLOAD,
-                ..RouteVal::default()
-            };
-            maps.set_route(&route_key(addr, len), &val).unwrap();
+            route(&mut maps, addr, host_len(addr), id, SV_RT_F_LOCAL_WORKLOAD);
         }
     }
     let allow = |rule_id| PolVal {
@@ -135,25 +120,6 @@ fn setup(level: LogLevel, sizes: MapSizes) -> Option<Dataplane> {
     )
     .unwrap();
     Some(dp)
-}
-
-fn run(dp: &Dataplane, hook: Hook, pkt: &[u8]) -> (i32, Vec<u8>) {
-    let out = dp
-        .test_run(hook, pkt)
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}: {e:?}"));
-    (out.verdict, out.packet)
-}
-
-fn drops(dp: &mut Dataplane, reason: u32) -> u64 {
-    dp.maps().drop_counters().unwrap().get(reason)
-}
-
-fn ct(dp: &mut Dataplane, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> CtVal {
-    let (key, _) = CtKey::of(src, sport, dst, dport, proto);
-    dp.maps()
-        .conntrack(&key)
-        .unwrap()
-        .unwrap_or_else(|| panic!("no conntrack entry {src}:{sport} -> {dst}:{dport}/{proto}"))
 }
 
 #[test]

@@ -5,13 +5,20 @@
 //! denies everything: the answer must still arrive. Unique namespaces, names and pin scope,
 //! removed on drop even on panic.
 
+#[expect(
+    dead_code,
+    reason = "the shared helpers include packet builders and private-map fixtures this test does not use"
+)]
+mod common;
+
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
+use common::fixture::{small_sizes, verdict};
 use serval_dp_bpf::{
-    AttachMode, Dataplane, Hook, LoadOptions, LogLevel, MapSizes, PinScope, abi::*, cleanup,
+    AttachMode, Dataplane, Hook, LoadOptions, LogLevel, PinScope, abi::*, cleanup,
 };
 use serval_sys::testing::{NetNsGuard, require_root, unique_name};
 
@@ -110,15 +117,7 @@ fn workload_connecting_to_a_service_without_backends_is_refused() {
     let _guard = ScopeGuard(scope.clone());
     let mut dp = Dataplane::load(&LoadOptions {
         pins: Some(scope.clone()),
-        sizes: MapSizes {
-            nat_frontend: 64,
-            nat_backend: 64,
-            nat_affinity: 64,
-            route: 64,
-            conntrack: 1024,
-            policy: 64,
-            endpoints: 16,
-        },
+        sizes: small_sizes(),
         log_level: LogLevel::Off,
     })
     .expect("load");
@@ -130,14 +129,8 @@ fn workload_connecting_to_a_service_without_backends_is_refused() {
         let mut maps = dp.maps();
         maps.set_endpoint(index, &EpVal::new(EP, &[client4, client6]))
             .unwrap();
-        let allow = PolVal {
-            verdict: SV_VERDICT_ALLOW,
-            rule_id: 1,
-        };
-        let deny = PolVal {
-            verdict: SV_VERDICT_DENY,
-            rule_id: 2,
-        };
+        let allow = verdict(SV_VERDICT_ALLOW, 1);
+        let deny = verdict(SV_VERDICT_DENY, 2);
         maps.set_policy(
             &pol_key_any_proto(EP, SV_IDENTITY_ANY, SV_DIR_EGRESS),
             &allow,

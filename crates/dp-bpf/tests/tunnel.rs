@@ -21,25 +21,22 @@
 mod common;
 
 use std::net::IpAddr;
-use std::process::Command;
 
-use common::packet::{L4, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, packet, parse, tcp, udp};
-use serval_dp_bpf::tunnel::TunnelStats;
-use serval_dp_bpf::{
-    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_REDIRECT, TEST_RUN_IFINDEX, abi::*,
+use common::fixture::{
+    NEXT, add_frontend, allow_all, ct_entry as ct, host_len, in_fresh_netns, ip, ip_cmd, load_tc,
+    route, run, small_sizes, veth_d0,
 };
-use serval_sys::testing::{NetNsGuard, require_root};
+use common::packet::{
+    L4, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, fold, frame, packet, parse, pseudo, sum16, tcp, udp,
+};
+use serval_dp_bpf::tunnel::TunnelStats;
+use serval_dp_bpf::{Dataplane, Hook, LogLevel, TC_ACT_REDIRECT, TEST_RUN_IFINDEX, abi::*};
+use serval_sys::testing::require_root;
 
-/// TCX_NEXT / TC_ACT_UNSPEC: on to the stack.
-const NEXT: i32 = -1;
 const NODE_PORT: u16 = 30000;
 const BACKEND_PORT: u16 = 8080;
 const EP: u32 = 10;
 const SVC: u32 = 7;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// Addresses of one family.
 #[derive(Clone, Copy)]
@@ -75,101 +72,47 @@ fn v6() -> Net {
     }
 }
 
-fn host_len(a: IpAddr) -> u8 {
-    if a.is_ipv4() { 32 } else { 128 }
-}
-
-fn sizes() -> MapSizes {
-    MapSizes {
-        nat_frontend: 64,
-        nat_backend: 64,
-        nat_affinity: 64,
-        route: 64,
-        conntrack: 1024,
-        policy: 64,
-        endpoints: 16,
-    }
-}
-
-fn route(dp: &mut Dataplane, a: IpAddr, len: u8, identity: u32, flags: u32) {
-    dp.maps()
-        .set_route(
-            &route_key(a, len),
-            &RouteVal {
-                identity,
-                flags,
-                ..RouteVal::default()
-            },
-        )
-        .unwrap();
-}
-
 /// Node `me` of the two (R when `receiving`): its sv_host entry, the other node a remote
 /// host, the pool, the pod (a local workload on B, with endpoint EP on the test-run
 /// interface), and on R the NodePort frontend with the pod as its one (remote) backend.
 fn node(receiving: bool, dsr: bool) -> Dataplane {
-    let mut dp = Dataplane::load(&LoadOptions {
-        pins: None,
-        sizes: sizes(),
-        log_level: LogLevel::Off,
-    })
-    .expect("load the embedded programs");
+    let mut dp = load_tc(small_sizes(), LogLevel::Off);
     let me = |n: Net| if receiving { n.r } else { n.b };
     let other = |n: Net| if receiving { n.b } else { n.r };
     let mut host = HostVal::new(&[me(v4()), me(v6())], (20000, 20009));
     if dsr {
         host.flags |= SV_HOST_F_DSR;
     }
-    dp.maps().set_host(&host).unwrap();
+    let mut m = dp.maps();
+    m.set_host(&host).unwrap();
     for net in [v4(), v6()] {
-        route(&mut dp, net.pool.0, net.pool.1, 50, SV_RT_F_IN_POOL);
-        route(&mut dp, me(net), host_len(net.r), 3, SV_RT_F_HOST);
-        route(&mut dp, other(net), host_len(net.r), 4, SV_RT_F_REMOTE_HOST);
+        route(&mut m, net.pool.0, net.pool.1, 50, SV_RT_F_IN_POOL);
+        route(&mut m, me(net), host_len(net.r), 3, SV_RT_F_HOST);
+        route(&mut m, other(net), host_len(net.r), 4, SV_RT_F_REMOTE_HOST);
         let pod_flags = if receiving {
             SV_RT_F_IN_POOL
         } else {
             SV_RT_F_IN_POOL | SV_RT_F_LOCAL_WORKLOAD
         };
-        route(&mut dp, net.pod, host_len(net.pod), 50, pod_flags);
+        route(&mut m, net.pod, host_len(net.pod), 50, pod_flags);
         if receiving {
-            let mut m = dp.maps();
-            m.set_backend(
-                &NatBeKey {
-                    svc_id: SVC + u32::from(net.r.is_ipv6()),
-                    slot: 0,
-                },
-                &NatBeVal::new(net.pod, BACKEND_PORT, 0),
-            )
-            .unwrap();
+            let svc_id = SVC + u32::from(net.r.is_ipv6());
             for proto in [PROTO_TCP, PROTO_UDP] {
-                m.set_frontend(
-                    &NatFeKey::new(net.r, NODE_PORT, proto),
-                    &NatFeVal {
-                        svc_id: SVC + u32::from(net.r.is_ipv6()),
-                        count: 1,
-                        local_count: 0,
-                        flags: SV_NAT_FE_F_EXTERNAL,
-                        ..NatFeVal::default()
-                    },
-                )
-                .unwrap();
+                let backends = [(net.pod, BACKEND_PORT, false)];
+                add_frontend(
+                    &mut m,
+                    (net.r, NODE_PORT, proto),
+                    svc_id,
+                    SV_NAT_FE_F_EXTERNAL,
+                    &backends,
+                );
             }
         }
     }
     if !receiving {
-        let mut m = dp.maps();
         m.set_endpoint(TEST_RUN_IFINDEX, &EpVal::new(EP, &[v4().pod, v6().pod]))
             .unwrap();
-        for dir in [SV_DIR_INGRESS, SV_DIR_EGRESS] {
-            m.set_policy(
-                &pol_key_any_proto(EP, SV_IDENTITY_ANY, dir),
-                &PolVal {
-                    verdict: SV_VERDICT_ALLOW,
-                    rule_id: 1,
-                },
-            )
-            .unwrap();
-        }
+        allow_all(&mut m, EP);
     }
     dp
 }
@@ -177,83 +120,35 @@ fn node(receiving: bool, dsr: bool) -> Dataplane {
 /// Runs `f` in a fresh namespace with forwarding on, the node subnet on a veth and the pod
 /// networks routed via B.
 fn in_netns<R: Send>(test: &str, f: impl FnOnce() -> R + Send) -> Option<R> {
-    if !require_root(test) {
-        return None;
-    }
-    let ns = NetNsGuard::new("svtun").expect("create a test namespace");
-    Some(
-        ns.run(|| {
-            let sh = |args: &[&str]| {
-                let o = Command::new("ip").args(args).output().expect("run ip");
-                assert!(
-                    o.status.success(),
-                    "ip {args:?}: {}",
-                    String::from_utf8_lossy(&o.stderr)
-                );
-            };
-            sh(&["link", "set", "lo", "up"]);
-            sh(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-            sh(&["addr", "add", "172.31.1.1/24", "dev", "d0"]);
-            sh(&["addr", "add", "fd00:5e:1::1/64", "dev", "d0", "nodad"]);
-            sh(&["link", "set", "d0", "up"]);
-            sh(&["link", "set", "d1", "up"]);
-            sh(&[
-                "route",
-                "add",
-                "10.244.1.0/24",
-                "via",
-                "172.31.1.13",
-                "dev",
-                "d0",
-            ]);
-            sh(&[
-                "-6",
-                "route",
-                "add",
-                "fd00:10:244:1::/64",
-                "via",
-                "fd00:5e:1::13",
-                "dev",
-                "d0",
-            ]);
-            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("IPv4 forwarding");
-            std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").expect("IPv6 forwarding");
-            f()
-        })
-        .expect("run in the test namespace"),
-    )
-}
-
-fn run(dp: &Dataplane, hook: Hook, pkt: &[u8]) -> (i32, Vec<u8>) {
-    let out = dp
-        .test_run(hook, pkt)
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}: {e:?}"));
-    (out.verdict, out.packet)
+    in_fresh_netns("svtun", test, || {
+        veth_d0(&["172.31.1.1/24", "fd00:5e:1::1/64"]);
+        ip_cmd(&[
+            "route",
+            "add",
+            "10.244.1.0/24",
+            "via",
+            "172.31.1.13",
+            "dev",
+            "d0",
+        ]);
+        ip_cmd(&[
+            "-6",
+            "route",
+            "add",
+            "fd00:10:244:1::/64",
+            "via",
+            "fd00:5e:1::13",
+            "dev",
+            "d0",
+        ]);
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("IPv4 forwarding");
+        std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1").expect("IPv6 forwarding");
+        f()
+    })
 }
 
 fn stats(dp: &mut Dataplane) -> TunnelStats {
     dp.maps().tunnel_stats().unwrap()
-}
-
-fn ct(dp: &mut Dataplane, src: IpAddr, sport: u16, dst: IpAddr, dport: u16, p: u8) -> CtVal {
-    let (key, _) = CtKey::of(src, sport, dst, dport, p);
-    dp.maps()
-        .conntrack(&key)
-        .unwrap()
-        .unwrap_or_else(|| panic!("no conntrack entry {src}:{sport} -> {dst}:{dport}"))
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
-fn sum16(b: &[u8]) -> u32 {
-    b.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
 }
 
 /// An encapsulated frame taken apart (the outer headers checked for what never varies).
@@ -564,42 +459,9 @@ fn syn_with_mss(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, ack: bool, mss
     tcp.extend([1, 1, 2, 4]);
     tcp.extend(mss.to_be_bytes());
     tcp.extend([1, 1]);
-    let pseudo: u32 = match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            sum16(&s.octets()) + sum16(&d.octets()) + u32::from(PROTO_TCP) + tcp.len() as u32
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            sum16(&s.octets()) + sum16(&d.octets()) + u32::from(PROTO_TCP) + tcp.len() as u32
-        }
-        _ => panic!("mixed families"),
-    };
-    let c = !fold(pseudo + sum16(&tcp));
+    let c = !fold(pseudo(src, dst, PROTO_TCP, tcp.len()) + sum16(&tcp));
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
-    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
-    match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            f.extend(0x0800u16.to_be_bytes());
-            let mut ip = vec![0x45, 0];
-            ip.extend(((20 + tcp.len()) as u16).to_be_bytes());
-            ip.extend([0, 1, 0x40, 0, 64, PROTO_TCP, 0, 0]);
-            ip.extend(s.octets());
-            ip.extend(d.octets());
-            let c = !fold(sum16(&ip));
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            f.extend(ip);
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            f.extend(0x86ddu16.to_be_bytes());
-            f.extend([0x60, 0, 0, 0]);
-            f.extend((tcp.len() as u16).to_be_bytes());
-            f.extend([PROTO_TCP, 64]);
-            f.extend(s.octets());
-            f.extend(d.octets());
-        }
-        _ => panic!("mixed families"),
-    }
-    f.extend(tcp);
-    f
+    frame(src, dst, PROTO_TCP, &tcp)
 }
 
 /// The MSS option of a frame built by [`syn_with_mss`] (after any rewrite).
@@ -730,14 +592,6 @@ fn tunnel_packets_from_non_nodes_are_left_alone_and_local_backends_need_no_tunne
 #[test]
 fn the_remote_workload_route_names_the_node_when_the_gateway_is_no_node() {
     in_netns("tunnel_route_next_hop", || {
-        let ip_cmd = |args: &[&str]| {
-            let o = Command::new("ip").args(args).output().expect("run ip");
-            assert!(
-                o.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
         ip_cmd(&[
             "route",
             "replace",
@@ -801,11 +655,6 @@ fn both_builds_with_the_tunnel_pass_the_verifier() {
         return;
     }
     for level in [LogLevel::Off, LogLevel::Debug] {
-        Dataplane::load(&LoadOptions {
-            pins: None,
-            sizes: sizes(),
-            log_level: level,
-        })
-        .unwrap_or_else(|e| panic!("{level:?} build: {e}: {e:?}"));
+        load_tc(small_sizes(), level);
     }
 }

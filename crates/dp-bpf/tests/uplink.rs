@@ -15,26 +15,21 @@
 mod common;
 
 use std::net::IpAddr;
-use std::process::Command;
 
+use common::fixture::{
+    NEXT, add_frontend, allow_all, ct, drops, host_len, in_fresh_netns, ip, ip_cmd, load_tc, route,
+    run, small_sizes, veth_d0,
+};
 use common::packet::{
     L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_SYN, packet, parse, tcp, udp,
 };
 use serval_dp_bpf::{
-    Dataplane, Hook, LoadOptions, LogLevel, MapSizes, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
-    TEST_RUN_IFINDEX, abi::*,
+    Dataplane, Hook, LogLevel, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TEST_RUN_IFINDEX, abi::*,
 };
-use serval_sys::testing::{NetNsGuard, require_root};
-
-/// TCX_NEXT / TC_ACT_UNSPEC: "not finished here".
-const NEXT: i32 = -1;
+use serval_sys::testing::require_root;
 const PSNAT: (u16, u16) = (20000, 20009);
 const NODE_PORT: u16 = 30000;
 const EP: u32 = 10;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// Addresses of one family.
 #[derive(Clone, Copy)]
@@ -74,122 +69,23 @@ fn v6() -> Net {
     }
 }
 
-fn sizes() -> MapSizes {
-    MapSizes {
-        nat_frontend: 64,
-        nat_backend: 64,
-        nat_affinity: 64,
-        route: 64,
-        conntrack: 1024,
-        policy: 64,
-        endpoints: 16,
-    }
-}
-
-fn host_len(a: IpAddr) -> u8 {
-    if a.is_ipv4() { 32 } else { 128 }
-}
-
 /// Loads the programs with this node's entry (both families, `psnat`), routes (the pool with
 /// natOutgoing, the pods in it, this node) and an allow-all policy for endpoint EP.
 fn load(psnat: (u16, u16)) -> Dataplane {
-    let mut dp = Dataplane::load(&LoadOptions {
-        pins: None,
-        sizes: sizes(),
-        log_level: LogLevel::Off,
-    })
-    .expect("load the embedded programs");
+    let mut dp = load_tc(small_sizes(), LogLevel::Off);
     let mut m = dp.maps();
     m.set_host(&HostVal::new(&[v4().node, v6().node], psnat))
         .unwrap();
     for net in [v4(), v6()] {
-        let pool = RouteVal {
-            identity: 50,
-            flags: SV_RT_F_IN_POOL | SV_RT_F_NAT_OUTGOING,
-            ..RouteVal::default()
-        };
-        m.set_route(&route_key(net.pool.0, net.pool.1), &pool)
-            .unwrap();
+        let pool_flags = SV_RT_F_IN_POOL | SV_RT_F_NAT_OUTGOING;
+        route(&mut m, net.pool.0, net.pool.1, 50, pool_flags);
         for pod in [net.remote_pod, net.local_pod] {
-            m.set_route(&route_key(pod, host_len(pod)), &pool).unwrap();
+            route(&mut m, pod, host_len(pod), 50, pool_flags);
         }
-        let node = RouteVal {
-            identity: 3,
-            flags: SV_RT_F_HOST,
-            ..RouteVal::default()
-        };
-        m.set_route(&route_key(net.node, host_len(net.node)), &node)
-            .unwrap();
+        route(&mut m, net.node, host_len(net.node), 3, SV_RT_F_HOST);
     }
-    for dir in [SV_DIR_INGRESS, SV_DIR_EGRESS] {
-        m.set_policy(
-            &pol_key_any_proto(EP, SV_IDENTITY_ANY, dir),
-            &PolVal {
-                verdict: SV_VERDICT_ALLOW,
-                rule_id: 1,
-            },
-        )
-        .unwrap();
-    }
+    allow_all(&mut m, EP);
     dp
-}
-
-/// A frontend `addr:port/TCP` of service `svc_id` with `backends` (local ones first).
-fn frontend(
-    dp: &mut Dataplane,
-    addr: IpAddr,
-    port: u16,
-    svc_id: u32,
-    flags: u32,
-    backends: &[(IpAddr, u16, bool)],
-) {
-    let mut m = dp.maps();
-    let local = backends.iter().filter(|b| b.2).count();
-    for (slot, (a, p, is_local)) in backends.iter().enumerate() {
-        let bflags = if *is_local { SV_NAT_BE_F_LOCAL } else { 0 };
-        m.set_backend(
-            &NatBeKey {
-                svc_id,
-                slot: slot as u32,
-            },
-            &NatBeVal::new(*a, *p, bflags),
-        )
-        .unwrap();
-    }
-    m.set_frontend(
-        &NatFeKey::new(addr, port, PROTO_TCP),
-        &NatFeVal {
-            svc_id,
-            count: backends.len() as u32,
-            local_count: local as u32,
-            flags,
-            ..NatFeVal::default()
-        },
-    )
-    .unwrap();
-}
-
-fn run(dp: &Dataplane, hook: Hook, pkt: &[u8]) -> (i32, Vec<u8>) {
-    let out = dp
-        .test_run(hook, pkt)
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}: {e:?}"));
-    (out.verdict, out.packet)
-}
-
-fn ct(
-    dp: &mut Dataplane,
-    src: IpAddr,
-    sport: u16,
-    dst: IpAddr,
-    dport: u16,
-    proto: u8,
-) -> Option<CtVal> {
-    let (key, _) = CtKey::of(src, sport, dst, dport, proto);
-    dp.maps().conntrack(&key).unwrap()
-}
-
-fn drops(dp: &mut Dataplane, reason: u32) -> u64 {
-    dp.maps().drop_counters().unwrap().get(reason)
 }
 
 /// The ICMP echo identifier of a frame.
@@ -202,29 +98,38 @@ fn echo_id(pkt: &[u8]) -> u16 {
     u16::from_be_bytes([pkt[l4 + 4], pkt[l4 + 5]])
 }
 
-/// Runs `f` inside a fresh namespace (see the module docs); None without root.
-fn in_fresh_netns<R: Send>(test: &str, f: impl FnOnce() -> R + Send) -> Option<R> {
-    if !require_root(test) {
-        return None;
-    }
-    let ns = NetNsGuard::new("svup").expect("create a test namespace");
-    Some(ns.run(f).expect("run in the test namespace"))
-}
-
 fn in_range(port: u16, range: (u16, u16)) -> bool {
     (range.0..=range.1).contains(&port)
 }
 
+/// In the test namespace: d0 (10.244.2.1/24, the host side of a local workload's veth) with
+/// the workload 10.244.2.9 as a permanent neighbour, forwarding on. Returns d0's ifindex.
+fn local_workload_veth() -> u32 {
+    let d0 = veth_d0(&["10.244.2.1/24"]);
+    ip_cmd(&[
+        "neigh",
+        "add",
+        "10.244.2.9",
+        "lladdr",
+        "02:00:00:00:00:09",
+        "dev",
+        "d0",
+        "nud",
+        "permanent",
+    ]);
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
+    d0
+}
+
 #[test]
 fn nodeport_cluster_policy_dnats_masquerades_and_reverses_replies() {
-    in_fresh_netns("nodeport_cluster", || {
+    in_fresh_netns("svup", "nodeport_cluster", || {
         for net in [v4(), v6()] {
             let mut dp = load(PSNAT);
             // externalTrafficPolicy Cluster: the one backend is on another node
-            frontend(
-                &mut dp,
-                net.node,
-                NODE_PORT,
+            add_frontend(
+                &mut dp.maps(),
+                (net.node, NODE_PORT, PROTO_TCP),
                 7,
                 SV_NAT_FE_F_EXTERNAL,
                 &[(net.remote_pod, 80, false)],
@@ -305,15 +210,14 @@ fn nodeport_cluster_policy_dnats_masquerades_and_reverses_replies() {
 
 #[test]
 fn etp_local_keeps_the_client_address_and_drops_without_a_local_backend() {
-    in_fresh_netns("etp_local", || {
+    in_fresh_netns("svup", "etp_local", || {
         for net in [v4(), v6()] {
             let mut dp = load(PSNAT);
             let flags = SV_NAT_FE_F_EXTERNAL | SV_NAT_FE_F_EXT_LOCAL;
             // a local and a remote backend: only the local one is a candidate from outside
-            frontend(
-                &mut dp,
-                net.node,
-                NODE_PORT,
+            add_frontend(
+                &mut dp.maps(),
+                (net.node, NODE_PORT, PROTO_TCP),
                 8,
                 flags,
                 &[(net.local_pod, 8080, true), (net.remote_pod, 8080, false)],
@@ -351,10 +255,9 @@ fn etp_local_keeps_the_client_address_and_drops_without_a_local_backend() {
             assert!(b.l3_csum_ok && b.l4_csum_ok);
 
             // no local backend: dropped (not rejected), counted
-            frontend(
-                &mut dp,
-                net.node,
-                NODE_PORT + 1,
+            add_frontend(
+                &mut dp.maps(),
+                (net.node, NODE_PORT + 1, PROTO_TCP),
                 9,
                 flags,
                 &[(net.remote_pod, 8080, false)],
@@ -370,10 +273,16 @@ fn etp_local_keeps_the_client_address_and_drops_without_a_local_backend() {
 
 #[test]
 fn external_frontend_without_backends_is_rejected_back_out_of_the_uplink() {
-    in_fresh_netns("uplink_reject", || {
+    in_fresh_netns("svup", "uplink_reject", || {
         for net in [v4(), v6()] {
             let mut dp = load(PSNAT);
-            frontend(&mut dp, net.node, NODE_PORT, 11, SV_NAT_FE_F_EXTERNAL, &[]);
+            add_frontend(
+                &mut dp.maps(),
+                (net.node, NODE_PORT, PROTO_TCP),
+                11,
+                SV_NAT_FE_F_EXTERNAL,
+                &[],
+            );
             let syn = packet(net.outside, net.node, tcp(40000, NODE_PORT, TCP_SYN));
             let (verdict, out) = run(&dp, Hook::UplinkIngress, &syn);
             assert_eq!(verdict, TC_ACT_REDIRECT);
@@ -390,7 +299,7 @@ fn external_frontend_without_backends_is_rejected_back_out_of_the_uplink() {
 
 #[test]
 fn nat_outgoing_takes_ports_from_the_range_and_reverses_replies() {
-    in_fresh_netns("nat_outgoing", || {
+    in_fresh_netns("svup", "nat_outgoing", || {
         for net in [v4(), v6()] {
             let mut dp = load(PSNAT);
             let echo_kind = if net.node.is_ipv4() { 8 } else { 128 };
@@ -476,7 +385,7 @@ fn nat_outgoing_takes_ports_from_the_range_and_reverses_replies() {
 
 #[test]
 fn snat_ports_never_collide_and_run_out_with_a_drop() {
-    in_fresh_netns("psnat_exhausted", || {
+    in_fresh_netns("svup", "psnat_exhausted", || {
         let net = v4();
         let range = (25000, 25001);
         let mut dp = load(range);
@@ -511,13 +420,19 @@ fn snat_ports_never_collide_and_run_out_with_a_drop() {
 
 #[test]
 fn hairpin_is_masqueraded_to_the_node_and_answered() {
-    in_fresh_netns("hairpin", || {
+    in_fresh_netns("svup", "hairpin", || {
         for net in [v4(), v6()] {
             let mut dp = load(PSNAT);
             dp.maps()
                 .set_endpoint(TEST_RUN_IFINDEX, &EpVal::new(EP, &[net.local_pod]))
                 .unwrap();
-            frontend(&mut dp, net.vip, 80, 12, 0, &[(net.local_pod, 8080, true)]);
+            add_frontend(
+                &mut dp.maps(),
+                (net.vip, 80, PROTO_TCP),
+                12,
+                0,
+                &[(net.local_pod, 8080, true)],
+            );
             let syn = packet(net.local_pod, net.vip, tcp(41000, 80, TCP_SYN));
             let (verdict, out) = run(&dp, Hook::FromEndpoint, &syn);
             assert_eq!(
@@ -559,27 +474,14 @@ fn hairpin_is_masqueraded_to_the_node_and_answered() {
 
 #[test]
 fn masqueraded_packets_are_redirected_when_the_fib_knows_the_way() {
-    in_fresh_netns("fib_forward", || {
-        let sh = |args: &[&str]| {
-            let o = Command::new("ip").args(args).output().expect("run ip");
-            assert!(
-                o.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        sh(&["link", "set", "lo", "up"]);
-        sh(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-        sh(&["addr", "add", "10.244.1.1/24", "dev", "d0"]);
-        sh(&["link", "set", "d0", "up"]);
-        sh(&["link", "set", "d1", "up"]);
+    in_fresh_netns("svup", "fib_forward", || {
+        veth_d0(&["10.244.1.1/24"]);
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
         let net = v4();
         let mut dp = load(PSNAT);
-        frontend(
-            &mut dp,
-            net.node,
-            NODE_PORT,
+        add_frontend(
+            &mut dp.maps(),
+            (net.node, NODE_PORT, PROTO_TCP),
             7,
             SV_NAT_FE_F_EXTERNAL,
             &[(net.remote_pod, 80, false)],
@@ -606,18 +508,13 @@ fn both_builds_pass_the_verifier() {
         return;
     }
     for level in [LogLevel::Off, LogLevel::Debug] {
-        Dataplane::load(&LoadOptions {
-            pins: None,
-            sizes: sizes(),
-            log_level: level,
-        })
-        .unwrap_or_else(|e| panic!("{level:?} build: {e}: {e:?}"));
+        load_tc(small_sizes(), level);
     }
 }
 
 #[test]
 fn the_cleaner_frees_a_snat_port_with_its_flow() {
-    in_fresh_netns("snat_cleaner", || {
+    in_fresh_netns("svup", "snat_cleaner", || {
         let net = v4();
         let mut dp = load((25000, 25000));
         let pkt = packet(net.local_pod, net.outside, udp(33000, 9000));
@@ -645,33 +542,8 @@ fn the_cleaner_frees_a_snat_port_with_its_flow() {
 
 #[test]
 fn fast_path_checks_the_destination_ingress_policy_and_redirects_into_its_namespace() {
-    in_fresh_netns("fast_path", || {
-        let sh = |args: &[&str]| {
-            let o = Command::new("ip").args(args).output().expect("run ip");
-            assert!(
-                o.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        sh(&["link", "set", "lo", "up"]);
-        sh(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-        sh(&["addr", "add", "10.244.2.1/24", "dev", "d0"]);
-        sh(&["link", "set", "d0", "up"]);
-        sh(&["link", "set", "d1", "up"]);
-        sh(&[
-            "neigh",
-            "add",
-            "10.244.2.9",
-            "lladdr",
-            "02:00:00:00:00:09",
-            "dev",
-            "d0",
-            "nud",
-            "permanent",
-        ]);
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
-        let d0 = nix::net::if_::if_nametoindex("d0").expect("d0 ifindex");
+    in_fresh_netns("svup", "fast_path", || {
+        let d0 = local_workload_veth();
         let net = v4();
         let dst: IpAddr = ip("10.244.2.9");
         let mut dp = load(PSNAT);
@@ -758,33 +630,8 @@ fn fast_path_checks_the_destination_ingress_policy_and_redirects_into_its_namesp
 
 #[test]
 fn packets_from_the_uplink_to_a_local_workload_take_the_fast_path() {
-    in_fresh_netns("uplink_fast_path", || {
-        let sh = |args: &[&str]| {
-            let o = Command::new("ip").args(args).output().expect("run ip");
-            assert!(
-                o.status.success(),
-                "ip {args:?}: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        };
-        sh(&["link", "set", "lo", "up"]);
-        sh(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-        sh(&["addr", "add", "10.244.2.1/24", "dev", "d0"]);
-        sh(&["link", "set", "d0", "up"]);
-        sh(&["link", "set", "d1", "up"]);
-        sh(&[
-            "neigh",
-            "add",
-            "10.244.2.9",
-            "lladdr",
-            "02:00:00:00:00:09",
-            "dev",
-            "d0",
-            "nud",
-            "permanent",
-        ]);
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable forwarding");
-        let d0 = nix::net::if_::if_nametoindex("d0").expect("d0 ifindex");
+    in_fresh_netns("svup", "uplink_fast_path", || {
+        let d0 = local_workload_veth();
         let net = v4();
         let dst: IpAddr = ip("10.244.2.9");
         let mut dp = load(PSNAT);

@@ -8,6 +8,7 @@ pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 pub const PROTO_ICMPV6: u8 = 58;
 pub const PROTO_SCTP: u8 = 132;
+pub const PROTO_UDPLITE: u8 = 136;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -85,21 +86,23 @@ pub fn udp(sport: u16, dport: u16) -> L4 {
     }
 }
 
-fn fold(mut sum: u32) -> u16 {
+/// The one's complement fold of a 32-bit sum of 16-bit words.
+pub fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     sum as u16
 }
 
-fn sum16(data: &[u8]) -> u32 {
+/// The sum of `data` as big-endian 16-bit words (an odd last byte padded with 0).
+pub fn sum16(data: &[u8]) -> u32 {
     data.chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
         .sum()
 }
 
 /// Sum of the pseudo header for an L4 segment of `len` bytes.
-fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
+pub fn pseudo(src: IpAddr, dst: IpAddr, proto: u8, len: usize) -> u32 {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             sum16(&s.octets()) + sum16(&d.octets()) + u32::from(proto) + len as u32
@@ -192,6 +195,12 @@ pub fn packet(src: IpAddr, dst: IpAddr, l4: L4) -> Vec<u8> {
         seg[off..off + 2].copy_from_slice(&c.to_be_bytes());
     }
 
+    frame(src, dst, proto, &seg)
+}
+
+/// An Ethernet frame from `src` to `dst` carrying the transport segment `seg` (protocol
+/// `proto`) as it is; the IPv4 header checksum is set.
+pub fn frame(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8]) -> Vec<u8> {
     let mut pkt = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
