@@ -130,6 +130,10 @@ fn proto_name(p: &serval_model::types::Protocol) -> String {
     format!("{p:?}")
 }
 
+/// A Service written by an apply: its store key, the index keys of its stored version (empty
+/// for a new one) and of the version written.
+pub(crate) type ServiceChange = (String, BTreeSet<String>, BTreeSet<String>);
+
 /// Every index key a stored Service holds.
 pub(crate) fn keys_of(svc: &Service) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = svc.spec.cluster_addrs().iter().map(ip_key).collect();
@@ -312,13 +316,13 @@ impl<'c> Allocator<'c> {
     /// The ops that make the index follow an apply: for each Service written, `Create` the
     /// keys it newly holds and `Delete` those it gave up (`old` = the stored version), plus the
     /// marker's compare-and-swap.
-    pub(crate) fn ops(self, changes: &[(String, Option<Service>, Service)]) -> Vec<TxnOp> {
+    /// `changes` holds each written Service's store key and the index keys it held and holds
+    /// ([`keys_of`] of the stored and the new version).
+    pub(crate) fn ops(self, changes: &[ServiceChange]) -> Vec<TxnOp> {
         let mut created: BTreeMap<String, String> = BTreeMap::new();
         let mut deleted: BTreeSet<String> = BTreeSet::new();
-        for (skey, old, new) in changes {
-            let new_keys = keys_of(new);
-            let old_keys = old.as_ref().map(keys_of).unwrap_or_default();
-            for k in new_keys.difference(&old_keys) {
+        for (skey, old_keys, new_keys) in changes {
+            for k in new_keys.difference(old_keys) {
                 created.insert(k.clone(), skey.clone());
             }
             deleted.extend(old_keys.difference(&new_keys).cloned());

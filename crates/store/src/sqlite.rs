@@ -63,6 +63,18 @@ const WATCH_BATCH: i64 = 2000;
 const WATCH_BUFFER: usize = 1024;
 /// Idle read connections kept per store.
 const MAX_IDLE_READERS: usize = 4;
+/// A commit checkpoints the WAL itself (sqlite's `wal_autocheckpoint`) only when it holds more
+/// than this many pages (256 MiB of 4 KiB pages): a backstop. Normally the watch poller of a
+/// long-lived process (the agent) checkpoints when the store is quiet ([`poll_loop`]), so no
+/// writer, and no `serval apply`, waits for checkpoint copies and fsyncs after its commit.
+const AUTOCHECKPOINT_PAGES: i64 = 65_536;
+/// The watch poller checkpoints after a quiet [`SqliteOptions::safety_poll`] when the WAL file
+/// is at least this large; a WAL reset after a checkpoint truncates the file back to this size
+/// (`journal_size_limit`), so the size says whether it grew since. sqlite's default threshold
+/// (1,000 pages).
+const QUIET_CHECKPOINT_BYTES: i64 = 4 << 20;
+/// The writer connection's page cache limit (sqlite's `cache_size`, negative = KiB): 64 MiB.
+const WRITER_CACHE_KIB: i64 = -65536;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (
@@ -243,6 +255,8 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
         tracing::warn!(path = %path.display(), mode, "sqlite refused WAL mode; concurrent readers will block writers");
     }
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", AUTOCHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "journal_size_limit", QUIET_CHECKPOINT_BYTES)?;
     Ok(conn)
 }
 
@@ -283,11 +297,31 @@ impl Shared {
             })?;
         }
         let mut writer = retry_busy(&name, || open_connection(&path))?;
+        // A large write transaction (50,000 resources) should not spill dirty pages to the WAL
+        // before it commits; the cache only grows as far as a transaction needs.
         retry_busy(&name, || {
-            let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute_batch(SCHEMA)?;
-            tx.commit()
+            writer.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
         })?;
+        // Every short-lived process (each CLI command) opens the store: read whether the schema
+        // exists before taking the write lock to create it.
+        let has_schema = retry_busy(&name, || {
+            match writer.query_row("SELECT value FROM meta WHERE name = 'schema'", [], |r| {
+                r.get::<_, i64>(0)
+            }) {
+                Ok(_) => Ok(true),
+                Err(rusqlite::Error::QueryReturnedNoRows) => Ok(false),
+                // No `meta` table yet: a new file.
+                Err(e) if e.sqlite_error_code() == Some(ErrorCode::Unknown) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        if !has_schema {
+            retry_busy(&name, || {
+                let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute_batch(SCHEMA)?;
+                tx.commit()
+            })?;
+        }
         let head = retry_busy(&name, || meta(&writer, "revision"))?;
         Ok(Shared {
             wal: wake::wal_path(&path),
@@ -582,6 +616,7 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Durat
         }
     };
     let mut version: Option<i64> = None;
+    let wal = wake::wal_path(&path);
     loop {
         // Check first, then wait: a commit made before the waker existed is seen here, every
         // later one wakes the wait below.
@@ -607,7 +642,8 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Durat
         }
         match waker.as_mut().map(|w| w.wait(safety_poll)) {
             None => std::thread::sleep(POLL_INTERVAL),
-            Some(Ok(wake::Woken::Changed | wake::Woken::Timeout)) => {}
+            Some(Ok(wake::Woken::Changed)) => {}
+            Some(Ok(wake::Woken::Timeout)) => quiet_checkpoint(&conn, &wal, &name),
             Some(Ok(wake::Woken::Lost)) => {
                 tracing::warn!(
                     path = name,
@@ -619,6 +655,31 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Durat
                 tracing::warn!(path = name, %error, "the sqlite watch's inotify failed; polling every {POLL_INTERVAL:?} instead");
                 waker = None;
             }
+        }
+    }
+}
+
+/// Checkpoint the WAL into the database when it has grown (see [`AUTOCHECKPOINT_PAGES`]).
+/// PASSIVE: never waits for readers or writers; what it cannot copy now is copied next time.
+fn quiet_checkpoint(conn: &Connection, wal: &Path, name: &str) {
+    let size = std::fs::metadata(wal).map_or(0, |m| m.len());
+    if size < QUIET_CHECKPOINT_BYTES.unsigned_abs() {
+        return;
+    }
+    let started = Instant::now();
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    }) {
+        Ok((frames, copied)) => tracing::debug!(
+            path = name,
+            size,
+            frames,
+            copied,
+            took_ms = started.elapsed().as_secs_f64() * 1e3,
+            "checkpointed the sqlite WAL"
+        ),
+        Err(error) => {
+            tracing::debug!(path = name, %error, "sqlite WAL checkpoint failed; will retry when quiet")
         }
     }
 }

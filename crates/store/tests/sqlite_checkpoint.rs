@@ -1,0 +1,67 @@
+//! Writers do not checkpoint the sqlite WAL after their commits (below a large backstop); a
+//! store with a watch does, once the store is quiet. This checks that the WAL's contents do
+//! reach the database file while a watch is open (the WAL cannot grow without bound in a
+//! cluster whose agent watches), and that everything written is still there and was seen in
+//! order. It waits for the checkpoint with a generous failure timeout; no duration is asserted.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail, ensure};
+use serval_store::TxnOp;
+use serval_store::testing::SqliteFile;
+
+#[tokio::test]
+async fn a_watched_store_checkpoints_the_wal_when_quiet() -> Result<()> {
+    let file = SqliteFile::new()?;
+    let store = file.open().await?;
+    let mut w = store.watch("/c/", 0).await?;
+    // About 8 MiB of values: twice the size above which the quiet checkpoint runs.
+    let value = vec![b'x'; 4096];
+    let mut last = 0;
+    for batch in 0..20 {
+        let ops = (0..50)
+            .map(|i| TxnOp::Put {
+                key: format!("/c/{batch:02}/{i:02}"),
+                value: value.clone(),
+            })
+            .collect();
+        last = store.txn(ops).await?;
+    }
+    let db_before = std::fs::metadata(file.path())?.len();
+    ensure!(
+        db_before < 1 << 20,
+        "the writes were checkpointed by the writer ({db_before} bytes in the database file)"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let db = std::fs::metadata(file.path())?.len();
+        if db >= 4 << 20 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the WAL was not checkpointed into the database file ({db} bytes)");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut seen = 0;
+    while seen < 1000 {
+        match tokio::time::timeout(Duration::from_secs(20), w.next()).await {
+            Ok(Some(Ok(e))) => {
+                ensure!(
+                    e.kv.key == format!("/c/{:02}/{:02}", seen / 50, seen % 50),
+                    "event {seen} out of order: {}",
+                    e.kv.key
+                );
+                seen += 1;
+            }
+            other => bail!("watch ended or went quiet after {seen} events: {other:?}"),
+        }
+    }
+    let (kvs, rev) = store.list("/c/").await?;
+    ensure!(
+        kvs.len() == 1000 && rev == last,
+        "{} keys at {rev}",
+        kvs.len()
+    );
+    Ok(())
+}
