@@ -325,7 +325,7 @@ impl<'c> Allocator<'c> {
             for k in new_keys.difference(old_keys) {
                 created.insert(k.clone(), skey.clone());
             }
-            deleted.extend(old_keys.difference(&new_keys).cloned());
+            deleted.extend(old_keys.difference(new_keys).cloned());
         }
         let mut ops = Vec::new();
         for (key, holder) in created {
