@@ -36,6 +36,16 @@ use crate::dataplane::{self, DataplaneError, DataplaneKind, DriverThread, Writte
 /// How soon a failed apply is retried.
 pub const RETRY: Duration = Duration::from_secs(2);
 
+/// A service-only batch of at least this many changes received at once is a burst: it is
+/// gathered ([`BURST_QUIET`], [`BURST_MAX_WAIT`]) before the calculation. Smaller batches (one
+/// Service applied) are calculated and written at once.
+const BURST_MIN: usize = 32;
+/// A burst ends when no change arrived for this long.
+const BURST_QUIET: Duration = Duration::from_millis(1);
+/// A burst is calculated and written at the latest this long after its first change, even
+/// while more keep coming (the next ones form the next batch).
+const BURST_MAX_WAIT: Duration = Duration::from_millis(250);
+
 /// The dataplane's state as the agent's health file records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DataplaneState {
@@ -485,6 +495,10 @@ pub(crate) async fn run(
                 if p.batch.full {
                     tokio::time::sleep(p.config.debounce).await;
                     p.drain(&mut changes);
+                } else if p.batch.changes >= BURST_MIN {
+                    // A burst of service changes (a large apply): gather it while it keeps
+                    // coming, so it is calculated and written in few large passes.
+                    p.coalesce(&mut changes).await;
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}
@@ -521,10 +535,25 @@ impl Pipeline {
         &self.config.node
     }
 
-    /// Absorbs every change already queued into the model and the batch.
-    fn drain(&mut self, changes: &mut mpsc::UnboundedReceiver<ResourceChange>) {
+    /// Absorbs every change already queued into the model and the batch; how many.
+    fn drain(&mut self, changes: &mut mpsc::UnboundedReceiver<ResourceChange>) -> usize {
+        let mut n = 0;
         while let Ok(c) = changes.try_recv() {
             absorb_into(&mut self.model, &mut self.synced, &mut self.batch, c);
+            n += 1;
+        }
+        n
+    }
+
+    /// Keeps absorbing changes while they keep arriving: until [`BURST_QUIET`] passes with
+    /// none, or the batch is [`BURST_MAX_WAIT`] old.
+    async fn coalesce(&mut self, changes: &mut mpsc::UnboundedReceiver<ResourceChange>) {
+        let since = self.batch.since.unwrap_or_else(Instant::now);
+        loop {
+            tokio::time::sleep(BURST_QUIET).await;
+            if self.drain(changes) == 0 || since.elapsed() >= BURST_MAX_WAIT {
+                return;
+            }
         }
     }
 
@@ -754,13 +783,18 @@ impl Pipeline {
                 );
                 self.record_programmed(kind, &desired);
                 drop(desired);
+                // A small services batch frees little; trimming walks the whole heap.
+                let trim = !matches!(calculated, Calculated::Services { .. })
+                    || calculated.batch().changes >= BURST_MIN;
                 drop(calculated);
-                let trim_started = Instant::now();
-                release_freed_memory();
-                tracing::debug!(
-                    trim_ms = ms(trim_started.elapsed()),
-                    "freed memory returned to the kernel"
-                );
+                if trim {
+                    let trim_started = Instant::now();
+                    release_freed_memory();
+                    tracing::debug!(
+                        trim_ms = ms(trim_started.elapsed()),
+                        "freed memory returned to the kernel"
+                    );
+                }
                 self.in_driver = true;
                 self.pending = false;
                 self.publish(kind, DataplaneState::Programmed);

@@ -90,6 +90,7 @@ mod incremental;
 pub mod kubeproxy;
 pub mod maglev;
 pub mod polsport;
+mod services_only;
 pub mod uplink;
 pub mod xdp;
 
@@ -320,6 +321,10 @@ impl HostView {
         HostView { ifindex, addrs }
     }
 }
+
+/// The least time between two housekeeping runs ([`BpfDriver::housekeeping`]: conntrack
+/// sweep, drop counters) after services-only writes; any other write runs it every time.
+const SERVICES_ONLY_HOUSEKEEPING: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// 64-bit FNV-1a folded to 32 bits (stable ids).
 fn fnv32(s: &str) -> u32 {
@@ -822,6 +827,7 @@ struct Counters {
     resync_repairs: u64,
     conntrack_expired: u64,
     conntrack_entries: usize,
+    services_only_writes: u64,
 }
 
 /// The eBPF dataplane driver (see the module docs).
@@ -854,6 +860,10 @@ pub struct BpfDriver {
     /// The frontends the write in progress may change, when the caller knows
     /// ([`super::Dataplane::apply_services_changed`]).
     services_hint: Option<Vec<serval_calc::services::FrontendKey>>,
+    /// The last write took the services-only path ([`services_only`]).
+    wrote_services_only: bool,
+    /// When [`BpfDriver::housekeeping`] last ran.
+    housekept_at: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for BpfDriver {
@@ -902,6 +912,8 @@ impl BpfDriver {
             kube_proxy_checked: false,
             services: None,
             services_hint: None,
+            wrote_services_only: false,
+            housekept_at: None,
         })
     }
 
@@ -918,6 +930,11 @@ impl BpfDriver {
     /// The compiled policy last written.
     pub fn compiled(&self) -> &CompiledPolicy {
         &self.compiled
+    }
+
+    /// How many successful writes took the services-only path ([`services_only`]).
+    pub fn services_only_writes(&self) -> u64 {
+        self.counters.services_only_writes
     }
 
     fn ensure_loaded(&mut self) -> Result<(), DataplaneError> {
@@ -961,6 +978,13 @@ impl BpfDriver {
 
     fn write(&mut self, state: &DesiredState) -> Result<Written, DataplaneError> {
         self.ensure_loaded()?;
+        // Only services changed: only the service maps are written ([`services_only`]).
+        self.wrote_services_only = false;
+        if let Some(r) = self.write_services_only(state) {
+            self.wrote_services_only = r.is_ok();
+            self.counters.services_only_writes += u64::from(r.is_ok());
+            return r;
+        }
         let pins = self.pins();
         let compiled = compile::compile_incremental(state, &self.compiled);
         let host = HostView::read(state);
@@ -1129,12 +1153,10 @@ impl BpfDriver {
             for (k, v) in &rt_up {
                 m.set_route(&route_key_of(k), v).map_err(maps_err)?;
             }
-            for (k, v) in &ep_up {
-                m.set_endpoint(*k, v).map_err(maps_err)?;
-            }
-            for (k, v) in &be_up {
-                m.set_backend(k, v).map_err(maps_err)?;
-            }
+            // Hash maps in batches (one bpf(2) call per batch, in order; LPM tries above
+            // stay per entry).
+            m.set_endpoints(&ep_up).map_err(maps_err)?;
+            m.set_backends(&be_up).map_err(maps_err)?;
             // Tables before the frontends that use them (a frontend without its table
             // falls back to the random choice, never fails); stale entries first, so a
             // replaced table never needs room in sv_maglev next to the old one.
@@ -1144,9 +1166,7 @@ impl BpfDriver {
             for (k, v) in &mg_up {
                 m.set_maglev(k, v).map_err(maps_err)?;
             }
-            for (k, v) in &fe_up {
-                m.set_frontend(k, v).map_err(maps_err)?;
-            }
+            m.set_frontends(&fe_up).map_err(maps_err)?;
         }
 
         // Attachments: every endpoint interface that exists; re-attach a re-created one.
@@ -1173,12 +1193,8 @@ impl BpfDriver {
         }
         {
             let mut m = dp.maps();
-            for k in &fe_del {
-                m.remove_frontend(k).map_err(maps_err)?;
-            }
-            for k in &be_del {
-                m.remove_backend(k).map_err(maps_err)?;
-            }
+            m.remove_frontends(&fe_del).map_err(maps_err)?;
+            m.remove_backends(&be_del).map_err(maps_err)?;
         }
         if !(be_up.is_empty() && be_del.is_empty() && fe_del.is_empty()) {
             let n = clean_affinity(pins, &want.backends).map_err(bpf_err)?;
@@ -1234,6 +1250,7 @@ impl BpfDriver {
 
     /// Expires idle conntrack entries and reads the drop counters, logging reasons that grew.
     fn housekeeping(&mut self) {
+        self.housekept_at = Some(std::time::Instant::now());
         self.xdp.housekeeping();
         let Some(dp) = self.dp.as_mut() else { return };
         let mut m = dp.maps();
@@ -1281,7 +1298,14 @@ impl super::Dataplane for BpfDriver {
         let r = self.write(state);
         if r.is_err() {
             self.counters.apply_failures += 1;
-        } else {
+        } else if !(self.wrote_services_only
+            && self
+                .housekept_at
+                .is_some_and(|t| t.elapsed() < SERVICES_ONLY_HOUSEKEEPING))
+        {
+            // The conntrack sweep and the drop counters walk maps whose size has nothing to
+            // do with the change: a burst of services-only writes runs them at most every
+            // SERVICES_ONLY_HOUSEKEEPING.
             self.housekeeping();
         }
         r
