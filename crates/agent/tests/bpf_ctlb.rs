@@ -20,23 +20,20 @@
 //! addresses there). Unique namespaces, cgroups and pin scope, removed on drop.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use aya::maps::{Map, MapData};
 use serval_agent::dataplane::bpf::scope_name;
 use serval_api::{ApplyMode, Client};
 use serval_dp_bpf::PinScope;
 use serval_dp_bpf::abi::{Addr, CtKey, CtVal, SV_CT_F_DNAT, SV_CT_TYPE_NAT_FWD};
+use serval_dp_bpf::testing::{
+    self as bpf_testing, ClientReport, ScopeGuard, TcpAnswer, TestCgroups, UdpEcho,
+};
 use serval_store::testing::SqliteFile;
-use serval_sys::testing::{require_root, unique_name};
+use serval_sys::testing::require_root;
 
 #[expect(
     dead_code,
@@ -79,183 +76,31 @@ fn logs() {
 
 /// Not a test of its own: the client, run by the test in a child process that `ip netns
 /// exec` put in a pod's namespace and the test put in a cgroup. Does nothing unless
-/// `SERVAL_CTLB_AGENT_CLIENT` is `tcp ADDR` or `udp ADDR`; prints `CTLB-RESULT local=PORT
-/// peer=ADDR reply=TEXT` or `CTLB-RESULT error=KIND`.
+/// `SERVAL_CTLB_AGENT_CLIENT` is set (see `serval_dp_bpf::testing`).
 #[test]
 fn client_helper() {
-    let Ok(spec) = std::env::var(HELPER_ENV) else {
-        return;
-    };
-    let (mode, addr) = spec.split_once(' ').expect("MODE ADDR");
-    let to: SocketAddr = addr.parse().expect("ADDR");
-    let result = match mode {
-        "tcp" => (|| -> std::io::Result<String> {
-            use std::io::Read;
-            let mut c = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1))?;
-            c.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let (local, peer) = (c.local_addr()?, c.peer_addr()?);
-            let mut s = String::new();
-            c.read_to_string(&mut s)?;
-            Ok(format!(
-                "local={} peer={peer} reply={}",
-                local.port(),
-                s.trim()
-            ))
-        })(),
-        "udp" => (|| -> std::io::Result<String> {
-            let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
-            s.set_read_timeout(Some(Duration::from_secs(1)))?;
-            s.send_to(b"ping", to)?;
-            let mut buf = [0u8; 256];
-            let (n, from) = s.recv_from(&mut buf)?;
-            Ok(format!(
-                "local={} peer={from} reply={}",
-                s.local_addr()?.port(),
-                String::from_utf8_lossy(&buf[..n]).trim()
-            ))
-        })(),
-        other => panic!("unknown mode {other}"),
-    };
-    match result {
-        Ok(line) => println!("CTLB-RESULT {line}"),
-        Err(e) => println!("CTLB-RESULT error={:?}", e.kind()),
-    }
-}
-
-/// What the client reported.
-#[derive(Debug)]
-struct Outcome {
-    local_port: u16,
-    peer: String,
-    reply: String,
+    bpf_testing::client_helper(HELPER_ENV, Duration::from_secs(1));
 }
 
 /// Runs [`client_helper`] in network namespace `netns` and in `cgroup`.
-fn run_client(netns: &str, cgroup: &Path, mode: &str, to: &str) -> Result<Outcome> {
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .context("open cgroup.procs")?;
-    let fd = procs.as_raw_fd();
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns])
-        .arg(std::env::current_exe()?)
-        .args([
-            "--exact",
-            "client_helper",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(HELPER_ENV, format!("{mode} {to}"));
-    // SAFETY: runs in the forked child before exec; write(2) is async-signal-safe and `fd`
-    // stays open in the parent until `output()` returns. "0" moves the writing process (and
-    // so everything it executes) into the cgroup.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output()?;
-    drop(procs);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| Some(&l[l.find("CTLB-RESULT ")? + "CTLB-RESULT ".len()..]))
-        .with_context(|| {
-            format!(
-                "no result from the client: {stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
-    let field = |k: &str| {
-        line.split(' ')
-            .find_map(|f| f.strip_prefix(&format!("{k}=")))
-            .map(str::to_owned)
-    };
-    if let Some(e) = field("error") {
-        anyhow::bail!("client {mode} {to} failed: {e}");
-    }
-    Ok(Outcome {
-        local_port: field("local").context("local")?.parse()?,
-        peer: field("peer").context("peer")?,
-        reply: line.split_once("reply=").map(|x| x.1).unwrap_or("").into(),
-    })
-}
-
-/// `<cgroup2>/svctlb-XXXX/{node,other}`; removed on drop.
-struct Cgroups {
-    root: PathBuf,
-}
-
-impl Cgroups {
-    fn new() -> Option<Cgroups> {
-        let root = serval_dp_bpf::cgroup::cgroup2_mount()?.join(unique_name("svctlb", 24));
-        std::fs::create_dir(&root).ok()?;
-        let cg = Cgroups { root };
-        std::fs::create_dir(cg.node()).ok()?;
-        std::fs::create_dir(cg.other()).ok()?;
-        Some(cg)
-    }
-    /// The agent's node.
-    fn node(&self) -> PathBuf {
-        self.root.join("node")
-    }
-    /// Another node's (no programs of this agent).
-    fn other(&self) -> PathBuf {
-        self.root.join("other")
+fn run_client(netns: &str, cgroup: &Path, mode: &str, to: &str) -> Result<ClientReport> {
+    let to: SocketAddr = to.parse()?;
+    match bpf_testing::run_client("client_helper", HELPER_ENV, Some(netns), cgroup, mode, to)? {
+        Ok(report) => Ok(report),
+        Err(kind) => anyhow::bail!("client {mode} {to} failed: {kind}"),
     }
 }
 
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(self.node());
-        let _ = std::fs::remove_dir(self.other());
-        let _ = std::fs::remove_dir(&self.root);
-    }
+/// `<cgroup2>/svctlb-XXXX/{node,other}`: the agent's node, and another node's (no programs of
+/// this agent); removed on drop.
+fn cgroups() -> Option<TestCgroups> {
+    TestCgroups::new("svctlb", &["node", "other"])
 }
 
-/// Removes the scope's pins on drop (a failed run must not leave any).
-struct PinsGuard(PinScope);
-
-impl Drop for PinsGuard {
-    fn drop(&mut self) {
-        let _ = serval_dp_bpf::cleanup(&self.0, None);
-    }
-}
-
-/// A UDP echo server in pod `b` on port 5353 (replies `pong:MSG`); stopped on drop.
-struct UdpEcho(Arc<AtomicBool>);
-
-impl UdpEcho {
-    fn start(node: &Node) -> Result<UdpEcho> {
-        Self::start_on(node, "0.0.0.0:5353")
-    }
-
-    fn start_on(node: &Node, addr: &'static str) -> Result<UdpEcho> {
-        let sock = node.pod("b").run(move || UdpSocket::bind(addr))??;
-        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 256];
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = sock.recv_from(&mut buf) {
-                    let reply = format!("pong:{}", String::from_utf8_lossy(&buf[..n]));
-                    let _ = sock.send_to(reply.as_bytes(), from);
-                }
-            }
-        });
-        Ok(UdpEcho(stop))
-    }
-}
-
-impl Drop for UdpEcho {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
+/// A UDP echo server in pod `b` on `addr` (replies `pong:MSG`); stopped on drop.
+fn udp_echo(node: &Node, addr: &'static str) -> Result<UdpEcho> {
+    let sock = node.pod("b").run(move || UdpSocket::bind(addr))??;
+    Ok(UdpEcho::spawn(sock, "pong")?)
 }
 
 /// The conntrack entries whose side a or b is `(addr, port)`.
@@ -284,7 +129,7 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     if !require_root("connect_time_load_balancing_through_the_agent") {
         return Ok(());
     }
-    let Some(cg) = Cgroups::new() else {
+    let Some(cg) = cgroups() else {
         eprintln!(
             "skipping connect_time_load_balancing_through_the_agent: no writable cgroup v2 hierarchy"
         );
@@ -296,8 +141,8 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
         "svag-ctlbp",
         &[("a", "10.244.7.1"), ("b", "10.244.7.2")],
     )?;
-    let pins = PinsGuard(PinScope::new(&scope_name(node.name()))?);
-    let _echo = UdpEcho::start(&node)?;
+    let pins = ScopeGuard(PinScope::new(&scope_name(node.name()))?);
+    let _echo = udp_echo(&node, "0.0.0.0:5353")?;
     let pod_a = node.pod("a").name().to_string();
     let a_addr = node.addr("a");
     let store = SqliteFile::new()?;
@@ -307,7 +152,7 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     apply(&client, SERVICE).await?;
     let dir = tempfile::tempdir()?;
     let mut cfg = config(&store, &dir, Duration::from_secs(2));
-    cfg.cgroup = Some(cg.node());
+    cfg.cgroup = Some(cg.child("node"));
     cfg.cleanup_on_exit = true;
     let mut agent = Agent::start(&node.node, cfg)?;
     agent.wait_ready().await?;
@@ -317,14 +162,14 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     // TCP mode: the connection from the node's cgroup is translated at connect().
     wait_for(
         "the ClusterIP to answer over TCP from the node's cgroup",
-        || async { Ok(client_ok(&pod_a, &cg.node(), "tcp", &vip_tcp)) },
+        || async { Ok(client_ok(&pod_a, &cg.child("node"), "tcp", &vip_tcp)) },
     )
     .await?;
     ensure!(
         serval_dp_bpf::cgroup::attached(&pins.0)?.len() == 8,
         "the eight cgroup programs are pinned"
     );
-    let o = run_client(&pod_a, &cg.node(), "tcp", &vip_tcp)?;
+    let o = run_client(&pod_a, &cg.child("node"), "tcp", &vip_tcp)?;
     ensure!(o.reply == "x/b", "reached {o:?}");
     ensure!(
         o.peer == vip_tcp,
@@ -341,7 +186,7 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     );
 
     // Another node's cgroup: untouched by this node's programs; tc NATs its connection.
-    let o = run_client(&pod_a, &cg.other(), "tcp", &vip_tcp)?;
+    let o = run_client(&pod_a, &cg.child("other"), "tcp", &vip_tcp)?;
     ensure!(o.reply == "x/b" && o.peer == vip_tcp, "{o:?}");
     let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
     ensure!(
@@ -350,7 +195,7 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     );
 
     // TCP mode leaves UDP to tc (NATed, reply reverse-NATed by tc).
-    let o = run_client(&pod_a, &cg.node(), "udp", &vip_udp)?;
+    let o = run_client(&pod_a, &cg.child("node"), "udp", &vip_udp)?;
     ensure!(o.reply == "pong:ping" && o.peer == vip_udp, "{o:?}");
     let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
     ensure!(
@@ -369,7 +214,7 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
         "dev",
         "svup",
     ])?;
-    let o = run_client(node.name(), &cg.node(), "udp", &vip_udp)?;
+    let o = run_client(node.name(), &cg.child("node"), "udp", &vip_udp)?;
     ensure!(
         o.reply == "pong:ping" && o.peer == vip_udp,
         "host-networked UDP in TCP mode: {o:?}"
@@ -378,15 +223,17 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     // Enabled: unconnected UDP is translated too; the reply comes from the ClusterIP.
     apply(&client, &felix("Enabled")).await?;
     wait_for("UDP to be translated at sendmsg (no NAT entry)", || async {
-        Ok(match run_client(&pod_a, &cg.node(), "udp", &vip_udp) {
-            Ok(o) => {
-                o.reply == "pong:ping"
-                    && o.peer == vip_udp
-                    && ct_entries_of(&pins.0, a_addr, o.local_port)
-                        .is_ok_and(|ct| !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v)))
-            }
-            Err(_) => false,
-        })
+        Ok(
+            match run_client(&pod_a, &cg.child("node"), "udp", &vip_udp) {
+                Ok(o) => {
+                    o.reply == "pong:ping"
+                        && o.peer == vip_udp
+                        && ct_entries_of(&pins.0, a_addr, o.local_port)
+                            .is_ok_and(|ct| !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v)))
+                }
+                Err(_) => false,
+            },
+        )
     })
     .await?;
 
@@ -396,7 +243,7 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
         Ok(serval_dp_bpf::cgroup::attached(&pins.0)?.is_empty())
     })
     .await?;
-    let o = run_client(&pod_a, &cg.node(), "tcp", &vip_tcp)?;
+    let o = run_client(&pod_a, &cg.child("node"), "tcp", &vip_tcp)?;
     ensure!(o.reply == "x/b" && o.peer == vip_tcp, "{o:?}");
     let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
     ensure!(
@@ -507,36 +354,11 @@ fn dual_stack_resources(node: &Node, v6: &[(&str, &str)]) -> Result<Vec<serval_m
 }
 
 /// A TCP server on `[::]:8081` in pod `b` answering `x/b6`; stopped on drop.
-struct Tcp6(Arc<AtomicBool>);
-
-impl Tcp6 {
-    fn start(node: &Node) -> Result<Tcp6> {
-        let l = node
-            .pod("b")
-            .run(|| std::net::TcpListener::bind("[::]:8081"))??;
-        l.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        thread::spawn(move || {
-            use std::io::Write;
-            while !flag.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.write_all(b"x/b6\n");
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Ok(Tcp6(stop))
-    }
-}
-
-impl Drop for Tcp6 {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
+fn tcp6(node: &Node) -> Result<TcpAnswer> {
+    let l = node
+        .pod("b")
+        .run(|| std::net::TcpListener::bind("[::]:8081"))??;
+    Ok(TcpAnswer::spawn(l, "x/b6")?)
 }
 
 /// IPv6: TCP to an IPv6 ClusterIP from the node's cgroup is translated at connect()
@@ -547,7 +369,7 @@ async fn connect_time_load_balancing_ipv6() -> Result<()> {
     if !require_root("connect_time_load_balancing_ipv6") {
         return Ok(());
     }
-    let Some(cg) = Cgroups::new() else {
+    let Some(cg) = cgroups() else {
         eprintln!("skipping connect_time_load_balancing_ipv6: no writable cgroup v2 hierarchy");
         return Ok(());
     };
@@ -559,9 +381,9 @@ async fn connect_time_load_balancing_ipv6() -> Result<()> {
         &[("a", "10.244.6.1"), ("b", "10.244.6.2")],
     )?;
     add_ipv6(&node, &v6)?;
-    let pins = PinsGuard(PinScope::new(&scope_name(node.name()))?);
-    let _echo = UdpEcho::start_on(&node, "[::]:5354")?;
-    let _tcp = Tcp6::start(&node)?;
+    let pins = ScopeGuard(PinScope::new(&scope_name(node.name()))?);
+    let _echo = udp_echo(&node, "[::]:5354")?;
+    let _tcp = tcp6(&node)?;
     let pod_a = node.pod("a").name().to_string();
     let a6 = v6[0].1;
     let store = SqliteFile::new()?;
@@ -573,7 +395,7 @@ async fn connect_time_load_balancing_ipv6() -> Result<()> {
     apply(&client, SERVICE6).await?;
     let dir = tempfile::tempdir()?;
     let mut cfg = config(&store, &dir, Duration::from_secs(2));
-    cfg.cgroup = Some(cg.node());
+    cfg.cgroup = Some(cg.child("node"));
     cfg.cleanup_on_exit = true;
     let mut agent = Agent::start(&node.node, cfg)?;
     agent.wait_ready().await?;
@@ -581,10 +403,10 @@ async fn connect_time_load_balancing_ipv6() -> Result<()> {
     let vip_udp = format!("[{VIP6}]:53");
 
     wait_for("the IPv6 ClusterIP to answer over TCP", || async {
-        Ok(run_client(&pod_a, &cg.node(), "tcp", &vip_tcp).is_ok_and(|o| o.reply == "x/b6"))
+        Ok(run_client(&pod_a, &cg.child("node"), "tcp", &vip_tcp).is_ok_and(|o| o.reply == "x/b6"))
     })
     .await?;
-    let o = run_client(&pod_a, &cg.node(), "tcp", &vip_tcp)?;
+    let o = run_client(&pod_a, &cg.child("node"), "tcp", &vip_tcp)?;
     ensure!(
         o.peer == vip_tcp,
         "getpeername must show the ClusterIP: {o:?}"
@@ -595,7 +417,7 @@ async fn connect_time_load_balancing_ipv6() -> Result<()> {
         "no NAT entry: {ct:#?}"
     );
 
-    let o = run_client(&pod_a, &cg.other(), "tcp", &vip_tcp)?;
+    let o = run_client(&pod_a, &cg.child("other"), "tcp", &vip_tcp)?;
     ensure!(o.reply == "x/b6" && o.peer == vip_tcp, "{o:?}");
     let ct = ct_entries_of(&pins.0, a6, o.local_port)?;
     ensure!(
@@ -607,15 +429,18 @@ async fn connect_time_load_balancing_ipv6() -> Result<()> {
     wait_for(
         "IPv6 UDP to be translated at sendmsg (no NAT entry)",
         || async {
-            Ok(match run_client(&pod_a, &cg.node(), "udp", &vip_udp) {
-                Ok(o) => {
-                    o.reply == "pong:ping"
-                        && o.peer == vip_udp
-                        && ct_entries_of(&pins.0, a6, o.local_port)
-                            .is_ok_and(|ct| !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v)))
-                }
-                Err(_) => false,
-            })
+            Ok(
+                match run_client(&pod_a, &cg.child("node"), "udp", &vip_udp) {
+                    Ok(o) => {
+                        o.reply == "pong:ping"
+                            && o.peer == vip_udp
+                            && ct_entries_of(&pins.0, a6, o.local_port).is_ok_and(|ct| {
+                                !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v))
+                            })
+                    }
+                    Err(_) => false,
+                },
+            )
         },
     )
     .await?;

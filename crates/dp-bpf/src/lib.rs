@@ -46,6 +46,8 @@ pub mod maps;
 pub mod object;
 pub mod policy_sport;
 pub mod test_run;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tunnel;
 pub mod xdp;
 

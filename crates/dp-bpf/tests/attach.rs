@@ -13,6 +13,7 @@ use std::process::Command;
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
 use common::fixture::small_sizes as sizes;
+use serval_dp_bpf::testing::ScopeGuard;
 use serval_dp_bpf::{
     AttachMode, Dataplane, Hook, LoadOptions, LogLevel, MapSizes, PinScope, abi::*, attachments,
     cleanup,
@@ -21,17 +22,6 @@ use serval_sys::{
     NetNs, Veth,
     testing::{NetNsGuard, require_root, unique_name},
 };
-
-/// Removes the scope's pins and attachments when dropped.
-struct ScopeGuard(PinScope);
-
-impl Drop for ScopeGuard {
-    fn drop(&mut self) {
-        if let Err(err) = cleanup(&self.0, None) {
-            eprintln!("ScopeGuard: cleanup of {}: {err}", self.0.scope());
-        }
-    }
-}
 
 /// A namespace with a veth pair (both ends up); returns (ns, host end, its ifindex).
 fn veth_ns() -> (NetNsGuard, String, u32) {

@@ -11,17 +11,13 @@
 //!
 //! IPv4 and IPv6. Unique cgroups and pin scope, removed on drop (even on panic).
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
 use std::time::Duration;
 
+use serval_dp_bpf::testing::{
+    ScopeGuard, TcpAnswer, TestCgroups, UdpEcho, client_helper as run_helper, run_client,
+};
 use serval_dp_bpf::{
     Ctlb, CtlbProtocols, Dataplane, HostSockets, LoadOptions, LogLevel, MapSizes, PinScope, abi::*,
     cgroup, cleanup,
@@ -36,127 +32,19 @@ const IPPROTO_UDP: u8 = 17;
 
 /// Not a test of its own: the client side, run by the tests in a child process placed in a
 /// cgroup (a process is in one cgroup; the test process itself must stay where it is). Does
-/// nothing unless `SERVAL_CTLB_TEST_CLIENT` is set to `MODE ADDR` (MODE tcp | udp); prints
-/// `CTLB-RESULT peer=ADDR reply=TEXT` or `CTLB-RESULT error=KIND`.
+/// nothing unless `SERVAL_CTLB_TEST_CLIENT` is set (see `serval_dp_bpf::testing`).
 #[test]
 fn client_helper() {
-    let Ok(spec) = std::env::var(HELPER_ENV) else {
-        return;
-    };
-    let (mode, addr) = spec.split_once(' ').expect("MODE ADDR");
-    let to: SocketAddr = addr.parse().expect("ADDR");
-    let result = match mode {
-        "tcp" => (|| -> std::io::Result<String> {
-            let mut c = TcpStream::connect_timeout(&to, Duration::from_millis(500))?;
-            c.set_read_timeout(Some(Duration::from_secs(2)))?;
-            let peer = c.peer_addr()?;
-            let mut s = String::new();
-            c.read_to_string(&mut s)?;
-            Ok(format!("peer={peer} reply={}", s.trim()))
-        })(),
-        "udp" => (|| -> std::io::Result<String> {
-            let bind: SocketAddr = if to.is_ipv4() {
-                "0.0.0.0:0".parse().unwrap()
-            } else {
-                "[::]:0".parse().unwrap()
-            };
-            let s = UdpSocket::bind(bind)?;
-            s.set_read_timeout(Some(Duration::from_millis(700)))?;
-            s.send_to(b"ping", to)?;
-            let mut buf = [0u8; 256];
-            let (n, from) = s.recv_from(&mut buf)?;
-            Ok(format!(
-                "peer={from} reply={}",
-                String::from_utf8_lossy(&buf[..n]).trim()
-            ))
-        })(),
-        other => panic!("unknown mode {other}"),
-    };
-    match result {
-        Ok(line) => println!("CTLB-RESULT {line}"),
-        Err(e) => println!("CTLB-RESULT error={:?}", e.kind()),
-    }
+    run_helper(HELPER_ENV, Duration::from_millis(700));
 }
 
-/// Runs [`client_helper`] in `cgroup`; its result line.
+/// Runs [`client_helper`] in `cgroup`: `peer=ADDR reply=TEXT` or `error=KIND`.
 fn client(cgroup: &Path, mode: &str, to: SocketAddr) -> String {
-    let procs = std::fs::OpenOptions::new()
-        .write(true)
-        .open(cgroup.join("cgroup.procs"))
-        .expect("open cgroup.procs");
-    let fd = procs.as_raw_fd();
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--exact",
-        "client_helper",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(HELPER_ENV, format!("{mode} {to}"));
-    // SAFETY: runs in the forked child before exec; write(2) is async-signal-safe and `fd`
-    // stays open in the parent until `output()` returns. "0" moves the writing process.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let out = cmd.output().expect("run the client helper");
-    drop(procs);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .find_map(|l| Some(&l[l.find("CTLB-RESULT ")? + "CTLB-RESULT ".len()..]))
-        .unwrap_or_else(|| {
-            panic!(
-                "no result from the client helper: {stdout}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
-        .to_owned()
-}
-
-/// A cgroup v2 directory with two children, `a` and `b`; removed on drop.
-struct Cgroups {
-    root: PathBuf,
-}
-
-impl Cgroups {
-    fn new() -> Option<Cgroups> {
-        let mount = cgroup::cgroup2_mount()?;
-        let root = mount.join(unique_name("svctlb", 24));
-        std::fs::create_dir(&root).ok()?;
-        let cg = Cgroups { root };
-        std::fs::create_dir(cg.a()).ok()?;
-        std::fs::create_dir(cg.b()).ok()?;
-        Some(cg)
-    }
-    fn a(&self) -> PathBuf {
-        self.root.join("a")
-    }
-    fn b(&self) -> PathBuf {
-        self.root.join("b")
-    }
-}
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir(self.a());
-        let _ = std::fs::remove_dir(self.b());
-        let _ = std::fs::remove_dir(&self.root);
-    }
-}
-
-/// Removes the scope's pins and attachments when dropped.
-struct ScopeGuard(PinScope);
-
-impl Drop for ScopeGuard {
-    fn drop(&mut self) {
-        if let Err(err) = cleanup(&self.0, None) {
-            eprintln!("ScopeGuard: cleanup of {}: {err}", self.0.scope());
-        }
+    match run_client("client_helper", HELPER_ENV, None, cgroup, mode, to)
+        .expect("run the client helper")
+    {
+        Ok(r) => format!("peer={} reply={}", r.peer, r.reply),
+        Err(kind) => format!("error={kind}"),
     }
 }
 
@@ -164,51 +52,22 @@ impl Drop for ScopeGuard {
 struct Backends {
     tcp: SocketAddr,
     udp: SocketAddr,
-    stop: Arc<AtomicBool>,
+    _servers: (TcpAnswer, UdpEcho),
 }
 
 impl Backends {
     fn start(lo: &str) -> Backends {
-        let stop = Arc::new(AtomicBool::new(false));
         let listener = TcpListener::bind((lo, 0)).unwrap();
-        listener.set_nonblocking(true).unwrap();
         let udp = UdpSocket::bind((lo, 0)).unwrap();
-        udp.set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
         let (tcp_addr, udp_addr) = (listener.local_addr().unwrap(), udp.local_addr().unwrap());
-        let flag = stop.clone();
-        thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.write_all(b"be-tcp\n");
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        let flag = stop.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 256];
-            while !flag.load(Ordering::Relaxed) {
-                if let Ok((n, from)) = udp.recv_from(&mut buf) {
-                    let reply = format!("be-udp:{}", String::from_utf8_lossy(&buf[..n]));
-                    let _ = udp.send_to(reply.as_bytes(), from);
-                }
-            }
-        });
         Backends {
             tcp: tcp_addr,
             udp: udp_addr,
-            stop,
+            _servers: (
+                TcpAnswer::spawn(listener, "be-tcp").unwrap(),
+                UdpEcho::spawn(udp, "be-udp").unwrap(),
+            ),
         }
-    }
-}
-
-impl Drop for Backends {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -249,7 +108,8 @@ fn vip(v: &str, port: u16) -> SocketAddr {
 }
 
 struct Setup {
-    cg: Cgroups,
+    /// Children `a` (where the tests attach) and `b` (no programs).
+    cg: TestCgroups,
     scope: ScopeGuard,
     dp: Dataplane,
     _b4: Backends,
@@ -260,7 +120,7 @@ fn setup(test: &str) -> Option<Setup> {
     if !require_root(test) {
         return None;
     }
-    let Some(cg) = Cgroups::new() else {
+    let Some(cg) = TestCgroups::new("svctlb", &["a", "b"]) else {
         eprintln!("skipping {test}: no writable cgroup v2 hierarchy (cgroup2 not mounted)");
         return None;
     };
@@ -294,23 +154,23 @@ fn tcp_mode_translates_tcp_in_its_cgroup_only() {
         CtlbProtocols::Tcp,
     )
     .expect("load the ctlb object");
-    assert_eq!(ctlb.attach(&s.cg.a()).expect("attach"), 8);
+    assert_eq!(ctlb.attach(&s.cg.child("a")).expect("attach"), 8);
     assert_eq!(cgroup::attached(&s.scope.0).unwrap().len(), 8);
     for v in [VIP4, VIP6] {
-        let got = client(&s.cg.a(), "tcp", vip(v, 80));
+        let got = client(&s.cg.child("a"), "tcp", vip(v, 80));
         assert_eq!(
             got,
             format!("peer={} reply=be-tcp", vip(v, 80)),
             "TCP to {v}:80 from the programs' cgroup"
         );
         // TCP mode: UDP is left to tc (nothing here answers the frontend itself).
-        let got = client(&s.cg.a(), "udp", vip(v, 53));
+        let got = client(&s.cg.child("a"), "udp", vip(v, 53));
         assert!(
             got.starts_with("error="),
             "UDP to {v}:53 in TCP mode: {got}"
         );
         // The sibling cgroup has no programs.
-        let got = client(&s.cg.b(), "tcp", vip(v, 80));
+        let got = client(&s.cg.child("b"), "tcp", vip(v, 80));
         assert!(
             got.starts_with("error="),
             "TCP to {v}:80 from the other cgroup: {got}"
@@ -318,11 +178,11 @@ fn tcp_mode_translates_tcp_in_its_cgroup_only() {
     }
     drop(ctlb);
     // The pinned links keep the programs attached after the loader is gone.
-    let got = client(&s.cg.a(), "tcp", vip(VIP4, 80));
+    let got = client(&s.cg.child("a"), "tcp", vip(VIP4, 80));
     assert_eq!(got, format!("peer={} reply=be-tcp", vip(VIP4, 80)));
     assert_eq!(cgroup::detach(&s.scope.0).unwrap(), 8);
     assert!(cgroup::attached(&s.scope.0).unwrap().is_empty());
-    let got = client(&s.cg.a(), "tcp", vip(VIP4, 80));
+    let got = client(&s.cg.child("a"), "tcp", vip(VIP4, 80));
     assert!(got.starts_with("error="), "after detach: {got}");
     drop(s.dp);
 }
@@ -341,7 +201,7 @@ fn enabled_mode_translates_unconnected_udp_and_replies_come_from_the_service() {
         CtlbProtocols::TcpUdp,
     )
     .expect("load the ctlb object");
-    ctlb.attach(&s.cg.a()).expect("attach");
+    ctlb.attach(&s.cg.child("a")).expect("attach");
     // A second load (an agent restart) replaces the links in place.
     let mut again = Ctlb::load(
         &s.scope.0,
@@ -350,20 +210,20 @@ fn enabled_mode_translates_unconnected_udp_and_replies_come_from_the_service() {
         CtlbProtocols::TcpUdp,
     )
     .expect("load again");
-    again.attach(&s.cg.a()).expect("attach again");
+    again.attach(&s.cg.child("a")).expect("attach again");
     let pins = cgroup::attached(&s.scope.0).unwrap();
     assert_eq!(pins.len(), 8, "{pins:?}");
     assert!(pins.iter().all(|p| !p.ends_with("-new")), "{pins:?}");
     for v in [VIP4, VIP6] {
-        let got = client(&s.cg.a(), "udp", vip(v, 53));
+        let got = client(&s.cg.child("a"), "udp", vip(v, 53));
         assert_eq!(
             got,
             format!("peer={} reply=be-udp:ping", vip(v, 53)),
             "UDP to {v}:53: the reply must come from the service address"
         );
-        let got = client(&s.cg.a(), "tcp", vip(v, 80));
+        let got = client(&s.cg.child("a"), "tcp", vip(v, 80));
         assert_eq!(got, format!("peer={} reply=be-tcp", vip(v, 80)));
-        let got = client(&s.cg.b(), "udp", vip(v, 53));
+        let got = client(&s.cg.child("b"), "udp", vip(v, 53));
         assert!(
             got.starts_with("error="),
             "UDP from the other cgroup: {got}"
@@ -373,7 +233,7 @@ fn enabled_mode_translates_unconnected_udp_and_replies_come_from_the_service() {
     // The crate's cleanup removes the cgroup links with everything else.
     cleanup(&s.scope.0, None).expect("cleanup");
     assert!(!s.scope.0.dir().exists(), "scope directory left behind");
-    let got = client(&s.cg.a(), "udp", vip(VIP4, 53));
+    let got = client(&s.cg.child("a"), "udp", vip(VIP4, 53));
     assert!(got.starts_with("error="), "after cleanup: {got}");
     drop(s.dp);
 }
@@ -406,9 +266,9 @@ fn host_sockets_get_udp_in_tcp_mode() {
             }),
         )
         .expect("load the ctlb object");
-        ctlb.attach(&s.cg.a()).expect("attach");
+        ctlb.attach(&s.cg.child("a")).expect("attach");
         for v in [VIP4, VIP6] {
-            let got = client(&s.cg.a(), "udp", vip(v, 53));
+            let got = client(&s.cg.child("a"), "udp", vip(v, 53));
             if translated {
                 assert_eq!(
                     got,
@@ -422,7 +282,7 @@ fn host_sockets_get_udp_in_tcp_mode() {
                 );
             }
             // TCP as in plain TCP mode.
-            let got = client(&s.cg.a(), "tcp", vip(v, 80));
+            let got = client(&s.cg.child("a"), "tcp", vip(v, 80));
             assert_eq!(got, format!("peer={} reply=be-tcp", vip(v, 80)));
         }
     }
@@ -430,33 +290,16 @@ fn host_sockets_get_udp_in_tcp_mode() {
 }
 
 /// A loopback TCP server answering `name`; stopped on drop.
-struct Named(SocketAddr, Arc<AtomicBool>);
+struct Named(
+    SocketAddr,
+    #[expect(dead_code, reason = "held to keep the server running")] TcpAnswer,
+);
 
 impl Named {
     fn start(name: &'static str) -> Named {
         let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
-        listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut c, _)) => {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.write_all(format!("{name}\n").as_bytes());
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Named(addr, stop)
-    }
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        self.1.store(true, Ordering::Relaxed);
+        Named(addr, TcpAnswer::spawn(listener, name).unwrap())
     }
 }
 
@@ -520,9 +363,9 @@ fn affinity_and_internal_traffic_policy_local() {
         CtlbProtocols::Tcp,
     )
     .expect("load");
-    ctlb.attach(&s.cg.a()).expect("attach");
+    ctlb.attach(&s.cg.child("a")).expect("attach");
 
-    let sticky = reached(&s.cg.a(), vip(VIP4, 81), 12);
+    let sticky = reached(&s.cg.child("a"), vip(VIP4, 81), 12);
     assert_eq!(
         sticky.len(),
         1,
@@ -549,13 +392,13 @@ fn affinity_and_internal_traffic_policy_local() {
     };
     assert_eq!(sticky.iter().next().map(String::as_str), Some(chosen));
 
-    let local = reached(&s.cg.a(), vip(VIP4, 82), 12);
+    let local = reached(&s.cg.child("a"), vip(VIP4, 82), 12);
     assert_eq!(
         local,
         ["be-2".to_string()].into(),
         "internalTrafficPolicy Local: the node-local slot only"
     );
-    let both = reached(&s.cg.a(), vip(VIP4, 83), 20);
+    let both = reached(&s.cg.child("a"), vip(VIP4, 83), 20);
     assert_eq!(
         both.len(),
         2,

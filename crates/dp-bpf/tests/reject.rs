@@ -17,9 +17,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::fixture::{small_sizes, verdict};
-use serval_dp_bpf::{
-    AttachMode, Dataplane, Hook, LoadOptions, LogLevel, PinScope, abi::*, cleanup,
-};
+use serval_dp_bpf::testing::ScopeGuard;
+use serval_dp_bpf::{AttachMode, Dataplane, Hook, LoadOptions, LogLevel, PinScope, abi::*};
 use serval_sys::testing::{NetNsGuard, require_root, unique_name};
 
 const EP: u32 = 7;
@@ -28,17 +27,6 @@ const CLIENT4: &str = "10.77.0.2";
 const VIP4: &str = "10.77.9.9";
 const CLIENT6: &str = "fd77::2";
 const VIP6: &str = "fd77::9:9";
-
-/// Removes the scope's pins and attachments when dropped.
-struct ScopeGuard(PinScope);
-
-impl Drop for ScopeGuard {
-    fn drop(&mut self) {
-        if let Err(err) = cleanup(&self.0, None) {
-            eprintln!("ScopeGuard: cleanup of {}: {err}", self.0.scope());
-        }
-    }
-}
 
 fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
