@@ -283,7 +283,9 @@ pub fn measure(
             add_one_answer_ms: add_answer,
             cleanup_ms: Some(cleanup_took.as_secs_f64() * 1e3),
             input_bytes: full.len(),
+            datastore_write_ms: None,
             dataplane_ms: None,
+            add_one_datastore_write_ms: None,
             add_one_dataplane_ms: None,
         },
     })

@@ -151,14 +151,22 @@ pub struct ProgrammingPoint {
     /// One service added at N: the command alone, and until it answered.
     pub add_one_load_ms: Option<f64>,
     pub add_one_answer_ms: Option<f64>,
-    /// Serval columns: the dataplane part of `answer_ms` — from `serval apply` returning (the
-    /// datastore write done, `load_ms`) until the last service answered: the agent noticing
-    /// the change, calculating and writing its dataplane. `answer_ms = load_ms +
+    /// Serval columns: the datastore-write part of `answer_ms` — from the start of `serval
+    /// apply` until it reported its outcome (printed only once its datastore transaction has
+    /// committed; the process exits later, at `load_ms`). `None` for the kube-proxy
+    /// baselines and in results written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datastore_write_ms: Option<f64>,
+    /// Serval columns: the dataplane part of `answer_ms` — from `serval apply` reporting its
+    /// committed write until the last service answered: the agent noticing the change,
+    /// calculating and writing its dataplane. `answer_ms = datastore_write_ms +
     /// dataplane_ms`. `None` for the kube-proxy baselines, whose `load_ms` is the rule load
-    /// itself, and in results written before it was recorded.
+    /// itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataplane_ms: Option<f64>,
-    /// The same for the one service added at N.
+    /// The same two for the one service added at N.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub add_one_datastore_write_ms: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub add_one_dataplane_ms: Option<f64>,
     /// Removing everything again (not part of the comparison; for information). For the
