@@ -359,6 +359,70 @@ mod tests {
     use super::*;
 
     #[test]
+    fn source_port_decisions_get_a_chain_of_their_own() {
+        let deny = Outcome::fixed(false, 0);
+        let allow = Outcome::fixed(true, 0);
+        let by_sport = Outcome {
+            allow: false,
+            rule: 0,
+            table: 1,
+        };
+        // TCP: 80 allowed, 8000 allowed from source ports 0..=1023 only; UDP 53 allowed;
+        // everything else denied.
+        let map = DecisionMap {
+            other: deny,
+            protos: [
+                (
+                    6,
+                    vec![
+                        (0, 79, deny),
+                        (80, 80, allow),
+                        (81, 7999, deny),
+                        (8000, 8000, by_sport),
+                        (8001, 0xffff, deny),
+                    ],
+                ),
+                (17, vec![(0, 52, deny), (53, 53, allow), (54, 0xffff, deny)]),
+            ]
+            .into_iter()
+            .collect(),
+            sport_tables: vec![vec![(0, 1023, allow), (1024, 0xffff, deny)]],
+        };
+        let mut t = TableRules::default();
+        let pd = group_chain(&mut t, Family::V4, &map);
+        let rules = &t.chains[&pd];
+        let ps = t
+            .chains
+            .keys()
+            .find(|c| c.starts_with("SERVAL-PS-"))
+            .expect("a source-port chain")
+            .clone();
+        assert_eq!(
+            rules,
+            &[
+                "-p tcp -m multiport --dports 80 -g SERVAL-POL-ALLOW".to_owned(),
+                format!("-p tcp -m multiport --dports 8000 -g {ps}"),
+                "-p udp -m multiport --dports 53 -g SERVAL-POL-ALLOW".to_owned(),
+                "-j DROP".to_owned(),
+            ]
+        );
+        assert_eq!(
+            t.chains[&ps],
+            [
+                "-p tcp -m multiport --sports 0:1023 -g SERVAL-POL-ALLOW",
+                "-j DROP"
+            ]
+        );
+        assert_eq!(
+            t.chains[chains::POLICY_ALLOW],
+            ["-j MARK --set-xmark 0x10000/0x10000"]
+        );
+        // The same decision renders the same chain (shared by name).
+        assert_eq!(group_chain(&mut t, Family::V4, &map), pd);
+        assert_eq!(t.chains.len(), 3);
+    }
+
+    #[test]
     fn icmp_intervals_become_type_and_code_matches() {
         let all = |a, b| icmp_matches(Family::V4, "icmp", a, b);
         assert_eq!(all(0x800, 0x8ff), ["-p icmp -m icmp --icmp-type 8"]);
