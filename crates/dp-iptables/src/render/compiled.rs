@@ -22,7 +22,11 @@
 //! prefixes of other groups, so its longest matching entry decides as the eBPF LPM lookup
 //! does. Groups are distinct decisions (not policies): per packet, one set test per group,
 //! then the group's protocol and port rules; neither grows with the number of policies or
-//! of peers they name.
+//! of peers they name. The number of groups is the number of distinct decisions (peers
+//! allowed different ports), which can reach the number of policies in the worst case; a
+//! single lookup (a `skbinfo` set mapping each prefix to a group mark, `-j SET --map-set …
+//! --map-mark`) would remove that, but the SET target's map form is refused outside the
+//! mangle table (checked with iptables 1.8.9, nf_tables).
 //!
 //! Exactness: destination and source ports, named ports (local and remote), ICMP type and
 //! code, `notProtocol`, `notNets`, `ipVersion`, Pass and tier defaults are all resolved by the
