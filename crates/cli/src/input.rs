@@ -6,6 +6,11 @@ use std::path::Path;
 use anyhow::Context;
 use serval_model::{Resource, ValidationErrors};
 
+/// A source at least this large is parsed on several threads.
+const PARALLEL_MIN_BYTES: usize = 1 << 20;
+/// At most this many parsing threads.
+const MAX_THREADS: usize = 8;
+
 /// Read and validate every document of every input. All inputs are read and checked before
 /// anything is returned: the error lists every bad document of every file.
 pub fn read_resources(inputs: &[String]) -> anyhow::Result<Vec<Resource>> {
@@ -46,8 +51,9 @@ pub fn read_resources(inputs: &[String]) -> anyhow::Result<Vec<Resource>> {
     }
     let mut resources = Vec::new();
     let mut errors = Vec::new();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_THREADS));
     for (name, text) in &sources {
-        match serval_model::parse_documents(name, text) {
+        match parse_source(name, text, threads, PARALLEL_MIN_BYTES) {
             Ok(rs) => resources.extend(rs),
             Err(ValidationErrors(es)) => errors.extend(es),
         }
@@ -56,4 +62,173 @@ pub fn read_resources(inputs: &[String]) -> anyhow::Result<Vec<Resource>> {
         return Err(ValidationErrors(errors).into());
     }
     Ok(resources)
+}
+
+/// Parse one source, on up to `threads` threads when it is at least `min_bytes` long: the text
+/// is cut at document markers into pieces parsed side by side, and the results joined in
+/// order, exactly as one pass would give them (the same resources in the same order; errors
+/// name the same document numbers). YAML forbids a line starting with `---` inside any
+/// document's content, so a line that is exactly `---` always starts a document. Texts with
+/// other stream syntax at the start of a line (`...` document ends, `%` directives, content
+/// after `---` on the marker line) are parsed in one pass.
+///
+/// One difference: one pass stops at the first YAML syntax error (the stream cannot be
+/// resynchronised), while pieces after it are still parsed and their errors reported too.
+fn parse_source(
+    name: &str,
+    text: &str,
+    threads: usize,
+    min_bytes: usize,
+) -> Result<Vec<Resource>, ValidationErrors> {
+    let pieces = match split_documents(text, threads) {
+        Some(p) if text.len() >= min_bytes && p.len() > 1 => p,
+        _ => return serval_model::parse_documents(name, text),
+    };
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces
+            .iter()
+            .map(|&(piece, first_doc)| {
+                scope.spawn(move || (serval_model::parse_documents(name, piece), first_doc))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut resources = Vec::new();
+    let mut errors = Vec::new();
+    for (result, first_doc) in results {
+        match result {
+            Ok(rs) => resources.extend(rs),
+            Err(ValidationErrors(es)) => errors.extend(es.into_iter().map(|mut e| {
+                // Numbered within the piece; 0 means "not tied to a document".
+                if e.document > 0 {
+                    e.document += first_doc;
+                }
+                e
+            })),
+        }
+    }
+    if errors.is_empty() {
+        Ok(resources)
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+/// Cut `text` into up to `pieces` pieces at lines that are exactly `---`, each with the number
+/// of documents before it. `None` when the text uses stream syntax this does not count
+/// (see [`parse_source`]).
+fn split_documents(text: &str, pieces: usize) -> Option<Vec<(&str, usize)>> {
+    // Offsets of every marker line; whether content precedes the first marker (an implicit
+    // first document).
+    let mut markers = Vec::new();
+    let mut implicit_first = false;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if bare.starts_with("---") {
+            if bare.trim_end() != "---" {
+                return None;
+            }
+            markers.push(offset);
+        } else if bare.starts_with("...") || bare.starts_with('%') {
+            return None;
+        } else if markers.is_empty() {
+            let t = bare.trim();
+            implicit_first |= !t.is_empty() && !t.starts_with('#');
+        }
+        offset += line.len();
+    }
+    let before_first = usize::from(implicit_first);
+    let mut out = Vec::new();
+    let (mut start, mut docs_before) = (0, 0);
+    let mut next_marker = 0;
+    for k in 1..pieces.max(1) {
+        let target = text.len() * k / pieces;
+        // The first marker at or after the target that starts a new piece.
+        while next_marker < markers.len()
+            && (markers[next_marker] < target || markers[next_marker] <= start)
+        {
+            next_marker += 1;
+        }
+        let Some(&cut) = markers.get(next_marker) else {
+            break;
+        };
+        out.push((&text[start..cut], docs_before));
+        // Documents in the piece just closed: its markers, plus the implicit first document.
+        docs_before = before_first + next_marker;
+        start = cut;
+    }
+    out.push((&text[start..], docs_before));
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(i: usize) -> String {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: s{i}\n  namespace: default\nspec:\n  \
+             selector:\n    app: a\n  ports:\n    - port: 80\n"
+        )
+    }
+
+    /// The pieces, parsed and joined, give exactly what one pass gives: resources, and error
+    /// document numbers (one bad document near the end, one in the middle).
+    #[test]
+    fn pieces_parse_as_one_pass() {
+        let mut text = String::from("# leading comment\n\n");
+        for i in 0..400 {
+            text.push_str("---\n");
+            if i == 150 || i == 397 {
+                text.push_str("apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n    - port: 99999\n");
+            } else if i == 200 {
+                // An empty document still counts.
+                continue;
+            } else {
+                text.push_str(&service(i));
+            }
+        }
+        let one = serval_model::parse_documents("f.yaml", &text);
+        let pieces = split_documents(&text, 4).expect("plain markers");
+        assert_eq!(pieces.len(), 4);
+        let many = parse_source("f.yaml", &text, 4, 0);
+        let (Err(one), Err(many)) = (one, many) else {
+            panic!("both must fail");
+        };
+        assert_eq!(one, many);
+        assert_eq!(one.len(), 2, "{one}");
+        assert_eq!(one.0[0].document, 151);
+
+        // Without bad documents: the same resources in the same order.
+        let good: String = (0..300).map(|i| format!("---\n{}", service(i))).collect();
+        let one = serval_model::parse_documents("g.yaml", &good).expect("valid");
+        let many = parse_source("g.yaml", &good, 3, 0).expect("valid");
+        assert_eq!(one, many);
+        assert_eq!(many.len(), 300);
+    }
+
+    #[test]
+    fn an_implicit_first_document_is_counted() {
+        let text: String = std::iter::once(service(0))
+            .chain((1..50).map(|i| format!("---\n{}", service(i))))
+            .chain(std::iter::once("---\nkind: Nope\n".to_string()))
+            .collect();
+        let one = serval_model::parse_documents("f.yaml", &text).expect_err("bad kind");
+        let many = parse_source("f.yaml", &text, 2, 0).expect_err("bad kind");
+        assert_eq!(one, many);
+        assert_eq!(many.0[0].document, 51);
+    }
+
+    #[test]
+    fn other_stream_syntax_is_parsed_in_one_pass() {
+        assert!(split_documents("a: 1\n...\nb: 2\n", 2).is_none());
+        assert!(split_documents("%YAML 1.2\n---\na: 1\n", 2).is_none());
+        assert!(split_documents("--- {a: 1}\n", 2).is_none());
+        let p = split_documents("a: 1\n", 4).expect("no markers");
+        assert_eq!(p, vec![("a: 1\n", 0)]);
+    }
 }
