@@ -1,8 +1,8 @@
 //! Randomized differential test of the LOADED eBPF programs against the reference evaluator.
 //!
-//! For seeded random models (pods with random labels and named ports on two nodes, random
-//! Kubernetes NetworkPolicies and Calico NetworkPolicies / GlobalNetworkPolicies in random
-//! tiers with Allow/Deny/Pass/Log, orders, selectors and notSelectors, namespaceSelectors,
+//! For seeded random models ([`serval_calc::testing`]: pods with random labels and named
+//! ports on two nodes, random Kubernetes NetworkPolicies and Calico NetworkPolicies /
+//! GlobalNetworkPolicies in random tiers with Allow/Deny/Pass/Log, orders, selectors and notSelectors, namespaceSelectors,
 //! nets and notNets, ports, notPorts, port ranges and named ports on either side — source
 //! ports included — protocols, notProtocol, ipVersion, ICMP type/code and notICMP), the
 //! policy of `node-1` is compiled by serval_calc's compiler, turned into map contents by the
@@ -25,63 +25,17 @@ use std::net::IpAddr;
 use aya::maps::lpm_trie::Key;
 use serval_agent::dataplane::bpf::{HostView, MapContents, desired_contents, polsport};
 use serval_calc::compile::{self, CompiledPolicy, PolicyIndex, policy_port};
+use serval_calc::desired_state;
 use serval_calc::evaluator::{Evaluator, Packet};
 use serval_calc::policy::{Direction, IpProto};
-use serval_calc::{Model, desired_state};
+use serval_calc::testing::{Case, Rng, model_of};
 use serval_dp_bpf::abi::{Addr, EpVal, PolMatch, drop_reason_name};
 use serval_dp_bpf::{
     Dataplane, Hook, LoadOptions, LogLevel, TC_ACT_OK, TC_ACT_REDIRECT, TEST_RUN_IFINDEX,
 };
-use serval_model::parse_documents;
 use serval_sys::testing::require_root;
 
-// ---- a small deterministic generator ----------------------------------------------------
-
-/// SplitMix64: small, seedable, good enough to pick test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len())]
-    }
-
-    fn maybe(&mut self, p: f64, n: usize) -> Option<usize> {
-        if self.chance(p) {
-            Some(self.below(n))
-        } else {
-            None
-        }
-    }
-}
-
-// ---- random models ----------------------------------------------------------------------
-
-const NAMESPACES: [&str; 3] = ["x", "y", "z"];
-const APPS: [&str; 3] = ["web", "db", "api"];
-
-fn pod_v4(k: usize) -> IpAddr {
-    IpAddr::from([10, 0, 0, k as u8 + 1])
-}
-
-fn pod_v6(k: usize) -> IpAddr {
-    IpAddr::from([0xfd00, 0x10, 0, 0, 0, 0, 0, k as u16 + 1])
-}
+// ---- random models: serval_calc::testing ---------------------------------------------------
 
 /// Addresses outside every pod (none is a node address: workload-to-host is another leg).
 const OUTSIDE: [&str; 8] = [
@@ -95,341 +49,6 @@ const OUTSIDE: [&str; 8] = [
     "2001:db9::1",
 ];
 
-fn pod_yaml(k: usize, rng: &mut Rng) -> String {
-    let ns = NAMESPACES[rng.below(3)];
-    let app = APPS[rng.below(3)];
-    let role = rng
-        .maybe(0.5, 2)
-        .map_or(String::new(), |r| format!(", role: {}", ["fe", "be"][r]));
-    let mut ports = String::new();
-    if let Some(h) = rng.maybe(0.6, 3) {
-        let (port, proto) = [(80, "TCP"), (8080, "TCP"), (8080, "SCTP")][h];
-        ports.push_str(&format!(
-            "    - {{name: http, containerPort: {port}, protocol: {proto}}}\n"
-        ));
-    }
-    if rng.chance(0.4) {
-        ports.push_str("    - {name: dns, containerPort: 53, protocol: UDP}\n");
-    }
-    let ports = if ports.is_empty() {
-        "    ports: []\n".to_string()
-    } else {
-        format!("    ports:\n{ports}")
-    };
-    format!(
-        "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{k}, namespace: {ns}, labels: {{app: {app}{role}}}}}\nspec:\n  nodeName: node-{}\n  containers:\n  - name: c\n{ports}status:\n  phase: Running\n  podIPs:\n  - ip: \"{}\"\n  - ip: \"{}\"\n",
-        1 + k % 2,
-        pod_v4(k),
-        pod_v6(k)
-    )
-}
-
-const K8S_POD_SELECTORS: [&str; 4] = [
-    "{}",
-    "{matchLabels: {app: web}}",
-    "{matchLabels: {role: fe}}",
-    "{matchExpressions: [{key: app, operator: In, values: [db, api]}]}",
-];
-const K8S_NS_SELECTORS: [&str; 3] = [
-    "{}",
-    "{matchLabels: {team: a}}",
-    "{matchLabels: {kubernetes.io/metadata.name: y}}",
-];
-const IP_BLOCKS: [&str; 6] = [
-    "{cidr: 10.0.0.0/29, except: [10.0.0.4/30]}",
-    "{cidr: 10.0.0.0/8, except: [10.0.0.2/32]}",
-    "{cidr: 0.0.0.0/0, except: [10.0.0.0/24]}",
-    "{cidr: 192.0.2.0/24}",
-    "{cidr: 'fd00:10::/124', except: ['fd00:10::4/126']}",
-    "{cidr: '::/0', except: ['fd00::/16']}",
-];
-
-fn k8s_peer(rng: &mut Rng) -> String {
-    let ps = *rng.pick(&K8S_POD_SELECTORS);
-    let ns = *rng.pick(&K8S_NS_SELECTORS);
-    match rng.below(4) {
-        0 => format!("{{podSelector: {ps}}}"),
-        1 => format!("{{namespaceSelector: {ns}}}"),
-        2 => format!("{{podSelector: {ps}, namespaceSelector: {ns}}}"),
-        _ => format!("{{ipBlock: {}}}", rng.pick(&IP_BLOCKS)),
-    }
-}
-
-fn k8s_port(rng: &mut Rng) -> String {
-    let proto = *rng.pick(&["TCP", "UDP", "SCTP"]);
-    match rng.below(6) {
-        0 => format!("{{protocol: {proto}}}"),
-        1 => format!("{{protocol: {proto}, port: 80}}"),
-        2 => format!("{{protocol: {proto}, port: 53}}"),
-        3 => format!("{{protocol: {proto}, port: http}}"),
-        4 => format!("{{protocol: {proto}, port: dns}}"),
-        _ => format!("{{protocol: {proto}, port: 8000, endPort: 8100}}"),
-    }
-}
-
-fn k8s_policy(i: usize, rng: &mut Rng) -> String {
-    let types = *rng.pick(&["[Ingress]", "[Egress]", "[Ingress, Egress]"]);
-    let rules = |peers: &str, rng: &mut Rng| -> String {
-        let r: Vec<String> = (0..rng.below(3))
-            .map(|_| {
-                let p: Vec<String> = (0..rng.below(3)).map(|_| k8s_peer(rng)).collect();
-                let ports: Vec<String> = (0..rng.below(3)).map(|_| k8s_port(rng)).collect();
-                format!(
-                    "{{{peers}: [{}], ports: [{}]}}",
-                    p.join(", "),
-                    ports.join(", ")
-                )
-            })
-            .collect();
-        format!("[{}]", r.join(", "))
-    };
-    let ingress = rules("from", rng);
-    let egress = rules("to", rng);
-    format!(
-        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: k{i}, namespace: {}}}\nspec:\n  podSelector: {}\n  policyTypes: {types}\n  ingress: {ingress}\n  egress: {egress}\n",
-        rng.pick(&NAMESPACES),
-        rng.pick(&K8S_POD_SELECTORS),
-    )
-}
-
-const SELECTORS: [&str; 5] = [
-    "all()",
-    "app == 'web'",
-    "app != 'db'",
-    "has(role)",
-    "role in {'fe'}",
-];
-const NS_SELECTORS: [&str; 3] = ["team == 'a'", "ns != 'x'", "all()"];
-const NETS4: [&str; 5] = [
-    "[10.0.0.0/30]",
-    "[10.0.0.2/32, 192.0.2.0/24]",
-    "[0.0.0.0/0]",
-    "[10.0.0.0/8]",
-    "[10.0.0.0/29, 172.16.0.0/12]",
-];
-const NETS6: [&str; 4] = [
-    "['fd00:10::/126']",
-    "['fd00:10::2/128', '2001:db8::/64']",
-    "['::/0']",
-    "['fd00:10::/120']",
-];
-const PORTS: [&str; 7] = [
-    "[80]",
-    "[53, '8000:8100']",
-    "[http]",
-    "['1:1023']",
-    "[dns, 443]",
-    "['80:85', 8080]",
-    "['1024:65535']",
-];
-/// Source-port conditions (on the source side of a rule: the peer for ingress, the local
-/// endpoint for egress).
-const SRC_PORTS: [&str; 6] = [
-    "[40000]",
-    "['1024:65535']",
-    "[http]",
-    "[53, '30000:40000']",
-    "[dns, '1:1023']",
-    "['32768:49151']",
-];
-
-/// Whether the generator puts source-port conditions into rules.
-const SOURCE_PORTS: bool = true;
-
-/// Fields of one side of a Calico rule (selector, notSelector, namespaceSelector, nets,
-/// notNets).
-fn side_fields(rng: &mut Rng, v6: bool) -> Vec<String> {
-    let mut f = Vec::new();
-    if let Some(i) = rng.maybe(0.4, SELECTORS.len()) {
-        f.push(format!("selector: \"{}\"", SELECTORS[i]));
-    }
-    if let Some(i) = rng.maybe(0.2, SELECTORS.len()) {
-        f.push(format!("notSelector: \"{}\"", SELECTORS[i]));
-    }
-    if let Some(i) = rng.maybe(0.2, NS_SELECTORS.len()) {
-        f.push(format!("namespaceSelector: \"{}\"", NS_SELECTORS[i]));
-    }
-    let nets: &[&str] = if v6 { &NETS6 } else { &NETS4 };
-    if let Some(i) = rng.maybe(0.3, nets.len()) {
-        f.push(format!("nets: {}", nets[i]));
-    }
-    if let Some(i) = rng.maybe(0.3, nets.len()) {
-        f.push(format!("notNets: {}", nets[i]));
-    }
-    f
-}
-
-/// One Calico rule as YAML; `ingress` puts the peer on the source side.
-fn calico_rule(rng: &mut Rng, ingress: bool) -> String {
-    let action = *rng.pick(&["Allow", "Deny", "Pass", "Log", "Allow", "Deny"]);
-    // none, TCP, UDP, SCTP, ICMP, ICMPv6, 47
-    let proto_i = rng.below(7);
-    let proto = [
-        None,
-        Some("TCP"),
-        Some("UDP"),
-        Some("SCTP"),
-        Some("ICMP"),
-        Some("ICMPv6"),
-        Some("47"),
-    ][proto_i];
-    let mut f = vec![format!("action: {action}")];
-    let ip_version = if rng.chance(0.2) {
-        Some(rng.chance(0.5))
-    } else {
-        None
-    };
-    let family_v6 = match proto_i {
-        4 => Some(false),
-        5 => Some(true),
-        _ => ip_version,
-    };
-    let v6 = family_v6.unwrap_or_else(|| rng.chance(0.5));
-    if let Some(p) = proto {
-        f.push(format!("protocol: {p}"));
-    } else if rng.chance(0.15) {
-        f.push(format!("notProtocol: {}", rng.pick(&["TCP", "UDP"])));
-    }
-    if let Some(is6) = ip_version
-        && family_v6.is_none_or(|f| f == is6)
-    {
-        f.push(format!("ipVersion: {}", if is6 { 6 } else { 4 }));
-    }
-    let port_proto = matches!(proto_i, 1..=3);
-    if matches!(proto_i, 4 | 5) {
-        let types: [(u8, u8); 2] = if proto_i == 4 {
-            [(8, 0), (3, 1)]
-        } else {
-            [(128, 0), (1, 3)]
-        };
-        if rng.chance(0.5) {
-            let (ty, code) = *rng.pick(&types);
-            if rng.chance(0.5) {
-                f.push(format!("icmp: {{type: {ty}, code: {code}}}"));
-            } else {
-                f.push(format!("icmp: {{type: {ty}}}"));
-            }
-        }
-        if rng.chance(0.3) {
-            f.push(format!("notICMP: {{type: {}}}", rng.pick(&types).0));
-        }
-    }
-    let mut peer = side_fields(rng, v6);
-    let mut local = if rng.chance(0.3) {
-        side_fields(rng, v6)
-    } else {
-        Vec::new()
-    };
-    {
-        // Destination ports: the local side for ingress, the peer for egress.
-        let dst = if ingress { &mut local } else { &mut peer };
-        if port_proto {
-            if let Some(i) = rng.maybe(0.5, PORTS.len()) {
-                dst.push(format!("ports: {}", PORTS[i]));
-            }
-            if let Some(i) = rng.maybe(0.25, PORTS.len()) {
-                dst.push(format!("notPorts: {}", PORTS[i]));
-            }
-        }
-    }
-    if SOURCE_PORTS && port_proto {
-        let src = if ingress { &mut peer } else { &mut local };
-        if let Some(i) = rng.maybe(0.4, SRC_PORTS.len()) {
-            src.push(format!("ports: {}", SRC_PORTS[i]));
-        }
-        if let Some(i) = rng.maybe(0.2, SRC_PORTS.len()) {
-            src.push(format!("notPorts: {}", SRC_PORTS[i]));
-        }
-    }
-    let (src, dst) = if ingress {
-        (peer, local)
-    } else {
-        (local, peer)
-    };
-    if !src.is_empty() {
-        f.push(format!("source: {{{}}}", src.join(", ")));
-    }
-    if !dst.is_empty() {
-        f.push(format!("destination: {{{}}}", dst.join(", ")));
-    }
-    format!("{{{}}}", f.join(", "))
-}
-
-fn calico_policy(i: usize, rng: &mut Rng) -> String {
-    let tier = *rng.pick(&["default", "security", "platform"]);
-    let order = rng
-        .maybe(0.8, 5)
-        .map_or(String::new(), |o| format!("  order: {}\n", o * 10));
-    let ingress: Vec<String> = (0..rng.below(4)).map(|_| calico_rule(rng, true)).collect();
-    let egress: Vec<String> = (0..rng.below(4)).map(|_| calico_rule(rng, false)).collect();
-    let types = if rng.chance(0.5) {
-        "  types: [Ingress, Egress]\n"
-    } else {
-        ""
-    };
-    let head = if rng.chance(0.6) {
-        format!(
-            "kind: NetworkPolicy\nmetadata: {{namespace: {}, name: c{i}}}\nspec:\n",
-            rng.pick(&NAMESPACES)
-        )
-    } else {
-        let nss = rng
-            .maybe(0.3, NS_SELECTORS.len())
-            .map_or(String::new(), |n| {
-                format!("  namespaceSelector: \"{}\"\n", NS_SELECTORS[n])
-            });
-        format!("kind: GlobalNetworkPolicy\nmetadata: {{name: c{i}}}\nspec:\n{nss}")
-    };
-    format!(
-        "---\napiVersion: projectcalico.org/v3\n{head}  tier: {tier}\n{order}  selector: \"{}\"\n{types}  ingress: [{}]\n  egress: [{}]\n",
-        rng.pick(&SELECTORS),
-        ingress.join(", "),
-        egress.join(", ")
-    )
-}
-
-/// A random model: two nodes, three namespaces, two extra tiers, 2-6 pods, 0-2 Kubernetes
-/// and 0-4 Calico policies.
-fn model_yaml(rng: &mut Rng) -> String {
-    let mut y = String::new();
-    for (name, v4, v6) in [
-        ("node-1", "192.168.0.1", "fd00:192::1"),
-        ("node-2", "192.168.0.2", "fd00:192::2"),
-    ] {
-        y.push_str(&format!(
-            "---\napiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {{name: {name}}}\nspec:\n  bgp: {{ipv4Address: {v4}/24, ipv6Address: '{v6}/64'}}\n"
-        ));
-    }
-    for ns in NAMESPACES {
-        let team = if rng.chance(0.5) { "a" } else { "b" };
-        y.push_str(&format!(
-            "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}, labels: {{ns: {ns}, team: {team}}}}}\n"
-        ));
-    }
-    for (name, order) in [("security", 100), ("platform", 50)] {
-        let action = if rng.chance(0.5) { "Pass" } else { "Deny" };
-        y.push_str(&format!(
-            "---\napiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {{name: {name}}}\nspec: {{order: {order}, defaultAction: {action}}}\n"
-        ));
-    }
-    for k in 0..2 + rng.below(5) {
-        y.push_str(&pod_yaml(k, rng));
-    }
-    for i in 0..rng.below(3) {
-        y.push_str(&k8s_policy(i, rng));
-    }
-    for i in 0..rng.below(5) {
-        y.push_str(&calico_policy(i, rng));
-    }
-    y
-}
-
-fn model_of(yaml: &str) -> Model {
-    let docs = parse_documents("generated", yaml)
-        .unwrap_or_else(|e| panic!("generated model must parse:\n{yaml}\n{e}"));
-    Model::from_resources(docs)
-}
-
 // ---- random packets ---------------------------------------------------------------------
 
 /// Ports near the edges the generated rules name, and some arbitrary ones.
@@ -442,7 +61,7 @@ fn port(rng: &mut Rng) -> u16 {
     if rng.chance(0.8) {
         *rng.pick(&PORT_POOL)
     } else {
-        rng.next() as u16
+        rng.next_u64() as u16
     }
 }
 
@@ -603,7 +222,7 @@ fn run_case(
     prev: &mut MapContents,
     packets: usize,
 ) -> Result<Outcome, String> {
-    let yaml = model_yaml(rng);
+    let yaml = Case::random(rng).yaml();
     let model = model_of(&yaml);
     let state = desired_state(&model, Some("node-1"));
     let compiled: CompiledPolicy = compile::compile(&state);

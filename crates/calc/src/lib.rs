@@ -24,6 +24,8 @@ pub mod policy;
 pub mod scenarios;
 pub mod services;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod xdp;
 
 pub use delta::{Delta, EndpointChange, diff};
