@@ -124,6 +124,54 @@ fn is_nat(v: &CtVal) -> bool {
     v.kind == SV_CT_TYPE_NAT_FWD || v.flags & SV_CT_F_DNAT != 0
 }
 
+/// The agent of `node` (store `store`, state in `dir`), attaching to the node's cgroup of
+/// `cg` and cleaning up on exit; ready.
+async fn start_agent(
+    node: &Node,
+    store: &SqliteFile,
+    dir: &tempfile::TempDir,
+    cg: &TestCgroups,
+) -> Result<Agent> {
+    let mut cfg = config(store, dir, Duration::from_secs(2));
+    cfg.cgroup = Some(cg.child("node"));
+    cfg.cleanup_on_exit = true;
+    let mut agent = Agent::start(&node.node, cfg)?;
+    agent.wait_ready().await?;
+    Ok(agent)
+}
+
+/// Ensures the flow of `o` from `addr` passed tc without a NAT entry (translated at the
+/// socket), or with `nat` that tc NATed it; `what` names the case.
+fn ensure_nat(
+    pins: &ScopeGuard,
+    addr: &str,
+    o: &ClientReport,
+    nat: bool,
+    what: &str,
+) -> Result<()> {
+    let ct = ct_entries_of(&pins.0, addr, o.local_port)?;
+    if nat {
+        ensure!(
+            ct.iter().any(|(_, v)| is_nat(v)),
+            "{what}: NATed by tc: {ct:#?}"
+        );
+    } else {
+        ensure!(
+            !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v)),
+            "{what}: a conntrack entry for the flow (it passed tc) and none of NAT: {ct:#?}"
+        );
+    }
+    Ok(())
+}
+
+/// Whether UDP from `pod` in the node's cgroup to `vip` is answered from `vip` with no NAT
+/// entry (translated at sendmsg/recvmsg).
+fn udp_translated(pod: &str, cg: &TestCgroups, vip: &str, pins: &ScopeGuard, addr: &str) -> bool {
+    run_client(pod, &cg.child("node"), "udp", vip).is_ok_and(|o| {
+        o.reply == "pong:ping" && o.peer == vip && ensure_nat(pins, addr, &o, false, "").is_ok()
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     if !require_root("connect_time_load_balancing_through_the_agent") {
@@ -151,11 +199,7 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     apply(&client, &felix("TCP")).await?;
     apply(&client, SERVICE).await?;
     let dir = tempfile::tempdir()?;
-    let mut cfg = config(&store, &dir, Duration::from_secs(2));
-    cfg.cgroup = Some(cg.child("node"));
-    cfg.cleanup_on_exit = true;
-    let mut agent = Agent::start(&node.node, cfg)?;
-    agent.wait_ready().await?;
+    let agent = start_agent(&node, &store, &dir, &cg).await?;
     let vip_tcp = format!("{VIP}:8080");
     let vip_udp = format!("{VIP}:53");
 
@@ -175,33 +219,23 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
         o.peer == vip_tcp,
         "getpeername must show the ClusterIP: {o:?}"
     );
-    let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
-    ensure!(
-        !ct.is_empty(),
-        "the flow passed tc: a conntrack entry for it"
-    );
-    ensure!(
-        ct.iter().all(|(_, v)| !is_nat(v)),
-        "connect-time LB: no NAT conntrack entry, got {ct:#?}"
-    );
+    ensure_nat(&pins, a_addr, &o, false, "connect-time LB")?;
 
     // Another node's cgroup: untouched by this node's programs; tc NATs its connection.
     let o = run_client(&pod_a, &cg.child("other"), "tcp", &vip_tcp)?;
     ensure!(o.reply == "x/b" && o.peer == vip_tcp, "{o:?}");
-    let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
-    ensure!(
-        ct.iter().any(|(_, v)| is_nat(v)),
-        "a process outside the node's cgroup is NATed by tc: {ct:#?}"
-    );
+    ensure_nat(
+        &pins,
+        a_addr,
+        &o,
+        true,
+        "a process outside the node's cgroup",
+    )?;
 
     // TCP mode leaves UDP to tc (NATed, reply reverse-NATed by tc).
     let o = run_client(&pod_a, &cg.child("node"), "udp", &vip_udp)?;
     ensure!(o.reply == "pong:ping" && o.peer == vip_udp, "{o:?}");
-    let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
-    ensure!(
-        ct.iter().any(|(_, v)| is_nat(v)),
-        "UDP in TCP mode is NATed by tc: {ct:#?}"
-    );
+    ensure_nat(&pins, a_addr, &o, true, "UDP in TCP mode")?;
 
     // ... but a host-networked client's UDP (a socket of the node's own namespace) is
     // translated by the cgroup programs (Calico NATs it in tc; Serval's tc sees none of it).
@@ -223,17 +257,7 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     // Enabled: unconnected UDP is translated too; the reply comes from the ClusterIP.
     apply(&client, &felix("Enabled")).await?;
     wait_for("UDP to be translated at sendmsg (no NAT entry)", || async {
-        Ok(
-            match run_client(&pod_a, &cg.child("node"), "udp", &vip_udp) {
-                Ok(o) => {
-                    o.reply == "pong:ping"
-                        && o.peer == vip_udp
-                        && ct_entries_of(&pins.0, a_addr, o.local_port)
-                            .is_ok_and(|ct| !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v)))
-                }
-                Err(_) => false,
-            },
-        )
+        Ok(udp_translated(&pod_a, &cg, &vip_udp, &pins, a_addr))
     })
     .await?;
 
@@ -245,11 +269,7 @@ async fn connect_time_load_balancing_through_the_agent() -> Result<()> {
     .await?;
     let o = run_client(&pod_a, &cg.child("node"), "tcp", &vip_tcp)?;
     ensure!(o.reply == "x/b" && o.peer == vip_tcp, "{o:?}");
-    let ct = ct_entries_of(&pins.0, a_addr, o.local_port)?;
-    ensure!(
-        ct.iter().any(|(_, v)| is_nat(v)),
-        "Disabled: the connection is NATed by tc: {ct:#?}"
-    );
+    ensure_nat(&pins, a_addr, &o, true, "Disabled: the connection")?;
 
     // Back to TCP, then a clean stop: nothing of the scope is left (cgroup links included).
     apply(&client, &felix("TCP")).await?;
@@ -394,11 +414,7 @@ async fn connect_time_load_balancing_ipv6() -> Result<()> {
     apply(&client, &felix("TCP")).await?;
     apply(&client, SERVICE6).await?;
     let dir = tempfile::tempdir()?;
-    let mut cfg = config(&store, &dir, Duration::from_secs(2));
-    cfg.cgroup = Some(cg.child("node"));
-    cfg.cleanup_on_exit = true;
-    let mut agent = Agent::start(&node.node, cfg)?;
-    agent.wait_ready().await?;
+    let agent = start_agent(&node, &store, &dir, &cg).await?;
     let vip_tcp = format!("[{VIP6}]:8080");
     let vip_udp = format!("[{VIP6}]:53");
 
@@ -411,37 +427,16 @@ async fn connect_time_load_balancing_ipv6() -> Result<()> {
         o.peer == vip_tcp,
         "getpeername must show the ClusterIP: {o:?}"
     );
-    let ct = ct_entries_of(&pins.0, a6, o.local_port)?;
-    ensure!(
-        !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v)),
-        "no NAT entry: {ct:#?}"
-    );
+    ensure_nat(&pins, a6, &o, false, "IPv6 connect-time LB")?;
 
     let o = run_client(&pod_a, &cg.child("other"), "tcp", &vip_tcp)?;
     ensure!(o.reply == "x/b6" && o.peer == vip_tcp, "{o:?}");
-    let ct = ct_entries_of(&pins.0, a6, o.local_port)?;
-    ensure!(
-        ct.iter().any(|(_, v)| is_nat(v)),
-        "other cgroup NATed by tc: {ct:#?}"
-    );
+    ensure_nat(&pins, a6, &o, true, "IPv6 from the other cgroup")?;
 
     apply(&client, &felix("Enabled")).await?;
     wait_for(
         "IPv6 UDP to be translated at sendmsg (no NAT entry)",
-        || async {
-            Ok(
-                match run_client(&pod_a, &cg.child("node"), "udp", &vip_udp) {
-                    Ok(o) => {
-                        o.reply == "pong:ping"
-                            && o.peer == vip_udp
-                            && ct_entries_of(&pins.0, a6, o.local_port).is_ok_and(|ct| {
-                                !ct.is_empty() && ct.iter().all(|(_, v)| !is_nat(v))
-                            })
-                    }
-                    Err(_) => false,
-                },
-            )
-        },
+        || async { Ok(udp_translated(&pod_a, &cg, &vip_udp, &pins, a6)) },
     )
     .await?;
     agent.stop()?;
