@@ -12,7 +12,7 @@ mod common;
 use std::net::IpAddr;
 
 use common::fixture::{
-    self, drops, hep_sizes, host_len, ip, load_hep, pol_key_full, route, verdict,
+    self, drops, expect_verdicts, hep_sizes, host_len, ip, load_hep, pol_key_full, route, verdict,
 };
 use common::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, packet, tcp, udp};
 use serval_dp_bpf::{
@@ -147,11 +147,7 @@ fn host_bound_packets_are_allowed_and_denied_by_the_host_endpoint_policy() {
             (net.peer, udp(40002, 80), TC_ACT_SHOT),
             (net.stranger, tcp(40003, 80, TCP_SYN), TC_ACT_SHOT),
         ];
-        for (src, l4, want) in cases {
-            let got = run(&dp, Hook::HostIngress, &packet(src, net.host, l4));
-            assert_eq!(got, want, "{src} -> {} {l4:?}", net.host);
-            denied += u64::from(want == TC_ACT_SHOT);
-        }
+        denied += expect_verdicts(&dp, Hook::HostIngress, net.host, &cases);
     }
     assert_eq!(drops(&mut dp, SV_DROP_HOST_POLICY), denied);
     // The allowed flows were recorded, the denied ones not.
@@ -181,10 +177,7 @@ fn failsafe_ports_pass_under_deny_all() {
             (net.peer, tcp(41004, 2222, TCP_SYN), TC_ACT_NEXT), // in the failsafe net
             (net.stranger, tcp(41005, 2222, TCP_SYN), TC_ACT_SHOT), // outside it
         ];
-        for (src, l4, want) in cases {
-            let got = run(&dp, Hook::HostIngress, &packet(src, net.host, l4));
-            assert_eq!(got, want, "{src} -> {} {l4:?}", net.host);
-        }
+        expect_verdicts(&dp, Hook::HostIngress, net.host, &cases);
         // Outbound failsafe: UDP 53 from the host to anyone; TCP 53 is not failsafe.
         let out = |l4| run(&dp, Hook::HostEgress, &packet(net.host, net.stranger, l4));
         assert_eq!(out(udp(41006, 53)), TC_ACT_NEXT);

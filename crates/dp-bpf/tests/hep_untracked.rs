@@ -14,7 +14,8 @@ mod common;
 use std::net::IpAddr;
 
 use common::fixture::{
-    self, drops, hep_sizes, host_len, ip, load_hep, pol_key_full as full, route, verdict as val,
+    self, drops, expect_verdicts, hep_sizes, host_len, ip, load_hep, pol_key_full as full, route,
+    verdict as val,
 };
 use common::packet::{PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, packet, tcp, udp};
 use serval_dp_bpf::{
@@ -147,11 +148,7 @@ fn untracked_deny_and_allow_decide_before_ordinary_policy() {
             // failsafe before the untracked Deny of TCP 22
             (net.stranger, tcp(40004, 22, TCP_SYN), TC_ACT_NEXT),
         ];
-        for (src, l4, want) in cases {
-            let got = run(&dp, Hook::HostIngress, &packet(src, net.host, l4));
-            assert_eq!(got, want, "{src} -> {} {l4:?}", net.host);
-            denied += u64::from(want == TC_ACT_SHOT);
-        }
+        denied += expect_verdicts(&dp, Hook::HostIngress, net.host, &cases);
     }
     assert_eq!(drops(&mut dp, SV_DROP_HOST_POLICY), denied);
     // Conntrack holds the two tracked flows per family (8080 by policy, 22 by failsafe), not

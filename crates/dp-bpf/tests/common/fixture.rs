@@ -5,7 +5,9 @@
 
 use std::net::IpAddr;
 
-use serval_dp_bpf::{Dataplane, Hook, LoadOptions, LogLevel, MapSizes, Maps, abi::*};
+use serval_dp_bpf::{Dataplane, Hook, LoadOptions, LogLevel, MapSizes, Maps, TC_ACT_SHOT, abi::*};
+
+use super::packet::{L4, packet};
 use serval_sys::testing::{NetNsGuard, require_root};
 
 /// TCX_NEXT / TC_ACT_UNSPEC: "not finished here" (the next program, then the stack, decides).
@@ -140,6 +142,23 @@ pub fn run(dp: &Dataplane, hook: Hook, pkt: &[u8]) -> (i32, Vec<u8>) {
         .test_run(hook, pkt)
         .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}: {e:?}"));
     (out.verdict, out.packet)
+}
+
+/// Runs a packet from each `(source, transport)` of `cases` to `dst` through `hook` and
+/// asserts its verdict; returns how many were to be dropped (TC_ACT_SHOT).
+pub fn expect_verdicts(
+    dp: &Dataplane,
+    hook: Hook,
+    dst: IpAddr,
+    cases: &[(IpAddr, L4, i32)],
+) -> u64 {
+    let mut dropped = 0;
+    for &(src, l4, want) in cases {
+        let (got, _) = run(dp, hook, &packet(src, dst, l4));
+        assert_eq!(got, want, "{hook:?} {src} -> {dst} {l4:?}");
+        dropped += u64::from(want == TC_ACT_SHOT);
+    }
+    dropped
 }
 
 /// The conntrack entry of the flow src:sport -> dst:dport/proto, if any.
