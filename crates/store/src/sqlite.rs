@@ -68,11 +68,15 @@ const MAX_IDLE_READERS: usize = 4;
 /// long-lived process (the agent) checkpoints when the store is quiet ([`poll_loop`]), so no
 /// writer, and no `serval apply`, waits for checkpoint copies and fsyncs after its commit.
 const AUTOCHECKPOINT_PAGES: i64 = 65_536;
-/// The watch poller checkpoints after a quiet [`SqliteOptions::safety_poll`] when the WAL file
+/// The watch poller checkpoints after [`CHECKPOINT_AFTER_QUIET`] without changes when the WAL file
 /// is at least this large; a WAL reset after a checkpoint truncates the file back to this size
 /// (`journal_size_limit`), so the size says whether it grew since. sqlite's default threshold
 /// (1,000 pages).
 const QUIET_CHECKPOINT_BYTES: i64 = 4 << 20;
+/// The watch poller checkpoints once nothing has changed for this long: after a large write the
+/// watching process (the agent) is busy with it for about a second, and the checkpoint's copy
+/// and fsyncs should not compete with that.
+const CHECKPOINT_AFTER_QUIET: Duration = Duration::from_secs(1);
 /// The writer connection's page cache limit (sqlite's `cache_size`, negative = KiB): 64 MiB.
 const WRITER_CACHE_KIB: i64 = -65536;
 
@@ -600,7 +604,7 @@ fn read_window(
 }
 
 fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Duration) {
-    let conn = match retry_busy(&name, || open_connection(&path)) {
+    let mut conn = match retry_busy(&name, || open_connection(&path)) {
         Ok(c) => c,
         Err(error) => {
             tracing::error!(path = name, %error, "sqlite watch poller cannot open the database; watches only see this process's writes");
@@ -617,6 +621,7 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Durat
     };
     let mut version: Option<i64> = None;
     let wal = wake::wal_path(&path);
+    let mut last_change = Instant::now();
     loop {
         // Check first, then wait: a commit made before the waker existed is seen here, every
         // later one wakes the wait below.
@@ -642,8 +647,12 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Durat
         }
         match waker.as_mut().map(|w| w.wait(safety_poll)) {
             None => std::thread::sleep(POLL_INTERVAL),
-            Some(Ok(wake::Woken::Changed)) => {}
-            Some(Ok(wake::Woken::Timeout)) => quiet_checkpoint(&conn, &wal, &name),
+            Some(Ok(wake::Woken::Changed)) => last_change = Instant::now(),
+            Some(Ok(wake::Woken::Timeout)) => {
+                if last_change.elapsed() >= CHECKPOINT_AFTER_QUIET {
+                    quiet_checkpoint(&mut conn, &wal, &name);
+                }
+            }
             Some(Ok(wake::Woken::Lost)) => {
                 tracing::warn!(
                     path = name,
@@ -659,29 +668,54 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Durat
     }
 }
 
-/// Checkpoint the WAL into the database when it has grown (see [`AUTOCHECKPOINT_PAGES`]).
-/// PASSIVE: never waits for readers or writers; what it cannot copy now is copied next time.
-fn quiet_checkpoint(conn: &Connection, wal: &Path, name: &str) {
+/// Checkpoint the WAL into the database when it has grown past [`QUIET_CHECKPOINT_BYTES`]
+/// (see [`AUTOCHECKPOINT_PAGES`]). PASSIVE: never waits for readers or writers; what it cannot
+/// copy now is copied next time. When everything was copied, one small write restarts the WAL
+/// here: the first commit after a complete checkpoint rewinds the WAL, fsyncs its new header
+/// and truncates the file (`journal_size_limit`; tens of milliseconds for a WAL of 50,000
+/// resources), which would otherwise fall on the next writer (the next `serval apply`). The
+/// write bumps a counter in `meta` (`wal_restarts`; sqlite skips an update that changes
+/// nothing, which would not restart the WAL): no revision, no log entry; other watchers' pollers see
+/// `data_version` move, find the revision unchanged and publish nothing.
+fn quiet_checkpoint(conn: &mut Connection, wal: &Path, name: &str) {
     let size = std::fs::metadata(wal).map_or(0, |m| m.len());
-    if size < QUIET_CHECKPOINT_BYTES.unsigned_abs() {
+    // Strictly larger: a WAL just restarted is truncated to exactly this size.
+    if size <= QUIET_CHECKPOINT_BYTES.unsigned_abs() {
         return;
     }
     let started = Instant::now();
-    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+    let checkpointed = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
         Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-    }) {
-        Ok((frames, copied)) => tracing::debug!(
-            path = name,
-            size,
-            frames,
-            copied,
-            took_ms = started.elapsed().as_secs_f64() * 1e3,
-            "checkpointed the sqlite WAL"
-        ),
+    });
+    let (frames, copied) = match checkpointed {
+        Ok(c) => c,
         Err(error) => {
-            tracing::debug!(path = name, %error, "sqlite WAL checkpoint failed; will retry when quiet")
+            tracing::debug!(path = name, %error, "sqlite WAL checkpoint failed; will retry when quiet");
+            return;
         }
+    };
+    // Only if the write lock is free right now: the poller must not wait behind a writer.
+    let restarted = frames == copied
+        && conn.busy_handler(None::<fn(i32) -> bool>).is_ok()
+        && conn
+            .execute(
+                "INSERT INTO meta (name, value) VALUES ('wal_restarts', 1)
+                 ON CONFLICT (name) DO UPDATE SET value = value + 1",
+                [],
+            )
+            .is_ok();
+    if let Err(error) = conn.busy_handler(Some(busy_wait)) {
+        tracing::debug!(path = name, %error, "cannot restore the poller's busy handler");
     }
+    tracing::debug!(
+        path = name,
+        size,
+        frames,
+        copied,
+        restarted,
+        took_ms = started.elapsed().as_secs_f64() * 1e3,
+        "checkpointed the sqlite WAL"
+    );
 }
 
 async fn watch_task(
