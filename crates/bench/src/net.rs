@@ -240,18 +240,64 @@ pub fn attempt_interval(elapsed: Duration) -> Duration {
 /// back within it.
 pub const ATTEMPT_LIFETIME: Duration = Duration::from_millis(50);
 
+/// How many source ports [`wait_answer`] cycles through, just below the client's ephemeral
+/// range.
+pub const PROBE_PORTS: u16 = 12_000;
+
+/// The next probe source port, as an offset into the probe range (shared by every wait of
+/// the run, so successive waits do not reuse each other's ports either).
+static NEXT_PROBE_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The probe source ports: the [`PROBE_PORTS`] ports just below the calling thread's
+/// namespace's ephemeral range (`ip_local_port_range`), or `None` when there is no room.
+///
+/// Why: an attempt sent before the target is programmed leaves a conntrack entry on the
+/// node (SYN_SENT, not NATed, kept 120 s). A later connection that happens to get the same
+/// ephemeral source port matches that entry, is not NATed, and is lost — a measurement
+/// after a long wait (thousands of attempts) would lose a share of its connections for two
+/// minutes. With their own ports, attempts never share a tuple with the latency exchanges.
+fn probe_port_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let low: u16 = text.split_whitespace().next()?.parse().ok()?;
+    let start = low.checked_sub(PROBE_PORTS)?;
+    (start >= 1024).then_some((start, low))
+}
+
+/// The `i`-th source port of `range`, cycling.
+fn probe_port((start, end): (u16, u16), i: u32) -> u16 {
+    start + (i % u32::from(end - start)) as u16
+}
+
+/// The next source port of `range` to try.
+fn next_probe_port(range: (u16, u16)) -> u16 {
+    probe_port(range, NEXT_PROBE_PORT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// One pending attempt of [`wait_answer`].
 struct Attempt {
     socket: Socket,
     started: Instant,
 }
 
-/// Starts a non-blocking connect to `target` (from the calling thread's namespace).
-fn start_attempt(target: SocketAddrV4) -> std::io::Result<Attempt> {
+/// Starts a non-blocking connect to `target` (from the calling thread's namespace), from a
+/// source port of `ports` when given (a port still in use is skipped).
+fn start_attempt(target: SocketAddrV4, ports: Option<(u16, u16)>) -> std::io::Result<Attempt> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_linger(Some(Duration::ZERO))?;
     socket.set_tcp_nodelay(true)?;
     socket.set_nonblocking(true)?;
+    if let Some(range) = ports {
+        let mut tries = 0;
+        loop {
+            let port = next_probe_port(range);
+            let local = SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port);
+            match socket.bind(&SocketAddr::V4(local).into()) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 16 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
     let started = Instant::now();
     match socket.connect(&SocketAddr::V4(target).into()) {
         Ok(()) => Ok(Attempt { socket, started }),
@@ -305,7 +351,8 @@ fn poll_out(fds: &mut [libc::pollfd], timeout: Duration) -> std::io::Result<usiz
 /// A fresh non-blocking connection attempt starts every [`attempt_interval`] (0.5 ms for the
 /// first 2 s), while earlier ones stay pending for [`ATTEMPT_LIFETIME`]; the first attempt
 /// whose connection completes is finished with the 1-byte exchange, the others are closed.
-/// So a time is late by at most one interval plus the exchange itself.
+/// So a time is late by at most one interval plus the exchange itself. Attempts use source
+/// ports of their own ([`probe_port_range`]).
 pub fn wait_answer(
     ns: &NetNs,
     netns_name: &str,
@@ -314,6 +361,7 @@ pub fn wait_answer(
 ) -> Result<Instant> {
     let started = Instant::now();
     ns.run(|| {
+        let ports = probe_port_range();
         let mut last_error = String::from("no attempt completed");
         let mut pending: std::collections::VecDeque<Attempt> = std::collections::VecDeque::new();
         let mut next_start = started;
@@ -334,7 +382,7 @@ pub fn wait_answer(
                 last_error = format!("no answer within {ATTEMPT_LIFETIME:?}");
             }
             if now >= next_start {
-                match start_attempt(target) {
+                match start_attempt(target, ports) {
                     Ok(a) => pending.push_back(a),
                     Err(e) => last_error = e.to_string(),
                 }
@@ -516,6 +564,27 @@ mod tests {
             server
         });
         drop(server);
+    }
+
+    /// Probe ports lie below the ephemeral range and cycle through the whole probe range.
+    #[test]
+    fn probe_ports_stay_out_of_the_ephemeral_range() {
+        let range = (40_000, 40_003);
+        let ports: Vec<u16> = (0..6).map(|i| probe_port(range, i)).collect();
+        assert_eq!(ports, vec![40_000, 40_001, 40_002, 40_000, 40_001, 40_002]);
+        assert!((40_000..40_003).contains(&next_probe_port(range)));
+        if let Some((start, end)) = probe_port_range() {
+            let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .expect("ip_local_port_range");
+            let low: u16 = text
+                .split_whitespace()
+                .next()
+                .expect("low")
+                .parse()
+                .expect("u16");
+            assert_eq!(end, low);
+            assert_eq!(end - start, PROBE_PORTS);
+        }
     }
 
     #[test]

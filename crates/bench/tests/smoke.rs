@@ -81,6 +81,25 @@ fn quick_bench_writes_report_json_and_png() {
             let s = p.summary.expect("summary");
             assert!(s.p50 <= s.p90 && s.p90 <= s.p99 && s.p99 <= s.max);
             assert!(p.samples_us.iter().all(|v| *v > 0.0));
+            // Every column but direct carries its interleaved direct samples.
+            match (dp, &p.paired) {
+                ("direct", None) => {}
+                ("direct", Some(_)) => panic!("direct is measured alone"),
+                (_, None) => panic!("{dp} at {n} has no paired direct samples"),
+                (_, Some(d)) => {
+                    assert_eq!(d.samples_us.len() + d.failures, 50, "{dp} at {n}");
+                    assert_eq!(d.block_len, 5);
+                    assert_eq!(d.blocks.len(), 10);
+                    assert_eq!(
+                        d.blocks.iter().map(|b| b.column_samples).sum::<usize>(),
+                        p.samples_us.len()
+                    );
+                    assert!(d.ratio_p50.is_some());
+                    // The direct lab is not the column's lab: a different address space
+                    // is not required, but the target is the direct lab's server.
+                    assert!(d.target.ends_with(":7777"), "{}", d.target);
+                }
+            }
         }
     }
     let prog = r
@@ -103,6 +122,7 @@ fn quick_bench_writes_report_json_and_png() {
         "{md}"
     );
     assert!(md.contains("![latency vs N](latency.png)"));
+    assert!(md.contains("**p50, paired**"), "{md}");
 
     // PNGs: signature and the IHDR size.
     for name in ["latency.png", "programming.png"] {
@@ -114,15 +134,23 @@ fn quick_bench_writes_report_json_and_png() {
         assert_eq!((width, height), (1000, 640), "{name}");
     }
 
-    // The run removed its lab (named in the progress lines).
-    let lab = stderr
+    // The run removed its labs (named in the progress lines): the direct baseline's and the
+    // kube-proxy columns'.
+    let labs: Vec<String> = stderr
         .lines()
-        .find_map(|l| {
+        .filter_map(|l| {
             let rest = l.split("lab ").nth(1)?;
             let name = rest.split_whitespace().next()?;
             (name.starts_with("bench-") && rest.contains("is up")).then(|| name.to_string())
         })
-        .expect("the lab's name in the progress lines");
+        .collect();
+    assert_eq!(labs.len(), 2, "{stderr}");
+    for lab in labs {
+        lab_removed(&lab);
+    }
+}
+
+fn lab_removed(lab: &str) {
     assert!(
         !Path::new("/var/lib/serval/labs").join(&lab).exists(),
         "lab {lab} was not removed"
