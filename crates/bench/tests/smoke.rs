@@ -152,7 +152,7 @@ fn quick_bench_writes_report_json_and_png() {
 
 fn lab_removed(lab: &str) {
     assert!(
-        !Path::new("/var/lib/serval/labs").join(&lab).exists(),
+        !Path::new("/var/lib/serval/labs").join(lab).exists(),
         "lab {lab} was not removed"
     );
     let netns = std::fs::read_dir("/run/netns")
