@@ -79,11 +79,14 @@ fn check(
                             DecidedBy::PassedAllTiers => RuleRef::PassedAllTiers,
                             _ => continue,
                         };
-                        let (verdict, rule) = index.lookup(
+                        // Through the source-port table when the decision depends on it
+                        // (the source-ports scenario), as the program does.
+                        let (verdict, rule) = index.lookup_with_sport(
                             ep_id,
                             dir,
                             remote,
                             p.protocol.number(),
+                            p.src_port,
                             policy_port(p.protocol, p.dst_port, p.icmp),
                         );
                         if (verdict == PolicyVerdict::Allow) != want.allowed
