@@ -13,6 +13,10 @@ use serval_model::k8s::{
 use serval_model::workloadendpoint::WorkloadEndpoint;
 use serval_model::{Kind, ObjectMeta, Resource, ResourceKey};
 
+mod compact;
+
+pub use compact::K8sPolicyEntry;
+
 /// `(namespace, name)` of a namespaced resource.
 pub type NsName = (String, String);
 
@@ -51,7 +55,9 @@ pub struct Model {
     /// resource back).
     pub services: BTreeMap<NsName, ServiceEntry>,
     pub endpoint_slices: BTreeMap<NsName, EndpointSlice>,
-    pub k8s_policies: BTreeMap<NsName, K8sNetworkPolicy>,
+    /// Kubernetes NetworkPolicies in the compact form the model keeps
+    /// ([`K8sPolicyEntry::to_policy`] gives the resource back).
+    pub k8s_policies: BTreeMap<NsName, K8sPolicyEntry>,
     pub policies: BTreeMap<NsName, NetworkPolicy>,
     pub global_policies: BTreeMap<String, GlobalNetworkPolicy>,
     /// Stored tiers; the `default` tier is implied (see [`Model::tiers`]).
@@ -77,7 +83,7 @@ pub struct ServiceEntry {
     /// The spec (its selector moved to `selector`) and the status.
     body: Box<(ServiceSpec, Option<ServiceStatus>)>,
     /// `spec.selector`, sorted by key.
-    selector: Box<[(Box<str>, Box<str>)]>,
+    selector: compact::Labels,
     /// The metadata, unless it is exactly the key (`namespace` set, nothing else).
     meta: Option<Box<ObjectMeta>>,
 }
@@ -86,19 +92,9 @@ impl ServiceEntry {
     /// The entry for `svc`, stored under `(namespace, name)` = `(svc.metadata.namespace_str(),
     /// svc.metadata.name)`.
     pub fn new(mut svc: Service) -> ServiceEntry {
-        let selector = std::mem::take(&mut svc.spec.selector)
-            .into_iter()
-            .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
-            .collect();
-        let m = &svc.metadata;
-        let only_key = m.namespace.is_some()
-            && m.labels.is_empty()
-            && m.annotations.is_empty()
-            && m.resource_version.is_none()
-            && m.uid.is_none()
-            && m.creation_timestamp.is_none();
+        let selector = compact::labels_from(std::mem::take(&mut svc.spec.selector));
         ServiceEntry {
-            meta: (!only_key).then(|| Box::new(svc.metadata)),
+            meta: compact::meta_beyond_key(svc.metadata),
             body: Box::new((svc.spec, svc.status)),
             selector,
         }
@@ -107,19 +103,11 @@ impl ServiceEntry {
     /// The Service this entry was made from; `namespace` and `name` are its key in
     /// [`Model::services`].
     pub fn to_service(&self, namespace: &str, name: &str) -> Service {
-        let metadata = match &self.meta {
-            Some(m) => (**m).clone(),
-            None => ObjectMeta::namespaced(namespace, name),
-        };
         let (spec, status) = &*self.body;
         let mut spec = spec.clone();
-        spec.selector = self
-            .selector
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        spec.selector = compact::labels_to(&self.selector);
         Service {
-            metadata,
+            metadata: compact::meta_of(&self.meta, namespace, name),
             spec,
             status: status.clone(),
         }
@@ -197,9 +185,12 @@ impl Model {
             Resource::EndpointSlice(v) => {
                 put(&mut self.endpoint_slices, key, v, Index::EndpointSlices)
             }
-            Resource::K8sNetworkPolicy(v) => {
-                put(&mut self.k8s_policies, key, v, Index::K8sPolicies)
-            }
+            Resource::K8sNetworkPolicy(v) => put(
+                &mut self.k8s_policies,
+                key,
+                K8sPolicyEntry::new(v),
+                Index::K8sPolicies,
+            ),
             Resource::NetworkPolicy(v) => put(&mut self.policies, key, v, Index::Policies),
             Resource::GlobalNetworkPolicy(v) => {
                 put(&mut self.global_policies, key.1, v, Index::GlobalPolicies)
@@ -259,6 +250,13 @@ impl Model {
         self.services
             .get(&(namespace.to_string(), name.to_string()))
             .map(|e| e.to_service(namespace, name))
+    }
+
+    /// The Kubernetes NetworkPolicy `namespace/name`, as it was applied.
+    pub fn k8s_policy(&self, namespace: &str, name: &str) -> Option<K8sNetworkPolicy> {
+        self.k8s_policies
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|e| e.to_policy(namespace, name))
     }
 
     /// A namespace's labels, including the automatic `kubernetes.io/metadata.name`. A
@@ -397,6 +395,57 @@ mod tests {
         let mut other = plain.clone();
         other.spec.selector.insert("tier".into(), "back".into());
         assert_eq!(m.apply(Resource::Service(other)), Some(Index::Services));
+    }
+
+    #[test]
+    fn k8s_policy_entries_give_back_the_policy() {
+        let docs = serval_model::parse_documents(
+            "pol",
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, namespace: x}\n\
+             spec:\n  podSelector: {matchLabels: {app: web, tier: front}}\n  \
+             policyTypes: [Ingress, Egress]\n  ingress:\n    - from:\n        - podSelector: \
+             {matchLabels: {role: client}, matchExpressions: [{key: env, operator: In, values: [prod]}]}\n          \
+             namespaceSelector: {matchLabels: {team: a}}\n        - ipBlock: {cidr: 10.0.0.0/8, except: [10.1.0.0/16]}\n      \
+             ports: [{protocol: TCP, port: 80}, {port: 8000, endPort: 8080}]\n    - {}\n  \
+             egress: [{to: [{namespaceSelector: {}}], ports: [{protocol: UDP, port: dns}]}]\n\
+             ---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: b\n  \
+             namespace: y\n  labels: {l: v}\nspec: {podSelector: {}}\n",
+        )
+        .expect("yaml");
+        let policies: Vec<K8sNetworkPolicy> = docs
+            .into_iter()
+            .map(|r| match r {
+                Resource::K8sNetworkPolicy(p) => p,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let mut m = Model::default();
+        for p in &policies {
+            assert_eq!(
+                m.apply(Resource::K8sNetworkPolicy(p.clone())),
+                Some(Index::K8sPolicies)
+            );
+        }
+        assert_eq!(m.k8s_policy("x", "a").as_ref(), Some(&policies[0]));
+        assert_eq!(m.k8s_policy("y", "b").as_ref(), Some(&policies[1]));
+        assert_eq!(m.k8s_policy("x", "b"), None);
+        // Equal again is no change; a changed peer selector is.
+        assert_eq!(
+            m.apply(Resource::K8sNetworkPolicy(policies[0].clone())),
+            None
+        );
+        let mut changed = policies[0].clone();
+        changed.spec.ingress[0].from[0]
+            .pod_selector
+            .as_mut()
+            .expect("selector")
+            .match_labels
+            .insert("role".into(), "other".into());
+        assert_eq!(
+            m.apply(Resource::K8sNetworkPolicy(changed.clone())),
+            Some(Index::K8sPolicies)
+        );
+        assert_eq!(m.k8s_policy("x", "a"), Some(changed));
     }
 
     #[test]

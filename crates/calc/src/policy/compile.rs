@@ -145,8 +145,8 @@ pub fn compile_policies(model: &Model, reg: &mut SetRegistry) -> Vec<CompiledTie
         })
         .collect();
     let mut all = Vec::new();
-    for p in model.k8s_policies.values() {
-        all.push(super::k8s::compile(p, reg));
+    for ((ns, name), p) in &model.k8s_policies {
+        all.push(super::k8s::compile(&p.to_policy(ns, name), reg));
     }
     for ((ns, name), p) in &model.policies {
         all.push(super::calico::compile(name, Some(ns), &p.spec, reg));
