@@ -84,13 +84,42 @@ pub const FOLLOWER_ONLY_KINDS: &[Kind] = &[
     Kind::FelixConfiguration,
 ];
 
+/// One subscriber of [`ResourceChange`]s: every change, or only those of some kinds
+/// ([`Cache::follow_kinds`]).
+#[derive(Debug)]
+struct Follower {
+    tx: mpsc::UnboundedSender<ResourceChange>,
+    kinds: Option<BTreeSet<Kind>>,
+}
+
+impl Follower {
+    /// `change` as this follower sees it, when it sees it: a kind filter drops other kinds
+    /// (a relist keeps only its kinds; IPAM blocks always pass).
+    fn view(&self, change: &ResourceChange) -> Option<ResourceChange> {
+        let Some(kinds) = &self.kinds else {
+            return Some(change.clone());
+        };
+        match change {
+            ResourceChange::Replaced(all) => Some(ResourceChange::Replaced(
+                all.iter()
+                    .filter(|r| kinds.contains(&r.kind()))
+                    .cloned()
+                    .collect(),
+            )),
+            ResourceChange::Applied(r) => kinds.contains(&r.kind()).then(|| change.clone()),
+            ResourceChange::Deleted(k) => kinds.contains(&k.kind).then(|| change.clone()),
+            ResourceChange::Blocks(_) => Some(change.clone()),
+        }
+    }
+}
+
 /// The shared cache: state under a mutex plus a change counter.
 #[derive(Debug, Clone)]
 pub struct Cache {
     state: Arc<Mutex<State>>,
     changed: Arc<watch::Sender<u64>>,
     /// Subscribers of [`ResourceChange`]s (closed ones are dropped on the next send).
-    followers: Arc<Mutex<Vec<mpsc::UnboundedSender<ResourceChange>>>>,
+    followers: Arc<Mutex<Vec<Follower>>>,
     /// Kinds passed to followers but not kept in [`State::resources`].
     follower_only: Arc<BTreeSet<Kind>>,
 }
@@ -129,21 +158,33 @@ impl Cache {
     /// already, it starts with a [`ResourceChange::Replaced`] holding the current ones (those
     /// the cache keeps), so no change falls between the snapshot and the stream.
     pub fn follow_resources(&self) -> mpsc::UnboundedReceiver<ResourceChange> {
+        self.follow(None)
+    }
+
+    /// [`Cache::follow_resources`] restricted to resources of `kinds` (and the IPAM blocks):
+    /// other kinds are neither copied nor sent to this follower.
+    pub fn follow_kinds(&self, kinds: &[Kind]) -> mpsc::UnboundedReceiver<ResourceChange> {
+        self.follow(Some(kinds.iter().copied().collect()))
+    }
+
+    fn follow(&self, kinds: Option<BTreeSet<Kind>>) -> mpsc::UnboundedReceiver<ResourceChange> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let follower = Follower { tx, kinds };
         // Lock order: state, then followers (as in `publish`).
         let st = self.read();
         if st.resources_synced {
-            let _ = tx.send(ResourceChange::Replaced(
-                st.resources.values().cloned().collect(),
-            ));
+            let all = ResourceChange::Replaced(st.resources.values().cloned().collect());
+            if let Some(c) = follower.view(&all) {
+                let _ = follower.tx.send(c);
+            }
         }
         if st.affinities_synced {
-            let _ = tx.send(ResourceChange::Blocks(blocks_of(&st)));
+            let _ = follower.tx.send(ResourceChange::Blocks(blocks_of(&st)));
         }
         self.followers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
+            .push(follower);
         drop(st);
         rx
     }
@@ -152,16 +193,24 @@ impl Cache {
     /// changes in the order they were applied.
     fn publish(&self, change: impl FnOnce() -> ResourceChange) {
         let mut followers = self.followers.lock().unwrap_or_else(|p| p.into_inner());
-        followers.retain(|f| !f.is_closed());
+        followers.retain(|f| !f.tx.is_closed());
         if followers.is_empty() {
             return;
         }
         let change = change();
-        let (last, rest) = followers.split_last().expect("not empty");
-        for f in rest {
-            let _ = f.send(change.clone());
+        for f in followers.iter().filter(|f| f.kinds.is_some()) {
+            if let Some(c) = f.view(&change) {
+                let _ = f.tx.send(c);
+            }
         }
-        let _ = last.send(change);
+        // Followers of everything: copies for all but the last, which gets `change` itself.
+        let all: Vec<&Follower> = followers.iter().filter(|f| f.kinds.is_none()).collect();
+        if let Some((last, rest)) = all.split_last() {
+            for f in rest {
+                let _ = f.tx.send(change.clone());
+            }
+            let _ = last.tx.send(change);
+        }
     }
 
     /// A receiver that sees a new value after every change.
@@ -460,5 +509,56 @@ mod tests {
             ResourceChange::Replaced(_)
         ));
         assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn kind_followers_see_only_their_kinds() {
+        let cache = Cache::with_follower_only(&[Kind::Namespace]);
+        let mut all = cache.follow_resources();
+        let mut nodes_only = cache.follow_kinds(&[Kind::Node]);
+        let node = |n: &str| {
+            Resource::Node(serval_model::calico::Node {
+                metadata: serval_model::ObjectMeta::named(n),
+                ..Default::default()
+            })
+        };
+        cache.replace_resources(vec![ns("a"), node("n1")], 1);
+        cache.apply_resource(ResourceEvent::Applied(ns("b")), 2);
+        cache.apply_resource(ResourceEvent::Applied(node("n2")), 3);
+        cache.apply_resource(
+            ResourceEvent::Deleted {
+                key: ns("a").key(),
+                last: None,
+            },
+            4,
+        );
+        cache.put_affinity(aff("n1", "10.0.0.0/26"), 5);
+        let mut seen = Vec::new();
+        while let Ok(c) = nodes_only.try_recv() {
+            seen.push(match c {
+                ResourceChange::Replaced(v) => {
+                    format!(
+                        "replaced {:?}",
+                        v.iter().map(|r| r.key().name).collect::<Vec<_>>()
+                    )
+                }
+                ResourceChange::Applied(r) => format!("applied {}", r.key().name),
+                ResourceChange::Deleted(k) => format!("deleted {}", k.name),
+                ResourceChange::Blocks(b) => format!("blocks {}", b.len()),
+            });
+        }
+        assert_eq!(seen, ["replaced [\"n1\"]", "applied n2", "blocks 1"]);
+        // The follower of everything still sees everything.
+        let mut n = 0;
+        while all.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, 5);
+        // A late kind follower starts from the kept resources of its kinds.
+        let mut late = cache.follow_kinds(&[Kind::Node]);
+        match late.try_recv().unwrap() {
+            ResourceChange::Replaced(v) => assert_eq!(v.len(), 2),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -107,7 +107,8 @@ pub async fn run_until(
         crate::metrics::run(
             metrics_flag,
             config.node.clone(),
-            cache.follow_resources(),
+            // Only FelixConfiguration (prometheusMetrics*): no copy of every Service.
+            cache.follow_kinds(&[Kind::FelixConfiguration]),
             driver.clone(),
         )
         .instrument(span.clone()),

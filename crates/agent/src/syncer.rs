@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use serval_api::{ApiError, Client};
+use futures::FutureExt;
+use serval_api::{ApiError, Client, RESOURCE_PREFIX, ResourceEvent, key_from_store_key};
 use serval_ipam::{AFFINITY_PREFIX, Affinity, parse_affinity_key};
-use serval_store::{EventKind, StoreError};
+use serval_store::{EventKind, Revision, StoreError, WatchEvent};
 
 use crate::cache::{Cache, Source};
 
@@ -82,10 +83,6 @@ async fn sync_half(client: &Client, cache: &Cache, source: Source) {
     }
 }
 
-fn is_compacted(e: &ApiError) -> bool {
-    matches!(e, ApiError::Store(StoreError::Compacted { .. }))
-}
-
 async fn resources_round(client: &Client, cache: &Cache, backoff: &mut Backoff) -> RoundEnd {
     let (items, rev) = match client.list_all().await {
         Ok(x) => x,
@@ -93,21 +90,102 @@ async fn resources_round(client: &Client, cache: &Cache, backoff: &mut Backoff) 
     };
     tracing::debug!(count = items.len(), rev, "listed resources");
     cache.replace_resources(items, rev);
-    let mut watch = match client.watch(rev).await {
+    // The store's own watch of the resources (what [`Client::watch`] wraps): what is queued
+    // is taken at once and decoded in parallel ([`decode_events`]), then applied in order.
+    let mut watch = match client.store().watch(RESOURCE_PREFIX, rev).await {
         Ok(w) => w,
-        Err(e) if is_compacted(&e) => return RoundEnd::Compacted,
-        Err(e) => return RoundEnd::Failed(SyncError::Resources(e)),
+        Err(StoreError::Compacted { .. }) => return RoundEnd::Compacted,
+        Err(e) => return RoundEnd::Failed(SyncError::Resources(e.into())),
     };
     backoff.reset();
     loop {
+        let mut events = Vec::new();
+        let mut end = None;
         match watch.next().await {
-            Some(Ok((event, rev))) => cache.apply_resource(event, rev),
-            Some(Err(e)) if is_compacted(&e) => return RoundEnd::Compacted,
-            // A value this agent cannot decode: resync rather than run with a hole in the cache.
-            Some(Err(e)) => return RoundEnd::Failed(SyncError::Resources(e)),
-            None => return RoundEnd::Failed(SyncError::WatchEnded { what: "resource" }),
+            Some(Ok(ev)) => events.push(ev),
+            Some(Err(e)) => end = Some(Some(e)),
+            None => end = Some(None),
+        }
+        while end.is_none() && events.len() < MAX_DECODE_BATCH {
+            match watch.next().now_or_never() {
+                None => break,
+                Some(Some(Ok(ev))) => events.push(ev),
+                Some(Some(Err(e))) => end = Some(Some(e)),
+                Some(None) => end = Some(None),
+            }
+        }
+        for decoded in decode_events(events) {
+            match decoded {
+                Ok((event, rev)) => cache.apply_resource(event, rev),
+                // A value this agent cannot decode: resync rather than run with a hole in the
+                // cache.
+                Err(e) => return RoundEnd::Failed(SyncError::Resources(e)),
+            }
+        }
+        match end {
+            None => {}
+            Some(Some(StoreError::Compacted { .. })) => return RoundEnd::Compacted,
+            Some(Some(e)) => return RoundEnd::Failed(SyncError::Resources(e.into())),
+            Some(None) => return RoundEnd::Failed(SyncError::WatchEnded { what: "resource" }),
         }
     }
+}
+
+/// At most this many queued watch events are taken and decoded at once.
+const MAX_DECODE_BATCH: usize = 4096;
+/// Batches of at least this many events are decoded on several threads.
+const PARALLEL_DECODE_MIN: usize = 256;
+
+/// One watch event as a typed resource change, as [`serval_api::ResourceWatch::next`] gives
+/// it: a put decodes the value; a delete names the key (from the store key, else from the
+/// previous value) and carries the previous value when the store kept it.
+fn decode_event(ev: &WatchEvent) -> Result<(ResourceEvent, Revision), ApiError> {
+    let out = match ev.kind {
+        EventKind::Put => serval_api::decode(&ev.kv).map(ResourceEvent::Applied),
+        EventKind::Delete => {
+            let last = ev.prev.as_ref().map(serval_api::decode).transpose();
+            match (last, key_from_store_key(&ev.kv.key)) {
+                (Ok(last), Some(key)) => Ok(ResourceEvent::Deleted { key, last }),
+                (Ok(Some(last)), None) => Ok(ResourceEvent::Deleted {
+                    key: last.key(),
+                    last: Some(last),
+                }),
+                (Ok(None), None) => Err(ApiError::BadKey {
+                    key: ev.kv.key.clone(),
+                }),
+                (Err(e), _) => Err(e),
+            }
+        }
+    };
+    out.map(|e| (e, ev.revision))
+}
+
+/// Decodes `events` in order. A large batch (a burst of writes: decoding JSON is most of
+/// the agent's work for it) is split over the available cores with scoped threads.
+fn decode_events(events: Vec<WatchEvent>) -> Vec<Result<(ResourceEvent, Revision), ApiError>> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(4);
+    if events.len() < PARALLEL_DECODE_MIN || threads < 2 {
+        return events.iter().map(decode_event).collect();
+    }
+    let chunk = events.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let mut parts = events.chunks(chunk);
+        let first = parts.next().unwrap_or_default();
+        let handles: Vec<_> = parts
+            .map(|part| s.spawn(move || part.iter().map(decode_event).collect::<Vec<_>>()))
+            .collect();
+        let mut out: Vec<_> = first.iter().map(decode_event).collect();
+        for h in handles {
+            match h.join() {
+                Ok(part) => out.extend(part),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
+        out
+    })
 }
 
 fn decode_affinity(kv: &serval_store::KeyValue) -> Option<Affinity> {
@@ -153,5 +231,87 @@ async fn affinities_round(client: &Client, cache: &Cache, backoff: &mut Backoff)
             Some(Err(e)) => return RoundEnd::Failed(SyncError::Affinities(e)),
             None => return RoundEnd::Failed(SyncError::WatchEnded { what: "affinity" }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serval_model::Resource;
+    use serval_store::KeyValue;
+
+    use super::*;
+
+    fn ns(name: &str) -> Resource {
+        Resource::Namespace(serval_model::k8s::Namespace::new(name))
+    }
+
+    fn kv(r: &Resource, rev: Revision) -> KeyValue {
+        KeyValue {
+            key: r.key().store_key(),
+            value: r.to_json(),
+            create_revision: rev,
+            mod_revision: rev,
+        }
+    }
+
+    fn put(r: &Resource, rev: Revision) -> WatchEvent {
+        WatchEvent {
+            kind: EventKind::Put,
+            kv: kv(r, rev),
+            prev: None,
+            revision: rev,
+        }
+    }
+
+    fn delete(r: &Resource, rev: Revision, with_prev: bool) -> WatchEvent {
+        WatchEvent {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                value: Vec::new(),
+                ..kv(r, rev)
+            },
+            prev: with_prev.then(|| kv(r, rev - 1)),
+            revision: rev,
+        }
+    }
+
+    fn summary(out: &[Result<(ResourceEvent, Revision), ApiError>]) -> Vec<String> {
+        out.iter()
+            .map(|r| match r {
+                Ok((ResourceEvent::Applied(r), rev)) => format!("put {} {rev}", r.key()),
+                Ok((ResourceEvent::Deleted { key, last }, rev)) => {
+                    format!("del {key} {rev} {}", last.is_some())
+                }
+                Err(e) => format!("error {e}"),
+            })
+            .collect()
+    }
+
+    /// A burst large enough to be decoded on several threads comes out complete and in
+    /// order, the same as one by one; an undecodable value stays an error in its place.
+    #[test]
+    fn parallel_decoding_keeps_order_and_errors() {
+        let mut events: Vec<WatchEvent> = (0..1000)
+            .map(|i| put(&ns(&format!("n{i:04}")), 10 + i))
+            .collect();
+        events.push(delete(&ns("n0001"), 2000, true));
+        events.push(delete(&ns("n0002"), 2001, false));
+        let mut bad = put(&ns("bad"), 3000);
+        bad.kv.value = b"{not json".to_vec();
+        events.insert(700, bad);
+        let want: Vec<_> = events.iter().map(decode_event).collect();
+        let got = decode_events(events);
+        assert_eq!(got.len(), 1003);
+        assert_eq!(summary(&got), summary(&want));
+        assert!(got[700].is_err());
+        assert_eq!(summary(&got[..1])[0], "put Namespace/n0000 10");
+        assert!(
+            summary(&got[1001..])[0].starts_with("del "),
+            "{:?}",
+            summary(&got[1001..])
+        );
+        // Small batches take the sequential path, with the same result.
+        let small: Vec<WatchEvent> = (0..3).map(|i| put(&ns(&format!("s{i}")), i + 1)).collect();
+        assert_eq!(summary(&decode_events(small)).len(), 3);
     }
 }
