@@ -16,6 +16,10 @@
 //!   DESTINATION (the selected pod) must expose it, for egress the destination pod matched by
 //!   the peer (any pod, for an ipBlock or empty peer list) must expose it. No `ports` means
 //!   every protocol and port.
+//!
+//! Both directions compile through one path (`PolicyContext::rules`): a rule's peers match
+//! the source of an ingress rule and the destination of an egress rule; ports always match
+//! the destination.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,6 +37,17 @@ struct Peer {
     not_sets: Vec<IpSetId>,
     /// The pods a named port of an egress rule is looked up on.
     named_port_pods: (Selector, NamespaceScope),
+}
+
+impl Peer {
+    /// The peer of a rule with an empty `from`/`to`: every source/destination.
+    fn everyone() -> Self {
+        Peer {
+            sets: Vec::new(),
+            not_sets: Vec::new(),
+            named_port_pods: (Selector::all(), NamespaceScope::All),
+        }
+    }
 }
 
 enum PortGroup {
@@ -126,64 +141,95 @@ fn port_groups(ports: &[NetworkPolicyPort]) -> Vec<PortGroup> {
     out
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; the pieces of a rule"
-)]
-fn rules_for(
-    id: &RuleId,
-    peers: &[Peer],
-    groups: &[PortGroup],
-    direction: Direction,
-    policy_selector: &Selector,
-    ns: &str,
-    reg: &mut SetRegistry,
-    out: &mut Vec<Rule>,
-) {
-    for peer in peers {
-        for g in groups {
-            let mut m = RuleMatch::default();
-            match direction {
-                Direction::Ingress => {
-                    m.src_sets = peer.sets.clone();
-                    m.not_src_sets = peer.not_sets.clone();
-                }
-                Direction::Egress => {
-                    m.dst_sets = peer.sets.clone();
-                    m.not_dst_sets = peer.not_sets.clone();
-                }
-            }
-            match g {
-                PortGroup::Any => {}
-                PortGroup::Numeric { protocol, ranges } => {
-                    m.protocol = Some(IpProto::from(*protocol));
-                    m.dst_ports = ranges.clone();
-                }
-                PortGroup::Named { protocol, name } => {
-                    m.protocol = Some(IpProto::from(*protocol));
-                    let (selector, scope) = match direction {
-                        Direction::Ingress => (
-                            policy_selector.to_string(),
-                            NamespaceScope::Namespace(ns.to_string()),
-                        ),
-                        Direction::Egress => (
-                            peer.named_port_pods.0.to_string(),
-                            peer.named_port_pods.1.clone(),
-                        ),
-                    };
-                    m.dst_named_port_sets = vec![reg.add(IpSetSpec::NamedPort {
-                        selector,
-                        scope,
-                        name: name.clone(),
-                        protocol: *protocol,
-                    })];
+/// What the rules of one policy share, in both directions.
+struct PolicyContext<'a> {
+    id: &'a PolicyId,
+    ns: &'a str,
+    /// The pods the policy selects (in `ns`).
+    selector: &'a Selector,
+}
+
+impl PolicyContext<'_> {
+    /// Compiles the rules of one direction, each given as its peers (`from` of an ingress
+    /// rule, `to` of an egress rule) and its ports: one compiled rule per peer and port group,
+    /// in rule order.
+    fn rules<'r>(
+        &self,
+        direction: Direction,
+        rules: impl Iterator<Item = (&'r [NetworkPolicyPeer], &'r [NetworkPolicyPort])>,
+        reg: &mut SetRegistry,
+    ) -> Vec<Rule> {
+        let mut out = Vec::new();
+        for (i, (peers, ports)) in rules.enumerate() {
+            let id = RuleId {
+                policy: self.id.clone(),
+                direction,
+                index: i as u32,
+            };
+            let peers: Vec<Peer> = if peers.is_empty() {
+                vec![Peer::everyone()]
+            } else {
+                peers.iter().map(|p| peer(p, self.ns, reg)).collect()
+            };
+            let groups = port_groups(ports);
+            for peer in &peers {
+                for g in &groups {
+                    out.push(self.rule(&id, direction, peer, g, reg));
                 }
             }
-            out.push(Rule {
-                r#match: m,
-                action: Action::Allow,
-                id: id.clone(),
-            });
+        }
+        out
+    }
+
+    /// One allow rule: the peer is the source of an ingress rule and the destination of an
+    /// egress rule; ports are always the destination's.
+    fn rule(
+        &self,
+        id: &RuleId,
+        direction: Direction,
+        peer: &Peer,
+        group: &PortGroup,
+        reg: &mut SetRegistry,
+    ) -> Rule {
+        let mut m = RuleMatch::default();
+        let (sets, not_sets) = match direction {
+            Direction::Ingress => (&mut m.src_sets, &mut m.not_src_sets),
+            Direction::Egress => (&mut m.dst_sets, &mut m.not_dst_sets),
+        };
+        sets.clone_from(&peer.sets);
+        not_sets.clone_from(&peer.not_sets);
+        match group {
+            PortGroup::Any => {}
+            PortGroup::Numeric { protocol, ranges } => {
+                m.protocol = Some(IpProto::from(*protocol));
+                m.dst_ports = ranges.clone();
+            }
+            PortGroup::Named { protocol, name } => {
+                m.protocol = Some(IpProto::from(*protocol));
+                // The destination exposes the named port: the selected pod for ingress,
+                // the pods the peer matches for egress.
+                let (selector, scope) = match direction {
+                    Direction::Ingress => (
+                        self.selector.to_string(),
+                        NamespaceScope::Namespace(self.ns.to_string()),
+                    ),
+                    Direction::Egress => (
+                        peer.named_port_pods.0.to_string(),
+                        peer.named_port_pods.1.clone(),
+                    ),
+                };
+                m.dst_named_port_sets = vec![reg.add(IpSetSpec::NamedPort {
+                    selector,
+                    scope,
+                    name: name.clone(),
+                    protocol: *protocol,
+                })];
+            }
+        }
+        Rule {
+            r#match: m,
+            action: Action::Allow,
+            id: id.clone(),
         }
     }
 }
@@ -199,64 +245,18 @@ pub fn compile(p: &K8sNetworkPolicy, reg: &mut SetRegistry) -> CompiledPolicy {
         name: p.metadata.name.clone(),
     };
     let selector = spec.pod_selector.to_selector();
-    let everyone = || Peer {
-        sets: Vec::new(),
-        not_sets: Vec::new(),
-        named_port_pods: (Selector::all(), NamespaceScope::All),
+    let cx = PolicyContext {
+        id: &id,
+        ns: &ns,
+        selector: &selector,
     };
     let ingress = spec.applies_to_ingress().then(|| {
-        let mut rules = Vec::new();
-        for (i, r) in spec.ingress.iter().enumerate() {
-            let rid = RuleId {
-                policy: id.clone(),
-                direction: Direction::Ingress,
-                index: i as u32,
-            };
-            let peers: Vec<Peer> = if r.from.is_empty() {
-                vec![everyone()]
-            } else {
-                r.from.iter().map(|p| peer(p, &ns, reg)).collect()
-            };
-            let groups = port_groups(&r.ports);
-            rules_for(
-                &rid,
-                &peers,
-                &groups,
-                Direction::Ingress,
-                &selector,
-                &ns,
-                reg,
-                &mut rules,
-            );
-        }
-        rules
+        let rules = spec.ingress.iter().map(|r| (&r.from[..], &r.ports[..]));
+        cx.rules(Direction::Ingress, rules, reg)
     });
     let egress = spec.applies_to_egress().then(|| {
-        let mut rules = Vec::new();
-        for (i, r) in spec.egress.iter().enumerate() {
-            let rid = RuleId {
-                policy: id.clone(),
-                direction: Direction::Egress,
-                index: i as u32,
-            };
-            let peers: Vec<Peer> = if r.to.is_empty() {
-                vec![everyone()]
-            } else {
-                r.to.iter().map(|p| peer(p, &ns, reg)).collect()
-            };
-            let groups = port_groups(&r.ports);
-            rules_for(
-                &rid,
-                &peers,
-                &groups,
-                Direction::Egress,
-                &selector,
-                &ns,
-                reg,
-                &mut rules,
-            );
-        }
-        rules
+        let rules = spec.egress.iter().map(|r| (&r.to[..], &r.ports[..]));
+        cx.rules(Direction::Egress, rules, reg)
     });
     CompiledPolicy {
         id,
