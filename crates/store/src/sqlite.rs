@@ -43,12 +43,17 @@ pub struct SqliteOptions {
     /// nothing woke it (a safety net for missed wake-ups; tests set it very long to show that
     /// the wake-ups alone deliver).
     pub safety_poll: Duration,
+    /// Use inotify wake-ups (the default). `false`: poll every [`POLL_INTERVAL`] instead, as
+    /// when inotify is unavailable (also for a database on a network filesystem written from
+    /// other hosts, whose writes inotify does not see).
+    pub wakeups: bool,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
             safety_poll: SAFETY_POLL,
+            wakeups: true,
         }
     }
 }
@@ -603,7 +608,8 @@ fn read_window(
     })
 }
 
-fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Duration) {
+fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, options: SqliteOptions) {
+    let safety_poll = options.safety_poll;
     let mut conn = match retry_busy(&name, || open_connection(&path)) {
         Ok(c) => c,
         Err(error) => {
@@ -612,11 +618,15 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Durat
         }
     };
     // Opened after the connection, so the WAL file exists and any commit from here on wakes.
-    let mut waker = match wake::CommitWaker::new(&path) {
-        Ok(w) => Some(w),
-        Err(error) => {
-            tracing::warn!(path = name, %error, "no inotify for the sqlite watch; polling every {POLL_INTERVAL:?} instead");
-            None
+    let mut waker = if !options.wakeups {
+        None
+    } else {
+        match wake::CommitWaker::new(&path) {
+            Ok(w) => Some(w),
+            Err(error) => {
+                tracing::warn!(path = name, %error, "no inotify for the sqlite watch; polling every {POLL_INTERVAL:?} instead");
+                None
+            }
         }
     };
     let mut version: Option<i64> = None;
@@ -639,14 +649,23 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, safety_poll: Durat
                     meta(&conn, "revision").map(Some)
                 });
                 match polled {
-                    Ok(Some(head)) => shared.publish(head),
+                    Ok(Some(head)) => {
+                        shared.publish(head);
+                        last_change = Instant::now();
+                    }
                     Ok(None) => {}
                     Err(error) => tracing::warn!(path = name, %error, "sqlite watch poll failed"),
                 }
             }
         }
         match waker.as_mut().map(|w| w.wait(safety_poll)) {
-            None => std::thread::sleep(POLL_INTERVAL),
+            // Without wake-ups, "quiet" is judged by `data_version` alone (above).
+            None => {
+                std::thread::sleep(POLL_INTERVAL);
+                if last_change.elapsed() >= CHECKPOINT_AFTER_QUIET {
+                    quiet_checkpoint(&mut conn, &wal, &name);
+                }
+            }
             Some(Ok(wake::Woken::Changed)) => last_change = Instant::now(),
             Some(Ok(wake::Woken::Timeout)) => {
                 if last_change.elapsed() >= CHECKPOINT_AFTER_QUIET {
@@ -837,10 +856,10 @@ impl Datastore for SqliteStore {
         shared.poller.get_or_init(|| {
             let weak = Arc::downgrade(&shared);
             let (path, name) = (shared.path.clone(), shared.name.clone());
-            let safety_poll = shared.options.safety_poll;
+            let options = shared.options;
             if let Err(error) = std::thread::Builder::new()
                 .name("store-sqlite-poll".into())
-                .spawn(move || poll_loop(weak, path, name, safety_poll))
+                .spawn(move || poll_loop(weak, path, name, options))
             {
                 tracing::error!(path = shared.name, %error, "cannot start the sqlite watch poller; watches only see this process's writes");
             }

@@ -115,12 +115,25 @@ impl SqliteFile {
         Ok(crate::open(&self.url()).await?)
     }
 
+    /// Like [`SqliteFile::open`], but the store's watches poll the file every
+    /// [`crate::sqlite::POLL_INTERVAL`] instead of being woken (the fallback without inotify).
+    pub async fn open_polling(&self) -> Result<Arc<dyn Datastore>, TestingError> {
+        let options = crate::sqlite::SqliteOptions {
+            wakeups: false,
+            ..Default::default()
+        };
+        Ok(Arc::new(
+            crate::SqliteStore::open_with(&self.path, options).await?,
+        ))
+    }
+
     /// Like [`SqliteFile::open`], but the store's watches re-check the file only once an hour
     /// unless woken: other connections' and processes' writes reach them through the
     /// cross-process wake-up alone (a test that sees them does not depend on a timer).
     pub async fn open_woken_only(&self) -> Result<Arc<dyn Datastore>, TestingError> {
         let options = crate::sqlite::SqliteOptions {
             safety_poll: Duration::from_secs(3600),
+            wakeups: true,
         };
         Ok(Arc::new(
             crate::SqliteStore::open_with(&self.path, options).await?,

@@ -1,19 +1,31 @@
 //! Writers do not checkpoint the sqlite WAL after their commits (below a large backstop); a
-//! store with a watch does, once the store is quiet, and restarts the WAL itself. This checks that the WAL's contents do
-//! reach the database file while a watch is open (the WAL cannot grow without bound in a
-//! cluster whose agent watches), and that everything written is still there and was seen in
-//! order. It waits for the checkpoint with a generous failure timeout; no duration is asserted.
+//! store with a watch does, once the store is quiet, and restarts the WAL itself. This checks
+//! that the WAL's contents reach the database file while a watch is open (the WAL cannot grow
+//! without bound in a cluster whose agent watches), with inotify wake-ups and with the polling
+//! fallback, and that everything written is still there and was seen in order. It waits for the
+//! checkpoint with a generous failure timeout; no duration is asserted.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
-use serval_store::TxnOp;
 use serval_store::testing::SqliteFile;
+use serval_store::{Datastore, TxnOp};
 
 #[tokio::test]
 async fn a_watched_store_checkpoints_the_wal_when_quiet() -> Result<()> {
     let file = SqliteFile::new()?;
-    let store = file.open().await?;
+    checkpoints_when_quiet(&file, file.open().await?).await
+}
+
+/// The same when the watch polls instead of being woken (no inotify).
+#[tokio::test]
+async fn a_polling_store_checkpoints_the_wal_when_quiet() -> Result<()> {
+    let file = SqliteFile::new()?;
+    checkpoints_when_quiet(&file, file.open_polling().await?).await
+}
+
+async fn checkpoints_when_quiet(file: &SqliteFile, store: Arc<dyn Datastore>) -> Result<()> {
     let mut w = store.watch("/c/", 0).await?;
     // About 8 MiB of values: twice the size above which the quiet checkpoint runs.
     let value = vec![b'x'; 4096];

@@ -98,3 +98,26 @@ async fn a_watch_resumed_from_a_revision_is_woken_by_later_writes() -> Result<()
     assert_quiet(&mut w).await?;
     Ok(())
 }
+
+/// The fallback without inotify (`SqliteOptions::wakeups = false`): the same writes arrive by
+/// polling, in order.
+#[tokio::test]
+async fn without_wakeups_the_watch_polls() -> Result<()> {
+    let file = SqliteFile::new()?;
+    let watcher = file.open_polling().await?;
+    let writer = file.open_woken_only().await?;
+    let mut w = watcher.watch("/p/", 0).await?;
+    let mut revisions = Vec::new();
+    for i in 0..10u8 {
+        revisions.push(writer.create(&format!("/p/{i}"), vec![i]).await?);
+    }
+    for (i, rev) in revisions.iter().enumerate() {
+        let e = next_event(&mut w).await?;
+        ensure!(
+            e.kv.key == format!("/p/{i}") && e.revision == *rev,
+            "polled event {i}: got {e:?}"
+        );
+    }
+    assert_quiet(&mut w).await?;
+    Ok(())
+}
