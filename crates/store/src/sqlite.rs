@@ -73,8 +73,8 @@ const MAX_IDLE_READERS: usize = 4;
 /// long-lived process (the agent) checkpoints when the store is quiet ([`poll_loop`]), so no
 /// writer, and no `serval apply`, waits for checkpoint copies and fsyncs after its commit.
 const AUTOCHECKPOINT_PAGES: i64 = 65_536;
-/// The watch poller checkpoints after [`CHECKPOINT_AFTER_QUIET`] without changes when the WAL file
-/// is at least this large; a WAL reset after a checkpoint truncates the file back to this size
+/// The watch poller checkpoints after [`CHECKPOINT_AFTER_QUIET`] without changes when the WAL
+/// file is larger than this; a WAL reset after a checkpoint truncates the file back to this size
 /// (`journal_size_limit`), so the size says whether it grew since. sqlite's default threshold
 /// (1,000 pages).
 const QUIET_CHECKPOINT_BYTES: i64 = 4 << 20;
@@ -694,8 +694,8 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, options: SqliteOpt
 /// and truncates the file (`journal_size_limit`; tens of milliseconds for a WAL of 50,000
 /// resources), which would otherwise fall on the next writer (the next `serval apply`). The
 /// write bumps a counter in `meta` (`wal_restarts`; sqlite skips an update that changes
-/// nothing, which would not restart the WAL): no revision, no log entry; other watchers' pollers see
-/// `data_version` move, find the revision unchanged and publish nothing.
+/// nothing, which would not restart the WAL): no revision, no log entry; other watchers'
+/// pollers see `data_version` move, find the revision unchanged and publish nothing.
 fn quiet_checkpoint(conn: &mut Connection, wal: &Path, name: &str) {
     let size = std::fs::metadata(wal).map_or(0, |m| m.len());
     // Strictly larger: a WAL just restarted is truncated to exactly this size.
