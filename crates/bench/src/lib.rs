@@ -640,14 +640,20 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
         .collect();
     // The echo servers live as long as this section. The direct lab's serves the `direct`
     // column and the direct exchanges interleaved with every other column's.
-    let lab = labs.get("direct")?;
-    let direct_echo = net::EchoServer::start(
-        &lab.server.netns,
-        &lab.server.netns_name,
-        std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
-    )?;
-    let direct_at = paired::Endpoint::new(&lab.client, direct_echo.addr)?;
-    let direct = latency.then_some(&direct_at);
+    // Only the latency section needs it (programming alone measures no direct column).
+    let (direct_echo, direct_at) = if latency {
+        let lab = labs.get("direct")?;
+        let echo = net::EchoServer::start(
+            &lab.server.netns,
+            &lab.server.netns_name,
+            std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
+        )?;
+        let at = paired::Endpoint::new(&lab.client, echo.addr)?;
+        (Some(echo), Some(at))
+    } else {
+        (None, None)
+    };
+    let direct = direct_at.as_ref();
     let needs_iptables_lab = plan.dataplanes.iter().any(|d| {
         matches!(
             d,
@@ -672,9 +678,10 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
             }
             match dp {
                 Dataplane::Direct => {
-                    if !latency {
+                    // Set exactly when the latency section runs.
+                    let Some(direct_at) = direct else {
                         continue;
-                    }
+                    };
                     p.line(&format!(
                         "direct N={n}: {samples} exchanges with {} (alone)",
                         direct_at.addr
@@ -682,7 +689,7 @@ fn service_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress
                     match paired::measure_point(
                         dp.name(),
                         n,
-                        &direct_at,
+                        direct_at,
                         None,
                         samples,
                         plan.warmup,
