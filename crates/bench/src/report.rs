@@ -380,6 +380,35 @@ fn paired_table(md: &mut String, r: &Results, columns: &[String], sizes: &[usize
         let _ = writeln!(md, "| {n} | {} |", cells.join(" | "));
     }
     md.push('\n');
+    md.push_str(
+        "**The interleaved direct exchanges** (the base of each column's ratios): p50 / p90 / \
+         p99\n\n",
+    );
+    let _ = writeln!(
+        md,
+        "| Services | {} |",
+        columns
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(md, "|---:|{}", "---:|".repeat(columns.len()));
+    for &n in sizes {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                r.latency_at(c, n)
+                    .and_then(|p| p.paired.as_ref())
+                    .and_then(|d| d.summary)
+                    .map_or("—".into(), |d| {
+                        format!("{} / {} / {}", fmt_us(d.p50), fmt_us(d.p90), fmt_us(d.p99))
+                    })
+            })
+            .collect();
+        let _ = writeln!(md, "| {n} | {} |", cells.join(" | "));
+    }
+    md.push('\n');
 }
 
 fn programming_section(md: &mut String, r: &Results) {
@@ -945,6 +974,10 @@ mod tests {
         );
         assert!(
             md.contains("| 100 | 300 µs / 100 µs = 3.00× [2.00–3.30] | — |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 100 | 100 µs / 150 µs / 150 µs | — |"),
             "{md}"
         );
         // Unpaired points keep the ratio to the direct point.
