@@ -86,6 +86,9 @@ pub struct ServiceEntry {
     selector: compact::Labels,
     /// The metadata, unless it is exactly the key (`namespace` set, nothing else).
     meta: Option<Box<ObjectMeta>>,
+    /// `spec.clusterIPs` was `[spec.clusterIP]` (as admission stores a single-stack
+    /// Service) and is kept empty in `body`.
+    cluster_ips_is_cluster_ip: bool,
 }
 
 impl ServiceEntry {
@@ -93,10 +96,17 @@ impl ServiceEntry {
     /// svc.metadata.name)`.
     pub fn new(mut svc: Service) -> ServiceEntry {
         let selector = compact::labels_from(std::mem::take(&mut svc.spec.selector));
+        let spec = &mut svc.spec;
+        let cluster_ips_is_cluster_ip =
+            spec.cluster_ips.len() == 1 && spec.cluster_ip.as_ref() == spec.cluster_ips.first();
+        if cluster_ips_is_cluster_ip {
+            spec.cluster_ips = Vec::new();
+        }
         ServiceEntry {
             meta: compact::meta_beyond_key(svc.metadata),
             body: Box::new((svc.spec, svc.status)),
             selector,
+            cluster_ips_is_cluster_ip,
         }
     }
 
@@ -106,6 +116,9 @@ impl ServiceEntry {
         let (spec, status) = &*self.body;
         let mut spec = spec.clone();
         spec.selector = compact::labels_to(&self.selector);
+        if self.cluster_ips_is_cluster_ip {
+            spec.cluster_ips = spec.cluster_ip.iter().cloned().collect();
+        }
         Service {
             metadata: compact::meta_of(&self.meta, namespace, name),
             spec,
@@ -349,17 +362,22 @@ mod tests {
         }
     }
 
+    fn body_ips(e: &ServiceEntry) -> &[String] {
+        &e.body.0.cluster_ips
+    }
+
     #[test]
     fn service_entries_give_back_the_service() {
         let plain = service(
             "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: x}\nspec:\n  \
-             clusterIP: 10.96.0.10\n  selector: {app: web, tier: front}\n  \
+             clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10]\n  selector: {app: web, tier: front}\n  \
              ports: [{name: http, port: 80, targetPort: 8080}]\n",
         );
         let full = service(
             "apiVersion: v1\nkind: Service\nmetadata:\n  name: lb\n  namespace: y\n  \
              labels: {a: b}\n  annotations: {c: d}\n  uid: u-1\n  resourceVersion: \"7\"\n\
-             spec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.11\n  ports: [{port: 443}]\n\
+             spec:\n  type: LoadBalancer\n  clusterIP: 10.96.0.11\n  \
+             clusterIPs: [10.96.0.11, fd00::11]\n  ports: [{port: 443}]\n\
              status: {loadBalancer: {ingress: [{ip: 192.0.2.1}]}}\n",
         );
         let mut m = Model::default();
@@ -372,6 +390,11 @@ mod tests {
         // Only metadata beyond the key is stored.
         let web = &m.services[&("x".to_string(), "web".to_string())];
         assert!(web.meta.is_none());
+        assert!(web.cluster_ips_is_cluster_ip);
+        assert!(body_ips(web).is_empty());
+        let lb = &m.services[&("y".to_string(), "lb".to_string())];
+        assert!(!lb.cluster_ips_is_cluster_ip);
+        assert_eq!(body_ips(lb).len(), 2);
         assert!(
             m.services[&("y".to_string(), "lb".to_string())]
                 .meta
