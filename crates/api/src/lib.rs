@@ -184,6 +184,19 @@ impl Client {
                 }
             }
         }
+        // A policy names its tier, which may be stored already: validation needs the stored
+        // tiers whenever the apply holds a policy, also when it holds no Tier.
+        let has_policy =
+            kinds.contains(&Kind::NetworkPolicy) || kinds.contains(&Kind::GlobalNetworkPolicy);
+        if has_policy && !kinds.contains(&Kind::Tier) {
+            let (kvs, _) = self
+                .store
+                .list(&ResourceKey::prefix(Kind::Tier, None))
+                .await?;
+            for kv in &kvs {
+                existing_list.push(decode(kv)?);
+            }
+        }
         let read = started.elapsed();
         serval_model::validate_set(&resources, &existing_list)?;
         let validated = started.elapsed();

@@ -405,3 +405,32 @@ async fn the_allocation_index_is_built_from_services_stored_without_it() {
         .expect_err("held by the service stored before the index");
     assert!(err.to_string().contains("already allocated"), "{err}");
 }
+
+#[tokio::test]
+async fn a_policy_of_a_stored_tier_applies_on_its_own_and_an_unknown_tier_is_refused() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    c.apply(
+        parse("apiVersion: projectcalico.org/v3\nkind: Tier\nmetadata: {name: security}\nspec: {order: 100}\n"),
+        ApplyMode::Apply,
+    )
+    .await
+    .expect("tier");
+    let policy = |tier: &str| {
+        format!(
+            "apiVersion: projectcalico.org/v3\nkind: NetworkPolicy\nmetadata: {{name: {tier}.p, namespace: default}}\nspec:\n  tier: {tier}\n  selector: all()\n  ingress:\n    - action: Allow\n"
+        )
+    };
+    c.apply(parse(&policy("security")), ApplyMode::Apply)
+        .await
+        .expect("a policy of a stored tier, applied without its Tier, is accepted");
+    let global = "apiVersion: projectcalico.org/v3\nkind: GlobalNetworkPolicy\nmetadata: {name: security.g}\nspec:\n  tier: security\n  selector: all()\n  ingress:\n    - action: Allow\n";
+    c.apply(parse(global), ApplyMode::Apply)
+        .await
+        .expect("a global policy of a stored tier is accepted");
+    let err = c
+        .apply(parse(&policy("nosuch")), ApplyMode::Apply)
+        .await
+        .expect_err("a tier that is neither stored nor applied is refused");
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
