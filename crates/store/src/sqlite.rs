@@ -704,9 +704,13 @@ fn quiet_checkpoint(conn: &mut Connection, wal: &Path, name: &str) {
     }
     let started = Instant::now();
     let checkpointed = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-        Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        Ok((
+            r.get::<_, i64>(0)? != 0,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
     });
-    let (frames, copied) = match checkpointed {
+    let (busy, frames, copied) = match checkpointed {
         Ok(c) => c,
         Err(error) => {
             tracing::debug!(path = name, %error, "sqlite WAL checkpoint failed; will retry when quiet");
@@ -714,7 +718,11 @@ fn quiet_checkpoint(conn: &mut Connection, wal: &Path, name: &str) {
         }
     };
     // Only if the write lock is free right now: the poller must not wait behind a writer.
-    let restarted = frames == copied
+    // `busy`: another connection (another watcher's poller, a closing process) holds the
+    // checkpoint lock; `frames` and `copied` are then both -1, which is not a complete
+    // checkpoint.
+    let restarted = !busy
+        && frames == copied
         && conn.busy_handler(None::<fn(i32) -> bool>).is_ok()
         && conn
             .execute(
@@ -729,6 +737,7 @@ fn quiet_checkpoint(conn: &mut Connection, wal: &Path, name: &str) {
     tracing::debug!(
         path = name,
         size,
+        busy,
         frames,
         copied,
         restarted,
@@ -941,6 +950,77 @@ mod tests {
         store.compact(rev).await.expect("compact");
         assert!(matches!(read(cursor), Window::Compacted(c) if c == rev));
         assert!(matches!(read(end), Window::Events { ref events, .. } if events.is_empty()));
+    }
+
+    /// Several watching processes (one agent per node) share the file, and their pollers go
+    /// quiet at the same moment. A passive checkpoint that cannot take the WAL checkpoint lock
+    /// because another process holds it reports busy with -1 frames and -1 copied: that is not
+    /// "everything copied", so the poller must not make its WAL-restart write (a write that
+    /// restarts nothing, appends to the WAL the other checkpointer is copying and wakes every
+    /// other watcher).
+    #[tokio::test]
+    async fn a_checkpoint_locked_by_another_process_makes_no_restart_write() {
+        use nix::fcntl::{FcntlArg, fcntl};
+        use nix::libc;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.expect("open");
+        // More than QUIET_CHECKPOINT_BYTES of WAL; no watch, so no poller checkpoints it.
+        let value = vec![b'x'; 4096];
+        for batch in 0..10 {
+            let ops = (0..50)
+                .map(|i| TxnOp::Put {
+                    key: format!("/c/{batch}/{i}"),
+                    value: value.clone(),
+                })
+                .collect();
+            store.txn(ops).await.expect("txn");
+        }
+        let wal = wake::wal_path(&path);
+        let wal_len = || std::fs::metadata(&wal).expect("wal").len();
+        let big = wal_len();
+        assert!(
+            big > QUIET_CHECKPOINT_BYTES.unsigned_abs(),
+            "WAL {big} bytes"
+        );
+        let mut conn = open_connection(&path).expect("poller's connection");
+        let restarts = |conn: &Connection| {
+            conn.query_row(
+                "SELECT value FROM meta WHERE name = 'wal_restarts'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .expect("read meta")
+        };
+        // Another process checkpointing holds sqlite's WAL checkpoint lock: byte 121 of the
+        // -shm file (lock base 120 + WAL_CKPT_LOCK 1). An open-file-description lock conflicts
+        // with sqlite's POSIX record locks even within this process.
+        let shm = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join("s.db-shm"))
+            .expect("open -shm");
+        let ckpt_lock = |l_type: libc::c_int| libc::flock {
+            l_type: l_type as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: 121,
+            l_len: 1,
+            l_pid: 0,
+        };
+        fcntl(&shm, FcntlArg::F_OFD_SETLK(&ckpt_lock(libc::F_WRLCK))).expect("lock");
+        quiet_checkpoint(&mut conn, &wal, "test");
+        assert_eq!(
+            restarts(&conn),
+            None,
+            "a restart write while another process checkpoints"
+        );
+        assert_eq!(wal_len(), big);
+        // Once the lock is free, the poller checkpoints, restarts and truncates the WAL.
+        fcntl(&shm, FcntlArg::F_OFD_SETLK(&ckpt_lock(libc::F_UNLCK))).expect("unlock");
+        quiet_checkpoint(&mut conn, &wal, "test");
+        assert_eq!(restarts(&conn), Some(1));
+        assert!(wal_len() <= QUIET_CHECKPOINT_BYTES.unsigned_abs());
     }
 
     #[tokio::test]
