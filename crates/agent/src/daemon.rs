@@ -28,6 +28,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(60);
 /// on the calling thread).
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     use tokio::signal::unix::{SignalKind, signal};
+    // The agent process's allocator (several agents sharing a test process use run_until).
+    crate::memory::tune_allocator();
     let mut term =
         signal(SignalKind::terminate()).map_err(|source| AgentError::Signals { source })?;
     let mut int =

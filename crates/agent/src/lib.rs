@@ -76,6 +76,7 @@ pub mod bgp;
 pub mod cache;
 pub mod calc;
 pub mod dataplane;
+pub mod memory;
 pub mod metrics;
 pub mod podserver;
 pub mod routes;
