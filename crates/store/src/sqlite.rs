@@ -608,6 +608,25 @@ fn read_window(
     })
 }
 
+/// The revision now committed, if another connection committed since `version` (sqlite's
+/// `data_version`) was last read. `version` moves only together with a revision read: when
+/// reading the revision fails (busy beyond the retries, an I/O error), the next check reads it
+/// again instead of finding `data_version` unchanged and skipping the commit until the next one.
+fn poll_head(conn: &Connection, version: &mut Option<i64>, name: &str) -> Result<Option<Revision>> {
+    let seen = *version;
+    let polled = retry_busy(name, || {
+        let v: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if seen == Some(v) {
+            return Ok(None);
+        }
+        meta(conn, "revision").map(|head| Some((v, head)))
+    })?;
+    Ok(polled.map(|(v, head)| {
+        *version = Some(v);
+        head
+    }))
+}
+
 fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, options: SqliteOptions) {
     let safety_poll = options.safety_poll;
     let mut conn = match retry_busy(&name, || open_connection(&path)) {
@@ -640,15 +659,7 @@ fn poll_loop(weak: Weak<Shared>, path: PathBuf, name: String, options: SqliteOpt
                 return;
             };
             if shared.head.receiver_count() > 0 {
-                let polled = retry_busy(&name, || {
-                    let v: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-                    if version == Some(v) {
-                        return Ok(None);
-                    }
-                    version = Some(v);
-                    meta(&conn, "revision").map(Some)
-                });
-                match polled {
+                match poll_head(&conn, &mut version, &name) {
                     Ok(Some(head)) => {
                         shared.publish(head);
                         last_change = Instant::now();
@@ -1021,6 +1032,34 @@ mod tests {
         quiet_checkpoint(&mut conn, &wal, "test");
         assert_eq!(restarts(&conn), Some(1));
         assert!(wal_len() <= QUIET_CHECKPOINT_BYTES.unsigned_abs());
+    }
+
+    /// A poll whose revision read fails must not record the new `data_version`: the next poll
+    /// would find it unchanged and the commit would reach watches only with the next commit
+    /// (never, with wake-ups and nothing else written). The read is made to fail with a
+    /// connection-local empty `temp.meta`, which shadows the store's `meta` without changing
+    /// the database.
+    #[tokio::test]
+    async fn a_failed_poll_is_read_again_by_the_next_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.expect("open");
+        let conn = open_connection(&path).expect("poller's connection");
+        let mut version = None;
+        let start = poll_head(&conn, &mut version, "test").expect("first poll");
+        assert_eq!(start, Some(0));
+        let rev = store.create("/k", b"v".to_vec()).await.expect("create");
+        conn.execute_batch("CREATE TEMP TABLE meta (name TEXT, value INTEGER)")
+            .expect("shadow meta");
+        assert!(poll_head(&conn, &mut version, "test").is_err());
+        conn.execute_batch("DROP TABLE temp.meta")
+            .expect("unshadow");
+        assert_eq!(
+            poll_head(&conn, &mut version, "test").expect("poll"),
+            Some(rev),
+            "the commit seen by the failed poll was skipped"
+        );
+        assert_eq!(poll_head(&conn, &mut version, "test").expect("poll"), None);
     }
 
     #[tokio::test]
