@@ -8,8 +8,10 @@
 //!   closed here, which would drop sqlite's POSIX locks);
 //! - a watcher holds an inotify watch on the database's directory ([`CommitWaker`]) and wakes
 //!   on changes to the database or its WAL: the touch (`IN_ATTRIB`), which comes strictly after
-//!   the commit is visible, and the WAL writes themselves (`IN_MODIFY`, which also covers
-//!   writers that are not Serval, e.g. the `sqlite3` shell);
+//!   the commit is visible, and the WAL writes themselves (`IN_MODIFY`). A WAL write comes
+//!   before sqlite publishes the commit in the `-shm` index, so a watcher woken by it alone
+//!   may look too early: for writers that are not Serval (e.g. the `sqlite3` shell), which do
+//!   not touch the WAL afterwards, the timed re-check below bounds the delay;
 //! - the caller keeps a slow timed re-check as a safety net (inotify unavailable, the queue
 //!   overflowed, a writer on another host sharing a network filesystem).
 //!
