@@ -21,9 +21,13 @@ pub const ARENA_MAX: i32 = 1;
 pub const MMAP_THRESHOLD: i32 = 256 * 1024;
 
 /// Applies [`ARENA_MAX`] and [`MMAP_THRESHOLD`] to this process (glibc only; elsewhere the
-/// allocator's defaults stay). Call once, early in the agent process. Settings in the
-/// environment (`MALLOC_ARENA_MAX`, `MALLOC_MMAP_THRESHOLD_`) win: glibc's own tunables for
-/// operators who want other values.
+/// allocator's defaults stay). Settings in the environment (`MALLOC_ARENA_MAX`,
+/// `MALLOC_MMAP_THRESHOLD_`) win: glibc's own tunables for operators who want other values.
+///
+/// A `serval agent` process gets this before `main` ([`TUNE_AT_START`]): glibc fixes its
+/// arena limit when a thread first needs an arena of its own, so a limit set after the CLI's
+/// runtime threads have allocated only stops further arenas. [`crate::run`] calls it again
+/// (a no-op then) for other binaries that start the agent.
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     {
@@ -33,10 +37,7 @@ pub fn tune_allocator() {
             }
             // SAFETY: mallopt only changes allocator parameters; any value is accepted or
             // rejected (return 0) without touching live allocations.
-            let ok = unsafe { libc::mallopt(param, value) };
-            if ok == 0 {
-                tracing::debug!(env, value, "the allocator refused a setting");
-            }
+            unsafe { libc::mallopt(param, value) };
         };
         set(libc::M_ARENA_MAX, "MALLOC_ARENA_MAX", ARENA_MAX);
         set(
@@ -44,6 +45,35 @@ pub fn tune_allocator() {
             "MALLOC_MMAP_THRESHOLD_",
             MMAP_THRESHOLD,
         );
+    }
+}
+
+/// Runs [`tune_allocator`] at process start (an ELF constructor; glibc passes it `argc` and
+/// `argv`) when the process is `serval agent` (its first argument is `agent`, as the lab and
+/// the docs start it); every other process that links this crate keeps glibc's defaults.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[used]
+#[unsafe(link_section = ".init_array")]
+pub static TUNE_AT_START: extern "C" fn(
+    libc::c_int,
+    *const *const libc::c_char,
+    *const *const libc::c_char,
+) = tune_at_start;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" fn tune_at_start(
+    argc: libc::c_int,
+    argv: *const *const libc::c_char,
+    _envp: *const *const libc::c_char,
+) {
+    if argc < 2 || argv.is_null() {
+        return;
+    }
+    // SAFETY: glibc calls .init_array functions with the process's argc and argv: argv holds
+    // argc valid NUL-terminated strings, so argv[1] exists when argc >= 2.
+    let first = unsafe { std::ffi::CStr::from_ptr(*argv.add(1)) };
+    if first.to_bytes() == b"agent" {
+        tune_allocator();
     }
 }
 
