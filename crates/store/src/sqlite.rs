@@ -132,6 +132,9 @@ struct Shared {
     path: PathBuf,
     /// `path` for error messages.
     name: String,
+    /// `path` with symlinks resolved, as sqlite resolves them: its WAL (`<real>-wal`) is next
+    /// to the real file, and that directory is the one the watch poller watches.
+    real: PathBuf,
     /// The WAL file, touched after every commit to wake other processes' watches.
     wal: PathBuf,
     options: SqliteOptions,
@@ -332,8 +335,11 @@ impl Shared {
             })?;
         }
         let head = retry_busy(&name, || meta(&writer, "revision"))?;
+        // The file exists now (the writer opened it).
+        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
         Ok(Shared {
-            wal: wake::wal_path(&path),
+            wal: wake::wal_path(&real),
+            real,
             options,
             path,
             name,
@@ -875,7 +881,7 @@ impl Datastore for SqliteStore {
         let shared = self.shared.clone();
         shared.poller.get_or_init(|| {
             let weak = Arc::downgrade(&shared);
-            let (path, name) = (shared.path.clone(), shared.name.clone());
+            let (path, name) = (shared.real.clone(), shared.name.clone());
             let options = shared.options;
             if let Err(error) = std::thread::Builder::new()
                 .name("store-sqlite-poll".into())
@@ -1060,6 +1066,39 @@ mod tests {
             "the commit seen by the failed poll was skipped"
         );
         assert_eq!(poll_head(&conn, &mut version, "test").expect("poll"), None);
+    }
+
+    /// sqlite resolves symlinks and keeps the WAL next to the real file, so a store opened
+    /// through a symlink must touch and watch that WAL, not `<link>-wal`: otherwise another
+    /// connection's commits reach the watch only by the safety re-check (here an hour).
+    #[tokio::test]
+    async fn a_store_opened_through_a_symlink_is_woken() {
+        let real = tempfile::tempdir().expect("tempdir");
+        let links = tempfile::tempdir().expect("tempdir");
+        let file = real.path().join("s.db");
+        let link = links.path().join("s.db");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        let options = SqliteOptions {
+            safety_poll: Duration::from_secs(3600),
+            wakeups: true,
+        };
+        let watcher = SqliteStore::open_with(&link, options).await.expect("open");
+        let writer = SqliteStore::open_with(&link, options).await.expect("open");
+        assert!(
+            real.path().join("s.db-wal").exists(),
+            "sqlite's WAL is next to the real file"
+        );
+        let mut w = watcher.watch("/l/", 0).await.expect("watch");
+        // Let the poller make its first check and go to sleep, so that the write below has to
+        // wake it (a longer or shorter pause changes nothing when wake-ups work).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let rev = writer.create("/l/a", b"1".to_vec()).await.expect("create");
+        let e = tokio::time::timeout(Duration::from_secs(20), w.next())
+            .await
+            .expect("no wake-up: the commit was not seen")
+            .expect("watch open")
+            .expect("event");
+        assert_eq!((e.kv.key.as_str(), e.revision), ("/l/a", rev));
     }
 
     #[tokio::test]
