@@ -2,13 +2,15 @@
 //! resource at a time.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serval_model::calico::{
     FelixConfiguration, FelixConfigurationSpec, FelixSettings, GlobalNetworkPolicy, HostEndpoint,
     IPPool, NetworkPolicy, Node, Tier,
 };
 use serval_model::k8s::{
-    EndpointSlice, K8sNetworkPolicy, Namespace, Pod, Service, ServiceSpec, ServiceStatus,
+    EndpointSlice, K8sNetworkPolicy, Namespace, Pod, Service, ServicePort, ServiceSpec,
+    ServiceStatus,
 };
 use serval_model::workloadendpoint::WorkloadEndpoint;
 use serval_model::{Kind, ObjectMeta, Resource, ResourceKey};
@@ -70,6 +72,38 @@ pub struct Model {
     /// IPAM blocks by their affine node's name (block affinities, not resources: the agent
     /// sets them; [`Model::from_resources`] leaves them empty).
     pub ipam_blocks: BTreeMap<ipnet::IpNet, String>,
+    /// The selector and ports of the Service applied last, shared by the next one when equal.
+    shared: ServiceShare,
+}
+
+/// A label selector as sorted `(key, value)` pairs, shareable between entries.
+type SharedLabels = Arc<[(Box<str>, Box<str>)]>;
+
+/// The last selector and port list a [`ServiceEntry`] was made with: Services applied in a
+/// burst often repeat them (every Service of a Deployment's set, the bench's 50,000), and an
+/// equal one is shared instead of allocated again. Not part of the model's value (equal
+/// models compare equal whatever they shared).
+#[derive(Debug, Clone, Default)]
+struct ServiceShare {
+    selector: Option<SharedLabels>,
+    ports: Option<Arc<[ServicePort]>>,
+}
+
+impl PartialEq for ServiceShare {
+    fn eq(&self, _: &ServiceShare) -> bool {
+        true
+    }
+}
+
+/// `value`, or the shared copy in `slot` when equal (which then holds `value`'s copy if not).
+fn shared<T: ?Sized + PartialEq>(slot: &mut Option<Arc<T>>, value: Arc<T>) -> Arc<T> {
+    match slot {
+        Some(s) if **s == *value => s.clone(),
+        _ => {
+            *slot = Some(value.clone());
+            value
+        }
+    }
 }
 
 /// A Service as the [`Model`] keeps it: the resource without the parts every Service of a
@@ -82,8 +116,10 @@ pub struct Model {
 pub struct ServiceEntry {
     /// The spec (its selector moved to `selector`) and the status.
     body: Box<(ServiceSpec, Option<ServiceStatus>)>,
-    /// `spec.selector`, sorted by key.
-    selector: compact::Labels,
+    /// `spec.selector`, sorted by key (shared with other entries when equal).
+    selector: SharedLabels,
+    /// `spec.ports` (shared with other entries when equal).
+    ports: Arc<[ServicePort]>,
     /// The metadata, unless it is exactly the key (`namespace` set, nothing else).
     meta: Option<Box<ObjectMeta>>,
     /// `spec.clusterIPs` was `[spec.clusterIP]` (as admission stores a single-stack
@@ -94,8 +130,16 @@ pub struct ServiceEntry {
 impl ServiceEntry {
     /// The entry for `svc`, stored under `(namespace, name)` = `(svc.metadata.namespace_str(),
     /// svc.metadata.name)`.
-    pub fn new(mut svc: Service) -> ServiceEntry {
-        let selector = compact::labels_from(std::mem::take(&mut svc.spec.selector));
+    pub fn new(svc: Service) -> ServiceEntry {
+        ServiceEntry::sharing(svc, &mut ServiceShare::default())
+    }
+
+    /// [`ServiceEntry::new`], sharing the selector and ports of `share` when equal.
+    fn sharing(mut svc: Service, share: &mut ServiceShare) -> ServiceEntry {
+        let selector: SharedLabels =
+            compact::labels_from(std::mem::take(&mut svc.spec.selector)).into();
+        let selector = shared(&mut share.selector, selector);
+        let ports = shared(&mut share.ports, std::mem::take(&mut svc.spec.ports).into());
         let spec = &mut svc.spec;
         let cluster_ips_is_cluster_ip =
             spec.cluster_ips.len() == 1 && spec.cluster_ip.as_ref() == spec.cluster_ips.first();
@@ -106,6 +150,7 @@ impl ServiceEntry {
             meta: compact::meta_beyond_key(svc.metadata),
             body: Box::new((svc.spec, svc.status)),
             selector,
+            ports,
             cluster_ips_is_cluster_ip,
         }
     }
@@ -116,6 +161,7 @@ impl ServiceEntry {
         let (spec, status) = &*self.body;
         let mut spec = spec.clone();
         spec.selector = compact::labels_to(&self.selector);
+        spec.ports = self.ports.to_vec();
         if self.cluster_ips_is_cluster_ip {
             spec.cluster_ips = spec.cluster_ip.iter().cloned().collect();
         }
@@ -192,7 +238,7 @@ impl Model {
             Resource::Service(v) => put(
                 &mut self.services,
                 key,
-                ServiceEntry::new(v),
+                ServiceEntry::sharing(v, &mut self.shared),
                 Index::Services,
             ),
             Resource::EndpointSlice(v) => {
@@ -413,6 +459,23 @@ mod tests {
         assert!(!m.services[&("y".to_string(), "lb".to_string())].has_selector());
         assert!(m.services[&("y".to_string(), "lb".to_string())].has_node_ports());
         assert!(!web.has_node_ports());
+        // A Service with the same selector and ports as the one applied before shares them.
+        let twin = |n: u8| {
+            let mut t = plain.clone();
+            t.metadata.name = format!("web{n}");
+            t.spec.cluster_ip = Some(format!("10.96.0.{n}"));
+            t.spec.cluster_ips = vec![format!("10.96.0.{n}")];
+            t
+        };
+        m.apply(Resource::Service(twin(2)));
+        m.apply(Resource::Service(twin(3)));
+        let web2 = &m.services[&("x".to_string(), "web2".to_string())];
+        let web3 = &m.services[&("x".to_string(), "web3".to_string())];
+        assert!(Arc::ptr_eq(&web2.selector, &web3.selector));
+        assert!(Arc::ptr_eq(&web2.ports, &web3.ports));
+        assert_eq!(m.service("x", "web2"), Some(twin(2)));
+        assert_eq!(m.service("x", "web3"), Some(twin(3)));
+        assert_eq!(m.service("x", "web").as_ref(), Some(&plain));
         // Re-applying an equal Service is no change; another selector is.
         assert_eq!(m.apply(Resource::Service(plain.clone())), None);
         let mut other = plain.clone();

@@ -25,7 +25,7 @@ pub(super) fn labels_from(labels: BTreeMap<String, String>) -> Labels {
 }
 
 /// The map `labels` was made from.
-pub(super) fn labels_to(labels: &Labels) -> BTreeMap<String, String> {
+pub(super) fn labels_to(labels: &[(Box<str>, Box<str>)]) -> BTreeMap<String, String> {
     labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
