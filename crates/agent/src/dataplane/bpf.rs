@@ -284,6 +284,32 @@ pub struct MapContents {
     pub maglev: HashMap<serval_dp_bpf::abi::MaglevKey, serval_dp_bpf::abi::MaglevVal>,
 }
 
+/// The service maps of a [`MapContents`] (`sv_nat_fe`, `sv_nat_be`, `sv_maglev`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ServiceMaps {
+    frontends: HashMap<NatFeKey, NatFeVal>,
+    backends: HashMap<NatBeKey, NatBeVal>,
+    maglev: HashMap<serval_dp_bpf::abi::MaglevKey, serval_dp_bpf::abi::MaglevVal>,
+}
+
+impl ServiceMaps {
+    /// Moves the service maps out of `c`.
+    pub(crate) fn take_from(c: &mut MapContents) -> ServiceMaps {
+        ServiceMaps {
+            frontends: std::mem::take(&mut c.frontends),
+            backends: std::mem::take(&mut c.backends),
+            maglev: std::mem::take(&mut c.maglev),
+        }
+    }
+
+    /// Replaces the service maps of `c`.
+    fn into_contents(self, c: &mut MapContents) {
+        c.frontends = self.frontends;
+        c.backends = self.backends;
+        c.maglev = self.maglev;
+    }
+}
+
 /// What the host knows besides the desired state: interfaces and addresses.
 #[derive(Debug, Clone, Default)]
 pub struct HostView {
@@ -854,9 +880,15 @@ pub struct BpfDriver {
     xdp: xdp::XdpDriver,
     /// kube-proxy's rules were checked since the last open or resync ([`kubeproxy`]).
     kube_proxy_checked: bool,
-    /// The services last written, for incremental service writes ([`incremental`]); `last`
-    /// holds the rest of the state.
+    /// Digests of the services last written, for incremental service writes
+    /// ([`incremental`]); `last` holds the rest of the state, `kernel` the service maps.
     services: Option<incremental::ServiceMirror>,
+    /// The service maps a resync writes when `kernel` is unknown (after a failed write: what
+    /// that write meant to leave in them).
+    services_for_resync: Option<ServiceMaps>,
+    /// Set by a resync for its write: the service maps to write instead of rendering them
+    /// (the driver keeps no copy of the frontends, see [`incremental`]).
+    resync_services: Option<ServiceMaps>,
     /// The frontends the write in progress may change, when the caller knows
     /// ([`super::Dataplane::apply_services_changed`]).
     services_hint: Option<Vec<serval_calc::services::FrontendKey>>,
@@ -911,6 +943,8 @@ impl BpfDriver {
             xdp: xdp::XdpDriver::default(),
             kube_proxy_checked: false,
             services: None,
+            services_for_resync: None,
+            resync_services: None,
             services_hint: None,
             wrote_services_only: false,
             housekept_at: None,
@@ -1015,6 +1049,9 @@ impl BpfDriver {
                 .collect();
             want = desired_contents(state, &compiled, &host, &prev_ids);
             maglev::apply_settings(state, &mut want, &self.settings.maglev);
+            if let Some(svc) = self.resync_services.take() {
+                svc.into_contents(&mut want);
+            }
         }
         let (delta, pending) = match incremental {
             Some((d, p)) => (Some(d), Some(p)),
@@ -1054,10 +1091,12 @@ impl BpfDriver {
                         self.services = Some(incremental::ServiceMirror::after_full_write(
                             state,
                             &want.frontends,
+                            &want.backends,
                         ));
                     }
                 }
                 self.kernel = Some(want);
+                self.services_for_resync = None;
                 self.compiled = compiled;
                 self.last = Some(incremental::without_services(state));
                 w.hooks_changed += self.apply_host_features(state).map_err(bpf_err)?;
@@ -1066,6 +1105,7 @@ impl BpfDriver {
             Err(e) => {
                 // Unknown what the kernel holds now: read it back next time.
                 self.kernel = None;
+                self.services_for_resync = Some(ServiceMaps::take_from(&mut want));
                 if let Some(m) = self.services.as_mut() {
                     m.invalidate();
                 }
@@ -1324,12 +1364,16 @@ impl super::Dataplane for BpfDriver {
 
     fn resync(&mut self) -> Result<Written, DataplaneError> {
         self.counters.resyncs += 1;
-        let Some(mut state) = self.last.clone() else {
+        let Some(state) = self.last.clone() else {
             return Ok(Written::default());
         };
-        if let Some(m) = &self.services {
-            state.services.frontends = m.frontends().clone();
-        }
+        // The services: the service maps last written (the driver's copy of the kernel's, or
+        // after a failed write what it meant to write), not rendered again.
+        self.resync_services = self
+            .kernel
+            .take()
+            .map(|mut k| ServiceMaps::take_from(&mut k))
+            .or_else(|| self.services_for_resync.take());
         // Read everything back: entries changed behind our back are rewritten, extra ones
         // deleted; attachments whose pin vanished are re-made.
         self.kernel = None;
@@ -1345,7 +1389,14 @@ impl super::Dataplane for BpfDriver {
             };
             self.attached.retain(|i, _| hooks(i));
         }
-        let w = self.write(&state)?;
+        let w = self.write(&state);
+        // Not consumed (the write failed before rendering): kept for the next resync.
+        if let Some(left) = self.resync_services.take()
+            && self.services_for_resync.is_none()
+        {
+            self.services_for_resync = Some(left);
+        }
+        let w = w?;
         ctlb::repair(
             &pins,
             &self.settings.ctlb,
@@ -1370,6 +1421,7 @@ impl super::Dataplane for BpfDriver {
         self.attached.clear();
         self.last = None;
         self.services = None;
+        self.services_for_resync = None;
         let r = serval_dp_bpf::cleanup(&pins, Some(&self.netns)).map_err(|source| {
             bpf_err(BpfError::Cleanup {
                 scope: self.scope.clone(),

@@ -1,22 +1,24 @@
 //! Incremental service writes: the driver's write cost proportional to the frontends that
 //! changed, not to the number of services.
 //!
-//! [`ServiceMirror`] keeps the services last written (one copy, updated entry by entry) and
-//! the service ids in use. On a write it walks the new desired state's frontends next to its
-//! copy (both sorted by key), renders only the frontends that differ ([`render`], the same
-//! rendering as [`super::desired_contents`]) and returns the `sv_nat_fe` / `sv_nat_be` upserts
-//! and deletes that turn the driver's mirror into the new contents, updating the mirror in
-//! place. The full path ([`super::desired_contents`] + diff) stays the reference and is used
-//! whenever the mirror does not apply: nothing written yet, the kernel read back, another node
-//! name, or any Maglev frontend (its tables are capped across frontends).
+//! [`ServiceMirror`] keeps, per frontend last written, a 64-bit digest of its map entries
+//! (not a copy of the frontend: the desired state holds those once) and the service ids in
+//! use. On a write it renders the frontends that may differ (those the calculation names, or
+//! every one) with [`render`] (the same rendering as [`super::desired_contents`]), compares
+//! their digests, and returns the `sv_nat_fe` / `sv_nat_be` upserts and deletes that turn the
+//! driver's copy of the service maps into the new contents, updating that copy in place. The
+//! full path ([`super::desired_contents`] + diff) stays the reference and is used whenever
+//! the mirror does not apply: nothing written yet, the kernel read back, another node name,
+//! or any Maglev frontend (its tables are capped across frontends).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 
 use serval_calc::DesiredState;
 use serval_calc::services::{Frontend, FrontendKey};
 use serval_dp_bpf::abi::{
     NatBeKey, NatBeVal, NatFeKey, NatFeVal, SV_NAT_BE_F_LOCAL, SV_NAT_FE_F_AFFINITY,
-    SV_NAT_FE_F_EXT_LOCAL, SV_NAT_FE_F_EXTERNAL, SV_NAT_FE_F_INT_LOCAL,
+    SV_NAT_FE_F_EXT_LOCAL, SV_NAT_FE_F_EXTERNAL, SV_NAT_FE_F_INT_LOCAL, SV_NAT_FE_F_MAGLEV,
 };
 
 use super::{MapContents, fnv32};
@@ -85,54 +87,98 @@ pub(super) struct ServiceDelta {
     pub be_del: Vec<NatBeKey>,
 }
 
-/// The services last written and the service ids they hold (see the module docs).
+/// A 64-bit digest of one frontend's map entries, its service id left out: the `sv_nat_fe`
+/// value and its `sv_nat_be` values in slot order. Equal digests: equal entries (but for a
+/// 2^-64 chance; the hasher's keys are random per driver, so no input is built to collide).
+fn digest<'a>(
+    keys: &RandomState,
+    val: &NatFeVal,
+    backends: impl Iterator<Item = &'a NatBeVal>,
+) -> u64 {
+    let mut h = keys.build_hasher();
+    (
+        val.count,
+        val.local_count,
+        val.flags,
+        val.affinity_timeout_s,
+    )
+        .hash(&mut h);
+    for b in backends {
+        (b.addr.0, b.port, b.flags).hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The digests of the frontends last written (see the module docs) and the service ids
+/// they hold: no copy of the frontends themselves.
 #[derive(Debug, Default)]
 pub(super) struct ServiceMirror {
     /// False after a failed write: the next write takes the full path.
     valid: bool,
     node: String,
-    frontends: BTreeMap<FrontendKey, Frontend>,
+    /// `sv_nat_fe` key → [`digest`] of the entries written for it.
+    digests: HashMap<NatFeKey, u64>,
+    keys: RandomState,
     taken: HashSet<u32>,
     maglev: usize,
 }
 
 impl ServiceMirror {
-    /// The mirror after a full write of `state` whose written frontends are `frontends`.
+    /// The mirror after a full write of `state` whose written service maps are `fe` / `be`.
     pub(super) fn after_full_write(
         state: &DesiredState,
-        frontends: &HashMap<NatFeKey, NatFeVal>,
+        fe: &HashMap<NatFeKey, NatFeVal>,
+        be: &HashMap<NatBeKey, NatBeVal>,
     ) -> ServiceMirror {
+        let keys = RandomState::new();
+        let digests = fe
+            .iter()
+            .map(|(k, v)| {
+                let slots = (0..v.count).map_while(|slot| {
+                    be.get(&NatBeKey {
+                        svc_id: v.svc_id,
+                        slot,
+                    })
+                });
+                (*k, digest(&keys, v, slots))
+            })
+            .collect();
         ServiceMirror {
             valid: true,
             node: state.node.clone().unwrap_or_default(),
-            frontends: state.services.frontends.clone(),
-            taken: frontends.values().map(|v| v.svc_id).collect(),
+            digests,
+            keys,
+            taken: fe.values().map(|v| v.svc_id).collect(),
             maglev: state
                 .services
                 .frontends
                 .values()
                 .filter(|f| f.maglev)
-                .count(),
+                .count()
+                + fe.values()
+                    .filter(|v| v.flags & SV_NAT_FE_F_MAGLEV != 0)
+                    .count(),
         }
     }
 
-    /// The services last written (for a resync).
-    pub(super) fn frontends(&self) -> &BTreeMap<FrontendKey, Frontend> {
-        &self.frontends
+    /// How many frontends were last written.
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.digests.len()
     }
 
     /// The write failed: the kernel's contents are unknown, the next write takes the full
-    /// path (the services last written successfully stay for a resync).
+    /// path.
     pub(super) fn invalidate(&mut self) {
         self.valid = false;
     }
 
     /// The write of `pending` (from [`Self::update`]) succeeded.
     pub(super) fn commit(&mut self, pending: Pending) {
-        for (k, f) in pending.0 {
-            match f {
-                Some(f) => self.frontends.insert(k, f),
-                None => self.frontends.remove(&k),
+        for (k, d) in pending.0 {
+            match d {
+                Some(d) => self.digests.insert(k, d),
+                None => self.digests.remove(&k),
             };
         }
     }
@@ -155,85 +201,75 @@ impl ServiceMirror {
         if !self.valid || self.maglev > 0 || node != self.node {
             return None;
         }
-        let mut changes: Vec<(&FrontendKey, Option<&Frontend>)> = Vec::new();
-        if let Some(keys) = hint {
-            let mut seen = HashSet::new();
-            for k in keys {
-                let new = state.services.frontends.get(k);
-                if seen.insert(k) && self.frontends.get(k) != new {
-                    changes.push((k, new));
+        let mut changes: Vec<Change> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut consider = |k: &FrontendKey, new: Option<&Frontend>, changes: &mut Vec<Change>| {
+            let fk = fe_key(k);
+            if !seen.insert(fk) {
+                return;
+            }
+            let old = self.digests.get(&fk).copied();
+            match new {
+                None => {
+                    if old.is_some() {
+                        changes.push(Change::Removed(fk));
+                    }
+                }
+                Some(f) => {
+                    let (val, entries) = render(f, node, 0);
+                    let d = digest(&self.keys, &val, entries.iter().map(|(_, v)| v));
+                    if old != Some(d) || f.maglev {
+                        changes.push(Change::Set {
+                            key: k.clone(),
+                            maglev: f.maglev,
+                            digest: d,
+                            val,
+                            entries,
+                        });
+                    }
                 }
             }
-        } else {
-            self.walk(state, &mut changes);
+        };
+        match hint {
+            Some(keys) => {
+                for k in keys {
+                    consider(k, state.services.frontends.get(k), &mut changes);
+                }
+            }
+            None => {
+                for (k, f) in &state.services.frontends {
+                    consider(k, Some(f), &mut changes);
+                }
+                for fk in self.digests.keys() {
+                    if !seen.contains(fk) {
+                        changes.push(Change::Removed(*fk));
+                    }
+                }
+            }
         }
-        if changes.iter().any(|(_, f)| f.is_some_and(|f| f.maglev)) {
+        if changes
+            .iter()
+            .any(|c| matches!(c, Change::Set { maglev: true, .. }))
+        {
             return None;
         }
-        let changes: Vec<(FrontendKey, Option<Frontend>)> = changes
-            .into_iter()
-            .map(|(k, f)| (k.clone(), f.cloned()))
-            .collect();
-        Some(self.apply_changes(changes, node, fe, be))
-    }
-
-    /// What differs, by a walk of both sorted maps.
-    fn walk<'a>(
-        &'a self,
-        state: &'a DesiredState,
-        changes: &mut Vec<(&'a FrontendKey, Option<&'a Frontend>)>,
-    ) {
-        let mut old = self.frontends.iter().peekable();
-        let mut new = state.services.frontends.iter().peekable();
-        loop {
-            match (old.peek(), new.peek()) {
-                (None, None) => break,
-                (Some((ok, _)), None) => {
-                    changes.push((ok, None));
-                    old.next();
-                }
-                (None, Some((nk, nf))) => {
-                    changes.push((nk, Some(nf)));
-                    new.next();
-                }
-                (Some((ok, of)), Some((nk, nf))) => match ok.cmp(nk) {
-                    std::cmp::Ordering::Less => {
-                        changes.push((ok, None));
-                        old.next();
-                    }
-                    std::cmp::Ordering::Greater => {
-                        changes.push((nk, Some(nf)));
-                        new.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if of != nf {
-                            changes.push((nk, Some(nf)));
-                        }
-                        old.next();
-                        new.next();
-                    }
-                },
-            }
-        }
+        Some(self.apply_changes(changes, fe, be))
     }
 
     fn apply_changes(
         &mut self,
-        changes: Vec<(FrontendKey, Option<Frontend>)>,
-        node: &str,
+        changes: Vec<Change>,
         fe: &mut HashMap<NatFeKey, NatFeVal>,
         be: &mut HashMap<NatBeKey, NatBeVal>,
     ) -> (ServiceDelta, Pending) {
         let mut d = ServiceDelta::default();
+        let mut pending = Vec::with_capacity(changes.len());
         // The ids of removed frontends are freed only after this write: a new frontend
         // taking one now would have its backends' upserts undone by the deletes.
         let mut freed = Vec::new();
-        for (k, f) in &changes {
-            if f.is_some() {
-                continue;
-            }
-            let fk = fe_key(k);
-            if let Some(v) = fe.remove(&fk) {
+        for c in &changes {
+            let Change::Removed(fk) = c else { continue };
+            if let Some(v) = fe.remove(fk) {
                 for slot in 0..v.count {
                     let bk = NatBeKey {
                         svc_id: v.svc_id,
@@ -244,26 +280,37 @@ impl ServiceMirror {
                     }
                 }
                 freed.push(v.svc_id);
-                d.fe_del.push(fk);
+                d.fe_del.push(*fk);
             }
+            pending.push((*fk, None));
         }
-        for (k, f) in &changes {
-            let Some(f) = f else { continue };
-            let fk = fe_key(k);
+        for c in changes {
+            let Change::Set {
+                key,
+                digest,
+                mut val,
+                entries,
+                ..
+            } = c
+            else {
+                continue;
+            };
+            let fk = fe_key(&key);
             let old = fe.get(&fk).copied();
             let svc_id = match old {
                 Some(v) if v.svc_id != 0 => v.svc_id,
                 _ => {
-                    let mut id = fnv32(&k.to_string()).max(1);
+                    let mut id = fnv32(&key.to_string()).max(1);
                     while !self.taken.insert(id) {
                         id = id.checked_add(1).unwrap_or(1);
                     }
                     id
                 }
             };
-            let (val, entries) = render(f, node, svc_id);
+            val.svc_id = svc_id;
             let new_count = val.count;
-            for (bk, bv) in entries {
+            for (mut bk, bv) in entries {
+                bk.svc_id = svc_id;
                 if be.get(&bk) != Some(&bv) {
                     be.insert(bk, bv);
                     d.be_up.push((bk, bv));
@@ -279,17 +326,31 @@ impl ServiceMirror {
                 fe.insert(fk, val);
                 d.fe_up.push((fk, val));
             }
+            pending.push((fk, Some(digest)));
         }
         for id in freed {
             self.taken.remove(&id);
         }
-        (d, Pending(changes))
+        (d, Pending(pending))
     }
 }
 
-/// Frontend changes written but not yet committed to the mirror ([`ServiceMirror::commit`]).
+/// One frontend that differs from what was last written.
+enum Change {
+    Removed(NatFeKey),
+    /// Added or changed: its rendering with service id 0 (see [`render`]).
+    Set {
+        key: FrontendKey,
+        maglev: bool,
+        digest: u64,
+        val: NatFeVal,
+        entries: Vec<(NatBeKey, NatBeVal)>,
+    },
+}
+
+/// Digest changes written but not yet committed to the mirror ([`ServiceMirror::commit`]).
 #[derive(Debug, Default)]
-pub(super) struct Pending(Vec<(FrontendKey, Option<Frontend>)>);
+pub(super) struct Pending(Vec<(NatFeKey, Option<u64>)>);
 
 /// `state` without its services (the driver keeps those in its [`ServiceMirror`]).
 pub(super) fn without_services(state: &DesiredState) -> DesiredState {
@@ -374,6 +435,7 @@ pub(super) fn services_into(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::net::{IpAddr, Ipv4Addr};
 
     use serval_calc::services::{Backend, FrontendKind};
@@ -476,7 +538,11 @@ mod tests {
             }
             let s = state(&fronts);
             let mut mirror_contents = full(&s, &HashMap::new());
-            let mut mirror = ServiceMirror::after_full_write(&s, &mirror_contents.frontends);
+            let mut mirror = ServiceMirror::after_full_write(
+                &s,
+                &mirror_contents.frontends,
+                &mirror_contents.backends,
+            );
             for _step in 0..30 {
                 // Even seeds: the calculation's hint (the touched keys and an untouched one).
                 let mut touched = vec![key(r.below(64))];
@@ -541,7 +607,18 @@ mod tests {
                     sorted(&v.iter().map(|k| (k.svc_id, k.slot)).collect::<Vec<_>>())
                 };
                 assert_eq!(be_dels(&d.be_del), be_dels(&be_del), "seed {seed}");
-                assert_eq!(mirror.frontends(), &fronts);
+                let written: HashSet<NatFeKey> = mirror.digests.keys().copied().collect();
+                assert_eq!(written, fronts.keys().map(fe_key).collect(), "seed {seed}");
+                // The digests equal those of a mirror built from the full path's contents.
+                let rebuilt =
+                    ServiceMirror::after_full_write(&s, &reference.frontends, &reference.backends);
+                for (k, f) in &fronts {
+                    let (val, entries) = render(f, "node1", 0);
+                    let d = digest(&mirror.keys, &val, entries.iter().map(|(_, v)| v));
+                    assert_eq!(mirror.digests[&fe_key(k)], d, "seed {seed}");
+                    let d = digest(&rebuilt.keys, &val, entries.iter().map(|(_, v)| v));
+                    assert_eq!(rebuilt.digests[&fe_key(k)], d, "seed {seed}");
+                }
             }
         }
     }
@@ -553,13 +630,13 @@ mod tests {
         fronts.insert(key(1), frontend(&mut r, false));
         let s = state(&fronts);
         let mut kernel = full(&s, &HashMap::new());
-        let mut mirror = ServiceMirror::after_full_write(&s, &kernel.frontends);
+        let mut mirror = ServiceMirror::after_full_write(&s, &kernel.frontends, &kernel.backends);
         fronts.insert(key(2), frontend(&mut r, true));
         let s2 = state(&fronts);
         let mut want = MapContents::default();
         let before = kernel.clone();
         assert!(services_into(&mut mirror, &s2, None, &mut kernel, &mut want).is_none());
         assert_eq!(kernel, before, "the mirror is left as it was");
-        assert_eq!(mirror.frontends().len(), 1);
+        assert_eq!(mirror.len(), 1);
     }
 }

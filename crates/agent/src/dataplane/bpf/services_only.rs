@@ -15,7 +15,8 @@
 //! force as far as the programs can see: backends (upserts, batched) before the frontends
 //! that count them, frontend deletes before the deletes of their backends. After a failure
 //! the kernel's contents are unknown: the driver forgets them and its mirror, and the next
-//! write reads the maps back and takes the full path.
+//! write reads the maps back and takes the full path (a resync before it writes the service
+//! maps this write meant to leave).
 //!
 //! What is not re-read here: the host's interfaces and addresses ([`super::HostView`]).
 //! They change with endpoints or nodes, which are not services-only changes, and the
@@ -90,8 +91,12 @@ impl BpfDriver {
                 Ok(w)
             }
             Err(e) => {
-                // Unknown what the kernel holds now: read it back next time.
-                self.kernel = None;
+                // Unknown what the kernel holds now: read it back next time (a resync before
+                // that writes what this write meant to).
+                self.services_for_resync = self
+                    .kernel
+                    .take()
+                    .map(|mut k| super::ServiceMaps::take_from(&mut k));
                 mirror.invalidate();
                 Err(e)
             }
