@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use serval_agent::dataplane::bpf::{HostView, desired_contents};
+use serval_agent::dataplane::bpf::{HostView, desired_contents, service_digests};
 use serval_calc::compile;
 
 use serval_calc::services::ServiceTracker;
@@ -181,7 +181,7 @@ fn main() {
     let before = held();
     let full = desired_state(&model, Some("node1"));
     println!(
-        "a second desired state (a copy the driver keeps): {}",
+        "a second desired state (for the check below; the eBPF driver keeps its non-service part and the service digests below): {}",
         mib(held() - before)
     );
     assert_eq!(full, state);
@@ -208,5 +208,13 @@ fn main() {
         contents.frontends.len(),
         contents.backends.len()
     );
+    let before = held();
+    let digests = service_digests(&state, &contents);
+    println!(
+        "eBPF driver: service digests (instead of a copy of the frontends, {} above) {}",
+        mib(services_bytes),
+        mib(held() - before)
+    );
+    drop(digests);
     println!("total held: {}", mib(held()));
 }

@@ -268,6 +268,13 @@ impl BpfSettings {
     }
 }
 
+/// What the driver keeps of the services after writing `contents` for `state` (the digests
+/// of [`incremental`], no copy of the frontends); for measurements (`examples/mem_scale`).
+#[doc(hidden)]
+pub fn service_digests(state: &DesiredState, contents: &MapContents) -> impl std::fmt::Debug {
+    incremental::ServiceMirror::after_full_write(state, &contents.frontends, &contents.backends)
+}
+
 /// The contents of the maps the driver owns (host-side mirror of the kernel's).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MapContents {
