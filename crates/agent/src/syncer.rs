@@ -163,11 +163,17 @@ fn decode_event(ev: &WatchEvent) -> Result<(ResourceEvent, Revision), ApiError> 
 /// Decodes `events` in order. A large batch (a burst of writes: decoding JSON is most of
 /// the agent's work for it) is split over the available cores with scoped threads.
 fn decode_events(events: Vec<WatchEvent>) -> Vec<Result<(ResourceEvent, Revision), ApiError>> {
+    // A small batch (one change applied: the latency path) is decoded here without asking
+    // how many cores there are: `available_parallelism` reads /proc/self/cgroup and the
+    // cgroup's CPU quota files on every call.
+    if events.len() < PARALLEL_DECODE_MIN {
+        return events.iter().map(decode_event).collect();
+    }
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(4);
-    if events.len() < PARALLEL_DECODE_MIN || threads < 2 {
+    if threads < 2 {
         return events.iter().map(decode_event).collect();
     }
     let chunk = events.len().div_ceil(threads);
