@@ -50,6 +50,11 @@ const BURST_QUIET: Duration = Duration::from_millis(1);
 const BURST_MAX_WAIT: Duration = Duration::from_millis(25);
 /// Services batches smaller than this skip returning freed memory to the kernel.
 const TRIM_MIN: usize = 32;
+/// Freed memory is returned to the kernel once no change has arrived for this long:
+/// `malloc_trim` walks the whole heap (milliseconds at 50,000 Services) and holds the
+/// allocator meanwhile, so it waits until a burst is over rather than delaying the change
+/// that follows it.
+const TRIM_QUIET: Duration = Duration::from_millis(250);
 
 /// The dataplane's state as the agent's health file records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -455,6 +460,8 @@ struct Pipeline {
     programmed: Option<(DataplaneKind, Vec<String>)>,
     /// An apply is owed (it failed, or the driver was just opened).
     pending: bool,
+    /// When freed memory is to be returned to the kernel (after a large apply, once quiet).
+    trim_at: Option<Instant>,
 }
 
 /// Runs the pipeline until `shutdown` turns true (then cleans up if configured) or the cache
@@ -480,6 +487,7 @@ pub(crate) async fn run(
         in_driver: false,
         programmed: None,
         pending: false,
+        trim_at: None,
     };
     let mut resync_at = Instant::now() + p.config.resync_interval;
     loop {
@@ -488,6 +496,7 @@ pub(crate) async fn run(
         } else {
             resync_at
         };
+        let wake = p.trim_at.map_or(wake, |t| t.min(wake));
         let mut stop = false;
         tokio::select! {
             c = changes.recv() => {
@@ -516,6 +525,19 @@ pub(crate) async fn run(
         if stop {
             p.shutdown().await;
             return Ok(());
+        }
+        if p.trim_at.is_some_and(|t| Instant::now() >= t) && !p.batch.is_empty() {
+            // A change is waiting: it goes first, the trim waits for quiet again.
+            p.trim_at = Some(Instant::now() + TRIM_QUIET);
+        } else if p.trim_at.is_some_and(|t| Instant::now() >= t) {
+            // Due only when no change came for TRIM_QUIET (each apply pushes it back).
+            p.trim_at = None;
+            let trim_started = Instant::now();
+            release_freed_memory();
+            tracing::debug!(
+                trim_ms = ms(trim_started.elapsed()),
+                "freed memory returned to the kernel"
+            );
         }
         if !p.synced {
             continue;
@@ -792,13 +814,9 @@ impl Pipeline {
                 let trim = !matches!(calculated, Calculated::Services { .. })
                     || calculated.batch().changes >= TRIM_MIN;
                 drop(calculated);
-                if trim {
-                    let trim_started = Instant::now();
-                    release_freed_memory();
-                    tracing::debug!(
-                        trim_ms = ms(trim_started.elapsed()),
-                        "freed memory returned to the kernel"
-                    );
+                if trim || self.trim_at.is_some() {
+                    // Once quiet (a later change pushes it back).
+                    self.trim_at = Some(Instant::now() + TRIM_QUIET);
                 }
                 self.in_driver = true;
                 self.pending = false;

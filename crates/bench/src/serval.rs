@@ -409,6 +409,9 @@ pub fn measure_policies(
 /// allow the client until it is blocked, the one allowing it until it answers again. Then
 /// node1's agent RSS and BPF map memory, and everything is removed (until the last service
 /// stops answering).
+/// How long the agent is left idle after everything is in force before its memory is read.
+pub const MEMORY_SETTLE: Duration = Duration::from_secs(1);
+
 pub fn measure_combined_memory(
     lab: &Lab,
     column: &str,
@@ -464,6 +467,9 @@ pub fn measure_combined_memory(
         "{column} memory: {n} Services and {policies} policies in force after {}",
         human_us(start.elapsed().as_secs_f64() * 1e6)
     ));
+    // The resident figure of an idle agent: it returns freed memory to the kernel once no
+    // change has come for a moment (crates/agent/src/calc.rs TRIM_QUIET, 250 ms).
+    std::thread::sleep(MEMORY_SETTLE);
     let point = crate::throughput::agent_memory(
         &format!("{column} lab ({})", lab.name),
         &format!("{n} Services + {policies} NetworkPolicies programmed"),
