@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use futures::FutureExt;
-use serval_api::{ApiError, Client, RESOURCE_PREFIX, ResourceEvent, key_from_store_key};
+use serval_api::{ApiError, Client, RESOURCE_PREFIX, ResourceEvent, decode_event};
 use serval_ipam::{AFFINITY_PREFIX, Affinity, parse_affinity_key};
 use serval_store::{EventKind, Revision, StoreError, WatchEvent};
 
@@ -135,30 +135,6 @@ async fn resources_round(client: &Client, cache: &Cache, backoff: &mut Backoff) 
 const MAX_DECODE_BATCH: usize = 4096;
 /// Batches of at least this many events are decoded on several threads.
 const PARALLEL_DECODE_MIN: usize = 256;
-
-/// One watch event as a typed resource change, as [`serval_api::ResourceWatch::next`] gives
-/// it: a put decodes the value; a delete names the key (from the store key, else from the
-/// previous value) and carries the previous value when the store kept it.
-fn decode_event(ev: &WatchEvent) -> Result<(ResourceEvent, Revision), ApiError> {
-    let out = match ev.kind {
-        EventKind::Put => serval_api::decode(&ev.kv).map(ResourceEvent::Applied),
-        EventKind::Delete => {
-            let last = ev.prev.as_ref().map(serval_api::decode).transpose();
-            match (last, key_from_store_key(&ev.kv.key)) {
-                (Ok(last), Some(key)) => Ok(ResourceEvent::Deleted { key, last }),
-                (Ok(Some(last)), None) => Ok(ResourceEvent::Deleted {
-                    key: last.key(),
-                    last: Some(last),
-                }),
-                (Ok(None), None) => Err(ApiError::BadKey {
-                    key: ev.kv.key.clone(),
-                }),
-                (Err(e), _) => Err(e),
-            }
-        }
-    };
-    out.map(|e| (e, ev.revision))
-}
 
 /// Decodes `events` in order. A large batch (a burst of writes: decoding JSON is most of
 /// the agent's work for it) is split over the available cores with scoped threads.

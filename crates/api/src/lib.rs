@@ -415,25 +415,33 @@ impl ResourceWatch {
             Ok(ev) => ev,
             Err(e) => return Some(Err(e.into())),
         };
-        let out = match ev.kind {
-            EventKind::Put => decode(&ev.kv).map(ResourceEvent::Applied),
-            EventKind::Delete => {
-                let last = ev.prev.as_ref().map(decode).transpose();
-                match (last, key_from_store_key(&ev.kv.key)) {
-                    (Ok(last), Some(key)) => Ok(ResourceEvent::Deleted { key, last }),
-                    (Ok(Some(last)), None) => Ok(ResourceEvent::Deleted {
-                        key: last.key(),
-                        last: Some(last),
-                    }),
-                    (Ok(None), None) => Err(ApiError::BadKey {
-                        key: ev.kv.key.clone(),
-                    }),
-                    (Err(e), _) => Err(e),
-                }
-            }
-        };
-        Some(out.map(|e| (e, ev.revision)))
+        Some(decode_event(&ev))
     }
+}
+
+/// One store watch event as a typed resource change: a put decodes the value; a delete names
+/// the key (from the store key, else from the previous value) and carries the previous value
+/// when the store kept it. What [`ResourceWatch::next`] gives; public for consumers that
+/// read the store's watch themselves (the agent's syncer decodes queued events in batches).
+pub fn decode_event(ev: &serval_store::WatchEvent) -> Result<(ResourceEvent, Revision)> {
+    let out = match ev.kind {
+        EventKind::Put => decode(&ev.kv).map(ResourceEvent::Applied),
+        EventKind::Delete => {
+            let last = ev.prev.as_ref().map(decode).transpose();
+            match (last, key_from_store_key(&ev.kv.key)) {
+                (Ok(last), Some(key)) => Ok(ResourceEvent::Deleted { key, last }),
+                (Ok(Some(last)), None) => Ok(ResourceEvent::Deleted {
+                    key: last.key(),
+                    last: Some(last),
+                }),
+                (Ok(None), None) => Err(ApiError::BadKey {
+                    key: ev.kv.key.clone(),
+                }),
+                (Err(e), _) => Err(e),
+            }
+        }
+    };
+    out.map(|e| (e, ev.revision))
 }
 
 /// Decode a stored resource and stamp its resourceVersion.

@@ -741,6 +741,21 @@ fn clean_affinity(
     pins: &PinScope,
     backends: &HashMap<NatBeKey, NatBeVal>,
 ) -> Result<usize, BpfError> {
+    remove_affinity(pins, |entries| {
+        if entries.is_empty() {
+            Vec::new()
+        } else {
+            stale_affinity(entries, backends)
+        }
+    })
+}
+
+/// Reads every entry of `sv_nat_aff` of `pins`, deletes the keys `select` picks from them
+/// (a key gone meanwhile is fine: the map is an LRU); returns how many it picked.
+pub(super) fn remove_affinity(
+    pins: &PinScope,
+    select: impl FnOnce(Vec<(NatAffKey, NatAffVal)>) -> Vec<NatAffKey>,
+) -> Result<usize, BpfError> {
     let path = pins.map_path(MAP_NAT_AFF).display().to_string();
     let rd = |source: MapError| BpfError::ReadPinned {
         path: path.clone(),
@@ -758,10 +773,7 @@ fn clean_affinity(
             Err(e) => return Err(rd(e)),
         }
     }
-    if entries.is_empty() {
-        return Ok(0);
-    }
-    let stale = stale_affinity(entries, backends);
+    let stale = select(entries);
     for k in &stale {
         match m.remove(k) {
             Ok(()) | Err(MapError::KeyNotFound) => {}

@@ -24,11 +24,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use aya::maps::{Map, MapData, MapError};
 use serval_calc::DesiredState;
 use serval_dp_bpf::PinScope;
 use serval_dp_bpf::abi::{NatAffKey, NatAffVal, NatBeKey, NatBeVal};
-use serval_dp_bpf::object::MAP_NAT_AFF;
 
 use super::incremental::{ServiceDelta, check_service_capacity};
 use super::{BpfDriver, BpfError, bpf_err, maps_err};
@@ -145,14 +143,6 @@ fn clean_affinity_of(
     backends: &HashMap<NatBeKey, NatBeVal>,
     touched: &HashSet<u32>,
 ) -> Result<usize, BpfError> {
-    let path = pins.map_path(MAP_NAT_AFF).display().to_string();
-    let rd = |source: MapError| BpfError::ReadPinned {
-        path: path.clone(),
-        source,
-    };
-    let d = MapData::from_pin(pins.map_path(MAP_NAT_AFF)).map_err(rd)?;
-    let mut m: aya::maps::HashMap<MapData, NatAffKey, NatAffVal> =
-        aya::maps::HashMap::try_from(Map::LruHashMap(d)).map_err(rd)?;
     let live = |k: &NatAffKey, v: &NatAffVal| {
         (0u32..)
             .map_while(|slot| {
@@ -163,23 +153,13 @@ fn clean_affinity_of(
             })
             .any(|b| b.addr == v.addr && b.port == v.port)
     };
-    let mut stale = Vec::new();
-    for kv in m.iter() {
-        match kv {
-            Ok((k, v)) if touched.contains(&k.svc_id) && !live(&k, &v) => stale.push(k),
-            Ok(_) => {}
-            // An LRU entry evicted mid-iteration: skip it.
-            Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(rd(e)),
-        }
-    }
-    for k in &stale {
-        match m.remove(k) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(rd(e)),
-        }
-    }
-    Ok(stale.len())
+    super::remove_affinity(pins, |entries| {
+        entries
+            .into_iter()
+            .filter(|(k, v)| touched.contains(&k.svc_id) && !live(k, v))
+            .map(|(k, _)| k)
+            .collect()
+    })
 }
 
 #[cfg(test)]
