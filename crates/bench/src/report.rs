@@ -267,50 +267,58 @@ fn latency_section(md: &mut String, r: &Results) {
             md,
             "**{label}** (ratio to the direct exchanges interleaved with the column)\n"
         );
-        let _ = writeln!(md, "| Services | {} |", columns.join(" | "));
-        let _ = writeln!(md, "|---:|{}", "---:|".repeat(columns.len()));
-        for &n in &sizes {
+        sizes_table(md, &columns, &sizes, |c, n| {
             let base = r
                 .latency_at(LATENCY_BASELINE, n)
                 .and_then(|p| p.summary.as_ref())
                 .map(pick);
-            let cells: Vec<String> = columns
-                .iter()
-                .map(|c| {
-                    if let Some(point) = r.latency_at(c, n)
-                        && let Some(s) = point.summary.as_ref()
-                    {
-                        let v = pick(s);
-                        // The paired direct samples when there are (results before the
-                        // paired method: the direct point at this N).
-                        let base = match &point.paired {
-                            Some(d) => d.summary.as_ref().map(pick),
-                            None => base,
-                        };
-                        if c == LATENCY_BASELINE {
-                            fmt_us(v)
-                        } else {
-                            format!("{}{}", fmt_us(v), ratio(v, base))
-                        }
-                    } else if r.skipped_at(c, n) {
-                        "skipped".into()
-                    } else if r.unavailable_reason("latency", c).is_some() {
-                        "n/a".into()
-                    } else if r.failure_at("latency", c, n).is_some() {
-                        "failed".into()
-                    } else {
-                        "—".into()
-                    }
-                })
-                .collect();
-            let _ = writeln!(md, "| {n} | {} |", cells.join(" | "));
-        }
+            if let Some(point) = r.latency_at(c, n)
+                && let Some(s) = point.summary.as_ref()
+            {
+                let v = pick(s);
+                // The paired direct samples when there are (results before the paired
+                // method: the direct point at this N).
+                let base = match &point.paired {
+                    Some(d) => d.summary.as_ref().map(pick),
+                    None => base,
+                };
+                if c == LATENCY_BASELINE {
+                    fmt_us(v)
+                } else {
+                    format!("{}{}", fmt_us(v), ratio(v, base))
+                }
+            } else if r.skipped_at(c, n) {
+                "skipped".into()
+            } else if r.unavailable_reason("latency", c).is_some() {
+                "n/a".into()
+            } else if r.failure_at("latency", c, n).is_some() {
+                "failed".into()
+            } else {
+                "—".into()
+            }
+        });
         md.push('\n');
     }
     paired_table(md, r, &columns, &sizes);
     failed_exchanges(md, r);
     skipped_notes(md, r, &columns);
     unavailable_notes(md, r, "latency");
+}
+
+/// A table with one row per size and one cell per column: the header, then `cell(column, n)`.
+fn sizes_table<C: AsRef<str>>(
+    md: &mut String,
+    columns: &[C],
+    sizes: &[usize],
+    mut cell: impl FnMut(&str, usize) -> String,
+) {
+    let names: Vec<&str> = columns.iter().map(|c| c.as_ref()).collect();
+    let _ = writeln!(md, "| Services | {} |", names.join(" | "));
+    let _ = writeln!(md, "|---:|{}", "---:|".repeat(names.len()));
+    for &n in sizes {
+        let cells: Vec<String> = names.iter().map(|c| cell(c, n)).collect();
+        let _ = writeln!(md, "| {n} | {} |", cells.join(" | "));
+    }
 }
 
 /// The p50 ratios with their direct medians and the spread of the block ratios.
@@ -334,80 +342,47 @@ fn paired_table(md: &mut String, r: &Results, columns: &[String], sizes: &[usize
          one block of the column and the adjacent direct block ({block_len} exchanges each), \
          which shows how much the machine's noise moved the figure during the point.\n"
     );
-    let _ = writeln!(
-        md,
-        "| Services | {} |",
-        columns
+    sizes_table(md, &columns, sizes, |c, n| {
+        let Some(point) = r.latency_at(c, n) else {
+            return "—".into();
+        };
+        let (Some(s), Some(d)) = (point.summary, point.paired.as_ref().and_then(|d| d.summary))
+        else {
+            return "—".into();
+        };
+        let blocks = point
+            .paired
+            .as_ref()
+            .map(|d| d.block_ratios())
+            .unwrap_or_default();
+        let spread = blocks
             .iter()
-            .map(|c| c.as_str())
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    let _ = writeln!(md, "|---:|{}", "---:|".repeat(columns.len()));
-    for &n in sizes {
-        let cells: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                let Some(point) = r.latency_at(c, n) else {
-                    return "—".into();
-                };
-                let (Some(s), Some(d)) =
-                    (point.summary, point.paired.as_ref().and_then(|d| d.summary))
-                else {
-                    return "—".into();
-                };
-                let blocks = point
-                    .paired
-                    .as_ref()
-                    .map(|d| d.block_ratios())
-                    .unwrap_or_default();
-                let spread = blocks
-                    .iter()
-                    .copied()
-                    .fold(None, |acc: Option<(f64, f64)>, v| {
-                        Some(acc.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
-                    })
-                    .map(|(lo, hi)| format!(" [{lo:.2}–{hi:.2}]"))
-                    .unwrap_or_default();
-                format!(
-                    "{} / {} = {:.2}×{spread}",
-                    fmt_us(s.p50),
-                    fmt_us(d.p50),
-                    s.p50 / d.p50
-                )
+            .copied()
+            .fold(None, |acc: Option<(f64, f64)>, v| {
+                Some(acc.map_or((v, v), |(lo, hi)| (lo.min(v), hi.max(v))))
             })
-            .collect();
-        let _ = writeln!(md, "| {n} | {} |", cells.join(" | "));
-    }
+            .map(|(lo, hi)| format!(" [{lo:.2}–{hi:.2}]"))
+            .unwrap_or_default();
+        format!(
+            "{} / {} = {:.2}×{spread}",
+            fmt_us(s.p50),
+            fmt_us(d.p50),
+            s.p50 / d.p50
+        )
+    });
     md.push('\n');
     md.push_str(
         "**The interleaved direct exchanges** (the base of each column's ratios): p50 / p90 / \
          p99\n\n",
     );
-    let _ = writeln!(
-        md,
-        "| Services | {} |",
-        columns
-            .iter()
-            .map(|c| c.as_str())
-            .collect::<Vec<_>>()
-            .join(" | ")
-    );
-    let _ = writeln!(md, "|---:|{}", "---:|".repeat(columns.len()));
-    for &n in sizes {
-        let cells: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                r.latency_at(c, n)
-                    .and_then(|p| p.paired.as_ref())
-                    .and_then(|d| d.summary)
-                    .map_or("—".into(), |d| {
-                        format!("{} / {} / {}", fmt_us(d.p50), fmt_us(d.p90), fmt_us(d.p99))
-                    })
+    sizes_table(md, &columns, sizes, |c, n| {
+        r.latency_at(c, n)
+            .and_then(|p| p.paired.as_ref())
+            .and_then(|d| d.summary)
+            .map_or("—".into(), |d| {
+                format!("{} / {} / {}", fmt_us(d.p50), fmt_us(d.p90), fmt_us(d.p99))
             })
-            .collect();
-        let _ = writeln!(md, "| {n} | {} |", cells.join(" | "));
-    }
+    });
     md.push('\n');
 }
 
@@ -434,9 +409,7 @@ fn programming_section(md: &mut String, r: &Results) {
         ("**One service added at N, until it answers**", false),
     ] {
         let _ = writeln!(md, "{title}\n");
-        let _ = writeln!(md, "| Services | {} |", columns.join(" | "));
-        let _ = writeln!(md, "|---:|{}", "---:|".repeat(columns.len()));
-        for &n in &sizes {
+        sizes_table(md, &columns, &sizes, |c, n| {
             let value = |c: &str| {
                 r.programming_at(c, n).and_then(|p| {
                     if full {
@@ -447,27 +420,23 @@ fn programming_section(md: &mut String, r: &Results) {
                 })
             };
             let base = value(PROGRAMMING_BASELINE).map(|v| v.0);
-            let cells: Vec<String> = columns
-                .iter()
-                .map(|c| match value(c) {
-                    Some((answer, load)) => {
-                        let load = load
-                            .map(|l| format!(" [{}]", fmt_ms(l)))
-                            .unwrap_or_default();
-                        if c == PROGRAMMING_BASELINE {
-                            format!("{}{load}", fmt_ms(answer))
-                        } else {
-                            format!("{}{load}{}", fmt_ms(answer), ratio(answer, base))
-                        }
+            match value(c) {
+                Some((answer, load)) => {
+                    let load = load
+                        .map(|l| format!(" [{}]", fmt_ms(l)))
+                        .unwrap_or_default();
+                    if c == PROGRAMMING_BASELINE {
+                        format!("{}{load}", fmt_ms(answer))
+                    } else {
+                        format!("{}{load}{}", fmt_ms(answer), ratio(answer, base))
                     }
-                    None if r.skipped_at(c, n) => "skipped".into(),
-                    None if r.unavailable_reason("programming", c).is_some() => "n/a".into(),
-                    None if r.failure_at("programming", c, n).is_some() => "failed".into(),
-                    None => "—".into(),
-                })
-                .collect();
-            let _ = writeln!(md, "| {n} | {} |", cells.join(" | "));
-        }
+                }
+                None if r.skipped_at(c, n) => "skipped".into(),
+                None if r.unavailable_reason("programming", c).is_some() => "n/a".into(),
+                None if r.failure_at("programming", c, n).is_some() => "failed".into(),
+                None => "—".into(),
+            }
+        });
         md.push('\n');
     }
     programming_split(md, r, &sizes);
