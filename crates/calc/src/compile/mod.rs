@@ -606,27 +606,7 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
     }
 
     // Identity classes.
-    let mut members: Vec<(IpNet, SetKey)> = Vec::new();
-    for id in &remote_sets {
-        if let Some(IpSetMembers::Nets(nets)) = state.ipsets.get(id) {
-            members.extend(nets.iter().map(|n| (*n, SetKey::Set(id.clone()))));
-        }
-    }
-    for id in &remote_named {
-        if let Some(IpSetMembers::NamedPorts(ms)) = state.ipsets.get(id) {
-            members.extend(ms.iter().map(|(a, proto, port)| {
-                (
-                    IpNet::from(*a),
-                    SetKey::NamedPort {
-                        set: id.clone(),
-                        proto: proto.number(),
-                        port: *port,
-                    },
-                )
-            }));
-        }
-    }
-    let prefixes = trie::classes(members);
+    let prefixes = trie::classes(remote_members(&state.ipsets, &remote_sets, &remote_named));
     let class_of = |(v4, sets): &trie::ClassKey| IdentityClass {
         v4: *v4,
         sets: sets.clone(),
@@ -847,4 +827,35 @@ pub fn compile_incremental(state: &DesiredState, previous: &CompiledPolicy) -> C
         sport_entries,
         stats,
     }
+}
+
+/// The members of the remote-side sets as prefix-trie input: each address set's nets under
+/// its set, each named-port set's addresses under one pseudo-set per (proto, port) (see the
+/// module docs, "Identities").
+pub(crate) fn remote_members<'a>(
+    ipsets: &BTreeMap<IpSetId, IpSetMembers>,
+    sets: impl IntoIterator<Item = &'a IpSetId>,
+    named: impl IntoIterator<Item = &'a IpSetId>,
+) -> Vec<(IpNet, SetKey)> {
+    let mut members: Vec<(IpNet, SetKey)> = Vec::new();
+    for id in sets {
+        if let Some(IpSetMembers::Nets(nets)) = ipsets.get(id) {
+            members.extend(nets.iter().map(|n| (*n, SetKey::Set(id.clone()))));
+        }
+    }
+    for id in named {
+        if let Some(IpSetMembers::NamedPorts(ms)) = ipsets.get(id) {
+            members.extend(ms.iter().map(|(a, proto, port)| {
+                (
+                    IpNet::from(*a),
+                    SetKey::NamedPort {
+                        set: id.clone(),
+                        proto: proto.number(),
+                        port: *port,
+                    },
+                )
+            }));
+        }
+    }
+    members
 }

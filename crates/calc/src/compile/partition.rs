@@ -32,7 +32,7 @@ use std::rc::Rc;
 use ipnet::IpNet;
 
 use super::resolve::{self, DecisionMap, Group, LocalFam, RuleIds};
-use super::{SetKey, local_fam, sets_used, tiers_fingerprint, trie};
+use super::{local_fam, sets_used, tiers_fingerprint, trie};
 use crate::endpoints::Endpoint;
 use crate::ipsets::{IpSetId, IpSetMembers};
 use crate::policy::{Action, Direction, TierRules};
@@ -183,26 +183,7 @@ fn resolve_partition(
     used: &super::SetsUsed,
     locals: &(LocalFam, LocalFam),
 ) -> Partition {
-    let mut members: Vec<(IpNet, SetKey)> = Vec::new();
-    for id in &used.remote {
-        if let Some(IpSetMembers::Nets(nets)) = ipsets.get(id) {
-            members.extend(nets.iter().map(|n| (*n, SetKey::Set(id.clone()))));
-        }
-    }
-    for id in &used.remote_named {
-        if let Some(IpSetMembers::NamedPorts(ms)) = ipsets.get(id) {
-            members.extend(ms.iter().map(|(a, proto, port)| {
-                (
-                    IpNet::from(*a),
-                    SetKey::NamedPort {
-                        set: id.clone(),
-                        proto: proto.number(),
-                        port: *port,
-                    },
-                )
-            }));
-        }
-    }
+    let members = super::remote_members(ipsets, &used.remote, &used.remote_named);
     let classes = trie::classes(members);
     let (protos, other) = resolve::relevant_protos(tiers);
     let no_ids = RuleIds::new();
