@@ -68,10 +68,9 @@ use serval_calc::compile::{self, CompiledPolicy, EntryKey, PolicyIndex};
 use serval_calc::services::FrontendKind;
 use serval_dp_bpf::abi::{
     Addr, EpVal, NatBeKey, NatBeVal, NatFeKey, NatFeVal, PolKey, PolMatch, PolVal, RouteVal,
-    SV_DROP_REASONS, SV_NAT_BE_F_LOCAL, SV_NAT_FE_F_AFFINITY, SV_NAT_FE_F_EXT_LOCAL,
-    SV_NAT_FE_F_EXTERNAL, SV_NAT_FE_F_INT_LOCAL, SV_RT_F_HOST, SV_RT_F_IN_POOL,
-    SV_RT_F_LOCAL_WORKLOAD, SV_RT_F_NAT_OUTGOING, SV_RT_F_REMOTE_HOST, SV_RT_F_REMOTE_WORKLOAD,
-    SV_VERDICT_DENY, drop_reason_name, lpm_prefix_len,
+    SV_DROP_REASONS, SV_RT_F_HOST, SV_RT_F_IN_POOL, SV_RT_F_LOCAL_WORKLOAD, SV_RT_F_NAT_OUTGOING,
+    SV_RT_F_REMOTE_HOST, SV_RT_F_REMOTE_WORKLOAD, SV_VERDICT_DENY, drop_reason_name,
+    lpm_prefix_len,
 };
 use serval_dp_bpf::abi::{NatAffKey, NatAffVal};
 use serval_dp_bpf::object::{MAP_EPS, MAP_NAT_AFF, MAP_NAT_BE, MAP_NAT_FE, MAP_POLICY, MAP_ROUTES};
@@ -419,24 +418,6 @@ pub fn desired_contents(
     let ids: HashMap<NatFeKey, u32> = ids.into_iter().collect();
     for (fk, k) in &keys {
         let fe = &state.services.frontends[*k];
-        let svc_id = ids[fk];
-        let (mut local, mut remote): (Vec<_>, Vec<_>) =
-            fe.backends.iter().partition(|b| b.node == node);
-        local.sort();
-        remote.sort();
-        let mut flags = 0;
-        if fe.affinity_timeout.is_some() {
-            flags |= SV_NAT_FE_F_AFFINITY;
-        }
-        if fe.internal_local {
-            flags |= SV_NAT_FE_F_INT_LOCAL;
-        }
-        if fe.kind.is_external() {
-            flags |= SV_NAT_FE_F_EXTERNAL;
-            if fe.external_local {
-                flags |= SV_NAT_FE_F_EXT_LOCAL;
-            }
-        }
         // Pod clients go to any backend even under externalTrafficPolicy: Local (kube-proxy's
         // short-circuit), so the external kinds keep every backend; the uplink program picks
         // among the first local_count (node-local) ones for clients outside the cluster.
@@ -447,28 +428,9 @@ pub fn desired_contents(
                 | FrontendKind::ExternalIP
                 | FrontendKind::LoadBalancer
         ));
-        let all: Vec<_> = local.iter().chain(remote.iter()).collect();
-        for (slot, b) in all.iter().enumerate() {
-            let bflags = if b.node == node { SV_NAT_BE_F_LOCAL } else { 0 };
-            out.backends.insert(
-                NatBeKey {
-                    svc_id,
-                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
-                },
-                NatBeVal::new(b.ip, b.port, bflags),
-            );
-        }
-        out.frontends.insert(
-            *fk,
-            NatFeVal {
-                svc_id,
-                count: u32::try_from(all.len()).unwrap_or(u32::MAX),
-                local_count: u32::try_from(local.len()).unwrap_or(u32::MAX),
-                flags,
-                affinity_timeout_s: fe.affinity_timeout.unwrap_or(0),
-                pad: 0,
-            },
-        );
+        let (val, backends) = incremental::render(fe, node, ids[fk]);
+        out.backends.extend(backends);
+        out.frontends.insert(*fk, val);
     }
     out.maglev = maglev::add_tables(
         state,
@@ -1489,7 +1451,10 @@ impl super::Dataplane for BpfDriver {
 #[cfg(test)]
 mod tests {
     use serval_calc::{Model, desired_state};
-    use serval_dp_bpf::abi::{SV_DIR_EGRESS, SV_DIR_INGRESS, SV_VERDICT_ALLOW};
+    use serval_dp_bpf::abi::{
+        SV_DIR_EGRESS, SV_DIR_INGRESS, SV_NAT_BE_F_LOCAL, SV_NAT_FE_F_AFFINITY,
+        SV_NAT_FE_F_INT_LOCAL, SV_VERDICT_ALLOW,
+    };
     use serval_model::{Resource, parse_documents};
 
     use super::*;
