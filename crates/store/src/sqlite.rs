@@ -551,10 +551,15 @@ fn read_window(
     let mut events = Vec::new();
     let mut last_row = None;
     {
+        // The row value `(revision, idx) > (?1, ?2)` lets sqlite seek the primary-key index
+        // straight past the cursor; spelled as `revision >= ?1 AND (revision > ?1 OR idx > ?2)`
+        // it seeks only on `revision` and walks every row of the cursor's revision already read
+        // (100,000 index entries for an apply of 50,000 Services: ~15 ms per window, again for
+        // every batch of that revision, and for the first event after it).
         let mut stmt = tx.prepare_cached(
             "SELECT revision, idx, key, kind, value, create_revision, prev_value, prev_create, prev_mod
              FROM log
-             WHERE revision >= ?1 AND (revision > ?1 OR idx > ?2) AND revision <= ?3
+             WHERE (revision, idx) > (?1, ?2) AND revision <= ?3
                AND key >= ?4 AND (?5 IS NULL OR key < ?5)
              ORDER BY revision, idx LIMIT ?6",
         )?;
