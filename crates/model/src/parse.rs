@@ -114,6 +114,20 @@ fn str_field<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// applies defaults and validates each. `file` names the source in errors. Empty documents are
 /// skipped (but still counted, so indexes match the file). On any problem, returns all of them.
 pub fn parse_documents(file: &str, text: &str) -> Result<Vec<Resource>, ValidationErrors> {
+    // Plain block YAML goes straight to typed resources; anything else, and any document with
+    // a problem, is read (again) through `Value`, which words every error.
+    if let Some(resources) = crate::fastyaml::parse_documents_fast(text) {
+        return Ok(resources);
+    }
+    parse_documents_value(file, text)
+}
+
+/// [`parse_documents`] through `serde_yaml_ng::Value`: every YAML feature, every error with
+/// its document and field path.
+pub(crate) fn parse_documents_value(
+    file: &str,
+    text: &str,
+) -> Result<Vec<Resource>, ValidationErrors> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {

@@ -78,6 +78,17 @@ macro_rules! resources {
                 $(Kind::$v => serde_path_to_error::deserialize::<_, $v>(d).map(Resource::$v),)*
             }
         }
+
+        /// [`decode_typed`] without tracking the field path (for the fast path of
+        /// [`crate::parse_documents`], which falls back to the tracked decoding on any error).
+        pub(crate) fn decode_typed_untracked<'de, D: Deserializer<'de>>(
+            kind: Kind,
+            d: D,
+        ) -> Result<Resource, D::Error> {
+            match kind {
+                $(Kind::$v => $v::deserialize(d).map(Resource::$v),)*
+            }
+        }
     };
 }
 
