@@ -15,13 +15,13 @@ use crate::{ApiError, Client, Result};
 pub(crate) async fn bind_pods(
     client: &Client,
     resources: &mut [Resource],
+    skeys: &[String],
     existing: &BTreeMap<String, (Resource, serval_store::Revision)>,
 ) -> Result<()> {
-    for r in resources.iter_mut() {
-        let skey = r.key().store_key();
+    for (r, skey) in resources.iter_mut().zip(skeys) {
         if let Resource::Pod(p) = r
             && p.spec.node_name.is_none()
-            && let Some((Resource::Pod(old), _)) = existing.get(&skey)
+            && let Some((Resource::Pod(old), _)) = existing.get(skey)
         {
             p.spec.node_name = old.spec.node_name.clone();
         }
@@ -39,10 +39,10 @@ pub(crate) async fn bind_pods(
     let mut load: BTreeMap<String, usize> =
         nodes.iter().map(|n| (n.meta().name.clone(), 0)).collect();
     let (stored, _) = client.list(Kind::Pod, None).await?;
-    let applying: BTreeSet<String> = resources.iter().map(|r| r.key().store_key()).collect();
+    let applying: BTreeSet<&str> = skeys.iter().map(String::as_str).collect();
     let bound = stored
         .iter()
-        .filter(|p| !applying.contains(&p.key().store_key()))
+        .filter(|p| !applying.contains(p.key().store_key().as_str()))
         .chain(resources.iter());
     for p in bound {
         if let Resource::Pod(p) = p
@@ -74,10 +74,11 @@ pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
 /// What the API server does for Services: allocate cluster IPs (one per family the service
 /// asks for, from [`SERVICE_CIDR_V4`] / [`SERVICE_CIDR_V6`]) and node ports (30000-32767),
 /// keep the ones already allocated, and reject a clusterIP change or a node port that another
-/// service holds.
+/// service holds. `skeys` are the resources' store keys, in order.
 pub(crate) async fn allocate_services<'c>(
     client: &'c Client,
     resources: &mut [Resource],
+    skeys: &[String],
     existing: &BTreeMap<String, (Resource, serval_store::Revision)>,
 ) -> Result<Option<Allocator<'c>>> {
     use serval_model::k8s::service::{IpFamilyPolicy, NODE_PORT_RANGE, ServiceIpFamily};
@@ -90,12 +91,10 @@ pub(crate) async fn allocate_services<'c>(
     // of every Service. The applied services' own addresses are theirs (immutable); their
     // node ports are decided again below, so the ports they held do not count as taken.
     let mut alloc = Allocator::open(client).await?;
-    let applying: BTreeSet<String> = resources.iter().map(|r| r.key().store_key()).collect();
-    for r in resources.iter() {
-        let skey = r.key().store_key();
-        if let Some((Resource::Service(old), _)) = existing.get(&skey) {
+    for skey in skeys {
+        if let Some((Resource::Service(old), _)) = existing.get(skey) {
             for ip in old.spec.cluster_addrs() {
-                alloc.claim_ip(ip, &skey);
+                alloc.claim_ip(ip, skey);
             }
         }
     }
@@ -103,6 +102,7 @@ pub(crate) async fn allocate_services<'c>(
         .iter()
         .any(|r| matches!(r, Resource::Service(s) if s.spec.has_node_ports() || s.spec.ports.iter().any(|p| p.node_port.is_some())));
     let mut used_ports: BTreeMap<(u16, String), ResourceKey> = if needs_ports {
+        let applying: BTreeSet<&str> = skeys.iter().map(String::as_str).collect();
         alloc.port_holders(&applying).await?
     } else {
         BTreeMap::new()
@@ -131,23 +131,22 @@ pub(crate) async fn allocate_services<'c>(
     }
 
     // First pass: explicit addresses and ports of the applied services claim their values.
-    for r in resources.iter() {
+    for (r, skey) in resources.iter().zip(skeys) {
         let Resource::Service(svc) = r else { continue };
-        let key = r.key();
-        let old = match existing.get(&key.store_key()) {
+        let old = match existing.get(skey) {
             Some((Resource::Service(old), _)) => Some(old),
             _ => None,
         };
-        let wanted: Vec<String> = if !svc.spec.cluster_ips.is_empty() {
-            svc.spec.cluster_ips.clone()
+        let wanted: &[String] = if !svc.spec.cluster_ips.is_empty() {
+            &svc.spec.cluster_ips
         } else {
-            svc.spec.cluster_ip.iter().cloned().collect()
+            svc.spec.cluster_ip.as_slice()
         };
         if let Some(old) = old {
             let old_ips = &old.spec.cluster_ips;
             if !wanted.is_empty() && !old_ips.is_empty() && wanted.first() != old_ips.first() {
                 return Err(ApiError::Immutable {
-                    key,
+                    key: r.key(),
                     field: "spec.clusterIP".into(),
                     reason: format!(
                         "is immutable (allocated {}); delete and recreate the service to change it",
@@ -156,21 +155,19 @@ pub(crate) async fn allocate_services<'c>(
                 });
             }
         }
-        let skey = key.store_key();
         for ip in wanted.iter().filter_map(|s| s.parse::<IpAddr>().ok()) {
-            match alloc.ip_holder(ip).await? {
-                Some(holder) if holder != skey => {
-                    return Err(ApiError::Allocation {
-                        key,
-                        field: "spec.clusterIP".into(),
-                        reason: format!("{ip} is already allocated to another service"),
-                    });
-                }
-                _ => alloc.claim_ip(ip, &skey),
+            if !alloc.ip_free_for(ip, skey).await? {
+                return Err(ApiError::Allocation {
+                    key: r.key(),
+                    field: "spec.clusterIP".into(),
+                    reason: format!("{ip} is already allocated to another service"),
+                });
             }
+            alloc.claim_ip(ip, skey);
         }
         for p in &svc.spec.ports {
             if let Some(np) = p.node_port {
+                let key = r.key();
                 let proto = format!("{:?}", p.protocol);
                 if let Some(holder) = used_ports.insert((np.0, proto.clone()), key.clone())
                     && holder != key
@@ -186,12 +183,18 @@ pub(crate) async fn allocate_services<'c>(
     }
 
     // Second pass: allocate what is missing.
-    for r in resources.iter_mut() {
-        let key = r.key();
+    for (r, skey) in resources.iter_mut().zip(skeys) {
         let Resource::Service(svc) = r else { continue };
-        let old = match existing.get(&key.store_key()) {
-            Some((Resource::Service(old), _)) => Some(old.clone()),
+        let old = match existing.get(skey) {
+            Some((Resource::Service(old), _)) => Some(old),
             _ => None,
+        };
+        // The key only for errors and node ports: most Services need neither.
+        let meta = &svc.metadata;
+        let key = || ResourceKey {
+            kind: Kind::Service,
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
         };
         let spec = &mut svc.spec;
         if !spec.is_headless() {
@@ -248,10 +251,10 @@ pub(crate) async fn allocate_services<'c>(
                 }
                 let (first, last) = service_range(*f);
                 let ip = alloc
-                    .next_free(*f, first, last, &key.store_key())
+                    .next_free(*f, first, last, skey)
                     .await?
                     .ok_or_else(|| ApiError::Allocation {
-                        key: key.clone(),
+                        key: key(),
                         field: "spec.clusterIP".into(),
                         reason: format!("the {f:?} service range is full"),
                     })?;
@@ -295,12 +298,12 @@ pub(crate) async fn allocate_services<'c>(
                         .clone()
                         .find(|p| !used_ports.contains_key(&(*p, proto.clone())))
                         .ok_or_else(|| ApiError::Allocation {
-                            key: key.clone(),
+                            key: key(),
                             field: "spec.ports.nodePort".into(),
                             reason: "every node port in 30000-32767 is allocated".into(),
                         })?,
                 };
-                used_ports.insert((np, proto), key.clone());
+                used_ports.insert((np, proto), key());
                 spec.ports[i].node_port = Some(Port(np));
             }
         }

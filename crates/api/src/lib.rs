@@ -158,13 +158,16 @@ impl Client {
         // one). Cross-resource validation reads the kinds it checks (pools, tiers).
         let started = std::time::Instant::now();
         let kinds: BTreeSet<Kind> = resources.iter().map(|r| r.kind()).collect();
+        // Each resource's store key, computed once (index-aligned with `resources`).
+        let skeys: Vec<String> = resources.iter().map(store_key_of).collect();
         let mut existing: BTreeMap<String, (Resource, Revision)> = BTreeMap::new();
         let mut existing_list = Vec::new();
         for kind in &kinds {
-            let of_kind: Vec<String> = resources
+            let of_kind: Vec<&String> = resources
                 .iter()
-                .filter(|r| r.kind() == *kind)
-                .map(|r| r.key().store_key())
+                .zip(&skeys)
+                .filter(|(r, _)| r.kind() == *kind)
+                .map(|(_, skey)| skey)
                 .collect();
             let validated = matches!(kind, Kind::IPPool | Kind::Tier);
             if validated || of_kind.len() > KEY_BY_KEY_MAX {
@@ -178,8 +181,8 @@ impl Client {
                 }
             } else {
                 for skey in of_kind {
-                    if let Some(kv) = self.store.get(&skey).await? {
-                        existing.insert(skey, (decode(&kv)?, kv.mod_revision));
+                    if let Some(kv) = self.store.get(skey).await? {
+                        existing.insert(skey.clone(), (decode(&kv)?, kv.mod_revision));
                     }
                 }
             }
@@ -200,18 +203,20 @@ impl Client {
         let read = started.elapsed();
         serval_model::validate_set(&resources, &existing_list)?;
         let validated = started.elapsed();
-        admission::bind_pods(self, &mut resources, &existing).await?;
-        let alloc = admission::allocate_services(self, &mut resources, &existing).await?;
+        admission::bind_pods(self, &mut resources, &skeys, &existing).await?;
+        let alloc = admission::allocate_services(self, &mut resources, &skeys, &existing).await?;
         let admitted = started.elapsed();
 
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-        let mut ops = Vec::with_capacity(resources.len());
+        let pid = std::process::id();
+        let mut ops = Vec::with_capacity(resources.len() + 1);
         let mut outcomes = Vec::with_capacity(resources.len());
-        // Services written, with the index keys they held and hold, for the allocation index.
+        // Services written, with what they held and hold, for the allocation index.
         let mut service_changes = Vec::new();
-        for mut r in resources {
+        // One serialization buffer for every value; each value is then copied out at its size.
+        let mut buf = Vec::with_capacity(4096);
+        for (mut r, skey) in resources.into_iter().zip(skeys) {
             let key = r.key();
-            let skey = key.store_key();
             match existing.get(&skey) {
                 Some((old, rev)) => {
                     if mode == ApplyMode::Create {
@@ -247,13 +252,13 @@ impl Client {
                     if let (Resource::Service(new), Resource::Service(old)) = (&r, old) {
                         service_changes.push((
                             skey.clone(),
-                            allocation::keys_of(old),
-                            allocation::keys_of(new),
+                            allocation::held(old),
+                            allocation::held(new),
                         ));
                     }
                     ops.push(TxnOp::Update {
                         key: skey,
-                        value: r.to_json(),
+                        value: encode_into(&r, &mut buf),
                         expected,
                     });
                     outcomes.push((key, Outcome::Configured));
@@ -261,25 +266,25 @@ impl Client {
                 None => {
                     let meta = r.meta_mut();
                     meta.resource_version = None;
-                    meta.uid = Some(new_uid(&skey, &now));
+                    meta.uid = Some(new_uid(&skey, &now, pid));
                     meta.creation_timestamp = Some(now.clone());
                     if let Resource::Service(new) = &r {
                         service_changes.push((
                             skey.clone(),
-                            BTreeSet::new(),
-                            allocation::keys_of(new),
+                            allocation::Held::default(),
+                            allocation::held(new),
                         ));
                     }
                     ops.push(TxnOp::Create {
                         key: skey,
-                        value: r.to_json(),
+                        value: encode_into(&r, &mut buf),
                     });
                     outcomes.push((key, Outcome::Created));
                 }
             }
         }
         if let Some(alloc) = alloc.filter(|_| !ops.is_empty()) {
-            ops.extend(alloc.ops(&service_changes));
+            ops.extend(alloc.ops(&service_changes).await?);
         }
         let encoded = started.elapsed();
         let written = ops.len();
@@ -323,8 +328,34 @@ impl Client {
     }
 
     /// Delete resources in one transaction. Deleting a Namespace deletes everything in it, as
-    /// Kubernetes does. A missing resource is an error unless `ignore_not_found`.
+    /// Kubernetes does. A missing resource is an error unless `ignore_not_found`. A concurrent
+    /// writer touching the same keys (or the same allocation index bucket) makes the whole
+    /// delete retry from a fresh read.
     pub async fn delete(
+        &self,
+        keys: &[ResourceKey],
+        ignore_not_found: bool,
+    ) -> Result<Vec<ResourceKey>> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_delete(keys, ignore_not_found).await {
+                Err(ApiError::Store(StoreError::TxnFailed { source, .. }))
+                    if matches!(
+                        *source,
+                        StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }
+                    ) && attempt < MAX_APPLY_ATTEMPTS =>
+                {
+                    tracing::debug!(attempt, "delete raced a concurrent writer; retrying");
+                    let jitter = u64::from(std::process::id() % 7) + u64::from(attempt) * 3;
+                    tokio::time::sleep(std::time::Duration::from_millis(jitter.min(50))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_delete(
         &self,
         keys: &[ResourceKey],
         ignore_not_found: bool,
@@ -332,8 +363,8 @@ impl Client {
         let mut ops = Vec::new();
         let mut deleted = Vec::new();
         let mut seen = BTreeSet::new();
-        // The deleted Services' allocation index keys (crate::allocation).
-        let mut index_ops = Vec::new();
+        // The deleted Services and what they hold in the allocation index (crate::allocation).
+        let mut services = Vec::new();
         for key in keys {
             let skey = key.store_key();
             if !seen.insert(skey.clone()) {
@@ -342,7 +373,9 @@ impl Client {
             let before = deleted.len();
             let found = match self.store.get(&skey).await? {
                 Some(kv) => {
-                    index_ops.extend(allocation::delete_ops(&kv));
+                    if let Some(held) = allocation::held_by_stored(&kv) {
+                        services.push((kv.key.clone(), held));
+                    }
                     ops.push(TxnOp::Delete {
                         key: skey,
                         expected: Some(kv.mod_revision),
@@ -361,7 +394,9 @@ impl Client {
                     for kv in kvs {
                         if seen.insert(kv.key.clone()) {
                             deleted.push(decode(&kv)?.key());
-                            index_ops.extend(allocation::delete_ops(&kv));
+                            if let Some(held) = allocation::held_by_stored(&kv) {
+                                services.push((kv.key.clone(), held));
+                            }
                             ops.push(TxnOp::Delete {
                                 key: kv.key,
                                 expected: Some(kv.mod_revision),
@@ -377,12 +412,7 @@ impl Client {
             }
         }
         if !ops.is_empty() {
-            let mut index_keys = BTreeSet::new();
-            ops.extend(
-                index_ops
-                    .into_iter()
-                    .filter(|op| index_keys.insert(op.key().to_string())),
-            );
+            ops.extend(allocation::delete_ops(self, &services).await?);
             self.store.txn(ops).await?;
         }
         Ok(deleted)
@@ -502,22 +532,107 @@ fn same_content(new: &Resource, old: &Resource) -> bool {
 }
 
 /// A stable, unique-enough uid: a hash of the key and creation time (no RNG needed).
-fn new_uid(key: &str, now: &str) -> String {
+/// `pid` is [`std::process::id`], read once by the caller (it is a system call).
+fn new_uid(key: &str, now: &str, pid: u32) -> String {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     key.hash(&mut h);
     now.hash(&mut h);
-    std::process::id().hash(&mut h);
+    pid.hash(&mut h);
     let a = h.finish();
     a.hash(&mut h);
     let b = h.finish();
-    let x = format!("{a:016x}{b:016x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &x[0..8],
-        &x[8..12],
-        &x[12..16],
-        &x[16..20],
-        &x[20..32]
-    )
+    // The hex of `a` then `b`, grouped 8-4-4-4-12 as a UUID.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for (i, nibble) in (0..32).enumerate() {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        let word = if nibble < 16 { a } else { b };
+        let shift = 4 * (15 - nibble % 16);
+        out.push(char::from(HEX[((word >> shift) & 0xf) as usize]));
+    }
+    out
+}
+
+/// A resource's store key ([`ResourceKey::store_key`]) without building its `ResourceKey`.
+fn store_key_of(r: &Resource) -> String {
+    let kind = r.kind();
+    let meta = r.meta();
+    let plural = kind.info().plural;
+    let mut out = String::with_capacity(
+        RESOURCE_PREFIX.len()
+            + plural.len()
+            + meta.name.len()
+            + 2
+            + meta.namespace.as_ref().map_or(0, String::len),
+    );
+    out.push_str(RESOURCE_PREFIX);
+    out.push_str(plural);
+    out.push('/');
+    if kind.is_namespaced()
+        && let Some(ns) = &meta.namespace
+    {
+        out.push_str(ns);
+        out.push('/');
+    }
+    out.push_str(&meta.name);
+    out
+}
+
+/// `r` as stored (the JSON of [`Resource::to_json`]), serialized into the reused `buf` and
+/// copied out at its exact size.
+fn encode_into(r: &Resource, buf: &mut Vec<u8>) -> Vec<u8> {
+    buf.clear();
+    serde_json::to_writer(&mut *buf, r).expect("resources always serialize to JSON");
+    buf.as_slice().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_key_of_is_the_resource_keys_store_key() {
+        let docs = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: web}\nspec: {ports: [{port: 80}]}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: t}\nspec: {ports: [{port: 80}]}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: p}\nspec: {cidr: 10.0.0.0/16}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n";
+        let mut resources = serval_model::parse_documents("t.yaml", docs).unwrap();
+        assert_eq!(resources.len(), 4);
+        let mut no_namespace = resources[1].clone();
+        no_namespace.meta_mut().namespace = None;
+        resources.push(no_namespace);
+        for r in &resources {
+            assert_eq!(store_key_of(r), r.key().store_key());
+        }
+    }
+
+    #[test]
+    fn uids_are_the_hex_of_two_hashes_grouped_as_a_uuid() {
+        use std::hash::{Hash, Hasher};
+        let (key, now) = (
+            "/serval/resources/services/default/a",
+            "2026-01-01T00:00:00Z",
+        );
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        now.hash(&mut h);
+        7u32.hash(&mut h);
+        let a = h.finish();
+        a.hash(&mut h);
+        let b = h.finish();
+        let x = format!("{a:016x}{b:016x}");
+        let expected = format!(
+            "{}-{}-{}-{}-{}",
+            &x[0..8],
+            &x[8..12],
+            &x[12..16],
+            &x[16..20],
+            &x[20..32]
+        );
+        assert_eq!(new_uid(key, now, 7), expected);
+        assert_ne!(
+            new_uid("/serval/resources/services/default/b", now, 7),
+            expected
+        );
+    }
 }

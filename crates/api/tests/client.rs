@@ -434,3 +434,231 @@ async fn a_policy_of_a_stored_tier_applies_on_its_own_and_an_unknown_tier_is_ref
         .expect_err("a tier that is neither stored nor applied is refused");
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
+
+const INDEX: &str = "/serval/allocations/services";
+
+/// The allocation index's address keys and their values (JSON objects address → holder).
+async fn index_buckets(
+    c: &Client,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    let (kvs, _) = c.store().list(&format!("{INDEX}/ip")).await.unwrap();
+    kvs.into_iter()
+        .map(|kv| {
+            let v = serde_json::from_slice(&kv.value)
+                .unwrap_or_else(|e| panic!("{} is not a bucket object: {e}", kv.key));
+            (kv.key, v)
+        })
+        .collect()
+}
+
+fn holder(name: &str) -> String {
+    format!("/serval/resources/services/default/{name}")
+}
+
+#[tokio::test]
+async fn many_services_write_one_index_row_per_bucket() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    // 600 addresses over three buckets (10.96.4.x, 10.96.5.x, 10.96.6.0-87).
+    let text: Vec<String> = (0..600)
+        .map(|i| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  clusterIP: 10.96.{}.{}\n  ports: [{{port: 80}}]\n",
+                4 + i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    c.apply(parse(&text.join("---\n")), ApplyMode::Apply)
+        .await
+        .unwrap();
+    let buckets = index_buckets(&c).await;
+    assert_eq!(
+        buckets.keys().cloned().collect::<Vec<_>>(),
+        vec![
+            format!("{INDEX}/ip4/0a6004"),
+            format!("{INDEX}/ip4/0a6005"),
+            format!("{INDEX}/ip4/0a6006")
+        ]
+    );
+    assert_eq!(buckets.values().map(|b| b.len()).sum::<usize>(), 600);
+    assert_eq!(
+        buckets[&format!("{INDEX}/ip4/0a6005")]["10.96.5.7"],
+        holder("s263")
+    );
+    // A second Service asking for a held address is refused.
+    let err = c
+        .apply(
+            service("late", "  clusterIP: 10.96.6.1\n"),
+            ApplyMode::Apply,
+        )
+        .await
+        .expect_err("held by s513");
+    assert!(err.to_string().contains("already allocated"), "{err}");
+}
+
+#[tokio::test]
+async fn the_allocation_index_of_the_per_address_layout_is_converted_to_buckets() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    // Written as version 1 of the index did: one key per address and per node port, and a
+    // marker whose cursor says automatic allocation continues at offset 5.
+    let mut old = parse(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: old}\nspec:\n  clusterIP: 10.96.0.2\n  type: NodePort\n  ports: [{port: 80, nodePort: 30000}]\n",
+    );
+    let Resource::Service(s) = &mut old[0] else {
+        unreachable!()
+    };
+    s.spec.cluster_ips = vec!["10.96.0.2".into()];
+    c.put(old.remove(0), None).await.unwrap();
+    let put = |key: String, value: &str| serval_store::TxnOp::Put {
+        key,
+        value: value.as_bytes().to_vec(),
+    };
+    c.store()
+        .txn(vec![
+            put(format!("{INDEX}/ip4/0a600002"), &holder("old")),
+            put(format!("{INDEX}/nodeport/TCP/30000"), &holder("old")),
+            put(INDEX.into(), r#"{"version":1,"next":{"4":"5"}}"#),
+        ])
+        .await
+        .unwrap();
+    c.apply(service("new", "  type: NodePort\n"), ApplyMode::Apply)
+        .await
+        .unwrap();
+    let new = get_service(&c, "new").await;
+    // The cursor survived the conversion: 10.96.0.2 + 5.
+    assert_eq!(new.spec.cluster_ip.as_deref(), Some("10.96.0.7"));
+    assert_ne!(new.spec.ports[0].node_port.map(|p| p.0), Some(30000));
+    // The per-address key is gone; one bucket holds both addresses.
+    let buckets = index_buckets(&c).await;
+    assert_eq!(buckets.len(), 1, "{buckets:?}");
+    let bucket = &buckets[&format!("{INDEX}/ip4/0a6000")];
+    assert_eq!(bucket["10.96.0.2"], holder("old"));
+    assert_eq!(bucket["10.96.0.7"], holder("new"));
+    let marker = c.store().get(INDEX).await.unwrap().expect("marker");
+    let marker: serde_json::Value = serde_json::from_slice(&marker.value).unwrap();
+    assert_eq!(marker["version"], 2, "{marker}");
+    let err = c
+        .apply(
+            service("third", "  clusterIP: 10.96.0.2\n"),
+            ApplyMode::Apply,
+        )
+        .await
+        .expect_err("held by the service of the converted index");
+    assert!(err.to_string().contains("already allocated"), "{err}");
+}
+
+#[tokio::test]
+async fn concurrent_applies_in_one_bucket_all_land_and_never_share_an_address() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    // A stored Service makes the bucket exist, so the racers all update it (compare-and-swap).
+    let c = client(&f).await;
+    c.apply(
+        service("first", "  clusterIP: 10.96.9.1\n"),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let c = Client::new(f.open().await.unwrap());
+        tasks.push(tokio::spawn(async move {
+            // Distinct addresses of one bucket, plus two racers for the same address.
+            let ip = if i < 6 {
+                format!("10.96.9.{}", 10 + i)
+            } else {
+                "10.96.9.100".to_string()
+            };
+            let svc = format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: r{i}}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80}}]\n"
+            );
+            c.apply(parse(&svc), ApplyMode::Apply).await
+        }));
+    }
+    let mut refused = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        match t.await.unwrap() {
+            Ok(_) => {}
+            Err(e) if i >= 6 && e.to_string().contains("already allocated") => refused += 1,
+            Err(e) => panic!("r{i}: {e}"),
+        }
+    }
+    assert_eq!(
+        refused, 1,
+        "exactly one of the two racers for 10.96.9.100 loses"
+    );
+    let buckets = index_buckets(&c).await;
+    let bucket = &buckets[&format!("{INDEX}/ip4/0a6009")];
+    assert_eq!(bucket.len(), 8, "{bucket:?}");
+    for i in 0..6 {
+        assert_eq!(
+            bucket[&format!("10.96.9.{}", 10 + i)],
+            holder(&format!("r{i}"))
+        );
+    }
+    let winner = &bucket["10.96.9.100"];
+    let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
+    assert_eq!(svcs.len(), 8);
+    let winner = key_from_store_key(winner).expect("a service key");
+    assert_eq!(
+        get_service(&c, &winner.name)
+            .await
+            .spec
+            .cluster_ip
+            .as_deref(),
+        Some("10.96.9.100")
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_service_frees_its_address_in_its_bucket_for_reuse() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    c.apply(service("a", "  clusterIP: 10.96.7.7\n"), ApplyMode::Apply)
+        .await
+        .unwrap();
+    c.apply(service("b", "  clusterIP: 10.96.7.8\n"), ApplyMode::Apply)
+        .await
+        .unwrap();
+    let key = format!("{INDEX}/ip4/0a6007");
+    assert_eq!(index_buckets(&c).await[&key].len(), 2);
+    // A delete racing an apply in the same bucket: both land, the bucket stays exact.
+    let (c1, c2) = (
+        Client::new(f.open().await.unwrap()),
+        Client::new(f.open().await.unwrap()),
+    );
+    let del = tokio::spawn(async move {
+        c1.delete(
+            &[ResourceKey::new(Kind::Service, Some("default"), "a")],
+            false,
+        )
+        .await
+    });
+    let add = tokio::spawn(async move {
+        c2.apply(service("c", "  clusterIP: 10.96.7.9\n"), ApplyMode::Apply)
+            .await
+    });
+    del.await.unwrap().expect("delete");
+    add.await.unwrap().expect("apply");
+    let bucket = index_buckets(&c).await[&key].clone();
+    assert_eq!(
+        bucket.keys().cloned().collect::<Vec<_>>(),
+        vec!["10.96.7.8".to_string(), "10.96.7.9".to_string()]
+    );
+    // The freed address is taken by another Service.
+    c.apply(service("d", "  clusterIP: 10.96.7.7\n"), ApplyMode::Apply)
+        .await
+        .expect("10.96.7.7 is free again");
+    assert_eq!(index_buckets(&c).await[&key]["10.96.7.7"], holder("d"));
+    // Deleting every holder leaves an empty bucket, and nothing holds the addresses.
+    let keys: Vec<ResourceKey> = ["b", "c", "d"]
+        .iter()
+        .map(|n| ResourceKey::new(Kind::Service, Some("default"), n))
+        .collect();
+    c.delete(&keys, false).await.unwrap();
+    assert!(index_buckets(&c).await[&key].is_empty());
+    c.apply(service("e", "  clusterIP: 10.96.7.8\n"), ApplyMode::Apply)
+        .await
+        .expect("10.96.7.8 is free again");
+}
