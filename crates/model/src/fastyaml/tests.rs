@@ -462,3 +462,51 @@ proptest! {
         check("random-2", &format!("{text}---\n{SERVICE}"));
     }
 }
+
+/// Service-shaped documents with each field drawn from valid and invalid spellings, so that
+/// both outcomes (taken with the same resources, or left to the `Value` path) are exercised.
+fn field(choices: &'static [&'static str]) -> impl Strategy<Value = &'static str> {
+    prop::sample::select(choices)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn random_services(
+        name in field(&["web", "'web'", "\"web\"", "web # c", "Web", "1web", "", "~", "w-1"]),
+        ns in field(&["default", "'shop'", "", "x_y", "null"]),
+        label in field(&["app: web", "app: '80'", "app: 80", "'app': web", "a.b/c: d", "app:", "{}"]),
+        cip in field(&["10.96.0.1", "\"10.96.0.1\"", "None", "10.96.0", "fd00::1", "1.5", ""]),
+        type_ in field(&["ClusterIP", "NodePort", "LoadBalancer", "Nodeport", "'NodePort'", ""]),
+        port in field(&["80", "'80'", "0", "65536", "080", "http", "8_0", "443 # https"]),
+        target in field(&["8080", "http", "'8080'", "-1", "", "0x50"]),
+        proto in field(&["TCP", "UDP", "SCTP", "tcp", "'TCP'", ""]),
+        dash in field(&["    - ", "  - ", "    -   "]),
+        extra in field(&["", "  publishNotReadyAddresses: true\n", "  sessionAffinity: ClientIP\n",
+                         "  externalIPs:\n  - 192.0.2.1\n", "  bogus: 1\n", "  ports: []\n"]),
+    ) {
+        let pad = " ".repeat(dash.len());
+        let mut text = format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n");
+        if !ns.is_empty() {
+            text.push_str(&format!("  namespace: {ns}\n"));
+        }
+        text.push_str(&format!("  labels:\n    {label}\nspec:\n"));
+        if !cip.is_empty() {
+            text.push_str(&format!("  clusterIP: {cip}\n"));
+        }
+        if !type_.is_empty() {
+            text.push_str(&format!("  type: {type_}\n"));
+        }
+        text.push_str(&format!("  ports:\n{dash}port: {port}\n"));
+        if !target.is_empty() {
+            text.push_str(&format!("{pad}targetPort: {target}\n"));
+        }
+        if !proto.is_empty() {
+            text.push_str(&format!("{pad}protocol: {proto}\n"));
+        }
+        text.push_str(extra);
+        check("service", &text);
+        check("services", &format!("{SERVICE}---\n{text}---\n"));
+    }
+}
