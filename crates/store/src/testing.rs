@@ -95,6 +95,18 @@ impl SqliteFile {
         Ok(SqliteFile { dir, path })
     }
 
+    /// Like [`SqliteFile::new`], with the file already written in the first sqlite layout (rowid
+    /// tables and 4 KiB pages), as a version before the `WITHOUT ROWID` layout created it:
+    /// stores opened on it keep that layout.
+    pub fn with_rowid_layout() -> Result<Self, TestingError> {
+        let file = Self::new()?;
+        crate::sqlite::create_rowid_layout(&file.path).map_err(|source| StoreError::Sqlite {
+            path: file.path.display().to_string(),
+            source,
+        })?;
+        Ok(file)
+    }
+
     /// The database file (it does not exist until the store is opened).
     pub fn path(&self) -> &Path {
         &self.path

@@ -1,5 +1,6 @@
 //! One conformance suite for every [`Datastore`] backend: each case below runs against a fresh
-//! sqlite file and a fresh real etcd server (`suite!` at the bottom).
+//! sqlite file, a fresh sqlite file in the layout earlier versions created (rowid tables) and a
+//! fresh real etcd server (`suite!` at the bottom).
 
 mod common;
 
@@ -18,6 +19,16 @@ struct Fixture {
 
 async fn sqlite() -> Result<Fixture> {
     let file = SqliteFile::new()?;
+    let store = file.open().await?;
+    Ok(Fixture {
+        store,
+        _guard: Box::new(file),
+    })
+}
+
+/// A sqlite file in the layout an earlier version created (rowid tables, 4 KiB pages).
+async fn sqlite_rowid() -> Result<Fixture> {
+    let file = SqliteFile::with_rowid_layout()?;
     let store = file.open().await?;
     Ok(Fixture {
         store,
@@ -234,6 +245,7 @@ mod cases {
     ) -> Result<()> {
         let rx = store.create("/t/x", b"x1".to_vec()).await?;
         let rx2 = store.update("/t/x", b"x2".to_vec(), rx).await?;
+        store.create("/t/b", b"b".to_vec()).await?;
         let before = store.list("").await?;
         /// Operations, the index expected to fail, and a check of the cause.
         type Attempt = (Vec<TxnOp>, usize, fn(&StoreError) -> bool);
@@ -291,6 +303,41 @@ mod cases {
                 ],
                 0,
                 |e| matches!(e, StoreError::NotFound { key } if key == "/t/missing"),
+            ),
+            // Several failing operations: the first in operation order is named, whichever
+            // kind fails and however the keys sort.
+            (
+                vec![
+                    TxnOp::Create {
+                        key: "/t/x".into(),
+                        value: b"dup".to_vec(),
+                    },
+                    TxnOp::Update {
+                        key: "/t/missing".into(),
+                        value: b"m".to_vec(),
+                        expected: rx2,
+                    },
+                ],
+                0,
+                |e| matches!(e, StoreError::AlreadyExists { key } if key == "/t/x"),
+            ),
+            (
+                vec![
+                    TxnOp::Create {
+                        key: "/t/new1".into(),
+                        value: b"1".to_vec(),
+                    },
+                    TxnOp::Create {
+                        key: "/t/x".into(),
+                        value: b"dup".to_vec(),
+                    },
+                    TxnOp::Create {
+                        key: "/t/b".into(),
+                        value: b"dup".to_vec(),
+                    },
+                ],
+                1,
+                |e| matches!(e, StoreError::AlreadyExists { key } if key == "/t/x"),
             ),
             (
                 vec![
@@ -644,4 +691,5 @@ macro_rules! suite {
 }
 
 suite!(sqlite);
+suite!(sqlite_rowid);
 suite!(etcd);
