@@ -31,6 +31,9 @@ const MAX_APPLY_ATTEMPTS: u32 = 30;
 /// key; above it, the kind is listed once.
 const KEY_BY_KEY_MAX: usize = 64;
 
+/// From this many resources on, an apply's working copy is cloned on a blocking thread.
+const BACKGROUND_COPY_MIN: usize = 1024;
+
 /// How `apply` treats resources that already exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyMode {
@@ -128,10 +131,11 @@ impl Client {
         resources: Vec<Resource>,
         mode: ApplyMode,
     ) -> Result<Vec<(ResourceKey, Outcome)>> {
+        let input = Arc::new(resources);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_apply(resources.clone(), mode).await {
+            match self.try_apply(&input, mode).await {
                 Err(ApiError::Store(StoreError::TxnFailed { source, .. }))
                     if matches!(
                         *source,
@@ -148,22 +152,30 @@ impl Client {
         }
     }
 
+    /// One attempt of [`Client::apply`] on a working copy of `input` (admission fills in
+    /// allocations; a retry starts again from `input`).
     async fn try_apply(
         &self,
-        mut resources: Vec<Resource>,
+        input: &Arc<Vec<Resource>>,
         mode: ApplyMode,
     ) -> Result<Vec<(ResourceKey, Outcome)>> {
         // Existing state of the applied resources, for CAS and outcomes: read key by key for a
         // small apply, kind by kind for a large one (never every resource of a kind to change
         // one). Cross-resource validation reads the kinds it checks (pools, tiers).
         let started = std::time::Instant::now();
-        let kinds: BTreeSet<Kind> = resources.iter().map(|r| r.kind()).collect();
-        // Each resource's store key, computed once (index-aligned with `resources`).
-        let skeys: Vec<String> = resources.iter().map(store_key_of).collect();
+        // The working copy of a large apply is cloned on a blocking thread while the stored
+        // state is read and the input validated (cloning 50,000 Services takes tens of ms).
+        let pending_copy = (input.len() >= BACKGROUND_COPY_MIN).then(|| {
+            let input = Arc::clone(input);
+            tokio::task::spawn_blocking(move || input.to_vec())
+        });
+        let kinds: BTreeSet<Kind> = input.iter().map(|r| r.kind()).collect();
+        // Each resource's store key, computed once (index-aligned with the input).
+        let skeys: Vec<String> = input.iter().map(store_key_of).collect();
         let mut existing: BTreeMap<String, (Resource, Revision)> = BTreeMap::new();
         let mut existing_list = Vec::new();
         for kind in &kinds {
-            let of_kind: Vec<&String> = resources
+            let of_kind: Vec<&String> = input
                 .iter()
                 .zip(&skeys)
                 .filter(|(r, _)| r.kind() == *kind)
@@ -201,8 +213,14 @@ impl Client {
             }
         }
         let read = started.elapsed();
-        serval_model::validate_set(&resources, &existing_list)?;
+        serval_model::validate_set(input, &existing_list)?;
         let validated = started.elapsed();
+        let mut resources = match pending_copy {
+            Some(copy) => copy.await.expect("cloning resources does not panic"),
+            None => input.to_vec(),
+        };
+        // Waiting for the working copy (in admit_ms): what the copy took beyond read+validate.
+        let copied = started.elapsed();
         admission::bind_pods(self, &mut resources, &skeys, &existing).await?;
         let alloc = admission::allocate_services(self, &mut resources, &skeys, &existing).await?;
         let admitted = started.elapsed();
@@ -216,18 +234,17 @@ impl Client {
         // One serialization buffer for every value; each value is then copied out at its size.
         let mut buf = Vec::with_capacity(4096);
         for (mut r, skey) in resources.into_iter().zip(skeys) {
-            let key = r.key();
-            match existing.get(&skey) {
+            match existing.get_mut(&skey) {
                 Some((old, rev)) => {
                     if mode == ApplyMode::Create {
-                        return Err(ApiError::AlreadyExists { key });
+                        return Err(ApiError::AlreadyExists { key: r.key() });
                     }
                     // A resourceVersion in the input is a precondition, as in Kubernetes.
                     let expected = match &r.meta().resource_version {
                         Some(v) => {
                             v.parse::<Revision>()
                                 .map_err(|_| ApiError::BadResourceVersion {
-                                    key: key.clone(),
+                                    key: r.key(),
                                     value: v.clone(),
                                 })?
                         }
@@ -245,11 +262,16 @@ impl Client {
                     meta.creation_timestamp = old.meta().creation_timestamp.clone();
                     meta.resource_version = None;
                     keep_status(&mut r, old);
-                    if same_content(&r, old) {
-                        outcomes.push((key, Outcome::Unchanged));
+                    // Unchanged when the JSON it would store is the stored one's (both
+                    // without resourceVersion).
+                    let value = encode_into(&r, &mut buf);
+                    old.meta_mut().resource_version = None;
+                    serialize_into(old, &mut buf);
+                    if value == buf {
+                        outcomes.push((take_key(&mut r), Outcome::Unchanged));
                         continue;
                     }
-                    if let (Resource::Service(new), Resource::Service(old)) = (&r, old) {
+                    if let (Resource::Service(new), Resource::Service(old)) = (&r, &*old) {
                         service_changes.push((
                             skey.clone(),
                             allocation::held(old),
@@ -258,10 +280,10 @@ impl Client {
                     }
                     ops.push(TxnOp::Update {
                         key: skey,
-                        value: encode_into(&r, &mut buf),
+                        value,
                         expected,
                     });
-                    outcomes.push((key, Outcome::Configured));
+                    outcomes.push((take_key(&mut r), Outcome::Configured));
                 }
                 None => {
                     let meta = r.meta_mut();
@@ -279,7 +301,7 @@ impl Client {
                         key: skey,
                         value: encode_into(&r, &mut buf),
                     });
-                    outcomes.push((key, Outcome::Created));
+                    outcomes.push((take_key(&mut r), Outcome::Created));
                 }
             }
         }
@@ -298,6 +320,7 @@ impl Client {
             read_ms = ms(read),
             validate_ms = ms(validated - read),
             admit_ms = ms(admitted - validated),
+            copy_wait_ms = ms(copied - validated),
             encode_ms = ms(encoded - admitted),
             store_ms = ms(started.elapsed() - encoded),
             "apply"
@@ -522,13 +545,15 @@ fn keep_status(new: &mut Resource, old: &Resource) {
     }
 }
 
-fn same_content(new: &Resource, old: &Resource) -> bool {
-    let strip = |r: &Resource| {
-        let mut r = r.clone();
-        r.meta_mut().resource_version = None;
-        r.to_json()
-    };
-    strip(new) == strip(old)
+/// `r`'s key, its namespace and name moved out of it (for a resource about to be dropped).
+fn take_key(r: &mut Resource) -> ResourceKey {
+    let kind = r.kind();
+    let meta = r.meta_mut();
+    ResourceKey {
+        kind,
+        namespace: meta.namespace.take(),
+        name: std::mem::take(&mut meta.name),
+    }
 }
 
 /// A stable, unique-enough uid: a hash of the key and creation time (no RNG needed).
@@ -584,9 +609,14 @@ fn store_key_of(r: &Resource) -> String {
 /// `r` as stored (the JSON of [`Resource::to_json`]), serialized into the reused `buf` and
 /// copied out at its exact size.
 fn encode_into(r: &Resource, buf: &mut Vec<u8>) -> Vec<u8> {
+    serialize_into(r, buf);
+    buf.as_slice().to_vec()
+}
+
+/// Replaces `buf`'s contents with `r`'s stored JSON.
+fn serialize_into(r: &Resource, buf: &mut Vec<u8>) {
     buf.clear();
     serde_json::to_writer(&mut *buf, r).expect("resources always serialize to JSON");
-    buf.as_slice().to_vec()
 }
 
 #[cfg(test)]

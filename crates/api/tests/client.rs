@@ -459,8 +459,9 @@ fn holder(name: &str) -> String {
 async fn many_services_write_one_index_row_per_bucket() {
     let f = SqliteFile::new().expect("temp sqlite");
     let c = client(&f).await;
-    // 600 addresses over three buckets (10.96.4.x, 10.96.5.x, 10.96.6.0-87).
-    let text: Vec<String> = (0..600)
+    // 1,100 addresses over five buckets (10.96.4.x to 10.96.7.x, 10.96.8.0-75); an apply
+    // this large also takes the path that copies its input on a blocking thread.
+    let text: Vec<String> = (0..1100)
         .map(|i| {
             format!(
                 "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  clusterIP: 10.96.{}.{}\n  ports: [{{port: 80}}]\n",
@@ -475,13 +476,12 @@ async fn many_services_write_one_index_row_per_bucket() {
     let buckets = index_buckets(&c).await;
     assert_eq!(
         buckets.keys().cloned().collect::<Vec<_>>(),
-        vec![
-            format!("{INDEX}/ip4/0a6004"),
-            format!("{INDEX}/ip4/0a6005"),
-            format!("{INDEX}/ip4/0a6006")
-        ]
+        (4..=8)
+            .map(|b| format!("{INDEX}/ip4/0a60{b:02x}"))
+            .collect::<Vec<_>>()
     );
-    assert_eq!(buckets.values().map(|b| b.len()).sum::<usize>(), 600);
+    assert_eq!(buckets.values().map(|b| b.len()).sum::<usize>(), 1100);
+    assert_eq!(buckets[&format!("{INDEX}/ip4/0a6008")].len(), 76);
     assert_eq!(
         buckets[&format!("{INDEX}/ip4/0a6005")]["10.96.5.7"],
         holder("s263")
@@ -494,6 +494,12 @@ async fn many_services_write_one_index_row_per_bucket() {
         )
         .await
         .expect_err("held by s513");
+    // Re-applying all of them changes nothing.
+    let outcomes = c
+        .apply(parse(&text.join("---\n")), ApplyMode::Apply)
+        .await
+        .unwrap();
+    assert!(outcomes.iter().all(|(_, o)| *o == Outcome::Unchanged));
     assert!(err.to_string().contains("already allocated"), "{err}");
 }
 
