@@ -219,7 +219,7 @@ impl Client {
             Some(copy) => copy.await.expect("cloning resources does not panic"),
             None => input.to_vec(),
         };
-        // Waiting for the working copy (in admit_ms): what the copy took beyond read+validate.
+        // Waiting for the working copy: what the copy took beyond read and validate.
         let copied = started.elapsed();
         admission::bind_pods(self, &mut resources, &skeys, &existing).await?;
         let alloc = admission::allocate_services(self, &mut resources, &skeys, &existing).await?;
@@ -319,8 +319,8 @@ impl Client {
             written,
             read_ms = ms(read),
             validate_ms = ms(validated - read),
-            admit_ms = ms(admitted - validated),
             copy_wait_ms = ms(copied - validated),
+            admit_ms = ms(admitted - copied),
             encode_ms = ms(encoded - admitted),
             store_ms = ms(started.elapsed() - encoded),
             "apply"
