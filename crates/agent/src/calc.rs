@@ -181,7 +181,10 @@ fn absorb_into(
     let incremental = |k: Kind| matches!(k, Kind::Service | Kind::EndpointSlice);
     match change {
         ResourceChange::Applied(r) if *synced && incremental(r.kind()) => {
-            let old = old_slice(model, &r.key());
+            // A Service's key is not needed (its old version feeds no other service).
+            let old = (r.kind() == Kind::EndpointSlice)
+                .then(|| old_slice(model, &r.key()))
+                .flatten();
             let new = (r.kind() == Kind::EndpointSlice).then(|| (*r).clone());
             let name = (r.meta().namespace_str().to_string(), r.meta().name.clone());
             let kind = r.kind();
@@ -773,7 +776,7 @@ impl Pipeline {
             Calculated::Services { services, .. } | Calculated::Policy { services, .. } => Some(
                 services
                     .changed
-                    .keys()
+                    .iter()
                     .chain(services.removed.iter())
                     .cloned()
                     .collect(),

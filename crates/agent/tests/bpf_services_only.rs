@@ -57,7 +57,7 @@ fn model(services: impl IntoIterator<Item = Resource>) -> Model {
 /// The frontend keys that differ between two states (what the pipeline passes).
 fn changed(old: &DesiredState, new: &DesiredState) -> Vec<FrontendKey> {
     let d = old.services.diff(&new.services);
-    d.changed.keys().chain(d.removed.iter()).cloned().collect()
+    d.changed.iter().chain(d.removed.iter()).cloned().collect()
 }
 
 fn fe_count(pins: &PinScope) -> usize {

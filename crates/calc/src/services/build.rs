@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serval_model::k8s::{Service, ServiceSpec, ServiceType, TrafficPolicy};
 use serval_model::net::IpFamily;
 
-use super::{Backend, Frontend, FrontendKey, FrontendKind, backends};
+use super::{Frontend, FrontendKey, FrontendKind, backends};
 use crate::endpoints::Endpoint;
 use crate::model::Model;
 
@@ -106,26 +106,27 @@ impl<'a> Context<'a> {
         };
 
         for port in &spec.ports {
-            let mut by_family: BTreeMap<IpFamily, Vec<Backend>> = BTreeMap::new();
-            let mut backends_for = |ip: &IpAddr| {
-                let fam = IpFamily::of_addr(ip);
-                by_family
-                    .entry(fam)
-                    .or_insert_with(|| backends::backends(self, namespace, name, svc, port, fam))
-                    .clone()
-            };
+            // The keys this port adds, with their address family: their backends are
+            // filled in below, computed once per family and moved into the last frontend
+            // of that family rather than cloned (one frontend per family is the common case).
+            let mut added: Vec<(FrontendKey, IpFamily)> = Vec::new();
             let mut add = |ip: IpAddr, p: u16, kind: FrontendKind, node: Option<String>| {
                 let key = FrontendKey {
                     ip,
                     port: p,
                     protocol: port.protocol,
                 };
+                // Two frontends of one service on one key (an externalIP equal to a node
+                // address, say): the first kind in this order wins.
+                if out.contains_key(&key) {
+                    return;
+                }
                 let external = kind.is_external();
                 let f = Frontend {
                     service: service.clone(),
                     port_name: port.name.clone(),
                     kind,
-                    backends: backends_for(&ip),
+                    backends: Vec::new(),
                     affinity_timeout,
                     external_local: external && external_local,
                     internal_local,
@@ -133,9 +134,8 @@ impl<'a> Context<'a> {
                     node,
                     maglev: crate::maglev::applies(wants_maglev, kind, external_local),
                 };
-                // Two frontends of one service on one key (an externalIP equal to a node
-                // address, say): the first kind in this order wins.
-                out.entry(key).or_insert(f);
+                added.push((key.clone(), IpFamily::of_addr(&ip)));
+                out.insert(key, f);
             };
             for ip in &cluster_ips {
                 add(*ip, port.port.get(), FrontendKind::ClusterIP, None);
@@ -150,6 +150,25 @@ impl<'a> Context<'a> {
             }
             for ip in &lb_ips {
                 add(*ip, port.port.get(), FrontendKind::LoadBalancer, None);
+            }
+            for fam in [IpFamily::V4, IpFamily::V6] {
+                let keys: Vec<&FrontendKey> = added
+                    .iter()
+                    .filter(|(_, f)| *f == fam)
+                    .map(|(k, _)| k)
+                    .collect();
+                let Some((last, rest)) = keys.split_last() else {
+                    continue;
+                };
+                let backends = backends::backends(self, namespace, name, svc, port, fam);
+                for k in rest {
+                    if let Some(f) = out.get_mut(*k) {
+                        f.backends = backends.clone();
+                    }
+                }
+                if let Some(f) = out.get_mut(*last) {
+                    f.backends = backends;
+                }
             }
         }
         out

@@ -207,8 +207,8 @@ pub enum ServiceDecision {
 /// Changes between two [`ServiceState`]s, by frontend key.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct FrontendDelta {
-    /// Added or changed frontends with their new value.
-    pub changed: BTreeMap<FrontendKey, Frontend>,
+    /// Added or changed frontends (their new value is in the state the delta leads to).
+    pub changed: BTreeSet<FrontendKey>,
     pub removed: BTreeSet<FrontendKey>,
 }
 
@@ -263,8 +263,8 @@ impl ServiceState {
                 }
                 Some(cur) if *cur == f => {}
                 _ => {
-                    self.frontends.insert(k.clone(), f.clone());
-                    delta.changed.insert(k, f);
+                    self.frontends.insert(k.clone(), f);
+                    delta.changed.insert(k);
                 }
             }
         }
@@ -276,7 +276,7 @@ impl ServiceState {
         let mut delta = FrontendDelta::default();
         for (k, f) in &new.frontends {
             if self.frontends.get(k) != Some(f) {
-                delta.changed.insert(k.clone(), f.clone());
+                delta.changed.insert(k.clone());
             }
         }
         for k in self.frontends.keys() {

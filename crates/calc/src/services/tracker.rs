@@ -71,8 +71,8 @@ impl ServiceTracker {
         }
         let ctx = Context::new(model, this_node, node_addrs);
         for key in changed {
-            let new = match model.service(&key.0, &key.1) {
-                Some(svc) => ctx.frontends(&key.0, &key.1, &svc),
+            let new = match model.services.get(key) {
+                Some(entry) => ctx.frontends(&key.0, &key.1, &entry.to_service(&key.0, &key.1)),
                 None => BTreeMap::new(),
             };
             self.replace(&ctx, state, key, new, &mut delta);
@@ -113,7 +113,7 @@ impl ServiceTracker {
 
     fn set(state: &mut ServiceState, k: FrontendKey, f: Frontend, delta: &mut FrontendDelta) {
         delta.removed.remove(&k);
-        delta.changed.insert(k.clone(), f.clone());
+        delta.changed.insert(k.clone());
         state.frontends.insert(k, f);
     }
 
@@ -187,7 +187,12 @@ impl ServiceTracker {
         // The next claimant in order takes the key over. A claimant whose frontends no longer
         // hold it is itself in this update and will release it.
         for other in others {
-            let Some(svc) = ctx.model.service(&other.0, &other.1) else {
+            let Some(svc) = ctx
+                .model
+                .services
+                .get(&other)
+                .map(|e| e.to_service(&other.0, &other.1))
+            else {
                 continue;
             };
             if let Some(f) = ctx.frontends(&other.0, &other.1, &svc).remove(k) {

@@ -21,7 +21,7 @@ use serval_dp_bpf::abi::{
     SV_NAT_FE_F_EXT_LOCAL, SV_NAT_FE_F_EXTERNAL, SV_NAT_FE_F_INT_LOCAL, SV_NAT_FE_F_MAGLEV,
 };
 
-use super::{MapContents, fnv32};
+use super::MapContents;
 
 /// The `sv_nat_fe` key of a frontend.
 pub(super) fn fe_key(k: &FrontendKey) -> NatFeKey {
@@ -175,6 +175,7 @@ impl ServiceMirror {
 
     /// The write of `pending` (from [`Self::update`]) succeeded.
     pub(super) fn commit(&mut self, pending: Pending) {
+        self.digests.reserve(pending.0.len());
         for (k, d) in pending.0 {
             match d {
                 Some(d) => self.digests.insert(k, d),
@@ -201,8 +202,9 @@ impl ServiceMirror {
         if !self.valid || self.maglev > 0 || node != self.node {
             return None;
         }
-        let mut changes: Vec<Change> = Vec::new();
-        let mut seen = HashSet::new();
+        let expected = hint.map_or(state.services.frontends.len(), <[_]>::len);
+        let mut changes: Vec<Change> = Vec::with_capacity(expected);
+        let mut seen = HashSet::with_capacity(expected);
         let mut consider = |k: &FrontendKey, new: Option<&Frontend>, changes: &mut Vec<Change>| {
             let fk = fe_key(k);
             if !seen.insert(fk) {
@@ -264,6 +266,17 @@ impl ServiceMirror {
     ) -> (ServiceDelta, Pending) {
         let mut d = ServiceDelta::default();
         let mut pending = Vec::with_capacity(changes.len());
+        // A burst of new services grows the maps by as many entries: room for them at once
+        // rather than by repeated doubling (each rehashing every entry so far).
+        let (sets, entries) = changes.iter().fold((0, 0), |(s, e), c| match c {
+            Change::Set { entries, .. } => (s + 1, e + entries.len()),
+            Change::Removed(_) => (s, e),
+        });
+        fe.reserve(sets);
+        be.reserve(entries);
+        self.taken.reserve(sets);
+        d.fe_up.reserve(sets);
+        d.be_up.reserve(entries);
         // The ids of removed frontends are freed only after this write: a new frontend
         // taking one now would have its backends' upserts undone by the deletes.
         let mut freed = Vec::new();
@@ -300,7 +313,7 @@ impl ServiceMirror {
             let svc_id = match old {
                 Some(v) if v.svc_id != 0 => v.svc_id,
                 _ => {
-                    let mut id = fnv32(&key.to_string()).max(1);
+                    let mut id = fnv32_of(&key).max(1);
                     while !self.taken.insert(id) {
                         id = id.checked_add(1).unwrap_or(1);
                     }
@@ -333,6 +346,24 @@ impl ServiceMirror {
         }
         (d, Pending(pending))
     }
+}
+
+/// [`fnv32`](super::fnv32) of `value`'s text (the full path's service id), without building the string.
+fn fnv32_of(value: &impl std::fmt::Display) -> u32 {
+    struct Fnv(u64);
+    impl std::fmt::Write for Fnv {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            for b in s.bytes() {
+                self.0 ^= u64::from(b);
+                self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+            }
+            Ok(())
+        }
+    }
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    // Writing to `Fnv` cannot fail; a Display that fails would only change the id.
+    let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{value}"));
+    (h.0 ^ (h.0 >> 32)) as u32
 }
 
 /// One frontend that differs from what was last written.
@@ -441,7 +472,7 @@ mod tests {
     use serval_calc::services::{Backend, FrontendKind};
     use serval_model::types::Protocol;
 
-    use super::super::{HostView, desired_contents, map_diff};
+    use super::super::{HostView, desired_contents, fnv32, map_diff};
     use super::*;
 
     /// A small deterministic generator (xorshift64*).
@@ -457,6 +488,17 @@ mod tests {
         fn below(&mut self, n: u64) -> u64 {
             self.next() % n
         }
+    }
+
+    /// The service id the incremental path gives a new frontend is the one the full path
+    /// gives it (both hash the key's text).
+    #[test]
+    fn fnv32_of_hashes_the_text() {
+        for i in 0..64 {
+            let k = key(i);
+            assert_eq!(fnv32_of(&k), fnv32(&k.to_string()), "{k}");
+        }
+        assert_ne!(fnv32_of(&key(1)), fnv32_of(&key(2)));
     }
 
     fn key(i: u64) -> FrontendKey {

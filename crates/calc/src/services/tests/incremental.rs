@@ -51,11 +51,11 @@ spec:
     let delta = before.diff(&after);
     assert!(delta.removed.is_empty());
     assert_eq!(
-        delta.changed.keys().cloned().collect::<Vec<_>>(),
+        delta.changed.iter().cloned().collect::<Vec<_>>(),
         [tcp("10.96.0.10", 80)]
     );
     assert_eq!(
-        backend_ips(&delta.changed[&tcp("10.96.0.10", 80)]),
+        backend_ips(&after.frontends[&tcp("10.96.0.10", 80)]),
         ["10.244.2.1:8080@n2"]
     );
 
