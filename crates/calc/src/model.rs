@@ -137,10 +137,27 @@ impl ServiceEntry {
 
     /// [`ServiceEntry::new`], sharing the selector and ports of `share` when equal.
     fn sharing(mut svc: Service, share: &mut ServiceShare) -> ServiceEntry {
-        let selector: SharedLabels =
-            compact::labels_from(std::mem::take(&mut svc.spec.selector)).into();
-        let selector = shared(&mut share.selector, selector);
-        let ports = shared(&mut share.ports, std::mem::take(&mut svc.spec.ports).into());
+        // Compared with the shared copies before anything is allocated for them.
+        let selector = std::mem::take(&mut svc.spec.selector);
+        let selector = match &share.selector {
+            Some(s)
+                if s.len() == selector.len()
+                    && s.iter()
+                        .zip(&selector)
+                        .all(|((a, b), (k, v))| **a == **k && **b == **v) =>
+            {
+                s.clone()
+            }
+            _ => shared(
+                &mut share.selector,
+                SharedLabels::from(compact::labels_from(selector)),
+            ),
+        };
+        let ports = std::mem::take(&mut svc.spec.ports);
+        let ports = match &share.ports {
+            Some(p) if **p == *ports => p.clone(),
+            _ => shared(&mut share.ports, ports.into()),
+        };
         let spec = &mut svc.spec;
         let cluster_ips_is_cluster_ip =
             spec.cluster_ips.len() == 1 && spec.cluster_ip.as_ref() == spec.cluster_ips.first();

@@ -70,6 +70,13 @@ impl ServiceTracker {
             return delta;
         }
         let ctx = Context::new(model, this_node, node_addrs);
+        // A burst of new services: room for their claims at once (at most as many as the
+        // model holds services beyond those with claims).
+        self.claims.reserve(
+            changed
+                .len()
+                .min(model.services.len().saturating_sub(self.claims.len())),
+        );
         for key in changed {
             let new = match model.services.get(key) {
                 Some(entry) => ctx.frontends(&key.0, &key.1, &entry.to_service(&key.0, &key.1)),
