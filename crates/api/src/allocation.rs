@@ -384,8 +384,8 @@ impl<'c> Allocator<'c> {
 
     /// Frees the addresses `old` holds and `new` does not (for each change), then records the
     /// addresses `new` newly holds, in their buckets (read now when admission did not).
-    async fn update_buckets(&mut self, changes: &[ServiceChange]) -> Result<()> {
-        for (skey, old, new) in changes {
+    async fn update_buckets(&mut self, changes: Vec<ServiceChange>) -> Result<()> {
+        for (skey, old, new) in &changes {
             for ip in old.ips.iter().filter(|ip| !new.ips.contains(ip)) {
                 let (f, b) = bucket_of(ip);
                 let n = ip_number(ip);
@@ -396,13 +396,26 @@ impl<'c> Allocator<'c> {
                 }
             }
         }
-        for (skey, old, new) in changes {
-            for ip in new.ips.iter().filter(|ip| !old.ips.contains(ip)) {
+        for (mut skey, old, new) in changes {
+            let added = new.ips.iter().filter(|ip| !old.ips.contains(ip)).count();
+            let mut seen = 0;
+            for ip in &new.ips {
+                if old.ips.contains(ip) {
+                    continue;
+                }
+                seen += 1;
+                let last = seen == added;
                 let (f, b) = bucket_of(ip);
                 let n = ip_number(ip);
                 let bucket = self.bucket(f, b).await?;
-                if bucket.holders.get(&n) != Some(skey) {
-                    bucket.holders.insert(n, skey.clone());
+                if bucket.holders.get(&n) != Some(&skey) {
+                    // The change's key moves into the bucket for its last address.
+                    let holder = if last {
+                        std::mem::take(&mut skey)
+                    } else {
+                        skey.clone()
+                    };
+                    bucket.holders.insert(n, holder);
                     bucket.dirty = true;
                 }
             }
@@ -438,12 +451,11 @@ impl<'c> Allocator<'c> {
     /// each), for each Service written `Create` the node port keys it newly holds and
     /// `Delete` those it gave up (`old` = the stored version), plus the marker's
     /// compare-and-swap.
-    pub(crate) async fn ops(mut self, changes: &[ServiceChange]) -> Result<Vec<TxnOp>> {
-        self.update_buckets(changes).await?;
-        let mut ops = self.bucket_ops();
+    pub(crate) async fn ops(mut self, changes: Vec<ServiceChange>) -> Result<Vec<TxnOp>> {
+        let mut port_ops = Vec::new();
         let mut created: BTreeMap<&str, &str> = BTreeMap::new();
         let mut deleted: BTreeSet<&str> = BTreeSet::new();
-        for (skey, old, new) in changes {
+        for (skey, old, new) in &changes {
             for k in new.ports.difference(&old.ports) {
                 created.insert(k, skey);
             }
@@ -453,15 +465,18 @@ impl<'c> Allocator<'c> {
             let (key, value) = (key.to_string(), holder.as_bytes().to_vec());
             // Handed from one applied Service to another in this apply: one write.
             if deleted.remove(key.as_str()) {
-                ops.push(TxnOp::Put { key, value });
+                port_ops.push(TxnOp::Put { key, value });
             } else {
-                ops.push(TxnOp::Create { key, value });
+                port_ops.push(TxnOp::Create { key, value });
             }
         }
-        ops.extend(deleted.into_iter().map(|key| TxnOp::Delete {
+        port_ops.extend(deleted.into_iter().map(|key| TxnOp::Delete {
             key: key.to_string(),
             expected: None,
         }));
+        self.update_buckets(changes).await?;
+        let mut ops = self.bucket_ops();
+        ops.extend(port_ops);
         ops.push(TxnOp::Update {
             key: MARKER_KEY.to_string(),
             value: self.marker.to_json(),
@@ -484,7 +499,7 @@ pub(crate) async fn delete_ops(client: &Client, services: &[(String, Held)]) -> 
         .iter()
         .map(|(skey, held)| (skey.clone(), held.clone(), Held::default()))
         .collect();
-    alloc.update_buckets(&changes).await?;
+    alloc.update_buckets(changes).await?;
     let mut ops = alloc.bucket_ops();
     let ports: BTreeSet<&String> = services.iter().flat_map(|(_, h)| &h.ports).collect();
     ops.extend(ports.into_iter().map(|key| TxnOp::Delete {

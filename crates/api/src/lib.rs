@@ -159,9 +159,6 @@ impl Client {
         input: &Arc<Vec<Resource>>,
         mode: ApplyMode,
     ) -> Result<Vec<(ResourceKey, Outcome)>> {
-        // Existing state of the applied resources, for CAS and outcomes: read key by key for a
-        // small apply, kind by kind for a large one (never every resource of a kind to change
-        // one). Cross-resource validation reads the kinds it checks (pools, tiers).
         let started = std::time::Instant::now();
         // The working copy of a large apply is cloned on a blocking thread while the stored
         // state is read and the input validated (cloning 50,000 Services takes tens of ms).
@@ -169,6 +166,9 @@ impl Client {
             let input = Arc::clone(input);
             tokio::task::spawn_blocking(move || input.to_vec())
         });
+        // Existing state of the applied resources, for CAS and outcomes: read key by key for a
+        // small apply, kind by kind for a large one (never every resource of a kind to change
+        // one). Cross-resource validation reads the kinds it checks (pools, tiers).
         let kinds: BTreeSet<Kind> = input.iter().map(|r| r.kind()).collect();
         // Each resource's store key, computed once (index-aligned with the input).
         let skeys: Vec<String> = input.iter().map(store_key_of).collect();
@@ -230,7 +230,11 @@ impl Client {
         let mut ops = Vec::with_capacity(resources.len() + 1);
         let mut outcomes = Vec::with_capacity(resources.len());
         // Services written, with what they held and hold, for the allocation index.
-        let mut service_changes = Vec::new();
+        let services = resources
+            .iter()
+            .filter(|r| matches!(r, Resource::Service(_)))
+            .count();
+        let mut service_changes = Vec::with_capacity(services);
         // One serialization buffer for every value; each value is then copied out at its size.
         let mut buf = Vec::with_capacity(4096);
         for (mut r, skey) in resources.into_iter().zip(skeys) {
@@ -306,7 +310,7 @@ impl Client {
             }
         }
         if let Some(alloc) = alloc.filter(|_| !ops.is_empty()) {
-            ops.extend(alloc.ops(&service_changes).await?);
+            ops.extend(alloc.ops(service_changes).await?);
         }
         let encoded = started.elapsed();
         let written = ops.len();

@@ -668,3 +668,45 @@ async fn a_deleted_service_frees_its_address_in_its_bucket_for_reuse() {
         .await
         .expect("10.96.7.8 is free again");
 }
+
+#[tokio::test]
+async fn a_dual_stack_service_holds_an_address_in_a_bucket_of_each_family() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    c.apply(
+        parse("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: v4}\nspec: {cidr: 10.0.0.0/16}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: v6}\nspec: {cidr: 'fd00:1::/64'}\n"),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    c.apply(
+        service("dual", "  ipFamilyPolicy: RequireDualStack\n"),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    let dual = get_service(&c, "dual").await;
+    assert_eq!(
+        dual.spec.cluster_ips.len(),
+        2,
+        "{:?}",
+        dual.spec.cluster_ips
+    );
+    let buckets = index_buckets(&c).await;
+    let held: Vec<(&String, &String)> = buckets.values().flatten().collect();
+    assert_eq!(held.len(), 2, "{buckets:?}");
+    for ip in &dual.spec.cluster_ips {
+        assert!(
+            held.iter().any(|(a, h)| *a == ip && **h == holder("dual")),
+            "{ip} in {buckets:?}"
+        );
+    }
+    // Deleting it frees both.
+    c.delete(
+        &[ResourceKey::new(Kind::Service, Some("default"), "dual")],
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(index_buckets(&c).await.values().all(|b| b.is_empty()));
+}
