@@ -549,20 +549,23 @@ fn write_txn(tx: &Connection, head: Revision, ops: &[TxnOp]) -> rusqlite::Result
     let mut order: Vec<usize> = (0..ops.len()).collect();
     order.sort_unstable_by(|&a, &b| ops[a].key().cmp(ops[b].key()));
     {
-        let mut create = tx.prepare_cached(
-            "INSERT INTO kv (key, value, create_revision, mod_revision) VALUES (?1, ?2, ?3, ?3)
-             ON CONFLICT (key) DO NOTHING",
-        )?;
+        let mut creates = tx.prepare_cached(&kv_create_sql(ROWS_PER_INSERT))?;
+        let mut create = tx.prepare_cached(&kv_create_sql(1))?;
         let mut upsert = tx.prepare_cached(
             "INSERT INTO kv (key, value, create_revision, mod_revision) VALUES (?1, ?2, ?3, ?3)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value, mod_revision = excluded.mod_revision",
         )?;
         let mut remove = tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
+        creates.raw_bind_parameter(1, revision)?;
+        create.raw_bind_parameter(1, revision)?;
+        // Creates adjacent in key order, inserted together.
+        let mut run: Vec<(&[u8], &[u8])> = Vec::with_capacity(ROWS_PER_INSERT);
         for &i in &order {
             match &ops[i] {
                 TxnOp::Create { key, value } => {
-                    if create.execute(params![key.as_bytes(), value, revision])? == 0 {
-                        return Ok(None);
+                    run.push((key.as_bytes(), value));
+                    if run.len() < ROWS_PER_INSERT {
+                        continue;
                     }
                 }
                 TxnOp::Update { key, value, .. } | TxnOp::Put { key, value } => {
@@ -574,40 +577,152 @@ fn write_txn(tx: &Connection, head: Revision, ops: &[TxnOp]) -> rusqlite::Result
                     }
                 }
             }
+            if !insert_creates(&mut creates, &mut create, &run)? {
+                return Ok(None);
+            }
+            run.clear();
+        }
+        if !insert_creates(&mut creates, &mut create, &run)? {
+            return Ok(None);
         }
     }
-    let mut log = tx.prepare_cached(
-        "INSERT INTO log (revision, idx, key, kind, value, create_revision, prev_value, prev_create, prev_mod)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
+    // The log rows, in operation order (a delete of a missing key changes nothing).
+    let rows: Vec<LogRow<'_>> = ops
+        .iter()
+        .zip(&current)
+        .filter_map(|(op, cur)| {
+            let (kind, value, create) = match op {
+                TxnOp::Delete { .. } if cur.is_none() => return None,
+                TxnOp::Delete { .. } => (KIND_DELETE, &[] as &[u8], 0),
+                TxnOp::Create { value, .. }
+                | TxnOp::Update { value, .. }
+                | TxnOp::Put { value, .. } => (
+                    KIND_PUT,
+                    value.as_slice(),
+                    cur.as_ref().map_or(revision, |c| c.create_revision),
+                ),
+            };
+            Some(LogRow {
+                key: op.key().as_bytes(),
+                kind,
+                value,
+                create,
+                prev: cur.as_ref(),
+            })
+        })
+        .collect();
+    let mut many = tx.prepare_cached(&log_insert_sql(ROWS_PER_INSERT))?;
+    let mut one = tx.prepare_cached(&log_insert_sql(1))?;
+    many.raw_bind_parameter(1, revision)?;
+    one.raw_bind_parameter(1, revision)?;
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
     let mut idx: i64 = 0;
-    for (op, cur) in ops.iter().zip(&current) {
-        let prev_value = cur.as_ref().map(|c| c.value.as_slice());
-        let prev_create = cur.as_ref().map(|c| c.create_revision);
-        let prev_mod = cur.as_ref().map(|c| c.mod_revision);
-        let (kind, value, create) = match op {
-            TxnOp::Create { value, .. }
-            | TxnOp::Update { value, .. }
-            | TxnOp::Put { value, .. } => {
-                (KIND_PUT, value.as_slice(), prev_create.unwrap_or(revision))
-            }
-            TxnOp::Delete { .. } if cur.is_none() => continue,
-            TxnOp::Delete { .. } => (KIND_DELETE, &[] as &[u8], 0),
-        };
-        log.execute(params![
-            revision,
-            idx,
-            op.key().as_bytes(),
-            kind,
-            value,
-            create,
-            prev_value,
-            prev_create,
-            prev_mod
-        ])?;
+    for chunk in &mut chunks {
+        for (slot, row) in chunk.iter().enumerate() {
+            row.bind(&mut many, slot, idx)?;
+            idx += 1;
+        }
+        many.raw_execute()?;
+    }
+    for row in chunks.remainder() {
+        row.bind(&mut one, 0, idx)?;
+        one.raw_execute()?;
         idx += 1;
     }
     Ok(Some(idx))
+}
+
+/// Rows per multi-row insert of a bulk write. Running a statement costs about as much again
+/// as the row it inserts (binding, starting and resetting it); one statement per this many
+/// rows spreads that.
+const ROWS_PER_INSERT: usize = 64;
+
+/// An insert of `rows` rows into `kv` that inserts nothing for a key that exists: ?1 is the
+/// revision, then a key and value per row.
+fn kv_create_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|r| format!("(?{}, ?{}, ?1, ?1)", 2 + 2 * r, 3 + 2 * r))
+        .collect();
+    format!(
+        "INSERT INTO kv (key, value, create_revision, mod_revision) VALUES {}
+         ON CONFLICT (key) DO NOTHING",
+        values.join(", ")
+    )
+}
+
+/// Insert `run` (keys and values) into `kv` at the revision bound to ?1 of both statements:
+/// `many` inserts [`ROWS_PER_INSERT`] rows, `one` one. False when a key existed (nothing was
+/// inserted for it; the transaction must be rolled back).
+fn insert_creates(
+    many: &mut rusqlite::Statement<'_>,
+    one: &mut rusqlite::Statement<'_>,
+    run: &[(&[u8], &[u8])],
+) -> rusqlite::Result<bool> {
+    let stmt = match run.len() {
+        0 => return Ok(true),
+        ROWS_PER_INSERT => many,
+        _ => {
+            for &(key, value) in run {
+                one.raw_bind_parameter(2, key)?;
+                one.raw_bind_parameter(3, value)?;
+                if one.raw_execute()? != 1 {
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
+    };
+    for (r, &(key, value)) in run.iter().enumerate() {
+        stmt.raw_bind_parameter(2 + 2 * r, key)?;
+        stmt.raw_bind_parameter(3 + 2 * r, value)?;
+    }
+    Ok(stmt.raw_execute()? == run.len())
+}
+
+/// One row of `log` to insert.
+struct LogRow<'a> {
+    key: &'a [u8],
+    kind: i64,
+    value: &'a [u8],
+    create: Revision,
+    prev: Option<&'a KeyValue>,
+}
+
+impl LogRow<'_> {
+    /// Bind this row, at `idx`, to row `slot` of a [`log_insert_sql`] statement.
+    fn bind(
+        &self,
+        stmt: &mut rusqlite::Statement<'_>,
+        slot: usize,
+        idx: i64,
+    ) -> rusqlite::Result<()> {
+        let at = 2 + slot * 8;
+        stmt.raw_bind_parameter(at, idx)?;
+        stmt.raw_bind_parameter(at + 1, self.key)?;
+        stmt.raw_bind_parameter(at + 2, self.kind)?;
+        stmt.raw_bind_parameter(at + 3, self.value)?;
+        stmt.raw_bind_parameter(at + 4, self.create)?;
+        stmt.raw_bind_parameter(at + 5, self.prev.map(|p| p.value.as_slice()))?;
+        stmt.raw_bind_parameter(at + 6, self.prev.map(|p| p.create_revision))?;
+        stmt.raw_bind_parameter(at + 7, self.prev.map(|p| p.mod_revision))
+    }
+}
+
+/// An insert of `rows` rows into `log`: ?1 is the revision, then 8 parameters per row (see
+/// [`LogRow::bind`]).
+fn log_insert_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|r| {
+            let at = 2 + r * 8;
+            let params: Vec<String> = (at..at + 8).map(|p| format!("?{p}")).collect();
+            format!("(?1, {})", params.join(", "))
+        })
+        .collect();
+    format!(
+        "INSERT INTO log (revision, idx, key, kind, value, create_revision, prev_value, prev_create, prev_mod)
+         VALUES {}",
+        values.join(", ")
+    )
 }
 
 /// Where a watch has read the log up to: every row at or before `(revision, idx)`.
@@ -1310,6 +1425,129 @@ mod tests {
             tables.iter().all(|t| !t.contains("WITHOUT ROWID")),
             "{tables:?}"
         );
+    }
+
+    /// Bulk transactions (multi-row inserts, key-ordered `kv` writes) keep the semantics of
+    /// single operations: every kind mixed in one transaction, the log in operation order with
+    /// previous values, and a failure in the middle of a full insert batch naming the first
+    /// failing operation and writing nothing.
+    #[tokio::test]
+    async fn a_bulk_txn_writes_and_fails_like_single_operations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path().join("s.db"))
+            .await
+            .expect("open");
+        let key = |i: usize| format!("/m/{i:04}");
+        let r1 = store
+            .txn(
+                (0..300)
+                    .filter(|i| i % 3 == 0)
+                    .map(|i| TxnOp::Create {
+                        key: key(i),
+                        value: format!("v{i}").into_bytes(),
+                    })
+                    .collect(),
+            )
+            .await
+            .expect("first txn");
+        // Reverse key order; every third key exists: update or delete it, create the others,
+        // and delete a missing key (no log row) in the middle.
+        let mut ops: Vec<TxnOp> = (0..300)
+            .rev()
+            .map(|i| match i % 6 {
+                0 => TxnOp::Update {
+                    key: key(i),
+                    value: format!("u{i}").into_bytes(),
+                    expected: r1,
+                },
+                3 => TxnOp::Delete {
+                    key: key(i),
+                    expected: Some(r1),
+                },
+                _ => TxnOp::Create {
+                    key: key(i),
+                    value: format!("c{i}").into_bytes(),
+                },
+            })
+            .collect();
+        ops.insert(
+            150,
+            TxnOp::Delete {
+                key: "/m/missing".into(),
+                expected: None,
+            },
+        );
+        let r2 = store.txn(ops.clone()).await.expect("bulk txn");
+        assert_eq!(r2, r1 + 1);
+        let (kvs, _) = store.list("/m/").await.expect("list");
+        let want: Vec<(String, String, Revision)> = (0..300)
+            .filter(|i| i % 6 != 3)
+            .map(|i| match i % 6 {
+                0 => (key(i), format!("u{i}"), r1),
+                _ => (key(i), format!("c{i}"), r2),
+            })
+            .collect();
+        let got: Vec<(String, String, Revision)> = kvs
+            .iter()
+            .map(|kv| {
+                assert_eq!(kv.mod_revision, r2, "{kv:?}");
+                (
+                    kv.key.clone(),
+                    String::from_utf8(kv.value.clone()).expect("utf-8"),
+                    kv.create_revision,
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
+        let mut w = store.watch("/m/", r1).await.expect("watch");
+        for op in ops.iter().filter(|op| op.key() != "/m/missing") {
+            let e = w.next().await.expect("open").expect("event");
+            assert_eq!((e.kv.key.as_str(), e.revision), (op.key(), r2));
+            match op {
+                TxnOp::Create { value, .. } => {
+                    assert_eq!((e.kind, &e.kv.value, e.prev), (EventKind::Put, value, None));
+                }
+                TxnOp::Update { value, .. } => {
+                    assert_eq!((e.kind, &e.kv.value), (EventKind::Put, value));
+                    let prev = e.prev.expect("previous value");
+                    assert_eq!((prev.mod_revision, prev.create_revision), (r1, r1));
+                }
+                TxnOp::Delete { .. } => {
+                    assert_eq!(e.kind, EventKind::Delete);
+                    assert_eq!(e.prev.map(|p| p.mod_revision), Some(r1));
+                }
+                TxnOp::Put { .. } => unreachable!("no puts here"),
+            }
+        }
+        // 200 creates of new keys, two of existing ones (sorting before all the new ones):
+        // the first in operation order is named.
+        let mut ops: Vec<TxnOp> = (0..200)
+            .map(|i| TxnOp::Create {
+                key: format!("/n/{i:04}"),
+                value: vec![],
+            })
+            .collect();
+        for (at, i) in [(150, 2), (170, 1)] {
+            ops.insert(
+                at,
+                TxnOp::Create {
+                    key: key(i),
+                    value: vec![],
+                },
+            );
+        }
+        match store.txn(ops).await {
+            Err(StoreError::TxnFailed { index, source }) => {
+                assert_eq!(index, 150);
+                assert!(
+                    matches!(*source, StoreError::AlreadyExists { ref key } if key == "/m/0002"),
+                    "{source:?}"
+                );
+            }
+            other => panic!("expected a failure at 150, got {other:?}"),
+        }
+        assert_eq!(store.revision().await.expect("revision"), r2);
+        assert!(store.list("/n/").await.expect("list").0.is_empty());
     }
 
     #[tokio::test]
