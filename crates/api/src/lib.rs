@@ -31,8 +31,9 @@ const MAX_APPLY_ATTEMPTS: u32 = 30;
 /// key; above it, the kind is listed once.
 const KEY_BY_KEY_MAX: usize = 64;
 
-/// From this many resources on, an apply's working copy is cloned on a blocking thread.
-const BACKGROUND_COPY_MIN: usize = 1024;
+/// From this many resources on, an apply is validated on a blocking thread while its working
+/// copy is made.
+const BACKGROUND_VALIDATE_MIN: usize = 1024;
 
 /// How `apply` treats resources that already exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,12 +161,6 @@ impl Client {
         mode: ApplyMode,
     ) -> Result<Vec<(ResourceKey, Outcome)>> {
         let started = std::time::Instant::now();
-        // The working copy of a large apply is cloned on a blocking thread while the stored
-        // state is read and the input validated (cloning 50,000 Services takes tens of ms).
-        let pending_copy = (input.len() >= BACKGROUND_COPY_MIN).then(|| {
-            let input = Arc::clone(input);
-            tokio::task::spawn_blocking(move || input.to_vec())
-        });
         // Existing state of the applied resources, for CAS and outcomes: read key by key for a
         // small apply, kind by kind for a large one (never every resource of a kind to change
         // one). Cross-resource validation reads the kinds it checks (pools, tiers).
@@ -213,14 +208,28 @@ impl Client {
             }
         }
         let read = started.elapsed();
-        serval_model::validate_set(input, &existing_list)?;
-        let validated = started.elapsed();
-        let mut resources = match pending_copy {
-            Some(copy) => copy.await.expect("cloning resources does not panic"),
-            None => input.to_vec(),
+        // A large apply is validated on a blocking thread while this one makes the working copy
+        // (cloning 50,000 Services takes tens of ms). The copy is made here, not there, so the
+        // resources dropped after encoding are freed by the thread that allocated them.
+        let (mut resources, copy) = if input.len() >= BACKGROUND_VALIDATE_MIN {
+            let validation = {
+                let input = Arc::clone(input);
+                tokio::task::spawn_blocking(move || {
+                    serval_model::validate_set(&input, &existing_list)
+                })
+            };
+            let copy_started = std::time::Instant::now();
+            let resources = input.to_vec();
+            let copy = copy_started.elapsed();
+            validation.await.expect("validation does not panic")?;
+            (resources, copy)
+        } else {
+            serval_model::validate_set(input, &existing_list)?;
+            let copy_started = std::time::Instant::now();
+            (input.to_vec(), copy_started.elapsed())
         };
-        // Waiting for the working copy: what the copy took beyond read and validate.
-        let copied = started.elapsed();
+        // validate_ms: validation, and the working copy (copy_ms) made meanwhile.
+        let validated = started.elapsed();
         admission::bind_pods(self, &mut resources, &skeys, &existing).await?;
         let alloc = admission::allocate_services(self, &mut resources, &skeys, &existing).await?;
         let admitted = started.elapsed();
@@ -323,8 +332,8 @@ impl Client {
             written,
             read_ms = ms(read),
             validate_ms = ms(validated - read),
-            copy_wait_ms = ms(copied - validated),
-            admit_ms = ms(admitted - copied),
+            copy_ms = ms(copy),
+            admit_ms = ms(admitted - validated),
             encode_ms = ms(encoded - admitted),
             store_ms = ms(started.elapsed() - encoded),
             "apply"

@@ -470,6 +470,19 @@ async fn many_services_write_one_index_row_per_bucket() {
             )
         })
         .collect();
+    // A set with one bad document (a second s699, found by the set's validation, which runs
+    // on a blocking thread for an apply this large) stores none of them and is named.
+    let mut bad = parse(&text.join("---\n"));
+    bad[700].meta_mut().name = "s699".into();
+    let err = c
+        .apply(bad, ApplyMode::Apply)
+        .await
+        .expect_err("a duplicate is refused");
+    assert!(
+        matches!(err, serval_api::ApiError::Invalid(_)) && err.to_string().contains("s699"),
+        "{err}"
+    );
+    assert!(c.list(Kind::Service, None).await.unwrap().0.is_empty());
     c.apply(parse(&text.join("---\n")), ApplyMode::Apply)
         .await
         .unwrap();
