@@ -122,8 +122,8 @@ pub(crate) fn bucket_key(f: ServiceIpFamily, bucket: u128) -> String {
     }
 }
 
-/// The key version 1 of the index used for one address (one key per address); read only to
-/// convert such an index.
+/// The key version 1 of the index used for one address (the tests check that a bucket's key
+/// is the prefix of its addresses' version 1 keys; [`build`] deletes every such key).
 #[cfg(test)]
 fn v1_ip_key(ip: &IpAddr) -> String {
     match ip {
