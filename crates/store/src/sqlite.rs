@@ -4,7 +4,10 @@
 //! key, keyed by `(revision, idx)`) that watches read; `meta` holds the current `revision` and
 //! the `compacted` revision. Every write runs in one `BEGIN IMMEDIATE` transaction that reads the
 //! revision, bumps it and writes `kv`, `log` and `meta` together, so revisions commit in order
-//! and a reader that sees revision N sees everything before it.
+//! and a reader that sees revision N sees everything before it. A new database gets `kv` and
+//! `log` as `WITHOUT ROWID` tables with 16 KiB pages; a database created by an earlier version
+//! keeps its rowid tables and 4 KiB pages, and every statement here works on both (see
+//! [`SCHEMA`]).
 //!
 //! Several processes may share one file (WAL mode, `busy_timeout` plus a retry loop so that
 //! `SQLITE_BUSY` never reaches callers). A watch learns about other processes' commits from a
@@ -17,7 +20,7 @@
 //! the tokio runtime.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -549,8 +552,8 @@ fn write_txn(tx: &Connection, head: Revision, ops: &[TxnOp]) -> rusqlite::Result
     let mut order: Vec<usize> = (0..ops.len()).collect();
     order.sort_unstable_by(|&a, &b| ops[a].key().cmp(ops[b].key()));
     {
-        let mut creates = tx.prepare_cached(&kv_create_sql(ROWS_PER_INSERT))?;
-        let mut create = tx.prepare_cached(&kv_create_sql(1))?;
+        let mut creates = tx.prepare_cached(&KV_CREATE_SQL[1])?;
+        let mut create = tx.prepare_cached(&KV_CREATE_SQL[0])?;
         let mut upsert = tx.prepare_cached(
             "INSERT INTO kv (key, value, create_revision, mod_revision) VALUES (?1, ?2, ?3, ?3)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value, mod_revision = excluded.mod_revision",
@@ -611,8 +614,8 @@ fn write_txn(tx: &Connection, head: Revision, ops: &[TxnOp]) -> rusqlite::Result
             })
         })
         .collect();
-    let mut many = tx.prepare_cached(&log_insert_sql(ROWS_PER_INSERT))?;
-    let mut one = tx.prepare_cached(&log_insert_sql(1))?;
+    let mut many = tx.prepare_cached(&LOG_INSERT_SQL[1])?;
+    let mut one = tx.prepare_cached(&LOG_INSERT_SQL[0])?;
     many.raw_bind_parameter(1, revision)?;
     one.raw_bind_parameter(1, revision)?;
     let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
@@ -636,6 +639,13 @@ fn write_txn(tx: &Connection, head: Revision, ops: &[TxnOp]) -> rusqlite::Result
 /// as the row it inserts (binding, starting and resetting it); one statement per this many
 /// rows spreads that.
 const ROWS_PER_INSERT: usize = 64;
+
+/// [`kv_create_sql`] of 1 and of [`ROWS_PER_INSERT`] rows.
+static KV_CREATE_SQL: LazyLock<[String; 2]> =
+    LazyLock::new(|| [kv_create_sql(1), kv_create_sql(ROWS_PER_INSERT)]);
+/// [`log_insert_sql`] of 1 and of [`ROWS_PER_INSERT`] rows.
+static LOG_INSERT_SQL: LazyLock<[String; 2]> =
+    LazyLock::new(|| [log_insert_sql(1), log_insert_sql(ROWS_PER_INSERT)]);
 
 /// An insert of `rows` rows into `kv` that inserts nothing for a key that exists: ?1 is the
 /// revision, then a key and value per row.
