@@ -2,6 +2,7 @@
 //! defaults, the selector languages, and IP/CIDR helpers. Pure: no I/O beyond parsing text.
 
 pub mod calico;
+mod fastjson;
 mod fastyaml;
 pub mod k8s;
 pub mod kind;

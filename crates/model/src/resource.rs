@@ -222,7 +222,20 @@ impl Resource {
 
     /// Decodes stored JSON. Applies the namespace default and parse-time defaults (both
     /// idempotent) but not semantic validation: stored data was validated on the way in.
+    ///
+    /// Stored JSON as [`Resource::to_json`] writes it is read straight into the typed resource
+    /// (`crate::fastjson`); anything else, and any error, goes through
+    /// [`Resource::from_json_reference`], which gives the same result or error.
     pub fn from_json(bytes: &[u8]) -> Result<Resource, DecodeError> {
+        match crate::fastjson::decode(bytes) {
+            Some(r) => Ok(r),
+            None => Resource::from_json_reference(bytes),
+        }
+    }
+
+    /// [`Resource::from_json`] through a `serde_json::Value` tree, with the failing field's
+    /// path in errors: the reference the fast path is held to (tests, the decode benchmark).
+    pub fn from_json_reference(bytes: &[u8]) -> Result<Resource, DecodeError> {
         let v: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|source| DecodeError::Json { source })?;
         Resource::from_json_value(v)
