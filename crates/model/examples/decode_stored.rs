@@ -7,7 +7,7 @@
 //! target/release/serval --datastore sqlite:///tmp/h5/db apply -f /tmp/svc50k.yaml
 //! python3 -c "import sqlite3; c = sqlite3.connect('/tmp/h5/db'); f = open('/tmp/h5/services.jsonl', 'wb')
 //! for (v,) in c.execute(\"select value from kv where cast(key as text) like '/serval/resources/services/%'\"): f.write(bytes(v) + b'\n')"
-//! cargo run --release -p serval-model --example decode_stored /tmp/h5/services.jsonl
+//! cargo run --release -p serval-model --example decode_stored /tmp/h5/services.jsonl [fast|reference]
 //! ```
 
 use std::time::Instant;
@@ -15,9 +15,12 @@ use std::time::Instant;
 use serval_model::Resource;
 
 fn main() {
-    let path = std::env::args()
-        .nth(1)
-        .expect("usage: decode_stored FILE.jsonl (one stored resource per line)");
+    let mut args = std::env::args().skip(1);
+    let path = args
+        .next()
+        .expect("usage: decode_stored FILE.jsonl [fast|reference] (one stored resource a line)");
+    // Optionally time one path only (for a profiler).
+    let only = args.next();
     let text = std::fs::read(&path).expect("read the input file");
     let values: Vec<&[u8]> = text
         .split(|&b| b == b'\n')
@@ -41,6 +44,9 @@ fn main() {
     ];
     for round in 0..3 {
         for (name, decode) in paths {
+            if only.as_deref().is_some_and(|o| !name.contains(o)) {
+                continue;
+            }
             let t = Instant::now();
             let mut ok = 0usize;
             for v in &values {
