@@ -294,7 +294,13 @@ fn split_key(text: &str) -> Split<'_> {
             let plain_key = key
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-'));
-            if !plain_key || !key.as_bytes()[0].is_ascii_alphanumeric() {
+            // An empty key (`: x`) is a null key to YAML; leave it to the `Value` path.
+            if !plain_key
+                || !key
+                    .as_bytes()
+                    .first()
+                    .is_some_and(u8::is_ascii_alphanumeric)
+            {
                 return Split::GiveUp;
             }
             return match resolve_plain(key) {
