@@ -534,6 +534,9 @@ async fn build(client: &Client, marker: Option<&KeyValue>, parsed: Option<Marker
         .await?;
     let mut ops: BTreeMap<String, TxnOp> = BTreeMap::new();
     // Address keys of an earlier layout (and stale buckets): gone, unless rewritten below.
+    // Unconditionally: the marker's compare-and-swap alone decides which of concurrent
+    // builders wins (a conditional delete of a key a winning builder already deleted fails
+    // with `NotFound`, which no apply or delete retries).
     for family in ["ip4/", "ip6/"] {
         let (old, _) = store.list(&format!("{INDEX_PREFIX}{family}")).await?;
         for kv in old {
@@ -541,7 +544,7 @@ async fn build(client: &Client, marker: Option<&KeyValue>, parsed: Option<Marker
                 kv.key.clone(),
                 TxnOp::Delete {
                     key: kv.key,
-                    expected: Some(kv.mod_revision),
+                    expected: None,
                 },
             );
         }

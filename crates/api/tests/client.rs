@@ -537,7 +537,7 @@ async fn the_allocation_index_of_the_per_address_layout_is_converted_to_buckets(
     c.store()
         .txn(vec![
             put(format!("{INDEX}/ip4/0a600002"), &holder("old")),
-            put(format!("{INDEX}/nodeport/TCP/30000"), &holder("old")),
+            put(format!("{INDEX}/nodeport/Tcp/30000"), &holder("old")),
             put(INDEX.into(), r#"{"version":1,"next":{"4":"5"}}"#),
         ])
         .await
@@ -722,4 +722,153 @@ async fn a_dual_stack_service_holds_an_address_in_a_bucket_of_each_family() {
     .await
     .unwrap();
     assert!(index_buckets(&c).await.values().all(|b| b.is_empty()));
+}
+
+/// Asserts the allocation index holds exactly what the stored Services hold: every cluster IP
+/// in its bucket under its Service's key, every node port key valued with its holder, and
+/// nothing else (no leak, no duplicate).
+async fn assert_index_matches_services(c: &Client) {
+    let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
+    let mut want_ips = std::collections::BTreeMap::new();
+    let mut want_ports = std::collections::BTreeMap::new();
+    for r in &svcs {
+        let s = svc_of(r);
+        let skey = r.key().store_key();
+        for ip in &s.spec.cluster_ips {
+            assert!(
+                want_ips.insert(ip.clone(), skey.clone()).is_none(),
+                "{ip} is held twice"
+            );
+        }
+        for p in &s.spec.ports {
+            if let Some(np) = p.node_port {
+                let key = format!("{INDEX}/nodeport/{:?}/{}", p.protocol, np.0);
+                assert!(
+                    want_ports.insert(key, skey.clone()).is_none(),
+                    "node port {} is held twice",
+                    np.0
+                );
+            }
+        }
+    }
+    let got_ips: std::collections::BTreeMap<String, String> =
+        index_buckets(c).await.into_values().flatten().collect();
+    assert_eq!(got_ips, want_ips, "index addresses vs stored Services");
+    let (kvs, _) = c.store().list(&format!("{INDEX}/nodeport/")).await.unwrap();
+    let got_ports: std::collections::BTreeMap<String, String> = kvs
+        .into_iter()
+        .map(|kv| (kv.key, String::from_utf8(kv.value).unwrap()))
+        .collect();
+    assert_eq!(got_ports, want_ports, "index node ports vs stored Services");
+}
+
+#[tokio::test]
+async fn concurrent_applies_and_deletes_in_one_bucket_keep_the_index_exact() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    // Six stored Services allocated automatically: all in the first bucket, with node ports.
+    for i in 0..6 {
+        c.apply(
+            service(&format!("d{i}"), "  type: NodePort\n"),
+            ApplyMode::Apply,
+        )
+        .await
+        .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        // Deleting d{i} races applying n{i}, allocated automatically in the same bucket.
+        let del = Client::new(f.open().await.unwrap());
+        tasks.push(tokio::spawn(async move {
+            del.delete(
+                &[ResourceKey::new(
+                    Kind::Service,
+                    Some("default"),
+                    &format!("d{i}"),
+                )],
+                false,
+            )
+            .await
+            .map(|_| ())
+        }));
+        let app = Client::new(f.open().await.unwrap());
+        tasks.push(tokio::spawn(async move {
+            app.apply(
+                service(&format!("n{i}"), "  type: NodePort\n"),
+                ApplyMode::Apply,
+            )
+            .await
+            .map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("every apply and delete lands");
+    }
+    let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
+    assert_eq!(svcs.len(), 6);
+    assert_index_matches_services(&c).await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_converting_a_per_address_index_all_land() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    // A version 1 index (one key per address and per node port) of four stored Services.
+    let mut ops = Vec::new();
+    for i in 0..4 {
+        let mut old = service(
+            &format!("old{i}"),
+            &format!("  clusterIP: 10.96.0.{}\n  type: NodePort\n", 2 + i),
+        );
+        let Resource::Service(s) = &mut old[0] else {
+            unreachable!()
+        };
+        s.spec.cluster_ips = vec![format!("10.96.0.{}", 2 + i)];
+        s.spec.ports[0].node_port = Some(serval_model::types::Port(30000 + i));
+        c.put(old.remove(0), None).await.unwrap();
+        ops.push(serval_store::TxnOp::Put {
+            key: format!("{INDEX}/ip4/0a6000{:02x}", 2 + i),
+            value: holder(&format!("old{i}")).into_bytes(),
+        });
+        ops.push(serval_store::TxnOp::Put {
+            key: format!("{INDEX}/nodeport/Tcp/{}", 30000 + i),
+            value: holder(&format!("old{i}")).into_bytes(),
+        });
+    }
+    ops.push(serval_store::TxnOp::Put {
+        key: INDEX.into(),
+        value: br#"{"version":1,"next":{"4":"4"}}"#.to_vec(),
+    });
+    c.store().txn(ops).await.unwrap();
+    // Several processes meet the old layout at once: each converts it or finds it converted
+    // (a lost conversion retries), none fails.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let app = Client::new(f.open().await.unwrap());
+        tasks.push(tokio::spawn(async move {
+            app.apply(
+                service(&format!("n{i}"), "  type: NodePort\n"),
+                ApplyMode::Apply,
+            )
+            .await
+            .map(|_| ())
+        }));
+    }
+    let del = Client::new(f.open().await.unwrap());
+    tasks.push(tokio::spawn(async move {
+        del.delete(
+            &[ResourceKey::new(Kind::Service, Some("default"), "old0")],
+            false,
+        )
+        .await
+        .map(|_| ())
+    }));
+    for (i, t) in tasks.into_iter().enumerate() {
+        t.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("writer {i} failed: {e}"));
+    }
+    assert_index_matches_services(&c).await;
+    let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
+    assert_eq!(svcs.len(), 9);
 }
