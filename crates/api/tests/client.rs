@@ -872,3 +872,156 @@ async fn concurrent_writers_converting_a_per_address_index_all_land() {
     let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
     assert_eq!(svcs.len(), 9);
 }
+
+#[tokio::test]
+async fn a_service_dropping_and_regaining_a_family_frees_and_takes_an_address_in_its_bucket() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    c.apply(
+        parse("apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: v4}\nspec: {cidr: 10.0.0.0/16}\n---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata: {name: v6}\nspec: {cidr: 'fd00:1::/64'}\n"),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    c.apply(
+        service(
+            "dual",
+            "  ipFamilyPolicy: RequireDualStack\n  type: NodePort\n",
+        ),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    let dual = get_service(&c, "dual").await;
+    let (v4, v6) = (
+        dual.spec.cluster_ips[0].clone(),
+        dual.spec.cluster_ips[1].clone(),
+    );
+    assert_index_matches_services(&c).await;
+    // Single stack again: the IPv6 address is freed, the node port given up.
+    c.apply(
+        service(
+            "dual",
+            &format!(
+                "  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv4]\n  clusterIPs: ['{v4}']\n"
+            ),
+        ),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        get_service(&c, "dual").await.spec.cluster_ips,
+        vec![v4.clone()]
+    );
+    assert_index_matches_services(&c).await;
+    // Another Service may take the freed IPv6 address now.
+    c.apply(
+        service(
+            "six",
+            &format!(
+                "  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  clusterIPs: ['{v6}']\n"
+            ),
+        ),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    // Dual stack again: a new IPv6 address, not the one `six` holds.
+    c.apply(
+        service("dual", "  ipFamilyPolicy: RequireDualStack\n"),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    let dual = get_service(&c, "dual").await;
+    assert_eq!(
+        dual.spec.cluster_ips.len(),
+        2,
+        "{:?}",
+        dual.spec.cluster_ips
+    );
+    assert_eq!(dual.spec.cluster_ips[0], v4);
+    assert_ne!(dual.spec.cluster_ips[1], v6);
+    assert_index_matches_services(&c).await;
+}
+
+#[tokio::test]
+async fn an_apply_of_ten_services_with_one_taken_address_stores_none_and_names_it() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    c.apply(
+        service("holder", "  clusterIP: 10.96.3.7\n"),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    let before = index_buckets(&c).await;
+    let docs: Vec<String> = (0..10)
+        .map(|i| {
+            let ip = if i == 6 { "10.96.3.7".to_string() } else { format!("10.96.3.{}", 20 + i) };
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}}}\nspec:\n  clusterIP: {ip}\n  type: NodePort\n  ports: [{{port: 80}}]\n"
+            )
+        })
+        .collect();
+    let err = c
+        .apply(parse(&docs.join("---\n")), ApplyMode::Apply)
+        .await
+        .expect_err("10.96.3.7 is held");
+    assert!(err.to_string().contains("s6"), "{err}");
+    assert!(err.to_string().contains("already allocated"), "{err}");
+    let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
+    assert_eq!(svcs.len(), 1, "nothing of the failed apply is stored");
+    assert_eq!(index_buckets(&c).await, before);
+    assert_index_matches_services(&c).await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_building_a_missing_index_all_land() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    // Services stored before the index existed: no marker at all, no index keys.
+    for i in 0..4u16 {
+        let mut old = service(
+            &format!("old{i}"),
+            &format!("  clusterIP: 10.96.0.{}\n  type: NodePort\n", 2 + i),
+        );
+        let Resource::Service(s) = &mut old[0] else {
+            unreachable!()
+        };
+        s.spec.cluster_ips = vec![format!("10.96.0.{}", 2 + i)];
+        s.spec.ports[0].node_port = Some(serval_model::types::Port(30000 + i));
+        c.put(old.remove(0), None).await.unwrap();
+    }
+    assert!(c.store().get(INDEX).await.unwrap().is_none());
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let app = Client::new(f.open().await.unwrap());
+        tasks.push(tokio::spawn(async move {
+            app.apply(
+                service(&format!("n{i}"), "  type: NodePort\n"),
+                ApplyMode::Apply,
+            )
+            .await
+            .map(|_| ())
+        }));
+    }
+    let del = Client::new(f.open().await.unwrap());
+    tasks.push(tokio::spawn(async move {
+        del.delete(
+            &[ResourceKey::new(Kind::Service, Some("default"), "old1")],
+            false,
+        )
+        .await
+        .map(|_| ())
+    }));
+    for (i, t) in tasks.into_iter().enumerate() {
+        t.await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("writer {i} failed: {e}"));
+    }
+    let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
+    assert_eq!(svcs.len(), 9);
+    assert_index_matches_services(&c).await;
+}
