@@ -1560,6 +1560,220 @@ mod tests {
         assert!(store.list("/n/").await.expect("list").0.is_empty());
     }
 
+    /// A failed create batch is rolled back before the ordered check that names the failure;
+    /// another process may write in between. The check then reports what fails in the new
+    /// state (another operation than the one the batch tripped on), or, when nothing fails any
+    /// more, the transaction is written from the new state.
+    #[tokio::test]
+    async fn a_failure_is_named_from_the_state_after_another_process_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.expect("open");
+        let rx = store.create("/p/x", b"x".to_vec()).await.expect("x");
+        let ry = store.create("/p/y", b"y".to_vec()).await.expect("y");
+        drop(store);
+        let mut a = open_connection(&path).expect("connection a");
+        let mut b = open_connection(&path).expect("connection b");
+        let create = |key: &str| TxnOp::Create {
+            key: key.into(),
+            value: b"new".to_vec(),
+        };
+        // The batch fails on the create of the existing `/p/x`; before the check, another
+        // process deletes `/p/x`: nothing fails any more, so the whole transaction is written.
+        let ops = vec![create("/p/new"), create("/p/x")];
+        let tx = a
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .expect("begin");
+        let head = meta(&tx, "revision").expect("head");
+        assert!(write_txn(&tx, head, &ops).expect("write").is_none());
+        drop(tx);
+        let del = vec![TxnOp::Delete {
+            key: "/p/x".into(),
+            expected: Some(rx),
+        }];
+        let rd = apply_txn(&mut b, &del).expect("sqlite").expect("delete");
+        let r = apply_txn(&mut a, &ops)
+            .expect("sqlite")
+            .expect("retried txn");
+        assert_eq!(r, rd + 1);
+        for key in ["/p/new", "/p/x"] {
+            let kv = get_kv(&a, key).expect("get").expect("created");
+            assert_eq!((kv.value.as_slice(), kv.create_revision), (&b"new"[..], r));
+        }
+        // The batch fails on `/p/x` (exists again); in between, another process changes
+        // `/p/y`, so the update before the create is the first failing operation.
+        let ops = vec![
+            TxnOp::Update {
+                key: "/p/y".into(),
+                value: b"y2".to_vec(),
+                expected: ry,
+            },
+            create("/p/x"),
+        ];
+        let tx = a
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .expect("begin");
+        let head = meta(&tx, "revision").expect("head");
+        assert!(write_txn(&tx, head, &ops).expect("write").is_none());
+        drop(tx);
+        let put = vec![TxnOp::Put {
+            key: "/p/y".into(),
+            value: b"other".to_vec(),
+        }];
+        let rp = apply_txn(&mut b, &put).expect("sqlite").expect("put");
+        match apply_txn(&mut a, &ops).expect("sqlite") {
+            Err(StoreError::TxnFailed { index: 0, source }) => assert!(
+                matches!(*source, StoreError::Conflict { ref key, expected, .. } if key == "/p/y" && expected == ry),
+                "{source:?}"
+            ),
+            other => panic!("expected the update to fail, got {other:?}"),
+        }
+        assert_eq!(meta(&a, "revision").expect("revision"), rp);
+        let y = get_kv(&a, "/p/y").expect("get").expect("y");
+        assert_eq!(y.value, b"other");
+    }
+
+    /// A database created in the new layout (`WITHOUT ROWID`, 16 KiB pages) still works with
+    /// the statements of the version before it (0204438, verbatim): its reads, writes, watch
+    /// query and compaction; and this version reads what they wrote.
+    #[tokio::test]
+    async fn the_previous_versions_sql_works_on_a_new_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.expect("open");
+        let r1 = store.create("/o/a", b"a1".to_vec()).await.expect("a");
+        store.create("/o/b", b"b1".to_vec()).await.expect("b");
+        drop(store);
+        let mut old = Connection::open(&path).expect("open");
+        let tx = old.transaction().expect("begin");
+        let get = |tx: &Connection, key: &str| {
+            tx.query_row(
+                "SELECT value, create_revision, mod_revision FROM kv WHERE key = ?1",
+                [key.as_bytes()],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .expect("get")
+        };
+        assert_eq!(get(&tx, "/o/a"), Some((b"a1".to_vec(), r1, r1)));
+        let head: i64 = tx
+            .query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                ["revision"],
+                |r| r.get(0),
+            )
+            .expect("head");
+        let rev = head + 1;
+        tx.execute(
+            "INSERT INTO kv (key, value, create_revision, mod_revision) VALUES (?1, ?2, ?3, ?3)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, mod_revision = excluded.mod_revision",
+            params![b"/o/a".as_slice(), b"a2".as_slice(), rev],
+        )
+        .expect("upsert");
+        tx.execute("DELETE FROM kv WHERE key = ?1", [b"/o/b".as_slice()])
+            .expect("remove");
+        let log = "INSERT INTO log (revision, idx, key, kind, value, create_revision, prev_value, prev_create, prev_mod)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+        tx.execute(
+            log,
+            params![
+                rev,
+                0,
+                b"/o/a".as_slice(),
+                KIND_PUT,
+                b"a2".as_slice(),
+                r1,
+                b"a1".as_slice(),
+                r1,
+                r1
+            ],
+        )
+        .expect("log put");
+        tx.execute(
+            log,
+            params![
+                rev,
+                1,
+                b"/o/b".as_slice(),
+                KIND_DELETE,
+                b"".as_slice(),
+                0,
+                b"b1".as_slice(),
+                r1 + 1,
+                r1 + 1
+            ],
+        )
+        .expect("log delete");
+        tx.execute(
+            "UPDATE meta SET value = ?2 WHERE name = ?1",
+            params!["revision", rev],
+        )
+        .expect("meta");
+        tx.commit().expect("commit");
+        let keys: Vec<(i64, i64, Vec<u8>)> = old
+            .prepare(
+                "SELECT revision, idx, key
+                 FROM log
+                 WHERE revision >= ?1 AND (revision > ?1 OR idx > ?2) AND revision <= ?3
+                   AND key >= ?4 AND (?5 IS NULL OR key < ?5)
+                 ORDER BY revision, idx LIMIT ?6",
+            )
+            .expect("watch query")
+            .query_map(
+                params![r1, 0, rev, b"/o/".as_slice(), b"/o0".as_slice(), 100],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(
+            keys,
+            vec![
+                (r1 + 1, 0, b"/o/b".to_vec()),
+                (rev, 0, b"/o/a".to_vec()),
+                (rev, 1, b"/o/b".to_vec())
+            ]
+        );
+        drop(old);
+        let store = SqliteStore::open(&path).await.expect("reopen");
+        let (kvs, at) = store.list("/o/").await.expect("list");
+        assert_eq!(at, rev);
+        let got: Vec<_> = kvs
+            .iter()
+            .map(|kv| (kv.key.as_str(), kv.value.as_slice(), kv.mod_revision))
+            .collect();
+        assert_eq!(got, vec![("/o/a", &b"a2"[..], rev)]);
+        let mut w = store.watch("/o/", r1 + 1).await.expect("watch");
+        let put = w.next().await.expect("open").expect("event");
+        assert_eq!(
+            (put.kind, put.kv.value.as_slice()),
+            (EventKind::Put, &b"a2"[..])
+        );
+        assert_eq!(put.prev.map(|p| p.value), Some(b"a1".to_vec()));
+        let del = w.next().await.expect("open").expect("event");
+        assert_eq!((del.kind, del.kv.key.as_str()), (EventKind::Delete, "/o/b"));
+        // The previous version's compaction.
+        let old = Connection::open(&path).expect("open");
+        old.execute("DELETE FROM log WHERE revision <= ?1", [r1 + 1])
+            .expect("compact");
+        drop(old);
+        assert!(
+            store
+                .txn(vec![TxnOp::Put {
+                    key: "/o/c".into(),
+                    value: b"c".to_vec()
+                }])
+                .await
+                .is_ok()
+        );
+    }
+
     #[tokio::test]
     async fn creates_the_parent_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
