@@ -515,6 +515,28 @@ fn edge_cases_decode_or_fail_the_same_on_both_paths() {
         r#"[1,2]"#,
         "",
         "null",
+        // Numbers: big integers (f64 on both paths), negative zero, exponents, out of range.
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":18446744073709551616}]}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":-0}]}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":8e1}]}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80,"targetPort":2147483648}]}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80,"targetPort":-1}]}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"ports":[{"port":80,"targetPort":"http"}]}}"#,
+        r#"{"apiVersion":"projectcalico.org/v3","kind":"NetworkPolicy","metadata":{"name":"a"},"spec":{"order":1e400}}"#,
+        r#"{"apiVersion":"projectcalico.org/v3","kind":"NetworkPolicy","metadata":{"name":"a"},"spec":{"order":18446744073709551616}}"#,
+        r#"{"apiVersion":"projectcalico.org/v3","kind":"NetworkPolicy","metadata":{"name":"a"},"spec":{"order":-0.0}}"#,
+        r#"{"apiVersion":"projectcalico.org/v3","kind":"NetworkPolicy","metadata":{"name":"a"},"spec":{"order":"5"}}"#,
+        // A unit enum variant spelled as a map; a duplicate inside a custom map visitor.
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"type":{"NodePort":null}}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"spec":{"type":{"NodePort":null,"NodePort":null}}}"#,
+        r#"{"apiVersion":"projectcalico.org/v3","kind":"FelixConfiguration","metadata":{"name":"default"},"spec":{"failsafeInboundHostPorts":[{"port":22,"port":23}]}}"#,
+        r#"{"apiVersion":"projectcalico.org/v3","kind":"FelixConfiguration","metadata":{"name":"default"},"spec":{"failsafeInboundHostPorts":[{"port":22},"udp:53"]}}"#,
+        // Duplicate map keys spelled differently (escape), lone surrogates, an escaped key.
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a","labels":{"x":"1","\u0078":"2"}}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a\ud800"}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a\udc00\ud800"}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"na\u006de":"a"}}"#,
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a"},"\u006bind":"Service"}"#,
     ];
     for (i, c) in cases.iter().enumerate() {
         assert_same(c.as_bytes(), &format!("edge case {i}"));
@@ -526,4 +548,13 @@ fn edge_cases_decode_or_fail_the_same_on_both_paths() {
     let at = bad.iter().position(|&b| b == b'a').expect("name");
     bad[at] = 0xff;
     assert_same(&bad, "invalid UTF-8");
+    // Nesting deeper than serde_json's recursion limit, where a field holds a list.
+    for depth in [100, 126, 127, 128, 129, 300] {
+        let doc = format!(
+            r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"a"}},"spec":{{"ports":{}{}}}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert_same(doc.as_bytes(), &format!("nesting {depth}"));
+    }
 }
