@@ -439,8 +439,17 @@ fn render(t: &Tree, indent: usize, jitter: &mut impl Iterator<Item = u8>, out: &
     }
 }
 
+/// 512 cases unless `PROPTEST_CASES` asks for another number (a fixed `with_cases` would
+/// ignore it).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn random_block_yaml(
@@ -470,7 +479,7 @@ fn field(choices: &'static [&'static str]) -> impl Strategy<Value = &'static str
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn random_services(
@@ -688,5 +697,42 @@ fn review_edge_cases() {
         "? ", "#", "a:", "a: b\n:", "- a\n:", " : x", "x\n : y", "\n\n", "",
     ] {
         check(&format!("bare {text:?}"), text);
+    }
+}
+
+/// Pieces of YAML syntax spliced into a Service at random places.
+const MUTATIONS: &[&str] = &[
+    ":", ": ", " ", "  ", "-", "- ", "#", " #", "'", "''", "\"", "\n", "\n  ", "\n- ", "0", "1",
+    "?", "? ", "{", "}", "[", "]", "{}", "[]", ",", "---", "\n---\n", "...", "~", "&a ", "*a", "!",
+    "|", ">", "%", "@", "`", "e", "E3", ".", "+", "_", "x", "\\", "true", "null", ".inf", "0x",
+    "0o", "\r", "\t", "\u{e9}", "\u{feff}",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// A Service with a few random splices and deletions: whatever the fast path takes, the
+    /// `Value` path gives the same; nothing panics.
+    #[test]
+    fn mutated_services(
+        edits in prop::collection::vec(
+            (0usize..10_000, prop::sample::select(MUTATIONS), 0usize..3),
+            1..4,
+        ),
+    ) {
+        let mut text = SERVICE.to_string();
+        for (at, piece, cut) in edits {
+            let mut at = at % (text.len() + 1);
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            let mut end = (at + cut).min(text.len());
+            while !text.is_char_boundary(end) {
+                end += 1;
+            }
+            text.replace_range(at..end, piece);
+        }
+        check("mutated", &text);
+        check("mutated-2", &format!("{SERVICE}---\n{text}"));
     }
 }
