@@ -17,6 +17,11 @@
 //! `Value` path decides). `apiVersion` and `kind` are removed by the `Value` path before the
 //! typed decoding; here [`SkipTypeFields`] skips them, checking each repeat against the peeked
 //! value.
+//!
+//! This relies on every model struct being `deny_unknown_fields` (they all are): a type that
+//! ignored unknown fields would have them skipped here by serde_json's `IgnoredAny`, which does
+//! not reject what building a `Value` rejects (lone surrogate escapes, numbers out of range,
+//! nesting beyond serde_json's limit), so the two paths could disagree on such input.
 
 use std::fmt;
 
