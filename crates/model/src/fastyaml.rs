@@ -131,6 +131,10 @@ const MAX_DEPTH: usize = 64;
 /// Longer keys are left to the `Value` path (libyaml limits implicit keys to 1024 bytes).
 const MAX_KEY_LEN: usize = 1000;
 
+/// Mappings with more entries than this are left to the `Value` path (the duplicate-key check here is a
+/// linear scan per key).
+const MAX_ENTRIES: usize = 256;
+
 struct Parser<'l, 'a> {
     lines: &'l [Line<'a>],
     pos: usize,
@@ -194,7 +198,11 @@ impl<'a> Parser<'_, 'a> {
         let Split::Key(key, rest) = split_key(text) else {
             return None;
         };
-        if key == "<<" || key.len() > MAX_KEY_LEN || entries.iter().any(|(k, _)| *k == key) {
+        if key == "<<"
+            || key.len() > MAX_KEY_LEN
+            || entries.len() >= MAX_ENTRIES
+            || entries.iter().any(|(k, _)| *k == key)
+        {
             return None;
         }
         self.pos += 1;

@@ -691,6 +691,13 @@ fn review_edge_cases() {
             check(&format!("review edit {i}: {to:?}"), &text);
         }
     }
+    // A big label map (past the fast path's entry limit) and one just under it.
+    for n in [256, 257, 300] {
+        let labels: String = (0..n).map(|i| format!("    l{i}: v{i}\n")).collect();
+        let text = SERVICE.replacen("    app: web\n", &labels, 1);
+        let taken = check(&format!("{n} labels"), &text);
+        assert_eq!(taken, n <= 256, "{n} labels");
+    }
     // Bare lines alone: none may panic, each agrees with the `Value` path.
     for text in [
         ":", ": x", "- : x", "-", "- -", "---", "--- ", "'", "\"", "'a", "a: '", "a: \"b", "?",
