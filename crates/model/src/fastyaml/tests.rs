@@ -743,3 +743,24 @@ proptest! {
         check("mutated-2", &format!("{SERVICE}---\n{text}"));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// Random scalars where any string is valid (an annotation value, checked by nothing but
+    /// its type): the scalar typing of the fast path (null, bool, int, float, string, quoting,
+    /// comments) against serde_yaml_ng's.
+    #[test]
+    fn random_annotation_values(
+        value in "[ :#'\"0-9.eExob+_~nulrtfaNIF{}\\[\\],&*!|>%@`?\\\\-]{0,10}",
+        quoted_key in any::<bool>(),
+    ) {
+        let key = if quoted_key { "'note'" } else { "note" };
+        let text = SERVICE.replacen(
+            "  labels:\n",
+            &format!("  annotations:\n    {key}: {value}\n  labels:\n"),
+            1,
+        );
+        check("annotation", &text);
+    }
+}
