@@ -764,3 +764,48 @@ proptest! {
         check("annotation", &text);
     }
 }
+
+/// Pieces of lines for [`random_annotation_blocks`].
+const BLOCK_PIECES: &[&str] = &[
+    "    a: x\n",
+    "    b:",
+    "    c",
+    "y",
+    "1",
+    "\n",
+    " ",
+    "  ",
+    "- ",
+    "-",
+    ":",
+    ": ",
+    "#",
+    " #",
+    "'",
+    "\"",
+    "---\n",
+    "? ",
+    "{}",
+    "[]",
+    "~",
+    "\n  ",
+    "\n      ",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// Random lines inside an annotations block (whose values take any string): the block
+    /// structure (indentation, dashes, empty values, comments, markers) against the `Value`
+    /// path.
+    #[test]
+    fn random_annotation_blocks(pieces in prop::collection::vec(prop::sample::select(BLOCK_PIECES), 0..14)) {
+        let block: String = pieces.concat();
+        let text = SERVICE.replacen(
+            "  labels:\n",
+            &format!("  annotations:\n{block}\n  labels:\n"),
+            1,
+        );
+        check("annotation block", &text);
+    }
+}
