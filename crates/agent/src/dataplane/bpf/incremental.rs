@@ -175,7 +175,6 @@ impl ServiceMirror {
 
     /// The write of `pending` (from [`Self::update`]) succeeded.
     pub(super) fn commit(&mut self, pending: Pending) {
-        self.digests.reserve(pending.0.len());
         for (k, d) in pending.0 {
             match d {
                 Some(d) => self.digests.insert(k, d),
@@ -266,15 +265,13 @@ impl ServiceMirror {
     ) -> (ServiceDelta, Pending) {
         let mut d = ServiceDelta::default();
         let mut pending = Vec::with_capacity(changes.len());
-        // A burst of new services grows the maps by as many entries: room for them at once
-        // rather than by repeated doubling (each rehashing every entry so far).
+        // Room for the delta at once. Not for the long-lived maps (`fe`, `be`, the ids, the
+        // digests): a change of existing frontends would reserve as if each were new, and a
+        // map's capacity never shrinks.
         let (sets, entries) = changes.iter().fold((0, 0), |(s, e), c| match c {
             Change::Set { entries, .. } => (s + 1, e + entries.len()),
             Change::Removed(_) => (s, e),
         });
-        fe.reserve(sets);
-        be.reserve(entries);
-        self.taken.reserve(sets);
         d.fe_up.reserve(sets);
         d.be_up.reserve(entries);
         // The ids of removed frontends are freed only after this write: a new frontend
