@@ -164,6 +164,10 @@ impl ServiceEntry {
         if cluster_ips_is_cluster_ip {
             spec.cluster_ips = Vec::new();
         }
+        // Kept as long as the Service: without the spare capacity a decoded list may have.
+        spec.cluster_ips.shrink_to_fit();
+        spec.ip_families.shrink_to_fit();
+        spec.external_ips.shrink_to_fit();
         ServiceEntry {
             meta: compact::meta_beyond_key(svc.metadata),
             body: Box::new((svc.spec, svc.status)),

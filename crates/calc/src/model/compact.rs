@@ -59,9 +59,11 @@ struct Selector {
 
 impl Selector {
     fn new(s: LabelSelector) -> Selector {
+        let mut expressions = s.match_expressions;
+        expressions.shrink_to_fit();
         Selector {
             labels: labels_from(s.match_labels),
-            expressions: s.match_expressions,
+            expressions,
         }
     }
 
@@ -106,11 +108,13 @@ struct Rule {
 }
 
 impl Rule {
-    fn new(peers: Vec<NetworkPolicyPeer>, ports: Vec<NetworkPolicyPort>) -> Rule {
-        Rule {
-            peers: peers.into_iter().map(Peer::new).collect(),
-            ports,
-        }
+    fn new(peers: Vec<NetworkPolicyPeer>, mut ports: Vec<NetworkPolicyPort>) -> Rule {
+        // Kept as long as the policy: without the spare capacity a decoded list may have
+        // grown with (a collect in place keeps its source's capacity, too).
+        let mut peers: Vec<Peer> = peers.into_iter().map(Peer::new).collect();
+        peers.shrink_to_fit();
+        ports.shrink_to_fit();
+        Rule { peers, ports }
     }
 
     fn peers(&self) -> Vec<NetworkPolicyPeer> {
@@ -133,7 +137,7 @@ impl K8sPolicyEntry {
     /// The entry for `p`, stored under `(p.metadata.namespace_str(), p.metadata.name)`.
     pub fn new(p: K8sNetworkPolicy) -> K8sPolicyEntry {
         let spec = p.spec;
-        K8sPolicyEntry {
+        let mut entry = K8sPolicyEntry {
             pod_selector: Selector::new(spec.pod_selector),
             policy_types: spec.policy_types,
             ingress: spec
@@ -147,7 +151,12 @@ impl K8sPolicyEntry {
                 .map(|r| Rule::new(r.to, r.ports))
                 .collect(),
             meta: meta_beyond_key(p.metadata),
-        }
+        };
+        // As in `Rule::new`: no spare capacity in what lives as long as the policy.
+        entry.policy_types.shrink_to_fit();
+        entry.ingress.shrink_to_fit();
+        entry.egress.shrink_to_fit();
+        entry
     }
 
     /// The policy this entry was made from; `namespace` and `name` are its key in

@@ -160,7 +160,10 @@ impl<'a> Context<'a> {
                 let Some((last, rest)) = keys.split_last() else {
                     continue;
                 };
-                let backends = backends::backends(self, namespace, name, svc, port, fam);
+                let mut backends = backends::backends(self, namespace, name, svc, port, fam);
+                // Moved into a frontend that lives as long as the service: without the spare
+                // capacity it grew with (a clone, as the others get, has none either).
+                backends.shrink_to_fit();
                 for k in rest {
                     if let Some(f) = out.get_mut(*k) {
                         f.backends = backends.clone();
