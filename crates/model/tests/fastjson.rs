@@ -70,7 +70,10 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
-            yaml_files(&p, out);
+            // `work`: the bench's scratch directories (git-ignored, absent from a clean clone).
+            if e.file_name() != "work" {
+                yaml_files(&p, out);
+            }
         } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
             out.push(p);
         }
@@ -268,7 +271,8 @@ fn random_values(seed: u64, n: usize) -> Vec<Vec<u8>> {
 fn every_fixture_resource_decodes_the_same_on_both_paths() {
     let (stored, raw) = fixture_values();
     assert!(
-        stored.len() > 200,
+        // A clean clone has ~80 (scenario steps included).
+        stored.len() > 60,
         "only {} fixture resources",
         stored.len()
     );

@@ -38,7 +38,8 @@ fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let name = e.file_name();
         let name = name.to_string_lossy();
         if p.is_dir() {
-            if !matches!(name.as_ref(), "target" | ".git" | "node_modules") {
+            // `work`: the bench's scratch directories (git-ignored, absent from a clean clone).
+            if !matches!(name.as_ref(), "target" | ".git" | "node_modules" | "work") {
                 yaml_files(&p, out);
             }
         } else if name.ends_with(".yaml") || name.ends_with(".yml") {
