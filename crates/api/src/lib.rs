@@ -133,24 +133,7 @@ impl Client {
         mode: ApplyMode,
     ) -> Result<Vec<(ResourceKey, Outcome)>> {
         let input = Arc::new(resources);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.try_apply(&input, mode).await {
-                Err(ApiError::Store(StoreError::TxnFailed { source, .. }))
-                    if matches!(
-                        *source,
-                        StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }
-                    ) && attempt < MAX_APPLY_ATTEMPTS =>
-                {
-                    tracing::debug!(attempt, "apply raced a concurrent writer; retrying");
-                    // A short, growing, per-process-varied pause spreads concurrent appliers.
-                    let jitter = u64::from(std::process::id() % 7) + u64::from(attempt) * 3;
-                    tokio::time::sleep(std::time::Duration::from_millis(jitter.min(50))).await;
-                }
-                other => return other,
-            }
-        }
+        retry_raced("apply", || self.try_apply(&input, mode)).await
     }
 
     /// One attempt of [`Client::apply`] on a working copy of `input` (admission fills in
@@ -372,23 +355,7 @@ impl Client {
         keys: &[ResourceKey],
         ignore_not_found: bool,
     ) -> Result<Vec<ResourceKey>> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.try_delete(keys, ignore_not_found).await {
-                Err(ApiError::Store(StoreError::TxnFailed { source, .. }))
-                    if matches!(
-                        *source,
-                        StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }
-                    ) && attempt < MAX_APPLY_ATTEMPTS =>
-                {
-                    tracing::debug!(attempt, "delete raced a concurrent writer; retrying");
-                    let jitter = u64::from(std::process::id() % 7) + u64::from(attempt) * 3;
-                    tokio::time::sleep(std::time::Duration::from_millis(jitter.min(50))).await;
-                }
-                other => return other,
-            }
-        }
+        retry_raced("delete", || self.try_delete(keys, ignore_not_found)).await
     }
 
     async fn try_delete(
@@ -482,6 +449,34 @@ impl ResourceWatch {
             Err(e) => return Some(Err(e.into())),
         };
         Some(decode_event(&ev))
+    }
+}
+
+/// Runs `attempt` again while its transaction loses a race with a concurrent writer (a
+/// compare-and-swap conflict or a create that someone else made first), up to
+/// [`MAX_APPLY_ATTEMPTS`] times, with a short, growing, per-process-varied pause that spreads
+/// concurrent writers. `what` names the operation in the debug log.
+async fn retry_raced<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut n = 0;
+    loop {
+        n += 1;
+        match attempt().await {
+            Err(ApiError::Store(StoreError::TxnFailed { source, .. }))
+                if matches!(
+                    *source,
+                    StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }
+                ) && n < MAX_APPLY_ATTEMPTS =>
+            {
+                tracing::debug!(attempt = n, "{what} raced a concurrent writer; retrying");
+                let jitter = u64::from(std::process::id() % 7) + u64::from(n) * 3;
+                tokio::time::sleep(std::time::Duration::from_millis(jitter.min(50))).await;
+            }
+            other => return other,
+        }
     }
 }
 

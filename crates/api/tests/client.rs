@@ -816,16 +816,7 @@ async fn concurrent_writers_converting_a_per_address_index_all_land() {
     // A version 1 index (one key per address and per node port) of four stored Services.
     let mut ops = Vec::new();
     for i in 0..4 {
-        let mut old = service(
-            &format!("old{i}"),
-            &format!("  clusterIP: 10.96.0.{}\n  type: NodePort\n", 2 + i),
-        );
-        let Resource::Service(s) = &mut old[0] else {
-            unreachable!()
-        };
-        s.spec.cluster_ips = vec![format!("10.96.0.{}", 2 + i)];
-        s.spec.ports[0].node_port = Some(serval_model::types::Port(30000 + i));
-        c.put(old.remove(0), None).await.unwrap();
+        store_without_index(&c, i).await;
         ops.push(serval_store::TxnOp::Put {
             key: format!("{INDEX}/ip4/0a6000{:02x}", 2 + i),
             value: holder(&format!("old{i}")).into_bytes(),
@@ -842,32 +833,7 @@ async fn concurrent_writers_converting_a_per_address_index_all_land() {
     c.store().txn(ops).await.unwrap();
     // Several processes meet the old layout at once: each converts it or finds it converted
     // (a lost conversion retries), none fails.
-    let mut tasks = Vec::new();
-    for i in 0..6 {
-        let app = Client::new(f.open().await.unwrap());
-        tasks.push(tokio::spawn(async move {
-            app.apply(
-                service(&format!("n{i}"), "  type: NodePort\n"),
-                ApplyMode::Apply,
-            )
-            .await
-            .map(|_| ())
-        }));
-    }
-    let del = Client::new(f.open().await.unwrap());
-    tasks.push(tokio::spawn(async move {
-        del.delete(
-            &[ResourceKey::new(Kind::Service, Some("default"), "old0")],
-            false,
-        )
-        .await
-        .map(|_| ())
-    }));
-    for (i, t) in tasks.into_iter().enumerate() {
-        t.await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("writer {i} failed: {e}"));
-    }
+    six_applies_and_a_delete_race(&f, "old0").await;
     assert_index_matches_services(&c).await;
     let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
     assert_eq!(svcs.len(), 9);
@@ -977,24 +943,24 @@ async fn an_apply_of_ten_services_with_one_taken_address_stores_none_and_names_i
     assert_index_matches_services(&c).await;
 }
 
-#[tokio::test]
-async fn concurrent_writers_building_a_missing_index_all_land() {
-    let f = SqliteFile::new().expect("temp sqlite");
-    let c = client(&f).await;
-    // Services stored before the index existed: no marker at all, no index keys.
-    for i in 0..4u16 {
-        let mut old = service(
-            &format!("old{i}"),
-            &format!("  clusterIP: 10.96.0.{}\n  type: NodePort\n", 2 + i),
-        );
-        let Resource::Service(s) = &mut old[0] else {
-            unreachable!()
-        };
-        s.spec.cluster_ips = vec![format!("10.96.0.{}", 2 + i)];
-        s.spec.ports[0].node_port = Some(serval_model::types::Port(30000 + i));
-        c.put(old.remove(0), None).await.unwrap();
-    }
-    assert!(c.store().get(INDEX).await.unwrap().is_none());
+/// Stores Service `old{i}` (cluster IP 10.96.0.{2+i}, node port 30000+i) with `put`, as a
+/// datastore written without the allocation index holds it.
+async fn store_without_index(c: &Client, i: u16) {
+    let mut old = service(
+        &format!("old{i}"),
+        &format!("  clusterIP: 10.96.0.{}\n  type: NodePort\n", 2 + i),
+    );
+    let Resource::Service(s) = &mut old[0] else {
+        unreachable!()
+    };
+    s.spec.cluster_ips = vec![format!("10.96.0.{}", 2 + i)];
+    s.spec.ports[0].node_port = Some(serval_model::types::Port(30000 + i));
+    c.put(old.remove(0), None).await.unwrap();
+}
+
+/// Six processes apply a NodePort Service each (`n0`…`n5`) while a seventh deletes Service
+/// `deleted`, all at once; every one of them must succeed.
+async fn six_applies_and_a_delete_race(f: &SqliteFile, deleted: &'static str) {
     let mut tasks = Vec::new();
     for i in 0..6 {
         let app = Client::new(f.open().await.unwrap());
@@ -1010,7 +976,7 @@ async fn concurrent_writers_building_a_missing_index_all_land() {
     let del = Client::new(f.open().await.unwrap());
     tasks.push(tokio::spawn(async move {
         del.delete(
-            &[ResourceKey::new(Kind::Service, Some("default"), "old1")],
+            &[ResourceKey::new(Kind::Service, Some("default"), deleted)],
             false,
         )
         .await
@@ -1021,6 +987,18 @@ async fn concurrent_writers_building_a_missing_index_all_land() {
             .unwrap()
             .unwrap_or_else(|e| panic!("writer {i} failed: {e}"));
     }
+}
+
+#[tokio::test]
+async fn concurrent_writers_building_a_missing_index_all_land() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    // Services stored before the index existed: no marker at all, no index keys.
+    for i in 0..4u16 {
+        store_without_index(&c, i).await;
+    }
+    assert!(c.store().get(INDEX).await.unwrap().is_none());
+    six_applies_and_a_delete_race(&f, "old1").await;
     let (svcs, _) = c.list(Kind::Service, None).await.unwrap();
     assert_eq!(svcs.len(), 9);
     assert_index_matches_services(&c).await;

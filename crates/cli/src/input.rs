@@ -266,6 +266,18 @@ mod tests {
     }
 
     /// The block scan finds exactly the lines a line-by-line walk finds, across block edges.
+    /// The offsets of the lines starting with `-`, `.` or `%`, found by walking every line.
+    fn line_walk(text: &str) -> Vec<usize> {
+        let mut offset = 0;
+        text.split_inclusive('\n')
+            .filter_map(|l| {
+                let o = offset;
+                offset += l.len();
+                l.starts_with(['-', '.', '%']).then_some(o)
+            })
+            .collect()
+    }
+
     #[test]
     fn special_lines_match_a_line_walk() {
         let mut text = String::new();
@@ -282,26 +294,10 @@ mod tests {
             text.push_str(&line);
             text.push(if i % 11 == 0 { '\r' } else { ' ' });
             text.push('\n');
-            let mut offset = 0;
-            let walk: Vec<usize> = text
-                .split_inclusive('\n')
-                .filter_map(|l| {
-                    let o = offset;
-                    offset += l.len();
-                    l.starts_with(['-', '.', '%']).then_some(o)
-                })
-                .collect();
+            let walk = line_walk(&text);
             assert_eq!(special_lines(&text), walk, "after line {i}");
             let trimmed = text.trim_end_matches('\n');
-            let mut offset = 0;
-            let walk: Vec<usize> = trimmed
-                .split_inclusive('\n')
-                .filter_map(|l| {
-                    let o = offset;
-                    offset += l.len();
-                    l.starts_with(['-', '.', '%']).then_some(o)
-                })
-                .collect();
+            let walk = line_walk(trimmed);
             assert_eq!(
                 special_lines(trimmed),
                 walk,

@@ -94,7 +94,7 @@ const WRITER_CACHE_KIB: i64 = -65536;
 const NEW_PAGE_SIZE: i64 = 16384;
 
 /// The schema a new database gets. The tables and columns are those of the first layout
-/// (rowid tables, `ROWID_SCHEMA` in the tests, which databases written by earlier versions have
+/// (rowid tables, `rowid_schema()` in the tests, which databases written by earlier versions have
 /// and keep: every
 /// statement of this module works on both, and earlier versions work on this one); `kv` and
 /// `log` are `WITHOUT ROWID` tables, each stored in the B-tree of its primary key instead of a
@@ -128,36 +128,15 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compacted', 0), ('schema', 1);
 ";
 
-/// The first layout (rowid tables), as earlier versions created it. Only tests create it now
-/// (to run the same semantics against a database written by an earlier version).
+/// The first layout (rowid tables), as earlier versions created it: [`SCHEMA`] without
+/// `WITHOUT ROWID`. Only tests create it now (to run the same semantics against a database
+/// written by an earlier version).
 #[cfg(any(test, feature = "testing"))]
-const ROWID_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS kv (
-    key BLOB PRIMARY KEY,
-    value BLOB NOT NULL,
-    create_revision INTEGER NOT NULL,
-    mod_revision INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS log (
-    revision INTEGER NOT NULL,
-    idx INTEGER NOT NULL,
-    key BLOB NOT NULL,
-    kind INTEGER NOT NULL,
-    value BLOB NOT NULL,
-    create_revision INTEGER NOT NULL,
-    prev_value BLOB,
-    prev_create INTEGER,
-    prev_mod INTEGER,
-    PRIMARY KEY (revision, idx)
-);
-CREATE TABLE IF NOT EXISTS meta (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compacted', 0), ('schema', 1);
-";
+fn rowid_schema() -> String {
+    SCHEMA.replace(") WITHOUT ROWID;", ");")
+}
 
-/// Write the first layout ([`ROWID_SCHEMA`], 4 KiB pages: what earlier versions created) to a
+/// Write the first layout ([`rowid_schema`], 4 KiB pages: what earlier versions created) to a
 /// new database file at `path`, as an earlier version would have. For tests.
 #[cfg(any(test, feature = "testing"))]
 pub(crate) fn create_rowid_layout(path: &Path) -> rusqlite::Result<()> {
@@ -165,7 +144,7 @@ pub(crate) fn create_rowid_layout(path: &Path) -> rusqlite::Result<()> {
     conn.pragma_update(None, "page_size", 4096)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     debug_assert!(mode.eq_ignore_ascii_case("wal"), "journal mode {mode}");
-    conn.execute_batch(&format!("BEGIN IMMEDIATE; {ROWID_SCHEMA} COMMIT;"))
+    conn.execute_batch(&format!("BEGIN IMMEDIATE; {} COMMIT;", rowid_schema()))
 }
 
 const KIND_PUT: i64 = 0;
