@@ -172,6 +172,7 @@ impl Lab {
             command: shown.clone(),
             source,
         };
+        let started = std::time::Instant::now();
         let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -208,7 +209,11 @@ impl Lab {
                 stderr: stderr.trim().to_string(),
             });
         }
-        Ok(Applied { reported, exited })
+        Ok(Applied {
+            started,
+            reported,
+            exited,
+        })
     }
 
     /// `serval --lab NAME delete -f FILE` (the file written by an earlier [`Lab::apply`]).
@@ -256,9 +261,12 @@ impl Lab {
     }
 }
 
-/// When a [`Lab::apply_timed`] finished its parts.
+/// When a [`Lab::apply_timed`] started and finished its parts.
 #[derive(Debug, Clone, Copy)]
 pub struct Applied {
+    /// `serval apply` was started: its input file was already written, as a baseline's rules
+    /// file is before `iptables-restore` / `nft -f` starts.
+    pub started: std::time::Instant,
     /// `serval apply` printed its first outcome: its datastore transaction had committed.
     /// `None` if it printed nothing.
     pub reported: Option<std::time::Instant>,
