@@ -552,6 +552,29 @@ fn edge_cases_decode_or_fail_the_same_on_both_paths() {
     let at = bad.iter().position(|&b| b == b'a').expect("name");
     bad[at] = 0xff;
     assert_same(&bad, "invalid UTF-8");
+    // Invalid UTF-8 in a key, in a label value, and a sequence cut short at the very end
+    // (the fast path checks the whole document at once, then reads it as text).
+    let labels =
+        r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"a","labels":{"k":"v\u00e9"}}}"#;
+    for (find, with) in [
+        (&b"\"k\""[..], &b"\"\xc3\""[..]),
+        (b"v\\u00e9", b"v\xe9\xa9"),
+        (b"v\\u00e9", b"v\xed\xa0\x80"),
+    ] {
+        let mut doc = labels.as_bytes().to_vec();
+        let at = doc
+            .windows(find.len())
+            .position(|w| w == find)
+            .expect("in the document");
+        doc.splice(at..at + find.len(), with.iter().copied());
+        assert_same(&doc, "invalid UTF-8 in a key or value");
+    }
+    let mut cut = svc.as_bytes().to_vec();
+    cut.push(0xc3);
+    assert_same(&cut, "a cut UTF-8 sequence after the document");
+    // Valid multi-byte UTF-8 (not escaped) decodes the same.
+    let multi = labels.replace("\\u00e9", "é✓𝄞");
+    assert!(assert_same(multi.as_bytes(), "multi-byte UTF-8"));
     // Nesting deeper than serde_json's recursion limit, where a field holds a list.
     for depth in [100, 126, 127, 128, 129, 300] {
         let doc = format!(
