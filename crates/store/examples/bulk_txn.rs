@@ -1,14 +1,15 @@
 //! Times the sqlite store on the bench's bulk write (`serval apply` of 50,000 Services): one
-//! transaction of 50,000 Service creates (~480 bytes of JSON each, in input order), 50,000
-//! allocation-index creates (sorted keys, small values) and an update of the index marker,
+//! transaction of 50,000 Service creates (~480 bytes of JSON each, in input order), 196
+//! allocation-index creates (one per 256 addresses, ~17 KiB each) and an update of the index
+//! marker,
 //! then how long a watcher (a second store on the same file, as the agent is another process)
 //! takes from the commit to having every event of that revision.
 //!
-//! `cargo run --release -p serval-store --example bulk_txn -- [RUNS] [SERVICES] [agent|all]`
+//! `cargo run --release -p serval-store --example bulk_txn -- [RUNS] [SERVICES] [agent|all|none]`
 //! (defaults 3, 50,000, agent). `agent` watches as the agent does: the resources prefix (timed:
 //! it gets the 50,000 Service events) and the IPAM affinities prefix (no events from this
 //! revision, but it reads the revision's log too) at once; `all` watches `/` alone (every
-//! event). Each run uses a fresh database in a temporary directory.
+//! event); `none` times the write alone. Each run uses a fresh database in a temporary directory.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,25 +36,36 @@ fn service_key(i: usize) -> String {
     format!("{RESOURCES}services/default/bench-svc-{i}")
 }
 
-/// The apply's transaction: Services in input order, then the index keys (sorted), then the
-/// marker's compare-and-swap.
+/// The apply's transaction: Services in input order, then the allocation index (one key per
+/// 256 addresses, each mapping its addresses to Service keys, ~17 KiB), then the marker's
+/// compare-and-swap.
 fn bulk_ops(n: usize, marker_rev: i64) -> Vec<TxnOp> {
-    let mut ops = Vec::with_capacity(2 * n + 1);
+    let mut ops = Vec::with_capacity(n + n / 256 + 2);
     for i in 0..n {
         ops.push(TxnOp::Create {
             key: service_key(i),
             value: service_json(i),
         });
     }
-    for i in 0..n {
+    for bucket in 0..n.div_ceil(256) {
+        let entries: Vec<String> = (bucket * 256..n.min(bucket * 256 + 256))
+            .map(|i| {
+                format!(
+                    r#""10.96.{}.{}":"{}""#,
+                    16 + i / 256,
+                    i % 256,
+                    service_key(i)
+                )
+            })
+            .collect();
         ops.push(TxnOp::Create {
-            key: format!("{MARKER}/ip4/0a60{:04x}", 0x1000 + i),
-            value: service_key(i).into_bytes(),
+            key: format!("{MARKER}/ip4/0a60{:02x}", 16 + bucket),
+            value: format!("{{{}}}", entries.join(",")).into_bytes(),
         });
     }
     ops.push(TxnOp::Update {
         key: MARKER.to_string(),
-        value: br#"{"next":{},"version":1}"#.to_vec(),
+        value: br#"{"next":{},"version":2}"#.to_vec(),
         expected: marker_rev,
     });
     ops
@@ -88,22 +100,35 @@ struct Run {
     watches: Vec<(String, usize, Duration)>,
 }
 
-async fn run_once(n: usize, all: bool) -> Result<Run> {
+/// Who watches the write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The agent's two watches.
+    Agent,
+    /// One watch of everything.
+    All,
+    /// Nobody: the write alone.
+    None,
+}
+
+async fn run_once(n: usize, mode: Mode) -> Result<Run> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("store.db");
     let writer = SqliteStore::open(&path).await?;
     let marker_rev = writer.create(MARKER, b"{}".to_vec()).await?;
     // The watcher is another store on the file, woken across "processes" as the agent is.
     let watcher = Arc::new(SqliteStore::open(&path).await?);
-    let prefixes: &[(&str, usize)] = if all {
-        &[("/", 2 * n + 1)]
-    } else {
-        &[(RESOURCES, n)]
+    let everything = [("/", n + n.div_ceil(256) + 1)];
+    let resources = [(RESOURCES, n)];
+    let prefixes: &[(&str, usize)] = match mode {
+        Mode::All => &everything,
+        Mode::Agent => &resources,
+        Mode::None => &[],
     };
     // Kept open (not timed) for the run.
-    let _affinities = match all {
-        false => Some(watcher.watch(AFFINITIES, marker_rev).await?),
-        true => None,
+    let _affinities = match mode {
+        Mode::Agent => Some(watcher.watch(AFFINITIES, marker_rev).await?),
+        Mode::All | Mode::None => None,
     };
     let mut tasks = Vec::new();
     let (start_tx, _) = tokio::sync::broadcast::channel::<Instant>(1);
@@ -157,20 +182,22 @@ async fn main() -> Result<()> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(50_000);
-    let all = match args.next().as_deref() {
-        None | Some("agent") => false,
-        Some("all") => true,
-        Some(other) => bail!("unknown watch mode {other:?}: agent or all"),
+    let mode = match args.next().as_deref() {
+        None | Some("agent") => Mode::Agent,
+        Some("all") => Mode::All,
+        Some("none") => Mode::None,
+        Some(other) => bail!("unknown watch mode {other:?}: agent, all or none"),
     };
     for run in 0..runs {
-        let r = run_once(n, all).await?;
+        let r = run_once(n, mode).await?;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let mut line = format!(
-            "run {run}: txn {:.1} ms, cpu {:.1} ms ({} ops, WAL {} MiB)",
+            "run {run}: txn {:.1} ms, cpu {:.1} ms ({} ops, WAL {} MiB, {} frames of 16 KiB)",
             ms(r.txn),
             ms(r.txn_cpu),
-            2 * n + 1,
-            r.wal >> 20
+            n + n.div_ceil(256) + 1,
+            r.wal >> 20,
+            r.wal.saturating_sub(32) / (16384 + 24)
         );
         for (prefix, events, took) in &r.watches {
             line.push_str(&format!(
