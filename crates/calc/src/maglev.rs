@@ -29,6 +29,7 @@
 //!   (`M` = 10007 for the default 100). `bpfMaglevMaxServices` bounds how many frontends
 //!   have a table; the dataplane sizes its map from both.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serval_model::k8s::Service;
@@ -71,8 +72,12 @@ pub enum MaglevError {
 
 /// Whether `svc` asks for Maglev (its annotation, case-insensitive).
 pub fn wants_maglev(svc: &Service) -> bool {
-    svc.metadata
-        .annotations
+    annotation_wants_maglev(&svc.metadata.annotations)
+}
+
+/// [`wants_maglev`] of a Service with these annotations.
+pub(crate) fn annotation_wants_maglev(annotations: &BTreeMap<String, String>) -> bool {
+    annotations
         .get(ANNOTATION)
         .is_some_and(|v| v.trim().eq_ignore_ascii_case(STRATEGY_MAGLEV))
 }

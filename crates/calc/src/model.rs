@@ -194,6 +194,26 @@ impl ServiceEntry {
         }
     }
 
+    /// What the Service's frontends read of it, borrowed (no copy of the Service).
+    pub(crate) fn view(&self) -> crate::services::ServiceView<'_> {
+        use crate::services::{Selector, ServiceView};
+        let (spec, status) = &*self.body;
+        ServiceView {
+            spec,
+            cluster_ips: match &spec.cluster_ip {
+                Some(ip) if self.cluster_ips_is_cluster_ip => std::slice::from_ref(ip),
+                _ => &spec.cluster_ips,
+            },
+            selector: Selector::Sorted(&self.selector),
+            ports: &self.ports,
+            status: status.as_ref(),
+            wants_maglev: self
+                .meta
+                .as_ref()
+                .is_some_and(|m| crate::maglev::annotation_wants_maglev(&m.annotations)),
+        }
+    }
+
     /// Whether the Service has a selector (an empty one: no automatic endpoints).
     pub fn has_selector(&self) -> bool {
         !self.selector.is_empty()

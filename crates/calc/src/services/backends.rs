@@ -3,12 +3,12 @@
 
 use std::net::IpAddr;
 
-use serval_model::k8s::{AddressType, EndpointPort, Service, ServicePort};
+use serval_model::k8s::{AddressType, EndpointPort, ServicePort};
 use serval_model::net::IpFamily;
 use serval_model::types::IntOrString;
 
 use super::Backend;
-use super::build::{Context, selects};
+use super::build::{Context, ServiceView};
 
 /// The backends of `port` of `svc` (`namespace/name`) with addresses of `family`, sorted and
 /// without duplicates.
@@ -16,11 +16,11 @@ pub(super) fn backends(
     ctx: &Context<'_>,
     namespace: &str,
     name: &str,
-    svc: &Service,
+    svc: &ServiceView<'_>,
     port: &ServicePort,
     family: IpFamily,
 ) -> Vec<Backend> {
-    let mut out = if svc.spec.selector.is_empty() {
+    let mut out = if svc.selector.is_empty() {
         from_slices(ctx, namespace, name, port, family)
     } else {
         from_pods(ctx, namespace, svc, port, family)
@@ -42,14 +42,13 @@ fn target_port(port: &ServicePort, named: impl Fn(&str) -> Option<u16>) -> Optio
 fn from_pods(
     ctx: &Context<'_>,
     namespace: &str,
-    svc: &Service,
+    svc: &ServiceView<'_>,
     port: &ServicePort,
     family: IpFamily,
 ) -> Vec<Backend> {
-    let spec = &svc.spec;
     ctx.endpoints_in(namespace)
         .filter(|ep| {
-            (ep.ready || spec.publish_not_ready_addresses) && selects(&spec.selector, &ep.labels)
+            (ep.ready || svc.spec.publish_not_ready_addresses) && svc.selector.matches(&ep.labels)
         })
         .filter_map(|ep| {
             let p = target_port(port, |n| ep.named_port(n, port.protocol))?;

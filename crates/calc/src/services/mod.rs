@@ -67,6 +67,8 @@ pub use build::{node_addresses, services_selecting};
 pub use resolve::{hairpin_snat, resolve};
 pub use tracker::ServiceTracker;
 
+pub(crate) use build::{Selector, ServiceView};
+
 #[cfg(doc)]
 use crate::endpoints::Endpoint;
 
@@ -296,7 +298,7 @@ pub fn services(model: &Model, this_node: Option<&str>, node_addrs: &[IpAddr]) -
     let ctx = build::Context::new(model, this_node, node_addrs);
     let mut state = ServiceState::default();
     for ((ns, name), svc) in &model.services {
-        for (k, f) in ctx.frontends(ns, name, &svc.to_service(ns, name)) {
+        for (k, f) in ctx.frontend_list(ns, name, &svc.view()) {
             match state.frontends.get(&k) {
                 Some(cur) => tracing::warn!(
                     frontend = %k,

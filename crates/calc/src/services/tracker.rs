@@ -2,8 +2,11 @@
 //! change one at a time, with work proportional to the services that changed (not to all of
 //! them), including frontend keys two services claim.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+
+use foldhash::HashMapExt;
 
 use super::build::Context;
 use super::{Frontend, FrontendDelta, FrontendKey, ServiceState};
@@ -16,7 +19,7 @@ use crate::model::{Model, NsName};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceTracker {
     /// Every key each service's frontends claim (held or not), sorted.
-    claims: HashMap<NsName, Vec<FrontendKey>>,
+    claims: foldhash::HashMap<NsName, Vec<FrontendKey>>,
     /// Keys claimed by two or more services, with every claimant.
     contested: BTreeMap<FrontendKey, BTreeSet<NsName>>,
 }
@@ -39,12 +42,15 @@ impl ServiceTracker {
         node_addrs: &[IpAddr],
     ) -> (ServiceTracker, ServiceState) {
         let ctx = Context::new(model, this_node, node_addrs);
-        let mut tracker = ServiceTracker::default();
+        let mut tracker = ServiceTracker {
+            claims: foldhash::HashMap::with_capacity(model.services.len()),
+            ..ServiceTracker::default()
+        };
         let mut state = ServiceState::default();
         let mut delta = FrontendDelta::default();
         for ((ns, name), svc) in &model.services {
             let key = (ns.clone(), name.clone());
-            let new = ctx.frontends(ns, name, &svc.to_service(ns, name));
+            let new = ctx.frontend_list(ns, name, &svc.view());
             tracker.replace(&ctx, &mut state, &key, new, &mut delta);
         }
         (tracker, state)
@@ -79,8 +85,8 @@ impl ServiceTracker {
         );
         for key in changed {
             let new = match model.services.get(key) {
-                Some(entry) => ctx.frontends(&key.0, &key.1, &entry.to_service(&key.0, &key.1)),
-                None => BTreeMap::new(),
+                Some(entry) => ctx.frontend_list(&key.0, &key.1, &entry.view()),
+                None => Vec::new(),
             };
             self.replace(&ctx, state, key, new, &mut delta);
         }
@@ -102,26 +108,41 @@ impl ServiceTracker {
         ctx: &Context<'_>,
         state: &mut ServiceState,
         service: &NsName,
-        new: BTreeMap<FrontendKey, Frontend>,
+        new: Vec<(FrontendKey, Frontend)>,
         delta: &mut FrontendDelta,
     ) {
-        let old = self.claims.remove(service).unwrap_or_default();
-        for k in old.iter().filter(|k| !new.contains_key(*k)) {
-            self.release(ctx, state, k, service, delta);
+        // `new` is sorted by key, without duplicates.
+        let old = self.claims.remove(service);
+        for k in old.iter().flatten() {
+            if new.binary_search_by(|(n, _)| n.cmp(k)).is_err() {
+                self.release(ctx, state, k, service, delta);
+            }
         }
-        let keys: Vec<FrontendKey> = new.keys().cloned().collect();
+        if new.is_empty() {
+            return;
+        }
+        // The claim list reuses the old one's allocation when there was one.
+        let mut keys = old.unwrap_or_default();
+        keys.clear();
+        keys.extend(new.iter().map(|(k, _)| k.clone()));
+        keys.shrink_to_fit();
         for (k, f) in new {
             self.claim(state, k, service, f, delta);
         }
-        if !keys.is_empty() {
-            self.claims.insert(service.clone(), keys);
-        }
+        self.claims.insert(service.clone(), keys);
     }
 
     fn set(state: &mut ServiceState, k: FrontendKey, f: Frontend, delta: &mut FrontendDelta) {
-        delta.removed.remove(&k);
-        delta.changed.insert(k.clone());
+        Self::changed(&k, delta);
         state.frontends.insert(k, f);
+    }
+
+    /// Records `k` as changed in `delta`.
+    fn changed(k: &FrontendKey, delta: &mut FrontendDelta) {
+        if !delta.removed.is_empty() {
+            delta.removed.remove(k);
+        }
+        delta.changed.insert(k.clone());
     }
 
     fn unset(state: &mut ServiceState, k: &FrontendKey, delta: &mut FrontendDelta) {
@@ -139,29 +160,35 @@ impl ServiceTracker {
         f: Frontend,
         delta: &mut FrontendDelta,
     ) {
-        match state.frontends.get(&k) {
-            None => Self::set(state, k, f, delta),
-            Some(cur) if cur.service == *service => {
-                if *cur != f {
-                    Self::set(state, k, f, delta);
-                }
+        // One search of the frontends for the common cases (a new key, the holder's own).
+        let cur = match state.frontends.entry(k) {
+            Entry::Vacant(slot) => {
+                Self::changed(slot.key(), delta);
+                slot.insert(f);
+                return;
             }
-            Some(cur) => {
-                let holder = cur.service.clone();
-                let claimants = self
-                    .contested
-                    .entry(k.clone())
-                    .or_insert_with(|| BTreeSet::from([holder.clone()]));
-                let new_claim = claimants.insert(service.clone());
-                if *service < holder {
-                    if new_claim {
-                        warn_conflict(&k, service, &holder);
-                    }
-                    Self::set(state, k, f, delta);
-                } else if new_claim {
-                    warn_conflict(&k, &holder, service);
+            Entry::Occupied(mut cur) if cur.get().service == *service => {
+                if *cur.get() != f {
+                    Self::changed(cur.key(), delta);
+                    cur.insert(f);
                 }
+                return;
             }
+            Entry::Occupied(cur) => cur,
+        };
+        let (k, holder) = (cur.key().clone(), cur.get().service.clone());
+        let claimants = self
+            .contested
+            .entry(k.clone())
+            .or_insert_with(|| BTreeSet::from([holder.clone()]));
+        let new_claim = claimants.insert(service.clone());
+        if *service < holder {
+            if new_claim {
+                warn_conflict(&k, service, &holder);
+            }
+            Self::set(state, k, f, delta);
+        } else if new_claim {
+            warn_conflict(&k, &holder, service);
         }
     }
 
@@ -194,16 +221,12 @@ impl ServiceTracker {
         // The next claimant in order takes the key over. A claimant whose frontends no longer
         // hold it is itself in this update and will release it.
         for other in others {
-            let Some(svc) = ctx
-                .model
-                .services
-                .get(&other)
-                .map(|e| e.to_service(&other.0, &other.1))
-            else {
+            let Some(entry) = ctx.model.services.get(&other) else {
                 continue;
             };
-            if let Some(f) = ctx.frontends(&other.0, &other.1, &svc).remove(k) {
-                Self::set(state, k.clone(), f, delta);
+            let mut theirs = ctx.frontend_list(&other.0, &other.1, &entry.view());
+            if let Ok(i) = theirs.binary_search_by(|(n, _)| n.cmp(k)) {
+                Self::set(state, k.clone(), theirs.swap_remove(i).1, delta);
                 return;
             }
         }

@@ -547,3 +547,42 @@ fn output_is_deterministic() {
         );
     }
 }
+
+/// One service whose frontends meet on one key (an externalIP and a LoadBalancer ingress
+/// equal to a node address, on the node port): the first kind (NodePort, then ExternalIP,
+/// then LoadBalancer) keeps the key, with the port's backends; the tracker agrees.
+#[test]
+fn frontends_of_one_service_on_one_key_keep_the_first_kind() {
+    let svc = yaml(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: same, namespace: x}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.44
+  selector: {app: web}
+  externalIPs: [192.168.0.1, 203.0.113.9]
+  ports: [{port: 30080, targetPort: 8080, nodePort: 30080}]
+status:
+  loadBalancer:
+    ingress: [{ip: 192.168.0.1}, {ip: 203.0.113.9}, {ip: 198.51.100.4}]
+"#,
+    );
+    let m = model([yaml(NODES), svc, web_pods()]);
+    let st = services(&m, None, &[]);
+    let kind = |a: &str| st.frontends[&tcp(a, 30080)].kind;
+    assert_eq!(kind("192.168.0.1"), FrontendKind::NodePort);
+    assert_eq!(kind("203.0.113.9"), FrontendKind::ExternalIP);
+    assert_eq!(kind("198.51.100.4"), FrontendKind::LoadBalancer);
+    assert_eq!(kind("10.96.0.44"), FrontendKind::ClusterIP);
+    // Cluster IP, three node addresses, one more external IP, one more ingress address.
+    assert_eq!(st.frontends.len(), 6);
+    for f in st.frontends.values() {
+        assert_eq!(f.backends.len(), 3, "{f:?}");
+    }
+    let (_, tracked) = ServiceTracker::build(&m, None, &[]);
+    assert_eq!(tracked, st);
+    let one = frontends_of(&m, "x", "same", None, &[]);
+    assert_eq!(one, st.frontends);
+}
