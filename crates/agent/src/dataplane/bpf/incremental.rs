@@ -11,11 +11,14 @@
 //! the mirror does not apply: nothing written yet, the kernel read back, another node name,
 //! or any Maglev frontend (its tables are capped across frontends).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::net::IpAddr;
+
+use foldhash::HashSetExt;
 
 use serval_calc::DesiredState;
-use serval_calc::services::{Frontend, FrontendKey};
+use serval_calc::services::{Backend, Frontend, FrontendKey};
 use serval_dp_bpf::abi::{
     NatBeKey, NatBeVal, NatFeKey, NatFeVal, SV_NAT_BE_F_LOCAL, SV_NAT_FE_F_AFFINITY,
     SV_NAT_FE_F_EXT_LOCAL, SV_NAT_FE_F_EXTERNAL, SV_NAT_FE_F_INT_LOCAL, SV_NAT_FE_F_MAGLEV,
@@ -35,10 +38,46 @@ pub(super) fn render(
     node: &str,
     svc_id: u32,
 ) -> (NatFeVal, Vec<(NatBeKey, NatBeVal)>) {
-    let (mut local, mut remote): (Vec<_>, Vec<_>) =
-        fe.backends.iter().partition(|b| b.node == node);
-    local.sort();
-    remote.sort();
+    let is_local = |b: &Backend| b.node == node;
+    // Local backends first, each group sorted. `fe.backends` comes sorted from the
+    // calculation (see [`Frontend::backends`]), and so does each group taken from it in order:
+    // no copies to sort then.
+    let entries = |in_order: &mut dyn Iterator<Item = &Backend>| {
+        let mut local = 0usize;
+        let mut out: Vec<(NatBeKey, NatBeVal)> = Vec::with_capacity(fe.backends.len());
+        for (slot, b) in in_order.enumerate() {
+            let bflags = if is_local(b) {
+                local += 1;
+                SV_NAT_BE_F_LOCAL
+            } else {
+                0
+            };
+            out.push((
+                NatBeKey {
+                    svc_id,
+                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
+                },
+                NatBeVal::new(b.ip, b.port, bflags),
+            ));
+        }
+        (out, local)
+    };
+    let (backends, local) = if fe.backends.is_sorted() {
+        entries(
+            &mut fe
+                .backends
+                .iter()
+                .filter(|b| is_local(b))
+                .chain(fe.backends.iter().filter(|b| !is_local(b))),
+        )
+    } else {
+        let mut groups: Vec<&Backend> = fe.backends.iter().collect();
+        groups.sort_by_key(|b| !is_local(b));
+        let local = groups.iter().take_while(|b| is_local(b)).count();
+        groups[..local].sort();
+        groups[local..].sort();
+        entries(&mut groups.into_iter())
+    };
     let mut flags = 0;
     if fe.affinity_timeout.is_some() {
         flags |= SV_NAT_FE_F_AFFINITY;
@@ -52,25 +91,10 @@ pub(super) fn render(
             flags |= SV_NAT_FE_F_EXT_LOCAL;
         }
     }
-    let backends: Vec<(NatBeKey, NatBeVal)> = local
-        .iter()
-        .chain(remote.iter())
-        .enumerate()
-        .map(|(slot, b)| {
-            let bflags = if b.node == node { SV_NAT_BE_F_LOCAL } else { 0 };
-            (
-                NatBeKey {
-                    svc_id,
-                    slot: u32::try_from(slot).unwrap_or(u32::MAX),
-                },
-                NatBeVal::new(b.ip, b.port, bflags),
-            )
-        })
-        .collect();
     let val = NatFeVal {
         svc_id,
         count: u32::try_from(backends.len()).unwrap_or(u32::MAX),
-        local_count: u32::try_from(local.len()).unwrap_or(u32::MAX),
+        local_count: u32::try_from(local).unwrap_or(u32::MAX),
         flags,
         affinity_timeout_s: fe.affinity_timeout.unwrap_or(0),
         pad: 0,
@@ -117,9 +141,9 @@ pub(super) struct ServiceMirror {
     valid: bool,
     node: String,
     /// `sv_nat_fe` key → [`digest`] of the entries written for it.
-    digests: HashMap<NatFeKey, u64>,
+    digests: foldhash::HashMap<NatFeKey, u64>,
     keys: RandomState,
-    taken: HashSet<u32>,
+    taken: foldhash::HashSet<u32>,
     maglev: usize,
 }
 
@@ -203,7 +227,7 @@ impl ServiceMirror {
         }
         let expected = hint.map_or(state.services.frontends.len(), <[_]>::len);
         let mut changes: Vec<Change> = Vec::with_capacity(expected);
-        let mut seen = HashSet::with_capacity(expected);
+        let mut seen = foldhash::HashSet::with_capacity(expected);
         let mut consider = |k: &FrontendKey, new: Option<&Frontend>, changes: &mut Vec<Change>| {
             let fk = fe_key(k);
             if !seen.insert(fk) {
@@ -345,22 +369,72 @@ impl ServiceMirror {
     }
 }
 
-/// [`fnv32`](super::fnv32) of `value`'s text (the full path's service id), without building the string.
-fn fnv32_of(value: &impl std::fmt::Display) -> u32 {
-    struct Fnv(u64);
-    impl std::fmt::Write for Fnv {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            for b in s.bytes() {
-                self.0 ^= u64::from(b);
-                self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-            }
-            Ok(())
+/// FNV-1a over text, as [`fnv32`](super::fnv32) hashes it.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    // Writing to `Fnv` cannot fail; a Display that fails would only change the id.
-    let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{value}"));
-    (h.0 ^ (h.0 >> 32)) as u32
+
+    /// `n` in decimal, as `Display` writes it.
+    fn decimal(&mut self, n: u16) {
+        let mut digits = [0u8; 5];
+        let mut at = digits.len();
+        let mut n = n;
+        loop {
+            at -= 1;
+            digits[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.bytes(&digits[at..]);
+    }
+
+    fn finish(&self) -> u32 {
+        (self.0 ^ (self.0 >> 32)) as u32
+    }
+}
+
+impl std::fmt::Write for Fnv {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// [`fnv32`](super::fnv32) of `key`'s text (the full path's service id), without building
+/// the string; an IPv4 key (`a.b.c.d:port/PROTO`) without the formatting machinery.
+fn fnv32_of(key: &FrontendKey) -> u32 {
+    let mut h = Fnv::new();
+    match key.ip {
+        IpAddr::V4(a) => {
+            for (i, octet) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    h.bytes(b".");
+                }
+                h.decimal(u16::from(octet));
+            }
+            h.bytes(b":");
+            h.decimal(key.port);
+            h.bytes(b"/");
+            h.bytes(key.protocol.as_str().as_bytes());
+        }
+        // Writing to `Fnv` cannot fail; a Display that fails would only change the id.
+        IpAddr::V6(_) => {
+            let _ = std::fmt::Write::write_fmt(&mut h, format_args!("{key}"));
+        }
+    }
+    h.finish()
 }
 
 /// One frontend that differs from what was last written.
@@ -463,8 +537,8 @@ pub(super) fn services_into(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-    use std::net::{IpAddr, Ipv4Addr};
+    use std::collections::{BTreeMap, HashSet};
+    use std::net::Ipv4Addr;
 
     use serval_calc::services::{Backend, FrontendKind};
     use serval_model::types::Protocol;
@@ -496,6 +570,52 @@ mod tests {
             assert_eq!(fnv32_of(&k), fnv32(&k.to_string()), "{k}");
         }
         assert_ne!(fnv32_of(&key(1)), fnv32_of(&key(2)));
+        // Every digit count of octets and ports, every protocol, and IPv6 keys.
+        let mut r = Rng(11);
+        for i in 0..2000u64 {
+            let n = r.next();
+            let ip = if i % 5 == 0 {
+                IpAddr::V6(std::net::Ipv6Addr::from(u128::from(n) << (i % 64)))
+            } else {
+                let pick = |b: u64| [0, 1, 9, 10, 99, 100, 200, 255][(b % 8) as usize];
+                IpAddr::V4(Ipv4Addr::new(
+                    pick(n),
+                    pick(n >> 3),
+                    pick(n >> 6),
+                    (n >> 9) as u8,
+                ))
+            };
+            let port =
+                [0, 1, 9, 10, 80, 443, 8080, 10000, 65535, (n >> 20) as u16][(i % 10) as usize];
+            let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp][(i % 3) as usize];
+            let k = FrontendKey { ip, port, protocol };
+            assert_eq!(fnv32_of(&k), fnv32(&k.to_string()), "{k}");
+        }
+    }
+
+    /// Backends that are not sorted render as the sorted list does (local ones first).
+    #[test]
+    fn render_sorts_what_comes_unsorted() {
+        let mut r = Rng(5);
+        for _ in 0..200 {
+            let mut f = frontend(&mut r, false);
+            let sorted = render(&f, "node1", 7);
+            for _ in 0..4 {
+                let n = f.backends.len();
+                if n > 1 {
+                    let (a, b) = (r.below(n as u64) as usize, r.below(n as u64) as usize);
+                    f.backends.swap(a, b);
+                }
+                assert_eq!(render(&f, "node1", 7), sorted);
+            }
+            let locals = f.backends.iter().filter(|b| b.node == "node1").count();
+            assert_eq!(sorted.0.local_count as usize, locals);
+            assert_eq!(sorted.0.count as usize, f.backends.len());
+            for (slot, (k, v)) in sorted.1.iter().enumerate() {
+                assert_eq!((k.svc_id, k.slot as usize), (7, slot));
+                assert_eq!(v.flags != 0, slot < locals);
+            }
+        }
     }
 
     fn key(i: u64) -> FrontendKey {
