@@ -274,6 +274,13 @@ pub fn service_digests(state: &DesiredState, contents: &MapContents) -> impl std
     incremental::ServiceMirror::after_full_write(state, &contents.frontends, &contents.backends)
 }
 
+/// `sv_nat_fe` contents. The service maps hold an entry per frontend and backend (100,000
+/// at 50,000 Services) and are searched per changed frontend: keyed with foldhash, not
+/// SipHash.
+pub type FeMap = foldhash::HashMap<NatFeKey, NatFeVal>;
+/// `sv_nat_be` contents (see [`FeMap`]).
+pub type BeMap = foldhash::HashMap<NatBeKey, NatBeVal>;
+
 /// The contents of the maps the driver owns (host-side mirror of the kernel's).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MapContents {
@@ -282,8 +289,8 @@ pub struct MapContents {
     pub routes: HashMap<(u32, [u8; 16]), RouteVal>,
     /// (ep, remote identity, dir, proto, port, prefix length), host order → value.
     pub policy: HashMap<EntryKey, PolVal>,
-    pub frontends: HashMap<NatFeKey, NatFeVal>,
-    pub backends: HashMap<NatBeKey, NatBeVal>,
+    pub frontends: FeMap,
+    pub backends: BeMap,
     /// Source-port tables (`sv_pol_sport`), see [`polsport`].
     pub policy_sport: HashMap<compile::SportKey, PolVal>,
     /// Maglev tables (`sv_maglev`) of the Maglev frontends, see [`maglev`].
@@ -293,8 +300,8 @@ pub struct MapContents {
 /// The service maps of a [`MapContents`] (`sv_nat_fe`, `sv_nat_be`, `sv_maglev`).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ServiceMaps {
-    frontends: HashMap<NatFeKey, NatFeVal>,
-    backends: HashMap<NatBeKey, NatBeVal>,
+    frontends: FeMap,
+    backends: BeMap,
     maglev: HashMap<serval_dp_bpf::abi::MaglevKey, serval_dp_bpf::abi::MaglevVal>,
 }
 
@@ -599,9 +606,9 @@ fn desired_base(state: &DesiredState, compiled: &CompiledPolicy, host: &HostView
 }
 
 /// (upserts, deletes) turning `old` into `new`.
-fn map_diff<K: Hash + Eq + Copy, V: PartialEq + Copy>(
-    old: &HashMap<K, V>,
-    new: &HashMap<K, V>,
+fn map_diff<K: Hash + Eq + Copy, V: PartialEq + Copy, S: std::hash::BuildHasher>(
+    old: &HashMap<K, V, S>,
+    new: &HashMap<K, V, S>,
 ) -> (Vec<(K, V)>, Vec<K>) {
     let up = new
         .iter()
@@ -627,7 +634,10 @@ fn route_key_of(k: &(u32, [u8; 16])) -> Key<Addr> {
 
 /// The number of entries `map` holds at its fullest while `kernel` becomes `want`: upserts
 /// are written before deletes, so every key of either side is present at once.
-fn peak_entries<K: Hash + Eq, V>(kernel: &HashMap<K, V>, want: &HashMap<K, V>) -> usize {
+fn peak_entries<K: Hash + Eq, V, S: std::hash::BuildHasher>(
+    kernel: &HashMap<K, V, S>,
+    want: &HashMap<K, V, S>,
+) -> usize {
     kernel.len() + want.keys().filter(|k| !kernel.contains_key(*k)).count()
 }
 
@@ -685,7 +695,7 @@ fn check_capacity(
 /// `backends` (so clients are not kept on deleted backends).
 fn stale_affinity(
     entries: impl IntoIterator<Item = (NatAffKey, NatAffVal)>,
-    backends: &HashMap<NatBeKey, NatBeVal>,
+    backends: &BeMap,
 ) -> Vec<NatAffKey> {
     let live: HashSet<(u32, Addr, u16)> = backends
         .iter()
@@ -699,10 +709,7 @@ fn stale_affinity(
 }
 
 /// Deletes the affinity entries of `pins` that [`stale_affinity`] selects; returns how many.
-fn clean_affinity(
-    pins: &PinScope,
-    backends: &HashMap<NatBeKey, NatBeVal>,
-) -> Result<usize, BpfError> {
+fn clean_affinity(pins: &PinScope, backends: &BeMap) -> Result<usize, BpfError> {
     remove_affinity(pins, |entries| {
         if entries.is_empty() {
             Vec::new()
@@ -1749,7 +1756,7 @@ spec:
 
     #[test]
     fn stale_affinity_selects_entries_of_removed_backends() {
-        let backends: HashMap<NatBeKey, NatBeVal> = [
+        let backends: BeMap = [
             (NatBeKey { svc_id: 7, slot: 0 }, be([1; 16], 80)),
             (NatBeKey { svc_id: 8, slot: 0 }, be([2; 16], 80)),
         ]

@@ -11,7 +11,6 @@
 //! the mirror does not apply: nothing written yet, the kernel read back, another node name,
 //! or any Maglev frontend (its tables are capped across frontends).
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::net::IpAddr;
 
@@ -151,8 +150,8 @@ impl ServiceMirror {
     /// The mirror after a full write of `state` whose written service maps are `fe` / `be`.
     pub(super) fn after_full_write(
         state: &DesiredState,
-        fe: &HashMap<NatFeKey, NatFeVal>,
-        be: &HashMap<NatBeKey, NatBeVal>,
+        fe: &super::FeMap,
+        be: &super::BeMap,
     ) -> ServiceMirror {
         let keys = RandomState::new();
         let digests = fe
@@ -218,8 +217,8 @@ impl ServiceMirror {
         &mut self,
         state: &DesiredState,
         hint: Option<&[FrontendKey]>,
-        fe: &mut HashMap<NatFeKey, NatFeVal>,
-        be: &mut HashMap<NatBeKey, NatBeVal>,
+        fe: &mut super::FeMap,
+        be: &mut super::BeMap,
     ) -> Option<(ServiceDelta, Pending)> {
         let node = state.node.as_deref().unwrap_or("");
         if !self.valid || self.maglev > 0 || node != self.node {
@@ -284,8 +283,8 @@ impl ServiceMirror {
     fn apply_changes(
         &mut self,
         changes: Vec<Change>,
-        fe: &mut HashMap<NatFeKey, NatFeVal>,
-        be: &mut HashMap<NatBeKey, NatBeVal>,
+        fe: &mut super::FeMap,
+        be: &mut super::BeMap,
     ) -> (ServiceDelta, Pending) {
         let mut d = ServiceDelta::default();
         let mut pending = Vec::with_capacity(changes.len());
@@ -537,7 +536,7 @@ pub(super) fn services_into(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::{BTreeMap, HashMap, HashSet};
     use std::net::Ipv4Addr;
 
     use serval_calc::services::{Backend, FrontendKind};

@@ -26,9 +26,7 @@ use aya::maps::{Map, MapData, MapError};
 use serval_calc::DesiredState;
 use serval_calc::maglev::{self, Table};
 use serval_dp_bpf::PinScope;
-use serval_dp_bpf::abi::{
-    MaglevKey, MaglevVal, NatFeKey, NatFeVal, SV_MAGLEV_META, SV_NAT_FE_F_MAGLEV,
-};
+use serval_dp_bpf::abi::{MaglevKey, MaglevVal, NatFeKey, SV_MAGLEV_META, SV_NAT_FE_F_MAGLEV};
 use serval_dp_bpf::object::MAP_MAGLEV;
 use serval_model::calico::felix::FelixSettings;
 
@@ -91,7 +89,7 @@ pub fn apply_settings(
 /// the tables' entries.
 pub fn add_tables(
     state: &DesiredState,
-    frontends: &mut HashMap<NatFeKey, NatFeVal>,
+    frontends: &mut super::FeMap,
     settings: &MaglevSettings,
 ) -> HashMap<MaglevKey, MaglevVal> {
     let mut out = HashMap::new();

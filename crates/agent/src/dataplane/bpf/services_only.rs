@@ -22,11 +22,11 @@
 //! They change with endpoints or nodes, which are not services-only changes, and the
 //! periodic resync repairs any drift.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serval_calc::DesiredState;
 use serval_dp_bpf::PinScope;
-use serval_dp_bpf::abi::{NatAffKey, NatAffVal, NatBeKey, NatBeVal};
+use serval_dp_bpf::abi::{NatAffKey, NatAffVal, NatBeKey};
 
 use super::incremental::{ServiceDelta, check_service_capacity};
 use super::{BpfDriver, BpfError, bpf_err, maps_err};
@@ -106,7 +106,7 @@ impl BpfDriver {
 fn write_delta(
     dp: &mut serval_dp_bpf::Dataplane,
     pins: &PinScope,
-    backends: &HashMap<NatBeKey, NatBeVal>,
+    backends: &super::BeMap,
     d: &ServiceDelta,
 ) -> Result<Written, DataplaneError> {
     let mut m = dp.maps();
@@ -140,7 +140,7 @@ fn write_delta(
 /// backend.
 fn clean_affinity_of(
     pins: &PinScope,
-    backends: &HashMap<NatBeKey, NatBeVal>,
+    backends: &super::BeMap,
     touched: &HashSet<u32>,
 ) -> Result<usize, BpfError> {
     let live = |k: &NatAffKey, v: &NatAffVal| {
