@@ -4,7 +4,8 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
-use serval_api::ApplyMode;
+use serval_api::{ApplyMode, Outcome};
+use serval_model::ResourceKey;
 
 use crate::datastore::Selection;
 
@@ -43,18 +44,92 @@ pub async fn run(ds: &Selection, args: ApplyArgs, mode: ApplyMode) -> anyhow::Re
     // were 50,000 writes, and a default BufWriter's 8 KiB were 430. The first write leaves
     // promptly after the commit (a bench takes the first byte as the end of the write).
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
-    for (key, outcome) in &outcomes {
-        writeln!(
-            out,
-            "{} {}",
-            crate::output::key_display(key),
-            outcome.as_str()
-        )?;
-    }
+    write_outcomes(&mut out, &outcomes)?;
     out.flush()?;
     drop(out);
     // Closing the datastore is not skipped (sqlite checkpoints a WAL the last connection leaves).
     drop(client);
     std::mem::forget((input, spent, outcomes));
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per outcome: the key as [`crate::output::key_display`] shows it, then what
+/// happened. The kind's part is formatted once per run of one kind, not once per line (50,000
+/// lines were 150,000 allocations).
+fn write_outcomes(
+    out: &mut impl Write,
+    outcomes: &[(ResourceKey, Outcome)],
+) -> std::io::Result<()> {
+    let mut prefix: Option<(serval_model::Kind, String)> = None;
+    for (key, outcome) in outcomes {
+        let kind_part = match &prefix {
+            Some((kind, part)) if *kind == key.kind => part,
+            _ => {
+                // `kind/` (`kind.group/`): the display of a nameless cluster-wide key.
+                let part = crate::output::key_display(&ResourceKey {
+                    kind: key.kind,
+                    namespace: None,
+                    name: String::new(),
+                });
+                &prefix.insert((key.kind, part)).1
+            }
+        };
+        out.write_all(kind_part.as_bytes())?;
+        out.write_all(key.name.as_bytes())?;
+        if let Some(ns) = &key.namespace {
+            write!(out, " (namespace {ns})")?;
+        }
+        writeln!(out, " {}", outcome.as_str())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serval_model::Kind;
+
+    #[test]
+    fn outcome_lines_show_keys_as_key_display_does() {
+        let outcomes = vec![
+            (
+                ResourceKey::new(Kind::Service, Some("web"), "a"),
+                Outcome::Created,
+            ),
+            (
+                ResourceKey::new(Kind::Service, Some("db"), "b"),
+                Outcome::Configured,
+            ),
+            (
+                ResourceKey::new(Kind::IPPool, None, "pool"),
+                Outcome::Unchanged,
+            ),
+            (
+                ResourceKey::new(Kind::Namespace, None, "web"),
+                Outcome::Created,
+            ),
+            (ResourceKey::new(Kind::Service, None, "c"), Outcome::Created),
+            (
+                ResourceKey::new(Kind::NetworkPolicy, Some("web"), "p"),
+                Outcome::Configured,
+            ),
+        ];
+        let mut out = Vec::new();
+        write_outcomes(&mut out, &outcomes).unwrap();
+        let expected: String = outcomes
+            .iter()
+            .map(|(key, outcome)| {
+                format!("{} {}\n", crate::output::key_display(key), outcome.as_str())
+            })
+            .collect();
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+        assert!(
+            expected.contains("ippool.projectcalico.org/pool unchanged\n"),
+            "{expected}"
+        );
+        assert!(
+            expected.starts_with("service/a (namespace web) created\n"),
+            "{expected}"
+        );
+    }
 }
