@@ -24,6 +24,10 @@ pub struct ServiceTracker {
     contested: BTreeMap<FrontendKey, BTreeSet<NsName>>,
 }
 
+/// [`ServiceTracker::update`] walks the model's services alongside the changed names (rather
+/// than searching for each) when they are at least one in this many of the model's.
+const WALK_FRACTION: usize = 16;
+
 fn warn_conflict(k: &FrontendKey, holder: &NsName, service: &NsName) {
     tracing::warn!(
         frontend = %k,
@@ -83,8 +87,23 @@ impl ServiceTracker {
                 .len()
                 .min(model.services.len().saturating_sub(self.claims.len())),
         );
+        // Both `changed` and the model's services are sorted by name: a large batch (a
+        // fraction of the services) walks the two in step instead of searching the model's
+        // tree once per name.
+        let walk = changed.len().saturating_mul(WALK_FRACTION) >= model.services.len();
+        let mut services = walk
+            .then(|| changed.first().map(|first| model.services.range(first..)))
+            .flatten()
+            .map(Iterator::peekable);
         for key in changed {
-            let new = match model.services.get(key) {
+            let entry = match services.as_mut() {
+                Some(it) => {
+                    while it.next_if(|(k, _)| *k < key).is_some() {}
+                    it.next_if(|(k, _)| *k == key).map(|(_, e)| e)
+                }
+                None => model.services.get(key),
+            };
+            let new = match entry {
                 Some(entry) => ctx.frontend_list(&key.0, &key.1, &entry.view()),
                 None => Vec::new(),
             };

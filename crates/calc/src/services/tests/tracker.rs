@@ -215,3 +215,50 @@ fn a_contested_frontend_passes_to_the_next_claimant_when_its_holder_goes() {
     assert_eq!(state, services(&m, None, &[]));
     assert_eq!(tracker.len(), 1);
 }
+
+/// Batches small and large against a model of many services (a large batch walks the model
+/// alongside the names, a small one searches it): adds, changes and deletes interleaved by
+/// name, names of services that never existed included; the state equals a full computation.
+#[test]
+fn small_and_large_batches_of_many_services() {
+    let svc = |i: usize, port: u16| {
+        yaml(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i:03}, namespace: x}}\n\
+             spec: {{clusterIP: 10.96.1.{i}, selector: {{app: web}}, ports: [{{port: {port}}}]}}\n"
+        ))
+        .remove(0)
+    };
+    let mut m = model([yaml(NODES), web_pods()]);
+    for i in (0..200).step_by(2) {
+        m.apply(svc(i, 80));
+    }
+    let (mut tracker, mut state) = ServiceTracker::build(&m, None, &[]);
+    assert_eq!(state, services(&m, None, &[]));
+    for (round, size) in [1usize, 3, 40, 7, 150, 2, 90].into_iter().enumerate() {
+        let mut changed = BTreeSet::new();
+        for j in 0..size {
+            let i = (j * 37 + round * 11) % 250;
+            let key = ResourceKey::new(Kind::Service, Some("x"), &format!("s{i:03}"));
+            match (i + round) % 3 {
+                0 if i < 200 => {
+                    m.remove(&key);
+                }
+                1 if i < 200 => {
+                    m.apply(svc(i, 81 + round as u16));
+                }
+                // Names beyond 200 are never created: recomputed, they change nothing.
+                _ if i >= 200 => {}
+                _ => {
+                    m.apply(svc(i, 80));
+                }
+            }
+            changed.insert(("x".to_string(), format!("s{i:03}")));
+        }
+        tracker.update(&mut state, &m, None, &[], &changed);
+        assert_eq!(
+            state,
+            services(&m, None, &[]),
+            "round {round}, {size} names"
+        );
+    }
+}
