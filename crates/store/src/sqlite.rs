@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior, params};
 
+mod dirs;
 mod wake;
 
 use crate::{
@@ -372,10 +373,13 @@ impl Shared {
                 Err(e) => Err(e),
             }
         })?;
-        if !has_schema {
+        // `log_dirs` (see `dirs`) in a new database, and once in one an earlier version created.
+        let has_dirs = has_schema && retry_busy(&name, || dirs::exists(&writer))?;
+        if !has_schema || !has_dirs {
             retry_busy(&name, || {
                 let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 tx.execute_batch(SCHEMA)?;
+                dirs::ensure(&tx)?;
                 tx.commit()
             })?;
         }
@@ -444,6 +448,9 @@ impl Shared {
             if target > compacted {
                 tx.prepare_cached("DELETE FROM log WHERE revision <= ?1")?
                     .execute([target])?;
+                if dirs::exists(&tx)? {
+                    dirs::compact(&tx, target)?;
+                }
                 set_meta(&tx, "compacted", target)?;
             }
             tx.commit()
@@ -617,6 +624,9 @@ fn write_txn(tx: &Connection, head: Revision, ops: &[TxnOp]) -> rusqlite::Result
         idx += 1;
         insert_log(&mut one, revision, idx, 1)?;
     }
+    if idx > 0 && dirs::exists(tx)? {
+        dirs::write(tx, revision, rows.iter().map(|row| row.key))?;
+    }
     Ok(Some(idx))
 }
 
@@ -784,7 +794,8 @@ enum Window {
         events: Vec<WatchEvent>,
         /// Everything up to here has been read.
         cursor: Cursor,
-        /// More rows may be waiting beyond `cursor` (the batch was full).
+        /// More rows may be waiting beyond `cursor` (the batch was full, or the read stopped
+        /// before the head: see `dirs::Plan`).
         more: bool,
     },
 }
@@ -801,6 +812,29 @@ fn read_window(
     if cursor.complete() < compacted {
         return Ok(Window::Compacted(compacted));
     }
+    // The revisions to read: all after the cursor, or fewer when `log_dirs` shows that some
+    // hold none of the prefix's keys (see `dirs`).
+    let from = match cursor.idx {
+        i64::MAX => cursor.revision + 1,
+        _ => cursor.revision,
+    };
+    let plan = match from <= head && dirs::exists(&tx)? {
+        true => Some(dirs::plan(&tx, prefix, from, head)?),
+        false => None,
+    };
+    let (start, last) = match plan {
+        None => ((cursor.revision, cursor.idx), head),
+        Some(dirs::Plan::Skip { last }) => {
+            tx.rollback()?;
+            return Ok(Window::Events {
+                events: Vec::new(),
+                cursor: Cursor::after(last),
+                more: last < head,
+            });
+        }
+        Some(dirs::Plan::Read { first, last }) if first > from => ((first - 1, i64::MAX), last),
+        Some(dirs::Plan::Read { last, .. }) => ((cursor.revision, cursor.idx), last),
+    };
     let mut events = Vec::new();
     let mut last_row = None;
     {
@@ -816,14 +850,7 @@ fn read_window(
                AND key >= ?4 AND (?5 IS NULL OR key < ?5)
              ORDER BY revision, idx LIMIT ?6",
         )?;
-        let mut rows = stmt.query(params![
-            cursor.revision,
-            cursor.idx,
-            head,
-            prefix,
-            end,
-            WATCH_BATCH
-        ])?;
+        let mut rows = stmt.query(params![start.0, start.1, last, prefix, end, WATCH_BATCH])?;
         while let Some(r) = rows.next()? {
             let revision: Revision = r.get(0)?;
             let idx: i64 = r.get(1)?;
@@ -859,16 +886,17 @@ fn read_window(
     }
     // Read-only: a rollback just releases the snapshot.
     tx.rollback()?;
-    let more = events.len() as i64 >= WATCH_BATCH;
+    let full = events.len() as i64 >= WATCH_BATCH;
     let cursor = match last_row {
-        Some(c) if more => c,
-        // Fewer rows than a batch: this snapshot has nothing more up to `head`.
-        _ => Cursor::after(head.max(cursor.complete())),
+        Some(c) if full => c,
+        // Fewer rows than a batch: this snapshot has nothing more up to `last`.
+        _ => Cursor::after(last.max(cursor.complete())),
     };
     Ok(Window::Events {
         events,
         cursor,
-        more,
+        // The batch was full, or the plan stopped before `head`.
+        more: full || last < head,
     })
 }
 
@@ -1447,10 +1475,20 @@ mod tests {
         }
         let (page, tables) = layout(&old);
         assert_eq!(page, 4096);
+        // The old tables keep their layout; `log_dirs` is added to both (see `dirs`).
         assert!(
-            tables.iter().all(|t| !t.contains("WITHOUT ROWID")),
+            tables
+                .iter()
+                .filter(|t| !t.contains("TABLE log_dirs "))
+                .all(|t| !t.contains("WITHOUT ROWID")),
             "{tables:?}"
         );
+        for tables in [&tables, &layout(&new).1] {
+            assert!(
+                tables.iter().any(|t| t.contains("TABLE log_dirs ")),
+                "{tables:?}"
+            );
+        }
     }
 
     /// Bulk transactions (multi-row inserts, key-ordered `kv` writes) keep the semantics of
@@ -1835,6 +1873,90 @@ mod tests {
             conn.execute("DELETE FROM log WHERE revision > ?1", [head])
                 .expect("remove the stray row");
         }
+    }
+
+    /// A watch skips the revisions that `log_dirs` shows to hold none of its keys, reads those
+    /// with no directories recorded (written by an earlier version), and still delivers every
+    /// event of its prefix in order.
+    #[tokio::test]
+    async fn a_watch_skips_revisions_without_its_keys_and_reads_unrecorded_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.expect("open");
+        let put = |key: &str| TxnOp::Put {
+            key: key.into(),
+            value: key.as_bytes().to_vec(),
+        };
+        let r1 = store.txn(vec![put("/a/1")]).await.expect("r1");
+        let r2 = store
+            .txn((0..300).map(|i| put(&format!("/b/x/y/{i}"))).collect())
+            .await
+            .expect("r2");
+        // r3: an earlier version's write (no `log_dirs` rows) of an `/a/` key.
+        let conn = open_connection(&path).expect("connection");
+        let r3 = r2 + 1;
+        conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        conn.execute(
+            "INSERT INTO kv (key, value, create_revision, mod_revision) VALUES (?1, ?1, ?2, ?2)",
+            params![b"/a/2".as_slice(), r3],
+        )
+        .expect("kv");
+        conn.execute(
+            "INSERT INTO log (revision, idx, key, kind, value, create_revision) VALUES (?1, 0, ?2, 0, ?2, ?1)",
+            params![r3, b"/a/2".as_slice()],
+        )
+        .expect("log");
+        set_meta(&conn, "revision", r3).expect("meta");
+        conn.execute_batch("COMMIT").expect("commit");
+        drop(conn);
+        let store = SqliteStore::open(&path).await.expect("reopen");
+        let r4 = store
+            .txn(vec![put("/b/x/y/z"), put("/a/3")])
+            .await
+            .expect("r4");
+        let r5 = store.txn(vec![put("/b/x/y/w")]).await.expect("r5");
+        let r6 = store.txn(vec![put("/a/4")]).await.expect("r6");
+        assert_eq!((r5, r6), (r1 + 4, r1 + 5));
+        // The reads: r2 skipped, r3-r4 read (r3 unrecorded), r5 skipped, r6 read.
+        let mut conn = open_connection(&path).expect("connection");
+        let mut cursor = Cursor::after(r1);
+        let mut windows = Vec::new();
+        loop {
+            let Window::Events {
+                events,
+                cursor: next,
+                more,
+            } = read_window(&mut conn, b"/a/", Some(b"/a0"), cursor).expect("window")
+            else {
+                panic!("compacted");
+            };
+            let keys: Vec<(String, Revision)> =
+                events.into_iter().map(|e| (e.kv.key, e.revision)).collect();
+            windows.push((keys, next.complete()));
+            cursor = next;
+            if !more {
+                break;
+            }
+        }
+        let a = |key: &str, r| (key.to_string(), r);
+        assert_eq!(
+            windows,
+            vec![
+                (vec![a("/a/2", r3), a("/a/3", r4)], r4),
+                (vec![a("/a/4", r6)], r6)
+            ]
+        );
+        // The same through the watch, from the start.
+        let mut w = store.watch("/a/", 0).await.expect("watch");
+        for (key, r) in [("/a/1", r1), ("/a/2", r3), ("/a/3", r4), ("/a/4", r6)] {
+            let e = w.next().await.expect("open").expect("event");
+            assert_eq!((e.kv.key.as_str(), e.revision), (key, r));
+        }
+        let r7 = store.txn(vec![put("/b/x/y/v")]).await.expect("r7");
+        let r8 = store.txn(vec![put("/a/5")]).await.expect("r8");
+        let e = w.next().await.expect("open").expect("event");
+        assert_eq!((e.kv.key.as_str(), e.revision), ("/a/5", r8));
+        assert_eq!(r8, r7 + 1);
     }
 
     #[tokio::test]
