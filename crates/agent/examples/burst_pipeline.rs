@@ -119,6 +119,11 @@ fn main() {
     let batch = args.next().unwrap_or(12_500).max(1);
     let rounds = args.next().unwrap_or(3).max(1);
 
+    println!(
+        "sizes: Resource {} B, decoded watch event {} B",
+        size_of::<Resource>(),
+        size_of::<Result<(serval_api::ResourceEvent, i64), serval_api::ApiError>>()
+    );
     let base = parse_documents("base", BASE).expect("base yaml parses");
     let mut model = Model::from_resources(base.clone());
     let mut settings = BpfSettings::from_felix(&model.felix(Some("node1")));

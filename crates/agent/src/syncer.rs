@@ -114,7 +114,7 @@ async fn resources_round(client: &Client, cache: &Cache, backoff: &mut Backoff) 
                 Some(None) => end = Some(None),
             }
         }
-        for decoded in decode_events(events) {
+        for decoded in decode_events(events).into_iter().flatten() {
             match decoded {
                 Ok((event, rev)) => cache.apply_resource(event, rev),
                 // A value this agent cannot decode: resync rather than run with a hole in the
@@ -136,21 +136,25 @@ const MAX_DECODE_BATCH: usize = 4096;
 /// Batches of at least this many events are decoded on several threads.
 const PARALLEL_DECODE_MIN: usize = 256;
 
-/// Decodes `events` in order. A large batch (a burst of writes: decoding JSON is most of
-/// the agent's work for it) is split over the available cores with scoped threads.
-fn decode_events(events: Vec<WatchEvent>) -> Vec<Result<(ResourceEvent, Revision), ApiError>> {
+/// One decoded watch event.
+type Decoded = Result<(ResourceEvent, Revision), ApiError>;
+
+/// Decodes `events` in order, as consecutive parts (not copied into one list: a decoded
+/// event is half a kilobyte). A large batch (a burst of writes: decoding JSON is most of the
+/// agent's work for it) is split over the available cores with scoped threads.
+fn decode_events(events: Vec<WatchEvent>) -> Vec<Vec<Decoded>> {
     // A small batch (one change applied: the latency path) is decoded here without asking
     // how many cores there are: `available_parallelism` reads /proc/self/cgroup and the
     // cgroup's CPU quota files on every call.
     if events.len() < PARALLEL_DECODE_MIN {
-        return events.iter().map(decode_event).collect();
+        return vec![events.iter().map(decode_event).collect()];
     }
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(4);
     if threads < 2 {
-        return events.iter().map(decode_event).collect();
+        return vec![events.iter().map(decode_event).collect()];
     }
     let chunk = events.len().div_ceil(threads);
     std::thread::scope(|s| {
@@ -159,10 +163,10 @@ fn decode_events(events: Vec<WatchEvent>) -> Vec<Result<(ResourceEvent, Revision
         let handles: Vec<_> = parts
             .map(|part| s.spawn(move || part.iter().map(decode_event).collect::<Vec<_>>()))
             .collect();
-        let mut out: Vec<_> = first.iter().map(decode_event).collect();
+        let mut out = vec![first.iter().map(decode_event).collect()];
         for h in handles {
             match h.join() {
-                Ok(part) => out.extend(part),
+                Ok(part) => out.push(part),
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
@@ -282,7 +286,9 @@ mod tests {
         bad.kv.value = b"{not json".to_vec();
         events.insert(700, bad);
         let want: Vec<_> = events.iter().map(decode_event).collect();
-        let got = decode_events(events);
+        let parts = decode_events(events);
+        assert!(parts.len() > 1 || std::thread::available_parallelism().map_or(1, |n| n.get()) < 2);
+        let got: Vec<Decoded> = parts.into_iter().flatten().collect();
         assert_eq!(got.len(), 1003);
         assert_eq!(summary(&got), summary(&want));
         assert!(got[700].is_err());
@@ -294,6 +300,8 @@ mod tests {
         );
         // Small batches take the sequential path, with the same result.
         let small: Vec<WatchEvent> = (0..3).map(|i| put(&ns(&format!("s{i}")), i + 1)).collect();
-        assert_eq!(summary(&decode_events(small)).len(), 3);
+        let small = decode_events(small);
+        assert_eq!(small.len(), 1);
+        assert_eq!(summary(&small[0]).len(), 3);
     }
 }
