@@ -2,8 +2,10 @@
 //!
 //! Layout: `kv` holds the current keys; `log` is an append-only history (one row per changed
 //! key, keyed by `(revision, idx)`) that watches read; `meta` holds the current `revision` and
-//! the `compacted` revision. Every write runs in one `BEGIN IMMEDIATE` transaction that reads the
-//! revision, bumps it and writes `kv`, `log` and `meta` together, so revisions commit in order
+//! the `compacted` revision; `log_dirs` the key directories each revision touched, so that a
+//! watch skips revisions without its keys (module `dirs`). Every write runs in one `BEGIN
+//! IMMEDIATE` transaction that reads the revision, bumps it and writes `kv`, `log`, `log_dirs`
+//! and `meta` together, so revisions commit in order
 //! and a reader that sees revision N sees everything before it. A new database gets `kv` and
 //! `log` as `WITHOUT ROWID` tables with 16 KiB pages; a database created by an earlier version
 //! keeps its rowid tables and 4 KiB pages, and every statement here works on both (see
