@@ -246,6 +246,7 @@ impl Client {
             outcomes,
             service_changes,
         } = encode_all(&cx, resources, skeys, encode_threads())?;
+        let values = started.elapsed();
         if let Some(alloc) = alloc.filter(|_| !ops.is_empty()) {
             ops.extend(alloc.ops(service_changes).await?);
         }
@@ -263,6 +264,7 @@ impl Client {
             copy_ms = ms(copy),
             admit_ms = ms(admitted - validated),
             encode_ms = ms(encoded - admitted),
+            values_ms = ms(values - admitted),
             store_ms = ms(started.elapsed() - encoded),
             "apply"
         );
