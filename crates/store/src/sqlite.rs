@@ -75,7 +75,8 @@ const WATCH_BUFFER: usize = 1024;
 /// Idle read connections kept per store.
 const MAX_IDLE_READERS: usize = 4;
 /// A commit checkpoints the WAL itself (sqlite's `wal_autocheckpoint`) only when it holds more
-/// than this many pages (256 MiB of 4 KiB pages): a backstop. Normally the watch poller of a
+/// than this many pages (256 MiB of 4 KiB pages, 1 GiB of the 16 KiB pages of a new database;
+/// an apply of 50,000 Services writes ~67 MiB): a backstop. Normally the watch poller of a
 /// long-lived process (the agent) checkpoints when the store is quiet ([`poll_loop`]), so no
 /// writer, and no `serval apply`, waits for checkpoint copies and fsyncs after its commit.
 const AUTOCHECKPOINT_PAGES: i64 = 65_536;
