@@ -8,28 +8,45 @@ use serval_model::{Kind, Resource, ResourceKey};
 use crate::allocation::Allocator;
 use crate::{ApiError, Client, Result};
 
+/// What admission changed in an apply's input: a changed copy of each resource it wrote to
+/// (an allocation, a pod's node), by input index. Every other resource is stored as given,
+/// so an apply that needs no allocation copies nothing, and the input stays untouched for a
+/// raced retry.
+pub(crate) type Admitted = BTreeMap<usize, Resource>;
+
+/// Resource `i` as admission left it so far.
+fn current<'a>(input: &'a [Resource], admitted: &'a Admitted, i: usize) -> &'a Resource {
+    admitted.get(&i).unwrap_or(&input[i])
+}
+
+/// Resource `i` to change: its copy in `admitted`, made now when there is none yet.
+fn to_change<'a>(input: &[Resource], admitted: &'a mut Admitted, i: usize) -> &'a mut Resource {
+    admitted.entry(i).or_insert_with(|| input[i].clone())
+}
+
 /// Bind every Pod without `spec.nodeName` to a node, round-robin: the node with the fewest
 /// pods (stored ones plus those bound earlier in this apply), ties broken by name. With no
 /// Node resources the pod stays unbound (nothing will run it until one exists).
 /// A pod already stored keeps the node it was bound to.
 pub(crate) async fn bind_pods(
     client: &Client,
-    resources: &mut [Resource],
+    input: &[Resource],
+    admitted: &mut Admitted,
     skeys: &[String],
     existing: &BTreeMap<String, (Resource, serval_store::Revision)>,
 ) -> Result<()> {
-    for (r, skey) in resources.iter_mut().zip(skeys) {
-        if let Resource::Pod(p) = r
+    for (i, skey) in skeys.iter().enumerate() {
+        if let Resource::Pod(p) = current(input, admitted, i)
             && p.spec.node_name.is_none()
             && let Some((Resource::Pod(old), _)) = existing.get(skey)
+            && old.spec.node_name.is_some()
+            && let Resource::Pod(p) = to_change(input, admitted, i)
         {
             p.spec.node_name = old.spec.node_name.clone();
         }
     }
-    if !resources
-        .iter()
-        .any(|r| matches!(r, Resource::Pod(p) if p.spec.node_name.is_none()))
-    {
+    let unbound = |admitted: &Admitted, i: usize| matches!(current(input, admitted, i), Resource::Pod(p) if p.spec.node_name.is_none());
+    if !(0..input.len()).any(|i| unbound(admitted, i)) {
         return Ok(());
     }
     let (nodes, _) = client.list(Kind::Node, None).await?;
@@ -43,7 +60,7 @@ pub(crate) async fn bind_pods(
     let bound = stored
         .iter()
         .filter(|p| !applying.contains(p.key().store_key().as_str()))
-        .chain(resources.iter());
+        .chain((0..input.len()).map(|i| current(input, admitted, i)));
     for p in bound {
         if let Resource::Pod(p) = p
             && let Some(c) = p.spec.node_name.as_ref().and_then(|n| load.get_mut(n))
@@ -51,9 +68,9 @@ pub(crate) async fn bind_pods(
             *c += 1;
         }
     }
-    for r in resources.iter_mut() {
-        if let Resource::Pod(p) = r
-            && p.spec.node_name.is_none()
+    for i in 0..input.len() {
+        if unbound(admitted, i)
+            && let Resource::Pod(p) = to_change(input, admitted, i)
         {
             let (node, count) = load
                 .iter_mut()
@@ -77,14 +94,16 @@ pub const SERVICE_CIDR_V6: &str = "fd00:10:96::/112";
 /// service holds. `skeys` are the resources' store keys, in order.
 pub(crate) async fn allocate_services<'c>(
     client: &'c Client,
-    resources: &mut [Resource],
+    input: &[Resource],
+    admitted: &mut Admitted,
     skeys: &[String],
     existing: &BTreeMap<String, (Resource, serval_store::Revision)>,
 ) -> Result<Option<Allocator<'c>>> {
     use serval_model::k8s::service::{IpFamilyPolicy, NODE_PORT_RANGE, ServiceIpFamily};
     use serval_model::types::Port;
 
-    if !resources.iter().any(|r| matches!(r, Resource::Service(_))) {
+    let resources = || (0..input.len()).map(|i| current(input, admitted, i));
+    if !resources().any(|r| matches!(r, Resource::Service(_))) {
         return Ok(None);
     }
     // Who holds what comes from the allocation index (crate::allocation), never from a list
@@ -98,9 +117,7 @@ pub(crate) async fn allocate_services<'c>(
             }
         }
     }
-    let needs_ports = resources
-        .iter()
-        .any(|r| matches!(r, Resource::Service(s) if s.spec.has_node_ports() || s.spec.ports.iter().any(|p| p.node_port.is_some())));
+    let needs_ports = resources().any(|r| matches!(r, Resource::Service(s) if s.spec.has_node_ports() || s.spec.ports.iter().any(|p| p.node_port.is_some())));
     let mut used_ports: BTreeMap<(u16, String), ResourceKey> = if needs_ports {
         let applying: BTreeSet<&str> = skeys.iter().map(String::as_str).collect();
         alloc.port_holders(&applying).await?
@@ -112,7 +129,7 @@ pub(crate) async fn allocate_services<'c>(
     let mut cluster_families: Vec<ServiceIpFamily> = Vec::new();
     for p in pools
         .iter()
-        .chain(resources.iter().filter(|r| r.kind() == Kind::IPPool))
+        .chain(resources().filter(|r| r.kind() == Kind::IPPool))
     {
         if let Resource::IPPool(p) = p {
             let f = if p.spec.cidr.addr().is_ipv4() {
@@ -131,7 +148,7 @@ pub(crate) async fn allocate_services<'c>(
     }
 
     // First pass: explicit addresses and ports of the applied services claim their values.
-    for (r, skey) in resources.iter().zip(skeys) {
+    for (r, skey) in resources().zip(skeys) {
         let Resource::Service(svc) = r else { continue };
         let old = match existing.get(skey) {
             Some((Resource::Service(old), _)) => Some(old),
@@ -182,9 +199,12 @@ pub(crate) async fn allocate_services<'c>(
         }
     }
 
-    // Second pass: allocate what is missing.
-    for (r, skey) in resources.iter_mut().zip(skeys) {
-        let Resource::Service(svc) = r else { continue };
+    // Second pass: allocate what is missing. Each Service's values are worked out from it as
+    // it is, and it is copied into `admitted` only when they differ from its own.
+    for (i, skey) in skeys.iter().enumerate() {
+        let Resource::Service(svc) = current(input, admitted, i) else {
+            continue;
+        };
         let old = match existing.get(skey) {
             Some((Resource::Service(old), _)) => Some(old),
             _ => None,
@@ -196,7 +216,9 @@ pub(crate) async fn allocate_services<'c>(
             namespace: meta.namespace.clone(),
             name: meta.name.clone(),
         };
-        let spec = &mut svc.spec;
+        let spec = &svc.spec;
+        // The addresses (cluster IPs, families, policy) when they differ from the Service's.
+        let mut addrs = None;
         if !spec.is_headless() {
             let mut ips: Vec<IpAddr> = spec
                 .cluster_ips
@@ -260,9 +282,8 @@ pub(crate) async fn allocate_services<'c>(
                     })?;
                 ips.push(ip);
             }
-            spec.cluster_ips = ips.iter().map(ToString::to_string).collect();
-            spec.cluster_ip = spec.cluster_ips.first().cloned();
-            spec.ip_families = ips
+            let cluster_ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+            let ip_families: Vec<ServiceIpFamily> = ips
                 .iter()
                 .map(|ip| {
                     if ip.is_ipv4() {
@@ -272,23 +293,30 @@ pub(crate) async fn allocate_services<'c>(
                     }
                 })
                 .collect();
-            if spec.ip_family_policy.is_none() {
-                spec.ip_family_policy = Some(IpFamilyPolicy::SingleStack);
+            let policy = spec.ip_family_policy.or(Some(IpFamilyPolicy::SingleStack));
+            if cluster_ips != spec.cluster_ips
+                || cluster_ips.first() != spec.cluster_ip.as_ref()
+                || ip_families != spec.ip_families
+                || policy != spec.ip_family_policy
+            {
+                addrs = Some((cluster_ips, ip_families, policy));
             }
         }
+        // The node ports allocated, by port index.
+        let mut node_ports: Vec<(usize, u16)> = Vec::new();
         if spec.has_node_ports() {
-            for i in 0..spec.ports.len() {
-                if spec.ports[i].node_port.is_some() {
+            for k in 0..spec.ports.len() {
+                if spec.ports[k].node_port.is_some() {
                     continue;
                 }
-                let proto = format!("{:?}", spec.ports[i].protocol);
+                let proto = format!("{:?}", spec.ports[k].protocol);
                 // Keep the port allocated before for the same port/protocol.
                 let kept = old.as_ref().and_then(|o| {
                     o.spec
                         .ports
                         .iter()
                         .find(|op| {
-                            op.port == spec.ports[i].port && op.protocol == spec.ports[i].protocol
+                            op.port == spec.ports[k].port && op.protocol == spec.ports[k].protocol
                         })
                         .and_then(|op| op.node_port)
                 });
@@ -304,7 +332,22 @@ pub(crate) async fn allocate_services<'c>(
                         })?,
                 };
                 used_ports.insert((np, proto), key());
-                spec.ports[i].node_port = Some(Port(np));
+                node_ports.push((k, np));
+            }
+        }
+        if addrs.is_none() && node_ports.is_empty() {
+            continue;
+        }
+        if let Resource::Service(svc) = to_change(input, admitted, i) {
+            let spec = &mut svc.spec;
+            if let Some((cluster_ips, ip_families, policy)) = addrs {
+                spec.cluster_ip = cluster_ips.first().cloned();
+                spec.cluster_ips = cluster_ips;
+                spec.ip_families = ip_families;
+                spec.ip_family_policy = policy;
+            }
+            for (k, np) in node_ports {
+                spec.ports[k].node_port = Some(Port(np));
             }
         }
     }

@@ -31,8 +31,7 @@ const MAX_APPLY_ATTEMPTS: u32 = 30;
 /// key; above it, the kind is listed once.
 const KEY_BY_KEY_MAX: usize = 64;
 
-/// From this many resources on, an apply is validated on a blocking thread while its working
-/// copy is made.
+/// From this many resources on, an apply is validated on a blocking thread.
 const BACKGROUND_VALIDATE_MIN: usize = 1024;
 
 /// How `apply` treats resources that already exist.
@@ -148,8 +147,9 @@ impl Client {
         retry_raced("apply", || self.try_apply(&input, mode)).await
     }
 
-    /// One attempt of [`Client::apply`] on a working copy of `input` (admission fills in
-    /// allocations; a retry starts again from `input`).
+    /// One attempt of [`Client::apply`]. `input` is never written: admission copies only the
+    /// resources it fills in (allocations, a pod's node; [`admission::Admitted`]), and a retry
+    /// starts again from `input`.
     async fn try_apply(
         &self,
         input: &Arc<Vec<Resource>>,
@@ -203,30 +203,21 @@ impl Client {
             }
         }
         let read = started.elapsed();
-        // A large apply is validated on a blocking thread while this one makes the working copy
-        // (cloning 50,000 Services takes tens of ms). The copy is made here, not there, so the
-        // resources dropped after encoding are freed by the thread that allocated them.
-        let (mut resources, copy) = if input.len() >= BACKGROUND_VALIDATE_MIN {
-            let validation = {
-                let input = Arc::clone(input);
-                tokio::task::spawn_blocking(move || {
-                    serval_model::validate_set(&input, &existing_list)
-                })
-            };
-            let copy_started = std::time::Instant::now();
-            let resources = input.to_vec();
-            let copy = copy_started.elapsed();
-            validation.await.expect("validation does not panic")?;
-            (resources, copy)
+        // A large apply is validated on a blocking thread, off the runtime.
+        if input.len() >= BACKGROUND_VALIDATE_MIN {
+            let input = Arc::clone(input);
+            tokio::task::spawn_blocking(move || serval_model::validate_set(&input, &existing_list))
+                .await
+                .expect("validation does not panic")?;
         } else {
             serval_model::validate_set(input, &existing_list)?;
-            let copy_started = std::time::Instant::now();
-            (input.to_vec(), copy_started.elapsed())
-        };
-        // validate_ms: validation, and the working copy (copy_ms) made meanwhile.
+        }
         let validated = started.elapsed();
-        admission::bind_pods(self, &mut resources, &skeys, &existing).await?;
-        let alloc = admission::allocate_services(self, &mut resources, &skeys, &existing).await?;
+        let mut changes = admission::Admitted::new();
+        admission::bind_pods(self, input, &mut changes, &skeys, &existing).await?;
+        let alloc =
+            admission::allocate_services(self, input, &mut changes, &skeys, &existing).await?;
+        let copied = changes.len();
         let admitted = started.elapsed();
 
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
@@ -245,7 +236,7 @@ impl Client {
             mut ops,
             outcomes,
             service_changes,
-        } = encode_all(&cx, resources, skeys, encode_threads())?;
+        } = encode_all(&cx, input, changes, skeys, encode_threads())?;
         let values = started.elapsed();
         if let Some(alloc) = alloc.filter(|_| !ops.is_empty()) {
             ops.extend(alloc.ops(service_changes).await?);
@@ -261,7 +252,7 @@ impl Client {
             written,
             read_ms = ms(read),
             validate_ms = ms(validated - read),
-            copy_ms = ms(copy),
+            copied,
             admit_ms = ms(admitted - validated),
             encode_ms = ms(encoded - admitted),
             values_ms = ms(values - admitted),
@@ -428,34 +419,37 @@ struct Encoded {
     service_changes: Vec<allocation::ServiceChange>,
 }
 
-/// Encodes every resource of the working copy ([`encode_run`]); a large apply in chunks, the
-/// first on this thread and the others on scoped threads, joined in input order. Each chunk
-/// stops at its first error, and the error returned is that of the earliest failing chunk: the
-/// one a single pass reports.
+/// Encodes every resource of `input`, as admission changed it (`admitted`), with
+/// [`encode_run`]; a large apply in chunks, the first on this thread and the others on scoped
+/// threads, joined in input order. Each chunk stops at its first error, and the error returned
+/// is that of the earliest failing chunk: the one a single pass reports.
 fn encode_all(
     cx: &EncodeContext<'_>,
-    mut resources: Vec<Resource>,
+    input: &[Resource],
+    mut admitted: admission::Admitted,
     mut skeys: Vec<String>,
     threads: usize,
 ) -> Result<Encoded> {
-    if resources.len() < PARALLEL_ENCODE_MIN || threads < 2 {
-        return encode_run(cx, resources, skeys);
+    if input.len() < PARALLEL_ENCODE_MIN || threads < 2 {
+        return encode_run(cx, input, 0, admitted, skeys);
     }
-    let chunk = resources.len().div_ceil(threads);
-    // Owned chunks, split off the end (each resource is dropped by the thread that encoded it,
-    // the first chunk's by this thread, which made the working copy).
+    let chunk = input.len().div_ceil(threads);
+    // Chunks split off the end: their first index, admission's copies in them, their keys.
     let mut rest = Vec::new();
-    while resources.len() > chunk {
-        let at = (resources.len() - 1) / chunk * chunk;
-        rest.push((resources.split_off(at), skeys.split_off(at)));
+    while skeys.len() > chunk {
+        let at = (skeys.len() - 1) / chunk * chunk;
+        rest.push((at, admitted.split_off(&at), skeys.split_off(at)));
     }
     rest.reverse();
     let (first, results) = std::thread::scope(|scope| {
         let handles: Vec<_> = rest
             .into_iter()
-            .map(|(rs, ks)| scope.spawn(move || encode_run(cx, rs, ks)))
+            .map(|(at, adm, ks)| {
+                let part = &input[at..at + ks.len()];
+                scope.spawn(move || encode_run(cx, part, at, adm, ks))
+            })
             .collect();
-        let first = encode_run(cx, resources, skeys);
+        let first = encode_run(cx, &input[..skeys.len()], 0, admitted, skeys);
         let results: Vec<Result<Encoded>> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
@@ -472,26 +466,31 @@ fn encode_all(
     Ok(all)
 }
 
-/// Encodes `resources` (index-aligned with their store keys `skeys`, which move into the
-/// writes): an existing one is checked against its stored version (create mode, a
-/// resourceVersion precondition), keeps its uid, creation time and status, and is written only
-/// when its JSON differs; a new one gets a uid and creation time. Names and namespaces move into
-/// the outcomes.
+/// Encodes `input` (the resources from index `base` of the apply, index-aligned with their
+/// store keys `skeys`, which move into the writes), each as admission changed it when it did
+/// (`admitted`, by index of the apply): an existing one is checked against its stored version
+/// (create mode, a resourceVersion precondition), keeps its uid, creation time and status, and
+/// is written only when its JSON differs; a new one gets a uid and creation time, written from
+/// the resource itself ([`encode_created`]) without copying it.
 fn encode_run(
     cx: &EncodeContext<'_>,
-    resources: Vec<Resource>,
+    input: &[Resource],
+    base: usize,
+    admitted: admission::Admitted,
     skeys: Vec<String>,
 ) -> Result<Encoded> {
     let mut out = Encoded {
-        ops: Vec::with_capacity(resources.len() + 1),
-        outcomes: Vec::with_capacity(resources.len()),
+        ops: Vec::with_capacity(input.len() + 1),
+        outcomes: Vec::with_capacity(input.len()),
         service_changes: Vec::new(),
     };
+    let mut admitted = admitted.into_iter().peekable();
     // One serialization buffer for every value; each value is then copied out at its size.
     let mut buf = Vec::with_capacity(4096);
     let mut old_buf = Vec::new();
-    for (mut r, skey) in resources.into_iter().zip(skeys) {
-        let r = &mut r;
+    for (i, (given, skey)) in input.iter().zip(skeys).enumerate() {
+        let changed = admitted.next_if(|(at, _)| *at == base + i).map(|(_, r)| r);
+        let r = changed.as_ref().unwrap_or(given);
         match cx.existing.get(&skey) {
             Some((old, rev)) => {
                 if cx.mode == ApplyMode::Create {
@@ -514,6 +513,8 @@ fn encode_run(
                         actual: *rev,
                     }));
                 }
+                let mut r = changed.unwrap_or_else(|| given.clone());
+                let r = &mut r;
                 let meta = r.meta_mut();
                 meta.uid = old.meta().uid.clone();
                 meta.creation_timestamp = old.meta().creation_timestamp.clone();
@@ -542,26 +543,114 @@ fn encode_run(
                 out.outcomes.push((take_key(r), Outcome::Configured));
             }
             None => {
-                let meta = r.meta_mut();
-                meta.resource_version = None;
-                meta.uid = Some(new_uid(&skey, cx.now, cx.pid));
-                meta.creation_timestamp = Some(cx.now.to_string());
-                if let Resource::Service(new) = &*r {
+                if let Resource::Service(new) = r {
                     out.service_changes.push((
                         skey.clone(),
                         allocation::Held::default(),
                         allocation::held(new),
                     ));
                 }
-                out.ops.push(TxnOp::Create {
-                    key: skey,
-                    value: encode_into(r, &mut buf),
-                });
-                out.outcomes.push((take_key(r), Outcome::Created));
+                let uid = new_uid(&skey, cx.now, cx.pid);
+                let (value, key) = match encode_created(r, &uid, cx.now, &mut buf) {
+                    Some(value) => (value, r.key()),
+                    None => {
+                        let mut r = changed.unwrap_or_else(|| given.clone());
+                        let meta = r.meta_mut();
+                        meta.resource_version = None;
+                        meta.uid = Some(uid);
+                        meta.creation_timestamp = Some(cx.now.to_string());
+                        (encode_into(&r, &mut buf), take_key(&mut r))
+                    }
+                };
+                out.ops.push(TxnOp::Create { key: skey, value });
+                out.outcomes.push((key, Outcome::Created));
             }
         }
     }
     Ok(out)
+}
+
+/// The stored JSON of `r` created now, with `uid` and the creation time `now`, written from `r`
+/// itself rather than from a copy given them: `r`'s own JSON with the two appended to its
+/// metadata, where serializing such a copy writes them (they are the last fields of
+/// [`serval_model::ObjectMeta`]; the copy's resourceVersion is none). `None` when `r` has a
+/// resourceVersion, uid or creation time of its own, or its JSON does not open with its
+/// envelope and metadata: then the caller encodes a copy.
+fn encode_created(r: &Resource, uid: &str, now: &str, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    // Every field named: a field added to the metadata is a decision to make here.
+    let serval_model::ObjectMeta {
+        name: _,
+        namespace: _,
+        labels: _,
+        annotations: _,
+        resource_version,
+        uid: own_uid,
+        creation_timestamp,
+    } = r.meta();
+    if resource_version.is_some() || own_uid.is_some() || creation_timestamp.is_some() {
+        return None;
+    }
+    serialize_into(r, buf);
+    let kind = r.kind();
+    // `{"apiVersion":"v1","kind":"Service","metadata":{"` (metadata always has its name).
+    let head: [&[u8]; 5] = [
+        b"{\"apiVersion\":\"",
+        kind.api_version().as_bytes(),
+        b"\",\"kind\":\"",
+        kind.name().as_bytes(),
+        b"\",\"metadata\":{\"",
+    ];
+    let mut at = 0;
+    for part in head {
+        if !buf[at..].starts_with(part) {
+            return None;
+        }
+        at += part.len();
+    }
+    let end = json_object_end(buf, at - 2)?;
+    let mut out = Vec::with_capacity(buf.len() + uid.len() + now.len() + 40);
+    out.extend_from_slice(&buf[..end]);
+    out.extend_from_slice(b",\"uid\":");
+    serde_json::to_writer(&mut out, uid).expect("a string always serializes");
+    out.extend_from_slice(b",\"creationTimestamp\":");
+    serde_json::to_writer(&mut out, now).expect("a string always serializes");
+    out.extend_from_slice(&buf[end..]);
+    Some(out)
+}
+
+/// The index of the `}` that closes the JSON object opening at `json[open]` (serde_json's
+/// compact output: strings are the only place a brace or bracket is not structure).
+fn json_object_end(json: &[u8], open: usize) -> Option<usize> {
+    if json.get(open) != Some(&b'{') {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in json.iter().enumerate().skip(open) {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Milliseconds, for the timing logs.
@@ -806,7 +895,7 @@ mod tests {
             pid: 7,
         };
         let skeys = resources.iter().map(store_key_of).collect();
-        encode_all(&cx, resources.to_vec(), skeys, threads)
+        encode_all(&cx, resources, admission::Admitted::new(), skeys, threads)
     }
 
     #[test]
@@ -881,6 +970,104 @@ mod tests {
         for threads in [2, 3, 4] {
             let e = encode(&stale, &existing, ApplyMode::Apply, threads).unwrap_err();
             assert_eq!(e.to_string(), conflict.to_string(), "{threads} threads");
+        }
+    }
+
+    /// What encoding a created resource wrote before [`encode_created`]: a copy given the
+    /// uid and creation time, serialized.
+    fn created_by_copy(r: &Resource, uid: &str, now: &str) -> Vec<u8> {
+        let mut r = r.clone();
+        let meta = r.meta_mut();
+        meta.resource_version = None;
+        meta.uid = Some(uid.to_string());
+        meta.creation_timestamp = Some(now.to_string());
+        encode_into(&r, &mut Vec::new())
+    }
+
+    #[test]
+    fn a_created_resource_is_written_from_itself_as_its_copy_would_be() {
+        let docs = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: web
+  labels: {app: web, example.com/tier: front}
+  annotations:
+    note: '{"k": [1, "}"], "q": "\\"}\\\\'
+    z: "é]{"
+    empty: ""
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: p, port: 80, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: web}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: web, labels: {app: web}, annotations: {a: "}"}}
+spec:
+  nodeName: node1
+  containers: [{name: c}]
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata: {name: pool}
+spec: {cidr: 10.0.0.0/16}
+---
+apiVersion: projectcalico.org/v3
+kind: GlobalNetworkPolicy
+metadata: {name: gnp}
+spec: {selector: "all()", ingress: [{action: Allow}]}
+"#;
+        let resources = serval_model::parse_documents("t.yaml", docs).unwrap();
+        assert_eq!(resources.len(), 5);
+        let (uid, now) = (
+            "0123abcd-0000-0000-0000-000000000000",
+            "2026-01-01T00:00:00Z",
+        );
+        let mut buf = Vec::new();
+        for r in &resources {
+            let value = encode_created(r, uid, now, &mut buf).expect("written from itself");
+            assert_eq!(
+                String::from_utf8(value).unwrap(),
+                String::from_utf8(created_by_copy(r, uid, now)).unwrap()
+            );
+        }
+        // A resource with a uid, creation time or resourceVersion of its own is copied.
+        for set in 0..3 {
+            let mut r = resources[0].clone();
+            let meta = r.meta_mut();
+            let v = Some("1".to_string());
+            match set {
+                0 => meta.uid = v,
+                1 => meta.creation_timestamp = v,
+                _ => meta.resource_version = v,
+            }
+            assert_eq!(encode_created(&r, uid, now, &mut buf), None);
+            let cx = EncodeContext {
+                existing: &BTreeMap::new(),
+                mode: ApplyMode::Apply,
+                now,
+                pid: 7,
+            };
+            let skeys = vec![store_key_of(&r)];
+            let uid = new_uid(&skeys[0], now, 7);
+            let encoded = encode_all(
+                &cx,
+                std::slice::from_ref(&r),
+                admission::Admitted::new(),
+                skeys,
+                1,
+            )
+            .unwrap();
+            assert!(matches!(
+                &encoded.ops[0],
+                TxnOp::Create { value, .. } if *value == created_by_copy(&r, &uid, now)
+            ));
         }
     }
 

@@ -1003,3 +1003,91 @@ async fn concurrent_writers_building_a_missing_index_all_land() {
     assert_eq!(svcs.len(), 9);
     assert_index_matches_services(&c).await;
 }
+
+/// The allocated fields of a stored Service: cluster IPs, families, policy, node ports.
+fn allocated(s: &serval_model::k8s::Service) -> String {
+    let ports: Vec<Option<u16>> = s
+        .spec
+        .ports
+        .iter()
+        .map(|p| p.node_port.map(|p| p.0))
+        .collect();
+    format!(
+        "{:?} {:?} {:?} {:?} {:?}",
+        s.spec.cluster_ip, s.spec.cluster_ips, s.spec.ip_families, s.spec.ip_family_policy, ports
+    )
+}
+
+#[tokio::test]
+async fn an_apply_needing_allocation_stores_the_allocations_and_retries_from_the_untouched_input() {
+    let f = SqliteFile::new().expect("temp sqlite");
+    let c = client(&f).await;
+    store_without_index(&c, 0).await;
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec:\n  type: NodePort\n  ports: [{name: web, port: 80}, {name: dns, port: 53, protocol: UDP}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: b}\nspec:\n  clusterIP: 10.96.0.9\n  ports: [{port: 80}]\n";
+    let input = std::sync::Arc::new(parse(text));
+    let (outcomes, _) = c
+        .apply_keeping(std::sync::Arc::clone(&input), ApplyMode::Apply)
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes.iter().map(|(_, o)| *o).collect::<Vec<_>>(),
+        [Outcome::Created, Outcome::Created]
+    );
+    assert_eq!(*input, parse(text), "the input is never written");
+    assert_eq!(
+        allocated(&get_service(&c, "a").await),
+        r#"Some("10.96.0.3") ["10.96.0.3"] [IPv4] Some(SingleStack) [Some(30001), Some(30000)]"#
+    );
+    assert_eq!(
+        allocated(&get_service(&c, "b").await),
+        r#"Some("10.96.0.9") ["10.96.0.9"] [IPv4] Some(SingleStack) [None]"#
+    );
+    assert_index_matches_services(&c).await;
+
+    // As a raced retry would: the same input again after its allocations went to another
+    // Service. Started from the input, `a` takes the next free values; started from the first
+    // attempt's result, it would ask for node port 30001, now held by `x`.
+    let keys = [
+        ResourceKey::new(Kind::Service, Some("default"), "a"),
+        ResourceKey::new(Kind::Service, Some("default"), "b"),
+    ];
+    c.delete(&keys, false).await.unwrap();
+    c.apply(
+        parse("apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 30001}]\n"),
+        ApplyMode::Apply,
+    )
+    .await
+    .unwrap();
+    c.apply_keeping(std::sync::Arc::clone(&input), ApplyMode::Apply)
+        .await
+        .unwrap();
+    assert_eq!(*input, parse(text), "the input is never written");
+    assert_eq!(
+        allocated(&get_service(&c, "a").await),
+        r#"Some("10.96.0.5") ["10.96.0.5"] [IPv4] Some(SingleStack) [Some(30002), Some(30000)]"#
+    );
+    assert_index_matches_services(&c).await;
+
+    // Applies that race each other (and a delete) retry from their untouched inputs.
+    let inputs: Vec<std::sync::Arc<Vec<Resource>>> = (0..4)
+        .map(|i| std::sync::Arc::new(service(&format!("r{i}"), "  type: NodePort\n")))
+        .collect();
+    let mut tasks = Vec::new();
+    for input in &inputs {
+        let app = Client::new(f.open().await.unwrap());
+        let input = std::sync::Arc::clone(input);
+        tasks.push(tokio::spawn(async move {
+            app.apply_keeping(input, ApplyMode::Apply).await.map(|_| ())
+        }));
+    }
+    six_applies_and_a_delete_race(&f, "old0").await;
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        assert_eq!(**input, service(&format!("r{i}"), "  type: NodePort\n"));
+        let s = get_service(&c, &format!("r{i}")).await;
+        assert!(s.spec.cluster_ip.is_some() && s.spec.ports[0].node_port.is_some());
+    }
+    assert_index_matches_services(&c).await;
+}
