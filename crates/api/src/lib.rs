@@ -973,6 +973,62 @@ mod tests {
         }
     }
 
+    #[test]
+    fn admissions_copies_are_encoded_in_place_of_the_input_in_every_chunk() {
+        let n = PARALLEL_ENCODE_MIN + 1001;
+        let input = services(n);
+        // Admission's copies: another cluster IP for a few Services across the chunks.
+        let mut admitted = admission::Admitted::new();
+        for i in [0, 1, n / 4, n / 3, n / 2, n / 2 + 1, n - 1] {
+            let mut r = input[i].clone();
+            let Resource::Service(s) = &mut r else {
+                unreachable!()
+            };
+            let ip = format!("10.97.0.{}", i % 250 + 1);
+            s.spec.cluster_ip = Some(ip.clone());
+            s.spec.cluster_ips = vec![ip];
+            admitted.insert(i, r);
+        }
+        // What encoding the input with the copies in place gives.
+        let mut patched = input.clone();
+        for (i, r) in &admitted {
+            patched[*i] = r.clone();
+        }
+        let existing = BTreeMap::new();
+        let want = encode(&patched, &existing, ApplyMode::Apply, 1).unwrap();
+        assert_ne!(
+            encode(&input, &existing, ApplyMode::Apply, 1).unwrap(),
+            want,
+            "the copies change what is stored"
+        );
+        let cx = EncodeContext {
+            existing: &existing,
+            mode: ApplyMode::Apply,
+            now: "2026-01-01T00:00:00Z",
+            pid: 7,
+        };
+        for threads in [1, 2, 3, 4] {
+            let skeys = input.iter().map(store_key_of).collect();
+            let got = encode_all(&cx, &input, admitted.clone(), skeys, threads).unwrap();
+            assert_eq!(got, want, "{threads} threads");
+        }
+        let TxnOp::Create { value, .. } = &want.ops[n / 2] else {
+            panic!("a create")
+        };
+        let stored = Resource::from_json(value).unwrap();
+        assert_eq!(stored.meta().name, format!("svc-{}", n / 2));
+        assert_eq!(
+            allocation::held(match &stored {
+                Resource::Service(s) => s,
+                _ => unreachable!(),
+            }),
+            allocation::held(match &admitted[&(n / 2)] {
+                Resource::Service(s) => s,
+                _ => unreachable!(),
+            })
+        );
+    }
+
     /// What encoding a created resource wrote before [`encode_created`]: a copy given the
     /// uid and creation time, serialized.
     fn created_by_copy(r: &Resource, uid: &str, now: &str) -> Vec<u8> {
