@@ -1,6 +1,7 @@
 //! What the API server's admission and the scheduler would do before a resource is stored.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use serval_model::{Kind, Resource, ResourceKey};
@@ -199,6 +200,8 @@ pub(crate) async fn allocate_services<'c>(
         }
     }
 
+    // An address as text, for comparing (reused).
+    let mut ip_text = String::new();
     // Second pass: allocate what is missing. Each Service's values are worked out from it as
     // it is, and it is copied into `admitted` only when they differ from its own.
     for (i, skey) in skeys.iter().enumerate() {
@@ -282,23 +285,33 @@ pub(crate) async fn allocate_services<'c>(
                     })?;
                 ips.push(ip);
             }
-            let cluster_ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
-            let ip_families: Vec<ServiceIpFamily> = ips
-                .iter()
-                .map(|ip| {
-                    if ip.is_ipv4() {
-                        ServiceIpFamily::IPv4
-                    } else {
-                        ServiceIpFamily::IPv6
-                    }
-                })
-                .collect();
+            let family = |ip: &IpAddr| {
+                if ip.is_ipv4() {
+                    ServiceIpFamily::IPv4
+                } else {
+                    ServiceIpFamily::IPv6
+                }
+            };
             let policy = spec.ip_family_policy.or(Some(IpFamilyPolicy::SingleStack));
-            if cluster_ips != spec.cluster_ips
-                || cluster_ips.first() != spec.cluster_ip.as_ref()
-                || ip_families != spec.ip_families
-                || policy != spec.ip_family_policy
-            {
+            // Compared without building the lists: most Services already hold their values.
+            let same_ips = spec.cluster_ips.len() == ips.len()
+                && spec.cluster_ips.iter().zip(&ips).all(|(s, ip)| {
+                    ip_text.clear();
+                    write!(ip_text, "{ip}").expect("writing to a String never fails");
+                    *s == ip_text
+                });
+            let unchanged = same_ips
+                && spec.cluster_ip.as_ref() == spec.cluster_ips.first()
+                && spec.ip_families.len() == ips.len()
+                && spec
+                    .ip_families
+                    .iter()
+                    .zip(&ips)
+                    .all(|(f, ip)| *f == family(ip))
+                && policy == spec.ip_family_policy;
+            if !unchanged {
+                let cluster_ips: Vec<String> = ips.iter().map(ToString::to_string).collect();
+                let ip_families: Vec<ServiceIpFamily> = ips.iter().map(family).collect();
                 addrs = Some((cluster_ips, ip_families, policy));
             }
         }
