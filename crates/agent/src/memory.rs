@@ -1,5 +1,8 @@
-//! The agent process's heap: allocator settings made once at start ([`tune_allocator`]) and
-//! the heap's own figures for the logs ([`heap_stats`]).
+//! The agent process's glibc heap: allocator settings made once at start ([`tune_allocator`])
+//! and the heap's own figures ([`heap_stats`]). In the `serval` binary Rust's allocations go
+//! to mimalloc (its global allocator, configured in crates/cli/src/main.rs); glibc's heap
+//! then serves the C code (sqlite) only, and these settings keep it small. Other binaries
+//! that embed the agent with the system allocator get them for everything.
 //!
 //! The agent holds large, long-lived maps (the calculation's model, the desired state, the
 //! eBPF driver's mirrors) built from bursts of short-lived ones (decoded watch events, the

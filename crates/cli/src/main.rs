@@ -121,7 +121,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc's `mi_option_arena_eager_commit` and `mi_option_purge_delay` (`mi_option_e` of
 /// mimalloc v3's mimalloc.h; libmimalloc-sys does not name them), with the environment
 /// variables that set them (which win over [`configure_allocator`]).
-const MI_OPTIONS: [(libmimalloc_sys::mi_option_t, &std::ffi::CStr, std::ffi::c_long); 2] = [
+const MI_OPTIONS: [(
+    libmimalloc_sys::mi_option_t,
+    &std::ffi::CStr,
+    std::ffi::c_long,
+); 2] = [
     (4, c"MIMALLOC_ARENA_EAGER_COMMIT", 0),
     (15, c"MIMALLOC_PURGE_DELAY", 0),
 ];
