@@ -479,9 +479,11 @@ fn publish(head: &tokio::sync::watch::Sender<Revision>, revision: Revision) {
 /// failing operation, not necessarily the first: its transaction is rolled back and
 /// [`first_failure`] checks every operation in order, as an earlier version did before writing
 /// anything, to report the first one. Should that find none (another process changed the keys
-/// in between), the write is tried again from the new state.
+/// in between), the write is tried again from the new state, up to [`TXN_ATTEMPTS`] times in
+/// all: a row skipped for another reason (`OR IGNORE` skips any row a constraint or trigger
+/// refuses, which no precondition explains) must fail the write, not retry it forever.
 fn apply_txn(conn: &mut Connection, ops: &[TxnOp]) -> rusqlite::Result<Result<Revision>> {
-    loop {
+    for _ in 0..TXN_ATTEMPTS {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let head = meta(&tx, "revision")?;
         match write_txn(&tx, head, ops)? {
@@ -499,7 +501,17 @@ fn apply_txn(conn: &mut Connection, ops: &[TxnOp]) -> rusqlite::Result<Result<Re
             return Ok(Err(failure));
         }
     }
+    Err(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+        Some(format!(
+            "a row of the write was not inserted {TXN_ATTEMPTS} times in a row, and no operation's precondition fails: a constraint or trigger of the database refuses it"
+        )),
+    ))
 }
+
+/// How many times [`apply_txn`] writes before it gives up (each retry follows another
+/// process's change to the keys between the write and the check).
+const TXN_ATTEMPTS: usize = 8;
 
 /// The first operation of `ops` whose precondition fails in `tx`'s snapshot, as
 /// [`StoreError::TxnFailed`].
@@ -1875,6 +1887,65 @@ mod tests {
             let conn = open_connection(&path).expect("connection");
             conn.execute("DELETE FROM log WHERE revision > ?1", [head])
                 .expect("remove the stray row");
+        }
+    }
+
+    /// A row that the database refuses without any failed precondition (here a CHECK
+    /// constraint: `OR IGNORE` skips the row) fails the write with an error instead of
+    /// retrying it forever, and writes nothing.
+    #[tokio::test]
+    async fn a_row_refused_without_a_failed_precondition_fails_the_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.db");
+        let store = SqliteStore::open(&path).await.expect("open");
+        let head = store.create("/d/a", b"a".to_vec()).await.expect("a");
+        // `kv` again with a CHECK constraint that refuses one key.
+        let conn = open_connection(&path).expect("connection");
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'kv'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("kv's schema");
+        let open = sql.find('(').expect("column list");
+        let close = sql.rfind(')').expect("column list end");
+        let checked = format!(
+            "CREATE TABLE kv_checked {}, CHECK (key <> CAST('/d/refused' AS BLOB))){}",
+            &sql[open..close],
+            &sql[close + 1..]
+        );
+        conn.execute_batch(&format!(
+            "{checked}; INSERT INTO kv_checked SELECT * FROM kv; DROP TABLE kv;
+             ALTER TABLE kv_checked RENAME TO kv;"
+        ))
+        .expect("kv with a CHECK constraint");
+        drop(conn);
+        for rows in [1, ROWS_PER_INSERT + 3] {
+            let mut ops: Vec<TxnOp> = (0..rows)
+                .map(|i| TxnOp::Create {
+                    key: format!("/d/n{i:03}"),
+                    value: b"n".to_vec(),
+                })
+                .collect();
+            ops.push(TxnOp::Create {
+                key: "/d/refused".into(),
+                value: b"r".to_vec(),
+            });
+            match store.txn(ops).await {
+                Err(StoreError::Sqlite { source, .. }) => {
+                    assert_eq!(
+                        source.sqlite_error_code(),
+                        Some(ErrorCode::ConstraintViolation),
+                        "{source}"
+                    );
+                    assert!(source.to_string().contains("refuses"), "{source}");
+                }
+                other => panic!("expected a constraint error, got {other:?}"),
+            }
+            assert_eq!(store.revision().await.expect("revision"), head);
+            let (kvs, _) = store.list("/d/").await.expect("list");
+            assert_eq!(kvs.len(), 1, "{kvs:?}");
         }
     }
 
