@@ -38,9 +38,9 @@ use std::time::Duration;
 use clap::ValueEnum;
 
 pub use error::{BenchError, Result};
-use lab::Lab;
+use lab::{Lab, Pod};
 use progress::Progress;
-use results::{Failure, RatePoint, Results, RunConfig, Skipped, Unavailable};
+use results::{Failure, RatePoint, Results, RunConfig, Skipped, ThroughputPoint, Unavailable};
 
 /// The default service counts.
 pub const DEFAULT_SIZES: [usize; 7] = [1, 100, 1_000, 5_000, 10_000, 25_000, 50_000];
@@ -338,6 +338,15 @@ struct Labs<'a> {
 }
 
 impl Labs<'_> {
+    /// The lab of `dataplane` if it is up (see [`Labs::get`]).
+    fn peek(&self, dataplane: &str) -> Option<&Lab> {
+        match dataplane {
+            "bpf" => self.bpf.as_ref(),
+            "direct" => self.direct.as_ref(),
+            _ => self.iptables.as_ref(),
+        }
+    }
+
     /// The lab of `dataplane` (`bpf`, `iptables`, or `direct`: the iptables lab of the
     /// direct baseline).
     fn get(&mut self, dataplane: &str) -> Result<&Lab> {
@@ -829,13 +838,29 @@ fn policy_scale(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress)
     Ok(())
 }
 
+/// Rounds of the throughput section: in each, every column runs once (same node, then across
+/// nodes), the columns in an order rotated by one per round; each figure reported is the
+/// median round's. A slow moment of a shared machine then falls on every column alike,
+/// instead of on whichever column ran at that moment.
+const THROUGHPUT_ROUNDS: usize = 3;
+
+/// The lab a column's throughput runs in: `direct` in the lab kept free of service and policy
+/// rules, the Serval columns in their own.
+fn throughput_lab(dp: Dataplane) -> &'static str {
+    match dp {
+        Dataplane::Direct => "direct",
+        other => other.lab_dataplane(),
+    }
+}
+
 fn throughput_section(
     plan: &Plan,
     labs: &mut Labs<'_>,
     r: &mut Results,
     p: &Progress,
 ) -> Result<()> {
-    let secs = plan.duration.as_secs().max(1);
+    // The columns that run, each in its lab, the Serval ones with their policy applied.
+    let mut columns = Vec::new();
     for &dp in &plan.dataplanes {
         match dp {
             Dataplane::Direct => {}
@@ -856,77 +881,153 @@ fn throughput_section(
                 }
             }
         }
-        let lab = labs.get(dp.lab_dataplane())?;
+        let lab = labs.get(throughput_lab(dp))?;
         // The Serval columns: traffic through policy rules (one policy allowing the client).
-        let policy = dp.is_serval();
-        if policy {
-            if let Err(e) = lab.apply("throughput-policy", &serval::throughput_policy_yaml()) {
-                failed(r, Section::Throughput, dp, None, &e, p);
-                continue;
-            }
-            // Time for the agent to program it (a policy at N=1 takes ~0.2 s in this lab).
-            std::thread::sleep(Duration::from_secs(1));
+        if dp.is_serval()
+            && let Err(e) = lab.apply("throughput-policy", &serval::throughput_policy_yaml())
+        {
+            failed(r, Section::Throughput, dp, None, &e, p);
+            continue;
         }
-        let echo1 = net::EchoServer::start(
-            &lab.server.netns,
-            &lab.server.netns_name,
-            std::net::SocketAddrV4::new(lab.server.ip, net::ECHO_PORT),
-        )?;
-        let echo2 = net::EchoServer::start(
-            &lab.server2.netns,
-            &lab.server2.netns_name,
-            std::net::SocketAddrV4::new(lab.server2.ip, net::ECHO_PORT),
-        )?;
-        for (path, server, echo) in [
-            ("same-node", &lab.server, &echo1),
-            ("cross-node", &lab.server2, &echo2),
-        ] {
-            p.line(&format!(
-                "{} {path}: iperf3 {secs} s to {}",
-                dp.name(),
-                server.ip
-            ));
-            match throughput::iperf3(dp.name(), path, &lab.client, server, secs) {
-                Ok(t) => {
-                    p.line(&format!(
-                        "{} {path}: {:.2} Gbit/s",
-                        dp.name(),
-                        t.bits_per_second / 1e9
-                    ));
-                    r.throughput.push(t);
-                }
-                Err(e) => failed(r, Section::Throughput, dp, None, &e, p),
-            }
-            match net::request_rate(
-                &lab.client.netns,
-                &lab.client.netns_name,
-                echo.addr,
-                plan.duration,
-            ) {
-                Ok((count, took)) => {
-                    let per_second = count as f64 / took.as_secs_f64();
-                    p.line(&format!(
-                        "{} {path}: {per_second:.0} requests/s on one connection",
-                        dp.name()
-                    ));
-                    r.request_rate.push(RatePoint {
-                        dataplane: dp.name().into(),
-                        path: path.into(),
-                        seconds: took.as_secs_f64(),
-                        requests: count,
-                        per_second,
-                    });
-                }
-                Err(e) => failed(r, Section::Throughput, dp, None, &e, p),
-            }
-        }
-        drop(echo1);
-        drop(echo2);
-        if policy && let Err(e) = lab.delete("throughput-policy") {
+        columns.push(dp);
+    }
+    if columns.iter().any(|dp| dp.is_serval()) {
+        // Time for the agents to program it (a policy at N=1 takes ~0.2 s in this lab).
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let result = throughput_rounds(plan, labs, &columns, r, p);
+    for &dp in &columns {
+        if dp.is_serval()
+            && let Some(lab) = labs.peek(throughput_lab(dp))
+            && let Err(e) = lab.delete("throughput-policy")
+        {
             failed(r, Section::Throughput, dp, None, &e, p);
         }
     }
+    result
+}
+
+/// The two paths of the throughput section: the client to `server` (same node) and to
+/// `server2` (across nodes).
+const THROUGHPUT_PATHS: [&str; 2] = ["same-node", "cross-node"];
+
+/// One column of the throughput rounds: its lab, its echo servers (one per path) and what
+/// each round measured.
+struct ThroughputColumn<'l> {
+    dp: Dataplane,
+    lab: &'l Lab,
+    echo: [net::EchoServer; 2],
+    throughput: [Vec<ThroughputPoint>; 2],
+    rate: [Vec<RatePoint>; 2],
+}
+
+fn throughput_rounds(
+    plan: &Plan,
+    labs: &Labs<'_>,
+    columns: &[Dataplane],
+    r: &mut Results,
+    p: &Progress,
+) -> Result<()> {
+    let secs = plan.duration.as_secs().max(1);
+    let mut cols = Vec::new();
+    for &dp in columns {
+        let Some(lab) = labs.peek(throughput_lab(dp)) else {
+            continue;
+        };
+        let echo = |pod: &Pod| {
+            net::EchoServer::start(
+                &pod.netns,
+                &pod.netns_name,
+                std::net::SocketAddrV4::new(pod.ip, net::ECHO_PORT),
+            )
+        };
+        cols.push(ThroughputColumn {
+            dp,
+            lab,
+            echo: [echo(&lab.server)?, echo(&lab.server2)?],
+            throughput: Default::default(),
+            rate: Default::default(),
+        });
+    }
+    for round in 0..THROUGHPUT_ROUNDS {
+        let count = cols.len();
+        for i in 0..count {
+            let c = &mut cols[(i + round) % count];
+            let name = c.dp.name();
+            for (k, path) in THROUGHPUT_PATHS.into_iter().enumerate() {
+                let server = if k == 0 {
+                    &c.lab.server
+                } else {
+                    &c.lab.server2
+                };
+                p.line(&format!(
+                    "{name} {path} (round {} of {THROUGHPUT_ROUNDS}): iperf3 {secs} s to {}",
+                    round + 1,
+                    server.ip
+                ));
+                match throughput::iperf3(name, path, &c.lab.client, server, secs) {
+                    Ok(t) => {
+                        p.line(&format!(
+                            "{name} {path}: {:.2} Gbit/s",
+                            t.bits_per_second / 1e9
+                        ));
+                        c.throughput[k].push(t);
+                    }
+                    Err(e) => failed(r, Section::Throughput, c.dp, None, &e, p),
+                }
+                match net::request_rate(
+                    &c.lab.client.netns,
+                    &c.lab.client.netns_name,
+                    c.echo[k].addr,
+                    plan.duration,
+                ) {
+                    Ok((count, took)) => {
+                        let per_second = count as f64 / took.as_secs_f64();
+                        p.line(&format!(
+                            "{name} {path}: {per_second:.0} requests/s on one connection"
+                        ));
+                        c.rate[k].push(RatePoint {
+                            dataplane: name.into(),
+                            path: path.into(),
+                            seconds: took.as_secs_f64(),
+                            requests: count,
+                            per_second,
+                            rounds: Vec::new(),
+                        });
+                    }
+                    Err(e) => failed(r, Section::Throughput, c.dp, None, &e, p),
+                }
+            }
+        }
+    }
+    // One figure per column and path, in the plan's order: the median round's.
+    for c in cols {
+        for k in 0..THROUGHPUT_PATHS.len() {
+            let rounds: Vec<f64> = c.throughput[k].iter().map(|t| t.bits_per_second).collect();
+            if let Some(i) = median_round(&rounds) {
+                r.throughput.push(ThroughputPoint {
+                    rounds,
+                    ..c.throughput[k][i].clone()
+                });
+            }
+            let rounds: Vec<f64> = c.rate[k].iter().map(|t| t.per_second).collect();
+            if let Some(i) = median_round(&rounds) {
+                r.request_rate.push(RatePoint {
+                    rounds,
+                    ..c.rate[k][i].clone()
+                });
+            }
+        }
+    }
     Ok(())
+}
+
+/// The index of the median of `values` (the lower one of the middle two for an even count,
+/// as when a round failed); `None` when there is none.
+pub(crate) fn median_round(values: &[f64]) -> Option<usize> {
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    order.get(values.len().saturating_sub(1) / 2).copied()
 }
 
 fn memory_section(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progress) -> Result<()> {
@@ -1005,6 +1106,17 @@ fn memory_section(plan: &Plan, labs: &mut Labs<'_>, r: &mut Results, p: &Progres
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_median_round_is_the_middle_one_or_the_lower_middle_one() {
+        assert_eq!(median_round(&[]), None);
+        assert_eq!(median_round(&[7.0]), Some(0));
+        assert_eq!(median_round(&[3.0, 1.0, 2.0]), Some(2));
+        assert_eq!(median_round(&[9.0, 1.0, 5.0]), Some(2));
+        // Two rounds (one failed): the lower one.
+        assert_eq!(median_round(&[4.0, 2.0]), Some(1));
+        assert_eq!(median_round(&[1.0, 5.0, 3.0, 4.0]), Some(2));
+    }
 
     fn args() -> BenchArgs {
         BenchArgs {

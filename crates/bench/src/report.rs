@@ -642,6 +642,18 @@ fn policy_section(md: &mut String, r: &Results) {
     unavailable_notes(md, r, "policy");
 }
 
+/// A point's rounds, in the order run (`—` for a single run).
+fn rounds(values: &[f64], show: impl Fn(f64) -> String) -> String {
+    if values.is_empty() {
+        return "—".into();
+    }
+    values
+        .iter()
+        .map(|&v| show(v))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn throughput_section(md: &mut String, r: &Results) {
     md.push_str("## Throughput and request rate\n\n");
     if not_run(md, r, "throughput") {
@@ -653,10 +665,14 @@ fn throughput_section(md: &mut String, r: &Results) {
          with no Service or NetworkPolicy applied (the agent's base chains, which every pod's \
          traffic passes, are still there: `serval lab` has no agent-less mode). The Serval \
          columns have one NetworkPolicy selecting both server pods and allowing the client, \
-         so the traffic goes through policy rules. Ratios are to `direct`.\n\n",
+         so the traffic goes through policy rules. Ratios are to `direct`. The section runs \
+         in rounds: in each, every column runs once, in an order rotated by one per round, \
+         and each figure is the median round's (every round is listed).\n\n",
     );
     if !r.throughput.is_empty() {
-        md.push_str("| Column | Path | Throughput | Retransmits |\n|---|---|---:|---:|\n");
+        md.push_str(
+            "| Column | Path | Throughput | Retransmits | Rounds (Gbit/s) |\n|---|---|---:|---:|---|\n",
+        );
         for p in &r.throughput {
             let base = r
                 .throughput
@@ -670,17 +686,20 @@ fn throughput_section(md: &mut String, r: &Results) {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.2} Gbit/s{ratio} | {} |",
+                "| {} | {} | {:.2} Gbit/s{ratio} | {} | {} |",
                 p.dataplane,
                 p.path,
                 p.bits_per_second / 1e9,
-                p.retransmits.map_or("—".into(), |v| v.to_string())
+                p.retransmits.map_or("—".into(), |v| v.to_string()),
+                rounds(&p.rounds, |v| format!("{:.2}", v / 1e9))
             );
         }
         md.push('\n');
     }
     if !r.request_rate.is_empty() {
-        md.push_str("| Column | Path | Requests/s | Requests |\n|---|---|---:|---:|\n");
+        md.push_str(
+            "| Column | Path | Requests/s | Requests | Rounds (requests/s) |\n|---|---|---:|---:|---|\n",
+        );
         for p in &r.request_rate {
             let base = r
                 .request_rate
@@ -694,8 +713,12 @@ fn throughput_section(md: &mut String, r: &Results) {
             };
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.0}{ratio} | {} |",
-                p.dataplane, p.path, p.per_second, p.requests
+                "| {} | {} | {:.0}{ratio} | {} | {} |",
+                p.dataplane,
+                p.path,
+                p.per_second,
+                p.requests,
+                rounds(&p.rounds, |v| format!("{v:.0}"))
             );
         }
         md.push('\n');
@@ -822,6 +845,49 @@ mod tests {
         assert!(md.contains("- **serval-bpf**: not available: not wired"));
         assert!(md.contains("![latency](latency.png)"));
         assert!(md.contains("## Policy scale\n\nNot run"));
+    }
+
+    #[test]
+    fn throughput_rows_show_the_median_round_its_ratio_and_every_round() {
+        let mut r = results();
+        r.config.sections.push("throughput".into());
+        let t = |dp: &str, gbps: f64, rounds: &[f64]| ThroughputPoint {
+            dataplane: dp.into(),
+            path: "same-node".into(),
+            seconds: 5.0,
+            bits_per_second: gbps * 1e9,
+            retransmits: Some(0),
+            rounds: rounds.iter().map(|g| g * 1e9).collect(),
+        };
+        r.throughput = vec![
+            t("direct", 10.0, &[10.0, 9.0, 11.0]),
+            t("serval-bpf", 10.5, &[10.5, 12.0, 10.0]),
+        ];
+        r.request_rate = vec![RatePoint {
+            dataplane: "direct".into(),
+            path: "same-node".into(),
+            seconds: 5.0,
+            requests: 100,
+            per_second: 20.0,
+            rounds: vec![],
+        }];
+        let md = render(&r, &[]);
+        assert!(
+            md.contains("median round's (every round is listed)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| direct | same-node | 10.00 Gbit/s | 0 | 10.00, 9.00, 11.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| serval-bpf | same-node | 10.50 Gbit/s (1.05×) | 0 | 10.50, 12.00, 10.00 |"
+            ),
+            "{md}"
+        );
+        // A point of a single run (an earlier results file) has no rounds.
+        assert!(md.contains("| direct | same-node | 20 | 100 | — |"), "{md}");
     }
 
     #[test]

@@ -185,6 +185,10 @@ pub struct ThroughputPoint {
     pub seconds: f64,
     pub bits_per_second: f64,
     pub retransmits: Option<u64>,
+    /// Every round's rate, in the order run (this point is the median round's; see
+    /// [`crate::median_round`]). Empty for a single run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<f64>,
 }
 
 /// 1-byte request/response rate on one connection.
@@ -195,6 +199,10 @@ pub struct RatePoint {
     pub seconds: f64,
     pub requests: u64,
     pub per_second: f64,
+    /// Every round's rate, in the order run (this point is the median round's). Empty for a
+    /// single run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<f64>,
 }
 
 /// Agent and BPF map memory of one lab.

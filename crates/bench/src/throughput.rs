@@ -80,6 +80,7 @@ pub fn parse_iperf3(column: &str, path: &str, json: &str) -> Result<ThroughputPo
         seconds: received["seconds"].as_f64().unwrap_or(0.0),
         bits_per_second: bps,
         retransmits: v["end"]["sum_sent"]["retransmits"].as_u64(),
+        rounds: Vec::new(),
     })
 }
 
