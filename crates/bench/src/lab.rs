@@ -5,6 +5,7 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use serval_sys::NetNs;
 
@@ -239,6 +240,34 @@ impl Lab {
         std::fs::read_to_string(path).ok()?.trim().parse().ok()
     }
 
+    /// Waits until both agents have used no CPU (at most one clock tick per
+    /// [`IDLE_SAMPLE`]) for [`IDLE_FOR`] in a row, or [`IDLE_WAIT_MAX`] has passed; how long it
+    /// waited. After a burst, node2's agent may still be writing its maps, each agent returns
+    /// freed memory to the kernel once quiet, and each checkpoints the datastore's WAL 1 s
+    /// after the last change: a measurement taken "when N exist" starts after that, as it
+    /// would in a cluster that holds N services, not in the middle of their programming.
+    pub fn wait_agents_idle(&self) -> Duration {
+        let started = Instant::now();
+        let pids: Vec<u32> = ["node1", "node2"]
+            .iter()
+            .filter_map(|node| self.agent_pid(node))
+            .collect();
+        let ticks = || -> u64 { pids.iter().filter_map(|&pid| cpu_ticks(pid)).sum() };
+        let mut last = ticks();
+        let mut quiet = Duration::ZERO;
+        while quiet < IDLE_FOR && started.elapsed() < IDLE_WAIT_MAX {
+            std::thread::sleep(IDLE_SAMPLE);
+            let now = ticks();
+            quiet = if now.saturating_sub(last) <= 1 {
+                quiet + IDLE_SAMPLE
+            } else {
+                Duration::ZERO
+            };
+            last = now;
+        }
+        started.elapsed()
+    }
+
     /// Why node1's agent may hold no BPF maps in this lab, for the memory notes.
     pub fn no_bpf_maps_reason(&self) -> String {
         if self.dataplane != "bpf" {
@@ -407,9 +436,41 @@ fn eth0_ipv4() -> Option<Ipv4Addr> {
     })
 }
 
+/// How often [`Lab::wait_agents_idle`] reads the agents' CPU time.
+pub const IDLE_SAMPLE: Duration = Duration::from_millis(250);
+/// How long the agents must stay idle: longer than their WAL checkpoint's quiet delay (1 s).
+pub const IDLE_FOR: Duration = Duration::from_millis(1500);
+/// The longest [`Lab::wait_agents_idle`] waits.
+pub const IDLE_WAIT_MAX: Duration = Duration::from_secs(10);
+
+/// A process's CPU time (user + system) in clock ticks, from `/proc/PID/stat`.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    parse_cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Fields 14 and 15 (utime, stime) of a `/proc/PID/stat` line; the command name (field 2)
+/// may hold spaces and parentheses, so the fields are counted after its last `)`.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_after_the_command_name() {
+        let stat = "4242 (serval (agent) x) S 1 4242 4242 0 -1 4194560 1234 0 0 0 250 31 0 0 20 0 6 0 100 0 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(281));
+        assert_eq!(parse_cpu_ticks("4242 (short) S 1"), None);
+        assert_eq!(parse_cpu_ticks("no parenthesis"), None);
+        // This process's own figure reads.
+        assert!(cpu_ticks(std::process::id()).is_some());
+    }
 
     #[test]
     fn names_fit_the_lab_limit() {

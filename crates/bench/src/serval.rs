@@ -247,6 +247,12 @@ pub fn measure_services(
     };
     let (mut add_load, mut add_answer, mut add_write, mut add_dataplane) = (None, None, None, None);
     if add_one {
+        // "When N exist": once the agents are done with the N (see `Lab::wait_agents_idle`).
+        let waited = lab.wait_agents_idle();
+        progress.line(&format!(
+            "{column} N={n}: agents idle after {}",
+            human_us(waited.as_secs_f64() * 1e6)
+        ));
         let extra = services_yaml(&[(format!("svc-{n}"), kubeproxy::service_ip(n))]);
         let applied = lab.apply_timed("services-extra", &extra)?;
         let start = applied.started;
@@ -331,6 +337,12 @@ pub fn measure_policies(
             return Err(e);
         }
         base_ms = Some(start.elapsed().as_secs_f64() * 1e3);
+        // One more "at N−1": once the agents are done with those (`Lab::wait_agents_idle`).
+        let waited = lab.wait_agents_idle();
+        progress.line(&format!(
+            "{column} policies N={n}: agents idle after {}",
+            human_us(waited.as_secs_f64() * 1e6)
+        ));
     }
     let start = Instant::now();
     lab.apply("policies-last", &policies_yaml(1, n - 1, true))?;
